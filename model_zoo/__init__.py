@@ -1,0 +1,13 @@
+"""Single-device model definitions: one configurable decoder, the zoo of named configs, parameter
+and FLOP counting, and Hugging Face conversion per family. Imports torch only."""
+
+from model_zoo.config import ConfigError, InitConfig, ModelConfig, RopeScalingConfig
+from model_zoo.counting import ParameterCount, count_parameters, training_flops_per_token
+from model_zoo.model import Transformer, build_model
+from model_zoo.zoo import get_model_config, zoo_names
+
+__all__ = [
+    "ConfigError", "InitConfig", "ModelConfig", "RopeScalingConfig", "ParameterCount",
+    "count_parameters", "training_flops_per_token", "Transformer", "build_model",
+    "get_model_config", "zoo_names",
+]

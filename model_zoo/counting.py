@@ -1,0 +1,62 @@
+"""Parameter and FLOP counting.
+
+Counts come from the model itself, built on the meta device (no memory, so 70B and larger count in
+milliseconds): the count can never drift from the code that trains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from model_zoo.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class ParameterCount:
+    total: int
+    embedding: int  # input embedding matrix
+    output: int  # output layer (0 when tied to the embedding)
+    non_embedding: int  # total - embedding - output (Pythia's / Kaplan's convention)
+    active: int  # parameters used per token (== total for dense models)
+
+    @property
+    def active_non_embedding(self) -> int:
+        return self.active - self.embedding - self.output
+
+
+def count_parameters(cfg: ModelConfig) -> ParameterCount:
+    from model_zoo.model import build_model  # local: counting is imported by light-weight callers
+
+    model = build_model(cfg, device="meta")
+    total = sum(p.numel() for p in model.parameters())  # parameters() de-duplicates tied weights
+    embedding = model.tok_embeddings.weight.numel()
+    output = 0 if cfg.tie_embeddings else model.output.weight.numel()
+    return ParameterCount(
+        total=total,
+        embedding=embedding,
+        output=output,
+        non_embedding=total - embedding - output,
+        active=total,
+    )
+
+
+def training_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> int:
+    """Model FLOPs to train on one token (forward + backward), the numerator of MFU.
+
+    6 x (active non-embedding parameters + output layer, counted even when tied, since the
+    projection to the vocabulary is a matmul either way) + attention score/value matmuls counted in
+    full, not halved for causality: 12 x layers x (heads x head_dim) x seq_len (PaLM, Megatron).
+    """
+    seq_len = seq_len or cfg.max_seq_len
+    count = count_parameters(cfg)
+    output_matmul = cfg.padded_vocab_size * cfg.d_model
+    attention = 12 * cfg.n_layers * cfg.n_heads * cfg.dim_per_head * seq_len
+    return 6 * (count.active_non_embedding + output_matmul) + attention
+
+
+def format_count(n: int) -> str:
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(n)
+

@@ -1,0 +1,281 @@
+"""One configurable decoder-only transformer for every family in the zoo.
+
+Pythia (GPT-NeoX), OLMo-2 and Llama-3 are the same network with different switches
+(`model_zoo.config.ModelConfig`): norm type and position, parallel residual, QK-norm, rotary
+fraction and scaling, activation, biases, tied embeddings. The code is single-device; parallelism is
+applied from the outside by `parallel/`, which is why:
+
+* layers live in a ModuleDict keyed by their index, so a pipeline stage can delete layers and keep
+  the fully qualified parameter names of the full model (checkpoints stay layout-independent);
+* `tok_embeddings`, `norm` and `output` may be set to None on stages that do not own them;
+* attention reshapes with `-1` heads, so a tensor-parallel shard that holds fewer heads works as is.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model_zoo.config import ModelConfig
+
+
+# ---------------------------------------------------------------------------------------------
+# Norms
+# ---------------------------------------------------------------------------------------------
+class RMSNorm(nn.Module):
+    """RMSNorm computed in fp32 and cast back, as the Hugging Face Llama/OLMo-2 code does."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (self.weight.float() * x32).to(x.dtype)
+
+
+def build_norm(cfg: ModelConfig, dim: int) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return RMSNorm(dim, cfg.norm_eps)
+    return nn.LayerNorm(dim, eps=cfg.norm_eps, bias=cfg.norm_bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rotary position embedding
+# ---------------------------------------------------------------------------------------------
+def rope_inverse_frequencies(cfg: ModelConfig) -> torch.Tensor:
+    """Inverse frequencies of the rotated dims, with Llama-3 scaling when configured.
+
+    Written to produce bit-identical values to transformers' `_compute_default_rope_parameters`
+    and `_compute_llama3_parameters` so that exported models match to the last ulp.
+    """
+    dim = cfg.rotary_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    rs = cfg.rope_scaling
+    if rs.type == "llama3":
+        low_freq_wavelen = rs.original_max_position / rs.low_freq_factor
+        high_freq_wavelen = rs.original_max_position / rs.high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / rs.factor, inv_freq)
+        smooth = (rs.original_max_position / wavelen - rs.low_freq_factor) / (
+            rs.high_freq_factor - rs.low_freq_factor
+        )
+        smoothed = (1 - smooth) * scaled / rs.factor + smooth * scaled
+        is_medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+        inv_freq = torch.where(is_medium, smoothed, scaled)
+    return inv_freq
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first `cos.shape[-1]` dims of each head of x (batch, seq, heads, head_dim).
+
+    Uses the half-split ("rotate_half") pairing of GPT-NeoX and Hugging Face Llama; dims past the
+    rotary part pass through unchanged (partial rotary, as Pythia's 25%).
+    """
+    rot = cos.shape[-1]
+    # cos/sin are (seq, rot) for default positions or (batch, seq, rot) for explicit position ids.
+    cos = (cos[None] if cos.dim() == 2 else cos)[:, :, None, :].to(x.dtype)
+    sin = (sin[None] if sin.dim() == 2 else sin)[:, :, None, :].to(x.dtype)
+    if rot == x.shape[-1]:
+        return x * cos + rotate_half(x) * sin
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    return torch.cat((x_rot * cos + rotate_half(x_rot) * sin, x_pass), dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention and MLP
+# ---------------------------------------------------------------------------------------------
+class Attention(nn.Module):
+    """Causal self-attention with MHA/GQA, optional QK-norm, (partial) RoPE and SDPA."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.head_dim = cfg.dim_per_head
+        self.n_rep = cfg.n_heads // cfg.kv_heads
+        q_dim, kv_dim = cfg.n_heads * self.head_dim, cfg.kv_heads * self.head_dim
+        self.wq = nn.Linear(cfg.d_model, q_dim, bias=cfg.qkv_bias)
+        self.wk = nn.Linear(cfg.d_model, kv_dim, bias=cfg.qkv_bias)
+        self.wv = nn.Linear(cfg.d_model, kv_dim, bias=cfg.qkv_bias)
+        self.wo = nn.Linear(q_dim, cfg.d_model, bias=cfg.attn_out_bias)
+        self.qk_norm = cfg.qk_norm
+        if cfg.qk_norm == "full":  # OLMo-2: one RMSNorm over all heads of q, one over all of k
+            self.q_norm, self.k_norm = build_norm(cfg, q_dim), build_norm(cfg, kv_dim)
+        elif cfg.qk_norm == "head":  # per-head norm shared across heads
+            self.q_norm, self.k_norm = build_norm(cfg, self.head_dim), build_norm(cfg, self.head_dim)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        bsz, seq, _ = x.shape
+        q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        if self.qk_norm == "full":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.view(bsz, seq, -1, self.head_dim)
+        k = k.view(bsz, seq, -1, self.head_dim)
+        v = v.view(bsz, seq, -1, self.head_dim)
+        if self.qk_norm == "head":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        if self.n_rep > 1:  # explicit repeat: works for every SDPA backend and under DTensor
+            k = k.repeat_interleave(self.n_rep, dim=1)
+            v = v.repeat_interleave(self.n_rep, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.wo(out.transpose(1, 2).reshape(bsz, seq, -1))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU (w2(silu(w1 x) * w3 x)) or GeLU (w2(gelu(w1 x))) MLP."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.swiglu = cfg.activation == "swiglu"
+        self.w1 = nn.Linear(cfg.d_model, cfg.ffn_hidden_size, bias=cfg.mlp_bias)
+        self.w2 = nn.Linear(cfg.ffn_hidden_size, cfg.d_model, bias=cfg.mlp_bias)
+        if self.swiglu:
+            self.w3 = nn.Linear(cfg.d_model, cfg.ffn_hidden_size, bias=cfg.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.swiglu:
+            return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return self.w2(F.gelu(self.w1(x)))
+
+
+class TransformerBlock(nn.Module):
+    """Attention + MLP with pre-norm, OLMo-2 post-sublayer norm, or GPT-NeoX parallel residual."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm_position = cfg.norm_position
+        self.parallel_residual = cfg.parallel_residual
+        self.attention = Attention(cfg)
+        self.feed_forward = FeedForward(cfg)
+        self.attention_norm = build_norm(cfg, cfg.d_model)
+        self.ffn_norm = build_norm(cfg, cfg.d_model)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        if self.parallel_residual:
+            return (
+                x
+                + self.attention(self.attention_norm(x), cos, sin)
+                + self.feed_forward(self.ffn_norm(x))
+            )
+        if self.norm_position == "post":
+            x = x + self.attention_norm(self.attention(x, cos, sin))
+            return x + self.ffn_norm(self.feed_forward(x))
+        x = x + self.attention(self.attention_norm(x), cos, sin)
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# The decoder
+# ---------------------------------------------------------------------------------------------
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        vocab = cfg.padded_vocab_size
+        self.tok_embeddings: Optional[nn.Embedding] = nn.Embedding(vocab, cfg.d_model)
+        self.layers = nn.ModuleDict({str(i): TransformerBlock(cfg) for i in range(cfg.n_layers)})
+        self.norm: Optional[nn.Module] = build_norm(cfg, cfg.d_model)
+        self.output: Optional[nn.Linear] = nn.Linear(cfg.d_model, vocab, bias=False)
+        if cfg.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        # RoPE tables are derived data, never saved: recomputed on every build and device move.
+        cos, sin = self._rope_tables(cfg.max_seq_len)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def _rope_tables(self, seq_len: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        inv_freq = rope_inverse_frequencies(self.cfg).to(device)
+        positions = torch.arange(seq_len, dtype=torch.float32, device=device)
+        freqs = torch.outer(positions, inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos(), emb.sin()
+
+    def reset_rope_tables(self) -> None:
+        """Recompute the RoPE buffers (after building on the meta device and `to_empty`)."""
+        cos, sin = self._rope_tables(self.cfg.max_seq_len, device=self.rope_cos.device)
+        self.rope_cos.copy_(cos)
+        self.rope_sin.copy_(sin)
+
+    @torch.no_grad()
+    def init_weights(self, seed: int = 0) -> None:
+        """Initialise every parameter from `seed`, in name order, independent of the device."""
+        init = self.cfg.init
+        d, n_layers = self.cfg.d_model, self.cfg.n_layers
+        std = math.sqrt(2.0 / (5.0 * d)) if init.scheme == "small_init" else init.std
+        out_std = {
+            "same": std,
+            "scaled_depth": std / math.sqrt(2.0 * n_layers),
+            "wang": 2.0 / (n_layers * math.sqrt(d)),
+        }[init.output_scheme]
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        norm_types = (RMSNorm, nn.LayerNorm)
+        for name, module in sorted(self.named_modules()):
+            if isinstance(module, norm_types):
+                module.weight.fill_(1.0)
+                if getattr(module, "bias", None) is not None:
+                    module.bias.zero_()
+            elif isinstance(module, (nn.Linear, nn.Embedding)):
+                if module is self.output and self.cfg.tie_embeddings:
+                    continue  # shares the embedding matrix, initialised once as the embedding
+                is_residual_writer = name.endswith((".wo", ".w2"))
+                _normal_(module.weight, out_std if is_residual_writer else std, init.truncation, gen)
+                if getattr(module, "bias", None) is not None:
+                    module.bias.zero_()
+        if self.rope_cos.device.type != "meta":
+            self.reset_rope_tables()
+
+    def forward(
+        self, tokens: torch.Tensor, position_ids: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """tokens (batch, seq) -> logits (batch, seq, padded_vocab).
+
+        On a pipeline stage without embeddings, `tokens` is the hidden state from the previous
+        stage; on one without the output layer, the hidden state is returned.
+        """
+        h = self.tok_embeddings(tokens) if self.tok_embeddings is not None else tokens
+        seq = h.shape[1]
+        if position_ids is None:
+            cos, sin = self.rope_cos[:seq], self.rope_sin[:seq]
+        else:
+            cos, sin = self.rope_cos[position_ids], self.rope_sin[position_ids]
+        for layer in self.layers.values():
+            h = layer(h, cos, sin)
+        if self.norm is not None:
+            h = self.norm(h)
+        if self.output is not None:
+            h = self.output(h)
+        return h
+
+
+def _normal_(param: torch.Tensor, std: float, truncation: float, gen: torch.Generator) -> None:
+    """Fill `param` from N(0, std) (truncated at +-truncation*std if > 0), drawn on the CPU so the
+    values do not depend on the device the model lives on."""
+    value = torch.empty(param.shape, dtype=torch.float32)
+    if truncation > 0:
+        nn.init.trunc_normal_(value, 0.0, std, -truncation * std, truncation * std, generator=gen)
+    else:
+        value.normal_(0.0, std, generator=gen)
+    param.copy_(value.to(param.dtype))
+
+
+def build_model(cfg: ModelConfig, seed: int = 0, device: str | torch.device = "cpu") -> Transformer:
+    """Build and initialise a model. On device='meta' nothing is allocated (for counting and for
+    the parallel engine, which materialises shards itself)."""
+    with torch.device(device):
+        model = Transformer(cfg)
+    if torch.device(device).type != "meta":
+        model.init_weights(seed)
+    return model

@@ -1,0 +1,163 @@
+"""The `pretrain` console script: one entry point, one subcommand per job.
+
+    pretrain zoo [NAME] [overrides]         list the zoo, or print one model's resolved config
+    pretrain config [overrides]             print the resolved, validated run config
+    pretrain import-hf HF_DIR OUT_DIR       Hugging Face folder -> checkpoint of ours
+    pretrain export-hf CKPT --out DIR       checkpoint of ours -> Hugging Face folder
+    pretrain data [overrides]               the Dolma-style data pipeline (data_pipeline/)
+    pretrain train | launch | analyze | schedule   (see each one's --help)
+
+Subcommands take Hydra overrides (`key=value`) after their own options. Configuration errors are
+reported in one line naming the problem and exit with status 2 before anything is built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Optional
+
+from model_zoo.config import ConfigError
+
+NOT_YET = {
+    "train": "the training loop (issue: training loop, data loader, checkpoint series)",
+    "analyze": "training-dynamics analysis (issue: training loop, data loader, checkpoint series)",
+    "schedule": "checkpoint-series schedules (issue: training loop, data loader, checkpoint series)",
+    "launch": "sbatch rendering and submission (issue: launching on clusters)",
+}
+
+
+def _not_yet(name: str) -> Callable[[list[str]], int]:
+    def run(argv: list[str]) -> int:
+        print(
+            f"pretrain {name}: not available yet: {NOT_YET[name]} has not landed. "
+            "See README.md for what works today.",
+            file=sys.stderr,
+        )
+        return 3
+
+    return run
+
+
+def cmd_zoo(argv: list[str]) -> int:
+    from pretrain.config import compose_config, to_yaml
+    from pretrain.zoo_table import zoo_table
+
+    ap = argparse.ArgumentParser(prog="pretrain zoo", description="List the model zoo.")
+    ap.add_argument("name", nargs="?", help="print this model's resolved config")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. trainer.seq_len=4096")
+    args = ap.parse_args(argv)
+    overrides = list(args.overrides)
+    if args.name and "=" in args.name:
+        overrides, args.name = [args.name, *overrides], None
+    if args.name:
+        run = compose_config([f"model={args.name}", *overrides])
+        print(to_yaml(run.model), end="")
+        return 0
+    run = compose_config(overrides)
+    print(zoo_table(run.trainer.seq_len))
+    return 0
+
+
+def cmd_config(argv: list[str]) -> int:
+    from pretrain.config import compose_config, to_yaml
+
+    run = compose_config(argv)
+    print(to_yaml(run), end="")
+    return 0
+
+
+def cmd_import_hf(argv: list[str]) -> int:
+    from pretrain.hf_checkpoint import import_hf_to_checkpoint
+
+    ap = argparse.ArgumentParser(
+        prog="pretrain import-hf",
+        description="Convert a Hugging Face model folder (GPTNeoX, OLMo-2, Llama) into a "
+        "checkpoint of ours that training can start from.",
+    )
+    ap.add_argument("hf_dir")
+    ap.add_argument("out_dir")
+    ap.add_argument("--overwrite", action="store_true")
+    args = ap.parse_args(argv)
+    out = import_hf_to_checkpoint(args.hf_dir, args.out_dir, overwrite=args.overwrite)
+    print(f"wrote checkpoint {out}")
+    return 0
+
+
+def cmd_export_hf(argv: list[str]) -> int:
+    from pretrain.hf_checkpoint import export_checkpoint_to_hf
+
+    ap = argparse.ArgumentParser(
+        prog="pretrain export-hf",
+        description="Write a checkpoint of ours as a Hugging Face model folder.",
+    )
+    ap.add_argument("checkpoint", help="a checkpoint folder (from import-hf or training)")
+    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--tokenizer", help="tokenizer.json / tokenizer folder to copy alongside")
+    ap.add_argument("--max-shard-gb", type=float, default=5.0)
+    args = ap.parse_args(argv)
+    out = export_checkpoint_to_hf(
+        args.checkpoint, args.out, dtype=args.dtype, tokenizer=args.tokenizer,
+        overwrite=args.overwrite, max_shard_bytes=int(args.max_shard_gb * 1024**3),
+    )
+    print(f"wrote Hugging Face model {out}")
+    return 0
+
+
+def cmd_data(argv: list[str]) -> int:
+    try:
+        from data_pipeline.cli import main as data_main
+    except ImportError:
+        return _not_yet_data()
+    return int(data_main(argv) or 0)
+
+
+def _not_yet_data() -> int:
+    print("pretrain data: not available yet: the data pipeline has not landed.", file=sys.stderr)
+    return 3
+
+
+def cmd_demo(argv: list[str]) -> int:
+    from pretrain.demo import main as demo_main
+
+    return demo_main(argv)
+
+
+COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "zoo": (cmd_zoo, "list the model zoo with parameter and FLOP counts"),
+    "config": (cmd_config, "print the resolved, validated run config"),
+    "import-hf": (cmd_import_hf, "Hugging Face folder -> checkpoint of ours"),
+    "export-hf": (cmd_export_hf, "checkpoint of ours -> Hugging Face folder"),
+    "data": (cmd_data, "run the Dolma-style data pipeline"),
+    "demo": (cmd_demo, "the end-to-end demo on bundled real text"),
+    **{name: (_not_yet(name), f"(not yet) {what}") for name, what in NOT_YET.items()},
+}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        print("\nsubcommands:")
+        for name, (_, help_text) in COMMANDS.items():
+            print(f"  {name:<10} {help_text}")
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"pretrain: unknown subcommand {name!r}; choose one of {', '.join(COMMANDS)}",
+              file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[name][0](rest)
+    except ConfigError as err:
+        print(f"pretrain {name}: configuration error: {err}", file=sys.stderr)
+        return 2
+    except (FileExistsError, FileNotFoundError) as err:
+        print(f"pretrain {name}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
