@@ -180,12 +180,6 @@ class ModelConfig:
                 f"low_freq_factor={rs.low_freq_factor}",
             )
         need(self.init.std > 0, f"init.std={self.init.std} must be positive")
-        if self.family == "gpt_neox":
-            need(
-                self.kv_heads == self.n_heads,
-                "family=gpt_neox (Hugging Face GPTNeoXForCausalLM) has no grouped-query attention; "
-                "set n_kv_heads=null or use family=llama",
-            )
         return self
 
 

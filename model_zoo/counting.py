@@ -54,8 +54,9 @@ def training_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> in
     return 6 * (count.active_non_embedding + output_matmul) + attention
 
 
-def format_count(n: int) -> str:
-    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+def format_count(n: int, giga: str = "B") -> str:
+    """1234567 -> '1.23M'. `giga` is 'B' for parameters (billions) or 'G' for FLOPs."""
+    for unit, scale in (("T", 1e12), (giga, 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= scale:
             return f"{n / scale:.2f}{unit}"
     return str(n)

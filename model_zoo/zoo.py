@@ -126,8 +126,11 @@ _ZOO: dict[str, Callable[[], ModelConfig]] = {
     "llama3.1-70b": lambda: _shape(LLAMA3, "llama3.1-70b", d_model=8192, n_layers=80,
                                    n_heads=64, n_kv_heads=8, ffn_hidden_size=28672,
                                    max_seq_len=131072),
+    # Llama-3.1 scaling kept on with an original context of 64 so tests exercise it at 256.
     "llama3-tiny": lambda: _shape(LLAMA3, "llama3-tiny", vocab_size=1024, d_model=64, n_layers=2,
                                   n_heads=4, n_kv_heads=2, ffn_hidden_size=192, max_seq_len=256,
+                                  rope_scaling=RopeScalingConfig(type="llama3", factor=8.0,
+                                                                 original_max_position=64),
                                   bos_token_id=None, eos_token_id=None),
 }
 

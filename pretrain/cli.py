@@ -43,19 +43,21 @@ def cmd_zoo(argv: list[str]) -> int:
     from pretrain.config import compose_config, to_yaml
     from pretrain.zoo_table import zoo_table
 
-    ap = argparse.ArgumentParser(prog="pretrain zoo", description="List the model zoo.")
+    ap = argparse.ArgumentParser(
+        prog="pretrain zoo",
+        description="List the model zoo, or print one model's resolved config "
+        "(`pretrain zoo pythia-160m model.n_layers=6`).",
+    )
     ap.add_argument("name", nargs="?", help="print this model's resolved config")
-    ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. trainer.seq_len=4096")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides applied to the run config")
+    ap.add_argument("--seq-len", type=int, default=2048,
+                    help="sequence length for the FLOPs column (default: 2048)")
     args = ap.parse_args(argv)
-    overrides = list(args.overrides)
-    if args.name and "=" in args.name:
-        overrides, args.name = [args.name, *overrides], None
     if args.name:
-        run = compose_config([f"model={args.name}", *overrides])
+        run = compose_config([f"model={args.name}", *args.overrides])
         print(to_yaml(run.model), end="")
         return 0
-    run = compose_config(overrides)
-    print(zoo_table(run.trainer.seq_len))
+    print(zoo_table(args.seq_len))
     return 0
 
 
@@ -68,7 +70,7 @@ def cmd_config(argv: list[str]) -> int:
 
 
 def cmd_import_hf(argv: list[str]) -> int:
-    from pretrain.hf_checkpoint import import_hf_to_checkpoint
+    from pretrain.export import import_hf_to_checkpoint
 
     ap = argparse.ArgumentParser(
         prog="pretrain import-hf",
@@ -85,7 +87,7 @@ def cmd_import_hf(argv: list[str]) -> int:
 
 
 def cmd_export_hf(argv: list[str]) -> int:
-    from pretrain.hf_checkpoint import export_checkpoint_to_hf
+    from pretrain.export import export_checkpoint_to_hf
 
     ap = argparse.ArgumentParser(
         prog="pretrain export-hf",

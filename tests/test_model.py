@@ -1,0 +1,82 @@
+"""Decoder behaviour beyond HF parity: initialisation schemes, determinism, causality."""
+
+import math
+
+import pytest
+import torch
+
+from model_zoo import build_model, get_model_config
+
+
+def test_same_seed_same_weights_different_seed_different():
+    cfg = get_model_config("llama3-tiny")
+    a, b, c = (build_model(cfg, seed=s).state_dict() for s in (7, 7, 8))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["layers.0.attention.wq.weight"], c["layers.0.attention.wq.weight"])
+
+
+def test_meta_build_then_init_equals_direct_build():
+    cfg = get_model_config("olmo2-tiny")
+    direct = build_model(cfg, seed=3).state_dict()
+    lazy = build_model(cfg, device="meta")
+    lazy.to_empty(device="cpu")
+    lazy.init_weights(seed=3)
+    assert all(torch.equal(direct[k], v) for k, v in lazy.state_dict().items())
+    ref = build_model(cfg, seed=3)
+    assert torch.equal(lazy.rope_cos, ref.rope_cos)
+
+
+def _std(t: torch.Tensor) -> float:
+    return t.float().std().item()
+
+
+def test_pythia_uses_small_init_and_wang_init():
+    cfg = get_model_config("pythia-tiny")
+    sd = build_model(cfg, seed=0).state_dict()
+    d, layers = cfg.d_model, cfg.n_layers
+    assert _std(sd["layers.0.attention.wq.weight"]) == pytest.approx(math.sqrt(2 / (5 * d)), rel=0.1)
+    assert _std(sd["layers.1.feed_forward.w2.weight"]) == pytest.approx(2 / (layers * math.sqrt(d)), rel=0.1)
+    assert torch.equal(sd["layers.0.attention_norm.weight"], torch.ones(d))
+    assert torch.equal(sd["layers.0.attention.wq.bias"], torch.zeros(d))
+
+
+def test_llama_scales_output_projections_by_depth():
+    cfg = get_model_config("llama3-tiny")
+    sd = build_model(cfg, seed=0).state_dict()
+    assert _std(sd["layers.0.feed_forward.w1.weight"]) == pytest.approx(0.02, rel=0.1)
+    assert _std(sd["layers.0.feed_forward.w2.weight"]) == pytest.approx(
+        0.02 / math.sqrt(2 * cfg.n_layers), rel=0.1)
+
+
+def test_olmo2_init_is_truncated_at_three_std():
+    sd = build_model(get_model_config("olmo2-tiny"), seed=0).state_dict()
+    w = sd["layers.0.feed_forward.w1.weight"]
+    assert w.abs().max().item() <= 3 * 0.02 + 1e-7
+    assert _std(w) == pytest.approx(0.02 * 0.986, rel=0.1)  # std of a 3-sigma truncated normal
+
+
+def test_tied_embeddings_share_one_tensor():
+    from dataclasses import replace
+
+    cfg = replace(get_model_config("llama3-tiny"), tie_embeddings=True)
+    model = build_model(cfg)
+    assert model.output.weight is model.tok_embeddings.weight
+
+
+@pytest.mark.parametrize("name", ["pythia-tiny", "olmo2-tiny", "llama3-tiny"])
+def test_attention_is_causal(name):
+    cfg = get_model_config(name)
+    model = build_model(cfg, seed=0).eval()
+    tokens = torch.randint(0, cfg.vocab_size, (1, 20))
+    changed = tokens.clone()
+    changed[0, 12:] = (changed[0, 12:] + 1) % cfg.vocab_size
+    with torch.no_grad():
+        a, b = model(tokens), model(changed)
+    assert torch.allclose(a[0, :12], b[0, :12], atol=1e-6)
+    assert not torch.allclose(a[0, 12:], b[0, 12:], atol=1e-6)
+
+
+def test_vocab_is_padded_to_multiple():
+    cfg = get_model_config("pythia-70m")
+    model = build_model(cfg, device="meta")
+    assert model.tok_embeddings.weight.shape[0] == 50304 == model.output.weight.shape[0]
