@@ -21,17 +21,7 @@ from omegaconf import OmegaConf
 
 from model_zoo.config import ConfigError, ModelConfig
 from model_zoo.zoo import get_model_config, zoo_names
-
-
-@dataclass
-class ParallelConfig:
-    """Sizes of the device-mesh axes. -1 means "whatever is left of the world size"."""
-
-    tp: int = 1
-    pp: int = 1
-    dp_shard: int = -1
-    dp_replicate: int = 1
-    ep: int = 1
+from parallel.config import ParallelConfig
 
 
 @dataclass
