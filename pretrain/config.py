@@ -32,7 +32,12 @@ class OptimizerConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping (the norm is still logged)
+    # Parameters that get no weight decay: "norm" (norm weights and biases), "bias" (every bias),
+    # "embedding" (the input embedding; the output layer decays unless tied). OLMo-2 decays the
+    # embedding, Llama/torchtitan does not: a list, so each recipe says what it does.
+    no_decay: list[str] = field(default_factory=lambda: ["norm", "bias", "embedding"])
+    fused: str = "auto"  # auto: fused AdamW kernel on GPU, the for-each one elsewhere
 
 
 @dataclass
@@ -41,8 +46,9 @@ class ScheduleConfig:
 
     name: str = "cosine"
     warmup_steps: int = 0
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: float = 0.1  # floor of cosine/linear/wsd as a fraction of optim.lr
     decay_fraction: float = 0.2  # wsd only: share of the run spent decaying
+    decay_steps: int = 0  # cosine/linear: steps to decay over after warmup; 0 = to max_steps
 
 
 @dataclass
@@ -50,23 +56,45 @@ class TrainerConfig:
     max_steps: int = 1000
     seed: int = 0
     global_batch_size: int = 8  # sequences per optimizer step
+    # Alternative to global_batch_size: tokens per optimizer step (a multiple of seq_len). 0 = unset.
+    global_batch_tokens: int = 0
     micro_batch_size: int = 1  # sequences per forward/backward on one data-parallel rank
     seq_len: int = 2048
     log_interval: int = 1
     device: str = "auto"  # auto: cuda when present, else cpu
+    nan_policy: str = "stop"  # stop: save what can be saved and fail; skip: drop the update
+    max_skipped_steps: int = 10  # with nan_policy=skip: stop after this many skipped steps
+    peak_flops: float = 0.0  # peak FLOP/s of one device for MFU; 0 = from the device table
+    tensorboard: bool = True  # write RUN_DIR/tensorboard when the tensorboard package is installed
+    dry_run: bool = False  # validate, print the plan and the checkpoint series, then exit
 
 
 @dataclass
 class CheckpointConfig:
-    interval: int = 1000
-    series: str = ""  # e.g. "pythia", "log2:512+every:1000"
-    keep_last: int = 2
+    interval: int = 1000  # full (resumable) checkpoint every N steps; 0 = only at the end
+    series: str = ""  # analysis series, e.g. "pythia", "log2:512+every:1000" (pretrain/series.py)
+    series_dtype: str = "bfloat16"  # dtype of the weights-only series checkpoints
+    keep_last: int = 2  # full checkpoints kept (older ones are deleted); 0 keeps all
+    keep_every: int = 0  # also keep full checkpoints whose step is a multiple of this; 0 = none
+    async_save: bool = False  # write full checkpoints in the background (DCP async_save)
+    verify: str = "checksum"  # resume check of a checkpoint: checksum (sha256 of files) or size
+    init_from: str = ""  # start from this weights checkpoint (e.g. from `pretrain import-hf`)
 
 
 @dataclass
 class DataConfig:
-    paths: list[str] = field(default_factory=list)  # tokenized shard prefixes
-    weights: list[float] = field(default_factory=list)
+    # Each entry is one member of the mixture: a shard prefix, a glob, or a folder of shards.
+    paths: list[str] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)  # mixture weights, one per path
+    format: str = "megatron"  # megatron (.bin/.idx) or npy (OLMo raw token memmaps)
+    npy_dtype: str = "auto"  # npy only: uint16, uint32, or auto (uint16 when the vocab fits)
+    eos_id: int = -1  # document separator; -1 = the model's eos_token_id
+    shuffle: bool = True  # shuffle samples within each epoch of each source (seeded)
+    # Positions restart at 0 at each document start (RoPE sees each document from position 0).
+    reset_position_ids: bool = False
+    # No attention across document boundaries; needs a model that accepts document ids.
+    intra_doc_mask: bool = False
+    mix_block: int = 4096  # samples per mixing block: the mixture is exact within each block
 
 
 @dataclass
@@ -79,9 +107,14 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     data: DataConfig = field(default_factory=DataConfig)
     run_dir: str = "runs/default"
+    # none: start fresh (refuses a run_dir that has checkpoints); auto: the latest complete full
+    # checkpoint of run_dir if any, else fresh; or a path to one full checkpoint folder.
+    resume: str = "none"
 
 
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
+NO_DECAY_RULES = ("norm", "bias", "embedding")
+SERIES_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def config_dir() -> Path:
@@ -143,20 +176,83 @@ def validate_run_config(run: RunConfig) -> RunConfig:
         f"trainer.micro_batch_size={t.micro_batch_size}",
     )
     need(t.device in ("auto", "cpu", "cuda"), f"trainer.device={t.device!r} is not auto, cpu or cuda")
+    need(t.global_batch_tokens >= 0, f"trainer.global_batch_tokens={t.global_batch_tokens} must be >= 0")
+    if t.global_batch_tokens:
+        need(
+            t.global_batch_tokens % t.seq_len == 0,
+            f"trainer.global_batch_tokens={t.global_batch_tokens} is not a multiple of "
+            f"trainer.seq_len={t.seq_len}; use e.g. {max(1, t.global_batch_tokens // t.seq_len) * t.seq_len}",
+        )
+        # Tokens win: the sequence count follows from them, so the divisibility check below holds.
+        t.global_batch_size = t.global_batch_tokens // t.seq_len
+    need(t.global_batch_size > 0, f"trainer.global_batch_size={t.global_batch_size} must be positive")
+    need(
+        t.global_batch_size % t.micro_batch_size == 0,
+        f"trainer.global_batch_size={t.global_batch_size} is not divisible by "
+        f"trainer.micro_batch_size={t.micro_batch_size}",
+    )
+    need(t.log_interval >= 1, f"trainer.log_interval={t.log_interval} must be >= 1")
+    need(t.nan_policy in ("stop", "skip"), f"trainer.nan_policy={t.nan_policy!r} is not stop or skip")
+    need(t.peak_flops >= 0, f"trainer.peak_flops={t.peak_flops} must be >= 0 (0 = from the table)")
     need(o.name == "adamw", f"optim.name={o.name!r}: only adamw is available")
     need(o.lr > 0, f"optim.lr={o.lr} must be positive")
+    need(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} must be >= 0")
     need(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)")
+    need(o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip} must be >= 0 (0 disables clipping)")
+    for rule in o.no_decay:
+        need(rule in NO_DECAY_RULES,
+             f"optim.no_decay entry {rule!r} is not one of {', '.join(NO_DECAY_RULES)}")
+    need(o.fused in ("auto", "true", "false"), f"optim.fused={o.fused!r} is not auto, true or false")
     need(s.name in SCHEDULES, f"schedule.name={s.name!r} is not one of {', '.join(SCHEDULES)}")
     need(s.warmup_steps >= 0, f"schedule.warmup_steps={s.warmup_steps} must be >= 0")
+    need(0 <= s.min_lr_ratio <= 1, f"schedule.min_lr_ratio={s.min_lr_ratio} must be in [0, 1]")
+    need(0 < s.decay_fraction <= 1, f"schedule.decay_fraction={s.decay_fraction} must be in (0, 1]")
+    need(s.decay_steps >= 0, f"schedule.decay_steps={s.decay_steps} must be >= 0")
+    if t.max_steps > 0 and s.name != "constant":
+        need(
+            s.warmup_steps < t.max_steps or s.warmup_steps == 0,
+            f"schedule.warmup_steps={s.warmup_steps} is not below trainer.max_steps={t.max_steps}; "
+            "shorten the warmup or use schedule.name=constant",
+        )
     for axis in ("tp", "pp", "dp_replicate", "ep"):
         need(getattr(p, axis) >= 1, f"parallel.{axis}={getattr(p, axis)} must be >= 1")
     need(p.dp_shard == -1 or p.dp_shard >= 1, f"parallel.dp_shard={p.dp_shard} must be >= 1 or -1")
-    if run.data.weights:
+    c, d = run.checkpoint, run.data
+    need(c.interval >= 0, f"checkpoint.interval={c.interval} must be >= 0 (0 = only at the end)")
+    need(c.keep_last >= 0 and c.keep_every >= 0, "checkpoint.keep_last and keep_every must be >= 0")
+    need(c.series_dtype in SERIES_DTYPES,
+         f"checkpoint.series_dtype={c.series_dtype!r} is not one of {', '.join(SERIES_DTYPES)}")
+    need(c.verify in ("checksum", "size"), f"checkpoint.verify={c.verify!r} is not checksum or size")
+    from pretrain.series import validate_spec
+
+    validate_spec(c.series)
+    need(run.resume == "none" or run.resume == "auto" or bool(run.resume),
+         "resume must be none, auto, or a checkpoint folder")
+    need(d.format in ("megatron", "npy"), f"data.format={d.format!r} is not megatron or npy")
+    need(d.npy_dtype in ("auto", "uint16", "uint32"),
+         f"data.npy_dtype={d.npy_dtype!r} is not auto, uint16 or uint32")
+    need(d.mix_block >= 1, f"data.mix_block={d.mix_block} must be >= 1")
+    if d.weights:
         need(
-            len(run.data.weights) == len(run.data.paths),
-            f"data.weights has {len(run.data.weights)} entries but data.paths has "
-            f"{len(run.data.paths)}; give one weight per path or none",
+            len(d.weights) == len(d.paths),
+            f"data.weights has {len(d.weights)} entries but data.paths has "
+            f"{len(d.paths)}; give one weight per path or none",
         )
+        need(all(w > 0 for w in d.weights), f"data.weights={list(d.weights)} must all be positive")
+    eos = d.eos_id if d.eos_id >= 0 else run.model.eos_token_id
+    need(not d.paths or eos is not None and 0 <= eos < run.model.vocab_size,
+         f"the document separator (data.eos_id={d.eos_id}, model.eos_token_id="
+         f"{run.model.eos_token_id}) is not a token of the vocabulary (size {run.model.vocab_size}); "
+         "set data.eos_id")
+    if d.intra_doc_mask:
+        import inspect
+
+        from model_zoo.model import Transformer
+
+        need("document_ids" in inspect.signature(Transformer.forward).parameters,
+             "data.intra_doc_mask=true needs a model whose forward accepts document_ids; this "
+             "model_zoo does not have it yet: use data.reset_position_ids=true (positions restart "
+             "per document) or leave the mask off")
     return run
 
 
@@ -174,6 +270,12 @@ def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
     return OmegaConf.to_object(merged).validate()
 
 
+def run_config_from_dict(d: dict[str, Any]) -> RunConfig:
+    """Rebuild a validated RunConfig from a saved RUN_DIR/config.yaml (analysis, export, resume)."""
+    merged = OmegaConf.merge(OmegaConf.structured(RunConfig), d)
+    return validate_run_config(OmegaConf.to_object(merged))
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.load(str(path)), resolve=True)
 
@@ -181,5 +283,5 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 __all__ = [
     "RunConfig", "ParallelConfig", "OptimizerConfig", "ScheduleConfig", "TrainerConfig",
     "CheckpointConfig", "DataConfig", "compose_config", "validate_run_config", "to_yaml",
-    "config_dir", "model_config_from_dict", "load_yaml",
+    "config_dir", "model_config_from_dict", "load_yaml", "run_config_from_dict",
 ]

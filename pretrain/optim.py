@@ -1,0 +1,94 @@
+"""AdamW with decoupled weight decay, parameter groups without decay, and LR schedules.
+
+One optimizer per model part (a pipeline rank can hold several stages), as torchtitan does; their
+state dicts are flattened by parameter FQN when checkpointed, so a checkpoint does not depend on
+how the model was split.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from model_zoo.model import RMSNorm
+
+
+def decay_split(part: nn.Module, no_decay: list[str]) -> tuple[list, list, list[str]]:
+    """(decayed params, non-decayed params, names of the non-decayed) of one model part.
+
+    Decided by module type, not by name patterns, so a renamed attribute cannot silently move a
+    norm weight into the decayed group."""
+    rules = set(no_decay)
+    skip: dict[int, str] = {}
+    for mod_name, mod in part.named_modules():
+        is_norm = isinstance(mod, (RMSNorm, nn.LayerNorm))
+        for p_name, p in mod.named_parameters(recurse=False):
+            full = f"{mod_name}.{p_name}" if mod_name else p_name
+            if ("norm" in rules and is_norm) or ("bias" in rules and p_name == "bias") or (
+                "embedding" in rules and isinstance(mod, nn.Embedding)
+            ):
+                skip.setdefault(id(p), full)
+    decay, nodecay, names, seen = [], [], [], set()
+    for name, p in part.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        if id(p) in skip:
+            nodecay.append(p)
+            names.append(name)
+        else:
+            decay.append(p)
+    return decay, nodecay, names
+
+
+def build_optimizers(model_parts: list[nn.Module], ocfg, device: torch.device) -> list[torch.optim.Optimizer]:
+    fused = device.type == "cuda" if ocfg.fused == "auto" else ocfg.fused == "true"
+    opts = []
+    for part in model_parts:
+        decay, nodecay, _ = decay_split(part, ocfg.no_decay)
+        groups = [g for g in (
+            {"params": decay, "weight_decay": ocfg.weight_decay},
+            {"params": nodecay, "weight_decay": 0.0},
+        ) if g["params"]]
+        kwargs = dict(lr=ocfg.lr, betas=(ocfg.beta1, ocfg.beta2), eps=ocfg.eps)
+        # fused=True is torch's single-kernel AdamW (CUDA); foreach is the fast path elsewhere.
+        opts.append(torch.optim.AdamW(groups, **kwargs, fused=True) if fused
+                    else torch.optim.AdamW(groups, **kwargs, foreach=True))
+    return opts
+
+
+def lr_at(step: int, lr: float, scfg, max_steps: int) -> float:
+    """Learning rate for optimizer step `step` (1-based): linear warmup, then the schedule.
+
+    cosine/linear decay from lr to lr*min_lr_ratio over decay_steps (default: the rest of the run);
+    wsd holds lr and decays linearly over the last decay_fraction of the run (Hu et al. 2024)."""
+    warm = scfg.warmup_steps
+    if warm and step <= warm:
+        return lr * step / warm
+    lo = lr * scfg.min_lr_ratio
+    if scfg.name == "constant":
+        return lr
+    if scfg.name == "wsd":
+        decay_len = max(1, round(scfg.decay_fraction * max_steps))
+        start = max_steps - decay_len
+        if step <= start:
+            return lr
+        p = min(1.0, (step - start) / decay_len)
+        return lr - (lr - lo) * p
+    span = scfg.decay_steps or max(1, max_steps - warm)
+    p = min(1.0, max(0.0, (step - warm) / span))
+    if scfg.name == "linear":
+        return lr - (lr - lo) * p
+    return lo + (lr - lo) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+def set_lr(optimizers: list[torch.optim.Optimizer], value: float) -> None:
+    for opt in optimizers:
+        for group in opt.param_groups:
+            # A tensor lr (fused / capturable) must be updated in place to keep its identity.
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(value)
+            else:
+                group["lr"] = value
