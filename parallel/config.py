@@ -1,17 +1,50 @@
 """The parallel layout config. Lives in parallel/ (not pretrain/) so the engine can validate a
-layout without importing the training code; pretrain/config.py composes it into the run config."""
+layout without importing the training code; pretrain/config.py composes it into the run config.
+
+Every field is a plain scalar or list so Hydra can override it from the command line
+(`parallel.tp=2 parallel.pp_schedule=ZBVZeroBubble parallel.precision=bf16`). Checking the values
+against a model and a world size is `parallel.layout.resolve_layout`, which needs no process group.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+PRECISIONS = ("fp32", "bf16", "fp8_tensorwise", "fp8_rowwise")
+PP_SCHEDULES = ("1F1B", "Interleaved1F1B", "ZBVZeroBubble")
+AC_MODES = ("none", "full", "selective")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
 class ParallelConfig:
-    """Sizes of the device-mesh axes. -1 means "whatever is left of the world size"."""
+    """Sizes of the device-mesh axes (-1 means "whatever is left of the world size") and the
+    switches of the engine. See docs/parallel.md."""
 
     tp: int = 1
     pp: int = 1
     dp_shard: int = -1
     dp_replicate: int = 1
+    # Expert parallel is its own mesh axis (world = pp * dp_replicate * dp_shard * ep * tp); dense
+    # parameters treat it as more data-parallel sharding, experts are split over it.
     ep: int = 1
+    # fp32 | bf16 (bf16 compute, fp32 master weights and gradient reduction) | fp8_tensorwise |
+    # fp8_rowwise (torchao float8 linears, everything else as bf16).
+    precision: str = "fp32"
+    # Pipeline schedule: 1F1B (one stage per rank), Interleaved1F1B (pp_virtual_stages per rank),
+    # ZBVZeroBubble (two stages per rank in a V).
+    pp_schedule: str = "1F1B"
+    # Micro-batches per optimizer step on each data-parallel rank; 0 means local_batch /
+    # micro_batch_size (the same count gradient accumulation uses without a pipeline).
+    pp_microbatches: int = 0
+    # Stages per pipeline rank; 0 means the schedule's natural value (1 for 1F1B, 2 otherwise).
+    pp_virtual_stages: int = 0
+    # Layers per pipeline stage (length pp * virtual stages, summing to n_layers); empty = balanced.
+    pp_split: list[int] = field(default_factory=list)
+    # none | full (every block) | selective (every ac_every_n-th block).
+    activation_checkpointing: str = "none"
+    ac_every_n: int = 2
+    # torch.compile each transformer block (keeps parameter names).
+    compile: bool = False
+    # auto: cuda when available, else cpu. One code path: nccl on cuda, gloo on cpu.
+    device: str = "auto"

@@ -1,0 +1,347 @@
+"""The parallel training engine: a zoo model, a layout and a mesh in; a training step out.
+
+`build_engine` follows torchtitan's order of transformations on a model built on the meta device
+(so nothing of full size is allocated per rank until weights are materialised):
+
+  1. FP8: swap nn.Linear for torchao Float8Linear (before TP, so TP plans see the float8 modules);
+  2. pipeline split: one copy of the meta model per local stage, pruned to that stage's layers
+     (embeddings on the first stage, final norm + output + loss on the last);
+  3. per stage: tensor + sequence parallel (DTensor plans), activation checkpointing, per-block
+     torch.compile, FSDP2 fully_shard (HSDP with a 2-D data-parallel mesh);
+  4. materialise (`to_empty`) and copy in the weights of the single-device `build_model(cfg, seed)`,
+     each rank keeping its own shard, so every layout starts from exactly the same weights.
+
+Parameter names never change (ModuleDict layers keep their index; composable checkpointing and
+`Module.compile` add no wrapper), so `named_parameters()` and the state dicts use the single-device
+names and checkpoints move between layouts.
+
+Loss normalisation: each micro-batch contributes sum(token CE) / N where N is the number of label
+tokens in the GLOBAL batch (all data-parallel ranks, all micro-batches), and data-parallel gradient
+reduction sums instead of averaging. Gradients are then exactly those of the mean token
+cross-entropy over the global batch, whatever the layout or the number of micro-batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
+
+from model_zoo.config import ModelConfig
+from model_zoo.model import Transformer, build_model
+from parallel.config import ParallelConfig
+from parallel.layout import Layout
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class _StageInfo:
+    stage_id: int
+    is_first: bool
+    is_last: bool
+
+
+class Engine:
+    """What the training loop calls. See docs/parallel.md for the contract."""
+
+    def __init__(self, model_cfg: ModelConfig, layout: Layout, mesh, device: torch.device,
+                 model_parts: list[nn.Module], stages: list[_StageInfo]):
+        self.model_cfg = model_cfg
+        self.layout = layout
+        self.mesh = mesh
+        self.device = device
+        self.model_parts = model_parts
+        self._stages = stages
+        self._tp = mesh["tp"].size()
+        self._tp_rank = mesh["tp"].get_local_rank()
+        self._pp_rank = mesh["pp"].get_local_rank()
+        self._dp_group = mesh["dp"].get_group()
+        self._pp_group = mesh["pp"].get_group()
+        self.holds_last_stage = any(s.is_last for s in stages)
+        self.holds_first_stage = any(s.is_first for s in stages)
+        self._denominator = 1.0  # label tokens of the global batch, set per step
+        self._schedule = None
+        self._pp_stages = []
+        if layout.pp > 1:
+            self._build_schedule()
+
+    # ---- data-parallel identity -----------------------------------------------------------------
+    @property
+    def dp_rank(self) -> int:
+        """Which slice of the global batch this rank reads (0..dp_size-1)."""
+        return self.mesh["dp"].get_local_rank()
+
+    @property
+    def dp_size(self) -> int:
+        return self.layout.dp
+
+    # ---- parameters ---------------------------------------------------------------------------
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """(single-device FQN, parameter) of this rank's parts; parameters may be DTensors."""
+        seen = set()
+        for part in self.model_parts:
+            for name, p in part.named_parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    yield name, p
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        for _, p in self.named_parameters():
+            yield p
+
+    def optimizer_param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups: no decay on biases, norm weights and embeddings (decided by name)."""
+        return decay_groups(self.named_parameters(), weight_decay)
+
+    def zero_grad(self) -> None:
+        for part in self.model_parts:
+            part.zero_grad(set_to_none=True)
+
+    # ---- the training step --------------------------------------------------------------------
+    def _loss_context(self):
+        # Vocab-parallel cross-entropy: logits stay sharded over the vocabulary (no gather).
+        if self._tp > 1:
+            from torch.distributed.tensor.parallel import loss_parallel
+
+            return loss_parallel()
+        return contextlib.nullcontext()
+
+    def _loss_fn(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Sum of token CE of this micro-batch over the global token count (see module doc)."""
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(0, 1),
+                               reduction="sum", ignore_index=IGNORE_INDEX)
+        return loss / self._denominator
+
+    def forward_backward(self, inputs: torch.Tensor, labels: torch.Tensor,
+                         position_ids: Optional[torch.Tensor] = None) -> float:
+        """Forward and backward over this data-parallel rank's local batch (all micro-batches).
+
+        inputs, labels: LongTensor [local_batch, seq] (labels == -100 are ignored). Gradients
+        accumulate into the parameters; the return value is the mean token CE over the global
+        batch (identical on every rank)."""
+        lay = self.layout
+        if inputs.shape[0] != lay.local_batch_size:
+            raise ValueError(f"forward_backward got {inputs.shape[0]} sequences; this layout "
+                             f"expects local_batch={lay.local_batch_size} per dp rank")
+        inputs, labels = inputs.to(self.device), labels.to(self.device)
+        if position_ids is None:
+            # Always explicit: under sequence parallel the hidden state the model sees holds only
+            # seq/tp positions, so the model's default (positions 0..h.shape[1]) would be wrong.
+            position_ids = torch.arange(inputs.shape[1], device=self.device).expand_as(inputs)
+        position_ids = position_ids.to(self.device)
+        n_tokens = (labels != IGNORE_INDEX).sum().to(torch.float64)
+        dist.all_reduce(n_tokens, group=self._dp_group)
+        self._denominator = max(float(n_tokens.item()), 1.0)
+
+        local_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        with self._loss_context():
+            if lay.pp > 1:
+                losses: list[torch.Tensor] = []
+                kwargs = {"position_ids": position_ids}
+                if self.holds_first_stage and self.holds_last_stage:
+                    self._schedule.step(inputs, target=labels, losses=losses, **kwargs)
+                elif self.holds_first_stage:
+                    self._schedule.step(inputs, **kwargs)
+                elif self.holds_last_stage:
+                    self._schedule.step(target=labels, losses=losses, **kwargs)
+                else:
+                    self._schedule.step(**kwargs)
+                for loss in losses:
+                    local_loss += _to_local_scalar(loss)
+            else:
+                model = self.model_parts[0]
+                mbs = lay.micro_batch_size
+                for start in range(0, inputs.shape[0], mbs):
+                    sl = slice(start, start + mbs)
+                    logits = model(inputs[sl], position_ids=position_ids[sl])
+                    loss = self._loss_fn(logits, labels[sl])
+                    loss.backward()
+                    local_loss += _to_local_scalar(loss.detach())
+        # Each (data-parallel rank, last stage) contributes once: tp ranks hold the same value.
+        if not (self.holds_last_stage and self._tp_rank == 0):
+            local_loss.zero_()
+        dist.all_reduce(local_loss)
+        return float(local_loss.item())
+
+    def _build_schedule(self) -> None:
+        from torch.distributed.pipelining import (PipelineStage, Schedule1F1B,
+                                                  ScheduleInterleaved1F1B, ScheduleZBVZeroBubble)
+
+        lay = self.layout
+        self._pp_stages = [
+            PipelineStage(part, info.stage_id, lay.n_stages, self.device, group=self._pp_group)
+            for part, info in zip(self.model_parts, self._stages)
+        ]
+        # scale_grads=False: our loss is already normalised by the global token count.
+        if lay.pp_schedule == "1F1B":
+            self._schedule = Schedule1F1B(self._pp_stages[0], lay.n_microbatches,
+                                          loss_fn=self._loss_fn, scale_grads=False)
+        else:
+            cls = (ScheduleInterleaved1F1B if lay.pp_schedule == "Interleaved1F1B"
+                   else ScheduleZBVZeroBubble)
+            self._schedule = cls(self._pp_stages, lay.n_microbatches, loss_fn=self._loss_fn,
+                                 scale_grads=False)
+
+    # ---- gradient clipping --------------------------------------------------------------------
+    @torch.no_grad()
+    def clip_grad_norm(self, max_norm: float) -> float:
+        """Clip by the global gradient norm over every axis (tp/dp shards, pipeline stages,
+        expert shards); returns the L2 norm before clipping (same on all ranks)."""
+        groups: dict = {}
+        for p in self.parameters():
+            if p.grad is None:
+                continue
+            g = p.grad
+            # DTensors of one mesh and placement can be reduced together; plain tensors alone
+            key = (id(g.device_mesh), tuple(g.placements)) if isinstance(g, DTensor) else None
+            groups.setdefault(key, []).append(p)
+        total_sq = torch.zeros((), dtype=torch.float64, device=self.device)
+        for key, params in groups.items():
+            grads = [p.grad for p in params]
+            norm = torch.nn.utils.get_total_norm(grads, 2.0, foreach=True)
+            if isinstance(norm, DTensor):
+                norm = norm.full_tensor()  # sums squares over shards, not over replicas
+            total_sq += norm.to(torch.float64) ** 2
+        if self.layout.pp > 1:
+            # each pp rank holds different stages: add their squared norms
+            dist.all_reduce(total_sq, group=self._pp_group)
+        total = total_sq.sqrt()
+        for params in groups.values():
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, total.float(), foreach=True)
+        return float(total.item())
+
+    # ---- state dicts --------------------------------------------------------------------------
+    def model_state_dict(self) -> dict:
+        """Single-device FQNs -> this rank's (DTensor) parameters, for torch.distributed.checkpoint."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        sd = {}
+        for part in self.model_parts:
+            sd.update(get_model_state_dict(part))
+        return sd
+
+    def load_model_state_dict(self, state_dict: dict) -> None:
+        """Load a dict shaped like model_state_dict() (e.g. filled in place by dcp.load)."""
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions,
+                                                             set_model_state_dict)
+
+        for part in self.model_parts:
+            keys = set(get_part_keys(part))
+            missing = keys - set(state_dict)
+            if missing:
+                raise KeyError(f"state dict lacks {sorted(missing)[:5]}")
+            set_model_state_dict(part, {k: state_dict[k] for k in keys},
+                                 options=StateDictOptions(strict=True))
+
+    @torch.no_grad()
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every parameter as a full CPU tensor, on every rank (collective; for tests/export)."""
+        local = {}
+        for name, p in self.named_parameters():
+            t = p.full_tensor() if isinstance(p, DTensor) else p
+            local[name] = t.detach().float().cpu().clone()
+        if self.layout.pp == 1:
+            return local
+        gathered: list = [None] * self.layout.pp
+        dist.all_gather_object(gathered, local, group=self._pp_group)
+        full = {}
+        for part in gathered:
+            full.update(part)
+        return full
+
+
+def decay_groups(named_parameters, weight_decay: float) -> list[dict]:
+    """Split parameters by name: biases, norm weights and embeddings get no weight decay."""
+    decay, no_decay = [], []
+    for name, p in named_parameters:
+        owners = name.split(".")[:-1]
+        is_norm = any(k.endswith("norm") for k in owners)
+        if name.endswith(".bias") or is_norm or name.startswith("tok_embeddings."):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def get_part_keys(part: nn.Module) -> list[str]:
+    return [k for k, _ in part.named_parameters()]
+
+
+def _to_local_scalar(t: torch.Tensor) -> torch.Tensor:
+    if isinstance(t, DTensor):
+        t = t.full_tensor()
+    return t.detach().to(torch.float64).reshape(())
+
+
+# ------------------------------------------------------------------------------------------------
+# Building
+# ------------------------------------------------------------------------------------------------
+def build_engine(model_cfg: ModelConfig, pcfg: ParallelConfig, layout: Layout, mesh,
+                 device: torch.device | str, seed: int = 0) -> Engine:
+    """Build the parallel model for this rank and return the Engine (collective: all ranks)."""
+    from parallel import parallelize
+
+    device = torch.device(device)
+    meta_model = build_model(model_cfg, device="meta")
+    if layout.precision.startswith("fp8"):
+        parallelize.convert_fp8(meta_model, layout.precision)
+    pp_rank = mesh["pp"].get_local_rank()
+    parts, infos = [], []
+    stage_ids = layout.stages_of_rank(pp_rank) if layout.pp > 1 else [0]
+    for sid in stage_ids:
+        part = meta_model if len(stage_ids) == 1 else copy.deepcopy(meta_model)
+        if layout.pp > 1:
+            _prune_to_stage(part, layout.stage_layers[sid], sid == 0, sid == layout.n_stages - 1)
+        infos.append(_StageInfo(sid, sid == 0, sid == layout.n_stages - 1))
+        parts.append(part)
+    for part in parts:
+        parallelize.parallelize_part(part, model_cfg, layout, mesh)
+    _materialise(parts, model_cfg, seed, device)
+    return Engine(model_cfg, layout, mesh, device, parts, infos)
+
+
+def _prune_to_stage(model: Transformer, layer_ids: list[int], first: bool, last: bool) -> None:
+    keep = {str(i) for i in layer_ids}
+    for key in list(model.layers.keys()):
+        if key not in keep:
+            del model.layers[key]
+    if not first:
+        model.tok_embeddings = None
+    if not last:
+        model.norm = None
+        model.output = None
+
+
+@torch.no_grad()
+def _materialise(parts: list[nn.Module], model_cfg: ModelConfig, seed: int,
+                 device: torch.device) -> None:
+    """Allocate every part on `device` and copy in this rank's shard of the single-device weights.
+
+    The reference weights come from `build_model(cfg, seed)` on the CPU, the definition of
+    "the same model" for every layout. Each rank slices its own shard locally
+    (src_data_rank=None: no communication), so any placement DTensor supports works, including
+    FSDP-over-TP strided shards. This costs one full CPU copy of the model per process during the
+    build; fine for the sizes trained here, and the place to stream from a checkpoint instead."""
+    reference = build_model(model_cfg, seed=seed, device="cpu").state_dict()
+    for part in parts:
+        part.to_empty(device=device)
+        for name, p in part.named_parameters():
+            full = reference[name]
+            if isinstance(p, DTensor):
+                shard = distribute_tensor(full.to(device, p.dtype), p.device_mesh, p.placements,
+                                          src_data_rank=None)
+                p.to_local().copy_(shard.to_local())
+            else:
+                p.copy_(full.to(p.dtype))
+        part.reset_rope_tables()
+    del reference

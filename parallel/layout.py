@@ -1,0 +1,296 @@
+"""Resolve and validate a parallel layout before any process group exists, and build the mesh.
+
+`resolve_layout` is pure arithmetic on the configs: it is what `pretrain config` and the launcher
+call to reject an impossible layout in a second, with the reason and a layout that would work,
+instead of failing minutes later inside a collective on hundreds of GPUs.
+
+Mesh axes and how expert parallel composes with them
+-----------------------------------------------------
+The device mesh has five named axes, outermost first: ``pp, dp_replicate, dp_shard, ep, tp`` and
+world_size = pp * dp_replicate * dp_shard * ep * tp. tp is innermost so that tensor-parallel
+collectives (the most frequent) stay inside a node; pp is outermost (point-to-point only).
+
+`ep` is a data-parallel axis for everything but the routed experts. This is torchtitan's design
+("ep borrows from dp_shard"), only spelled so that every axis is a factor of the world size:
+torchtitan's dp_shard=4, ep=2 is our dp_shard=2, ep=2.
+  * dense parameters (attention, norms, embeddings, shared experts, router) are FSDP-sharded over
+    the flattened ``(dp_shard, ep)`` mesh ("dp_shard_ep") and replicated over dp_replicate;
+  * routed experts are split over ``ep`` (each rank holds n_experts / ep whole experts), FSDP-sharded
+    over ``dp_shard`` only, and tensor-parallel over ``tp`` inside each expert (ETP = TP);
+  * every rank of (dp_replicate, dp_shard, ep) reads a different slice of the batch:
+    data-parallel degree dp = dp_replicate * dp_shard * ep.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+from model_zoo.config import ConfigError, ModelConfig
+from parallel.config import AC_MODES, DEVICES, PP_SCHEDULES, PRECISIONS, ParallelConfig
+
+MESH_AXES = ("pp", "dp_replicate", "dp_shard", "ep", "tp")
+
+
+@dataclass
+class Layout:
+    """A validated layout: every size resolved, every stage's layers decided."""
+
+    world_size: int
+    pp: int
+    dp_replicate: int
+    dp_shard: int
+    ep: int
+    tp: int
+    global_batch_size: int
+    micro_batch_size: int
+    seq_len: int
+    local_batch_size: int  # sequences per optimizer step on one data-parallel rank
+    n_microbatches: int  # forward/backward chunks per step on one data-parallel rank
+    pp_schedule: str
+    virtual_stages: int  # pipeline stages held by one pp rank
+    stage_layers: list[list[int]] = field(default_factory=list)  # layer ids of each stage
+    precision: str = "fp32"
+    activation_checkpointing: str = "none"
+    ac_every_n: int = 1
+    compile: bool = False
+    device: str = "auto"
+
+    @property
+    def dp(self) -> int:
+        return self.dp_replicate * self.dp_shard * self.ep
+
+    @property
+    def n_stages(self) -> int:
+        return self.pp * self.virtual_stages
+
+    def stages_of_rank(self, pp_rank: int) -> list[int]:
+        """Stage ids held by one pp rank: loop order for Interleaved1F1B, a V for ZBV."""
+        if self.pp_schedule == "ZBVZeroBubble":
+            return [pp_rank, 2 * self.pp - 1 - pp_rank]
+        return [pp_rank + k * self.pp for k in range(self.virtual_stages)]
+
+    def describe(self) -> str:
+        return (f"pp={self.pp} dp_replicate={self.dp_replicate} dp_shard={self.dp_shard} "
+                f"ep={self.ep} tp={self.tp} (world {self.world_size}); "
+                f"{self.n_microbatches} micro-batches of {self.micro_batch_size} x {self.seq_len} "
+                f"per dp rank; precision {self.precision}")
+
+
+def _n_experts(model_cfg) -> int:
+    """Routed experts of an MoE config (0 for dense); tolerant of where the field lives."""
+    moe = getattr(model_cfg, "moe", None)
+    for obj in (moe, model_cfg):
+        for key in ("n_experts", "num_experts", "n_routed_experts"):
+            v = getattr(obj, key, None) if obj is not None else None
+            if isinstance(v, int) and v > 0:
+                return v
+    return 0
+
+
+def _is_mla(model_cfg) -> bool:
+    return getattr(model_cfg, "attention_type", getattr(model_cfg, "attention", "")) == "mla" or \
+        getattr(model_cfg, "mla", None) is not None and bool(getattr(model_cfg.mla, "enabled", True))
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _balanced_split(n_layers: int, n_stages: int) -> list[int]:
+    base, extra = divmod(n_layers, n_stages)
+    return [base + (1 if s < extra else 0) for s in range(n_stages)]
+
+
+def _check(pcfg: ParallelConfig, world_size: int, model_cfg: ModelConfig, gbs: int, mbs: int,
+           seq_len: int) -> Layout:
+    """Resolve and check; raise ConfigError(reason) without suggestions."""
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ConfigError(msg)
+
+    need(world_size >= 1, f"world_size={world_size} must be >= 1")
+    for key, allowed in (("precision", PRECISIONS), ("pp_schedule", PP_SCHEDULES),
+                         ("activation_checkpointing", AC_MODES), ("device", DEVICES)):
+        need(getattr(pcfg, key) in allowed,
+             f"parallel.{key}={getattr(pcfg, key)!r} is not one of {', '.join(allowed)}")
+    for key in ("tp", "pp", "dp_replicate", "ep"):
+        need(getattr(pcfg, key) >= 1, f"parallel.{key}={getattr(pcfg, key)} must be >= 1")
+    need(pcfg.dp_shard >= 1 or pcfg.dp_shard == -1,
+         f"parallel.dp_shard={pcfg.dp_shard} must be >= 1 or -1 (the rest of the world)")
+    need(pcfg.ac_every_n >= 1, f"parallel.ac_every_n={pcfg.ac_every_n} must be >= 1")
+    fixed = pcfg.tp * pcfg.pp * pcfg.dp_replicate * pcfg.ep
+    if pcfg.dp_shard == -1:
+        need(world_size % fixed == 0,
+             f"world_size={world_size} is not divisible by tp*pp*dp_replicate*ep={fixed}, so "
+             "dp_shard=-1 has no integer value")
+        dp_shard = world_size // fixed
+    else:
+        dp_shard = pcfg.dp_shard
+        need(fixed * dp_shard == world_size,
+             f"tp*pp*dp_replicate*dp_shard*ep = {pcfg.tp}*{pcfg.pp}*{pcfg.dp_replicate}*"
+             f"{dp_shard}*{pcfg.ep} = {fixed * dp_shard} != world_size={world_size}")
+    tp, pp, ep = pcfg.tp, pcfg.pp, pcfg.ep
+    name = f"model '{model_cfg.name}'"
+
+    # ---- tensor parallel: every sharded dimension must split evenly -------------------------
+    if tp > 1:
+        need(model_cfg.n_heads % tp == 0,
+             f"{name}: n_heads={model_cfg.n_heads} is not divisible by tp={tp}")
+        if not _is_mla(model_cfg):
+            # Replicating KV heads over a tp group (Megatron's trick for tp > n_kv_heads) needs
+            # per-rank head selection inside attention; not implemented, so reject it clearly.
+            need(model_cfg.kv_heads % tp == 0,
+                 f"{name}: n_kv_heads={model_cfg.kv_heads} is not divisible by tp={tp} "
+                 "(KV-head replication across tp ranks is not supported)")
+        need(model_cfg.ffn_hidden_size % tp == 0,
+             f"{name}: ffn_hidden_size={model_cfg.ffn_hidden_size} is not divisible by tp={tp}")
+        moe_hidden = getattr(getattr(model_cfg, "moe", None), "hidden_size", None) or \
+            getattr(model_cfg, "moe_hidden_size", None)
+        if isinstance(moe_hidden, int) and moe_hidden > 0:
+            need(moe_hidden % tp == 0,
+                 f"{name}: expert hidden size {moe_hidden} is not divisible by tp={tp}")
+        need(model_cfg.padded_vocab_size % tp == 0,
+             f"{name}: padded vocab {model_cfg.padded_vocab_size} is not divisible by tp={tp}; "
+             f"set model.pad_vocab_multiple to a multiple of {tp}")
+        # sequence parallel splits the sequence between the tp ranks outside attention/MLP
+        need(seq_len % tp == 0, f"seq_len={seq_len} is not divisible by tp={tp} (sequence parallel)")
+    # ---- expert parallel -----------------------------------------------------------------------
+    n_exp = _n_experts(model_cfg)
+    if ep > 1:
+        need(n_exp > 0, f"{name} has no routed experts, so ep={ep} has nothing to split; use ep=1")
+        need(n_exp % ep == 0, f"{name}: n_experts={n_exp} is not divisible by ep={ep}")
+    # ---- pipeline ------------------------------------------------------------------------------
+    sched = pcfg.pp_schedule
+    v = pcfg.pp_virtual_stages or (1 if sched == "1F1B" else 2)
+    if pp > 1:
+        if sched == "1F1B":
+            need(v == 1, f"pp_schedule=1F1B holds one stage per rank; pp_virtual_stages={v} "
+                 "needs pp_schedule=Interleaved1F1B")
+        elif sched == "ZBVZeroBubble":
+            need(v == 2, f"pp_schedule=ZBVZeroBubble holds exactly two stages per rank (a V); "
+                 f"got pp_virtual_stages={v}")
+        else:
+            need(v >= 2, f"pp_schedule=Interleaved1F1B needs pp_virtual_stages >= 2, got {v}")
+        need(not model_cfg.tie_embeddings,
+             f"{name} ties its embedding and output matrices, which would live on the first and "
+             "last pipeline stage; pipeline parallel needs untied embeddings (use pp=1)")
+    else:
+        v = 1
+    n_stages = pp * v
+    L = model_cfg.n_layers
+    if pcfg.pp_split:
+        split = list(pcfg.pp_split)
+        need(len(split) == n_stages,
+             f"parallel.pp_split has {len(split)} entries but there are pp*virtual_stages="
+             f"{n_stages} stages")
+        need(sum(split) == L, f"parallel.pp_split sums to {sum(split)} but the model has {L} layers")
+        need(all(n >= 0 for n in split), "parallel.pp_split entries must be >= 0")
+        # an empty middle stage would only forward activations; the first/last own embeddings/head
+        need(all(n >= 1 for n in split[1:-1]), "middle pipeline stages need at least one layer")
+    else:
+        need(L >= n_stages,
+             f"pp={pp} x {v} stage(s) per rank = {n_stages} pipeline stages but {name} has only "
+             f"n_layers={L}")
+        split = _balanced_split(L, n_stages)
+    stage_layers, start = [], 0
+    for n in split:
+        stage_layers.append(list(range(start, start + n)))
+        start += n
+    # ---- batch ---------------------------------------------------------------------------------
+    dp = pcfg.dp_replicate * dp_shard * ep
+    need(gbs >= 1 and mbs >= 1 and seq_len >= 1,
+         "global_batch_size, micro_batch_size and seq_len must be >= 1")
+    need(gbs % dp == 0,
+         f"global_batch_size={gbs} is not divisible by the data-parallel degree "
+         f"dp_replicate*dp_shard*ep={dp}")
+    local = gbs // dp
+    need(local % mbs == 0,
+         f"global_batch_size={gbs} over dp={dp} gives {local} sequences per rank, not divisible "
+         f"by micro_batch_size={mbs}")
+    n_mb = local // mbs
+    if pp > 1 and pcfg.pp_microbatches:
+        need(local % pcfg.pp_microbatches == 0,
+             f"{local} sequences per dp rank are not divisible by pp_microbatches="
+             f"{pcfg.pp_microbatches}")
+        n_mb = pcfg.pp_microbatches
+    if pp > 1:
+        # every schedule here needs at least one micro-batch per stage in flight; the interleaved
+        # ones (and ZBV) are written for micro-batch counts that are multiples of pp
+        need(n_mb >= pp, f"{n_mb} micro-batches per step cannot fill a pipeline of pp={pp}; "
+             f"lower micro_batch_size or set pp_microbatches >= {pp}")
+        if sched == "ZBVZeroBubble":
+            need(n_mb >= n_stages, f"pp_schedule=ZBVZeroBubble needs at least one micro-batch "
+                 f"per stage: {n_mb} < {n_stages} stages")
+        if sched != "1F1B":
+            need(n_mb % pp == 0, f"pp_schedule={sched} needs micro-batches ({n_mb}) divisible "
+                 f"by pp={pp}")
+    need(seq_len <= model_cfg.max_seq_len,
+         f"seq_len={seq_len} exceeds {name}'s max_seq_len={model_cfg.max_seq_len}")
+    return Layout(
+        world_size=world_size, pp=pp, dp_replicate=pcfg.dp_replicate, dp_shard=dp_shard, ep=ep,
+        tp=tp, global_batch_size=gbs, micro_batch_size=mbs, seq_len=seq_len,
+        local_batch_size=local, n_microbatches=n_mb, pp_schedule=sched, virtual_stages=v,
+        stage_layers=stage_layers, precision=pcfg.precision,
+        activation_checkpointing=pcfg.activation_checkpointing, ac_every_n=pcfg.ac_every_n,
+        compile=pcfg.compile, device=pcfg.device,
+    )
+
+
+def _suggest(pcfg: ParallelConfig, world_size: int, model_cfg, gbs, mbs, seq_len) -> str:
+    """The valid layout closest (in log2 distance of the axis sizes) to the requested one."""
+    want = {k: max(1, getattr(pcfg, k)) for k in ("tp", "pp", "dp_replicate", "ep")}
+    best = None
+    for tp in _divisors(world_size):
+        for pp in _divisors(world_size // tp):
+            for ep in _divisors(world_size // (tp * pp)):
+                for rep in _divisors(world_size // (tp * pp * ep)):
+                    shard = world_size // (tp * pp * ep * rep)
+                    cand = replace(pcfg, tp=tp, pp=pp, ep=ep, dp_replicate=rep, dp_shard=shard,
+                                   pp_split=[] if pp != pcfg.pp else list(pcfg.pp_split))
+                    try:
+                        _check(cand, world_size, model_cfg, gbs, mbs, seq_len)
+                    except ConfigError:
+                        continue
+                    d = sum(abs(math.log2(getattr(cand, k) / want[k])) for k in want)
+                    if pcfg.dp_shard > 0:
+                        d += abs(math.log2(shard / pcfg.dp_shard))
+                    if best is None or d < best[0]:
+                        best = (d, cand)
+    if best is None:
+        return (f"no layout of {world_size} ranks fits global_batch_size={gbs}, "
+                f"micro_batch_size={mbs}, seq_len={seq_len}; change the batch sizes")
+    c = best[1]
+    return (f"a valid layout for world_size={world_size}: parallel.tp={c.tp} parallel.pp={c.pp} "
+            f"parallel.dp_replicate={c.dp_replicate} parallel.dp_shard={c.dp_shard} "
+            f"parallel.ep={c.ep}")
+
+
+def resolve_layout(pcfg: ParallelConfig, world_size: int, model_cfg: ModelConfig,
+                   global_batch_size: int, micro_batch_size: int, seq_len: int) -> Layout:
+    """Validate `pcfg` for this world and model without any process group.
+
+    Raises ConfigError("parallel layout rejected: <reason>; <a valid alternative>")."""
+    try:
+        return _check(pcfg, world_size, model_cfg, global_batch_size, micro_batch_size, seq_len)
+    except ConfigError as err:
+        hint = _suggest(pcfg, world_size, model_cfg, global_batch_size, micro_batch_size, seq_len)
+        raise ConfigError(f"parallel layout rejected: {err}; {hint}") from None
+
+
+def build_mesh(layout: Layout, device_type: str = "cpu"):
+    """The DeviceMesh over (pp, dp_replicate, dp_shard, ep, tp), plus the flattened meshes the
+    engine uses: "dp" (all data-parallel ranks: the data loader's rank), "dp_shard_ep" (FSDP of
+    dense parameters) and "dp_shard_tp_ep"-free variants are derived where needed.
+
+    Needs the default process group. All five axes exist even when of size 1, so code can always
+    ask for mesh["tp"] etc."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    shape = (layout.pp, layout.dp_replicate, layout.dp_shard, layout.ep, layout.tp)
+    mesh = init_device_mesh(device_type, shape, mesh_dim_names=MESH_AXES)
+    mesh["dp_replicate", "dp_shard", "ep"]._flatten("dp")
+    mesh["dp_shard", "ep"]._flatten("dp_shard_ep")
+    # gradient norm and loss reductions run over everything but pp separately per axis group
+    return mesh

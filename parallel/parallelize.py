@@ -1,0 +1,186 @@
+"""Transformations applied to one pipeline stage of a zoo model, in torchtitan's order:
+tensor/sequence parallel, activation checkpointing, torch.compile, FSDP2. Plus FP8 conversion,
+which runs earlier on the whole meta model.
+
+Model code is untouched: plans address modules by their names in model_zoo/model.py
+(`layers.<i>.attention.wq`, `feed_forward.w1`, ...).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput,
+                                               PrepareModuleInputOutput, RowwiseParallel,
+                                               SequenceParallel, parallelize_module)
+
+from model_zoo.config import ModelConfig
+from parallel.layout import Layout
+
+
+# ------------------------------------------------------------------------------------------------
+# FP8
+# ------------------------------------------------------------------------------------------------
+def _fp8_filter(module: nn.Module, fqn: str) -> bool:
+    """Which Linear layers become float8: not the output layer (its logits feed the loss and
+    are the most precision-sensitive; torchtitan excludes it too), not the MoE router (tiny and
+    decides discrete routing), and only those whose dims the scaled matmul supports (multiples
+    of 16)."""
+    if not isinstance(module, nn.Linear):
+        return False
+    if fqn == "output" or fqn.endswith("router.gate") or ".gate" in fqn.rsplit(".", 1)[-1]:
+        return False
+    return module.in_features % 16 == 0 and module.out_features % 16 == 0
+
+
+def convert_fp8(model: nn.Module, precision: str) -> None:
+    """Swap nn.Linear for torchao Float8Linear (dynamic scaling, tensorwise or rowwise)."""
+    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+
+    recipe = {"fp8_tensorwise": "tensorwise", "fp8_rowwise": "rowwise"}[precision]
+    config = Float8LinearConfig.from_recipe_name(recipe)
+    convert_to_float8_training(model, config=config, module_filter_fn=_fp8_filter)
+
+
+# ------------------------------------------------------------------------------------------------
+# Tensor + sequence parallel
+# ------------------------------------------------------------------------------------------------
+def _tp_styles(precision: str):
+    """Colwise/Rowwise/PrepareModuleInput: torchao's float8-aware versions for the tensorwise
+    recipe (they all-gather activations already cast to float8 and keep one scale per tensor);
+    the rowwise recipe computes its scales per row on local tensors, so the plain ones work."""
+    if precision == "fp8_tensorwise":
+        from torchao.float8.float8_tensor_parallel import (Float8ColwiseParallel,
+                                                           Float8RowwiseParallel,
+                                                           PrepareFloat8ModuleInput)
+
+        return Float8ColwiseParallel, Float8RowwiseParallel, PrepareFloat8ModuleInput
+    return ColwiseParallel, RowwiseParallel, PrepareModuleInput
+
+
+def _replicated_norm_over_sharded_dim():
+    """OLMo-2's QK-norm normalises over all heads, but q/k leave a column-parallel projection
+    sharded over heads: gather the features, normalise with the replicated weight, and hand back
+    this rank's heads. Costs one all-gather of q and of k per layer."""
+    return PrepareModuleInputOutput(
+        input_layouts=(Shard(-1),), desired_input_layouts=(Replicate(),),
+        input_kwarg_layouts=None, desired_input_kwarg_layouts=None,
+        output_layouts=(Replicate(),), desired_output_layouts=(Shard(-1),),
+        use_local_input=False, use_local_output=True,
+    )
+
+
+def apply_tp(model: nn.Module, cfg: ModelConfig, tp_mesh, precision: str) -> None:
+    """Megatron-style TP with sequence parallel: between blocks activations are sharded over
+    the sequence (norms run on seq/tp tokens); attention heads and MLP hidden units are split."""
+    Colwise, Rowwise, PrepareInput = _tp_styles(precision)
+    root_plan = {}
+    if model.tok_embeddings is not None:
+        root_plan["tok_embeddings"] = RowwiseParallel(input_layouts=Replicate(),
+                                                      output_layouts=Shard(1))
+    if model.norm is not None:
+        root_plan["norm"] = SequenceParallel()
+    if model.output is not None:
+        # Logits stay a DTensor sharded over the vocabulary: the loss runs under loss_parallel.
+        root_plan["output"] = ColwiseParallel(input_layouts=Shard(1), output_layouts=Shard(-1),
+                                              use_local_output=False)
+    if root_plan:
+        parallelize_module(model, tp_mesh, root_plan)
+    for block in model.layers.values():
+        plan = {
+            "attention_norm": SequenceParallel(),
+            "ffn_norm": SequenceParallel(),
+            # block input x (seq-sharded) -> full sequence for attention; cos/sin untouched
+            "attention": PrepareInput(input_layouts=(Shard(1), None, None),
+                                      desired_input_layouts=(Replicate(), None, None)),
+            "attention.wq": Colwise(),
+            "attention.wk": Colwise(),
+            "attention.wv": Colwise(),
+            "attention.wo": Rowwise(output_layouts=Shard(1)),
+        }
+        if getattr(block.attention, "qk_norm", "none") == "full":
+            plan["attention.wq"] = Colwise(use_local_output=False)
+            plan["attention.wk"] = Colwise(use_local_output=False)
+            plan["attention.q_norm"] = _replicated_norm_over_sharded_dim()
+            plan["attention.k_norm"] = _replicated_norm_over_sharded_dim()
+        # per-head QK-norm ("head") acts on whole heads, which each rank holds: nothing to do
+        ffn = block.feed_forward
+        plan["feed_forward"] = PrepareInput(input_layouts=(Shard(1),),
+                                            desired_input_layouts=(Replicate(),))
+        plan["feed_forward.w1"] = Colwise()
+        plan["feed_forward.w2"] = Rowwise(output_layouts=Shard(1))
+        if hasattr(ffn, "w3"):
+            plan["feed_forward.w3"] = Colwise()
+        parallelize_module(block, tp_mesh, plan)
+        if getattr(block.attention, "qk_norm", "none") == "full":
+            # the replicated norm weights must be DTensors on the tp mesh too
+            from torch.distributed.tensor import distribute_module
+
+            distribute_module(block.attention.q_norm, tp_mesh)
+            distribute_module(block.attention.k_norm, tp_mesh)
+
+
+# ------------------------------------------------------------------------------------------------
+# Activation checkpointing, compile, FSDP
+# ------------------------------------------------------------------------------------------------
+def apply_ac(model: nn.Module, mode: str, every_n: int) -> None:
+    """full: recompute every block in backward; selective: every `every_n`-th block (by global
+    layer index, so the choice does not depend on the pipeline split). The composable
+    `checkpoint` adds no wrapper module, so parameter names stay the single-device ones."""
+    if mode == "none":
+        return
+    from torch.distributed._composable import checkpoint
+
+    for key, block in model.layers.items():
+        if mode == "full" or int(key) % every_n == 0:
+            checkpoint(block)
+
+
+def apply_compile(model: nn.Module) -> None:
+    """Compile each block separately (the blocks are identical, so one graph is reused);
+    `Module.compile` compiles in place and keeps parameter names."""
+    for block in model.layers.values():
+        block.compile()
+
+
+def _fsdp_mesh(mesh, layout: Layout):
+    """HSDP when dp_replicate > 1 (replicate over the first dim, shard over the second)."""
+    if layout.dp_replicate > 1:
+        return mesh["dp_replicate", "dp_shard_ep"]
+    return mesh["dp_shard_ep"]
+
+
+def apply_fsdp(model: nn.Module, mesh, layout: Layout) -> None:
+    """FSDP2 (ZeRO-3): shard each block, then the rest of the stage (embeddings, norm, output).
+
+    bf16/fp8: parameters are kept in fp32 (the optimizer's master copy) and cast to bf16 for
+    compute; gradients are reduced in fp32. Gradient reduction sums instead of averaging because
+    the loss is already normalised by the global token count (see engine.py)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    if layout.precision == "fp32":
+        mp = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
+    else:
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    dp_mesh = _fsdp_mesh(mesh, layout)
+    # With a pipeline, a stage runs several micro-batches forward before their backward; keeping
+    # the unsharded weights avoids one all-gather per micro-batch (torchtitan does the same).
+    reshard = layout.pp == 1
+    for block in model.layers.values():
+        fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard)
+    fully_shard(model, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard)
+    for m in [model, *model.layers.values()]:
+        m.set_gradient_divide_factor(1.0)
+
+
+def parallelize_part(model: nn.Module, cfg: ModelConfig, layout: Layout, mesh) -> None:
+    if layout.tp > 1:
+        apply_tp(model, cfg, mesh["tp"], layout.precision)
+    apply_ac(model, layout.activation_checkpointing, layout.ac_every_n)
+    if layout.compile:
+        apply_compile(model)
+    # FSDP also when dp == 1 in bf16/fp8, so a single process runs the same mixed precision
+    # (fp32 master weights, bf16 compute) as the sharded runs it is compared with.
+    if layout.dp > 1 or layout.precision != "fp32":
+        apply_fsdp(model, mesh, layout)
