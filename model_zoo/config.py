@@ -16,10 +16,11 @@ ACTIVATIONS = ("swiglu", "gelu")
 NORMS = ("rmsnorm", "layernorm")
 NORM_POSITIONS = ("pre", "post")
 QK_NORMS = ("none", "full", "head")
-ROPE_SCALINGS = ("none", "llama3")
+ROPE_SCALINGS = ("none", "llama3", "yarn")
+ROUTERS = ("softmax", "sigmoid")
 INIT_SCHEMES = ("normal", "small_init")
 OUTPUT_INIT_SCHEMES = ("same", "scaled_depth", "wang")
-FAMILIES = ("gpt_neox", "olmo2", "llama")
+FAMILIES = ("gpt_neox", "olmo2", "llama", "mixtral", "olmoe", "deepseek_v2", "deepseek_v3")
 
 
 class ConfigError(ValueError):
@@ -28,13 +29,75 @@ class ConfigError(ValueError):
 
 @dataclass
 class RopeScalingConfig:
-    """Frequency scaling of RoPE. `llama3` is Llama-3.1's piecewise scaling of long wavelengths."""
+    """Frequency scaling of RoPE.
+
+    llama3: Llama-3.1's piecewise scaling of long wavelengths (factor, low/high_freq_factor).
+    yarn:   YaRN (Peng et al. 2023) as DeepSeek-V2/V3 use it: interpolation ramp between beta_fast
+            and beta_slow rotations, cos/sin scaled by mscale(factor, mscale) /
+            mscale(factor, mscale_all_dim), and the softmax scale multiplied by
+            mscale(factor, mscale_all_dim)^2.
+    """
 
     type: str = "none"
     factor: float = 8.0
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position: int = 8192
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    mscale: float = 1.0
+    mscale_all_dim: float = 0.0
+
+
+@dataclass
+class MoEConfig:
+    """Mixture-of-experts feed-forward (dropless). n_experts=0 means a dense model.
+
+    router: softmax (Mixtral, OLMoE, DeepSeek-V2) or sigmoid (DeepSeek-V3) scores. With
+    n_group > 1, routing is group-limited: experts are split into n_group groups, each token keeps
+    its topk_group best groups (group score: max for softmax as DeepSeek-V2, sum of the top two for
+    sigmoid as DeepSeek-V3) and picks top_k experts inside them.
+    """
+
+    n_experts: int = 0
+    top_k: int = 2
+    expert_hidden_size: int = 0
+    n_shared_experts: int = 0  # shared experts form one MLP of n_shared_experts x expert_hidden_size
+    router: str = "softmax"
+    norm_topk_prob: bool = False  # renormalise the top-k weights to sum to one
+    routed_scaling_factor: float = 1.0
+    n_group: int = 1
+    topk_group: int = 1
+    first_k_dense: int = 0  # the first k layers keep a dense MLP (DeepSeek-V3: 3)
+    moe_every: int = 1  # after those, every N-th layer is MoE
+    aux_loss_coef: float = 0.0  # switch-transformer load-balancing loss
+    z_loss_coef: float = 0.0  # router z-loss (ST-MoE)
+    # DeepSeek-V3 auxiliary-loss-free balancing: after each optimizer step, each expert's
+    # selection bias moves by this much toward balance (0 disables).
+    bias_update_speed: float = 0.0
+    grouped_mm: bool = True  # torch._grouped_mm when shapes allow; else a loop over experts
+
+    @property
+    def enabled(self) -> bool:
+        return self.n_experts > 0
+
+
+@dataclass
+class MLAConfig:
+    """Multi-head latent attention (DeepSeek-V2/V3). kv_lora_rank=0 means standard attention."""
+
+    q_lora_rank: int = 0  # 0: queries projected directly (DeepSeek-V2-Lite)
+    kv_lora_rank: int = 0
+    qk_nope_head_dim: int = 128
+    qk_rope_head_dim: int = 64
+    v_head_dim: int = 128
+    # DeepSeek rotates interleaved pairs (x0,x1),(x2,x3)... of the rope part; False: half split.
+    rope_interleave: bool = True
+    latent_norm_eps: float = 1e-6  # RMSNorm on the compressed latents (HF hard-codes 1e-6)
+
+    @property
+    def enabled(self) -> bool:
+        return self.kv_lora_rank > 0
 
 
 @dataclass
@@ -96,6 +159,8 @@ class ModelConfig:
     max_seq_len: int = 2048
     tie_embeddings: bool = False
     init: InitConfig = field(default_factory=InitConfig)
+    moe: MoEConfig = field(default_factory=MoEConfig)
+    mla: MLAConfig = field(default_factory=MLAConfig)
     # Token ids written into exported Hugging Face configs (None: unset).
     bos_token_id: Optional[int] = None
     eos_token_id: Optional[int] = None
@@ -111,7 +176,13 @@ class ModelConfig:
 
     @property
     def rotary_dim(self) -> int:
+        if self.mla.enabled:
+            return self.mla.qk_rope_head_dim
         return int(self.dim_per_head * self.rotary_fraction)
+
+    def is_moe_layer(self, layer: int) -> bool:
+        m = self.moe
+        return m.enabled and layer >= m.first_k_dense and (layer - m.first_k_dense) % m.moe_every == 0
 
     @property
     def padded_vocab_size(self) -> int:
@@ -180,7 +251,78 @@ class ModelConfig:
                 f"low_freq_factor={rs.low_freq_factor}",
             )
         need(self.init.std > 0, f"init.std={self.init.std} must be positive")
+        if self.rope_scaling.type == "yarn":
+            need(self.rope_scaling.factor >= 1.0, f"rope_scaling.factor={self.rope_scaling.factor} must be >= 1")
+        self._validate_moe(need)
+        self._validate_mla(need)
         return self
+
+
+    def _validate_moe(self, need) -> None:
+        m = self.moe
+        if not m.enabled:
+            need(m.n_experts == 0, f"moe.n_experts={m.n_experts} must be >= 0")
+            return
+        need(m.router in ROUTERS, f"moe.router={m.router!r} is not one of {', '.join(ROUTERS)}")
+        need(
+            1 <= m.top_k <= m.n_experts,
+            f"moe.top_k={m.top_k} must be between 1 and moe.n_experts={m.n_experts}",
+        )
+        need(m.expert_hidden_size > 0, f"moe.expert_hidden_size={m.expert_hidden_size} must be positive")
+        need(m.n_shared_experts >= 0, f"moe.n_shared_experts={m.n_shared_experts} must be >= 0")
+        need(m.moe_every >= 1, f"moe.moe_every={m.moe_every} must be >= 1")
+        need(
+            0 <= m.first_k_dense < self.n_layers,
+            f"moe.first_k_dense={m.first_k_dense} leaves no MoE layer among n_layers={self.n_layers}",
+        )
+        need(
+            m.n_group >= 1 and m.n_experts % m.n_group == 0,
+            f"moe.n_experts={m.n_experts} is not divisible by moe.n_group={m.n_group}; "
+            f"choose n_group among {_divisors(m.n_experts)}",
+        )
+        need(
+            1 <= m.topk_group <= m.n_group,
+            f"moe.topk_group={m.topk_group} must be between 1 and moe.n_group={m.n_group}",
+        )
+        if m.n_group > 1:
+            per_group = m.n_experts // m.n_group
+            need(
+                m.top_k <= m.topk_group * per_group,
+                f"moe.top_k={m.top_k} exceeds the {m.topk_group} x {per_group} experts that "
+                "group-limited routing leaves; raise topk_group or lower top_k",
+            )
+            need(
+                m.router == "softmax" or per_group >= 2,
+                "sigmoid group routing scores each group by its top two experts: "
+                f"moe.n_experts / moe.n_group = {per_group} must be >= 2",
+            )
+        for key in ("aux_loss_coef", "z_loss_coef", "bias_update_speed"):
+            need(getattr(m, key) >= 0, f"moe.{key}={getattr(m, key)} must be >= 0")
+
+    def _validate_mla(self, need) -> None:
+        a = self.mla
+        if not a.enabled:
+            need(a.kv_lora_rank == 0, f"mla.kv_lora_rank={a.kv_lora_rank} must be >= 0")
+            return
+        need(
+            a.kv_lora_rank < self.d_model,
+            f"mla.kv_lora_rank={a.kv_lora_rank} is not smaller than d_model={self.d_model}: the "
+            "latent must compress the hidden state; choose kv_lora_rank < d_model",
+        )
+        need(
+            0 <= a.q_lora_rank < self.d_model,
+            f"mla.q_lora_rank={a.q_lora_rank} must be 0 (no query compression) or < d_model="
+            f"{self.d_model}",
+        )
+        for key in ("qk_nope_head_dim", "v_head_dim"):
+            need(getattr(a, key) > 0, f"mla.{key}={getattr(a, key)} must be positive")
+        need(
+            a.qk_rope_head_dim > 0 and a.qk_rope_head_dim % 2 == 0,
+            f"mla.qk_rope_head_dim={a.qk_rope_head_dim} must be a positive even number",
+        )
+        need(self.qk_norm == "none", "qk_norm applies to standard attention; set qk_norm=none with MLA")
+        need(self.n_kv_heads in (None, self.n_heads),
+             "MLA has no KV head groups (every head reads the shared latent); set n_kv_heads=null")
 
 
 def _divisors(n: int) -> list[int]:

@@ -26,9 +26,16 @@ class ParameterCount:
 
 def count_parameters(cfg: ModelConfig) -> ParameterCount:
     from model_zoo.model import build_model  # local: counting is imported by light-weight callers
+    from model_zoo.moe import GroupedExperts
 
     model = build_model(cfg, device="meta")
     total = sum(p.numel() for p in model.parameters())  # parameters() de-duplicates tied weights
+    # A token passes through top_k of the n_experts routed experts of each MoE layer; shared
+    # experts, router and everything else are always active.
+    inactive = sum(
+        sum(p.numel() for p in m.parameters()) * (cfg.moe.n_experts - cfg.moe.top_k) // cfg.moe.n_experts
+        for m in model.modules() if isinstance(m, GroupedExperts)
+    )
     embedding = model.tok_embeddings.weight.numel()
     output = 0 if cfg.tie_embeddings else model.output.weight.numel()
     return ParameterCount(
@@ -36,12 +43,13 @@ def count_parameters(cfg: ModelConfig) -> ParameterCount:
         embedding=embedding,
         output=output,
         non_embedding=total - embedding - output,
-        active=total,
+        active=total - inactive,
     )
 
 
 def training_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> int:
-    """Model FLOPs to train on one token (forward + backward), the numerator of MFU.
+    """Model FLOPs to train on one token (forward + backward), the numerator of MFU. For MoE,
+    only active parameters count.
 
     6 x (active non-embedding parameters + output layer, counted even when tied, since the
     projection to the vocabulary is a matmul either way) + attention score/value matmuls counted in
@@ -50,7 +58,12 @@ def training_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> in
     seq_len = seq_len or cfg.max_seq_len
     count = count_parameters(cfg)
     output_matmul = cfg.padded_vocab_size * cfg.d_model
-    attention = 12 * cfg.n_layers * cfg.n_heads * cfg.dim_per_head * seq_len
+    if cfg.mla.enabled:  # scores use the q/k head dim, the weighted sum the v head dim
+        a = cfg.mla
+        per_head = (a.qk_nope_head_dim + a.qk_rope_head_dim + a.v_head_dim) / 2
+    else:
+        per_head = cfg.dim_per_head
+    attention = int(12 * cfg.n_layers * cfg.n_heads * per_head * seq_len)
     return 6 * (count.active_non_embedding + output_matmul) + attention
 
 

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from model_zoo.config import ModelConfig
+from model_zoo.mla import MLAttention, yarn_mscale
+from model_zoo.moe import GroupedExperts, MoE, TopKRouter
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,7 +70,37 @@ def rope_inverse_frequencies(cfg: ModelConfig) -> torch.Tensor:
         smoothed = (1 - smooth) * scaled / rs.factor + smooth * scaled
         is_medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
         inv_freq = torch.where(is_medium, smoothed, scaled)
+    elif rs.type == "yarn":
+        inv_freq = _yarn_inverse_frequencies(cfg.rope_theta, dim, rs)
     return inv_freq
+
+
+def _yarn_inverse_frequencies(base: float, dim: int, rs) -> torch.Tensor:
+    """YaRN: blend interpolated (divided by factor) and original frequencies with a linear ramp
+    between the dims that rotate beta_fast and beta_slow times over the original context; as
+    transformers' `_compute_yarn_parameters` (with truncation of the ramp bounds)."""
+
+    def correction_dim(rotations: float) -> float:
+        return (dim * math.log(rs.original_max_position / (rotations * 2 * math.pi))) / (2 * math.log(base))
+
+    low = max(math.floor(correction_dim(rs.beta_fast)), 0)
+    high = min(math.ceil(correction_dim(rs.beta_slow)), dim - 1)
+    if low == high:
+        high += 0.001  # avoid a zero-width ramp
+    ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+    pos_freqs = base ** (torch.arange(0, dim, 2).float() / dim)
+    extrapolation_weight = 1 - ramp
+    return (1.0 / (rs.factor * pos_freqs)) * (1 - extrapolation_weight) + (1.0 / pos_freqs) * extrapolation_weight
+
+
+def rope_attention_factor(cfg: ModelConfig) -> float:
+    """YaRN scales cos/sin by mscale(factor, mscale) / mscale(factor, mscale_all_dim)."""
+    rs = cfg.rope_scaling
+    if rs.type != "yarn":
+        return 1.0
+    if rs.mscale and rs.mscale_all_dim:
+        return yarn_mscale(rs.factor, rs.mscale) / yarn_mscale(rs.factor, rs.mscale_all_dim)
+    return yarn_mscale(rs.factor, 1.0)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -133,15 +165,18 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """SwiGLU (w2(silu(w1 x) * w3 x)) or GeLU (w2(gelu(w1 x))) MLP."""
+    """SwiGLU (w2(silu(w1 x) * w3 x)) or GeLU (w2(gelu(w1 x))) MLP. `hidden`/`bias` override the
+    config for MoE shared experts."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, hidden: Optional[int] = None, bias: Optional[bool] = None):
         super().__init__()
+        hidden = cfg.ffn_hidden_size if hidden is None else hidden
+        bias = cfg.mlp_bias if bias is None else bias
         self.swiglu = cfg.activation == "swiglu"
-        self.w1 = nn.Linear(cfg.d_model, cfg.ffn_hidden_size, bias=cfg.mlp_bias)
-        self.w2 = nn.Linear(cfg.ffn_hidden_size, cfg.d_model, bias=cfg.mlp_bias)
+        self.w1 = nn.Linear(cfg.d_model, hidden, bias=bias)
+        self.w2 = nn.Linear(hidden, cfg.d_model, bias=bias)
         if self.swiglu:
-            self.w3 = nn.Linear(cfg.d_model, cfg.ffn_hidden_size, bias=cfg.mlp_bias)
+            self.w3 = nn.Linear(cfg.d_model, hidden, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.swiglu:
@@ -150,29 +185,35 @@ class FeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Attention + MLP with pre-norm, OLMo-2 post-sublayer norm, or GPT-NeoX parallel residual."""
+    """Attention + MLP with pre-norm, OLMo-2 post-sublayer norm, or GPT-NeoX parallel residual.
 
-    def __init__(self, cfg: ModelConfig):
+    The attention is MLA when `mla.kv_lora_rank > 0`; the MLP is a mixture of experts (`moe`,
+    torchtitan's name) on the layers `cfg.is_moe_layer` selects, else a dense `feed_forward`.
+    """
+
+    def __init__(self, cfg: ModelConfig, layer_id: int = 0):
         super().__init__()
         self.norm_position = cfg.norm_position
         self.parallel_residual = cfg.parallel_residual
-        self.attention = Attention(cfg)
-        self.feed_forward = FeedForward(cfg)
+        self.attention = MLAttention(cfg) if cfg.mla.enabled else Attention(cfg)
+        if cfg.is_moe_layer(layer_id):
+            self.moe = MoE(cfg)
+        else:
+            self.feed_forward = FeedForward(cfg)
         self.attention_norm = build_norm(cfg, cfg.d_model)
         self.ffn_norm = build_norm(cfg, cfg.d_model)
 
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        return self.moe(x) if hasattr(self, "moe") else self.feed_forward(x)
+
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         if self.parallel_residual:
-            return (
-                x
-                + self.attention(self.attention_norm(x), cos, sin)
-                + self.feed_forward(self.ffn_norm(x))
-            )
+            return x + self.attention(self.attention_norm(x), cos, sin) + self.mlp(self.ffn_norm(x))
         if self.norm_position == "post":
             x = x + self.attention_norm(self.attention(x, cos, sin))
-            return x + self.ffn_norm(self.feed_forward(x))
+            return x + self.ffn_norm(self.mlp(x))
         x = x + self.attention(self.attention_norm(x), cos, sin)
-        return x + self.feed_forward(self.ffn_norm(x))
+        return x + self.mlp(self.ffn_norm(x))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,7 +226,7 @@ class Transformer(nn.Module):
         self.cfg = cfg
         vocab = cfg.padded_vocab_size
         self.tok_embeddings: Optional[nn.Embedding] = nn.Embedding(vocab, cfg.d_model)
-        self.layers = nn.ModuleDict({str(i): TransformerBlock(cfg) for i in range(cfg.n_layers)})
+        self.layers = nn.ModuleDict({str(i): TransformerBlock(cfg, i) for i in range(cfg.n_layers)})
         self.norm: Optional[nn.Module] = build_norm(cfg, cfg.d_model)
         self.output: Optional[nn.Linear] = nn.Linear(cfg.d_model, vocab, bias=False)
         if cfg.tie_embeddings:
@@ -200,7 +241,8 @@ class Transformer(nn.Module):
         positions = torch.arange(seq_len, dtype=torch.float32, device=device)
         freqs = torch.outer(positions, inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos(), emb.sin()
+        factor = rope_attention_factor(self.cfg)
+        return emb.cos() * factor, emb.sin() * factor
 
     def reset_rope_tables(self) -> None:
         """Recompute the RoPE buffers (after building on the meta device and `to_empty`)."""
@@ -226,9 +268,22 @@ class Transformer(nn.Module):
                 module.weight.fill_(1.0)
                 if getattr(module, "bias", None) is not None:
                     module.bias.zero_()
+            elif isinstance(module, GroupedExperts):
+                _normal_(module.w1, std, init.truncation, gen)
+                _normal_(module.w2, out_std, init.truncation, gen)
+                _normal_(module.w3, std, init.truncation, gen)
+            elif isinstance(module, MoE):
+                module.tokens_per_expert.zero_()  # a running count, garbage after to_empty
+            elif isinstance(module, TopKRouter):
+                _normal_(module.gate.weight, std, init.truncation, gen)
+                module.expert_bias.zero_()
             elif isinstance(module, (nn.Linear, nn.Embedding)):
+                if name.endswith(".router.gate"):
+                    continue  # initialised with its router above
                 if module is self.output and self.cfg.tie_embeddings:
                     continue  # shares the embedding matrix, initialised once as the embedding
+                # Attention output and MLP down projections (incl. shared experts) write into the
+                # residual stream: they take the output std.
                 is_residual_writer = name.endswith((".wo", ".w2"))
                 _normal_(module.weight, out_std if is_residual_writer else std, init.truncation, gen)
                 if getattr(module, "bias", None) is not None:

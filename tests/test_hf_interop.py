@@ -16,29 +16,9 @@ from model_zoo.config import ConfigError, RopeScalingConfig
 from model_zoo.hf import export_hf, import_hf
 from pretrain.cli import main as cli_main
 
-TOL = 1e-4
-
-
-def _randomise(module: torch.nn.Module, seed: int) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in sorted(module.named_parameters()):
-            noise = torch.randn(p.shape, generator=gen)
-            if "norm" in name and name.endswith("weight"):
-                p.copy_(1.0 + 0.2 * noise)  # norm gains near 1, but not 1
-            else:
-                p.copy_(0.08 * noise)
-
-
-def _tokens(vocab: int, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, vocab, (2, 37), generator=torch.Generator().manual_seed(seed))
-
-
-def _assert_close(ours: torch.Tensor, theirs: torch.Tensor) -> None:
-    assert ours.shape == theirs.shape
-    assert theirs.std() > 0.1, "logits too small for the comparison to mean anything"
-    diff = (ours - theirs).abs().max().item()
-    assert diff < TOL, f"max abs logit difference {diff:.3e} >= {TOL}"
+from hf_helpers import assert_close as _assert_close
+from hf_helpers import randomise as _randomise
+from hf_helpers import tokens as _tokens
 
 
 # Shapes per family: GQA ratios, rotary fraction, tied/untied, biases, norm placement, scaling.

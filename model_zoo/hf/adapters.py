@@ -14,7 +14,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from model_zoo.config import ConfigError, InitConfig, ModelConfig, RopeScalingConfig
+from model_zoo.config import (ConfigError, InitConfig, MLAConfig, ModelConfig, MoEConfig,
+                              RopeScalingConfig)
 
 Tensor = torch.Tensor
 
@@ -467,3 +468,354 @@ def adapter_for_hf_config(hf: dict[str, Any]) -> HFAdapter:
             f"cannot import Hugging Face model_type {model_type!r}; supported: "
             f"{', '.join(BY_MODEL_TYPE)}"
         ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Mixture of experts (Mixtral, OLMoE) and DeepSeek (MLA + shared/routed experts)
+# ---------------------------------------------------------------------------------------------
+_MOE_KEY = re.compile(r"^layers\.(\d+)\.moe\.(.+)$")
+
+
+class _MoEAdapterMixin:
+    """Expert tensors: ours are stacked (E, out, in); the Hub stores one Linear per expert.
+
+    EXPERT_PREFIX is the per-layer module holding router and experts on the Hub; EXPERT_NAMES maps
+    our w1/w2/w3 to the Hub's per-expert names. Saved in the Hub's per-expert layout, which
+    transformers 4.x loads as is and 5.x converts to its fused layout on load.
+    """
+
+    EXPERT_PREFIX = "mlp"
+    EXPERT_NAMES = {"w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
+    SHARED = {"w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
+    BIAS_NAME: Optional[str] = None  # where the aux-loss-free selection bias lives on the Hub
+
+    def _moe_to_hf(self, cfg: ModelConfig, sd: dict[str, Tensor]) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        for key, value in sd.items():
+            i, rest = _MOE_KEY.match(key).groups()
+            base = f"model.layers.{i}.{self.EXPERT_PREFIX}"
+            if rest == "router.gate.weight":
+                out[f"{base}.gate.weight"] = value
+            elif rest == "router.expert_bias":
+                if self.BIAS_NAME is not None:
+                    out[f"{base}.gate.{self.BIAS_NAME}"] = value
+                elif value.abs().max() > 0:
+                    raise ConfigError(
+                        f"layer {i} has a non-zero auxiliary-loss-free expert bias, which "
+                        f"{self.architecture} cannot express; export as DeepseekV3ForCausalLM or "
+                        "train with moe.bias_update_speed=0"
+                    )
+            elif rest.startswith("experts."):
+                ours = rest.split(".")[1]
+                for e in range(value.shape[0]):
+                    out[f"{base}.experts.{e}.{self.EXPERT_NAMES[ours]}.weight"] = value[e]
+            elif rest.startswith("shared_experts."):
+                _, ours, leaf = rest.split(".")
+                out[f"{base}.shared_experts.{self.SHARED[ours]}.{leaf}"] = value
+            else:
+                raise KeyError(f"no name mapping for parameter {key!r}")
+        return out
+
+    def _moe_from_hf(self, cfg: ModelConfig, hf_sd: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Pop the Hub's MoE tensors out of hf_sd and return them under our names."""
+        sd: dict[str, Tensor] = {}
+        inverse_experts = _inverse(self.EXPERT_NAMES)
+        inverse_shared = _inverse(self.SHARED)
+        pattern = re.compile(rf"^model\.layers\.(\d+)\.{self.EXPERT_PREFIX}\.(gate|experts|shared_experts)\.(.+)$")
+        experts: dict[tuple[str, str], dict[int, Tensor]] = {}
+        for key in [k for k in hf_sd if pattern.match(k)]:
+            i, part, rest = pattern.match(key).groups()
+            value = hf_sd.pop(key)
+            if part == "gate":
+                name = "router.gate.weight" if rest == "weight" else "router.expert_bias"
+                sd[f"layers.{i}.moe.{name}"] = value.float() if name.endswith("bias") else value
+            elif part == "experts":
+                e, hub_name, _ = rest.split(".")
+                experts.setdefault((i, inverse_experts[hub_name]), {})[int(e)] = value
+            else:
+                hub_name, leaf = rest.split(".")
+                sd[f"layers.{i}.moe.shared_experts.{inverse_shared[hub_name]}.{leaf}"] = value
+        for (i, ours), per_expert in experts.items():
+            sd[f"layers.{i}.moe.experts.{ours}"] = torch.stack([per_expert[e] for e in sorted(per_expert)])
+        for key in [k for k in sd if k.endswith("router.gate.weight")]:
+            bias_key = key.replace("gate.weight", "expert_bias")
+            sd.setdefault(bias_key, torch.zeros(cfg.moe.n_experts))
+        return sd
+
+    def to_hf_state_dict(self, cfg, sd):
+        moe = {k: v for k, v in sd.items() if _MOE_KEY.match(k)}
+        dense = {k: v for k, v in sd.items() if k not in moe}
+        out = super().to_hf_state_dict(cfg, dense)
+        out.update(self._moe_to_hf(cfg, moe))
+        return out
+
+    def from_hf_state_dict(self, cfg, hf_sd):
+        hf_sd = dict(hf_sd)
+        moe = self._moe_from_hf(cfg, hf_sd)
+        sd = super().from_hf_state_dict(cfg, hf_sd)
+        sd.update(moe)
+        return sd
+
+
+def _moe_requirements(router: str, groups: bool, shared: bool) -> tuple[Requirement, ...]:
+    reqs = [
+        Requirement("moe.router", lambda c: c.moe.router == router, f"moe.router must be {router}"),
+        Requirement("moe.n_experts", lambda c: c.moe.enabled, "moe.n_experts must be > 0"),
+    ]
+    if not groups:
+        reqs.append(Requirement("moe.n_group", lambda c: c.moe.n_group == 1, "moe.n_group must be 1"))
+    if not shared:
+        reqs.append(Requirement("moe.n_shared_experts", lambda c: c.moe.n_shared_experts == 0,
+                                "moe.n_shared_experts must be 0"))
+        reqs.append(Requirement("moe.first_k_dense", lambda c: c.moe.first_k_dense == 0 and c.moe.moe_every == 1,
+                                "every layer must be MoE (first_k_dense=0, moe_every=1)"))
+    return tuple(reqs)
+
+
+class MixtralAdapter(_MoEAdapterMixin, LlamaAdapter):
+    architecture, model_type, family = "MixtralForCausalLM", "mixtral", "mixtral"
+    EXPERT_PREFIX = "block_sparse_moe"
+    EXPERT_NAMES = {"w1": "w1", "w2": "w2", "w3": "w3"}
+    requirements = LlamaAdapter.requirements + _moe_requirements("softmax", False, False) + (
+        Requirement("moe.norm_topk_prob", lambda c: c.moe.norm_topk_prob,
+                    "moe.norm_topk_prob must be true (Mixtral renormalises its top-k weights)"),
+        Requirement("moe.routed_scaling_factor", lambda c: c.moe.routed_scaling_factor == 1.0,
+                    "moe.routed_scaling_factor must be 1"),
+        Requirement("biases", lambda c: not (c.qkv_bias or c.mlp_bias), "no biases"),
+        Requirement("head_dim", lambda c: c.head_dim in (None, c.d_model // c.n_heads),
+                    "head_dim must be d_model / n_heads"),
+    )
+
+    def to_hf_config(self, cfg):
+        hf = super().to_hf_config(cfg)
+        for key in ("attention_bias", "mlp_bias", "pretraining_tp"):
+            hf.pop(key, None)
+        hf.update({
+            "architectures": [self.architecture], "model_type": self.model_type,
+            "num_local_experts": cfg.moe.n_experts, "num_experts_per_tok": cfg.moe.top_k,
+            "intermediate_size": cfg.moe.expert_hidden_size,
+            "router_aux_loss_coef": cfg.moe.aux_loss_coef, "router_jitter_noise": 0.0,
+            "output_router_logits": False, "sliding_window": None,
+        })
+        return hf
+
+    def from_hf_config(self, hf):
+        cfg = super().from_hf_config(hf)
+        cfg.name, cfg.family = hf.get("_name_or_path") or "mixtral-imported", "mixtral"
+        cfg.moe = MoEConfig(n_experts=hf["num_local_experts"], top_k=hf["num_experts_per_tok"],
+                            expert_hidden_size=hf["intermediate_size"], norm_topk_prob=True,
+                            aux_loss_coef=hf.get("router_aux_loss_coef", 0.0))
+        return cfg
+
+
+class OlmoeAdapter(_MoEAdapterMixin, _LlamaLikeAdapter):
+    architecture, model_type, family = "OlmoeForCausalLM", "olmoe", "olmoe"
+    NORMS = {
+        "attention_norm": "input_layernorm",
+        "ffn_norm": "post_attention_layernorm",
+        "attention.q_norm": "self_attn.q_norm",
+        "attention.k_norm": "self_attn.k_norm",
+    }
+    requirements = (
+        _RMSNORM, _SWIGLU, _FULL_ROTARY, _NO_PARALLEL, _ATTN_BIAS_SAME,
+        Requirement("norm_position", lambda c: c.norm_position == "pre", "norm_position must be pre"),
+        Requirement("qk_norm", lambda c: c.qk_norm == "full", "qk_norm must be full"),
+        Requirement("head_dim", lambda c: c.head_dim in (None, c.d_model // c.n_heads),
+                    "head_dim must be d_model / n_heads"),
+        Requirement("rope_scaling", lambda c: c.rope_scaling.type == "none", "rope_scaling must be none"),
+        Requirement("moe.routed_scaling_factor", lambda c: c.moe.routed_scaling_factor == 1.0,
+                    "moe.routed_scaling_factor must be 1"),
+    ) + _moe_requirements("softmax", False, False)
+
+    def to_hf_config(self, cfg):
+        hf = _common_hf_config(cfg)
+        hf.update({
+            "architectures": [self.architecture], "model_type": self.model_type,
+            "num_key_value_heads": cfg.kv_heads, "hidden_act": "silu",
+            "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_theta,
+            "attention_bias": cfg.qkv_bias, "attention_dropout": 0.0, "clip_qkv": None,
+            "num_experts": cfg.moe.n_experts, "num_experts_per_tok": cfg.moe.top_k,
+            "intermediate_size": cfg.moe.expert_hidden_size,
+            "norm_topk_prob": cfg.moe.norm_topk_prob,
+            "router_aux_loss_coef": cfg.moe.aux_loss_coef, "output_router_logits": False,
+        })
+        return hf
+
+    def from_hf_config(self, hf):
+        theta, _, _ = _rope_from_hf(hf)
+        n_heads = hf["num_attention_heads"]
+        return ModelConfig(
+            name=hf.get("_name_or_path") or "olmoe-imported", family="olmoe",
+            vocab_size=hf["vocab_size"], d_model=hf["hidden_size"],
+            n_layers=hf["num_hidden_layers"], n_heads=n_heads,
+            n_kv_heads=hf.get("num_key_value_heads", n_heads),
+            ffn_hidden_size=hf["intermediate_size"], activation="swiglu", norm="rmsnorm",
+            norm_eps=hf.get("rms_norm_eps", 1e-5), norm_position="pre", qk_norm="full",
+            qkv_bias=hf.get("attention_bias", False), attn_out_bias=hf.get("attention_bias", False),
+            rope_theta=theta, max_seq_len=hf.get("max_position_embeddings", 4096),
+            tie_embeddings=hf.get("tie_word_embeddings", False),
+            init=InitConfig(std=hf.get("initializer_range", 0.02), output_scheme="same"),
+            bos_token_id=_first(hf.get("bos_token_id")), eos_token_id=_first(hf.get("eos_token_id")),
+            moe=MoEConfig(n_experts=hf["num_experts"], top_k=hf["num_experts_per_tok"],
+                          expert_hidden_size=hf["intermediate_size"],
+                          norm_topk_prob=hf.get("norm_topk_prob", False),
+                          aux_loss_coef=hf.get("router_aux_loss_coef", 0.0)),
+        )
+
+
+class _DeepseekAdapter(_MoEAdapterMixin, _LlamaLikeAdapter):
+    """DeepSeek-V2 and -V3: MLA attention; dense MLP on the first k layers, then shared + routed."""
+
+    NORMS = {"attention_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
+    MLA = {
+        "attention.wq": "self_attn.q_proj",
+        "attention.wq_a": "self_attn.q_a_proj",
+        "attention.q_norm": "self_attn.q_a_layernorm",
+        "attention.wq_b": "self_attn.q_b_proj",
+        "attention.wkv_a": "self_attn.kv_a_proj_with_mqa",
+        "attention.kv_norm": "self_attn.kv_a_layernorm",
+        "attention.wkv_b": "self_attn.kv_b_proj",
+        "attention.wo": "self_attn.o_proj",
+    }
+    LAYER = {
+        "feed_forward.w1": "mlp.gate_proj",
+        "feed_forward.w3": "mlp.up_proj",
+        "feed_forward.w2": "mlp.down_proj",
+        **MLA,
+    }
+    common_requirements = (
+        _RMSNORM, _SWIGLU, _NO_PARALLEL,
+        Requirement("mla", lambda c: c.mla.enabled, "mla.kv_lora_rank must be > 0"),
+        Requirement("norm_position", lambda c: c.norm_position == "pre", "norm_position must be pre"),
+        Requirement("mlp_bias", lambda c: not c.mlp_bias, "mlp_bias must be false"),
+        Requirement("qkv_bias", lambda c: c.qkv_bias == c.attn_out_bias,
+                    "qkv_bias and attn_out_bias must be equal"),
+        Requirement("moe.moe_every", lambda c: c.moe.moe_every == 1, "moe.moe_every must be 1"),
+        Requirement("rope_scaling", lambda c: c.rope_scaling.type in ("none", "yarn"),
+                    "rope_scaling must be none or yarn"),
+        Requirement("mla.latent_norm_eps", lambda c: c.mla.latent_norm_eps == 1e-6,
+                    "mla.latent_norm_eps must be 1e-6 (hard-coded by transformers)"),
+    )
+
+    def to_hf_config(self, cfg):
+        hf = _common_hf_config(cfg)
+        m, a = cfg.moe, cfg.mla
+        rope = None
+        if cfg.rope_scaling.type == "yarn":
+            rs = cfg.rope_scaling
+            rope = {"type": "yarn", "rope_type": "yarn", "factor": rs.factor,
+                    "original_max_position_embeddings": rs.original_max_position,
+                    "beta_fast": rs.beta_fast, "beta_slow": rs.beta_slow,
+                    "mscale": rs.mscale, "mscale_all_dim": rs.mscale_all_dim}
+        hf.update({
+            "architectures": [self.architecture], "model_type": self.model_type,
+            "num_key_value_heads": cfg.n_heads, "hidden_act": "silu",
+            "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_theta, "rope_scaling": rope,
+            "attention_bias": cfg.qkv_bias, "attention_dropout": 0.0, "mlp_bias": False,
+            "q_lora_rank": a.q_lora_rank or None, "kv_lora_rank": a.kv_lora_rank,
+            "qk_nope_head_dim": a.qk_nope_head_dim, "qk_rope_head_dim": a.qk_rope_head_dim,
+            "v_head_dim": a.v_head_dim, "head_dim": a.qk_rope_head_dim,
+            "n_routed_experts": m.n_experts, "num_experts_per_tok": m.top_k,
+            "moe_intermediate_size": m.expert_hidden_size, "n_shared_experts": m.n_shared_experts,
+            "first_k_dense_replace": m.first_k_dense, "moe_layer_freq": 1,
+            "norm_topk_prob": m.norm_topk_prob, "routed_scaling_factor": m.routed_scaling_factor,
+            "n_group": m.n_group, "topk_group": m.topk_group, "aux_loss_alpha": m.aux_loss_coef,
+        })
+        return hf
+
+    def _from_hf_common(self, hf, family: str, router: str) -> ModelConfig:
+        theta, _, _ = _rope_from_hf(_without_yarn(hf))
+        rope = _yarn_from_hf(hf)
+        return ModelConfig(
+            name=hf.get("_name_or_path") or f"{family}-imported", family=family,
+            vocab_size=hf["vocab_size"], d_model=hf["hidden_size"],
+            n_layers=hf["num_hidden_layers"], n_heads=hf["num_attention_heads"],
+            ffn_hidden_size=hf["intermediate_size"], activation="swiglu", norm="rmsnorm",
+            norm_eps=hf.get("rms_norm_eps", 1e-6), norm_position="pre",
+            qkv_bias=hf.get("attention_bias", False), attn_out_bias=hf.get("attention_bias", False),
+            rope_theta=theta, rope_scaling=rope,
+            max_seq_len=hf.get("max_position_embeddings", 4096),
+            tie_embeddings=hf.get("tie_word_embeddings", False),
+            init=InitConfig(std=hf.get("initializer_range", 0.02), output_scheme="same"),
+            bos_token_id=_first(hf.get("bos_token_id")), eos_token_id=_first(hf.get("eos_token_id")),
+            moe=MoEConfig(
+                n_experts=hf["n_routed_experts"], top_k=hf["num_experts_per_tok"],
+                expert_hidden_size=hf["moe_intermediate_size"],
+                n_shared_experts=hf.get("n_shared_experts") or 0,
+                first_k_dense=hf.get("first_k_dense_replace", 0), router=router,
+                norm_topk_prob=hf.get("norm_topk_prob", False),
+                routed_scaling_factor=hf.get("routed_scaling_factor", 1.0),
+                n_group=hf.get("n_group") or 1, topk_group=hf.get("topk_group") or 1,
+                aux_loss_coef=hf.get("aux_loss_alpha", 0.0)),
+            mla=MLAConfig(q_lora_rank=hf.get("q_lora_rank") or 0, kv_lora_rank=hf["kv_lora_rank"],
+                          qk_nope_head_dim=hf["qk_nope_head_dim"],
+                          qk_rope_head_dim=hf["qk_rope_head_dim"], v_head_dim=hf["v_head_dim"],
+                          rope_interleave=hf.get("rope_interleave", True)),
+        )
+
+
+def _without_yarn(hf: dict[str, Any]) -> dict[str, Any]:
+    hf = dict(hf)
+    hf.pop("rope_scaling", None)
+    params = dict(hf.get("rope_parameters") or {})
+    hf["rope_parameters"] = {"rope_theta": params["rope_theta"]} if "rope_theta" in params else None
+    return hf
+
+
+def _yarn_from_hf(hf: dict[str, Any]) -> RopeScalingConfig:
+    merged = {**(hf.get("rope_parameters") or {}), **(hf.get("rope_scaling") or {})}
+    if merged.get("rope_type", merged.get("type", "default")) in (None, "default"):
+        return RopeScalingConfig()
+    if merged.get("rope_type", merged.get("type")) != "yarn":
+        raise ConfigError(f"DeepSeek rope scaling {merged!r} is not supported; supported: yarn")
+    return RopeScalingConfig(
+        type="yarn", factor=float(merged["factor"]),
+        original_max_position=int(merged["original_max_position_embeddings"]),
+        beta_fast=float(merged.get("beta_fast") or 32), beta_slow=float(merged.get("beta_slow") or 1),
+        mscale=float(merged.get("mscale") or 0.0), mscale_all_dim=float(merged.get("mscale_all_dim") or 0.0))
+
+
+class DeepseekV3Adapter(_DeepseekAdapter):
+    architecture, model_type, family = "DeepseekV3ForCausalLM", "deepseek_v3", "deepseek_v3"
+    BIAS_NAME = "e_score_correction_bias"
+    requirements = _DeepseekAdapter.common_requirements + _moe_requirements("sigmoid", True, True)
+
+    def to_hf_config(self, cfg):
+        hf = super().to_hf_config(cfg)
+        hf.update({"rope_interleave": cfg.mla.rope_interleave, "scoring_func": "sigmoid",
+                   "topk_method": "noaux_tc"})
+        return hf
+
+    def from_hf_config(self, hf):
+        return self._from_hf_common(hf, "deepseek_v3", "sigmoid")
+
+
+class DeepseekV2Adapter(_DeepseekAdapter):
+    architecture, model_type, family = "DeepseekV2ForCausalLM", "deepseek_v2", "deepseek_v2"
+    requirements = _DeepseekAdapter.common_requirements + _moe_requirements("softmax", True, True) + (
+        Requirement("mla.rope_interleave", lambda c: c.mla.rope_interleave,
+                    "mla.rope_interleave must be true (DeepSeek-V2 rotates interleaved pairs)"),
+        Requirement("moe.norm_topk_prob", lambda c: not c.moe.norm_topk_prob,
+                    "moe.norm_topk_prob must be false (transformers' DeepSeek-V2 never renormalises)"),
+    )
+
+    def to_hf_config(self, cfg):
+        hf = super().to_hf_config(cfg)
+        grouped = cfg.moe.n_group > 1
+        hf.update({"topk_method": "group_limited_greedy" if grouped else "greedy",
+                   "n_group": cfg.moe.n_group if grouped else None,
+                   "topk_group": cfg.moe.topk_group if grouped else None,
+                   "scoring_func": "softmax"})
+        return hf
+
+    def from_hf_config(self, hf):
+        return self._from_hf_common(hf, "deepseek_v2", "softmax")
+
+
+ADAPTERS.update({
+    "mixtral": MixtralAdapter(),
+    "olmoe": OlmoeAdapter(),
+    "deepseek_v2": DeepseekV2Adapter(),
+    "deepseek_v3": DeepseekV3Adapter(),
+})
+BY_MODEL_TYPE.update({a.model_type: a for a in ADAPTERS.values()})
