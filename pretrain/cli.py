@@ -20,9 +20,6 @@ from typing import Callable, Optional
 from model_zoo.config import ConfigError
 
 NOT_YET = {
-    "train": "the training loop (issue: training loop, data loader, checkpoint series)",
-    "analyze": "training-dynamics analysis (issue: training loop, data loader, checkpoint series)",
-    "schedule": "checkpoint-series schedules (issue: training loop, data loader, checkpoint series)",
     "launch": "sbatch rendering and submission (issue: launching on clusters)",
 }
 
@@ -87,25 +84,76 @@ def cmd_import_hf(argv: list[str]) -> int:
 
 
 def cmd_export_hf(argv: list[str]) -> int:
-    from pretrain.export import export_checkpoint_to_hf
+    from pretrain.export import export_checkpoint_to_hf, export_run_steps
 
     ap = argparse.ArgumentParser(
         prog="pretrain export-hf",
-        description="Write a checkpoint of ours as a Hugging Face model folder.",
+        description="Write a checkpoint of ours as a Hugging Face model folder. CHECKPOINT is a "
+        "checkpoint folder, or a run folder with --step N (writes OUT/stepN) or --all (every "
+        "series and full checkpoint of the run, OUT/stepN each). Checkpoints of any parallel "
+        "layout are consolidated in this one process.",
     )
-    ap.add_argument("checkpoint", help="a checkpoint folder (from import-hf or training)")
+    ap.add_argument("checkpoint", help="a checkpoint folder, or a run folder with --step/--all")
     ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--step", type=int, help="export this step of the run folder")
+    ap.add_argument("--all", action="store_true", help="export every checkpointed step of the run")
     ap.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--tokenizer", help="tokenizer.json / tokenizer folder to copy alongside")
     ap.add_argument("--max-shard-gb", type=float, default=5.0)
     args = ap.parse_args(argv)
-    out = export_checkpoint_to_hf(
-        args.checkpoint, args.out, dtype=args.dtype, tokenizer=args.tokenizer,
-        overwrite=args.overwrite, max_shard_bytes=int(args.max_shard_gb * 1024**3),
-    )
+    kw = dict(dtype=args.dtype, tokenizer=args.tokenizer, overwrite=args.overwrite,
+              max_shard_bytes=int(args.max_shard_gb * 1024**3))
+    if args.step is not None or args.all:
+        steps = None if args.all else [args.step]
+        for step, out in export_run_steps(args.checkpoint, args.out, steps, **kw):
+            print(f"wrote Hugging Face model of step {step}: {out}", flush=True)
+        return 0
+    out = export_checkpoint_to_hf(args.checkpoint, args.out, **kw)
     print(f"wrote Hugging Face model {out}")
     return 0
+
+
+def cmd_train(argv: list[str]) -> int:
+    from pretrain.train import main_train
+
+    return main_train(argv)
+
+
+def cmd_schedule(argv: list[str]) -> int:
+    from pretrain.series import format_bytes, series_steps
+
+    ap = argparse.ArgumentParser(
+        prog="pretrain schedule",
+        description="Print the steps of a checkpoint-series spec, their count and the disk space "
+        "(`pretrain schedule pythia --max-steps 143000 model=pythia-160m`). Terms: pythia, "
+        "log2:K, every:N, steps:[a,b,...], first, last; unions with '+'.",
+    )
+    ap.add_argument("spec")
+    ap.add_argument("--max-steps", type=int, required=True)
+    ap.add_argument("--dtype", default=None, help="series dtype (default: checkpoint.series_dtype)")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides (the model sets the size)")
+    args = ap.parse_intermixed_args(argv)
+    from model_zoo.counting import count_parameters
+    from pretrain.config import compose_config
+
+    run = compose_config(args.overrides)
+    steps = series_steps(args.spec, args.max_steps)
+    dtype = args.dtype or run.checkpoint.series_dtype
+    import torch
+
+    per = count_parameters(run.model).total * torch.empty(0, dtype=getattr(torch, dtype)).element_size()
+    print(" ".join(map(str, steps)))
+    print(f"{len(steps)} checkpoints over {args.max_steps} steps")
+    print(f"model {run.model.name}: {format_bytes(per)} per checkpoint in {dtype}; "
+          f"series total about {format_bytes(per * len(steps))}")
+    return 0
+
+
+def cmd_analyze(argv: list[str]) -> int:
+    from pretrain.analyze import main as analyze_main
+
+    return analyze_main(argv)
 
 
 def cmd_data(argv: list[str]) -> int:
@@ -134,6 +182,9 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "export-hf": (cmd_export_hf, "checkpoint of ours -> Hugging Face folder"),
     "data": (cmd_data, "run the Dolma-style data pipeline"),
     "demo": (cmd_demo, "the end-to-end demo on bundled real text"),
+    "train": (cmd_train, "train or resume a model (one process, torchrun, srun, mpirun)"),
+    "schedule": (cmd_schedule, "print a checkpoint-series schedule and its disk space"),
+    "analyze": (cmd_analyze, "look back into a run: the batch of a step, the checkpoint index"),
     **{name: (_not_yet(name), f"(not yet) {what}") for name, what in NOT_YET.items()},
 }
 

@@ -30,6 +30,34 @@ def export_checkpoint_to_hf(
     overwrite: bool = False,
     max_shard_bytes: int = 5 * 1024**3,
 ) -> Path:
-    model = load_weights(ckpt_dir)
+    from pretrain.checkpoint import load_weights_any
+
+    model = load_weights_any(ckpt_dir)  # a series (weights) or a full training checkpoint
     return export_hf(model.cfg, model.state_dict(), out_dir, dtype=dtype, tokenizer=tokenizer,
                      overwrite=overwrite, max_shard_bytes=max_shard_bytes)
+
+
+def export_run_steps(run_dir: str | Path, out_root: str | Path, steps: Optional[list[int]] = None,
+                     **kw):
+    """Export steps of a run folder to OUT/stepN (Pythia's revision names). For each step the
+    series (weights) checkpoint is used when there is one, else the full checkpoint. Loading goes
+    through DCP, which reassembles shards written under any layout in this single process."""
+    from pretrain.checkpoint import load_weights_any, read_index
+
+    run_dir, out_root = Path(run_dir), Path(out_root)
+    entries = read_index(run_dir)
+    if not entries:
+        raise FileNotFoundError(f"{run_dir} has no checkpoint_index.jsonl: not a training run "
+                                "folder, or no checkpoint was saved")
+    by_step: dict[int, dict] = {}
+    for e in entries:  # prefer weights (series) over full at the same step: already the export dtype
+        if e["step"] not in by_step or e["kind"] == "weights":
+            by_step[e["step"]] = e
+    wanted = sorted(by_step) if steps is None else steps
+    for step in wanted:
+        if step not in by_step:
+            raise FileNotFoundError(f"step {step} has no checkpoint in {run_dir}; saved steps: "
+                                    f"{', '.join(map(str, sorted(by_step)))}")
+        model = load_weights_any(run_dir / by_step[step]["path"])
+        out = export_hf(model.cfg, model.state_dict(), out_root / f"step{step}", **kw)
+        yield step, out
