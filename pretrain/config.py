@@ -217,6 +217,16 @@ def validate_run_config(run: RunConfig) -> RunConfig:
     for axis in ("tp", "pp", "dp_replicate", "ep"):
         need(getattr(p, axis) >= 1, f"parallel.{axis}={getattr(p, axis)} must be >= 1")
     need(p.dp_shard == -1 or p.dp_shard >= 1, f"parallel.dp_shard={p.dp_shard} must be >= 1 or -1")
+    if run.model.moe.enabled:
+        n_experts = run.model.moe.n_experts
+        need(
+            n_experts % p.ep == 0,
+            f"moe.n_experts={n_experts} is not divisible by parallel.ep={p.ep}; experts are split "
+            f"evenly over the expert-parallel ranks: choose parallel.ep among "
+            f"{[d for d in range(1, n_experts + 1) if n_experts % d == 0]}",
+        )
+    else:
+        need(p.ep == 1, f"parallel.ep={p.ep} needs a mixture-of-experts model (this one is dense)")
     c, d = run.checkpoint, run.data
     need(c.interval >= 0, f"checkpoint.interval={c.interval} must be >= 0 (0 = only at the end)")
     need(c.keep_last >= 0 and c.keep_every >= 0, "checkpoint.keep_last and keep_every must be >= 0")

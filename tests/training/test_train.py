@@ -1,0 +1,170 @@
+"""`pretrain train` in one process: exact resume, the recorded data order, metrics, checkpoints."""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pretrain.analyze import batch_of_step
+from pretrain.checkpoint import find_latest_complete, read_index, verify_checkpoint
+from pretrain.cli import main
+from pretrain.config import compose_config
+from pretrain.train import TrainingDiverged, train
+from tests.training.helpers import documents, read_metrics, run_cli, tiny_overrides, write_megatron
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tokens")
+    en = write_megatron(str(d / "en/man"), documents(60, max_bytes=1500), per_shard=25)
+    de = write_megatron(str(d / "de/man"), documents(30, start=200, max_bytes=1500))
+    return [str(d / "en"), str(d / "de")]
+
+
+def overrides(run_dir, data, steps, **extra):
+    base = {"data.weights": "[0.75,0.25]", "data.mix_block": 16}
+    base.update(extra)
+    return tiny_overrides(run_dir, data, steps=steps, **base)
+
+
+def test_exact_resume_is_bitwise(tmp_path, data):
+    """20 steps straight == 10 steps, stop, resume in a new process for 10: every loss bitwise."""
+    straight = train(compose_config(overrides(tmp_path / "a", data, 20)), log=lambda *_: None)
+    assert straight["step"] == 20
+    first = train(compose_config(overrides(tmp_path / "b", data, 20, **{"checkpoint.interval": 5})),
+                  stop_after=10, log=lambda *_: None)
+    assert first["step"] == 10
+    res = run_cli(["train", *overrides(tmp_path / "b", data, 20, **{"checkpoint.interval": 5}),
+                   "resume=auto"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resumed from" in res.stdout and "step_0000010" in res.stdout
+    resumed = {m["step"]: m["loss"] for m in read_metrics(tmp_path / "b")}
+    assert sorted(resumed) == list(range(1, 21))
+    for step in range(1, 21):
+        assert resumed[step] == straight["losses"][step], f"step {step} differs"
+    assert straight["losses"][20] < straight["losses"][1] - 0.5  # it does learn
+
+
+def test_analyze_batch_is_what_training_consumed(tmp_path, data, capsys):
+    seen = {}
+    train(compose_config(overrides(tmp_path / "r", data, 4)), log=lambda *_: None,
+          on_batch=lambda step, batch, rng: seen.__setitem__(step, (batch, rng)))
+    for step in (1, 3, 4):
+        got = batch_of_step(tmp_path / "r", step)
+        batch, rng = seen[step]
+        assert tuple(got["samples"][[0, -1]]) == (rng[0], rng[1] - 1)
+        np.testing.assert_array_equal(got["tokens"][:, :-1], batch["inputs"].numpy())
+        np.testing.assert_array_equal(got["tokens"][:, 1:], batch["labels"].numpy())
+        np.testing.assert_array_equal(got["doc_ids"][:, :-1], batch["document_ids"].numpy())
+    # both sources appear with provenance (the 0.75/0.25 mixture over 16-sample blocks)
+    srcs = np.concatenate([batch_of_step(tmp_path / "r", s)["source"] for s in (1, 2, 3, 4)])
+    assert (srcs == 0).sum() == 24 and (srcs == 1).sum() == 8
+    out = tmp_path / "b3.npz"
+    assert main(["analyze", "batch", "--run", str(tmp_path / "r"), "--step", "3", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "hash verified" in text and "man-0000#" in text
+    saved = np.load(out)
+    np.testing.assert_array_equal(saved["tokens"][:, :-1], seen[3][0]["inputs"].numpy())
+    # a changed data file is detected rather than silently giving other tokens
+    run_cfg = (tmp_path / "r" / "data_order.jsonl")
+    lines = run_cfg.read_text().splitlines()
+    rec = json.loads(lines[0])
+    rec["rank0_sha"] = "0" * 16
+    run_cfg.write_text("\n".join([json.dumps(rec)] + lines[1:]) + "\n")
+    assert main(["analyze", "batch", "--run", str(tmp_path / "r"), "--step", "1"]) == 2
+    assert "does not hash" in capsys.readouterr().err
+
+
+def test_metrics_index_series_and_retention(tmp_path, data):
+    ov = overrides(tmp_path / "m", data, 8, **{"checkpoint.interval": 2, "checkpoint.keep_last": 2,
+                                               "checkpoint.keep_every": 4,
+                                               "checkpoint.series": "first+log2:4",
+                                               "checkpoint.series_dtype": "bfloat16",
+                                               "trainer.log_interval": 2})
+    train(compose_config(ov), log=lambda *_: None)
+    run_dir = tmp_path / "m"
+    metrics = read_metrics(run_dir)
+    assert [m["step"] for m in metrics] == [2, 4, 6, 8]
+    for m in metrics:
+        for key in ("loss", "grad_norm", "lr", "tokens_per_s", "tokens_per_s_per_device", "mfu",
+                    "mem_rss_gb", "tokens"):
+            assert key in m
+        assert m["mfu"] is None  # CPU: no peak in the table, so no made-up MFU
+        assert m["tokens"] == m["step"] * 8 * 32
+    assert (run_dir / "config.yaml").exists()
+    idx = read_index(run_dir)
+    full = [e["step"] for e in idx if e["kind"] == "full"]
+    assert full == [4, 6, 8]  # keep_last=2 (6, 8) + keep_every=4 (4); 2 was removed
+    assert not (run_dir / "checkpoints" / "step_0000002").exists()
+    weights = [e for e in idx if e["kind"] == "weights"]
+    assert [e["step"] for e in weights] == [0, 1, 2, 4]
+    for e in idx:
+        path = run_dir / e["path"]
+        assert verify_checkpoint(path) is None
+        manifest = json.loads((path / "manifest.json").read_text())
+        assert e["bytes"] == manifest["bytes"] == sum(f.stat().st_size for f in path.rglob("*")
+                                                      if f.is_file() and f.name != "manifest.json")
+    # bf16 series is about half the fp32 weights in the full checkpoint's model part
+    from pretrain.checkpoint import load_weights_any
+
+    w4 = load_weights_any(run_dir / "series/step4")
+    f4 = load_weights_any(run_dir / "checkpoints/step_0000004")
+    for (n, a), (_, b) in zip(w4.state_dict().items(), f4.state_dict().items()):
+        assert torch.equal(a, b.to(torch.bfloat16).float()), n
+
+
+def test_resume_auto_skips_incomplete_and_corrupted(tmp_path, data, capsys):
+    run_dir = tmp_path / "c"
+    ov = overrides(run_dir, data, 6, **{"checkpoint.interval": 2, "checkpoint.keep_last": 0})
+    train(compose_config(ov), log=lambda *_: None)
+    ck = run_dir / "checkpoints"
+    # step 6: flip one byte of a shard (same size: only the checksum can tell)
+    shard = next((ck / "step_0000006").glob("*.distcp"))
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    # step 4: a save that never finished its manifest
+    (ck / "step_0000004" / "manifest.json").unlink()
+    # and an interrupted save still under its temporary name
+    shutil.copytree(ck / "step_0000002", ck / "step_0000008.tmp")
+    reports = []
+    assert find_latest_complete(run_dir, "checksum", report=reports.append) == ck / "step_0000002"
+    text = "\n".join(reports)
+    assert "step_0000008.tmp" in text and "sha256" in text and "no manifest.json" in text
+    # resume=auto goes on from step 2 and repeats steps 3..6 exactly
+    before = {m["step"]: m["loss"] for m in read_metrics(run_dir)}
+    out = train(compose_config(ov + ["resume=auto"]), log=reports.append)
+    assert out["losses"] == {s: before[s] for s in range(3, 7)}
+    # a fresh start into a run folder with checkpoints is refused with the fix
+    assert main(["train", *ov]) == 2
+    assert "resume=auto" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_after_saving_or_skips(tmp_path, data, monkeypatch):
+    from parallel.engine import Engine
+
+    real = Engine.forward_backward
+    calls = {"n": 0}
+
+    def poisoned(self, *a, **k):
+        calls["n"] += 1
+        loss = real(self, *a, **k)
+        return float("nan") if calls["n"] == 4 else loss
+
+    monkeypatch.setattr(Engine, "forward_backward", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"loss nan .* at step 4 .*nan_policy=skip"):
+        train(compose_config(overrides(tmp_path / "n", data, 6)), log=lambda *_: None)
+    idx = read_index(tmp_path / "n")
+    assert [(e["step"], e["kind"]) for e in idx] == [(3, "full")]  # the last good state was saved
+
+    calls["n"] = 0
+    out = train(compose_config(overrides(tmp_path / "s", data, 6, **{"trainer.nan_policy": "skip"})),
+                log=lambda *_: None)
+    assert out["skipped"] == 1 and sorted(out["losses"]) == [1, 2, 3, 5, 6]
+    assert all(math.isfinite(v) for v in out["losses"].values())
+    order = [json.loads(l) for l in (tmp_path / "s" / "data_order.jsonl").read_text().splitlines()]
+    assert order[3]["step"] == 4 and order[3]["skipped"] is True
