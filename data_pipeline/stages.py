@@ -510,7 +510,7 @@ def task_mix(run: Run, i: int, prog) -> dict:
                         emit({**doc, "text": text, "id": doc["id"] if c == 0 else f"{doc['id']}#epoch{c}"})
                         st["output_docs"] += 1
                         ps["output_docs"] += 1
-                        if st["output_docs"] == 5:
+                        if st["output_docs"] == 2:
                             _crash_hook("mix", i)
                     continue
         bump(st["removed"], f"{step}:{reason}")

@@ -1,0 +1,84 @@
+"""Shared fixtures: real text (the bundled Debian man pages) and one full pipeline run reused by many tests."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLES = REPO / "data_pipeline" / "samples"
+sys.path.insert(0, str(REPO))
+
+
+def load_samples(lang: str = "en") -> list[dict]:
+    with gzip.open(SAMPLES / f"manpages_{lang}.jsonl.gz", "rt", encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh]
+
+
+def write_jsonl_gz(path: Path, docs: list[dict]) -> Path:
+    with gzip.open(path, "wt", encoding="utf-8") as fh:
+        for d in docs:
+            fh.write(json.dumps(d, ensure_ascii=False) + "\n")
+    return path
+
+
+def edit_words(text: str, rng: random.Random, rate: float) -> str:
+    """A near-duplicate: delete, replace or duplicate about `rate` of the words (lines kept)."""
+    out_lines = []
+    for line in text.split("\n"):
+        words = line.split(" ")
+        new = []
+        for w in words:
+            r = rng.random()
+            if r < rate / 3:
+                continue
+            if r < 2 * rate / 3:
+                new.append(w[::-1] if w else w)
+            elif r < rate:
+                new.extend([w, w])
+            else:
+                new.append(w)
+        out_lines.append(" ".join(new))
+    return "\n".join(out_lines)
+
+
+@pytest.fixture(scope="session")
+def samples_en() -> list[dict]:
+    return load_samples("en")
+
+
+@pytest.fixture(scope="session")
+def full_run(tmp_path_factory, samples_en):
+    """The dolma pipeline over three input files: English man pages (two shards, with planted
+    near-duplicates across shards and PII), and a shard of French pages plus bad lines."""
+    from data_pipeline.cli import main
+
+    d = tmp_path_factory.mktemp("full")
+    inp = d / "in"
+    inp.mkdir()
+    docs = [dict(x) for x in samples_en[:120]]
+    rng = random.Random(0)
+    planted = []
+    for k, src in enumerate(docs[:10]):  # near-duplicates of shard-0 docs, placed in shard 1
+        planted.append({**src, "id": f"{src['id']}-neardup", "text": edit_words(src["text"], rng, 0.03)})
+    docs[20] = {**docs[20], "text": docs[20]["text"] + "\nReport bugs to jane.doe@example.org or call (555) 123-4567.\n"}
+    docs[21] = {**docs[21], "text": docs[21]["text"] + "\nThe server listens on 192.168.10.20 by default.\n"}
+    write_jsonl_gz(inp / "a.jsonl.gz", docs[:60])
+    write_jsonl_gz(inp / "b.jsonl.gz", docs[60:] + planted)
+    fr = load_samples("fr")[:10]
+    with gzip.open(inp / "c.jsonl.gz", "wt", encoding="utf-8") as fh:
+        for x in fr:
+            fh.write(json.dumps(x, ensure_ascii=False) + "\n")
+        fh.write('{"id": "broken", "text": "no closing brace"\n')
+        fh.write('{"id": "notext"}\n')
+    out = d / "out"
+    rc = main(["pipeline=dolma", f"input.paths=[{inp}/*.jsonl.gz]", f"output.dir={out}",
+               "executor.workers=2", "executor.progress=false", "tokenizer.train.vocab_size=2000",
+               "dedup.minhash.partitions=3", "dedup.paragraph.expected_paragraphs=100000"])
+    assert rc == 0
+    return {"out": out, "docs": docs, "planted": planted, "fr": fr, "inputs": inp}
