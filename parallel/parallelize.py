@@ -47,15 +47,11 @@ def convert_fp8(model: nn.Module, precision: str) -> None:
 # Tensor + sequence parallel
 # ------------------------------------------------------------------------------------------------
 def _tp_styles(precision: str):
-    """Colwise/Rowwise/PrepareModuleInput: torchao's float8-aware versions for the tensorwise
-    recipe (they all-gather activations already cast to float8 and keep one scale per tensor);
-    the rowwise recipe computes its scales per row on local tensors, so the plain ones work."""
-    if precision == "fp8_tensorwise":
-        from torchao.float8.float8_tensor_parallel import (Float8ColwiseParallel,
-                                                           Float8RowwiseParallel,
-                                                           PrepareFloat8ModuleInput)
-
-        return Float8ColwiseParallel, Float8RowwiseParallel, PrepareFloat8ModuleInput
+    """The TP styles for a precision. Float8Linear modules under the plain styles compute their
+    scales on DTensors (tensorwise amax is reduced across shards), so the math is the recipe's.
+    torchao also has Float8ColwiseParallel & co., which all-gather activations already cast to
+    float8 to halve TP traffic; gloo cannot carry float8 tensors ("Invalid scalar type"), so
+    using them would split the cpu and cuda code paths. Not used: a bandwidth optimisation only."""
     return ColwiseParallel, RowwiseParallel, PrepareModuleInput
 
 
@@ -171,7 +167,9 @@ def apply_fsdp(model: nn.Module, mesh, layout: Layout) -> None:
         fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard)
     fully_shard(model, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard)
     for m in [model, *model.layers.values()]:
+        # plain SUM (no PREMUL_SUM/AVG, which gloo lacks): one code path for gloo and nccl
         m.set_gradient_divide_factor(1.0)
+        m.set_force_sum_reduction_for_comms(True)
 
 
 def parallelize_part(model: nn.Module, cfg: ModelConfig, layout: Layout, mesh) -> None:
