@@ -1,0 +1,97 @@
+"""Under torchrun: a TP2 x PP2 x DP2 run, resumed under DP4, TP2 x DP2 and PP2 x DP2 (reshard on
+load), compared with the uninterrupted run and with one process; its checkpoint exported to
+Hugging Face and checked in `transformers` against the loss training logged."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pretrain.config import compose_config
+from pretrain.train import train
+from tests.training.helpers import documents, read_metrics, run_cli, tiny_overrides, write_npy
+
+LAYOUTS = {
+    "tp2_pp2_dp2": ["parallel.tp=2", "parallel.pp=2", "parallel.dp_shard=2"],
+    "dp4": ["parallel.tp=1", "parallel.pp=1", "parallel.dp_shard=4"],
+    "tp2_dp2": ["parallel.tp=2", "parallel.pp=1", "parallel.dp_shard=2"],
+    "pp2_dp2": ["parallel.tp=1", "parallel.pp=2", "parallel.dp_shard=2"],
+}
+
+
+def rel(a, b):
+    return abs(a - b) / abs(b)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dist")
+    # .npy (OLMo format) here: the workers then skip importing megatron-core, seconds each
+    path = write_npy(str(d / "tokens/en.npy"), documents(60, max_bytes=1500))
+
+    def ov(run_dir, layout, **extra):
+        o = tiny_overrides(run_dir, [path], steps=6, **{
+            "data.format": "npy", "checkpoint.interval": 3, "checkpoint.keep_last": 0,
+            "checkpoint.series": "'steps:[3]'", "checkpoint.series_dtype": "float32", **extra})
+        return o + LAYOUTS[layout]
+
+    run_dir = d / "tp2_pp2_dp2"
+    res = run_cli(["train", *ov(run_dir, "tp2_pp2_dp2")], nproc=8, timeout=400)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    losses = {m["step"]: m["loss"] for m in read_metrics(run_dir)}
+    assert sorted(losses) == list(range(1, 7))
+    return {"dir": d, "ov": ov, "run": run_dir, "losses": losses}
+
+
+def test_layout_does_not_change_the_run(base):
+    """One process sees the same global batches and ends at the same losses as TP2xPP2xDP2."""
+    single = train(compose_config(base["ov"](base["dir"] / "single", "dp4")[:-3]), log=lambda *_: None)
+    for step, loss in base["losses"].items():
+        assert rel(single["losses"][step], loss) < 1e-5, (step, single["losses"][step], loss)
+    a = (base["dir"] / "single" / "data_order.jsonl").read_text().splitlines()
+    b = [json.loads(l) for l in (base["run"] / "data_order.jsonl").read_text().splitlines()]
+    assert [json.loads(l)["samples"] for l in a] == [r["samples"] for r in b]
+
+
+@pytest.mark.parametrize("layout", ["dp4", "tp2_dp2", "pp2_dp2"])
+def test_reshard_on_resume(base, layout):
+    ckpt = base["run"] / "checkpoints" / "step_0000003"
+    run_dir = base["dir"] / f"resume_{layout}"
+    res = run_cli(["train", *base["ov"](run_dir, layout), f"resume={ckpt}"], nproc=4, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    assert "resumed from" in res.stdout
+    got = {m["step"]: m["loss"] for m in read_metrics(run_dir)}
+    assert sorted(got) == [4, 5, 6]
+    for step in (4, 5, 6):
+        assert rel(got[step], base["losses"][step]) < 1e-5, (layout, step, got[step], base["losses"][step])
+
+
+@pytest.mark.parametrize("source", ["series", "full"])
+def test_export_of_sharded_checkpoint_matches_training_in_transformers(base, source, tmp_path):
+    """export-hf RUN --step 3 (series) or the full checkpoint folder, in one process; the HF model's
+    mean loss on the batch of step 4 must be the loss training logged at step 4 (computed by the
+    TP2xPP2xDP2 model holding exactly the step-3 weights)."""
+    import transformers
+
+    from pretrain.analyze import batch_of_step
+    from pretrain.checkpoint import load_weights_any
+
+    if source == "series":
+        res = run_cli(["export-hf", str(base["run"]), "--step", "3", "--out", str(tmp_path)])
+        hf_dir = tmp_path / "step3"
+        ours = load_weights_any(base["run"] / "series" / "step3")
+    else:
+        hf_dir = tmp_path / "full3"
+        res = run_cli(["export-hf", str(base["run"] / "checkpoints" / "step_0000003"), "--out", str(hf_dir)])
+        ours = load_weights_any(base["run"] / "checkpoints" / "step_0000003")
+    assert res.returncode == 0, res.stderr[-3000:]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    batch = torch.from_numpy(batch_of_step(base["run"], 4)["tokens"])
+    with torch.no_grad():
+        logits = hf(batch[:, :-1]).logits
+        ref = ours.eval()(batch[:, :-1])[..., : logits.shape[-1]]
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten()).item()
+    assert (logits - ref).abs().max().item() < 1e-4
+    assert rel(loss, base["losses"][4]) < 1e-5, (loss, base["losses"][4])
