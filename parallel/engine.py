@@ -332,11 +332,15 @@ def _materialise(parts: list[nn.Module], model_cfg: ModelConfig, seed: int,
     (src_data_rank=None: no communication), so any placement DTensor supports works, including
     FSDP-over-TP strided shards. This costs one full CPU copy of the model per process during the
     build; fine for the sizes trained here, and the place to stream from a checkpoint instead."""
-    reference = build_model(model_cfg, seed=seed, device="cpu").state_dict()
+    ref_model = build_model(model_cfg, seed=seed, device="cpu")
+    reference = dict(ref_model.named_parameters())
+    ref_buffers = dict(ref_model.named_buffers())  # incl. non-persistent (MoE load counters)
     for part in parts:
         part.to_empty(device=device)
+        for name, b in part.named_buffers():
+            b.copy_(ref_buffers[name].to(b.dtype))
         for name, p in part.named_parameters():
-            full = reference[name]
+            full = reference[name].detach()
             if isinstance(p, DTensor):
                 shard = distribute_tensor(full.to(device, p.dtype), p.device_mesh, p.placements,
                                           src_data_rank=None)
@@ -344,4 +348,4 @@ def _materialise(parts: list[nn.Module], model_cfg: ModelConfig, seed: int,
             else:
                 p.copy_(full.to(p.dtype))
         part.reset_rope_tables()
-    del reference
+    del reference, ref_buffers, ref_model

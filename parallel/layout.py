@@ -78,19 +78,14 @@ class Layout:
 
 
 def _n_experts(model_cfg) -> int:
-    """Routed experts of an MoE config (0 for dense); tolerant of where the field lives."""
+    """Routed experts of an MoE config (0 for dense)."""
     moe = getattr(model_cfg, "moe", None)
-    for obj in (moe, model_cfg):
-        for key in ("n_experts", "num_experts", "n_routed_experts"):
-            v = getattr(obj, key, None) if obj is not None else None
-            if isinstance(v, int) and v > 0:
-                return v
-    return 0
+    return int(getattr(moe, "n_experts", 0) or 0)
 
 
 def _is_mla(model_cfg) -> bool:
-    return getattr(model_cfg, "attention_type", getattr(model_cfg, "attention", "")) == "mla" or \
-        getattr(model_cfg, "mla", None) is not None and bool(getattr(model_cfg.mla, "enabled", True))
+    mla = getattr(model_cfg, "mla", None)
+    return bool(mla is not None and getattr(mla, "enabled", False))
 
 
 def _divisors(n: int) -> list[int]:
@@ -146,11 +141,6 @@ def _check(pcfg: ParallelConfig, world_size: int, model_cfg: ModelConfig, gbs: i
                  "(KV-head replication across tp ranks is not supported)")
         need(model_cfg.ffn_hidden_size % tp == 0,
              f"{name}: ffn_hidden_size={model_cfg.ffn_hidden_size} is not divisible by tp={tp}")
-        moe_hidden = getattr(getattr(model_cfg, "moe", None), "hidden_size", None) or \
-            getattr(model_cfg, "moe_hidden_size", None)
-        if isinstance(moe_hidden, int) and moe_hidden > 0:
-            need(moe_hidden % tp == 0,
-                 f"{name}: expert hidden size {moe_hidden} is not divisible by tp={tp}")
         need(model_cfg.padded_vocab_size % tp == 0,
              f"{name}: padded vocab {model_cfg.padded_vocab_size} is not divisible by tp={tp}; "
              f"set model.pad_vocab_multiple to a multiple of {tp}")

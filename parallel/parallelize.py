@@ -67,6 +67,21 @@ def _replicated_norm_over_sharded_dim():
     )
 
 
+def _replicated_compute(n_extra_inputs: int):
+    """Run a sub-module on the full sequence on every tp rank with its weights replicated:
+    gather the sequence-sharded input, and hand back this rank's part of the sequence.
+
+    Used for MLA attention and MoE layers (see docs/parallel.md): every rank computes the same
+    output from the same input, so the replicated weights receive identical gradients on every
+    rank without any reduction; the backward all-gathers the output gradient over the sequence."""
+    return PrepareModuleInputOutput(
+        input_layouts=(Shard(1),) + (None,) * n_extra_inputs,
+        desired_input_layouts=(Replicate(),) + (None,) * n_extra_inputs,
+        output_layouts=(Replicate(),), desired_output_layouts=(Shard(1),),
+        use_local_input=True, use_local_output=True,
+    )
+
+
 def apply_tp(model: nn.Module, cfg: ModelConfig, tp_mesh, precision: str) -> None:
     """Megatron-style TP with sequence parallel: between blocks activations are sharded over
     the sequence (norms run on seq/tp tokens); attention heads and MLP hidden units are split."""
@@ -87,29 +102,37 @@ def apply_tp(model: nn.Module, cfg: ModelConfig, tp_mesh, precision: str) -> Non
         plan = {
             "attention_norm": SequenceParallel(),
             "ffn_norm": SequenceParallel(),
-            # block input x (seq-sharded) -> full sequence for attention; cos/sin untouched
-            "attention": PrepareInput(input_layouts=(Shard(1), None, None),
-                                      desired_input_layouts=(Replicate(), None, None)),
-            "attention.wq": Colwise(),
-            "attention.wk": Colwise(),
-            "attention.wv": Colwise(),
-            "attention.wo": Rowwise(output_layouts=Shard(1)),
         }
-        if getattr(block.attention, "qk_norm", "none") == "full":
+        if cfg.mla.enabled:
+            plan["attention"] = _replicated_compute(2)
+        else:
+            plan.update({
+                # block input x (seq-sharded) -> full sequence for attention; cos/sin untouched
+                "attention": PrepareInput(input_layouts=(Shard(1), None, None),
+                                          desired_input_layouts=(Replicate(), None, None)),
+                "attention.wq": Colwise(),
+                "attention.wk": Colwise(),
+                "attention.wv": Colwise(),
+                "attention.wo": Rowwise(output_layouts=Shard(1)),
+            })
+        if not cfg.mla.enabled and getattr(block.attention, "qk_norm", "none") == "full":
             plan["attention.wq"] = Colwise(use_local_output=False)
             plan["attention.wk"] = Colwise(use_local_output=False)
             plan["attention.q_norm"] = _replicated_norm_over_sharded_dim()
             plan["attention.k_norm"] = _replicated_norm_over_sharded_dim()
         # per-head QK-norm ("head") acts on whole heads, which each rank holds: nothing to do
-        ffn = block.feed_forward
-        plan["feed_forward"] = PrepareInput(input_layouts=(Shard(1),),
-                                            desired_input_layouts=(Replicate(),))
-        plan["feed_forward.w1"] = Colwise()
-        plan["feed_forward.w2"] = Rowwise(output_layouts=Shard(1))
-        if hasattr(ffn, "w3"):
-            plan["feed_forward.w3"] = Colwise()
+        if hasattr(block, "moe"):
+            plan["moe"] = _replicated_compute(0)
+        else:
+            ffn = block.feed_forward
+            plan["feed_forward"] = PrepareInput(input_layouts=(Shard(1),),
+                                                desired_input_layouts=(Replicate(),))
+            plan["feed_forward.w1"] = Colwise()
+            plan["feed_forward.w2"] = Rowwise(output_layouts=Shard(1))
+            if hasattr(ffn, "w3"):
+                plan["feed_forward.w3"] = Colwise()
         parallelize_module(block, tp_mesh, plan)
-        if getattr(block.attention, "qk_norm", "none") == "full":
+        if not cfg.mla.enabled and getattr(block.attention, "qk_norm", "none") == "full":
             # the replicated norm weights must be DTensors on the tp mesh too
             from torch.distributed.tensor import distribute_module
 
