@@ -1,6 +1,7 @@
 """Under torchrun: a TP2 x PP2 x DP2 run, resumed under DP4, TP2 x DP2 and PP2 x DP2 (reshard on
 load), compared with the uninterrupted run and with one process; its checkpoint exported to
-Hugging Face and checked in `transformers` against the loss training logged."""
+Hugging Face and checked in `transformers` against the loss training logged. The step-3
+checkpoint every resume starts from is written with async_save under 8 ranks."""
 
 import json
 
@@ -33,7 +34,7 @@ def base(tmp_path_factory):
 
     def ov(run_dir, layout, **extra):
         o = tiny_overrides(run_dir, [path], steps=6, **{
-            "data.format": "npy", "checkpoint.interval": 3, "checkpoint.keep_last": 0,
+            "data.format": "npy", "checkpoint.interval": 3, "checkpoint.async_save": "true", "checkpoint.keep_last": 0,
             "checkpoint.series": "'steps:[3]'", "checkpoint.series_dtype": "float32", **extra})
         return o + LAYOUTS[layout]
 

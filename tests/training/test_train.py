@@ -168,3 +168,33 @@ def test_nan_loss_stops_after_saving_or_skips(tmp_path, data, monkeypatch):
     assert all(math.isfinite(v) for v in out["losses"].values())
     order = [json.loads(l) for l in (tmp_path / "s" / "data_order.jsonl").read_text().splitlines()]
     assert order[3]["step"] == 4 and order[3]["skipped"] is True
+
+
+def test_async_checkpoint_equals_sync_and_does_not_change_training(tmp_path, data):
+    from torch.distributed.checkpoint import load as dcp_load
+
+    runs = {}
+    for mode in ("sync", "async"):
+        ov = overrides(tmp_path / mode, data, 6, **{"checkpoint.interval": 2, "checkpoint.keep_last": 0,
+                                                    "checkpoint.async_save": str(mode == "async").lower()})
+        runs[mode] = train(compose_config(ov), log=lambda *_: None)
+    assert runs["sync"]["losses"] == runs["async"]["losses"]
+    assert [e["step"] for e in read_index(tmp_path / "async")] == [2, 4, 6]
+    for step in (2, 4):
+        states = []
+        for mode in ("sync", "async"):
+            path = tmp_path / mode / "checkpoints" / f"step_{step:07d}"
+            assert verify_checkpoint(path) is None
+            meta = json.loads((path / "meta.json").read_text())
+            assert meta["step"] == step and meta["data"]["consumed_samples"] == step * 8
+            # read every tensor back (model and optimizer moments) through DCP's metadata
+            from torch.distributed.checkpoint import FileSystemReader
+
+            md = FileSystemReader(str(path)).read_metadata()
+            sd = {k: torch.empty(v.size, dtype=v.properties.dtype)
+                  for k, v in md.state_dict_metadata.items() if hasattr(v, "size")}
+            dcp_load(sd, checkpoint_id=str(path), no_dist=True)
+            states.append(sd)
+        assert states[0].keys() == states[1].keys() and any(".exp_avg" in k for k in states[0])
+        for k in states[0]:
+            assert torch.equal(states[0][k], states[1][k]), k
