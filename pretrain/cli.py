@@ -19,9 +19,7 @@ from typing import Callable, Optional
 
 from model_zoo.config import ConfigError
 
-NOT_YET = {
-    "launch": "sbatch rendering and submission (issue: launching on clusters)",
-}
+NOT_YET: dict[str, str] = {}
 
 
 def _not_yet(name: str) -> Callable[[list[str]], int]:
@@ -120,6 +118,12 @@ def cmd_train(argv: list[str]) -> int:
     return main_train(argv)
 
 
+def cmd_launch(argv: list[str]) -> int:
+    from pretrain.launch import main as launch_main
+
+    return launch_main(argv)
+
+
 def cmd_schedule(argv: list[str]) -> int:
     from pretrain.series import format_bytes, series_steps
 
@@ -183,6 +187,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "data": (cmd_data, "run the Dolma-style data pipeline"),
     "demo": (cmd_demo, "the end-to-end demo on bundled real text"),
     "train": (cmd_train, "train or resume a model (one process, torchrun, srun, mpirun)"),
+    "launch": (cmd_launch, "render slurm/train.sbatch, check the layout, submit (sbatch)"),
     "schedule": (cmd_schedule, "print a checkpoint-series schedule and its disk space"),
     "analyze": (cmd_analyze, "look back into a run: the batch of a step, the checkpoint index"),
     **{name: (_not_yet(name), f"(not yet) {what}") for name, what in NOT_YET.items()},
