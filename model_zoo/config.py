@@ -75,7 +75,10 @@ class MoEConfig:
     # DeepSeek-V3 auxiliary-loss-free balancing: after each optimizer step, each expert's
     # selection bias moves by this much toward balance (0 disables).
     bias_update_speed: float = 0.0
-    grouped_mm: bool = True  # torch._grouped_mm when shapes allow; else a loop over experts
+    # torch._grouped_mm for the experts: auto = on CUDA only (its home; the CPU kernel is not
+    # reliably faster than the loop, see benchmarks/moe_experts.py), on = wherever shapes
+    # allow (CPU included: the tests use it), off = always the per-expert loop.
+    grouped_mm: str = "auto"
 
     @property
     def enabled(self) -> bool:
@@ -296,6 +299,7 @@ class ModelConfig:
                 "sigmoid group routing scores each group by its top two experts: "
                 f"moe.n_experts / moe.n_group = {per_group} must be >= 2",
             )
+        need(m.grouped_mm in ("auto", "on", "off"), f"moe.grouped_mm={m.grouped_mm!r} is not one of auto, on, off")
         for key in ("aux_loss_coef", "z_loss_coef", "bias_update_speed"):
             need(getattr(m, key) >= 0, f"moe.{key}={getattr(m, key)} must be >= 0")
 

@@ -90,7 +90,7 @@ class TopKRouter(nn.Module):
 class GroupedExperts(nn.Module):
     """n_experts SwiGLU MLPs stored as 3-D weights: w1, w3 (E, hidden, d) and w2 (E, d, hidden)."""
 
-    def __init__(self, d_model: int, hidden: int, n_experts: int, use_grouped_mm: bool = True):
+    def __init__(self, d_model: int, hidden: int, n_experts: int, use_grouped_mm: str = "auto"):
         super().__init__()
         self.w1 = nn.Parameter(torch.empty(n_experts, hidden, d_model))
         self.w2 = nn.Parameter(torch.empty(n_experts, d_model, hidden))
@@ -99,7 +99,7 @@ class GroupedExperts(nn.Module):
 
     def forward(self, x: torch.Tensor, num_tokens_per_expert: torch.Tensor) -> torch.Tensor:
         """x (tokens sorted by expert, d), counts (E,) -> (tokens, d), same order."""
-        if self.use_grouped_mm and self._grouped_mm_ok(x):
+        if self._grouped_mm_ok(x):
             offsets = torch.cumsum(num_tokens_per_expert, dim=0, dtype=torch.int32)
             h = F.silu(torch._grouped_mm(x, self.w1.transpose(-2, -1), offs=offsets))
             h = h * torch._grouped_mm(x, self.w3.transpose(-2, -1), offs=offsets)
@@ -115,6 +115,8 @@ class GroupedExperts(nn.Module):
     def _grouped_mm_ok(self, x: torch.Tensor) -> bool:
         # torch._grouped_mm needs 16-byte aligned rows; it runs on CPU (fp32, bf16) and on
         # Hopper GPUs. Shapes that do not align take the loop.
+        if self.use_grouped_mm == "off" or (self.use_grouped_mm == "auto" and x.device.type != "cuda"):
+            return False
         if not hasattr(torch, "_grouped_mm") or x.dtype not in (torch.float32, torch.bfloat16):
             return False
         align = 16 // x.element_size()
