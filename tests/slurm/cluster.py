@@ -46,7 +46,7 @@ def _exe(name: str) -> str:
 @dataclass
 class SlurmCluster:
     root: Path
-    cpus_per_node: int = 4
+    cpus_per_node: int = 6
     nodes: tuple[str, ...] = ("n1", "n2")
     conf: Path = field(init=False)
     procs: list[subprocess.Popen] = field(default_factory=list)
