@@ -118,6 +118,7 @@ def train(run: RunConfig, on_batch: Optional[Callable] = None, stop_after: Optio
     device = init_distributed(env, device_type)
     ckpt = None
     metrics = None
+    preempt = None
     try:
         if rank0:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -146,10 +147,12 @@ def train(run: RunConfig, on_batch: Optional[Callable] = None, stop_after: Optio
             if meta["data"]["global_batch"] != t.global_batch_size:
                 say(f"note: global batch changed from {meta['data']['global_batch']} to "
                     f"{t.global_batch_size}; the data continues from sample {loader.consumed}")
+            why = [None]
             if rank0 and (run_dir / "data_order.json").exists():
-                why = data_fingerprint_matches(json.loads((run_dir / "data_order.json").read_text()), order)
-                if why:
-                    raise ConfigError(f"resume: the data or its order differs from the run's ({why})")
+                why = [data_fingerprint_matches(json.loads((run_dir / "data_order.json").read_text()), order)]
+            dist.broadcast_object_list(why, src=0)  # every rank stops, not only rank 0
+            if why[0]:
+                raise ConfigError(f"resume: the data or its order differs from the run's ({why[0]})")
             say(f"resumed from {resume_path} at step {step} (sample {loader.consumed})")
         elif c.init_from:
             from pretrain.checkpoint import MODEL_SUBDIR, _no_dist_ok
@@ -184,6 +187,10 @@ def train(run: RunConfig, on_batch: Optional[Callable] = None, stop_after: Optio
         metrics = MetricsLogger(run_dir, rank0, t.tensorboard, env.world_size, flops,
                                 device_peak_flops(device, t.peak_flops), device)
         order_log = open(run_dir / "data_order.jsonl", "a") if rank0 else None
+        from pretrain.preemption import Preemption
+
+        # Slurm's USR1/TERM or a stop file: every rank agrees on a step, checkpoints it, leaves.
+        preempt = Preemption(env.rank, env.world_size, device, log=say).install()
         skipped, losses = 0, {}
         window: list[tuple[float, float]] = []
         last_full = step
@@ -247,12 +254,23 @@ def train(run: RunConfig, on_batch: Optional[Callable] = None, stop_after: Optio
                 metrics.reset_window()
             if stop_after is not None and step >= stop_after:
                 break
+            if step < t.max_steps and preempt.should_stop(step):
+                if last_full != step:
+                    ckpt.save_full(step, engine, optimizers, meta_now())
+                    last_full = step
+                break
         ckpt.wait()
+        from pretrain.checkpoint import full_dir
+
+        preempt.finish(full_dir(run_dir, step))
+        preempt.uninstall()
         if order_log:
             order_log.close()
         return {"step": step, "losses": losses, "skipped": skipped,
-                "checkpoint_stall_s": ckpt.stall_s}
+                "checkpoint_stall_s": ckpt.stall_s, "preempted_at": preempt.stopped_at}
     finally:
+        if preempt is not None:
+            preempt.uninstall()
         if metrics is not None:
             metrics.close()
         if ckpt is not None and ckpt.pending is not None:

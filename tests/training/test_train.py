@@ -198,3 +198,21 @@ def test_async_checkpoint_equals_sync_and_does_not_change_training(tmp_path, dat
         assert states[0].keys() == states[1].keys() and any(".exp_avg" in k for k in states[0])
         for k in states[0]:
             assert torch.equal(states[0][k], states[1][k]), k
+
+
+def test_stop_file_checkpoints_the_agreed_step_and_resume_continues(tmp_path, data, monkeypatch):
+    """The preemption path (pretrain/preemption.py) through this loop: a stop request after step 3
+    leaves a full checkpoint of step 3; resume=auto then gives the uninterrupted losses."""
+    stop = tmp_path / "STOP"
+    monkeypatch.setenv("PRETRAIN_STOP_FILE", str(stop))
+    monkeypatch.setenv("PRETRAIN_REQUEUE", "0")
+    ov = overrides(tmp_path / "p", data, 6, **{"checkpoint.interval": 0})
+    hook = lambda step, batch, rng: stop.touch() if step == 3 else None  # noqa: E731
+    out = train(compose_config(ov), on_batch=hook, log=lambda *_: None)
+    assert out["step"] == 3 and out["preempted_at"] == 3
+    assert [(e["step"], e["kind"]) for e in read_index(tmp_path / "p")] == [(3, "full")]
+    assert not stop.exists()  # removed, so the continued run does not stop at once
+    rest = train(compose_config(ov + ["resume=auto"]), log=lambda *_: None)
+    monkeypatch.delenv("PRETRAIN_STOP_FILE")
+    straight = train(compose_config(overrides(tmp_path / "q", data, 6)), log=lambda *_: None)
+    assert {**out["losses"], **rest["losses"]} == straight["losses"]
