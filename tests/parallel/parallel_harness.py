@@ -1,0 +1,122 @@
+"""Shared by the parity tests and the worker processes they launch: real-text data, the
+single-process reference run, and launching N ranks as a torchrun-like launcher would.
+
+Data: the bundled Debian man pages (real English text nobody here wrote), byte-level encoded
+(ids 0..255, within every tiny model's vocabulary), cut into consecutive windows of seq_len + 1.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLES = ROOT / "data_pipeline" / "samples" / "manpages_en.jsonl.gz"
+WORKER = Path(__file__).resolve().parent / "parallel_worker.py"
+
+
+def text_batches(steps: int, global_batch: int, seq_len: int, offset: int = 0) -> torch.Tensor:
+    """[steps, global_batch, seq_len + 1] byte ids of real text (deterministic)."""
+    need = steps * global_batch * (seq_len + 1) + offset
+    buf = bytearray()
+    with gzip.open(SAMPLES, "rt", encoding="utf-8") as f:
+        for line in f:
+            buf += json.loads(line)["text"].encode("utf-8") + b"\n"
+            if len(buf) >= need:
+                break
+    ids = torch.tensor(list(buf[offset:need]), dtype=torch.long)
+    return ids.view(steps, global_batch, seq_len + 1)
+
+
+def param_groups(named_params, weight_decay: float) -> list[dict]:
+    """Same grouping rule as Engine.optimizer_param_groups, for the reference model."""
+    from parallel.engine import decay_groups
+
+    return decay_groups(named_params, weight_decay)
+
+
+def reference_run(model_cfg, steps: int, global_batch: int, seq_len: int, seed: int = 0,
+                  lr: float = 1e-3, clip: float = 1.0, snapshot_steps=()) -> dict:
+    """The definition of right: one process, plain model, the whole global batch at once.
+    `snapshot_steps`: also keep the parameters after these steps (params_at[step])."""
+    from model_zoo.model import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(model_cfg, seed=seed)
+    opt = torch.optim.AdamW(param_groups(model.named_parameters(), 0.1), lr=lr, foreach=False)
+    data = text_batches(steps, global_batch, seq_len)
+    losses, norms, snaps = [], [], {}
+    for step in range(steps):
+        inputs, labels = data[step, :, :-1], data[step, :, 1:]
+        logits = model(inputs)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
+        loss.backward()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip)))
+        losses.append(float(loss.detach()))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step + 1 in snapshot_steps:
+            snaps[step + 1] = {k: v.detach().clone() for k, v in model.named_parameters()}
+    return {"losses": losses, "grad_norms": norms, "params_at": snaps,
+            "params": {k: v.detach().clone() for k, v in model.named_parameters()}}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(world_size: int, spec: dict, out_dir: Path, timeout: float = 400) -> list[dict]:
+    """Run parallel_worker.py on `world_size` ranks with torchrun's environment variables and
+    return one result per run of the spec (written by rank 0). Fails on any non-zero exit."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec_path = out_dir / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    port = _free_port()
+    procs = []
+    for rank in range(world_size):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                   LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), OMP_NUM_THREADS="1",
+                   PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        log = open(out_dir / f"rank{rank}.log", "w")
+        procs.append((subprocess.Popen([sys.executable, str(WORKER), str(spec_path), str(out_dir)],
+                                       env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    deadline = time.time() + timeout
+    codes = []
+    for p, log in procs:
+        try:
+            codes.append(p.wait(timeout=max(1.0, deadline - time.time())))
+        except subprocess.TimeoutExpired:
+            for q, _ in procs:
+                q.kill()
+            codes.append("timeout")
+        log.close()
+    if any(c != 0 for c in codes):
+        logs = "\n".join(f"--- rank {r} (exit {c}) ---\n" + (out_dir / f"rank{r}.log").read_text()[-3000:]
+                         for r, c in enumerate(codes) if c != 0)
+        raise AssertionError(f"worker exit codes {codes}\n{logs}")
+    return [torch.load(out_dir / f"run{i}.pt", weights_only=False) for i in range(len(spec["runs"]))]
+
+
+def rel(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(b), 1e-12)
+
+
+def max_rel_param_diff(params: dict, ref: dict) -> float:
+    worst = 0.0
+    for k, v in ref.items():
+        p = params[k].float()
+        worst = max(worst, float((p - v.float()).norm() / max(float(v.float().norm()), 1e-12)))
+    return worst

@@ -1,0 +1,84 @@
+"""One rank of a parity run (launched by parallel_harness.launch with torchrun's variables).
+
+Spec (JSON): {"model": zoo name, "model_overrides": {...}, "steps", "global_batch",
+"micro_batch", "seq_len", "lr", "runs": [{"name", "parallel": {ParallelConfig fields},
+optional "steps", "seed", "dcp_save": true, "dcp_load": <index of an earlier run>}]}.
+All runs share one process group; each builds its own mesh and engine. Rank 0 writes
+run<i>.pt with the loss and grad norm of every step and the gathered final parameters.
+dcp_save writes the final model with torch.distributed.checkpoint to <out>/dcp<i>; dcp_load
+loads an earlier run's checkpoint into this run's engine (of any layout) before its steps.
+"""
+
+import dataclasses
+import os
+import traceback
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+import torch.distributed.checkpoint as dcp  # noqa: E402
+
+from model_zoo.zoo import get_model_config  # noqa: E402
+from parallel.config import ParallelConfig  # noqa: E402
+from parallel.engine import build_engine  # noqa: E402
+from parallel.env import destroy_distributed, discover_env, init_distributed  # noqa: E402
+from parallel.layout import build_mesh, resolve_layout  # noqa: E402
+from parallel_harness import text_batches  # noqa: E402
+
+
+def main() -> None:
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    out = Path(sys.argv[2])
+    env = discover_env()
+    device = init_distributed(env, "cpu", timeout_s=120)
+    cfg = dataclasses.replace(get_model_config(spec["model"]), **spec.get("model_overrides", {}))
+    gbs, mbs, seq = spec["global_batch"], spec["micro_batch"], spec["seq_len"]
+    data = text_batches(max(r.get("steps", spec["steps"]) for r in spec["runs"]), gbs, seq)
+    try:
+        for i, run in enumerate(spec["runs"]):
+            t0 = time.time()
+            pcfg = ParallelConfig(**run["parallel"])
+            layout = resolve_layout(pcfg, env.world_size, cfg, gbs, mbs, seq)
+            mesh = build_mesh(layout, "cpu")
+            engine = build_engine(cfg, pcfg, layout, mesh, device,
+                                  seed=run.get("seed", spec.get("seed", 0)))
+            if "dcp_load" in run:
+                sd = engine.model_state_dict()
+                dcp.load(sd, checkpoint_id=str(out / f"dcp{run['dcp_load']}"))
+                engine.load_model_state_dict(sd)
+            steps = run.get("steps", spec["steps"])
+            opt = torch.optim.AdamW(engine.optimizer_param_groups(0.1), lr=spec.get("lr", 1e-3),
+                                    foreach=False)
+            lo = engine.dp_rank * layout.local_batch_size
+            losses, norms = [], []
+            for step in range(steps):
+                batch = data[step, lo:lo + layout.local_batch_size]
+                loss = engine.forward_backward(batch[:, :-1], batch[:, 1:])
+                norms.append(engine.clip_grad_norm(1.0))
+                losses.append(loss)
+                opt.step()
+                engine.zero_grad()
+            params = engine.full_state_dict()
+            if run.get("dcp_save"):
+                dcp.save(engine.model_state_dict(), checkpoint_id=str(out / f"dcp{i}"))
+            if env.rank == 0:
+                torch.save({"name": run["name"], "losses": losses, "grad_norms": norms,
+                            "params": params, "layout": layout.describe()}, out / f"run{i}.pt")
+                print(f"[{run['name']}] {layout.describe()}: {steps} steps in "
+                      f"{time.time() - t0:.1f}s, losses {losses[:1]}..{losses[-1:]}", flush=True)
+            del engine, opt
+    except BaseException:
+        # Fail fast: a rank that waits in a barrier for a dead peer would hang until the timeout.
+        traceback.print_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+    destroy_distributed()
+
+
+if __name__ == "__main__":
+    main()

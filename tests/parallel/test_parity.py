@@ -1,0 +1,135 @@
+"""A parallel run computes what one process computes (CPU, gloo, processes launched here).
+
+Same seed, same real-text data (Debian man pages, byte-level ids), AdamW, gradient clipping at 1.0:
+the loss and gradient norm of every step must equal the single-process run within 1e-5 relative
+(fp32), and the parameters after training, gathered, too. Each job launches one process group
+and runs several layouts in it, to keep the suite fast on a 2-core machine.
+"""
+
+import dataclasses
+
+import pytest
+
+from model_zoo.zoo import get_model_config
+from parallel_harness import launch, max_rel_param_diff, reference_run, rel
+
+TOL = 1e-5
+STEPS = 10
+GBS, SEQ = 8, 32
+
+
+def dense_cfg():
+    # 4 layers so a ZBV pipeline of pp=2 has one layer per stage (4 stages)
+    return dataclasses.replace(get_model_config("llama3-tiny"), n_layers=4)
+
+
+@pytest.fixture(scope="module")
+def dense_ref():
+    """20 steps (the precision runs); parity runs compare with its first 10."""
+    return reference_run(dense_cfg(), 20, GBS, SEQ, snapshot_steps=(STEPS,))
+
+
+def spec(model, runs, micro_batch=2, steps=STEPS, overrides=None):
+    return {"model": model, "model_overrides": overrides or {}, "steps": steps,
+            "global_batch": GBS, "micro_batch": micro_batch, "seq_len": SEQ, "runs": runs}
+
+
+def check_parity(result, ref, steps=STEPS):
+    loss = max(rel(a, b) for a, b in zip(result["losses"], ref["losses"][:steps]))
+    gnorm = max(rel(a, b) for a, b in zip(result["grad_norms"], ref["grad_norms"][:steps]))
+    ref_params = ref["params"] if steps == len(ref["losses"]) else ref["params_at"][steps]
+    params = max_rel_param_diff(result["params"], ref_params)
+    print(f"{result['name']:<28} loss {loss:.1e}  grad-norm {gnorm:.1e}  params {params:.1e}  "
+          f"[{result['layout']}]")
+    assert len(result["losses"]) == steps
+    assert loss < TOL, (result["name"], result["losses"], ref["losses"])
+    assert gnorm < TOL, (result["name"], result["grad_norms"], ref["grad_norms"])
+    assert params < TOL, (result["name"], params)
+
+
+def test_dense_tp2_pp2_schedules_and_dcp(tmp_path, dense_ref):
+    """TP2; PP2 with 1F1B, Interleaved1F1B, ZBV; and a DCP checkpoint written under TP2 read
+    back under PP2 (another layout, other initial weights) gives the same parameters."""
+    runs = [
+        {"name": "TP2", "parallel": {"tp": 2}, "dcp_save": True},
+        {"name": "PP2 1F1B", "parallel": {"pp": 2, "pp_schedule": "1F1B"}},
+        {"name": "PP2 Interleaved1F1B", "parallel": {"pp": 2, "pp_schedule": "Interleaved1F1B"}},
+        {"name": "PP2 ZBVZeroBubble", "parallel": {"pp": 2, "pp_schedule": "ZBVZeroBubble"}},
+        {"name": "PP2 <- DCP(TP2)", "parallel": {"pp": 2}, "steps": 0, "seed": 7, "dcp_load": 0},
+    ]
+    results = launch(2, spec("llama3-tiny", runs, overrides={"n_layers": 4}), tmp_path)
+    for r in results[:4]:
+        check_parity(r, dense_ref)
+    loaded = results[4]["params"]
+    assert set(loaded) == set(results[0]["params"])
+    for k, v in results[0]["params"].items():
+        assert (loaded[k] == v).all(), k
+
+
+def test_dense_fsdp_dp4_and_hsdp(tmp_path, dense_ref):
+    runs = [{"name": "FSDP2 DP4", "parallel": {"dp_shard": 4}},
+            {"name": "HSDP 2x2", "parallel": {"dp_replicate": 2, "dp_shard": 2}}]
+    for r in launch(4, spec("llama3-tiny", runs, overrides={"n_layers": 4}), tmp_path):
+        check_parity(r, dense_ref)
+
+
+def test_dense_3d_and_bf16_3d(tmp_path, dense_ref):
+    """TP2 x PP2 x DP2 in fp32 (parity), then in bf16 over 20 steps: within 2% of the fp32 loss
+    at every step, and tracking a single-process bf16 run (the same FSDP2 mixed precision on one
+    rank)."""
+    runs = [{"name": "TP2xPP2xDP2 fp32", "parallel": {"tp": 2, "pp": 2}},
+            {"name": "TP2xPP2xDP2 bf16", "parallel": {"tp": 2, "pp": 2, "precision": "bf16"},
+             "steps": 20}]
+    res = launch(8, spec("llama3-tiny", runs, overrides={"n_layers": 4}), tmp_path / "w8")
+    check_parity(res[0], dense_ref)
+    single = launch(1, spec("llama3-tiny", [{"name": "single bf16", "parallel": {"precision": "bf16"},
+                                             "steps": 20}], overrides={"n_layers": 4}),
+                    tmp_path / "w1")[0]
+    check_precision(res[1], single, dense_ref)
+
+
+def check_precision(par, single, fp32_ref, track_tol=1e-3):
+    track = max(rel(a, b) for a, b in zip(par["losses"], single["losses"]))
+    vs_fp32 = max(rel(a, b) for a, b in zip(par["losses"], fp32_ref["losses"]))
+    print(f"{par['name']}: max rel loss diff vs single-process same precision {track:.2e}, "
+          f"vs fp32 {vs_fp32:.2e} over {len(par['losses'])} steps")
+    assert len(par["losses"]) == 20 == len(fp32_ref["losses"])
+    assert track < track_tol, (par["losses"], single["losses"])
+    assert vs_fp32 < 0.02, (par["losses"], fp32_ref["losses"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["fp8_tensorwise", "fp8_rowwise"])
+def test_fp8_3d(tmp_path, dense_ref, recipe):
+    runs = [{"name": f"TP2xPP2xDP2 {recipe}", "parallel": {"tp": 2, "pp": 2, "precision": recipe},
+             "steps": 20}]
+    par = launch(8, spec("llama3-tiny", runs, overrides={"n_layers": 4}), tmp_path / "w8")[0]
+    single = launch(1, spec("llama3-tiny", [{"name": f"single {recipe}", "steps": 20,
+                                             "parallel": {"precision": recipe}}],
+                            overrides={"n_layers": 4}), tmp_path / "w1")[0]
+    check_precision(par, single, dense_ref)
+
+
+def test_moe_mla_tp2_pp2(tmp_path):
+    """DeepSeek-V2-Lite-like tiny model: MLA attention in every layer, MoE (shared + routed
+    experts, group-limited routing) after the first dense layer."""
+    cfg = get_model_config("deepseek-v2-lite-tiny")
+    ref = reference_run(cfg, STEPS, GBS, SEQ)
+    runs = [{"name": "MoE+MLA TP2", "parallel": {"tp": 2}},
+            {"name": "MoE+MLA PP2", "parallel": {"pp": 2}}]
+    for r in launch(2, spec("deepseek-v2-lite-tiny", runs), tmp_path):
+        check_parity(r, ref)
+
+
+@pytest.mark.slow
+def test_moe_mixtral_layouts(tmp_path):
+    """Mixtral-like MoE under PP2 and DP2. (Under TP2 the attention's reduction order differs
+    from one process by ~1e-7, and at step 4 of this run that flips one near-tied top-2 routing
+    decision: a discrete change no tolerance can absorb, so TP x MoE is covered by the
+    DeepSeek test above, whose routing has no such tie.)"""
+    cfg = get_model_config("mixtral-tiny")
+    ref = reference_run(cfg, STEPS, GBS, SEQ)
+    runs = [{"name": "Mixtral PP2", "parallel": {"pp": 2}},
+            {"name": "Mixtral DP2", "parallel": {}}]
+    for r in launch(2, spec("mixtral-tiny", runs), tmp_path):
+        check_parity(r, ref)
