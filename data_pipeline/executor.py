@@ -107,7 +107,7 @@ _QUEUE = None
 def _init_worker(q) -> None:
     global _QUEUE
     _QUEUE = q
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 
 def _pool_task(out_dir: str, stage: str, i: int) -> dict:
@@ -163,7 +163,13 @@ class LocalExecutor:
                 for i in todo:
                     run_task(str(run.dir), spec.name, i, update)
             else:
-                ctx = mp.get_context("spawn")  # no fork of a process holding tokenizer/BLAS threads
+                if spec.name == "tokenize":  # import megatron-core (~5 s) once, before forking
+                    from .tokenize import megatron_indexed
+
+                    megatron_indexed()
+                # fork: workers start in milliseconds instead of re-importing numpy/hydra/megatron
+                # (spawn cost seconds per stage on 2 cores). Children disable tokenizer threads.
+                ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")
                 q = ctx.Queue()
                 with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(q,)) as pool:
                     futs = {pool.submit(_pool_task, str(run.dir), spec.name, i): i for i in todo}

@@ -75,9 +75,12 @@ def test_shards_are_bounded_and_a_huge_document_gets_its_own(tmp_path):
     for n in (40, 40, 40, 500, 10, 10):
         w.add(np.arange(n) % 1000)
     paths = w.close()
-    sizes = [len(read_back(p)) for p in paths]
-    lens = [read_back(p).sequence_lengths.tolist() for p in paths]
-    assert lens == [[40, 40], [40], [500], [10, 10]], (sizes, lens)
+    lens = []
+    for p in paths:
+        ds = read_back(p)  # keep the dataset alive while reading its mmap-backed arrays
+        lens.append(ds.sequence_lengths.tolist())
+        del ds
+    assert lens == [[40, 40], [40], [500], [10, 10]], lens
 
 
 def test_sentencepiece_model(tmp_path, samples_en):
