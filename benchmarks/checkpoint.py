@@ -35,7 +35,11 @@ def main() -> int:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--steps", type=int, default=5, help="steps timed for the baseline")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: the async writer gets the other core, as a GPU job's "
+                    "training thread leaves the CPU to it)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
 
     from parallel.engine import build_engine
     from parallel.env import DistEnv, destroy_distributed, init_distributed
@@ -90,6 +94,8 @@ def main() -> int:
             during.append(step())
         mgr.wait()
         async_total_s = time.perf_counter() - t0
+        # the same number of steps right after, so a drift of the machine's load cancels out
+        after = [step() for _ in range(max(len(during), 1))]
 
         t0 = time.perf_counter()
         mgr.load_full(full_dir(tmp, 1), engine, opts)
@@ -100,7 +106,7 @@ def main() -> int:
         series_s = time.perf_counter() - t0
         series_bytes = sum(f.stat().st_size for f in (tmp / "series" / "step3").rglob("*") if f.is_file())
 
-        slowdown = (statistics.mean(during) / base) if during else float("nan")
+        slowdown = (statistics.mean(during) / statistics.mean(after)) if during else float("nan")
         print(f"model: {n_params:,} parameters (d_model {args.d_model}, {args.layers} layers, vocab "
               f"{args.vocab}); step: batch {args.batch} x {args.seq_len}, fp32, "
               f"{torch.get_num_threads()} threads")
@@ -115,8 +121,9 @@ def main() -> int:
         print(f"| what | seconds | x one step | note |\n|---|---|---|---|")
         for name, sec, note in rows:
             print(f"| {name} | {sec:.3f} | {sec / base:.2f} | {note} |")
-        print(f"| steps during the async write, mean step time | {statistics.mean(during) if during else float('nan'):.3f} "
-              f"| {slowdown:.2f} | stall per step while writing |")
+        print(f"| a step while the async write runs / a step right after | "
+              f"{statistics.mean(during) if during else float('nan'):.3f} / {statistics.mean(after):.3f} "
+              f"| {slowdown:.2f} | slowdown of training during the background write |")
         print(f"bytes per parameter: full {size / n_params:.2f} (fp32 weights + 2 AdamW moments = 12), "
               f"series {series_bytes / n_params:.2f} (bf16 = 2)")
     finally:
