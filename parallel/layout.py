@@ -97,6 +97,23 @@ def _balanced_split(n_layers: int, n_stages: int) -> list[int]:
     return [base + (1 if s < extra else 0) for s in range(n_stages)]
 
 
+def _check_fields(pcfg: ParallelConfig) -> None:
+    """Checks no other mesh shape could fix; their messages list the valid values."""
+    for key, allowed in (("precision", PRECISIONS), ("pp_schedule", PP_SCHEDULES),
+                         ("activation_checkpointing", AC_MODES), ("device", DEVICES)):
+        if getattr(pcfg, key) not in allowed:
+            raise ConfigError(f"parallel.{key}={getattr(pcfg, key)!r} is not one of "
+                              f"{', '.join(allowed)}")
+    for key in ("tp", "pp", "dp_replicate", "ep"):
+        if getattr(pcfg, key) < 1:
+            raise ConfigError(f"parallel.{key}={getattr(pcfg, key)} must be >= 1")
+    if not (pcfg.dp_shard >= 1 or pcfg.dp_shard == -1):
+        raise ConfigError(f"parallel.dp_shard={pcfg.dp_shard} must be >= 1 or -1 (the rest of "
+                          "the world)")
+    if pcfg.ac_every_n < 1:
+        raise ConfigError(f"parallel.ac_every_n={pcfg.ac_every_n} must be >= 1")
+
+
 def _check(pcfg: ParallelConfig, world_size: int, model_cfg: ModelConfig, gbs: int, mbs: int,
            seq_len: int) -> Layout:
     """Resolve and check; raise ConfigError(reason) without suggestions."""
@@ -106,15 +123,7 @@ def _check(pcfg: ParallelConfig, world_size: int, model_cfg: ModelConfig, gbs: i
             raise ConfigError(msg)
 
     need(world_size >= 1, f"world_size={world_size} must be >= 1")
-    for key, allowed in (("precision", PRECISIONS), ("pp_schedule", PP_SCHEDULES),
-                         ("activation_checkpointing", AC_MODES), ("device", DEVICES)):
-        need(getattr(pcfg, key) in allowed,
-             f"parallel.{key}={getattr(pcfg, key)!r} is not one of {', '.join(allowed)}")
-    for key in ("tp", "pp", "dp_replicate", "ep"):
-        need(getattr(pcfg, key) >= 1, f"parallel.{key}={getattr(pcfg, key)} must be >= 1")
-    need(pcfg.dp_shard >= 1 or pcfg.dp_shard == -1,
-         f"parallel.dp_shard={pcfg.dp_shard} must be >= 1 or -1 (the rest of the world)")
-    need(pcfg.ac_every_n >= 1, f"parallel.ac_every_n={pcfg.ac_every_n} must be >= 1")
+    _check_fields(pcfg)
     fixed = pcfg.tp * pcfg.pp * pcfg.dp_replicate * pcfg.ep
     if pcfg.dp_shard == -1:
         need(world_size % fixed == 0,
@@ -262,6 +271,10 @@ def resolve_layout(pcfg: ParallelConfig, world_size: int, model_cfg: ModelConfig
     """Validate `pcfg` for this world and model without any process group.
 
     Raises ConfigError("parallel layout rejected: <reason>; <a valid alternative>")."""
+    try:
+        _check_fields(pcfg)
+    except ConfigError as err:
+        raise ConfigError(f"parallel layout rejected: {err}") from None
     try:
         return _check(pcfg, world_size, model_cfg, global_batch_size, micro_batch_size, seq_len)
     except ConfigError as err:

@@ -183,9 +183,20 @@ def apply_fsdp(model: nn.Module, mesh, layout: Layout) -> None:
     else:
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     dp_mesh = _fsdp_mesh(mesh, layout)
+    reshard = layout.pp == 1
+    if layout.ep > 1:
+        # Experts are already split over ep; FSDP shards them over the remaining data-parallel
+        # ranks only (dp_shard, replicated over dp_replicate), in their own FSDP group.
+        expert_mesh = (mesh["dp_replicate", "dp_shard"] if layout.dp_replicate > 1
+                       else mesh["dp_shard"])
+        for block in model.layers.values():
+            if hasattr(block, "moe"):
+                fully_shard(block.moe.experts, mesh=expert_mesh, mp_policy=mp,
+                            reshard_after_forward=reshard)
+                block.moe.experts.set_gradient_divide_factor(1.0)
+                block.moe.experts.set_force_sum_reduction_for_comms(True)
     # With a pipeline, a stage runs several micro-batches forward before their backward; keeping
     # the unsharded weights avoids one all-gather per micro-batch (torchtitan does the same).
-    reshard = layout.pp == 1
     for block in model.layers.values():
         fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard)
     fully_shard(model, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard)
@@ -198,6 +209,10 @@ def apply_fsdp(model: nn.Module, mesh, layout: Layout) -> None:
 def parallelize_part(model: nn.Module, cfg: ModelConfig, layout: Layout, mesh) -> None:
     if layout.tp > 1:
         apply_tp(model, cfg, mesh["tp"], layout.precision)
+    if layout.ep > 1:
+        from parallel.expert_parallel import apply_ep
+
+        apply_ep(model, mesh["ep"])
     apply_ac(model, layout.activation_checkpointing, layout.ac_every_n)
     if layout.compile:
         apply_compile(model)

@@ -1,0 +1,94 @@
+"""Expert parallel: the routed experts of each MoE layer are split over the `ep` mesh axis and
+tokens travel to their expert's rank and back with all-to-all (torchtitan's ExpertParallel).
+
+The model's MoE runs route -> dispatch -> experts -> combine (model_zoo/moe.py). Only the middle
+step changes: `moe.experts` becomes an `ExpertParallelGroupedExperts` (same parameters, same
+names), whose forward receives this rank's tokens sorted by GLOBAL expert with per-expert counts,
+and
+
+  1. exchanges the per-expert counts (all-to-all), so every rank knows how many tokens it will
+     receive from each peer for each of its local experts;
+  2. sends each token to the rank owning its expert (all-to-all, uneven splits, autograd-aware);
+  3. regroups the received tokens expert-major (they arrive source-rank-major) and runs the
+     local experts with the model's own GroupedExperts computation on the local weight shards;
+  4. undoes the regrouping and sends the outputs back (all-to-all), in the order they came.
+
+The expert weights are DTensors sharded on dim 0 (experts) over `ep`; FSDP then shards them
+further over dp_shard only (see layout.py for how ep composes with the data-parallel axes).
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+from torch import nn
+from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+
+from model_zoo.moe import GroupedExperts
+
+
+def _all_to_all(x: torch.Tensor, out_splits: list[int], in_splits: list[int], group) -> torch.Tensor:
+    """Uneven all-to-all whose backward is the reverse all-to-all (functional collective; the
+    result waits for the communication on first use)."""
+    from torch.distributed._functional_collectives import all_to_all_single_autograd
+
+    return all_to_all_single_autograd(x.contiguous(), out_splits, in_splits, group)
+
+
+class ExpertParallelGroupedExperts(GroupedExperts):
+    """GroupedExperts whose experts live on `ep` ranks; installed by class swap (no new module,
+    so parameter names and the block's structure stay those of the single-device model)."""
+
+    _ep_group = None  # set by apply_ep
+    _ep_size = 1
+
+    def forward(self, x: torch.Tensor, num_tokens_per_expert: torch.Tensor) -> torch.Tensor:
+        ep, group = self._ep_size, self._ep_group
+        n_experts = num_tokens_per_expert.numel()
+        local_e = n_experts // ep
+        counts = num_tokens_per_expert.to(torch.int64)
+        # 1. how many tokens each peer sends to each of my experts: recv[s, e]
+        recv = torch.empty_like(counts)
+        torch.distributed.all_to_all_single(recv, counts, group=group)
+        send_m, recv_m = counts.view(ep, local_e), recv.view(ep, local_e)
+        in_splits = send_m.sum(1).tolist()
+        out_splits = recv_m.sum(1).tolist()
+        # 2. tokens to the owner of their expert
+        x_recv = _all_to_all(x, out_splits, in_splits, group)
+        # 3. source-rank-major -> expert-major, stable within each (expert, source) run
+        seg_key = (torch.arange(local_e, device=x.device).repeat(ep) * ep
+                   + torch.arange(ep, device=x.device).repeat_interleave(local_e))
+        key = torch.repeat_interleave(seg_key, recv_m.reshape(-1))
+        perm = torch.argsort(key, stable=True)
+        local = self._local_view()
+        out = GroupedExperts.forward(local, x_recv[perm], recv_m.sum(0))
+        # 4. back to arrival order, then home
+        out_recv = out[torch.argsort(perm)]
+        return _all_to_all(out_recv, in_splits, out_splits, group)
+
+    def _local_view(self):
+        """An object that looks like GroupedExperts but holds this rank's expert shards, so the
+        model's own expert computation runs unchanged on local tensors."""
+        view = types.SimpleNamespace()
+        for name in ("w1", "w2", "w3"):
+            w = getattr(self, name)
+            setattr(view, name, w.to_local() if isinstance(w, DTensor) else w)
+        view.use_grouped_mm = self.use_grouped_mm
+        view._grouped_mm_ok = types.MethodType(GroupedExperts._grouped_mm_ok, view)
+        return view
+
+
+def apply_ep(model: nn.Module, ep_mesh) -> None:
+    """Shard every MoE layer's experts over `ep_mesh` (dim 0) and install the all-to-all forward."""
+    for block in model.layers.values():
+        moe = getattr(block, "moe", None)
+        if moe is None:
+            continue
+        experts = moe.experts
+        for name, p in list(experts.named_parameters(recurse=False)):
+            dt = distribute_tensor(p.data, ep_mesh, [Shard(0)])
+            experts.register_parameter(name, nn.Parameter(dt, requires_grad=p.requires_grad))
+        experts.__class__ = ExpertParallelGroupedExperts
+        experts._ep_group = ep_mesh.get_group()
+        experts._ep_size = ep_mesh.size()
