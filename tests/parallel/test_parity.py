@@ -56,9 +56,12 @@ def test_dense_tp2_pp2_schedules_and_dcp(tmp_path, dense_ref):
         {"name": "PP2 Interleaved1F1B", "parallel": {"pp": 2, "pp_schedule": "Interleaved1F1B"}},
         {"name": "PP2 ZBVZeroBubble", "parallel": {"pp": 2, "pp_schedule": "ZBVZeroBubble"}},
         {"name": "PP2 <- DCP(TP2)", "parallel": {"pp": 2}, "steps": 0, "seed": 7, "dcp_load": 0},
+        {"name": "PP2 AC full", "parallel": {"pp": 2, "activation_checkpointing": "full"}},
+        {"name": "PP2 AC selective/2", "parallel": {"pp": 2, "activation_checkpointing": "selective",
+                                                    "ac_every_n": 2}},
     ]
     results = launch(2, spec("llama3-tiny", runs, overrides={"n_layers": 4}), tmp_path)
-    for r in results[:4]:
+    for r in results[:4] + results[5:]:
         check_parity(r, dense_ref)
     loaded = results[4]["params"]
     assert set(loaded) == set(results[0]["params"])
@@ -73,19 +76,30 @@ def test_dense_fsdp_dp4_and_hsdp(tmp_path, dense_ref):
         check_parity(r, dense_ref)
 
 
-def test_dense_3d_and_bf16_3d(tmp_path, dense_ref):
-    """TP2 x PP2 x DP2 in fp32 (parity), then in bf16 over 20 steps: within 2% of the fp32 loss
-    at every step, and tracking a single-process bf16 run (the same FSDP2 mixed precision on one
-    rank)."""
-    runs = [{"name": "TP2xPP2xDP2 fp32", "parallel": {"tp": 2, "pp": 2}},
-            {"name": "TP2xPP2xDP2 bf16", "parallel": {"tp": 2, "pp": 2, "precision": "bf16"},
-             "steps": 20}]
-    res = launch(8, spec("llama3-tiny", runs, overrides={"n_layers": 4}), tmp_path / "w8")
+def test_dense_3d(tmp_path, dense_ref):
+    """TP2 x PP2 x DP2 (8 ranks)."""
+    runs = [{"name": "TP2xPP2xDP2 fp32", "parallel": {"tp": 2, "pp": 2}}]
+    res = launch(8, spec("llama3-tiny", runs, overrides={"n_layers": 4}), tmp_path)
     check_parity(res[0], dense_ref)
-    single = launch(1, spec("llama3-tiny", [{"name": "single bf16", "parallel": {"precision": "bf16"},
-                                             "steps": 20}], overrides={"n_layers": 4}),
-                    tmp_path / "w1")[0]
-    check_precision(res[1], single, dense_ref)
+
+
+def single_process(tmp_path, precisions):
+    """The single-process run of each precision: the engine on one rank (bf16/fp8 use the same
+    FSDP2 mixed-precision policy there as on many ranks)."""
+    runs = [{"name": f"single {p}", "parallel": {"precision": p}, "steps": 20} for p in precisions]
+    return launch(1, spec("llama3-tiny", runs, overrides={"n_layers": 4}), tmp_path)
+
+
+def test_precisions_pp2(tmp_path, dense_ref):
+    """Fast check of every precision path under a pipeline (PP2, 20 steps): bf16, FP8 tensorwise
+    and rowwise each track their single-process run and stay within 2% of fp32."""
+    precisions = ["bf16", "fp8_tensorwise", "fp8_rowwise"]
+    runs = [{"name": f"PP2 {p}", "parallel": {"pp": 2, "precision": p}, "steps": 20}
+            for p in precisions]
+    par = launch(2, spec("llama3-tiny", runs, overrides={"n_layers": 4}), tmp_path / "w2")
+    single = single_process(tmp_path / "w1", precisions)
+    for p, s in zip(par, single):
+        check_precision(p, s, dense_ref)
 
 
 def check_precision(par, single, fp32_ref, track_tol=1e-3):
@@ -99,26 +113,47 @@ def check_precision(par, single, fp32_ref, track_tol=1e-3):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["fp8_tensorwise", "fp8_rowwise"])
-def test_fp8_3d(tmp_path, dense_ref, recipe):
-    runs = [{"name": f"TP2xPP2xDP2 {recipe}", "parallel": {"tp": 2, "pp": 2, "precision": recipe},
-             "steps": 20}]
+@pytest.mark.parametrize("precision", ["bf16", "fp8_tensorwise", "fp8_rowwise"])
+def test_precision_3d(tmp_path, dense_ref, precision):
+    """bf16 / FP8 under TP2 x PP2 x DP2 over 20 steps: track the single-process run of the same
+    precision and stay within 2% of the fp32 loss at every step."""
+    runs = [{"name": f"TP2xPP2xDP2 {precision}", "steps": 20,
+             "parallel": {"tp": 2, "pp": 2, "precision": precision}}]
     par = launch(8, spec("llama3-tiny", runs, overrides={"n_layers": 4}), tmp_path / "w8")[0]
-    single = launch(1, spec("llama3-tiny", [{"name": f"single {recipe}", "steps": 20,
-                                             "parallel": {"precision": recipe}}],
-                            overrides={"n_layers": 4}), tmp_path / "w1")[0]
-    check_precision(par, single, dense_ref)
+    check_precision(par, single_process(tmp_path / "w1", [precision])[0], dense_ref)
 
 
-def test_moe_mla_tp2_pp2(tmp_path):
-    """DeepSeek-V2-Lite-like tiny model: MLA attention in every layer, MoE (shared + routed
-    experts, group-limited routing) after the first dense layer."""
-    cfg = get_model_config("deepseek-v2-lite-tiny")
-    ref = reference_run(cfg, STEPS, GBS, SEQ)
+@pytest.mark.slow
+def test_compile_dp2(tmp_path, dense_ref):
+    """Per-block torch.compile (inductor, CPU) under FSDP2 DP2 still matches one process."""
+    runs = [{"name": "DP2 compile", "parallel": {"compile": True}}]
+    check_parity(launch(2, spec("llama3-tiny", runs, overrides={"n_layers": 4}), tmp_path)[0],
+                 dense_ref)
+
+
+@pytest.fixture(scope="module")
+def deepseek_ref():
+    return reference_run(get_model_config("deepseek-v2-lite-tiny"), STEPS, GBS, SEQ)
+
+
+def test_moe_mla_tp2_pp2_ep2(tmp_path, deepseek_ref):
+    """DeepSeek-V2-Lite-like tiny model: MLA attention in every layer, MoE (2 shared + 8 routed
+    experts, group-limited top-2 routing) after the first dense layer."""
     runs = [{"name": "MoE+MLA TP2", "parallel": {"tp": 2}},
-            {"name": "MoE+MLA PP2", "parallel": {"pp": 2}}]
+            {"name": "MoE+MLA PP2", "parallel": {"pp": 2}},
+            {"name": "MoE+MLA EP2", "parallel": {"ep": 2}}]
     for r in launch(2, spec("deepseek-v2-lite-tiny", runs), tmp_path):
-        check_parity(r, ref)
+        check_parity(r, deepseek_ref)
+
+
+def test_moe_ep2_with_tp2_pp2_dp2(tmp_path, deepseek_ref):
+    """Expert parallel composed: EP2 x TP2, EP2 x PP2, EP2 x FSDP DP2 (experts sharded over
+    dp_shard, dense weights over dp_shard x ep)."""
+    runs = [{"name": "MoE+MLA EP2xTP2", "parallel": {"ep": 2, "tp": 2}},
+            {"name": "MoE+MLA EP2xPP2", "parallel": {"ep": 2, "pp": 2}},
+            {"name": "MoE+MLA EP2xDP2", "parallel": {"ep": 2, "dp_shard": 2}}]
+    for r in launch(4, spec("deepseek-v2-lite-tiny", runs), tmp_path):
+        check_parity(r, deepseek_ref)
 
 
 @pytest.mark.slow
@@ -130,6 +165,7 @@ def test_moe_mixtral_layouts(tmp_path):
     cfg = get_model_config("mixtral-tiny")
     ref = reference_run(cfg, STEPS, GBS, SEQ)
     runs = [{"name": "Mixtral PP2", "parallel": {"pp": 2}},
-            {"name": "Mixtral DP2", "parallel": {}}]
+            {"name": "Mixtral DP2", "parallel": {}},
+            {"name": "Mixtral EP2", "parallel": {"ep": 2}}]
     for r in launch(2, spec("mixtral-tiny", runs), tmp_path):
         check_parity(r, ref)
