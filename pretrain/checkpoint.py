@@ -127,11 +127,18 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
             h.update(block)
 
 
-def write_manifest(ckpt_dir: Path) -> dict:
+def write_manifest(ckpt_dir: Path, known: Optional[dict] = None) -> dict:
+    """Write manifest.json: every file's size and sha256. `known` holds entries hashed already
+    (by the rank that wrote the file), so rank 0 only hashes what nobody else did."""
     files = {}
+    known = known or {}
     for p in sorted(ckpt_dir.rglob("*")):
         if p.is_file() and p.name != MANIFEST:
-            files[str(p.relative_to(ckpt_dir))] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            rel = str(p.relative_to(ckpt_dir))
+            entry = known.get(rel)
+            if entry is None or entry["bytes"] != p.stat().st_size:
+                entry = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            files[rel] = entry
     manifest = {"files": files, "bytes": sum(f["bytes"] for f in files.values())}
     text = json.dumps(manifest, indent=1)
     _write_durable(ckpt_dir / MANIFEST, text)
@@ -283,13 +290,31 @@ class CheckpointManager:
         self._barrier()
         return tmp
 
-    def _finalize(self, tmp: Path, final: Path, step: int, kind: str, meta: dict) -> None:
+    def _hash_own(self, tmp: Path) -> dict:
+        """sha256 of the files this rank wrote (its DCP shards `__R_*.distcp`, its RNG state;
+        rank 0 also the DCP .metadata), so hashing a checkpoint is spread over all ranks instead
+        of rank 0 reading every byte; for async saves it runs in the background thread."""
+        out = {}
+        pats = [f"**/__{self.rank}_*.distcp", f"rng/rank_{self.rank}.pt"]
+        if self.rank == 0:
+            pats.append("**/.metadata")
+        for pat in pats:
+            for p in tmp.glob(pat):
+                out[str(p.relative_to(tmp))] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        return out
+
+    def _finalize(self, tmp: Path, final: Path, step: int, kind: str, meta: dict,
+                  own: Optional[dict] = None) -> None:
         """Every rank has written its shards: rank 0 writes metadata, manifest, renames, indexes."""
-        self._barrier()
+        own = self._hash_own(tmp) if own is None else own
+        if self.dist:
+            parts: list = [None] * self.world
+            dist.all_gather_object(parts, own, group=self.ctrl_pg)
+            own = {k: v for part in parts for k, v in part.items()}
         if self.rank == 0:
             (tmp / "config.yaml").write_text(to_yaml(self.run))
             _write_durable(tmp / "meta.json", json.dumps(meta, indent=2))
-            manifest = write_manifest(tmp)
+            manifest = write_manifest(tmp, known=own)
             os.replace(tmp, final)
             entries = [e for e in read_index(self.run_dir)
                        if not (e["step"] == step and e["kind"] == kind)]
@@ -331,13 +356,22 @@ class CheckpointManager:
         meta = {"step": step, "kind": "full", "world_size": self.world, **meta}
         with _no_dist_ok():
             if async_save:
-                fut = dcp.async_save(state, checkpoint_id=str(tmp), process_group=self.pg)
+                write = dcp.async_save(state, checkpoint_id=str(tmp), process_group=self.pg)
+                # hash this rank's files in the background too, once they are written
+                fut = self._executor().submit(lambda: (write.result(), self._hash_own(tmp))[1])
                 self.pending = (fut, tmp, step, meta)
             else:
                 dcp.save(state, checkpoint_id=str(tmp), process_group=self.pg)
         self.stall_s += time.perf_counter() - t0
         if not async_save:
             self._finalize(tmp, final, step, "full", meta)
+
+    def _executor(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        if getattr(self, "_pool", None) is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-hash")
+        return self._pool
 
     def poll(self) -> None:
         """Finish an async save once every rank's background write is done (non-blocking)."""
@@ -351,8 +385,8 @@ class CheckpointManager:
     def _complete_pending(self) -> None:
         fut, tmp, step, meta = self.pending
         self.pending = None
-        fut.result()  # re-raises a failed background write here, on the training thread
-        self._finalize(tmp, full_dir(self.run_dir, step), step, "full", meta)
+        own = fut.result()  # re-raises a failed background write here, on the training thread
+        self._finalize(tmp, full_dir(self.run_dir, step), step, "full", meta, own=own)
 
     def load_full(self, path: Path, engine, optimizers) -> dict:
         """Load model and optimizer (resharded to this layout by DCP) and return meta.json."""

@@ -56,22 +56,16 @@ def memory_stats(device: torch.device) -> dict:
     return {"mem_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9}
 
 
-def expert_load(model_parts) -> Optional[list[float]]:
-    """Tokens routed to each expert since the last call, as fractions, when the model exposes it
-    (a module with an `expert_load()` method returning per-expert counts, e.g. an MoE router)."""
-    totals = None
+def expert_load(model_parts) -> Optional[dict]:
+    """Per MoE layer of this rank, the fraction of routed tokens each expert received this step
+    (model_zoo.moe counts them); None for a dense model. Must be read before the bias update,
+    which resets the counts."""
+    from model_zoo.moe import expert_load as layer_loads
+
+    loads = {}
     for part in model_parts:
-        for mod in part.modules():
-            fn = getattr(mod, "expert_load", None)
-            if callable(fn) and mod is not part:
-                counts = fn()
-                if counts is None:
-                    continue
-                counts = torch.as_tensor(counts, dtype=torch.float64).cpu()
-                totals = counts if totals is None else totals + counts
-    if totals is None or totals.sum() <= 0:
-        return None
-    return (totals / totals.sum()).tolist()
+        loads.update({name: frac.tolist() for name, frac in layer_loads(part).items()})
+    return loads or None
 
 
 class MetricsLogger:

@@ -191,6 +191,9 @@ def train(run: RunConfig, on_batch: Optional[Callable] = None, stop_after: Optio
 
         # Slurm's USR1/TERM or a stop file: every rank agrees on a step, checkpoints it, leaves.
         preempt = Preemption(env.rank, env.world_size, device, log=say).install()
+        from model_zoo.moe import moe_layers, update_expert_biases
+
+        has_moe = any(moe_layers(part) for part in engine.model_parts)
         skipped, losses = 0, {}
         window: list[tuple[float, float]] = []
         last_full = step
@@ -227,6 +230,14 @@ def train(run: RunConfig, on_batch: Optional[Callable] = None, stop_after: Optio
                 opt.step()
             engine.zero_grad()
             step += 1
+            load = None
+            if has_moe:
+                if step % t.log_interval == 0 or step == t.max_steps:
+                    load = expert_load(engine.model_parts)
+                # DeepSeek-V3 aux-loss-free balancing (a no-op unless bias_update_speed > 0); it
+                # uses this rank's counts and resets them for the next step.
+                for part in engine.model_parts:
+                    update_expert_biases(part)
             losses[step] = loss
             metrics.count(tokens_per_step)
             _log_order(order_log, step, rng, batch, engine)
@@ -234,10 +245,9 @@ def train(run: RunConfig, on_batch: Optional[Callable] = None, stop_after: Optio
             if step % t.log_interval == 0 or step == t.max_steps:
                 extra = {"tokens": step * tokens_per_step, "skipped_steps": skipped,
                          "checkpoint_stall_s": ckpt.stall_s}
-                load = expert_load(engine.model_parts)
-                if load is not None:
+                if load:
                     extra["expert_load"] = load
-                    extra["expert_load_max_over_mean"] = max(load) * len(load)
+                    extra["expert_load_max_over_mean"] = max(max(v) * len(v) for v in load.values())
                 metrics.log(step, {"loss": loss, "grad_norm": gnorm, "lr": lr,
                                    "loss_avg": sum(x for x, _ in window) / len(window)}, extra)
                 window = []

@@ -216,3 +216,24 @@ def test_stop_file_checkpoints_the_agreed_step_and_resume_continues(tmp_path, da
     monkeypatch.delenv("PRETRAIN_STOP_FILE")
     straight = train(compose_config(overrides(tmp_path / "q", data, 6)), log=lambda *_: None)
     assert {**out["losses"], **rest["losses"]} == straight["losses"]
+
+
+def test_export_all_writes_one_hf_folder_per_step(tmp_path, data, capsys):
+    import transformers
+
+    ov = overrides(tmp_path / "e", data, 4, **{"checkpoint.interval": 3, "checkpoint.series": "log2:2",
+                                               "checkpoint.series_dtype": "float32"})
+    out = train(compose_config(ov), log=lambda *_: None)
+    assert main(["export-hf", str(tmp_path / "e"), "--all", "--out", str(tmp_path / "hf")]) == 0
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["step1", "step2", "step3", "step4"]
+    # step 2's export reproduces the loss training logged at step 3 (weights after step 2)
+    from pretrain.analyze import batch_of_step
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf" / "step2").eval()
+    batch = torch.from_numpy(batch_of_step(tmp_path / "e", 3)["tokens"])
+    with torch.no_grad():
+        logits = hf(batch[:, :-1]).logits
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten()).item()
+    assert abs(loss - out["losses"][3]) / out["losses"][3] < 1e-5
+    assert main(["export-hf", str(tmp_path / "e"), "--step", "7", "--out", str(tmp_path / "x")]) == 2
+    assert "saved steps: 1, 2, 3, 4" in capsys.readouterr().err

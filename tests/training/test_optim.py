@@ -1,0 +1,76 @@
+"""AdamW groups, decoupled weight decay, LR schedules, and MoE expert-load metrics."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from model_zoo import build_model, get_model_config
+from pretrain.config import compose_config
+from pretrain.optim import build_optimizers, decay_split, lr_at
+from pretrain.train import train
+from tests.training.helpers import documents, read_metrics, tiny_overrides, write_megatron
+
+
+def test_no_decay_on_norms_biases_embeddings_by_module_type():
+    model = build_model(get_model_config("pythia-tiny"))  # LayerNorm with bias, linear biases
+    decay, nodecay, names = decay_split(model, ["norm", "bias", "embedding"])
+    assert "tok_embeddings.weight" in names and "norm.weight" in names and "norm.bias" in names
+    assert any(n.endswith("attention.wq.bias") for n in names)
+    decayed = {id(p) for p in decay}
+    for name, p in model.named_parameters():
+        is_matrix = p.dim() == 2 and "tok_embeddings" not in name
+        assert (id(p) in decayed) == is_matrix, name
+    # rules are configurable: OLMo-2 decays embeddings
+    _, _, names = decay_split(model, ["norm", "bias"])
+    assert "tok_embeddings.weight" not in names
+
+
+def test_weight_decay_is_decoupled():
+    """A parameter with zero gradient shrinks by exactly lr * wd (AdamW), a no-decay one not at all."""
+    model = build_model(get_model_config("llama3-tiny"))
+    cfg = compose_config(["optim.lr=0.1", "optim.weight_decay=0.5"]).optim
+    (opt,) = build_optimizers([model], cfg, torch.device("cpu"))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    w = dict(model.named_parameters())
+    torch.testing.assert_close(w["layers.0.attention.wq.weight"], before["layers.0.attention.wq.weight"] * (1 - 0.05))
+    torch.testing.assert_close(w["norm.weight"], before["norm.weight"])
+    torch.testing.assert_close(w["tok_embeddings.weight"], before["tok_embeddings.weight"])
+
+
+def sched(name, warmup=10, **kw):
+    return SimpleNamespace(name=name, warmup_steps=warmup, min_lr_ratio=kw.get("min_lr_ratio", 0.1),
+                           decay_fraction=kw.get("decay_fraction", 0.2), decay_steps=kw.get("decay_steps", 0))
+
+
+def test_schedules():
+    lr = 1.0
+    assert lr_at(1, lr, sched("cosine"), 110) == pytest.approx(0.1)
+    assert lr_at(10, lr, sched("cosine"), 110) == pytest.approx(1.0)
+    assert lr_at(60, lr, sched("cosine"), 110) == pytest.approx(0.1 + 0.9 * 0.5)  # half way
+    assert lr_at(110, lr, sched("cosine"), 110) == pytest.approx(0.1)
+    assert lr_at(60, lr, sched("linear"), 110) == pytest.approx(0.55)
+    assert lr_at(500, lr, sched("constant"), 110) == 1.0
+    # wsd: stable until the last 20% of 100 steps, then linear to the floor
+    s = sched("wsd", warmup=5)
+    assert [lr_at(k, lr, s, 100) for k in (5, 50, 80)] == [1.0, 1.0, 1.0]
+    assert lr_at(90, lr, s, 100) == pytest.approx(0.55) and lr_at(100, lr, s, 100) == pytest.approx(0.1)
+    assert lr_at(35, lr, sched("cosine", decay_steps=25), 1000) == pytest.approx(0.1)
+
+
+def test_moe_model_trains_and_logs_expert_load(tmp_path):
+    data = write_megatron(str(tmp_path / "d/man"), documents(20, max_bytes=1500))
+    ov = tiny_overrides(tmp_path / "run", data, steps=3, **{"model": "olmoe-tiny"})
+    out = train(compose_config(ov), log=lambda *_: None)
+    assert all(math.isfinite(v) for v in out["losses"].values())
+    rec = read_metrics(tmp_path / "run")[-1]
+    layers = rec["expert_load"]
+    assert len(layers) == 2
+    for fracs in layers.values():
+        assert len(fracs) == get_model_config("olmoe-tiny").moe.n_experts
+        assert sum(fracs) == pytest.approx(1.0)
+    assert rec["expert_load_max_over_mean"] >= 1.0
