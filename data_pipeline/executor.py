@@ -213,6 +213,7 @@ def sbatch_script(run, spec: StageSpec, indices: list[int]) -> str:
         "set -euo pipefail",
         f"export PYTHONPATH={shlex.quote(str(repo))}${{PYTHONPATH:+:$PYTHONPATH}}",
         "export TOKENIZERS_PARALLELISM=false",
+        'echo "node=${SLURMD_NODENAME:-unknown} job=${SLURM_ARRAY_JOB_ID:-}_${SLURM_ARRAY_TASK_ID:-}"',
         f"exec {shlex.quote(py)} -m data_pipeline.worker {shlex.quote(str(run.dir))} {spec.name} $SLURM_ARRAY_TASK_ID",
         "",
     ]
@@ -273,7 +274,8 @@ class SlurmExecutor:
         ids = ",".join(j for _, j in jobs)
         t0 = time.monotonic()
         total = sum(s.n for s in specs)
-        with tqdm(total=total, desc="slurm tasks", unit="task", file=sys.stderr, mininterval=1.0) as bar:
+        with tqdm(total=total, desc="slurm tasks", unit="task", file=sys.stderr, mininterval=1.0,
+                  disable=not run.cfg.executor.progress) as bar:
             while ids:
                 res = subprocess.run([self.squeue, "-h", "-j", ids, "-o", "%i %t %r"], capture_output=True, text=True)
                 done = sum(1 for s in specs for i in range(s.n) if is_done(run.dir, s, i))
