@@ -58,6 +58,16 @@ def two_jobs(slurm_cluster, tokens, tmp_path_factory):
                 jobs[name] = (launch(root / name, tokens, capsys=cap), root / name)
     finally:
         mp.undo()
+    # Signal the second job mid-run here, not in its test: the tests run one after the other and
+    # both jobs would have ended by the time the preemption test began.
+    job, run_dir = jobs["preempted"]
+    t0 = time.monotonic()
+    while len(read_metrics(run_dir) if (run_dir / "metrics.jsonl").exists() else []) < 2:
+        assert slurm_cluster.job(job)["JobState"] in ("PENDING", "RUNNING"), _log(run_dir, job)[-3000:]
+        assert time.monotonic() - t0 < 200, "training did not reach step 2"
+        time.sleep(0.1)
+    # What Slurm does before the time limit with --signal=B:USR1@SECONDS.
+    slurm_cluster.run("scancel", "--signal=USR1", "--batch", job, check=True)
     return jobs
 
 
@@ -106,27 +116,29 @@ def test_dry_run_prints_a_script_for_nodes_x_procs(tmp_path, tokens, capsys):
     syntax = subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True)
     assert syntax.returncode == 0, syntax.stderr
 
-    assert main(["launch", *ov, "--nodes", "2", "--gpus-per-node", "4", "--launcher", "torchrun",
+    assert main(["launch", *ov, "--nodes", "2", "--gpus-per-node", "2", "--launcher", "torchrun",
                  "--dry-run"]) == 0
     script = capsys.readouterr().out.splitlines()
-    assert "#SBATCH --ntasks-per-node=1" in script and "#SBATCH --gpus-per-node=4" in script
-    assert "NPROC_PER_NODE=4" in script and "LAUNCHER=torchrun" in script
+    assert "#SBATCH --ntasks-per-node=1" in script and "#SBATCH --gpus-per-node=2" in script
+    assert "NPROC_PER_NODE=2" in script and "LAUNCHER=torchrun" in script
 
 
 def test_layout_is_checked_for_the_allocation_before_submitting(tmp_path, tokens, capsys):
-    """tp=4 cannot split llama3-tiny's heads for 2 x 3 ranks: rejected with an alternative,
-    exit 2, the same message the engine gives (resolve_layout)."""
+    """tp=3 does not divide 2 x 2 ranks: rejected before submitting, exit 2, with the engine's
+    own message (resolve_layout) and a layout that fits."""
     from parallel.layout import resolve_layout
     from pretrain.config import compose_config
     from model_zoo.config import ConfigError
 
-    ov = tiny_overrides(tmp_path / "r", tokens, steps=4, **{"parallel.tp": 4})
-    assert main(["launch", *ov, "--nodes", "2", "--procs-per-node", "3", "--dry-run"]) == 2
+    ov = tiny_overrides(tmp_path / "r", tokens, steps=4, **{"parallel.tp": 3})
+    assert main(["launch", *ov, "--nodes", "2", "--procs-per-node", "2", "--dry-run"]) == 2
     err = capsys.readouterr().err
     run = compose_config(ov)
     with pytest.raises(ConfigError) as engine_err:
-        resolve_layout(run.parallel, 6, run.model, 8, 2, 32)
-    assert str(engine_err.value) in err and "valid layout" in err
+        resolve_layout(run.parallel, 4, run.model, 8, 2, 32)
+    assert str(engine_err.value) in err
+    suggested = err.split("a valid layout for world_size=4: ")[1].split()
+    assert main(["launch", *ov, *suggested, "--nodes", "2", "--procs-per-node", "2", "--dry-run"]) == 0
     assert main(["launch", *ov, "--nodes", "2", "--dry-run"]) == 2
     assert "--gpus-per-node" in capsys.readouterr().err
 
@@ -146,14 +158,7 @@ def test_launch_trains_on_two_nodes_and_checkpoints(two_jobs, slurm_cluster):
 
 
 def test_usr1_checkpoints_requeues_and_resumes_exactly(two_jobs, slurm_cluster):
-    job, run_dir = two_jobs["preempted"]
-    t0 = time.monotonic()
-    while len(read_metrics(run_dir) if (run_dir / "metrics.jsonl").exists() else []) < 2:
-        assert slurm_cluster.job(job)["JobState"] in ("PENDING", "RUNNING"), _log(run_dir, job)[-3000:]
-        assert time.monotonic() - t0 < 200, "training did not reach step 2"
-        time.sleep(0.2)
-    # What Slurm does before the time limit with --signal=B:USR1@SECONDS.
-    slurm_cluster.run("scancel", "--signal=USR1", "--batch", job, check=True)
+    job, run_dir = two_jobs["preempted"]  # signalled with USR1 after step 2 by the fixture
     info = slurm_cluster.wait_job(job, timeout=300)
     log = _log(run_dir, job)
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log[-4000:]
