@@ -154,6 +154,14 @@ class SlurmCluster:
         return "\n".join(parts)
 
     def stop(self) -> None:
+        # Jobs first (slurmstepd leaves the daemons' process groups), then the daemons, then any
+        # process that still carries our SLURM_CONF: those can only be this cluster's job steps.
+        if self.procs and self.procs[0].poll() is None:
+            try:
+                self.run("scancel", "--full", "--user=root", timeout=15)
+                time.sleep(1)
+            except Exception:
+                pass
         for p in reversed(self.procs):
             if p.poll() is None:
                 try:
@@ -172,6 +180,23 @@ class SlurmCluster:
             except ProcessLookupError:
                 pass
             p.wait()
+        for pid in self.leftover_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def leftover_pids(self) -> list[int]:
+        mine = f"SLURM_CONF={self.conf}".encode()
+        pids = []
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit() and int(d.name) != os.getpid():
+                try:
+                    if mine in (d / "environ").read_bytes().split(b"\0"):
+                        pids.append(int(d.name))
+                except OSError:
+                    continue
+        return pids
 
     # ------------------------------------------------------------------ helpers
     def run(self, *args: str, check: bool = False, timeout: float = 60) -> subprocess.CompletedProcess:

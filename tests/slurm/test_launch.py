@@ -46,7 +46,8 @@ def launch(run_dir: Path, tokens, *extra: str, steps: int = STEPS, nodes: int = 
 
 @pytest.fixture(scope="module")
 def two_jobs(slurm_cluster, tokens, tmp_path_factory):
-    """An uninterrupted run and one to be preempted, same config, submitted at once."""
+    """An uninterrupted run and one to be preempted (same config), and an endless one whose rank
+    will be killed: submitted at once, they run side by side (6 CPUs per test node)."""
     mp = pytest.MonkeyPatch()
     mp.setenv("SLURM_CONF", str(slurm_cluster.conf))
     root = tmp_path_factory.mktemp("runs")
@@ -56,6 +57,10 @@ def two_jobs(slurm_cluster, tokens, tmp_path_factory):
             cap = _Capture()
             with cap:
                 jobs[name] = (launch(root / name, tokens, capsys=cap), root / name)
+        cap = _Capture()
+        with cap:  # runs until test_crashed_rank... kills one of its ranks (or the cluster stops)
+            jobs["crash"] = (launch(root / "crash", tokens, steps=100000, nodes=2, procs=1, capsys=cap),
+                             root / "crash")
     finally:
         mp.undo()
     # Signal the second job mid-run here, not in its test: the tests run one after the other and
@@ -195,11 +200,11 @@ def _pid_of_rank(job: str, rank: int) -> int:
     raise LookupError(f"no training process of rank {rank} in job {job}")
 
 
-def test_crashed_rank_ends_the_job_and_is_named(slurm_env, tokens, tmp_path, capsys):
+def test_crashed_rank_ends_the_job_and_is_named(two_jobs, slurm_cluster):
     """One rank dies (SIGKILL, as on a lost node): the job must end soon with the rank named,
     not sit in a collective until the timeout."""
-    run_dir = tmp_path / "crash"
-    job = launch(run_dir, tokens, steps=100000, nodes=2, procs=1, capsys=capsys)
+    slurm_env = slurm_cluster
+    job, run_dir = two_jobs["crash"]
     t0 = time.monotonic()
     while not ((run_dir / "metrics.jsonl").exists() and read_metrics(run_dir)):
         assert slurm_env.job(job)["JobState"] in ("PENDING", "RUNNING"), _log(run_dir, job)[-3000:]
