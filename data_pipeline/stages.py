@@ -397,7 +397,16 @@ def task_dedup_paragraph(run: Run, _: int, prog) -> dict:
 
 
 def _attribute_groups(run: Run, i: int) -> list[Path]:
-    return sorted(p for p in run.p("attributes").glob(f"*/{shard(i)}.jsonl.gz"))
+    """The attribute files of the taggers and dedup parts this config enables (stale files of a
+    differently configured earlier run in the same folder are not read)."""
+    tg = run.cfg.taggers
+    groups = [g for g, on in (("lang", tg.lang.enabled), ("quality", tg.quality.enabled),
+                              ("content", tg.content.enabled), ("random", tg.random.enabled)) if on]
+    if run.cfg.dedup.enabled:
+        groups.append("dedup")
+        if run.cfg.dedup.paragraph.enabled:
+            groups.append("paragraph")
+    return [run.p("attributes", g, f"{shard(i)}.jsonl.gz") for g in sorted(groups)]
 
 
 def _iter_with_attrs(run: Run, i: int):
