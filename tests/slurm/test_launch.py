@@ -46,8 +46,9 @@ def launch(run_dir: Path, tokens, *extra: str, steps: int = STEPS, nodes: int = 
 
 @pytest.fixture(scope="module")
 def two_jobs(slurm_cluster, tokens, tmp_path_factory):
-    """An uninterrupted run and one to be preempted (same config), and an endless one whose rank
-    will be killed: submitted at once, they run side by side (6 CPUs per test node)."""
+    """An uninterrupted run, one to be preempted and one under torchrun (same config), and an
+    endless one whose rank will be killed: submitted at once, they run side by side (the test
+    nodes have 6 CPUs each: 2 + 2 + 1 + 1 tasks)."""
     mp = pytest.MonkeyPatch()
     mp.setenv("SLURM_CONF", str(slurm_cluster.conf))
     root = tmp_path_factory.mktemp("runs")
@@ -57,6 +58,10 @@ def two_jobs(slurm_cluster, tokens, tmp_path_factory):
             cap = _Capture()
             with cap:
                 jobs[name] = (launch(root / name, tokens, capsys=cap), root / name)
+        cap = _Capture()
+        with cap:  # the other launcher: one torchrun per node, c10d rendezvous on the first node
+            jobs["torchrun"] = (launch(root / "torchrun", tokens, "--launcher", "torchrun", capsys=cap),
+                                root / "torchrun")
         cap = _Capture()
         with cap:  # runs until test_crashed_rank... kills one of its ranks (or the cluster stops)
             jobs["crash"] = (launch(root / "crash", tokens, steps=100000, nodes=2, procs=1, capsys=cap),
@@ -218,3 +223,31 @@ def test_crashed_rank_ends_the_job_and_is_named(two_jobs, slurm_cluster):
     assert info["JobState"] == "FAILED", log[-3000:]
     assert re.search(r"task 1: (Killed|Exited)", log), log[-3000:]
     assert took < 60, f"the job took {took:.0f}s to end after rank 1 died"
+
+
+def test_torchrun_launcher_gives_the_srun_losses(two_jobs, slurm_cluster):
+    job, run_dir = two_jobs["torchrun"]
+    info = slurm_cluster.wait_job(job, timeout=300)
+    log = _log(run_dir, job)
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log[-3000:]
+    assert info["NumTasks"] == "2" and "(world 4)" in log  # 2 agents, 4 workers
+    straight_job, straight_dir = two_jobs["straight"]
+    slurm_cluster.wait_job(straight_job, timeout=240)
+    assert read_metrics(run_dir) and ([m["loss"] for m in read_metrics(run_dir)]
+                                      == [m["loss"] for m in read_metrics(straight_dir)])
+
+
+def test_export_sbatch_writes_every_checkpoint_as_hf(two_jobs, slurm_cluster, tmp_path):
+    straight_job, run_dir = two_jobs["straight"]
+    slurm_cluster.wait_job(straight_job, timeout=240)
+    out = tmp_path / "hf"
+    script = Path(__file__).resolve().parents[2] / "slurm" / "export.sbatch"
+    res = slurm_cluster.run("sbatch", "--parsable", f"--output={tmp_path}/export-%j.out",
+                            f"--export=ALL,RUN_DIR={run_dir},OUT={out}", "--cpus-per-task=1",
+                            f"--chdir={script.parents[1]}", str(script), check=True)
+    job = res.stdout.strip().split(";")[0]
+    info = slurm_cluster.wait_job(job, timeout=240)
+    log = (tmp_path / f"export-{job}.out").read_text()
+    assert info["JobState"] == "COMPLETED", log[-3000:]
+    assert f"wrote Hugging Face model of step {STEPS}" in log
+    assert (out / f"step{STEPS}" / "config.json").exists(), sorted(p.name for p in out.iterdir())
