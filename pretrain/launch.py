@@ -100,15 +100,19 @@ def check(spec: LaunchSpec):
 
 
 def _time_seconds(time: str) -> Optional[int]:
+    """Slurm's --time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S."""
     m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", time)
     if not m:
         return None
-    d, a, b, c = (int(x) if x else 0 for x in m.groups())
-    if m.group(3) is None:  # "MM" alone is minutes in Slurm
-        return d * 86400 + a * 60
-    if m.group(4) is None:  # "MM:SS"  (or "D-HH:MM" with a day)
-        return d * 86400 + (a * 3600 + b * 60 if m.group(1) else a * 60 + b)
-    return d * 86400 + a * 3600 + b * 60 + c
+    days, parts = m.group(1), [int(x) for x in m.groups()[1:] if x is not None]
+    if days is not None:
+        h, mi, s = (parts + [0, 0])[:3]
+        return int(days) * 86400 + h * 3600 + mi * 60 + s
+    if len(parts) == 1:
+        return parts[0] * 60
+    if len(parts) == 2:
+        return parts[0] * 60 + parts[1]
+    return parts[0] * 3600 + parts[1] * 60 + parts[2]
 
 
 def render(spec: LaunchSpec, run=None, layout=None, template: Path = TEMPLATE) -> tuple[str, Path]:

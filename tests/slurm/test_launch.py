@@ -153,6 +153,21 @@ def test_layout_is_checked_for_the_allocation_before_submitting(tmp_path, tokens
     assert "--gpus-per-node" in capsys.readouterr().err
 
 
+def test_time_limits_and_signal_lead(tmp_path, tokens, capsys):
+    from pretrain.launch import _time_seconds
+
+    # Slurm's --time formats; the USR1 lead time must fit inside the limit.
+    assert [_time_seconds(t) for t in ("30", "5:30", "2:00:00", "1-12", "1-0:30", "1-0:0:5")] == \
+        [1800, 330, 7200, 129600, 88200, 86405]
+    ov = tiny_overrides(tmp_path / "r", tokens, steps=4)
+    assert main(["launch", *ov, "--nodes", "1", "--procs-per-node", "1", "--time", "4",
+                 "--signal-seconds", "300", "--dry-run"]) == 2
+    assert "--signal-seconds=300 is not shorter than --time=4" in capsys.readouterr().err
+    assert main(["launch", *ov, "--nodes", "1", "--procs-per-node", "1", "--time", "4 hours",
+                 "--dry-run"]) == 2
+    assert "use Slurm's format" in capsys.readouterr().err
+
+
 def test_launch_trains_on_two_nodes_and_checkpoints(two_jobs, slurm_cluster):
     job, run_dir = two_jobs["straight"]
     info = slurm_cluster.wait_job(job, timeout=240)
