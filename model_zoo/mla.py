@@ -10,7 +10,6 @@ Names follow torchtitan's DeepSeek-V3 model (wq / wq_a, q_norm, wq_b, wkv_a, kv_
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from model_zoo.config import ModelConfig
@@ -59,7 +58,10 @@ class MLAttention(nn.Module):
         if rs.type == "yarn" and rs.mscale_all_dim:
             self.softmax_scale *= yarn_mscale(rs.factor, rs.mscale_all_dim) ** 2
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                attn_mask=None) -> torch.Tensor:
+        from model_zoo.model import sdpa
+
         a = self.cfg
         bsz, seq, _ = x.shape
         q = self.wq(x) if a.q_lora_rank == 0 else self.wq_b(self.q_norm(self.wq_a(x)))
@@ -74,5 +76,5 @@ class MLAttention(nn.Module):
         q = torch.cat((q_nope, q_rope), dim=-1)
         k = torch.cat((k_nope, k_rope.expand(-1, -1, heads, -1)), dim=-1)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.softmax_scale)
+        out = sdpa(q, k, v, attn_mask, scale=self.softmax_scale)
         return self.wo(out.transpose(1, 2).reshape(bsz, seq, -1))

@@ -127,6 +127,23 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 # ---------------------------------------------------------------------------------------------
 # Attention and MLP
 # ---------------------------------------------------------------------------------------------
+def sdpa(q, k, v, attn_mask: Optional[torch.Tensor], scale: Optional[float] = None) -> torch.Tensor:
+    """Causal attention; with `attn_mask` (an already-causal boolean mask, see
+    `document_attention_mask`) the mask replaces the plain causal one."""
+    if attn_mask is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+
+
+def document_attention_mask(document_ids: torch.Tensor) -> torch.Tensor:
+    """(batch, seq) document ids of packed samples -> (batch, 1, seq, seq) boolean mask that is
+    causal and keeps each token from attending across a document boundary."""
+    seq = document_ids.shape[1]
+    same_doc = document_ids[:, :, None] == document_ids[:, None, :]
+    causal = torch.ones(seq, seq, dtype=torch.bool, device=document_ids.device).tril()
+    return (same_doc & causal)[:, None]
+
+
 class Attention(nn.Module):
     """Causal self-attention with MHA/GQA, optional QK-norm, (partial) RoPE and SDPA."""
 
@@ -145,7 +162,8 @@ class Attention(nn.Module):
         elif cfg.qk_norm == "head":  # per-head norm shared across heads
             self.q_norm, self.k_norm = build_norm(cfg, self.head_dim), build_norm(cfg, self.head_dim)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         bsz, seq, _ = x.shape
         q, k, v = self.wq(x), self.wk(x), self.wv(x)
         if self.qk_norm == "full":
@@ -160,7 +178,7 @@ class Attention(nn.Module):
         if self.n_rep > 1:  # explicit repeat: works for every SDPA backend and under DTensor
             k = k.repeat_interleave(self.n_rep, dim=1)
             v = v.repeat_interleave(self.n_rep, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        out = sdpa(q, k, v, attn_mask)
         return self.wo(out.transpose(1, 2).reshape(bsz, seq, -1))
 
 
@@ -206,13 +224,15 @@ class TransformerBlock(nn.Module):
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
         return self.moe(x) if hasattr(self, "moe") else self.feed_forward(x)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.parallel_residual:
-            return x + self.attention(self.attention_norm(x), cos, sin) + self.mlp(self.ffn_norm(x))
+            return (x + self.attention(self.attention_norm(x), cos, sin, attn_mask)
+                    + self.mlp(self.ffn_norm(x)))
         if self.norm_position == "post":
-            x = x + self.attention_norm(self.attention(x, cos, sin))
+            x = x + self.attention_norm(self.attention(x, cos, sin, attn_mask))
             return x + self.ffn_norm(self.mlp(x))
-        x = x + self.attention(self.attention_norm(x), cos, sin)
+        x = x + self.attention(self.attention_norm(x), cos, sin, attn_mask)
         return x + self.mlp(self.ffn_norm(x))
 
 
@@ -292,9 +312,15 @@ class Transformer(nn.Module):
             self.reset_rope_tables()
 
     def forward(
-        self, tokens: torch.Tensor, position_ids: Optional[torch.Tensor] = None
+        self,
+        tokens: torch.Tensor,
+        position_ids: Optional[torch.Tensor] = None,
+        document_ids: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """tokens (batch, seq) -> logits (batch, seq, padded_vocab).
+
+        `document_ids` (batch, seq), for packed samples, restricts attention to the token's own
+        document (the intra-document mask); pair it with position ids that restart per document.
 
         On a pipeline stage without embeddings, `tokens` is the hidden state from the previous
         stage; on one without the output layer, the hidden state is returned.
@@ -305,8 +331,9 @@ class Transformer(nn.Module):
             cos, sin = self.rope_cos[:seq], self.rope_sin[:seq]
         else:
             cos, sin = self.rope_cos[position_ids], self.rope_sin[position_ids]
+        attn_mask = None if document_ids is None else document_attention_mask(document_ids)
         for layer in self.layers.values():
-            h = layer(h, cos, sin)
+            h = layer(h, cos, sin, attn_mask)
         if self.norm is not None:
             h = self.norm(h)
         if self.output is not None:

@@ -19,21 +19,6 @@ from typing import Callable, Optional
 
 from model_zoo.config import ConfigError
 
-NOT_YET: dict[str, str] = {}
-
-
-def _not_yet(name: str) -> Callable[[list[str]], int]:
-    def run(argv: list[str]) -> int:
-        print(
-            f"pretrain {name}: not available yet: {NOT_YET[name]} has not landed. "
-            "See README.md for what works today.",
-            file=sys.stderr,
-        )
-        return 3
-
-    return run
-
-
 def cmd_zoo(argv: list[str]) -> int:
     from pretrain.config import compose_config, to_yaml
     from pretrain.zoo_table import zoo_table
@@ -161,16 +146,11 @@ def cmd_analyze(argv: list[str]) -> int:
 
 
 def cmd_data(argv: list[str]) -> int:
-    try:
-        from data_pipeline.cli import main as data_main
-    except ImportError:
-        return _not_yet_data()
+    # The one place pretrain/ reaches into data_pipeline/: the console script is the single entry
+    # point users know; the pipeline itself stays independent of training code.
+    from data_pipeline.cli import main as data_main
+
     return int(data_main(argv) or 0)
-
-
-def _not_yet_data() -> int:
-    print("pretrain data: not available yet: the data pipeline has not landed.", file=sys.stderr)
-    return 3
 
 
 def cmd_demo(argv: list[str]) -> int:
@@ -190,7 +170,6 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "launch": (cmd_launch, "render slurm/train.sbatch, check the layout, submit (sbatch)"),
     "schedule": (cmd_schedule, "print a checkpoint-series schedule and its disk space"),
     "analyze": (cmd_analyze, "look back into a run: the batch of a step, the checkpoint index"),
-    **{name: (_not_yet(name), f"(not yet) {what}") for name, what in NOT_YET.items()},
 }
 
 

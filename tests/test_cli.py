@@ -37,10 +37,16 @@ def test_bad_config_exits_2_before_anything_runs(capsys):
     assert "n_heads=4 is not divisible by n_kv_heads=3" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("sub", ["train", "launch", "analyze", "schedule"])
-def test_subcommands_not_landed_say_so_and_fail(sub, capsys):
-    assert main([sub, "model=pythia-14m"]) != 0
-    assert "not available yet" in capsys.readouterr().err
+def test_help_lists_every_subcommand(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for sub in ("train", "data", "export-hf", "import-hf", "launch", "analyze", "zoo", "schedule"):
+        assert f"  {sub} " in out
+
+
+def test_unknown_subcommand_exits_2(capsys):
+    assert main(["trian"]) == 2
+    assert "unknown subcommand 'trian'" in capsys.readouterr().err
 
 
 def test_console_script_is_installed():

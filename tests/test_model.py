@@ -80,3 +80,23 @@ def test_vocab_is_padded_to_multiple():
     cfg = get_model_config("pythia-70m")
     model = build_model(cfg, device="meta")
     assert model.tok_embeddings.weight.shape[0] == 50304 == model.output.weight.shape[0]
+
+
+@pytest.mark.parametrize("name", ["llama3-tiny", "pythia-tiny", "deepseek-v3-tiny"])
+def test_intra_document_mask_equals_running_documents_separately(name):
+    """A packed sample with document ids and per-document positions computes, for every
+    document, exactly what the model computes on that document alone."""
+    cfg = get_model_config(name)
+    model = build_model(cfg, seed=0).eval()
+    lengths = [7, 12, 5]
+    docs = [torch.randint(0, cfg.vocab_size, (1, n), generator=torch.Generator().manual_seed(n))
+            for n in lengths]
+    packed = torch.cat(docs, dim=1)
+    document_ids = torch.cat([torch.full((1, n), i) for i, n in enumerate(lengths)], dim=1)
+    positions = torch.cat([torch.arange(n) for n in lengths])[None]
+    with torch.no_grad():
+        together = model(packed, position_ids=positions, document_ids=document_ids)
+        apart = torch.cat([model(d) for d in docs], dim=1)
+        unmasked = model(packed, position_ids=positions)
+    assert torch.allclose(together, apart, atol=1e-5)
+    assert not torch.allclose(unmasked, apart, atol=1e-3)  # without the mask documents mix
