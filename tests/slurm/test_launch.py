@@ -45,7 +45,7 @@ def launch(run_dir: Path, tokens, *extra: str, steps: int = STEPS, nodes: int = 
 
 
 @pytest.fixture(scope="module")
-def two_jobs(slurm_cluster, tokens, tmp_path_factory):
+def cluster_jobs(slurm_cluster, tokens, tmp_path_factory):
     """An uninterrupted run, one to be preempted and one under torchrun (same config), and an
     endless one whose rank will be killed: submitted at once, they run side by side (the test
     nodes have 6 CPUs each: 2 + 2 + 1 + 1 tasks)."""
@@ -168,8 +168,8 @@ def test_time_limits_and_signal_lead(tmp_path, tokens, capsys):
     assert "use Slurm's format" in capsys.readouterr().err
 
 
-def test_launch_trains_on_two_nodes_and_checkpoints(two_jobs, slurm_cluster):
-    job, run_dir = two_jobs["straight"]
+def test_launch_trains_on_two_nodes_and_checkpoints(cluster_jobs, slurm_cluster):
+    job, run_dir = cluster_jobs["straight"]
     info = slurm_cluster.wait_job(job, timeout=240)
     log = _log(run_dir, job)
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log[-3000:]
@@ -182,8 +182,8 @@ def test_launch_trains_on_two_nodes_and_checkpoints(two_jobs, slurm_cluster):
     assert (run_dir / "checkpoints" / f"step_{STEPS:07d}" / "meta.json").exists()
 
 
-def test_usr1_checkpoints_requeues_and_resumes_exactly(two_jobs, slurm_cluster):
-    job, run_dir = two_jobs["preempted"]  # signalled with USR1 after step 2 by the fixture
+def test_usr1_checkpoints_requeues_and_resumes_exactly(cluster_jobs, slurm_cluster):
+    job, run_dir = cluster_jobs["preempted"]  # signalled with USR1 after step 2 by the fixture
     info = slurm_cluster.wait_job(job, timeout=300)
     log = _log(run_dir, job)
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log[-4000:]
@@ -196,7 +196,7 @@ def test_usr1_checkpoints_requeues_and_resumes_exactly(two_jobs, slurm_cluster):
     assert f"resumed from {run_dir / 'checkpoints'}/step_{stop:07d}" in log
     assert "attempt 2 of job" in log
 
-    straight_job, straight_dir = two_jobs["straight"]
+    straight_job, straight_dir = cluster_jobs["straight"]
     slurm_cluster.wait_job(straight_job, timeout=240)
     want = {m["step"]: m["loss"] for m in read_metrics(straight_dir)}
     got = {m["step"]: m["loss"] for m in read_metrics(run_dir)}
@@ -220,11 +220,11 @@ def _pid_of_rank(job: str, rank: int) -> int:
     raise LookupError(f"no training process of rank {rank} in job {job}")
 
 
-def test_crashed_rank_ends_the_job_and_is_named(two_jobs, slurm_cluster):
+def test_crashed_rank_ends_the_job_and_is_named(cluster_jobs, slurm_cluster):
     """One rank dies (SIGKILL, as on a lost node): the job must end soon with the rank named,
     not sit in a collective until the timeout."""
     slurm_env = slurm_cluster
-    job, run_dir = two_jobs["crash"]
+    job, run_dir = cluster_jobs["crash"]
     t0 = time.monotonic()
     while not ((run_dir / "metrics.jsonl").exists() and read_metrics(run_dir)):
         assert slurm_env.job(job)["JobState"] in ("PENDING", "RUNNING"), _log(run_dir, job)[-3000:]
@@ -240,20 +240,20 @@ def test_crashed_rank_ends_the_job_and_is_named(two_jobs, slurm_cluster):
     assert took < 60, f"the job took {took:.0f}s to end after rank 1 died"
 
 
-def test_torchrun_launcher_gives_the_srun_losses(two_jobs, slurm_cluster):
-    job, run_dir = two_jobs["torchrun"]
+def test_torchrun_launcher_gives_the_srun_losses(cluster_jobs, slurm_cluster):
+    job, run_dir = cluster_jobs["torchrun"]
     info = slurm_cluster.wait_job(job, timeout=300)
     log = _log(run_dir, job)
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log[-3000:]
     assert info["NumTasks"] == "2" and "(world 4)" in log  # 2 agents, 4 workers
-    straight_job, straight_dir = two_jobs["straight"]
+    straight_job, straight_dir = cluster_jobs["straight"]
     slurm_cluster.wait_job(straight_job, timeout=240)
     assert read_metrics(run_dir) and ([m["loss"] for m in read_metrics(run_dir)]
                                       == [m["loss"] for m in read_metrics(straight_dir)])
 
 
-def test_export_sbatch_writes_every_checkpoint_as_hf(two_jobs, slurm_cluster, tmp_path):
-    straight_job, run_dir = two_jobs["straight"]
+def test_export_sbatch_writes_every_checkpoint_as_hf(cluster_jobs, slurm_cluster, tmp_path):
+    straight_job, run_dir = cluster_jobs["straight"]
     slurm_cluster.wait_job(straight_job, timeout=240)
     out = tmp_path / "hf"
     script = Path(__file__).resolve().parents[2] / "slurm" / "export.sbatch"
