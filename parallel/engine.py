@@ -74,6 +74,14 @@ class Engine:
         if layout.pp > 1:
             self._build_schedule()
 
+    @property
+    def checkpointed_layers(self) -> list[int]:
+        """Layer ids whose activations are recomputed in backward (activation checkpointing)."""
+        from torch.distributed._composable import checkpoint
+
+        return sorted(int(k) for part in self.model_parts for k, block in part.layers.items()
+                      if checkpoint.state(block) is not None)
+
     # ---- data-parallel identity -----------------------------------------------------------------
     @property
     def dp_rank(self) -> int:
@@ -122,10 +130,13 @@ class Engine:
         return loss / self._denominator
 
     def forward_backward(self, inputs: torch.Tensor, labels: torch.Tensor,
-                         position_ids: Optional[torch.Tensor] = None) -> float:
+                         position_ids: Optional[torch.Tensor] = None,
+                         document_ids: Optional[torch.Tensor] = None) -> float:
         """Forward and backward over this data-parallel rank's local batch (all micro-batches).
 
-        inputs, labels: LongTensor [local_batch, seq] (labels == -100 are ignored). Gradients
+        inputs, labels: LongTensor [local_batch, seq] (labels == -100 are ignored);
+        position_ids / document_ids: optional [local_batch, seq] for packed documents (the model's
+        intra-document attention mask). Gradients
         accumulate into the parameters; the return value is the mean token CE over the global
         batch (identical on every rank)."""
         lay = self.layout
@@ -137,7 +148,9 @@ class Engine:
             # Always explicit: under sequence parallel the hidden state the model sees holds only
             # seq/tp positions, so the model's default (positions 0..h.shape[1]) would be wrong.
             position_ids = torch.arange(inputs.shape[1], device=self.device).expand_as(inputs)
-        position_ids = position_ids.to(self.device)
+        kwargs = {"position_ids": position_ids.to(self.device)}
+        if document_ids is not None:
+            kwargs["document_ids"] = document_ids.to(self.device)
         n_tokens = (labels != IGNORE_INDEX).sum().to(torch.float64)
         dist.all_reduce(n_tokens, group=self._dp_group)
         self._denominator = max(float(n_tokens.item()), 1.0)
@@ -146,7 +159,6 @@ class Engine:
         with self._loss_context():
             if lay.pp > 1:
                 losses: list[torch.Tensor] = []
-                kwargs = {"position_ids": position_ids}
                 if self.holds_first_stage and self.holds_last_stage:
                     self._schedule.step(inputs, target=labels, losses=losses, **kwargs)
                 elif self.holds_first_stage:
@@ -162,7 +174,7 @@ class Engine:
                 mbs = lay.micro_batch_size
                 for start in range(0, inputs.shape[0], mbs):
                     sl = slice(start, start + mbs)
-                    logits = model(inputs[sl], position_ids=position_ids[sl])
+                    logits = model(inputs[sl], **{k: v[sl] for k, v in kwargs.items()})
                     loss = self._loss_fn(logits, labels[sl])
                     loss.backward()
                     local_loss += _to_local_scalar(loss.detach())

