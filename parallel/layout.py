@@ -283,9 +283,10 @@ def resolve_layout(pcfg: ParallelConfig, world_size: int, model_cfg: ModelConfig
 
 
 def build_mesh(layout: Layout, device_type: str = "cpu"):
-    """The DeviceMesh over (pp, dp_replicate, dp_shard, ep, tp), plus the flattened meshes the
-    engine uses: "dp" (all data-parallel ranks: the data loader's rank), "dp_shard_ep" (FSDP of
-    dense parameters) and "dp_shard_tp_ep"-free variants are derived where needed.
+    """The DeviceMesh over (pp, dp_replicate, dp_shard, ep, tp), plus two flattened meshes:
+    "dp" = (dp_replicate, dp_shard, ep), all data-parallel ranks (the data loader's rank and the
+    token-count reduction), and "dp_shard_ep" = (dp_shard, ep), over which FSDP shards dense
+    parameters.
 
     Needs the default process group. All five axes exist even when of size 1, so code can always
     ask for mesh["tp"] etc."""
@@ -295,5 +296,4 @@ def build_mesh(layout: Layout, device_type: str = "cpu"):
     mesh = init_device_mesh(device_type, shape, mesh_dim_names=MESH_AXES)
     mesh["dp_replicate", "dp_shard", "ep"]._flatten("dp")
     mesh["dp_shard", "ep"]._flatten("dp_shard_ep")
-    # gradient norm and loss reductions run over everything but pp separately per axis group
     return mesh
