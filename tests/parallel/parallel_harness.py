@@ -37,6 +37,17 @@ def text_batches(steps: int, global_batch: int, seq_len: int, offset: int = 0) -
     return ids.view(steps, global_batch, seq_len + 1)
 
 
+def packed_ids(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Treat each line of text as a document (a new one starts after every newline byte):
+    document ids for the model's intra-document mask and position ids restarting per document."""
+    starts = torch.zeros_like(inputs)
+    starts[:, 1:] = (inputs[:, :-1] == ord("\n")).long()
+    doc = starts.cumsum(1)
+    idx = torch.arange(inputs.shape[1]).expand_as(inputs)
+    first = torch.where(starts.bool() | (idx == 0), idx, torch.zeros_like(idx)).cummax(1).values
+    return doc, idx - first
+
+
 def param_groups(named_params, weight_decay: float) -> list[dict]:
     """Same grouping rule as Engine.optimizer_param_groups, for the reference model."""
     from parallel.engine import decay_groups
@@ -45,7 +56,7 @@ def param_groups(named_params, weight_decay: float) -> list[dict]:
 
 
 def reference_run(model_cfg, steps: int, global_batch: int, seq_len: int, seed: int = 0,
-                  lr: float = 1e-3, clip: float = 1.0, snapshot_steps=()) -> dict:
+                  lr: float = 1e-3, clip: float = 1.0, snapshot_steps=(), packed: bool = False) -> dict:
     """The definition of right: one process, plain model, the whole global batch at once.
     `snapshot_steps`: also keep the parameters after these steps (params_at[step])."""
     from model_zoo.model import build_model
@@ -57,7 +68,11 @@ def reference_run(model_cfg, steps: int, global_batch: int, seq_len: int, seed: 
     losses, norms, snaps = [], [], {}
     for step in range(steps):
         inputs, labels = data[step, :, :-1], data[step, :, 1:]
-        logits = model(inputs)
+        if packed:
+            doc, pos = packed_ids(inputs)
+            logits = model(inputs, position_ids=pos, document_ids=doc)
+        else:
+            logits = model(inputs)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
         loss.backward()
         norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip)))

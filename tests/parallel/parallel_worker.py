@@ -2,7 +2,8 @@
 
 Spec (JSON): {"model": zoo name, "model_overrides": {...}, "steps", "global_batch",
 "micro_batch", "seq_len", "lr", "runs": [{"name", "parallel": {ParallelConfig fields},
-optional "steps", "seed", "dcp_save": true, "dcp_load": <index of an earlier run>}]}.
+optional "steps", "seed", "dcp_save": true, "dcp_load": <index of an earlier run>,
+"packed": true (lines are documents: document ids + restarting position ids)}]}.
 All runs share one process group; each builds its own mesh and engine. Rank 0 writes
 run<i>.pt with the loss and grad norm of every step and the gathered final parameters.
 dcp_save writes the final model with torch.distributed.checkpoint to <out>/dcp<i>; dcp_load
@@ -27,7 +28,7 @@ from parallel.config import ParallelConfig  # noqa: E402
 from parallel.engine import build_engine  # noqa: E402
 from parallel.env import destroy_distributed, discover_env, init_distributed  # noqa: E402
 from parallel.layout import build_mesh, resolve_layout  # noqa: E402
-from parallel_harness import text_batches  # noqa: E402
+from parallel_harness import packed_ids, text_batches  # noqa: E402
 
 
 def main() -> None:
@@ -57,7 +58,11 @@ def main() -> None:
             losses, norms = [], []
             for step in range(steps):
                 batch = data[step, lo:lo + layout.local_batch_size]
-                loss = engine.forward_backward(batch[:, :-1], batch[:, 1:])
+                if run.get("packed"):
+                    doc, pos = packed_ids(batch[:, :-1])
+                    loss = engine.forward_backward(batch[:, :-1], batch[:, 1:], pos, doc)
+                else:
+                    loss = engine.forward_backward(batch[:, :-1], batch[:, 1:])
                 norms.append(engine.clip_grad_norm(1.0))
                 losses.append(loss)
                 opt.step()
