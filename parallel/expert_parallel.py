@@ -61,22 +61,80 @@ class ExpertParallelGroupedExperts(GroupedExperts):
                    + torch.arange(ep, device=x.device).repeat_interleave(local_e))
         key = torch.repeat_interleave(seg_key, recv_m.reshape(-1))
         perm = torch.argsort(key, stable=True)
-        local = self._local_view()
-        out = GroupedExperts.forward(local, x_recv[perm], recv_m.sum(0))
+        out = GroupedExperts.forward(_local_view(self), x_recv[perm], recv_m.sum(0))
         # 4. back to arrival order, then home
         out_recv = out[torch.argsort(perm)]
         return _all_to_all(out_recv, in_splits, out_splits, group)
 
-    def _local_view(self):
-        """An object that looks like GroupedExperts but holds this rank's expert shards, so the
-        model's own expert computation runs unchanged on local tensors."""
-        view = types.SimpleNamespace()
-        for name in ("w1", "w2", "w3"):
-            w = getattr(self, name)
-            setattr(view, name, w.to_local() if isinstance(w, DTensor) else w)
-        view.use_grouped_mm = self.use_grouped_mm
-        view._grouped_mm_ok = types.MethodType(GroupedExperts._grouped_mm_ok, view)
-        return view
+
+
+def _local_view(experts: GroupedExperts):
+    """An object that looks like GroupedExperts but holds this rank's weight shards, so the
+    model's own expert computation runs unchanged on local tensors."""
+    view = types.SimpleNamespace()
+    for name in ("w1", "w2", "w3"):
+        w = getattr(experts, name)
+        setattr(view, name, w.to_local() if isinstance(w, DTensor) else w)
+    view.use_grouped_mm = experts.use_grouped_mm
+    view._grouped_mm_ok = types.MethodType(GroupedExperts._grouped_mm_ok, view)
+    return view
+
+
+class _CopyToTP(torch.autograd.Function):
+    """Megatron's f: identity forward, gradient summed over the tp group in backward."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        torch.distributed.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+class _ReduceFromTP(torch.autograd.Function):
+    """Megatron's g: sum over the tp group forward, identity backward."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        x = x.contiguous().clone()
+        torch.distributed.all_reduce(x, group=group)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+class TensorParallelGroupedExperts(GroupedExperts):
+    """Every expert split over tp: w1/w3 by hidden rows, w2 by hidden columns. All tp ranks hold
+    the same tokens (the MoE layer runs replicated over tp), each computes its slice of every
+    expert's hidden units, and the partial outputs are summed (Megatron's MLP split per expert)."""
+
+    _tp_group = None
+
+    def forward(self, x: torch.Tensor, num_tokens_per_expert: torch.Tensor) -> torch.Tensor:
+        x = _CopyToTP.apply(x, self._tp_group)
+        out = GroupedExperts.forward(_local_view(self), x, num_tokens_per_expert)
+        return _ReduceFromTP.apply(out, self._tp_group)
+
+
+def apply_expert_tp(model: nn.Module, tp_mesh) -> None:
+    """TP inside each routed expert (used when ep == 1; see docs/parallel.md)."""
+    for block in model.layers.values():
+        moe = getattr(block, "moe", None)
+        if moe is None:
+            continue
+        experts = moe.experts
+        for name, dim in (("w1", 1), ("w3", 1), ("w2", 2)):
+            p = getattr(experts, name)
+            dt = distribute_tensor(p.data, tp_mesh, [Shard(dim)])
+            experts.register_parameter(name, nn.Parameter(dt, requires_grad=p.requires_grad))
+        experts.__class__ = TensorParallelGroupedExperts
+        experts._tp_group = tp_mesh.get_group()
 
 
 def apply_ep(model: nn.Module, ep_mesh) -> None:

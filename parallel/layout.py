@@ -150,6 +150,10 @@ def _check(pcfg: ParallelConfig, world_size: int, model_cfg: ModelConfig, gbs: i
                  "(KV-head replication across tp ranks is not supported)")
         need(model_cfg.ffn_hidden_size % tp == 0,
              f"{name}: ffn_hidden_size={model_cfg.ffn_hidden_size} is not divisible by tp={tp}")
+        if _n_experts(model_cfg) and pcfg.ep == 1:
+            hidden = model_cfg.moe.expert_hidden_size
+            need(hidden % tp == 0, f"{name}: moe.expert_hidden_size={hidden} is not divisible by "
+                 f"tp={tp} (experts are split over tp when ep=1)")
         need(model_cfg.padded_vocab_size % tp == 0,
              f"{name}: padded vocab {model_cfg.padded_vocab_size} is not divisible by tp={tp}; "
              f"set model.pad_vocab_multiple to a multiple of {tp}")

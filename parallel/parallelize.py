@@ -259,6 +259,10 @@ def parallelize_part(model: nn.Module, cfg: ModelConfig, layout: Layout, mesh) -
         from parallel.expert_parallel import apply_ep
 
         apply_ep(model, mesh["ep"])
+    elif layout.tp > 1:
+        from parallel.expert_parallel import apply_expert_tp
+
+        apply_expert_tp(model, mesh["tp"])
     apply_ac(model, layout.activation_checkpointing, layout.ac_every_n)
     if layout.compile:
         apply_compile(model)

@@ -73,7 +73,9 @@ def main() -> None:
             if env.rank == 0:
                 torch.save({"name": run["name"], "losses": losses, "grad_norms": norms,
                             "params": params, "layout": layout.describe(),
-                            "checkpointed_layers": engine.checkpointed_layers}, out / f"run{i}.pt")
+                            "checkpointed_layers": engine.checkpointed_layers,
+                            "local_shapes": {k: tuple(getattr(p, "_local_tensor", p).shape)
+                                             for k, p in engine.named_parameters()}}, out / f"run{i}.pt")
                 print(f"[{run['name']}] {layout.describe()}: {steps} steps in "
                       f"{time.time() - t0:.1f}s, losses {losses[:1]}..{losses[-1:]}", flush=True)
             del engine, opt

@@ -170,8 +170,16 @@ def test_moe_mla_tp2_pp2_ep2(tmp_path, deepseek_ref):
     runs = [{"name": "MoE+MLA TP2", "parallel": {"tp": 2}},
             {"name": "MoE+MLA PP2", "parallel": {"pp": 2}},
             {"name": "MoE+MLA EP2", "parallel": {"ep": 2}}]
-    for r in launch(2, spec("deepseek-v2-lite-tiny", runs), tmp_path):
+    results = launch(2, spec("deepseek-v2-lite-tiny", runs), tmp_path)
+    for r in results:
         check_parity(r, deepseek_ref)
+    # the layouts really split what they claim (rank 0's local shards): 8 experts of hidden 32,
+    # 4 heads x (16 + 8) query dims, d_model 64
+    tp2, _, ep2 = (r["local_shapes"] for r in results)
+    assert tp2["layers.1.moe.experts.w1"] == (8, 16, 64)  # TP inside every expert
+    assert tp2["layers.1.moe.experts.w2"] == (8, 64, 16)
+    assert tp2["layers.1.attention.wq.weight"] == (48, 64)  # 2 of 4 heads
+    assert ep2["layers.1.moe.experts.w1"] == (4, 32, 64)  # 4 of 8 whole experts
 
 
 def test_moe_ep2_with_tp2_pp2_dp2(tmp_path, deepseek_ref):
