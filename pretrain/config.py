@@ -254,15 +254,6 @@ def validate_run_config(run: RunConfig) -> RunConfig:
          f"the document separator (data.eos_id={d.eos_id}, model.eos_token_id="
          f"{run.model.eos_token_id}) is not a token of the vocabulary (size {run.model.vocab_size}); "
          "set data.eos_id")
-    if d.intra_doc_mask:
-        import inspect
-
-        from model_zoo.model import Transformer
-
-        need("document_ids" in inspect.signature(Transformer.forward).parameters,
-             "data.intra_doc_mask=true needs a model whose forward accepts document_ids; this "
-             "model_zoo does not have it yet: use data.reset_position_ids=true (positions restart "
-             "per document) or leave the mask off")
     return run
 
 

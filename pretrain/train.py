@@ -204,7 +204,9 @@ def train(run: RunConfig, on_batch: Optional[Callable] = None, stop_after: Optio
                 on_batch(step + 1, batch, rng)
             lr = lr_at(step + 1, run.optim.lr, run.schedule, t.max_steps)
             set_lr(optimizers, lr)
-            loss = engine.forward_backward(batch["inputs"], batch["labels"], batch.get("position_ids"))
+            loss = engine.forward_backward(
+                batch["inputs"], batch["labels"], batch.get("position_ids"),
+                document_ids=batch["document_ids"] if run.data.intra_doc_mask else None)
             gnorm = engine.clip_grad_norm(run.optim.grad_clip if run.optim.grad_clip > 0 else math.inf)
             if not (math.isfinite(loss) and math.isfinite(gnorm)):
                 engine.zero_grad()

@@ -237,3 +237,27 @@ def test_export_all_writes_one_hf_folder_per_step(tmp_path, data, capsys):
     assert abs(loss - out["losses"][3]) / out["losses"][3] < 1e-5
     assert main(["export-hf", str(tmp_path / "e"), "--step", "7", "--out", str(tmp_path / "x")]) == 2
     assert "saved steps: 1, 2, 3, 4" in capsys.readouterr().err
+
+
+def test_intra_document_mask_reaches_the_model(tmp_path):
+    """With data.intra_doc_mask=true the logged step-1 loss is the model's loss on that batch with
+    the document mask (and restarted positions), which differs from the unmasked loss."""
+    from model_zoo import build_model
+
+    short = [write_megatron(str(tmp_path / "short/man"), documents(80, max_bytes=20))[0]]
+    extra = {"data.intra_doc_mask": "true", "data.reset_position_ids": "true"}
+    run = compose_config(tiny_overrides(tmp_path / "m", short, steps=3, **extra))
+    seen = {}
+    result = train(run, log=lambda *_: None,
+                   on_batch=lambda step, batch, rng: seen.__setitem__(step, batch))
+    batch = seen[1]
+    assert (batch["document_ids"][:, 1:] != batch["document_ids"][:, :-1]).any(), "no packed boundary"
+    model = build_model(run.model, seed=run.trainer.seed)
+    with torch.no_grad():
+        def loss(**kw):
+            logits = model(batch["inputs"], position_ids=batch["position_ids"], **kw)
+            return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(),
+                                                     batch["labels"].flatten()).item()
+        masked, unmasked = loss(document_ids=batch["document_ids"]), loss()
+    assert abs(masked - unmasked) > 1e-4
+    assert result["losses"][1] == pytest.approx(masked, rel=1e-5)
