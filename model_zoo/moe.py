@@ -38,14 +38,15 @@ class AuxLossInjector(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, output: torch.Tensor, aux_loss: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, output: torch.Tensor, aux_loss: torch.Tensor, scale: float) -> torch.Tensor:
         ctx.save_for_backward(aux_loss)
+        ctx.scale = scale
         return output
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         (aux_loss,) = ctx.saved_tensors
-        return grad_output, torch.ones_like(aux_loss)
+        return grad_output, torch.full_like(aux_loss, ctx.scale), None
 
 
 class TopKRouter(nn.Module):
@@ -137,6 +138,11 @@ class MoE(nn.Module):
 
             self.shared_experts = FeedForward(cfg, hidden=m.n_shared_experts * m.expert_hidden_size,
                                               bias=False)
+        # Weight of this forward's balancing losses in the step's gradient. The training engine
+        # sets it to (tokens of this micro-batch) / (tokens of the global batch), so the losses
+        # are a token-weighted mean over micro-batches and data-parallel ranks whatever the
+        # layout (Megatron's MoEAuxLossAutoScaler.set_loss_scale plays the same role).
+        self.aux_loss_scale = 1.0
         # Tokens routed to each expert since the last `reset_load` (for the bias update and the
         # per-layer expert-load metric). Not saved: it is a running statistic of the current step.
         self.register_buffer("tokens_per_expert", torch.zeros(m.n_experts), persistent=False)
@@ -171,7 +177,7 @@ class MoE(nn.Module):
         if self.training and torch.is_grad_enabled():
             aux = self.balancing_loss(logits, ids)
             if aux is not None:
-                out = AuxLossInjector.apply(out, aux)
+                out = AuxLossInjector.apply(out, aux, self.aux_loss_scale)
         return out.view(shape)
 
     def balancing_loss(self, logits: torch.Tensor, ids: torch.Tensor) -> Optional[torch.Tensor]:
@@ -196,6 +202,12 @@ class MoE(nn.Module):
 # ---------------------------------------------------------------------------------------------
 def moe_layers(model: nn.Module) -> list[tuple[str, MoE]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, MoE)]
+
+
+def set_aux_loss_scale(model: nn.Module, scale: float) -> None:
+    """Weight of each forward's balancing losses in the gradient (see MoE.aux_loss_scale)."""
+    for _, m in moe_layers(model):
+        m.aux_loss_scale = scale
 
 
 @torch.no_grad()

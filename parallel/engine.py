@@ -36,6 +36,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from model_zoo.config import ModelConfig
 from model_zoo.model import Transformer, build_model
+from model_zoo.moe import set_aux_loss_scale
 from parallel.config import ParallelConfig
 from parallel.layout import Layout
 
@@ -153,6 +154,11 @@ class Engine:
         n_tokens = (labels != IGNORE_INDEX).sum().to(torch.float64)
         dist.all_reduce(n_tokens, group=self._dp_group)
         self._denominator = max(float(n_tokens.item()), 1.0)
+        # MoE balancing losses enter backward once per micro-batch and rank: weight each by its
+        # share of the global batch, as the CE loss is (its sum over the global token count).
+        micro_sequences = lay.micro_batch_size if lay.pp == 1 else inputs.shape[0] // lay.n_microbatches
+        for part in self.model_parts:
+            set_aux_loss_scale(part, micro_sequences * inputs.shape[1] / self._denominator)
 
         local_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         with self._loss_context():

@@ -181,3 +181,23 @@ def test_experts_not_divisible_by_expert_parallel_size_rejected_at_config_time()
 
     with pytest.raises(ConfigError, match="moe.n_experts=8 is not divisible by parallel.ep=3"):
         compose_config(["model=mixtral-tiny", "parallel.ep=3"])
+
+
+def test_aux_loss_scale_weights_the_balancing_gradient_linearly():
+    """The engine sets each micro-batch's share of the global batch as the balancing losses'
+    weight: the router gradient's aux part must scale linearly with it (0 removes it)."""
+    from model_zoo.moe import set_aux_loss_scale
+
+    tokens = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(3))
+
+    def router_grad(coef: float, scale: float) -> torch.Tensor:
+        model = _moe_model("olmoe-tiny", aux_loss_coef=coef, z_loss_coef=0.0).train()
+        set_aux_loss_scale(model, scale)
+        F.cross_entropy(model(tokens).flatten(0, 1), tokens.flatten()).backward()
+        return model.layers["0"].moe.router.gate.weight.grad.clone()
+
+    no_aux = router_grad(0.0, 1.0)
+    full, half = router_grad(0.1, 1.0) - no_aux, router_grad(0.1, 0.5) - no_aux
+    assert full.abs().sum() > 0
+    assert torch.allclose(half, 0.5 * full, atol=1e-7)
+    assert torch.allclose(router_grad(0.1, 0.0), no_aux, atol=1e-7)
