@@ -55,7 +55,7 @@ def main() -> None:
             p.normal_(0, 0.05)
     ours = {}
     for grouped in (True, False):
-        moe = MoE(replace(cfg, moe=replace(cfg.moe, grouped_mm="on" if grouped else "off")))
+        moe = MoE(replace(cfg, moe=replace(cfg.moe, grouped_mm="auto" if grouped else "off")))
         with torch.no_grad():  # the same weights as the HF block
             moe.router.gate.weight.copy_(hf_block.gate.weight)
             gate, up = hf_block.experts.gate_up_proj.chunk(2, dim=1)

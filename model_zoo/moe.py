@@ -116,7 +116,7 @@ class GroupedExperts(nn.Module):
     def _grouped_mm_ok(self, x: torch.Tensor) -> bool:
         # torch._grouped_mm needs 16-byte aligned rows; it runs on CPU (fp32, bf16) and on
         # Hopper GPUs. Shapes that do not align take the loop.
-        if self.use_grouped_mm == "off" or (self.use_grouped_mm == "auto" and x.device.type != "cuda"):
+        if self.use_grouped_mm == "off":
             return False
         if not hasattr(torch, "_grouped_mm") or x.dtype not in (torch.float32, torch.bfloat16):
             return False

@@ -30,7 +30,7 @@ def _moe_model(name="mixtral-tiny", **moe_changes):
     return build_model(cfg, seed=0)
 
 
-@pytest.mark.parametrize("grouped_mm", ["on", "off"])
+@pytest.mark.parametrize("grouped_mm", ["auto", "off"])
 def test_gradients_reach_used_experts_and_router_zero_for_unused(grouped_mm):
     model = _moe_model(grouped_mm=grouped_mm)
     moe = model.layers["0"].moe
@@ -51,9 +51,9 @@ def test_grouped_matmul_equals_per_expert_loop():
     torch.manual_seed(0)
     tokens = torch.randint(0, 256, (2, 32))
     results = []
-    for grouped in ("on", "off"):
+    for grouped in ("auto", "off"):
         model = _moe_model(grouped_mm=grouped)
-        assert model.layers["0"].moe.experts._grouped_mm_ok(torch.zeros(1, 64)) == (grouped == "on")
+        assert model.layers["0"].moe.experts._grouped_mm_ok(torch.zeros(1, 64)) == (grouped == "auto")
         loss = F.cross_entropy(model(tokens).flatten(0, 1), tokens.flatten())
         loss.backward()
         results.append((loss.detach(), model.layers["1"].moe.experts.w2.grad.clone()))
