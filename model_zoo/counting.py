@@ -47,7 +47,8 @@ def count_parameters(cfg: ModelConfig) -> ParameterCount:
     )
 
 
-def training_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> int:
+def training_flops_per_token(cfg: ModelConfig, seq_len: int | None = None,
+                             count: ParameterCount | None = None) -> int:
     """Model FLOPs to train on one token (forward + backward), the numerator of MFU. For MoE,
     only active parameters count.
 
@@ -56,7 +57,7 @@ def training_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> in
     full, not halved for causality: 12 x layers x (heads x head_dim) x seq_len (PaLM, Megatron).
     """
     seq_len = seq_len or cfg.max_seq_len
-    count = count_parameters(cfg)
+    count = count or count_parameters(cfg)  # callers that already counted pass it in
     output_matmul = cfg.padded_vocab_size * cfg.d_model
     if cfg.mla.enabled:  # scores use the q/k head dim, the weighted sum the v head dim
         a = cfg.mla

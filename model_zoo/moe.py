@@ -168,20 +168,20 @@ class MoE(nn.Module):
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         weights, ids, logits = self.router(x)
-        with torch.no_grad():
-            self.tokens_per_expert += torch.bincount(ids.reshape(-1), minlength=self.cfg.n_experts)
         routed, counts, order = self.dispatch(x, ids)
+        self.tokens_per_expert += counts  # counts carry no gradient (bincount of indices)
         out = self.combine(self.experts(routed, counts), order, weights.to(x.dtype), x.shape[0])
         if self.shared_experts is not None:
             out = out + self.shared_experts(x)
         if self.training and torch.is_grad_enabled():
-            aux = self.balancing_loss(logits, ids)
+            aux = self.balancing_loss(logits, counts)
             if aux is not None:
                 out = AuxLossInjector.apply(out, aux, self.aux_loss_scale)
         return out.view(shape)
 
-    def balancing_loss(self, logits: torch.Tensor, ids: torch.Tensor) -> Optional[torch.Tensor]:
-        """Switch-transformer load-balancing loss + router z-loss, already weighted."""
+    def balancing_loss(self, logits: torch.Tensor, counts: torch.Tensor) -> Optional[torch.Tensor]:
+        """Switch-transformer load-balancing loss + router z-loss, already weighted.
+        `counts`: routed (token, slot) pairs per expert, as `dispatch` returns them."""
         m = self.cfg
         loss = None
         if m.aux_loss_coef > 0:
@@ -189,7 +189,7 @@ class MoE(nn.Module):
             if m.router == "sigmoid":  # DeepSeek-V3 normalises sigmoid scores per token
                 probs = probs / probs.sum(dim=-1, keepdim=True)
             # fraction of routed slots per expert (no gradient) x mean router probability
-            load = torch.bincount(ids.reshape(-1), minlength=m.n_experts).float() / ids.numel()
+            load = counts.float() / counts.sum()
             loss = m.aux_loss_coef * m.n_experts * (load * probs.mean(dim=0)).sum()
         if m.z_loss_coef > 0:
             z = m.z_loss_coef * torch.logsumexp(logits, dim=-1).pow(2).mean()

@@ -59,7 +59,7 @@ def describe_plan(run: RunConfig, layout) -> str:
     return "\n".join([
         f"model {run.model.name}: {count.total:,} parameters "
         f"({count.non_embedding:,} non-embedding); "
-        f"{training_flops_per_token(run.model, t.seq_len):,} training FLOPs/token",
+        f"{training_flops_per_token(run.model, t.seq_len, count):,} training FLOPs/token",
         f"layout: {layout.describe()}",
         f"batch: {t.global_batch_size} sequences x {t.seq_len} = "
         f"{t.global_batch_size * t.seq_len:,} tokens per step; {layout.dp} data-parallel ranks x "

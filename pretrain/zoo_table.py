@@ -17,7 +17,7 @@ def zoo_table(seq_len: int) -> str:
     for name in zoo_names():
         cfg = get_model_config(name)
         count = count_parameters(cfg)
-        flops = training_flops_per_token(cfg, min(seq_len, cfg.max_seq_len))
+        flops = training_flops_per_token(cfg, min(seq_len, cfg.max_seq_len), count)
         table.add_row(name, cfg.family, f"{count.total:,}", f"{count.non_embedding:,}",
                       format_count(count.active), format_count(flops, giga="G"))
     console = Console(width=140, record=True, force_terminal=False)

@@ -628,12 +628,10 @@ class OlmoeAdapter(_MoEAdapterMixin, _LlamaLikeAdapter):
     ) + _moe_requirements("softmax", False, False)
 
     def to_hf_config(self, cfg):
-        hf = _common_hf_config(cfg)
+        # OLMoE is OLMo-2's attention (QK-norm over all heads) with pre-norm and an MoE MLP.
+        hf = Olmo2Adapter.to_hf_config(self, cfg)
         hf.update({
-            "architectures": [self.architecture], "model_type": self.model_type,
-            "num_key_value_heads": cfg.kv_heads, "hidden_act": "silu",
-            "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_theta,
-            "attention_bias": cfg.qkv_bias, "attention_dropout": 0.0, "clip_qkv": None,
+            "clip_qkv": None,
             "num_experts": cfg.moe.n_experts, "num_experts_per_tok": cfg.moe.top_k,
             "intermediate_size": cfg.moe.expert_hidden_size,
             "norm_topk_prob": cfg.moe.norm_topk_prob,
@@ -642,25 +640,16 @@ class OlmoeAdapter(_MoEAdapterMixin, _LlamaLikeAdapter):
         return hf
 
     def from_hf_config(self, hf):
-        theta, _, _ = _rope_from_hf(hf)
-        n_heads = hf["num_attention_heads"]
-        return ModelConfig(
-            name=hf.get("_name_or_path") or "olmoe-imported", family="olmoe",
-            vocab_size=hf["vocab_size"], d_model=hf["hidden_size"],
-            n_layers=hf["num_hidden_layers"], n_heads=n_heads,
-            n_kv_heads=hf.get("num_key_value_heads", n_heads),
-            ffn_hidden_size=hf["intermediate_size"], activation="swiglu", norm="rmsnorm",
-            norm_eps=hf.get("rms_norm_eps", 1e-5), norm_position="pre", qk_norm="full",
-            qkv_bias=hf.get("attention_bias", False), attn_out_bias=hf.get("attention_bias", False),
-            rope_theta=theta, max_seq_len=hf.get("max_position_embeddings", 4096),
-            tie_embeddings=hf.get("tie_word_embeddings", False),
-            init=InitConfig(std=hf.get("initializer_range", 0.02), output_scheme="same"),
-            bos_token_id=_first(hf.get("bos_token_id")), eos_token_id=_first(hf.get("eos_token_id")),
-            moe=MoEConfig(n_experts=hf["num_experts"], top_k=hf["num_experts_per_tok"],
-                          expert_hidden_size=hf["intermediate_size"],
-                          norm_topk_prob=hf.get("norm_topk_prob", False),
-                          aux_loss_coef=hf.get("router_aux_loss_coef", 0.0)),
-        )
+        cfg = Olmo2Adapter.from_hf_config(self, hf)
+        cfg.name = hf.get("_name_or_path") or "olmoe-imported"
+        cfg.family, cfg.norm_position = "olmoe", "pre"
+        cfg.norm_eps = hf.get("rms_norm_eps", 1e-5)
+        cfg.max_seq_len = hf.get("max_position_embeddings", 4096)
+        cfg.moe = MoEConfig(n_experts=hf["num_experts"], top_k=hf["num_experts_per_tok"],
+                            expert_hidden_size=hf["intermediate_size"],
+                            norm_topk_prob=hf.get("norm_topk_prob", False),
+                            aux_loss_coef=hf.get("router_aux_loss_coef", 0.0))
+        return cfg
 
 
 class _DeepseekAdapter(_MoEAdapterMixin, _LlamaLikeAdapter):
