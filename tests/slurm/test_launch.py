@@ -232,12 +232,14 @@ def test_crashed_rank_ends_the_job_and_is_named(cluster_jobs, slurm_cluster):
         time.sleep(0.2)
     os.kill(_pid_of_rank(job, 1), signal.SIGKILL)
     t_kill = time.monotonic()
-    info = slurm_env.wait_job(job, timeout=120)
+    # Bound: half the 600 s collective timeout, so ending in time proves the job ended because
+    # the rank died, not because a collective timed out; loose enough for a loaded 2-core CI box.
+    info = slurm_env.wait_job(job, timeout=300)
     took = time.monotonic() - t_kill
     log = _log(run_dir, job)
     assert info["JobState"] == "FAILED", log[-3000:]
     assert re.search(r"task 1: (Killed|Exited)", log), log[-3000:]
-    assert took < 60, f"the job took {took:.0f}s to end after rank 1 died"
+    assert took < 300, f"the job took {took:.0f}s to end after rank 1 died"
 
 
 def test_torchrun_launcher_gives_the_srun_losses(cluster_jobs, slurm_cluster):
