@@ -10,8 +10,13 @@ every task); preemption and `scancel` send SIGTERM. Whatever arrives, on whichev
    and a MAX all-reduce makes every rank agree on the same stop step (signals reach ranks at
    different moments; ranks that stopped at different steps would deadlock in the checkpoint);
 3. the training loop writes a full checkpoint at that step and leaves the loop;
-4. `finish()`: after a barrier (every rank's shard is on disk) rank 0 runs
-   `scontrol requeue $SLURM_JOB_ID`. The requeued job keeps its id, runs the same script with
+4. `finish()`: after a barrier (every rank's shard is on disk) rank 0 asks for the requeue. Under
+   slurm/train.sbatch (PRETRAIN_STOPPED_FILE set) rank 0 only writes that file with the stop step,
+   every rank exits 0, and the batch script runs `scontrol requeue $SLURM_JOB_ID` once the whole
+   step has ended: a requeue kills whatever still runs, so issuing it from a rank that is still
+   exiting raced with srun forwarding the ranks' last lines (and with their exit codes). Without a
+   batch script to do it (your own job script, torchrun or mpirun under salloc), rank 0 runs
+   `scontrol requeue` itself. The requeued job keeps its id, runs the same script with
    resume=auto, and continues from that checkpoint; the loss sequence is the uninterrupted one.
 
 Outside Slurm nothing is requeued: the process exits 0 after the checkpoint and a rerun with
@@ -84,9 +89,9 @@ class Preemption:
 
     # ------------------------------------------------------------------ after the checkpoint
     def finish(self, checkpoint_dir: Optional[Path] = None) -> Optional[str]:
-        """Call once the checkpoint of the stop step is complete on every rank. Rank 0 requeues
-        the Slurm job; returns a one-line account of what happened (or None when nothing was
-        requested)."""
+        """Call once the checkpoint of the stop step is complete on every rank. Rank 0 hands the
+        requeue to the batch script (PRETRAIN_STOPPED_FILE) or requeues the Slurm job itself;
+        returns a one-line account of what happened (or None when nothing was requested)."""
         if self.stopped_at is None:
             return None
         if self.world_size > 1:
@@ -98,20 +103,26 @@ class Preemption:
         if self.stop_file is not None:
             self.stop_file.unlink(missing_ok=True)  # the requeued attempt must not stop at once
         where = f" ({checkpoint_dir})" if checkpoint_dir else ""
+        written = f"preemption: checkpoint of step {self.stopped_at} written{where}"
         job = os.environ.get("SLURM_JOB_ID")
+        stopped_file = os.environ.get("PRETRAIN_STOPPED_FILE", "")
         if not job or os.environ.get("PRETRAIN_REQUEUE", "1") == "0":
-            msg = (f"preemption: checkpoint of step {self.stopped_at} written{where}; not under "
-                   "Slurm (or PRETRAIN_REQUEUE=0): rerun with resume=auto to continue")
-            self.log(msg)
-            return msg
-        res = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
-        if res.returncode == 0:
-            msg = (f"preemption: checkpoint of step {self.stopped_at} written{where}; requeued "
-                   f"Slurm job {job}: it resumes from there (resume=auto)")
+            msg = (f"{written}; not under Slurm (or PRETRAIN_REQUEUE=0): rerun with resume=auto "
+                   "to continue")
+        elif stopped_file:
+            # Written last: the batch script requeues only if this file exists after the step.
+            tmp = Path(stopped_file + ".tmp")
+            tmp.write_text(f"{self.stopped_at} {checkpoint_dir or ''}\n")
+            tmp.replace(stopped_file)
+            msg = f"{written}; the batch script requeues Slurm job {job} once every rank has exited"
         else:
-            # e.g. the job is being cancelled (scancel sends SIGTERM too): nothing to requeue.
-            msg = (f"preemption: checkpoint of step {self.stopped_at} written{where}; "
-                   f"`scontrol requeue {job}` failed: {res.stderr.strip() or res.returncode}; "
-                   "resubmit the same script to continue (it resumes with resume=auto)")
+            res = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+            if res.returncode == 0:
+                msg = (f"{written}; requeued Slurm job {job}: it resumes from there (resume=auto)")
+            else:
+                # e.g. the job is being cancelled (scancel sends SIGTERM too): nothing to requeue.
+                msg = (f"{written}; `scontrol requeue {job}` failed: "
+                       f"{res.stderr.strip() or res.returncode}; resubmit the same script to "
+                       "continue (it resumes with resume=auto)")
         self.log(msg)
         return msg

@@ -350,5 +350,9 @@ def main_train(argv: list[str]) -> int:
     except TrainingDiverged as err:
         print(f"pretrain train: {err}", file=sys.stderr)
         return 1
-    print(f"done: step {out['step']}, run folder {run.run_dir}")
+    if out.get("preempted_at") is not None:  # not "done": the run continues after a requeue
+        print(f"stopped: step {out['step']} of {run.trainer.max_steps} (preemption; full checkpoint "
+              f"written), run folder {run.run_dir}; resume=auto continues it")
+    else:
+        print(f"done: step {out['step']}, run folder {run.run_dir}")
     return 0

@@ -192,7 +192,14 @@ def test_usr1_checkpoints_requeues_and_resumes_exactly(cluster_jobs, slurm_clust
     assert m, log[-4000:]
     stop = int(m.group(1))
     assert stop < STEPS, f"the signal arrived only after the last step ({stop}); nothing was tested"
-    assert f"requeued Slurm job {job}" in log
+    # Every rank of the first attempt exited on its own (status 0, each said where it stopped),
+    # then the batch script requeued: nothing was killed mid-exit, no line was lost.
+    first = log.split("attempt 2 of job")[0]
+    for rank in range(4):
+        assert f"{rank}: stopped: step {stop} of {STEPS} (preemption" in first, first[-3000:]
+    assert "training step exited with status 0" in first, first[-3000:]
+    assert f"stopped after step {stop} with a checkpoint" in first
+    assert f"requeueing Slurm job {job}" in first, first[-3000:]
     assert f"resumed from {run_dir / 'checkpoints'}/step_{stop:07d}" in log
     assert "attempt 2 of job" in log
 

@@ -218,6 +218,31 @@ def test_stop_file_checkpoints_the_agreed_step_and_resume_continues(tmp_path, da
     assert {**out["losses"], **rest["losses"]} == straight["losses"]
 
 
+def test_under_a_batch_script_rank_0_hands_the_requeue_over(tmp_path, monkeypatch):
+    """With PRETRAIN_STOPPED_FILE (set by slurm/train.sbatch) rank 0 records the stop step for the
+    batch script and does not run scontrol itself (PATH has none: calling it would raise)."""
+    from pretrain.preemption import Preemption
+
+    stopped = tmp_path / "stopped-77"
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("PRETRAIN_STOPPED_FILE", str(stopped))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    p = Preemption(stop_file=str(tmp_path / "stop"), log=lambda *_: None)
+    assert not p.should_stop(4) and p.finish() is None and not stopped.exists()
+    (tmp_path / "stop").touch()
+    assert p.should_stop(5)
+    msg = p.finish(tmp_path / "ckpt" / "step_0000005")
+    assert "the batch script requeues Slurm job 77" in msg
+    assert stopped.read_text().split() == ["5", str(tmp_path / "ckpt" / "step_0000005")]
+    assert not (tmp_path / "stop").exists()
+    monkeypatch.delenv("PRETRAIN_STOPPED_FILE")  # without a batch script rank 0 calls scontrol
+    with pytest.raises(FileNotFoundError):
+        q = Preemption(stop_file=str(tmp_path / "stop"), log=lambda *_: None)
+        (tmp_path / "stop").touch()
+        q.should_stop(1)
+        q.finish()
+
+
 def test_export_all_writes_one_hf_folder_per_step(tmp_path, data, capsys):
     import transformers
 
