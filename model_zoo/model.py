@@ -150,7 +150,6 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.head_dim = cfg.dim_per_head
-        self.n_rep = cfg.n_heads // cfg.kv_heads
         q_dim, kv_dim = cfg.n_heads * self.head_dim, cfg.kv_heads * self.head_dim
         self.wq = nn.Linear(cfg.d_model, q_dim, bias=cfg.qkv_bias)
         self.wk = nn.Linear(cfg.d_model, kv_dim, bias=cfg.qkv_bias)
@@ -175,9 +174,12 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        if self.n_rep > 1:  # explicit repeat: works for every SDPA backend and under DTensor
-            k = k.repeat_interleave(self.n_rep, dim=1)
-            v = v.repeat_interleave(self.n_rep, dim=1)
+        # Query heads per KV head, from the shapes: n_heads // n_kv_heads here, also when a
+        # tensor-parallel rank holds a slice of the heads (or one replicated KV head).
+        n_rep = q.shape[1] // k.shape[1]
+        if n_rep > 1:  # explicit repeat: works for every SDPA backend and under DTensor
+            k = k.repeat_interleave(n_rep, dim=1)
+            v = v.repeat_interleave(n_rep, dim=1)
         out = sdpa(q, k, v, attn_mask)
         return self.wo(out.transpose(1, 2).reshape(bsz, seq, -1))
 

@@ -42,6 +42,7 @@ class ExpertParallelGroupedExperts(GroupedExperts):
 
     _ep_group = None  # set by apply_ep
     _ep_size = 1
+    _tp_group = None  # set when the experts are split over tp as well
 
     def forward(self, x: torch.Tensor, num_tokens_per_expert: torch.Tensor) -> torch.Tensor:
         ep, group = self._ep_size, self._ep_group
@@ -61,7 +62,12 @@ class ExpertParallelGroupedExperts(GroupedExperts):
                    + torch.arange(ep, device=x.device).repeat_interleave(local_e))
         key = torch.repeat_interleave(seg_key, recv_m.reshape(-1))
         perm = torch.argsort(key, stable=True)
-        out = GroupedExperts.forward(_local_view(self), x_recv[perm], recv_m.sum(0))
+        x_local = x_recv[perm]
+        if self._tp_group is not None:  # experts also split over tp (ETP): Megatron's f ... g
+            x_local = _CopyToTP.apply(x_local, self._tp_group)
+        out = GroupedExperts.forward(_local_view(self), x_local, recv_m.sum(0))
+        if self._tp_group is not None:
+            out = _ReduceFromTP.apply(out, self._tp_group)
         # 4. back to arrival order, then home
         out_recv = out[torch.argsort(perm)]
         return _all_to_all(out_recv, in_splits, out_splits, group)
@@ -137,16 +143,28 @@ def apply_expert_tp(model: nn.Module, tp_mesh) -> None:
         experts._tp_group = tp_mesh.get_group()
 
 
-def apply_ep(model: nn.Module, ep_mesh) -> None:
-    """Shard every MoE layer's experts over `ep_mesh` (dim 0) and install the all-to-all forward."""
+def apply_ep(model: nn.Module, ep_mesh, ep_tp_mesh=None) -> None:
+    """Shard every MoE layer's experts over `ep_mesh` (dim 0) and install the all-to-all forward.
+
+    With `ep_tp_mesh` (the 2-D ("ep", "tp") mesh, when tp > 1) every expert is also split over tp
+    inside, as with ep = 1: w1/w3 by hidden rows, w2 by hidden columns. All tp ranks of an ep rank
+    hold the same tokens (the MoE layer runs replicated over tp), so they make the same all-to-all
+    with their ep peers; each computes its slice of the hidden units and the outputs are summed
+    over tp before going home. Without the split every tp rank would run the same whole experts."""
     for block in model.layers.values():
         moe = getattr(block, "moe", None)
         if moe is None:
             continue
         experts = moe.experts
         for name, p in list(experts.named_parameters(recurse=False)):
-            dt = distribute_tensor(p.data, ep_mesh, [Shard(0)])
+            if ep_tp_mesh is None:
+                dt = distribute_tensor(p.data, ep_mesh, [Shard(0)])
+            else:
+                hidden_dim = 2 if name == "w2" else 1
+                dt = distribute_tensor(p.data, ep_tp_mesh, [Shard(0), Shard(hidden_dim)])
             experts.register_parameter(name, nn.Parameter(dt, requires_grad=p.requires_grad))
         experts.__class__ = ExpertParallelGroupedExperts
         experts._ep_group = ep_mesh.get_group()
         experts._ep_size = ep_mesh.size()
+        if ep_tp_mesh is not None:
+            experts._tp_group = ep_tp_mesh["tp"].get_group()

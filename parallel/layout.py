@@ -143,17 +143,18 @@ def _check(pcfg: ParallelConfig, world_size: int, model_cfg: ModelConfig, gbs: i
         need(model_cfg.n_heads % tp == 0,
              f"{name}: n_heads={model_cfg.n_heads} is not divisible by tp={tp}")
         if not _is_mla(model_cfg):
-            # Replicating KV heads over a tp group (Megatron's trick for tp > n_kv_heads) needs
-            # per-rank head selection inside attention; not implemented, so reject it clearly.
-            need(model_cfg.kv_heads % tp == 0,
-                 f"{name}: n_kv_heads={model_cfg.kv_heads} is not divisible by tp={tp} "
-                 "(KV-head replication across tp ranks is not supported)")
+            # KV heads are split over tp when it divides them, and replicated when tp is a
+            # multiple of them (each rank keeps the KV head of its query heads; parallelize.py).
+            kv = model_cfg.kv_heads
+            need(kv % tp == 0 or tp % kv == 0,
+                 f"{name}: n_kv_heads={kv} is not divisible by tp={tp}, nor is tp a multiple of "
+                 f"it (KV heads are split over tp, or replicated when tp > n_kv_heads)")
         need(model_cfg.ffn_hidden_size % tp == 0,
              f"{name}: ffn_hidden_size={model_cfg.ffn_hidden_size} is not divisible by tp={tp}")
-        if _n_experts(model_cfg) and pcfg.ep == 1:
+        if _n_experts(model_cfg):
             hidden = model_cfg.moe.expert_hidden_size
             need(hidden % tp == 0, f"{name}: moe.expert_hidden_size={hidden} is not divisible by "
-                 f"tp={tp} (experts are split over tp when ep=1)")
+                 f"tp={tp} (every expert is split over tp)")
         need(model_cfg.padded_vocab_size % tp == 0,
              f"{name}: padded vocab {model_cfg.padded_vocab_size} is not divisible by tp={tp}; "
              f"set model.pad_vocab_multiple to a multiple of {tp}")

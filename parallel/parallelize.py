@@ -107,6 +107,59 @@ class _AllReduceTailGrad(torch.autograd.Function):
         return grad, None, None
 
 
+class _SelectHeadsOfRank(torch.autograd.Function):
+    """Forward: this tp rank's slice [start, stop) of the last dimension. Backward: the slice's
+    gradient put back into a zero tensor of the full width and summed over the tp group.
+
+    Used for KV heads replicated over tp (tp > n_kv_heads): every rank computes all KV heads with
+    replicated wk/wv and keeps the one its query heads attend with. After the sum, the gradient of
+    the full projection is complete (ranks sharing a KV head add their parts) and the same on
+    every rank, so the replicated weights get the single-process gradient with no further
+    reduction, and the gradient to the attention input is the whole contribution of k and v."""
+
+    @staticmethod
+    def forward(ctx, x, start, stop, group):
+        ctx.start, ctx.stop, ctx.group, ctx.width = start, stop, group, x.shape[-1]
+        return x[..., start:stop].contiguous()
+
+    @staticmethod
+    def backward(ctx, grad):
+        import torch.distributed as dist
+
+        full = grad.new_zeros(*grad.shape[:-1], ctx.width)
+        full[..., ctx.start:ctx.stop] = grad
+        dist.all_reduce(full, group=ctx.group)
+        return full, None, None, None
+
+
+def _local_input(module, args):
+    """Hand a replicated plain module the local tensor of its (replicated) DTensor input. The
+    default grad placement (Replicate) is right: _SelectHeadsOfRank makes that gradient complete
+    and identical on every tp rank."""
+    from torch.distributed.tensor import DTensor
+
+    x = args[0]
+    return (x.to_local() if isinstance(x, DTensor) else x,) + tuple(args[1:])
+
+
+def _replicate_kv_heads(attn, cfg: ModelConfig, tp_mesh) -> None:
+    """tp > n_kv_heads (tp a multiple of it): wk and wv (and OLMo-2's k_norm over all KV heads)
+    stay replicated plain modules, and each rank keeps the KV head of its query heads: rank r of
+    tp holds query heads [r*H/tp, (r+1)*H/tp), all of which attend with KV head r // (tp/kv).
+    Megatron calls this replicating KV heads; the extra cost is computing every KV head on every
+    rank (small: kv_dim <= tp * head_dim here) and one all-reduce of the k and v gradients."""
+    tp, rank = tp_mesh.size(), tp_mesh.get_local_rank()
+    head = rank // (tp // cfg.kv_heads)
+    start, stop = head * cfg.dim_per_head, (head + 1) * cfg.dim_per_head
+    group = tp_mesh.get_group()
+    select = lambda mod, inp, out: _SelectHeadsOfRank.apply(out, start, stop, group)  # noqa: E731
+    attn.wk.register_forward_pre_hook(_local_input)
+    attn.wv.register_forward_pre_hook(_local_input)
+    # "full" QK-norm normalises over all KV heads: select after it, so it sees all of them
+    attn.wv.register_forward_hook(select)
+    (attn.k_norm if attn.qk_norm == "full" else attn.wk).register_forward_hook(select)
+
+
 def _mla_plan(block, cfg: ModelConfig, tp_mesh, Colwise, Rowwise, PrepareInput) -> dict:
     """Head-parallel MLA: query and kv up-projections column-parallel (heads split), output
     row-parallel; the low-rank down-projections (wq_a, wkv_a) and their norms stay replicated
@@ -144,10 +197,15 @@ def apply_tp(model: nn.Module, cfg: ModelConfig, tp_mesh, precision: str) -> Non
                                               use_local_output=False)
     if root_plan:
         parallelize_module(model, tp_mesh, root_plan)
+    # KV heads split over tp when it divides them, else replicated (layout.py checked that tp is
+    # a multiple of n_kv_heads then)
+    split_kv = cfg.mla.enabled or cfg.kv_heads % tp_mesh.size() == 0
     for block in model.layers.values():
         plan = {
-            "attention_norm": SequenceParallel(),
-            "ffn_norm": SequenceParallel(),
+            # local outputs: under OLMo-2's post-norm the norm's output is added to the plain
+            # residual stream; the modules after a pre-norm take local seq-sharded inputs too
+            "attention_norm": SequenceParallel(use_local_output=True),
+            "ffn_norm": SequenceParallel(use_local_output=True),
         }
         if cfg.mla.enabled:
             plan.update(_mla_plan(block, cfg, tp_mesh, Colwise, Rowwise, PrepareInput))
@@ -157,15 +215,19 @@ def apply_tp(model: nn.Module, cfg: ModelConfig, tp_mesh, precision: str) -> Non
                 "attention": PrepareInput(input_layouts=(Shard(1), None, None, None),
                                           desired_input_layouts=(Replicate(), None, None, None)),
                 "attention.wq": Colwise(),
-                "attention.wk": Colwise(),
-                "attention.wv": Colwise(),
                 "attention.wo": Rowwise(output_layouts=Shard(1)),
             })
+            if split_kv:
+                plan["attention.wk"] = Colwise()
+                plan["attention.wv"] = Colwise()
+            else:
+                _replicate_kv_heads(block.attention, cfg, tp_mesh)
         if not cfg.mla.enabled and getattr(block.attention, "qk_norm", "none") == "full":
             plan["attention.wq"] = Colwise(use_local_output=False)
-            plan["attention.wk"] = Colwise(use_local_output=False)
             plan["attention.q_norm"] = _replicated_norm_over_sharded_dim()
-            plan["attention.k_norm"] = _replicated_norm_over_sharded_dim()
+            if split_kv:
+                plan["attention.wk"] = Colwise(use_local_output=False)
+                plan["attention.k_norm"] = _replicated_norm_over_sharded_dim()
         # per-head QK-norm ("head") acts on whole heads, which each rank holds: nothing to do
         if hasattr(block, "moe"):
             plan["moe"] = _replicated_compute(0)
@@ -183,7 +245,8 @@ def apply_tp(model: nn.Module, cfg: ModelConfig, tp_mesh, precision: str) -> Non
             from torch.distributed.tensor import distribute_module
 
             distribute_module(block.attention.q_norm, tp_mesh)
-            distribute_module(block.attention.k_norm, tp_mesh)
+            if split_kv:
+                distribute_module(block.attention.k_norm, tp_mesh)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -258,7 +321,7 @@ def parallelize_part(model: nn.Module, cfg: ModelConfig, layout: Layout, mesh) -
     if layout.ep > 1:
         from parallel.expert_parallel import apply_ep
 
-        apply_ep(model, mesh["ep"])
+        apply_ep(model, mesh["ep"], mesh["ep", "tp"] if layout.tp > 1 else None)
     elif layout.tp > 1:
         from parallel.expert_parallel import apply_expert_tp
 

@@ -35,7 +35,7 @@ def suggested(msg: str) -> ParallelConfig:
 @pytest.mark.parametrize("pcfg, world, reason", [
     (ParallelConfig(tp=2, dp_shard=3), 8, "!= world_size=8"),
     (ParallelConfig(tp=3), 8, "not divisible by tp*pp*dp_replicate*ep=3"),
-    (ParallelConfig(tp=4), 8, "n_kv_heads=2 is not divisible by tp=4"),
+    (ParallelConfig(tp=8), 8, "n_heads=4 is not divisible by tp=8"),
     (ParallelConfig(pp=8), 8, "8 pipeline stages but model 'llama3-tiny' has only n_layers=4"),
     (ParallelConfig(pp=2, pp_schedule="ZBVZeroBubble", pp_split=[1, 1, 1]), 8, "pp_split has 3"),
     (ParallelConfig(pp=2, pp_schedule="1F1B", pp_virtual_stages=2), 8, "needs pp_schedule=Interleaved1F1B"),
@@ -47,6 +47,19 @@ def test_rejected_with_reason_and_valid_alternative(pcfg, world, reason):
     alt = suggested(msg)
     layout = resolve_layout(dataclasses.replace(pcfg, **dataclasses.asdict(alt)), world, llama(), 8, 1, 32)
     assert layout.world_size == world
+
+
+def test_kv_heads_split_or_replicated_over_tp():
+    """tp=4 over llama3-tiny's 2 KV heads replicates each on 2 ranks; tp=6 over 4 KV heads can do
+    neither (4 % 6 and 6 % 4), and the alternative offered works."""
+    assert resolve_layout(ParallelConfig(tp=4), 8, llama(), 8, 1, 32).tp == 4
+    odd = dataclasses.replace(llama(), n_heads=12, n_kv_heads=4, d_model=96, ffn_hidden_size=240)
+    with pytest.raises(ConfigError) as err:
+        resolve_layout(ParallelConfig(tp=6), 6, odd, 6, 1, 36)
+    msg = str(err.value)
+    assert "n_kv_heads=4 is not divisible by tp=6, nor is tp a multiple of it" in msg, msg
+    alt = suggested(msg)
+    assert resolve_layout(alt, 6, odd, 6, 1, 36).world_size == 6
 
 
 def test_bad_switch_lists_valid_values():

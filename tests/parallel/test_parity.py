@@ -73,6 +73,24 @@ def test_dense_tp2_pp2_schedules_and_dcp(tmp_path, dense_ref):
         assert (loaded[k] == v).all(), k
 
 
+def test_kv_heads_replicated_when_tp_exceeds_them(tmp_path, dense_ref):
+    """tp > n_kv_heads: each rank keeps the KV head of its query heads. llama3-tiny (4 query, 2 KV
+    heads) under TP4, each KV head on 2 ranks; OLMo-2-tiny made MQA (1 KV head) with qkv biases
+    under TP2 x FSDP DP2 and TP4, where the full QK-norm over the KV dims runs before the head is
+    chosen (and the post-sublayer norms meet the residual stream under sequence parallel)."""
+    r = launch(4, spec("llama3-tiny", [{"name": "TP4 (KV heads x2)", "parallel": {"tp": 4}}],
+                       overrides={"n_layers": 4}), tmp_path / "llama")[0]
+    check_parity(r, dense_ref)
+    assert r["local_shapes"]["layers.0.attention.wq.weight"] == (16, 64)  # 1 of 4 query heads
+    assert r["local_shapes"]["layers.0.attention.wk.weight"] == (32, 64)  # both KV heads, kept whole
+    mqa = {"n_kv_heads": 1, "qkv_bias": True}
+    ref = reference_run(dataclasses.replace(get_model_config("olmo2-tiny"), **mqa), STEPS, GBS, SEQ)
+    runs = [{"name": "OLMo-2 MQA TP2xDP2", "parallel": {"tp": 2}},
+            {"name": "OLMo-2 MQA TP4", "parallel": {"tp": 4}}]
+    for r in launch(4, spec("olmo2-tiny", runs, overrides=mqa), tmp_path / "olmo2"):
+        check_parity(r, ref)
+
+
 def test_packed_documents_tp2_pp2(tmp_path):
     """Packed documents (each line of text is one): restarting position ids and the model's
     intra-document mask pass through sequence parallel and the pipeline unchanged."""
@@ -188,8 +206,24 @@ def test_moe_ep2_with_tp2_pp2_dp2(tmp_path, deepseek_ref):
     runs = [{"name": "MoE+MLA EP2xTP2", "parallel": {"ep": 2, "tp": 2}},
             {"name": "MoE+MLA EP2xPP2", "parallel": {"ep": 2, "pp": 2}},
             {"name": "MoE+MLA EP2xDP2", "parallel": {"ep": 2, "dp_shard": 2}}]
-    for r in launch(4, spec("deepseek-v2-lite-tiny", runs), tmp_path):
+    results = launch(4, spec("deepseek-v2-lite-tiny", runs), tmp_path)
+    for r in results:
         check_parity(r, deepseek_ref)
+    # EP2 x TP2: 4 of 8 experts, each with 16 of its 32 hidden units
+    assert results[0]["local_shapes"]["layers.1.moe.experts.w1"] == (4, 16, 64)
+    assert results[0]["local_shapes"]["layers.1.moe.experts.w2"] == (4, 64, 16)
+
+
+def test_moe_experts_split_over_ep_tp_and_dp(tmp_path, deepseek_ref):
+    """8 ranks: experts split over ep, inside over tp, and FSDP-sharded over dp_shard (a 2-D
+    expert DTensor under FSDP2); and EP2 x TP2 x PP2."""
+    runs = [{"name": "MoE+MLA EP2xTP2xDP2", "parallel": {"ep": 2, "tp": 2}},
+            {"name": "MoE+MLA EP2xTP2xPP2", "parallel": {"ep": 2, "tp": 2, "pp": 2}}]
+    results = launch(8, spec("deepseek-v2-lite-tiny", runs), tmp_path)
+    for r in results:
+        check_parity(r, deepseek_ref)
+    # ep 2 x FSDP 2 over 8 experts: 2 per rank, each with 16 of its 32 hidden units (tp)
+    assert results[0]["local_shapes"]["layers.1.moe.experts.w1"] == (2, 16, 64)
 
 
 @pytest.mark.slow
