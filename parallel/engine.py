@@ -92,6 +92,28 @@ class Engine:
     def dp_size(self) -> int:
         return self.layout.dp
 
+    # ---- MoE routing statistics ------------------------------------------------------------------
+    @torch.no_grad()
+    def sum_expert_counts_over_dp(self) -> None:
+        """Sum every MoE layer's tokens-per-expert counts over the data-parallel ranks, in place.
+
+        Each dp rank routes its own slice of the batch, so its counts cover only that slice; the
+        load metric and DeepSeek-V3's bias update need the global batch's counts (as one process
+        would see them), and with per-rank counts the replicated router biases would drift apart
+        between ranks. tp ranks route the same tokens and pp ranks hold other layers: neither is
+        summed. One all-reduce for all layers of this rank's stages."""
+        if self.layout.dp == 1:
+            return
+        from model_zoo.moe import moe_layers
+
+        counts = [m.tokens_per_expert for part in self.model_parts for _, m in moe_layers(part)]
+        if not counts:
+            return
+        flat = torch.cat([c.reshape(-1) for c in counts])
+        dist.all_reduce(flat, group=self._dp_group)
+        for c, summed in zip(counts, flat.split([c.numel() for c in counts])):
+            c.copy_(summed.view_as(c))
+
     # ---- parameters ---------------------------------------------------------------------------
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """(single-device FQN, parameter) of this rank's parts; parameters may be DTensors."""

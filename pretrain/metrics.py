@@ -57,9 +57,9 @@ def memory_stats(device: torch.device) -> dict:
 
 
 def expert_load(model_parts) -> Optional[dict]:
-    """Per MoE layer of this rank, the fraction of routed tokens each expert received this step
-    (model_zoo.moe counts them); None for a dense model. Must be read before the bias update,
-    which resets the counts."""
+    """Per MoE layer of this rank's stages, the fraction of the step's routed tokens each expert
+    received (model_zoo.moe counts them, the engine sums them over data-parallel ranks); None for
+    a dense model. Must be read before the bias update, which resets the counts."""
     from model_zoo.moe import expert_load as layer_loads
 
     loads = {}

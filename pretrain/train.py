@@ -234,10 +234,12 @@ def train(run: RunConfig, on_batch: Optional[Callable] = None, stop_after: Optio
             step += 1
             load = None
             if has_moe:
+                # the whole batch's tokens per expert on every rank, as one process counts them
+                engine.sum_expert_counts_over_dp()
                 if step % t.log_interval == 0 or step == t.max_steps:
                     load = expert_load(engine.model_parts)
-                # DeepSeek-V3 aux-loss-free balancing (a no-op unless bias_update_speed > 0); it
-                # uses this rank's counts and resets them for the next step.
+                # DeepSeek-V3 aux-loss-free balancing (a no-op unless bias_update_speed > 0):
+                # the same update on every rank; it resets the counts for the next step.
                 for part in engine.model_parts:
                     update_expert_biases(part)
             losses[step] = loss

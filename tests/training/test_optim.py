@@ -10,7 +10,7 @@ from model_zoo import build_model, get_model_config
 from pretrain.config import compose_config
 from pretrain.optim import build_optimizers, decay_split, lr_at
 from pretrain.train import train
-from tests.training.helpers import documents, read_metrics, tiny_overrides, write_megatron
+from tests.training.helpers import documents, read_metrics, run_cli, tiny_overrides, write_megatron
 
 
 def test_no_decay_on_norms_biases_embeddings_by_module_type():
@@ -74,3 +74,24 @@ def test_moe_model_trains_and_logs_expert_load(tmp_path):
         assert len(fracs) == get_model_config("olmoe-tiny").moe.n_experts
         assert sum(fracs) == pytest.approx(1.0)
     assert rec["expert_load_max_over_mean"] >= 1.0
+
+
+def test_expert_counts_summed_over_data_parallel_ranks(tmp_path):
+    """DeepSeek-V3's aux-loss-free balancing under FSDP DP2 equals one process: the engine sums
+    the tokens per expert over dp ranks before the load metric and the bias update, so every rank
+    applies the whole batch's update to its router biases (with its own counts the logged load
+    would be half the batch's and the ranks' biases would drift apart)."""
+    data = write_megatron(str(tmp_path / "d/man"), documents(40, max_bytes=1500))
+    runs = {}
+    for nproc in (1, 2):
+        ov = tiny_overrides(tmp_path / f"dp{nproc}", data, steps=6,
+                            **{"model": "deepseek-v3-tiny", "model.moe.bias_update_speed": 0.05})
+        res = run_cli(["train", *ov], nproc=nproc)
+        assert res.returncode == 0, res.stderr[-3000:]
+        runs[nproc] = read_metrics(tmp_path / f"dp{nproc}")
+    for one, two in zip(runs[1], runs[2]):
+        assert abs(one["loss"] - two["loss"]) <= 1e-5 * one["loss"], (one["step"], one["loss"], two["loss"])
+        for layer, fracs in one["expert_load"].items():
+            assert two["expert_load"][layer] == pytest.approx(fracs, abs=1e-7), (one["step"], layer)
+    # the biases moved: routing at the last step differs from an unbalanced start
+    assert runs[1][-1]["expert_load"] != runs[1][0]["expert_load"]
