@@ -216,14 +216,30 @@ def test_moe_ep2_with_tp2_pp2_dp2(tmp_path, deepseek_ref):
 
 def test_moe_experts_split_over_ep_tp_and_dp(tmp_path, deepseek_ref):
     """8 ranks: experts split over ep, inside over tp, and FSDP-sharded over dp_shard (a 2-D
-    expert DTensor under FSDP2); and EP2 x TP2 x PP2."""
+    expert DTensor under FSDP2); EP2 x TP2 x PP2; and the 3-D layout without ep."""
     runs = [{"name": "MoE+MLA EP2xTP2xDP2", "parallel": {"ep": 2, "tp": 2}},
-            {"name": "MoE+MLA EP2xTP2xPP2", "parallel": {"ep": 2, "tp": 2, "pp": 2}}]
+            {"name": "MoE+MLA EP2xTP2xPP2", "parallel": {"ep": 2, "tp": 2, "pp": 2}},
+            {"name": "MoE+MLA TP2xPP2xDP2", "parallel": {"tp": 2, "pp": 2}}]
     results = launch(8, spec("deepseek-v2-lite-tiny", runs), tmp_path)
     for r in results:
         check_parity(r, deepseek_ref)
     # ep 2 x FSDP 2 over 8 experts: 2 per rank, each with 16 of its 32 hidden units (tp)
     assert results[0]["local_shapes"]["layers.1.moe.experts.w1"] == (2, 16, 64)
+
+
+def test_moe_mla_data_parallel_and_pipeline_schedules(tmp_path):
+    """The MoE + MLA model under FSDP2 DP4, HSDP 2x2, and the interleaved and zero-bubble pipeline
+    schedules (4 layers, so pp=2 has 4 stages), each with FSDP DP2 besides."""
+    overrides = {"n_layers": 4}
+    cfg = dataclasses.replace(get_model_config("deepseek-v2-lite-tiny"), **overrides)
+    ref = reference_run(cfg, STEPS, GBS, SEQ)
+    runs = [{"name": "MoE+MLA FSDP2 DP4", "parallel": {"dp_shard": 4}},
+            {"name": "MoE+MLA HSDP 2x2", "parallel": {"dp_replicate": 2, "dp_shard": 2}},
+            {"name": "MoE+MLA PP2 Interleaved xDP2", "parallel": {"pp": 2, "pp_schedule": "Interleaved1F1B"}},
+            {"name": "MoE+MLA PP2 ZBV xDP2", "parallel": {"pp": 2, "pp_schedule": "ZBVZeroBubble"}}]
+    for r in launch(4, spec("deepseek-v2-lite-tiny", runs, micro_batch=1, overrides=overrides),
+                    tmp_path):
+        check_parity(r, ref)
 
 
 @pytest.mark.slow
