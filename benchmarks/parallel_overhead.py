@@ -32,6 +32,7 @@ MOE = ("deepseek-v2-lite-tiny", {})
 LAYOUTS = {
     "single": (1, {}, DENSE),
     "TP2": (2, {"tp": 2}, DENSE),
+    "TP4-KV-replicated": (4, {"tp": 4}, DENSE),  # llama3-tiny has 2 KV heads: each on 2 ranks
     "PP2-1F1B": (2, {"pp": 2, "pp_schedule": "1F1B"}, DENSE),
     "PP2-Interleaved1F1B": (2, {"pp": 2, "pp_schedule": "Interleaved1F1B"}, DENSE),
     "PP2-ZBV": (2, {"pp": 2, "pp_schedule": "ZBVZeroBubble"}, DENSE),

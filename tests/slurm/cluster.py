@@ -10,6 +10,7 @@ has), linuxproc/task none (no cgroups in containers).
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -63,6 +64,9 @@ class SlurmCluster:
             (r / d).mkdir(parents=True, exist_ok=True)
         lines = [
             "ClusterName=pretraintest",
+            # Job ids (and so train.sbatch's MASTER_PORT = 20000 + id) differ between test
+            # sessions: a job left running by an aborted session cannot hold this one's port.
+            f"FirstJobId={random.randint(1000, 12000)}",
             f"SlurmctldHost={host}(127.0.0.1)",
             f"SlurmctldPort={ctl_port}",
             "SlurmUser=root",
