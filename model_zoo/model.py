@@ -13,6 +13,7 @@ applied from the outside by `parallel/`, which is why:
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Optional
 
@@ -272,9 +273,11 @@ class Transformer(nn.Module):
         self.rope_cos.copy_(cos)
         self.rope_sin.copy_(sin)
 
-    @torch.no_grad()
-    def init_weights(self, seed: int = 0) -> None:
-        """Initialise every parameter from `seed`, in name order, independent of the device."""
+    def _init_rule(self, name: str) -> tuple[str, float]:
+        """How parameter `name` starts: ("normal", std), ("ones", 0) or ("zeros", 0).
+
+        Decided by the module that owns it, so it also works on a pipeline stage or a parallelized
+        copy (same names; Float8Linear is an nn.Linear, the parallel experts a GroupedExperts)."""
         init = self.cfg.init
         d, n_layers = self.cfg.d_model, self.cfg.n_layers
         std = math.sqrt(2.0 / (5.0 * d)) if init.scheme == "small_init" else init.std
@@ -283,35 +286,62 @@ class Transformer(nn.Module):
             "scaled_depth": std / math.sqrt(2.0 * n_layers),
             "wang": 2.0 / (n_layers * math.sqrt(d)),
         }[init.output_scheme]
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        norm_types = (RMSNorm, nn.LayerNorm)
-        for name, module in sorted(self.named_modules()):
-            if isinstance(module, norm_types):
-                module.weight.fill_(1.0)
-                if getattr(module, "bias", None) is not None:
-                    module.bias.zero_()
-            elif isinstance(module, GroupedExperts):
-                _normal_(module.w1, std, init.truncation, gen)
-                _normal_(module.w2, out_std, init.truncation, gen)
-                _normal_(module.w3, std, init.truncation, gen)
-            elif isinstance(module, MoE):
-                module.tokens_per_expert.zero_()  # a running count, garbage after to_empty
+        module_name, attr = name.rsplit(".", 1) if "." in name else ("", name)
+        module = self.get_submodule(module_name)
+        if isinstance(module, (RMSNorm, nn.LayerNorm)):
+            return ("ones", 0.0) if attr == "weight" else ("zeros", 0.0)
+        if isinstance(module, GroupedExperts):
+            return ("normal", out_std if attr == "w2" else std)
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            if attr == "bias":
+                return ("zeros", 0.0)
+            # Attention output and MLP down projections (incl. shared experts) write into the
+            # residual stream: they take the output std. (The router gate is a plain Linear.)
+            return ("normal", out_std if module_name.endswith((".wo", ".w2")) else std)
+        raise ValueError(f"no initialisation rule for parameter {name} of {type(module).__name__}")
+
+    @torch.no_grad()
+    def initial_value(self, name: str, seed: int = 0) -> torch.Tensor:
+        """The initial value of parameter `name`: a full fp32 tensor on the CPU.
+
+        Every parameter draws from its own generator, seeded by (seed, name): its value depends
+        neither on the device nor on which other parameters a process holds, so a pipeline stage
+        or a tensor-parallel rank generates only its own parameters, one at a time, and gets what
+        one process would (parallel/engine.py), without a full copy of the model in memory."""
+        kind, std = self._init_rule(name)
+        shape = self.get_parameter(name).shape  # the global shape, also for a DTensor
+        if kind == "ones":
+            return torch.ones(shape)
+        if kind == "zeros":
+            return torch.zeros(shape)
+        digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
+        gen = torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+        value = torch.empty(shape, dtype=torch.float32)
+        cut = self.cfg.init.truncation
+        if cut > 0:
+            nn.init.trunc_normal_(value, 0.0, std, -cut * std, cut * std, generator=gen)
+        else:
+            value.normal_(0.0, std, generator=gen)
+        return value
+
+    @torch.no_grad()
+    def init_buffers(self) -> None:
+        """RoPE tables, and zeros for the MoE routing state (bias, token counts): what a fresh
+        model holds after `to_empty` left garbage in the buffers."""
+        for module in self.modules():
+            if isinstance(module, MoE):
+                module.tokens_per_expert.zero_()
             elif isinstance(module, TopKRouter):
-                _normal_(module.gate.weight, std, init.truncation, gen)
                 module.expert_bias.zero_()
-            elif isinstance(module, (nn.Linear, nn.Embedding)):
-                if name.endswith(".router.gate"):
-                    continue  # initialised with its router above
-                if module is self.output and self.cfg.tie_embeddings:
-                    continue  # shares the embedding matrix, initialised once as the embedding
-                # Attention output and MLP down projections (incl. shared experts) write into the
-                # residual stream: they take the output std.
-                is_residual_writer = name.endswith((".wo", ".w2"))
-                _normal_(module.weight, out_std if is_residual_writer else std, init.truncation, gen)
-                if getattr(module, "bias", None) is not None:
-                    module.bias.zero_()
         if self.rope_cos.device.type != "meta":
             self.reset_rope_tables()
+
+    @torch.no_grad()
+    def init_weights(self, seed: int = 0) -> None:
+        """Initialise every parameter from `seed` (see `initial_value`) and every buffer."""
+        for name, param in self.named_parameters():  # a tied output weight is listed once
+            param.copy_(self.initial_value(name, seed).to(param.dtype))
+        self.init_buffers()
 
     def forward(
         self,
@@ -341,17 +371,6 @@ class Transformer(nn.Module):
         if self.output is not None:
             h = self.output(h)
         return h
-
-
-def _normal_(param: torch.Tensor, std: float, truncation: float, gen: torch.Generator) -> None:
-    """Fill `param` from N(0, std) (truncated at +-truncation*std if > 0), drawn on the CPU so the
-    values do not depend on the device the model lives on."""
-    value = torch.empty(param.shape, dtype=torch.float32)
-    if truncation > 0:
-        nn.init.trunc_normal_(value, 0.0, std, -truncation * std, truncation * std, generator=gen)
-    else:
-        value.normal_(0.0, std, generator=gen)
-    param.copy_(value.to(param.dtype))
 
 
 def build_model(cfg: ModelConfig, seed: int = 0, device: str | torch.device = "cpu") -> Transformer:

