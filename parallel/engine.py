@@ -114,6 +114,18 @@ class Engine:
         for c, summed in zip(counts, flat.split([c.numel() for c in counts])):
             c.copy_(summed.view_as(c))
 
+    def gather_over_pp(self, local: dict) -> dict:
+        """Merge a per-stage dict (e.g. the expert load of this rank's MoE layers) over the
+        pipeline ranks, so rank 0 can log the whole model's (collective over the pp group)."""
+        if self.layout.pp == 1:
+            return local
+        gathered: list = [None] * self.layout.pp
+        dist.all_gather_object(gathered, local, group=self._pp_group)
+        merged = {}
+        for part in gathered:
+            merged.update(part or {})
+        return merged
+
     # ---- parameters ---------------------------------------------------------------------------
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """(single-device FQN, parameter) of this rank's parts; parameters may be DTensors."""

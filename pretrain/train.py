@@ -191,9 +191,11 @@ def train(run: RunConfig, on_batch: Optional[Callable] = None, stop_after: Optio
 
         # Slurm's USR1/TERM or a stop file: every rank agrees on a step, checkpoints it, leaves.
         preempt = Preemption(env.rank, env.world_size, device, log=say).install()
-        from model_zoo.moe import moe_layers, update_expert_biases
+        from model_zoo.moe import update_expert_biases
 
-        has_moe = any(moe_layers(part) for part in engine.model_parts)
+        # From the config, not this rank's stages: the MoE bookkeeping below has collectives over
+        # the pipeline ranks, which all must join, including a stage of dense layers only.
+        has_moe = any(run.model.is_moe_layer(i) for i in range(run.model.n_layers))
         skipped, losses = 0, {}
         window: list[tuple[float, float]] = []
         last_full = step
@@ -237,7 +239,9 @@ def train(run: RunConfig, on_batch: Optional[Callable] = None, stop_after: Optio
                 # the whole batch's tokens per expert on every rank, as one process counts them
                 engine.sum_expert_counts_over_dp()
                 if step % t.log_interval == 0 or step == t.max_steps:
-                    load = expert_load(engine.model_parts)
+                    # every pipeline stage's MoE layers, in layer order, for rank 0's log
+                    load = engine.gather_over_pp(expert_load(engine.model_parts) or {})
+                    load = dict(sorted(load.items(), key=lambda kv: int(kv[0].split(".")[1])))
                 # DeepSeek-V3 aux-loss-free balancing (a no-op unless bias_update_speed > 0):
                 # the same update on every rank; it resets the counts for the next step.
                 for part in engine.model_parts:

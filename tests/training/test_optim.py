@@ -95,3 +95,18 @@ def test_expert_counts_summed_over_data_parallel_ranks(tmp_path):
             assert two["expert_load"][layer] == pytest.approx(fracs, abs=1e-7), (one["step"], layer)
     # the biases moved: routing at the last step differs from an unbalanced start
     assert runs[1][-1]["expert_load"] != runs[1][0]["expert_load"]
+
+
+def test_expert_load_of_every_pipeline_stage_is_logged(tmp_path):
+    """Under pp=2 rank 0 holds only the first stage's layers; the logged load covers all MoE
+    layers. DeepSeek-V3-tiny's first layer is dense, so rank 0's stage has no MoE layer at all
+    (it must still join the gather) and both MoE layers live on rank 1."""
+    data = write_megatron(str(tmp_path / "d/man"), documents(20, max_bytes=1500))
+    ov = tiny_overrides(tmp_path / "pp", data, steps=3,
+                        **{"model": "deepseek-v3-tiny", "parallel.pp": 2, "parallel.pp_split": "[1,2]"})
+    res = run_cli(["train", *ov], nproc=2)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rec = read_metrics(tmp_path / "pp")[-1]
+    assert list(rec["expert_load"]) == ["layers.1.moe", "layers.2.moe"]
+    for fracs in rec["expert_load"].values():
+        assert sum(fracs) == pytest.approx(1.0)
