@@ -300,14 +300,7 @@ class Engine:
         for name, p in self.named_parameters():
             t = p.full_tensor() if isinstance(p, DTensor) else p
             local[name] = t.detach().float().cpu().clone()
-        if self.layout.pp == 1:
-            return local
-        gathered: list = [None] * self.layout.pp
-        dist.all_gather_object(gathered, local, group=self._pp_group)
-        full = {}
-        for part in gathered:
-            full.update(part)
-        return full
+        return self.gather_over_pp(local)
 
 
 def decay_groups(named_parameters, weight_decay: float) -> list[dict]:
@@ -394,4 +387,4 @@ def _materialise(parts: list[nn.Module], seed: int, device: torch.device) -> Non
                 p.to_local().copy_(shard.to_local())
             else:
                 p.copy_(full.to(device, p.dtype))
-            del full
+            del full  # freed before the next parameter is generated: one full tensor at a time

@@ -62,12 +62,7 @@ class ExpertParallelGroupedExperts(GroupedExperts):
                    + torch.arange(ep, device=x.device).repeat_interleave(local_e))
         key = torch.repeat_interleave(seg_key, recv_m.reshape(-1))
         perm = torch.argsort(key, stable=True)
-        x_local = x_recv[perm]
-        if self._tp_group is not None:  # experts also split over tp (ETP): Megatron's f ... g
-            x_local = _CopyToTP.apply(x_local, self._tp_group)
-        out = GroupedExperts.forward(_local_view(self), x_local, recv_m.sum(0))
-        if self._tp_group is not None:
-            out = _ReduceFromTP.apply(out, self._tp_group)
+        out = _run_local_experts(self, x_recv[perm], recv_m.sum(0))
         # 4. back to arrival order, then home
         out_recv = out[torch.argsort(perm)]
         return _all_to_all(out_recv, in_splits, out_splits, group)
@@ -115,6 +110,10 @@ class _ReduceFromTP(torch.autograd.Function):
         return grad, None
 
 
+# The dim of each (experts, out, in) weight that holds the expert's hidden units: tp splits it.
+_HIDDEN_DIM = {"w1": 1, "w3": 1, "w2": 2}
+
+
 class TensorParallelGroupedExperts(GroupedExperts):
     """Every expert split over tp: w1/w3 by hidden rows, w2 by hidden columns. All tp ranks hold
     the same tokens (the MoE layer runs replicated over tp), each computes its slice of every
@@ -123,9 +122,18 @@ class TensorParallelGroupedExperts(GroupedExperts):
     _tp_group = None
 
     def forward(self, x: torch.Tensor, num_tokens_per_expert: torch.Tensor) -> torch.Tensor:
-        x = _CopyToTP.apply(x, self._tp_group)
-        out = GroupedExperts.forward(_local_view(self), x, num_tokens_per_expert)
-        return _ReduceFromTP.apply(out, self._tp_group)
+        return _run_local_experts(self, x, num_tokens_per_expert)
+
+
+def _run_local_experts(experts, x: torch.Tensor, num_tokens_per_expert: torch.Tensor) -> torch.Tensor:
+    """The model's expert computation on this rank's weight shards. When the experts are split
+    over tp (`_tp_group` set), Megatron's f and g around it: the input gradient is summed over
+    tp in backward, the partial outputs (this rank's hidden units) are summed in forward."""
+    group = experts._tp_group
+    if group is not None:
+        x = _CopyToTP.apply(x, group)
+    out = GroupedExperts.forward(_local_view(experts), x, num_tokens_per_expert)
+    return out if group is None else _ReduceFromTP.apply(out, group)
 
 
 def apply_expert_tp(model: nn.Module, tp_mesh) -> None:
@@ -135,7 +143,7 @@ def apply_expert_tp(model: nn.Module, tp_mesh) -> None:
         if moe is None:
             continue
         experts = moe.experts
-        for name, dim in (("w1", 1), ("w3", 1), ("w2", 2)):
+        for name, dim in _HIDDEN_DIM.items():
             p = getattr(experts, name)
             dt = distribute_tensor(p.data, tp_mesh, [Shard(dim)])
             experts.register_parameter(name, nn.Parameter(dt, requires_grad=p.requires_grad))
@@ -160,8 +168,7 @@ def apply_ep(model: nn.Module, ep_mesh, ep_tp_mesh=None) -> None:
             if ep_tp_mesh is None:
                 dt = distribute_tensor(p.data, ep_mesh, [Shard(0)])
             else:
-                hidden_dim = 2 if name == "w2" else 1
-                dt = distribute_tensor(p.data, ep_tp_mesh, [Shard(0), Shard(hidden_dim)])
+                dt = distribute_tensor(p.data, ep_tp_mesh, [Shard(0), Shard(_HIDDEN_DIM[name])])
             experts.register_parameter(name, nn.Parameter(dt, requires_grad=p.requires_grad))
         experts.__class__ = ExpertParallelGroupedExperts
         experts._ep_group = ep_mesh.get_group()

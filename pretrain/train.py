@@ -196,6 +196,7 @@ def train(run: RunConfig, on_batch: Optional[Callable] = None, stop_after: Optio
         # From the config, not this rank's stages: the MoE bookkeeping below has collectives over
         # the pipeline ranks, which all must join, including a stage of dense layers only.
         has_moe = any(run.model.is_moe_layer(i) for i in range(run.model.n_layers))
+        balancing = has_moe and run.model.moe.bias_update_speed > 0
         skipped, losses = 0, {}
         window: list[tuple[float, float]] = []
         last_full = step
@@ -236,9 +237,11 @@ def train(run: RunConfig, on_batch: Optional[Callable] = None, stop_after: Optio
             step += 1
             load = None
             if has_moe:
-                # the whole batch's tokens per expert on every rank, as one process counts them
-                engine.sum_expert_counts_over_dp()
-                if step % t.log_interval == 0 or step == t.max_steps:
+                log_load = step % t.log_interval == 0 or step == t.max_steps
+                if log_load or balancing:  # not a collective per step when nothing reads them
+                    # the whole batch's tokens per expert on every rank, as one process counts
+                    engine.sum_expert_counts_over_dp()
+                if log_load:
                     # every pipeline stage's MoE layers, in layer order, for rank 0's log
                     load = engine.gather_over_pp(expert_load(engine.model_parts) or {})
                     load = dict(sorted(load.items(), key=lambda kv: int(kv[0].split(".")[1])))
