@@ -1,7 +1,7 @@
 """The zoo: named model configs of the published families, plus a `tiny` of each for tests.
 
 Shapes are those of the released Hugging Face configs (config.json of EleutherAI/pythia-*,
-allenai/OLMo-2-*, meta-llama/Llama-3.*); tests/test_zoo.py checks the parameter counts against the
+allenai/OLMo-2-*, meta-llama/Llama-3.*); tests/model_zoo/test_zoo.py checks the parameter counts against the
 published numbers and names where each number comes from.
 """
 
@@ -158,7 +158,7 @@ _ZOO: dict[str, Callable[[], ModelConfig]] = {
                                   rope_scaling=RopeScalingConfig(type="llama3", factor=8.0,
                                                                  original_max_position=64),
                                   bos_token_id=None, eos_token_id=None),
-    # Mixture of experts. Totals/actives are checked in tests/test_zoo.py against the publishers'
+    # Mixture of experts. Totals/actives are checked in tests/model_zoo/test_zoo.py against the publishers'
     # numbers (Mistral AI's Mixtral announcement, the OLMoE and DeepSeek-V2/V3 papers).
     "mixtral-8x7b": lambda: _shape(MIXTRAL, "mixtral-8x7b", d_model=4096, n_layers=32,
                                    n_heads=32, n_kv_heads=8, ffn_hidden_size=14336,

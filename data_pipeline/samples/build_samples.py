@@ -1,6 +1,6 @@
 """Rebuild the bundled real-text samples from Debian man pages installed on this machine.
 
-Real text nobody on the team wrote (ARCHITECTURE.md): man pages rendered with `man -l FILE | col -bx`,
+Real text nobody on the team wrote (docs/architecture.md): man pages rendered with `man -l FILE | col -bx`,
 written as Dolma documents. The output is committed; this script documents how it was made:
 
     python data_pipeline/samples/build_samples.py --lang en --count 400 \

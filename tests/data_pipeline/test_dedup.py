@@ -7,7 +7,7 @@ import random
 
 import numpy as np
 
-from conftest import edit_words
+from tests.data_pipeline.helpers import edit_words
 from data_pipeline.config import bloom_size
 from data_pipeline.dedup import (BloomFilter, MinHasher, bucket_pairs, components, duplicates_from_labels,
                                  first_occurrence_dups, normalize_words)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import write_jsonl_gz
+from tests.data_pipeline.helpers import write_jsonl_gz
 from data_pipeline.cli import main
 
 

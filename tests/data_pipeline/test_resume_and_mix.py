@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO, write_jsonl_gz
+from tests.data_pipeline.helpers import REPO, write_jsonl_gz
 from data_pipeline.cli import main
 
 

@@ -1,4 +1,4 @@
-"""The Slurm executor on a real two-node Slurm cluster started on this machine (ARCHITECTURE.md recipe).
+"""The Slurm executor on a real two-node Slurm cluster started on this machine (docs/architecture.md has the recipe).
 
 Each stage is submitted as a job array depending (afterok) on the previous stage's job. The result must
 equal a local run's. With CI=true a missing Slurm is a failure (CI installs slurm-wlm through
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_jsonl_gz
+from tests.data_pipeline.helpers import write_jsonl_gz
 from data_pipeline.cli import main
 
 NEEDED = ("slurmctld", "slurmd", "sbatch", "squeue", "scontrol")

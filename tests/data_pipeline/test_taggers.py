@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import load_samples
+from tests.data_pipeline.helpers import load_samples
 from data_pipeline.config import ContentTaggerConfig, LangTaggerConfig, QualityTaggerConfig
 from data_pipeline.taggers import ContentTagger, LangTagger, QualityTagger, fasttext_scores
 

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import write_jsonl_gz
+from tests.data_pipeline.helpers import write_jsonl_gz
 from data_pipeline.cli import main
 from data_pipeline.tokenize import ShardWriter, Tok, read_back, train_bpe
 

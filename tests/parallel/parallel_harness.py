@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "data_pipeline" / "samples" / "manpages_en.jsonl.gz"
-WORKER = Path(__file__).resolve().parent / "parallel_worker.py"
+WORKER = "tests.parallel.parallel_worker"  # run as a module (python -m) from the repository root
 
 
 def text_batches(steps: int, global_batch: int, seq_len: int, offset: int = 0) -> torch.Tensor:
@@ -155,8 +155,8 @@ def _run_ranks(world_size: int, spec_path: Path, out_dir: Path, timeout: float) 
                    MASTER_PORT=str(port), OMP_NUM_THREADS="1",
                    PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         logs.append(open(out_dir / f"rank{rank}.log", "w"))
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(spec_path), str(out_dir)],
-                                      env=env, stdout=logs[-1], stderr=subprocess.STDOUT))
+        procs.append(subprocess.Popen([sys.executable, "-m", WORKER, str(spec_path), str(out_dir)],
+                                      env=env, cwd=ROOT, stdout=logs[-1], stderr=subprocess.STDOUT))
     deadline = time.time() + timeout
     try:
         while True:

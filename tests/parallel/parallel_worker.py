@@ -18,8 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import torch  # noqa: E402
 import torch.distributed.checkpoint as dcp  # noqa: E402
 
@@ -28,7 +26,7 @@ from parallel.config import ParallelConfig  # noqa: E402
 from parallel.engine import build_engine  # noqa: E402
 from parallel.env import destroy_distributed, discover_env, init_distributed  # noqa: E402
 from parallel.layout import build_mesh, resolve_layout  # noqa: E402
-from parallel_harness import packed_ids, text_batches  # noqa: E402
+from tests.parallel.parallel_harness import packed_ids, text_batches  # noqa: E402
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import dataclasses
 import pytest
 
 from model_zoo.zoo import get_model_config
-from parallel_harness import launch, max_rel_param_diff, rel, stable_reference_run
+from tests.parallel.parallel_harness import launch, max_rel_param_diff, rel, stable_reference_run
 
 TOL = 1e-5
 STEPS = 10
@@ -99,7 +99,7 @@ def test_kv_heads_replicated_when_tp_exceeds_them(tmp_path, dense_ref):
 def test_packed_documents_tp2_pp2(tmp_path):
     """Packed documents (each line of text is one): restarting position ids and the model's
     intra-document mask pass through sequence parallel and the pipeline unchanged."""
-    from parallel_harness import packed_ids, text_batches
+    from tests.parallel.parallel_harness import packed_ids, text_batches
 
     doc, _ = packed_ids(text_batches(1, GBS, SEQ)[0, :, :-1])
     assert doc.max() > 0  # the data really has several documents per row

@@ -2,7 +2,7 @@
 
 Both "nodes" are slurmd daemons on loopback with their own ports, spool and log folders under one
 temporary directory; slurmctld keeps its state there too, so nothing outside it is touched and two
-test sessions never share a controller. Facts behind the settings are in ARCHITECTURE.md:
+test sessions never share a controller. Facts behind the settings are in docs/architecture.md:
 auth/none + cred/none (no munge daemon), config_overrides (a node may claim more CPUs than the box
 has), linuxproc/task none (no cgroups in containers).
 """

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from pretrain.cli import main
-from tests.training.helpers import documents, read_metrics, tiny_overrides, write_megatron
+from tests.pretrain.helpers import documents, read_metrics, tiny_overrides, write_megatron
 
 STEPS = 40  # long enough (several seconds) that a signal sent after step 2 lands mid-run
 

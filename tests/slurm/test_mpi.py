@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.training.helpers import documents, free_port, read_metrics, run_cli, tiny_overrides, write_megatron
+from tests.pretrain.helpers import documents, free_port, read_metrics, run_cli, tiny_overrides, write_megatron
 
 BIN = Path(sys.executable).parent
 

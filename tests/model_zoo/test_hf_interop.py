@@ -16,9 +16,9 @@ from model_zoo.config import ConfigError, RopeScalingConfig
 from model_zoo.hf import export_hf, import_hf
 from pretrain.cli import main as cli_main
 
-from hf_helpers import assert_close as _assert_close
-from hf_helpers import randomise as _randomise
-from hf_helpers import tokens as _tokens
+from tests.model_zoo.hf_helpers import assert_close as _assert_close
+from tests.model_zoo.hf_helpers import randomise as _randomise
+from tests.model_zoo.hf_helpers import tokens as _tokens
 
 
 # Shapes per family: GQA ratios, rotary fraction, tied/untied, biases, norm placement, scaling.

@@ -7,7 +7,7 @@ from model_zoo.config import ConfigError
 
 # Pythia non-embedding parameter counts, exactly as published (Biderman et al. 2023, "Pythia: A
 # Suite for Analyzing Large Language Models", Table 1 / EleutherAI/pythia README; also
-# ARCHITECTURE.md). Non-embedding excludes both the input embedding and the untied output layer.
+# docs/architecture.md). Non-embedding excludes both the input embedding and the untied output layer.
 PYTHIA_NON_EMBEDDING = {
     "pythia-70m": 18_915_328,
     "pythia-160m": 85_056_000,

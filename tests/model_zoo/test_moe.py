@@ -13,7 +13,7 @@ from model_zoo import build_model, get_model_config
 from model_zoo.config import ConfigError
 from model_zoo.moe import MoE, TopKRouter, expert_load, moe_layers, update_expert_biases
 
-SAMPLE = Path(__file__).resolve().parent.parent / "data_pipeline" / "samples" / "manpages_en.jsonl.gz"
+SAMPLE = Path(__file__).resolve().parents[2] / "data_pipeline" / "samples" / "manpages_en.jsonl.gz"
 
 
 def real_text_bytes(n_tokens: int) -> torch.Tensor:

@@ -16,7 +16,7 @@ import pytest
 import torch
 import transformers
 
-from hf_helpers import assert_close, randomise, tokens
+from tests.model_zoo.hf_helpers import assert_close, randomise, tokens
 from model_zoo import build_model, get_model_config
 from model_zoo.config import RopeScalingConfig
 from model_zoo.hf import export_hf, import_hf

@@ -9,7 +9,7 @@ from model_zoo.config import ConfigError
 from pretrain.config import compose_config
 from pretrain.data.loader import DataLoader, DataOrder, block_quotas, build_data_order
 from pretrain.data.sources import MegatronSource, NpySource
-from tests.training.helpers import EOS, documents, tiny_overrides, write_megatron, write_npy
+from tests.pretrain.helpers import EOS, documents, tiny_overrides, write_megatron, write_npy
 
 
 @pytest.fixture(scope="module")

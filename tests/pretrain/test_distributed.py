@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from pretrain.cli import main
 from pretrain.config import compose_config
 from pretrain.train import train
-from tests.training.helpers import documents, read_metrics, run_cli, tiny_overrides, write_npy
+from tests.pretrain.helpers import documents, read_metrics, run_cli, tiny_overrides, write_npy
 
 LAYOUTS = {
     "tp2_pp2_dp2": ["parallel.tp=2", "parallel.pp=2", "parallel.dp_shard=2"],

@@ -10,7 +10,7 @@ from model_zoo import build_model, get_model_config
 from pretrain.config import compose_config
 from pretrain.optim import build_optimizers, decay_split, lr_at
 from pretrain.train import train
-from tests.training.helpers import documents, read_metrics, run_cli, tiny_overrides, write_megatron
+from tests.pretrain.helpers import documents, read_metrics, run_cli, tiny_overrides, write_megatron
 
 
 def test_no_decay_on_norms_biases_embeddings_by_module_type():

@@ -14,7 +14,7 @@ from pretrain.checkpoint import find_latest_complete, read_index, verify_checkpo
 from pretrain.cli import main
 from pretrain.config import compose_config
 from pretrain.train import TrainingDiverged, train
-from tests.training.helpers import documents, read_metrics, run_cli, tiny_overrides, write_megatron
+from tests.pretrain.helpers import documents, read_metrics, run_cli, tiny_overrides, write_megatron
 
 
 @pytest.fixture(scope="module")
