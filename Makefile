@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install demo test lint clean
 
 install: $(STAMP)
 
@@ -19,8 +19,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m pretrain.demo --out demo_out
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -q tests
+
+# ruff (lint + format check) first: seconds, and it fails before a 13-minute test run would
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clean:
 	rm -rf demo_out .pytest_cache

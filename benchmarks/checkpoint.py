@@ -14,7 +14,6 @@ Measures, for a small Llama-like model trained by the real engine and optimizer:
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys
@@ -28,16 +27,22 @@ import torch  # noqa: E402
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--steps", type=int, default=5, help="steps timed for the baseline")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (1: the async writer gets the other core, as a GPU job's "
-                    "training thread leaves the CPU to it)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: the async writer gets the other core, as a GPU job's "
+        "training thread leaves the CPU to it)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -49,18 +54,30 @@ def main() -> int:
     from pretrain.optim import build_optimizers
     from pretrain.train import _free_port, plan
 
-    run = compose_config([
-        "model=llama3-tiny", f"model.d_model={args.d_model}", f"model.n_layers={args.layers}",
-        "model.n_heads=8", "model.n_kv_heads=4", f"model.ffn_hidden_size={args.d_model * 3}",
-        f"model.vocab_size={args.vocab}", f"model.max_seq_len={args.seq_len}",
-        f"model.rope_scaling.original_max_position={args.seq_len}",
-        f"trainer.seq_len={args.seq_len}", f"trainer.global_batch_size={args.batch}",
-        f"trainer.micro_batch_size={args.batch}", "schedule.warmup_steps=0"])
+    run = compose_config(
+        [
+            "model=llama3-tiny",
+            f"model.d_model={args.d_model}",
+            f"model.n_layers={args.layers}",
+            "model.n_heads=8",
+            "model.n_kv_heads=4",
+            f"model.ffn_hidden_size={args.d_model * 3}",
+            f"model.vocab_size={args.vocab}",
+            f"model.max_seq_len={args.seq_len}",
+            f"model.rope_scaling.original_max_position={args.seq_len}",
+            f"trainer.seq_len={args.seq_len}",
+            f"trainer.global_batch_size={args.batch}",
+            f"trainer.micro_batch_size={args.batch}",
+            "schedule.warmup_steps=0",
+        ]
+    )
     layout = plan(run, 1)
     device = init_distributed(DistEnv(master_port=_free_port()), "cpu")
     tmp = Path(tempfile.mkdtemp(prefix="ckpt_bench_"))
     try:
-        engine = build_engine(run.model, run.parallel, layout, build_mesh(layout, "cpu"), device, seed=0)
+        engine = build_engine(
+            run.model, run.parallel, layout, build_mesh(layout, "cpu"), device, seed=0
+        )
         opts = build_optimizers(engine.model_parts, run.optim, device)
         n_params = sum(p.numel() for _, p in engine.named_parameters())
         gen = torch.Generator().manual_seed(0)
@@ -104,28 +121,44 @@ def main() -> int:
         t0 = time.perf_counter()
         mgr.save_series(3, engine, "bfloat16", meta)
         series_s = time.perf_counter() - t0
-        series_bytes = sum(f.stat().st_size for f in (tmp / "series" / "step3").rglob("*") if f.is_file())
+        series_bytes = sum(
+            f.stat().st_size for f in (tmp / "series" / "step3").rglob("*") if f.is_file()
+        )
 
         slowdown = (statistics.mean(during) / statistics.mean(after)) if during else float("nan")
-        print(f"model: {n_params:,} parameters (d_model {args.d_model}, {args.layers} layers, vocab "
-              f"{args.vocab}); step: batch {args.batch} x {args.seq_len}, fp32, "
-              f"{torch.get_num_threads()} threads")
+        print(
+            f"model: {n_params:,} parameters (d_model {args.d_model}, {args.layers} layers, vocab "
+            f"{args.vocab}); step: batch {args.batch} x {args.seq_len}, fp32, "
+            f"{torch.get_num_threads()} threads"
+        )
         print(f"one training step (median of {args.steps}): {base * 1e3:.0f} ms = 1.00")
         rows = [
             ("full checkpoint, sync save", sync_s, f"{size / 1e6:.1f} MB"),
             ("full checkpoint, async save: training thread blocked", blocked_s, ""),
-            ("full checkpoint, async save: until complete", async_total_s, f"{len(during)} steps ran meanwhile"),
+            (
+                "full checkpoint, async save: until complete",
+                async_total_s,
+                f"{len(during)} steps ran meanwhile",
+            ),
             ("full checkpoint, load (DCP into engine + optimizer)", load_s, ""),
-            ("series checkpoint (weights, bf16), sync save", series_s, f"{series_bytes / 1e6:.1f} MB"),
+            (
+                "series checkpoint (weights, bf16), sync save",
+                series_s,
+                f"{series_bytes / 1e6:.1f} MB",
+            ),
         ]
-        print(f"| what | seconds | x one step | note |\n|---|---|---|---|")
+        print("| what | seconds | x one step | note |\n|---|---|---|---|")
         for name, sec, note in rows:
             print(f"| {name} | {sec:.3f} | {sec / base:.2f} | {note} |")
-        print(f"| a step while the async write runs / a step right after | "
-              f"{statistics.mean(during) if during else float('nan'):.3f} / {statistics.mean(after):.3f} "
-              f"| {slowdown:.2f} | slowdown of training during the background write |")
-        print(f"bytes per parameter: full {size / n_params:.2f} (fp32 weights + 2 AdamW moments = 12), "
-              f"series {series_bytes / n_params:.2f} (bf16 = 2)")
+        print(
+            f"| a step while the async write runs / a step right after | "
+            f"{statistics.mean(during) if during else float('nan'):.3f} / {statistics.mean(after):.3f} "
+            f"| {slowdown:.2f} | slowdown of training during the background write |"
+        )
+        print(
+            f"bytes per parameter: full {size / n_params:.2f} (fp32 weights + 2 AdamW moments = 12), "
+            f"series {series_bytes / n_params:.2f} (bf16 = 2)"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         destroy_distributed()

@@ -36,17 +36,26 @@ def load(lang: str) -> list[dict]:
 
 def bench_tagging() -> None:
     from data_pipeline.config import TaggersConfig
-    from data_pipeline.taggers import ContentTagger, LangTagger, QualityTagger, RandomTagger, TaggerSet
+    from data_pipeline.taggers import (
+        ContentTagger,
+        LangTagger,
+        QualityTagger,
+        RandomTagger,
+        TaggerSet,
+    )
 
     docs = load("en")
     mb = sum(len(d["text"].encode()) for d in docs) / 1e6
     cfg = TaggersConfig()
     print(f"## tagging: {len(docs)} English man pages, {mb:.2f} MB, one process (per core)")
     print("| tagger | docs/s | MB/s |\n|---|---:|---:|")
-    for name, t in [("language (fastText, doc + paragraphs)", LangTagger(cfg.lang)),
-                    ("quality (Gopher + C4 + FineWeb)", QualityTagger(cfg.quality)),
-                    ("content (PII + bad words)", ContentTagger(cfg.content)),
-                    ("random", RandomTagger(cfg.random)), ("all taggers", TaggerSet(cfg))]:
+    for name, t in [
+        ("language (fastText, doc + paragraphs)", LangTagger(cfg.lang)),
+        ("quality (Gopher + C4 + FineWeb)", QualityTagger(cfg.quality)),
+        ("content (PII + bad words)", ContentTagger(cfg.content)),
+        ("random", RandomTagger(cfg.random)),
+        ("all taggers", TaggerSet(cfg)),
+    ]:
         t(docs[0])
         t0 = time.perf_counter()
         for d in docs:
@@ -85,7 +94,10 @@ def bench_tokenize(repeat: int = 4) -> None:
             t0 = time.perf_counter()
             n = 0
             for i in range(0, len(texts), bs):
-                n += sum(len(e.ids) + 1 for e in tk.encode_batch_fast(texts[i:i + bs], add_special_tokens=False))
+                n += sum(
+                    len(e.ids) + 1
+                    for e in tk.encode_batch_fast(texts[i : i + bs], add_special_tokens=False)
+                )
             best_lib = max(best_lib, n / (time.perf_counter() - t0))
             t0 = time.perf_counter()
             st = task_tokenize(run, 0, Progress(lambda d, b: None))
@@ -104,7 +116,9 @@ def bench_langid() -> None:
 
     from data_pipeline.taggers import fasttext_scores
 
-    print("## language ID: top-1 on man pages (25 per language, 3000 chars max; en: 300 full pages)")
+    print(
+        "## language ID: top-1 on man pages (25 per language, 3000 chars max; en: 300 full pages)"
+    )
     print("| language | docs | fastText lid.176 | pycld2 |\n|---|---:|---:|---:|")
     tot = [0, 0, 0]
     for lang in LANGS:
@@ -136,15 +150,23 @@ def bench_dedup() -> None:
     base = np.stack([mh.signature(d["text"]) for d in docs])
     # pages that already have a near-duplicate among the 300 (e.g. gcloud pages differing in a few
     # words) would count as false positives of the planting; leave them out of the corpus
-    labels = components(len(docs), np.concatenate([bucket_pairs(mh.band_keys(base)[:, b], np.arange(len(docs)))
-                                                   for b in range(14)]))
+    labels = components(
+        len(docs),
+        np.concatenate(
+            [bucket_pairs(mh.band_keys(base)[:, b], np.arange(len(docs))) for b in range(14)]
+        ),
+    )
     natural = np.bincount(labels)[labels] > 1
     print(f"pages of the 300 in natural near-duplicate clusters (left out): {int(natural.sum())}")
     docs = [d for d, n in zip(docs, natural) if not n]
     base = base[~natural]
     N = len(docs)
-    print(f"## MinHash dedup: {N} real pages + 100 planted near-duplicates (word edits) over 3 shards, 4 bucket tasks")
-    print("| edit rate | true 5-shingle Jaccard (median) | precision | recall | removed |\n|---|---:|---:|---:|---:|")
+    print(
+        f"## MinHash dedup: {N} real pages + 100 planted near-duplicates (word edits) over 3 shards, 4 bucket tasks"
+    )
+    print(
+        "| edit rate | true 5-shingle Jaccard (median) | precision | recall | removed |\n|---|---:|---:|---:|---:|"
+    )
     for rate in (0.01, 0.03, 0.05, 0.10):
         rng = random.Random(int(rate * 1000))
         src = rng.sample(range(len(docs)), 100)
@@ -154,7 +176,7 @@ def bench_dedup() -> None:
             a = set(map(tuple, _sh(docs[i]["text"])))
             b = set(map(tuple, _sh(t)))
             jac.append(len(a & b) / max(1, len(a | b)))
-        sigs = [base[:N // 2], base[N // 2:], np.stack([mh.signature(t) for t in copies])]
+        sigs = [base[: N // 2], base[N // 2 :], np.stack([mh.signature(t) for t in copies])]
         offs = np.cumsum([0] + [len(s) for s in sigs])
         pairs = []
         for p in range(4):
@@ -165,21 +187,32 @@ def bench_dedup() -> None:
                 keys.append(bk[m])
                 gids.append(np.nonzero(m)[0] + offs[k])
             pairs.append(bucket_pairs(np.concatenate(keys), np.concatenate(gids)))
-        removed = set(np.nonzero(duplicates_from_labels(components(int(offs[-1]), np.concatenate(pairs))))[0].tolist())
+        removed = set(
+            np.nonzero(duplicates_from_labels(components(int(offs[-1]), np.concatenate(pairs))))[
+                0
+            ].tolist()
+        )
         planted = set(range(N, N + 100))
         tp = len(removed & planted)
-        print(f"| {rate:.0%} | {np.median(jac):.2f} | {tp / max(1, len(removed)):.3f} | {tp / 100:.3f} | {len(removed)} |")
+        print(
+            f"| {rate:.0%} | {np.median(jac):.2f} | {tp / max(1, len(removed)):.3f} | {tp / 100:.3f} | {len(removed)} |"
+        )
 
 
 def _sh(text: str, n: int = 5):
     from data_pipeline.dedup import normalize_words
 
     w = normalize_words(text)
-    return [w[i:i + n] for i in range(max(1, len(w) - n + 1))]
+    return [w[i : i + n] for i in range(max(1, len(w) - n + 1))]
 
 
 if __name__ == "__main__":
     which = sys.argv[1:] or ["tagging", "tokenize", "langid", "dedup"]
     for w in which:
-        {"tagging": bench_tagging, "tokenize": bench_tokenize, "langid": bench_langid, "dedup": bench_dedup}[w]()
+        {
+            "tagging": bench_tagging,
+            "tokenize": bench_tokenize,
+            "langid": bench_langid,
+            "dedup": bench_dedup,
+        }[w]()
         print()

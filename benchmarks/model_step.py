@@ -21,8 +21,9 @@ import transformers
 from model_zoo import build_model, get_model_config
 from model_zoo.hf import export_hf
 
-SHAPE = dict(vocab_size=8192, d_model=256, n_layers=4, n_heads=8, ffn_hidden_size=1024,
-             max_seq_len=1024)
+SHAPE = dict(
+    vocab_size=8192, d_model=256, n_layers=4, n_heads=8, ffn_hidden_size=1024, max_seq_len=1024
+)
 
 
 def _time_steps(step, steps: int) -> float:
@@ -43,8 +44,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     args = ap.parse_args()
     torch.manual_seed(0)
-    print(f"forward+backward, batch {args.batch} x seq {args.seq_len}, fp32, "
-          f"{torch.get_num_threads()} threads, median of {args.steps}")
+    print(
+        f"forward+backward, batch {args.batch} x seq {args.seq_len}, fp32, "
+        f"{torch.get_num_threads()} threads, median of {args.steps}"
+    )
     print(f"{'family':<10} {'ours ms':>9} {'transformers ms':>16} {'ours/theirs':>12}")
     for zoo_name in ("pythia-tiny", "olmo2-tiny", "llama3-tiny"):
         cfg = replace(get_model_config(zoo_name), **SHAPE).validate()
@@ -67,7 +70,9 @@ def main() -> None:
 
         t_ours = _time_steps(our_step, args.steps)
         t_theirs = _time_steps(their_step, args.steps)
-        print(f"{cfg.family:<10} {t_ours * 1e3:>9.1f} {t_theirs * 1e3:>16.1f} {t_ours / t_theirs:>12.2f}")
+        print(
+            f"{cfg.family:<10} {t_ours * 1e3:>9.1f} {t_theirs * 1e3:>16.1f} {t_ours / t_theirs:>12.2f}"
+        )
 
 
 if __name__ == "__main__":

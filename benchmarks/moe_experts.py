@@ -40,14 +40,23 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     base = get_model_config("mixtral-tiny")
-    cfg = replace(base, d_model=args.d_model, n_heads=4, n_kv_heads=2,
-                  moe=replace(base.moe, n_experts=args.experts, top_k=args.top_k,
-                              expert_hidden_size=args.hidden)).validate()
+    cfg = replace(
+        base,
+        d_model=args.d_model,
+        n_heads=4,
+        n_kv_heads=2,
+        moe=replace(
+            base.moe, n_experts=args.experts, top_k=args.top_k, expert_hidden_size=args.hidden
+        ),
+    ).validate()
     x = torch.randn(1, args.tokens, args.d_model)
 
-    hf_cfg = transformers.MixtralConfig(hidden_size=args.d_model, intermediate_size=args.hidden,
-                                        num_local_experts=args.experts,
-                                        num_experts_per_tok=args.top_k)
+    hf_cfg = transformers.MixtralConfig(
+        hidden_size=args.d_model,
+        intermediate_size=args.hidden,
+        num_local_experts=args.experts,
+        num_experts_per_tok=args.top_k,
+    )
     hf_cfg._experts_implementation = "eager"  # the per-expert loop of modeling_mixtral.py
     hf_block = transformers.models.mixtral.modeling_mixtral.MixtralSparseMoeBlock(hf_cfg)
     with torch.no_grad():
@@ -70,6 +79,7 @@ def main() -> None:
             out = out[0] if isinstance(out, tuple) else out
             out.square().mean().backward()
             module.zero_grad(set_to_none=True)
+
         return run
 
     with torch.no_grad():
@@ -77,9 +87,11 @@ def main() -> None:
         ref = ref[0] if isinstance(ref, tuple) else ref
         diff = max((ours[k](x) - ref).abs().max().item() for k in ours)
     t_hf = median_time(step(hf_block), args.steps)
-    print(f"MoE layer fwd+bwd, {args.tokens} tokens, d={args.d_model}, hidden={args.hidden}, "
-          f"{args.experts} experts top-{args.top_k}, fp32, {torch.get_num_threads()} threads; "
-          f"max |output diff| vs transformers {diff:.1e}")
+    print(
+        f"MoE layer fwd+bwd, {args.tokens} tokens, d={args.d_model}, hidden={args.hidden}, "
+        f"{args.experts} experts top-{args.top_k}, fp32, {torch.get_num_threads()} threads; "
+        f"max |output diff| vs transformers {diff:.1e}"
+    )
     print(f"{'implementation':<26} {'ms':>8} {'/ transformers':>15}")
     print(f"{'transformers Mixtral block':<26} {t_hf * 1e3:>8.1f} {1.0:>15.2f}")
     for name, module in ours.items():

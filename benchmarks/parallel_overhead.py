@@ -46,8 +46,13 @@ LAYOUTS = {
     "moe-EP2": (2, {"ep": 2}, MOE),
     "moe-EP2xTP2": (4, {"ep": 2, "tp": 2}, MOE),
 }
-BASELINE = {"single-bf16": "single-bf16", "TP2xPP2xDP2-bf16": "single-bf16",
-            "moe-single": "moe-single", "moe-EP2": "moe-single", "moe-EP2xTP2": "moe-single"}
+BASELINE = {
+    "single-bf16": "single-bf16",
+    "TP2xPP2xDP2-bf16": "single-bf16",
+    "moe-single": "moe-single",
+    "moe-EP2": "moe-single",
+    "moe-EP2xTP2": "moe-single",
+}
 
 
 def worker(args) -> None:
@@ -65,15 +70,16 @@ def worker(args) -> None:
     device = init_distributed(env, "cpu", timeout_s=300)
     cfg = dataclasses.replace(get_model_config(model), **overrides)
     pcfg = ParallelConfig(**fields)
-    layout = resolve_layout(pcfg, env.world_size, cfg, args.global_batch, args.micro_batch,
-                            args.seq_len)
+    layout = resolve_layout(
+        pcfg, env.world_size, cfg, args.global_batch, args.micro_batch, args.seq_len
+    )
     engine = build_engine(cfg, pcfg, layout, build_mesh(layout, "cpu"), device, seed=0)
     opt = torch.optim.AdamW(engine.optimizer_param_groups(0.1), lr=1e-3)
     data = _text(args.warmup + args.steps, args.global_batch, args.seq_len)
     lo = engine.dp_rank * layout.local_batch_size
     times = []
     for step in range(args.warmup + args.steps):
-        batch = data[step, lo:lo + layout.local_batch_size]
+        batch = data[step, lo : lo + layout.local_batch_size]
         torch.distributed.barrier()  # time the slowest rank: everyone starts together
         t0 = time.perf_counter()
         engine.forward_backward(batch[:, :-1], batch[:, 1:])
@@ -115,13 +121,22 @@ def run_layout(name: str, args) -> float:
     procs = []
     with tempfile.TemporaryDirectory() as tmp:
         for rank in range(world):
-            env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                       LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                       OMP_NUM_THREADS="1",
-                       PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+            env = dict(
+                os.environ,
+                RANK=str(rank),
+                WORLD_SIZE=str(world),
+                LOCAL_RANK=str(rank),
+                LOCAL_WORLD_SIZE=str(world),
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(port),
+                OMP_NUM_THREADS="1",
+                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            )
             cmd = [sys.executable, __file__, "--worker", name] + _passthrough(args)
             log = open(Path(tmp) / f"rank{rank}.log", "w+")
-            procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+            procs.append(
+                (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log)
+            )
         codes = [p.wait() for p, _ in procs]
         out = []
         for _, log in procs:
@@ -129,15 +144,26 @@ def run_layout(name: str, args) -> float:
             out.append(log.read())
             log.close()
     if any(codes):
-        raise SystemExit(f"{name}: exit codes {codes}\n{out[codes.index(next(c for c in codes if c))][-3000:]}")
+        raise SystemExit(
+            f"{name}: exit codes {codes}\n{out[codes.index(next(c for c in codes if c))][-3000:]}"
+        )
     line = next(l for l in out[0].splitlines() if l.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])["median_s"]
+    return json.loads(line[len("RESULT ") :])["median_s"]
 
 
 def _passthrough(args) -> list[str]:
-    return ["--steps", str(args.steps), "--warmup", str(args.warmup), "--seq-len",
-            str(args.seq_len), "--global-batch", str(args.global_batch), "--micro-batch",
-            str(args.micro_batch)]
+    return [
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--seq-len",
+        str(args.seq_len),
+        "--global-batch",
+        str(args.global_batch),
+        "--micro-batch",
+        str(args.micro_batch),
+    ]
 
 
 def main() -> None:
@@ -162,17 +188,25 @@ def main() -> None:
     for n in order:
         t0 = time.time()
         medians[n] = run_layout(n, args)
-        print(f"  {n:<22} world {LAYOUTS[n][0]}: median step {medians[n] * 1000:8.1f} ms "
-              f"({time.time() - t0:.0f}s incl. start-up)", file=sys.stderr, flush=True)
-    print(f"\nglobal batch {args.global_batch} x {args.seq_len} tokens, micro-batch "
-          f"{args.micro_batch}, median of {args.steps} steps after {args.warmup} warm-up; "
-          f"{os.cpu_count()} CPU cores")
-    print(f"| layout | world | model | step ms | x single process |")
-    print(f"|---|---|---|---|---|")
+        print(
+            f"  {n:<22} world {LAYOUTS[n][0]}: median step {medians[n] * 1000:8.1f} ms "
+            f"({time.time() - t0:.0f}s incl. start-up)",
+            file=sys.stderr,
+            flush=True,
+        )
+    print(
+        f"\nglobal batch {args.global_batch} x {args.seq_len} tokens, micro-batch "
+        f"{args.micro_batch}, median of {args.steps} steps after {args.warmup} warm-up; "
+        f"{os.cpu_count()} CPU cores"
+    )
+    print("| layout | world | model | step ms | x single process |")
+    print("|---|---|---|---|---|")
     for n in order:
         base = BASELINE.get(n, "single")
-        print(f"| {n} | {LAYOUTS[n][0]} | {LAYOUTS[n][2][0]} | {medians[n] * 1000:.1f} | "
-              f"{medians[n] / medians[base]:.2f} (vs {base}) |")
+        print(
+            f"| {n} | {LAYOUTS[n][0]} | {LAYOUTS[n][2][0]} | {medians[n] * 1000:.1f} | "
+            f"{medians[n] / medians[base]:.2f} (vs {base}) |"
+        )
 
 
 if __name__ == "__main__":

@@ -37,13 +37,22 @@ def main() -> None:
         for i, prec in enumerate(PRECISIONS, 1):
             losses = {}
             for mb in (2, 4):
-                spec = {"model": "llama3-tiny", "model_overrides": {"n_layers": 4},
-                        "steps": args.steps, "global_batch": 8, "micro_batch": mb, "seq_len": 32,
-                        "runs": [{"name": f"{prec} mb{mb}", "parallel": {"precision": prec}}]}
+                spec = {
+                    "model": "llama3-tiny",
+                    "model_overrides": {"n_layers": 4},
+                    "steps": args.steps,
+                    "global_batch": 8,
+                    "micro_batch": mb,
+                    "seq_len": 32,
+                    "runs": [{"name": f"{prec} mb{mb}", "parallel": {"precision": prec}}],
+                }
                 losses[mb] = launch(1, spec, Path(tmp) / f"{prec}-{mb}")[0]["losses"]
             floors[prec] = max(rel(a, b) for a, b in zip(losses[2], losses[4]))
-            print(f"[{i}/{len(PRECISIONS)}] {prec}: micro-batches of 2 vs 4, largest relative loss "
-                  f"difference over {args.steps} steps {floors[prec]:.1e}", flush=True)
+            print(
+                f"[{i}/{len(PRECISIONS)}] {prec}: micro-batches of 2 vs 4, largest relative loss "
+                f"difference over {args.steps} steps {floors[prec]:.1e}",
+                flush=True,
+            )
     print("\n| precision | noise floor (micro-batch 2 vs 4) | / bf16 |\n|---|---|---|")
     for prec, floor in floors.items():
         print(f"| {prec} | {floor:.1e} | {floor / floors['bf16']:.1f} |")

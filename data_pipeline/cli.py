@@ -53,8 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         argv = argv[1:]
     for a in argv:
         if "=" not in a and not a.startswith("-") and a not in WORDS:
-            print(f"pretrain data: unknown word {a!r}; use one of {', '.join(WORDS)}, list, config, "
-                  "or key=value overrides", file=sys.stderr)
+            print(
+                f"pretrain data: unknown word {a!r}; use one of {', '.join(WORDS)}, list, config, "
+                "or key=value overrides",
+                file=sys.stderr,
+            )
             return 2
     _, pipeline, overrides = _split(argv)
     try:
@@ -75,13 +78,19 @@ def run_pipeline(cfg) -> int:
     t0 = time.time()
     run = prepare_run(cfg)
     specs = run.selected(cfg.stage)
-    print(f"pretrain data: pipeline {cfg.name}, {run.n} input file(s) -> {run.dir}; stages: "
-          + ", ".join(f"{s.name}[{s.n}]" for s in specs), file=sys.stderr)
+    print(
+        f"pretrain data: pipeline {cfg.name}, {run.n} input file(s) -> {run.dir}; stages: "
+        + ", ".join(f"{s.name}[{s.n}]" for s in specs),
+        file=sys.stderr,
+    )
     try:
         if cfg.executor.type == "slurm":
             SlurmExecutor().run(run, specs)
             if not cfg.executor.slurm.wait:
-                print("submitted; the report will be in report.json when the last job ends", file=sys.stderr)
+                print(
+                    "submitted; the report will be in report.json when the last job ends",
+                    file=sys.stderr,
+                )
                 return 0
         else:
             ex = LocalExecutor(cfg.executor.workers, cfg.executor.progress)
@@ -100,7 +109,9 @@ def run_pipeline(cfg) -> int:
             print("pretrain data: accounting does not balance; see report.json", file=sys.stderr)
             return 1
     else:
-        print(f"done: {', '.join(s.name for s in specs)} in {time.time() - t0:.1f}s", file=sys.stderr)
+        print(
+            f"done: {', '.join(s.name for s in specs)} in {time.time() - t0:.1f}s", file=sys.stderr
+        )
     return 0
 
 

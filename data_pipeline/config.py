@@ -18,7 +18,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
@@ -45,7 +45,9 @@ class InputConfig:
 @dataclass
 class OutputConfig:
     dir: str = ""
-    write_npy: bool = False  # also write OLMo-style raw token arrays (.npy memmaps) beside .bin/.idx
+    write_npy: bool = (
+        False  # also write OLMo-style raw token arrays (.npy memmaps) beside .bin/.idx
+    )
 
 
 @dataclass
@@ -323,57 +325,97 @@ def validate(pc: PipelineConfig, need_inputs: bool = True) -> PipelineConfig:
         if not cond:
             raise PipelineConfigError(msg)
 
-    need(pc.stage == "all" or pc.stage in STAGES,
-         f"stage={pc.stage!r} is not a stage; use all or one of {', '.join(STAGES)}")
-    need(bool(pc.output.dir), "output.dir is not set; add output.dir=DIR (where shards and report.json go)")
+    need(
+        pc.stage == "all" or pc.stage in STAGES,
+        f"stage={pc.stage!r} is not a stage; use all or one of {', '.join(STAGES)}",
+    )
+    need(
+        bool(pc.output.dir),
+        "output.dir is not set; add output.dir=DIR (where shards and report.json go)",
+    )
     if need_inputs and pc.stage in ("all", "ingest"):
-        need(bool(pc.input.paths),
-             "input.paths is empty; add input.paths=[GLOB,...], e.g. input.paths=[data/*.jsonl.gz]")
+        need(
+            bool(pc.input.paths),
+            "input.paths is empty; add input.paths=[GLOB,...], e.g. input.paths=[data/*.jsonl.gz]",
+        )
         files = expand_inputs(pc.input.paths)
-        need(bool(files), f"input.paths={list(pc.input.paths)} matches no file or folder; check the globs")
-    need(pc.input.format in INPUT_FORMATS,
-         f"input.format={pc.input.format!r} is not one of {', '.join(INPUT_FORMATS)}")
+        need(
+            bool(files),
+            f"input.paths={list(pc.input.paths)} matches no file or folder; check the globs",
+        )
+    need(
+        pc.input.format in INPUT_FORMATS,
+        f"input.format={pc.input.format!r} is not one of {', '.join(INPUT_FORMATS)}",
+    )
     need(pc.input.max_doc_bytes > 0, "input.max_doc_bytes must be positive")
-    need(pc.executor.type in ("local", "slurm"),
-         f"executor.type={pc.executor.type!r}: use local or slurm")
+    need(
+        pc.executor.type in ("local", "slurm"),
+        f"executor.type={pc.executor.type!r}: use local or slurm",
+    )
     need(pc.executor.workers >= 0, "executor.workers must be >= 0 (0 = number of CPUs)")
     lang = pc.taggers.lang
     if lang.enabled and lang.model_path:
-        need(Path(lang.model_path).is_file(),
-             f"taggers.lang.model_path={lang.model_path} does not exist; leave it empty for the bundled lid.176.ftz")
+        need(
+            Path(lang.model_path).is_file(),
+            f"taggers.lang.model_path={lang.model_path} does not exist; leave it empty for the bundled lid.176.ftz",
+        )
     if lang.enabled and lang.cld2:
         try:
             import pycld2  # noqa: F401
         except ImportError:
-            raise PipelineConfigError("taggers.lang.cld2=true needs pycld2; pip install pycld2") from None
+            raise PipelineConfigError(
+                "taggers.lang.cld2=true needs pycld2; pip install pycld2"
+            ) from None
     need(lang.top_k >= 1, "taggers.lang.top_k must be >= 1")
     for bl in pc.taggers.content.url_blocklists:
-        need(Path(bl).is_file(), f"taggers.content.url_blocklists: {bl} does not exist; fix the path")
+        need(
+            Path(bl).is_file(), f"taggers.content.url_blocklists: {bl} does not exist; fix the path"
+        )
     if pc.taggers.content.badwords_dir:
-        need(Path(pc.taggers.content.badwords_dir).is_dir(),
-             f"taggers.content.badwords_dir={pc.taggers.content.badwords_dir} is not a folder")
+        need(
+            Path(pc.taggers.content.badwords_dir).is_dir(),
+            f"taggers.content.badwords_dir={pc.taggers.content.badwords_dir} is not a folder",
+        )
     mh = pc.dedup.minhash
-    need(mh.ngram >= 1 and mh.bands >= 1 and mh.rows >= 1 and mh.partitions >= 1,
-         "dedup.minhash.ngram, bands, rows and partitions must all be >= 1")
+    need(
+        mh.ngram >= 1 and mh.bands >= 1 and mh.rows >= 1 and mh.partitions >= 1,
+        "dedup.minhash.ngram, bands, rows and partitions must all be >= 1",
+    )
     para = pc.dedup.paragraph
     if pc.dedup.enabled and para.enabled:
-        need(0 < para.false_positive_rate < 1, "dedup.paragraph.false_positive_rate must be in (0, 1)")
+        need(
+            0 < para.false_positive_rate < 1,
+            "dedup.paragraph.false_positive_rate must be in (0, 1)",
+        )
         need(para.expected_paragraphs > 0, "dedup.paragraph.expected_paragraphs must be positive")
         bits, k = bloom_size(para.expected_paragraphs, para.false_positive_rate)
         mb = bits / 8 / 2**20
-        need(mb <= para.max_memory_mb,
-             f"the paragraph Bloom filter needs {mb:,.1f} MB for {para.expected_paragraphs:,} paragraphs "
-             f"at false-positive rate {para.false_positive_rate:g}, over dedup.paragraph.max_memory_mb="
-             f"{para.max_memory_mb}; raise max_memory_mb, lower expected_paragraphs or raise the rate")
+        need(
+            mb <= para.max_memory_mb,
+            f"the paragraph Bloom filter needs {mb:,.1f} MB for {para.expected_paragraphs:,} paragraphs "
+            f"at false-positive rate {para.false_positive_rate:g}, over dedup.paragraph.max_memory_mb="
+            f"{para.max_memory_mb}; raise max_memory_mb, lower expected_paragraphs or raise the rate",
+        )
     for rule in pc.mixer.filters:
         need(bool(rule.name), "every mixer.filters entry needs a name (it is the removal reason)")
-        need(rule.step in STEPS, f"mixer.filters[{rule.name}].step={rule.step!r}: use one of {', '.join(STEPS)}")
-        need(bool(rule.exclude) != bool(rule.include),
-             f"mixer.filters[{rule.name}]: give exactly one of exclude or include")
+        need(
+            rule.step in STEPS,
+            f"mixer.filters[{rule.name}].step={rule.step!r}: use one of {', '.join(STEPS)}",
+        )
+        need(
+            bool(rule.exclude) != bool(rule.include),
+            f"mixer.filters[{rule.name}]: give exactly one of exclude or include",
+        )
         parse_expr(rule.exclude or rule.include)
     for rep in pc.mixer.replacements:
-        need(bool(rep.name) and bool(rep.attribute), "every mixer.replacements entry needs name and attribute")
-    need(bool(pc.mixer.sources), "mixer.sources is empty; give at least one source (name: all, match: '*')")
+        need(
+            bool(rep.name) and bool(rep.attribute),
+            "every mixer.replacements entry needs name and attribute",
+        )
+    need(
+        bool(pc.mixer.sources),
+        "mixer.sources is empty; give at least one source (name: all, match: '*')",
+    )
     names = [s.name for s in pc.mixer.sources]
     need(len(set(names)) == len(names), f"mixer.sources names repeat: {names}")
     for s in pc.mixer.sources:
@@ -382,25 +424,37 @@ def validate(pc: PipelineConfig, need_inputs: bool = True) -> PipelineConfig:
         for e in [*s.include, *s.exclude]:
             parse_expr(e)
     if any(s.weight > 0 for s in pc.mixer.sources):
-        need(pc.mixer.total_tokens > 0,
-             "mixer.sources have weights but mixer.total_tokens is 0; set mixer.total_tokens=N")
+        need(
+            pc.mixer.total_tokens > 0,
+            "mixer.sources have weights but mixer.total_tokens is 0; set mixer.total_tokens=N",
+        )
     need(pc.mixer.max_shard_bytes > 0, "mixer.max_shard_bytes must be positive")
     need(pc.mixer.bytes_per_token > 0, "mixer.bytes_per_token must be positive")
     tok = pc.tokenizer
     if tok.path:
         p = Path(tok.path)
-        need(p.is_file(), f"tokenizer.path={tok.path} does not exist; give a tokenizer.json or .model, "
-             "or leave it empty to train one")
-        need(p.suffix in (".json", ".model"),
-             f"tokenizer.path={tok.path}: expected a tokenizer.json (HF tokenizers) or a .model (sentencepiece)")
+        need(
+            p.is_file(),
+            f"tokenizer.path={tok.path} does not exist; give a tokenizer.json or .model, "
+            "or leave it empty to train one",
+        )
+        need(
+            p.suffix in (".json", ".model"),
+            f"tokenizer.path={tok.path}: expected a tokenizer.json (HF tokenizers) or a .model (sentencepiece)",
+        )
     else:
-        need(tok.train.vocab_size >= 300, "tokenizer.train.vocab_size must be >= 300 (256 bytes + merges)")
-    need(tok.batch_size > 0 and tok.max_tokens_per_shard > 0,
-         "tokenizer.batch_size and tokenizer.max_tokens_per_shard must be positive")
+        need(
+            tok.train.vocab_size >= 300,
+            "tokenizer.train.vocab_size must be >= 300 (256 bytes + merges)",
+        )
+    need(
+        tok.batch_size > 0 and tok.max_tokens_per_shard > 0,
+        "tokenizer.batch_size and tokenizer.max_tokens_per_shard must be positive",
+    )
     return pc
 
 
-def get_path(obj: dict, dotted: str) -> Optional[Any]:
+def get_path(obj: dict, dotted: str) -> Any | None:
     cur: Any = obj
     for part in dotted.split("."):
         if not isinstance(cur, dict) or part not in cur:

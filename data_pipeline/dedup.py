@@ -11,7 +11,7 @@ Connected components use scipy.sparse.csgraph (a well-kept C implementation).
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import xxhash
@@ -38,13 +38,17 @@ class MinHasher:
         words = normalize_words(text)
         if not words:
             return np.zeros(0, dtype=np.uint64)
-        ids = np.fromiter((xxhash.xxh64_intdigest(w.encode("utf-8", "surrogatepass")) for w in words), dtype=np.uint64, count=len(words))
+        ids = np.fromiter(
+            (xxhash.xxh64_intdigest(w.encode("utf-8", "surrogatepass")) for w in words),
+            dtype=np.uint64,
+            count=len(words),
+        )
         n = min(self.ngram, len(ids))  # a short document is one shingle of all its words
         m = len(ids) - n + 1
         h = np.zeros(m, dtype=np.uint64)
         with np.errstate(over="ignore"):
             for j in range(n):
-                h = (h * np.uint64(0x100000001B3)) ^ ids[j:j + m]
+                h = (h * np.uint64(0x100000001B3)) ^ ids[j : j + m]
             # finalise (splitmix64) and keep 32 bits
             h ^= h >> np.uint64(31)
             h *= np.uint64(0x7FB5D329728EA185)
@@ -55,7 +59,7 @@ class MinHasher:
         sh = self.shingles(text)
         sig = np.full(self.num_perm, np.uint32(0xFFFFFFFF), dtype=np.uint32)
         for i in range(0, len(sh), 4096):  # bounded memory on huge documents
-            block = sh[i:i + 4096, None]
+            block = sh[i : i + 4096, None]
             hv = (block * self.a[None, :] + self.b[None, :]) % MERSENNE
             sig = np.minimum(sig, (hv & np.uint64(0xFFFFFFFF)).min(axis=0).astype(np.uint32))
         return sig
@@ -64,7 +68,9 @@ class MinHasher:
         """(docs x hashes) uint32 -> (docs x bands) uint64 key per band (the band number is mixed in)."""
         n = sigs.shape[0]
         s = sigs.reshape(n, self.bands, self.rows).astype(np.uint64)
-        h = np.broadcast_to(np.arange(self.bands, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15), (n, self.bands)).copy()
+        h = np.broadcast_to(
+            np.arange(self.bands, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15), (n, self.bands)
+        ).copy()
         with np.errstate(over="ignore"):
             for r in range(self.rows):
                 h = (h ^ s[:, :, r]) * np.uint64(0x100000001B3)
@@ -142,7 +148,9 @@ class BloomFilter:
         keys = list(keys)
         if not keys:
             return np.zeros(0, dtype=bool)
-        hh = np.frombuffer(b"".join(xxhash.xxh3_128_digest(k) for k in keys), dtype=np.uint64).reshape(-1, 2)
+        hh = np.frombuffer(
+            b"".join(xxhash.xxh3_128_digest(k) for k in keys), dtype=np.uint64
+        ).reshape(-1, 2)
         h1, h2 = hh[:, 0].copy(), hh[:, 1].copy()
         idx = self._indices(h1, h2)
         byte, bit = idx >> np.uint64(3), (idx & np.uint64(7)).astype(np.uint8)

@@ -18,10 +18,10 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 from tqdm import tqdm  # progress bar with rate and ETA, works in logs and terminals
 
@@ -43,7 +43,7 @@ def marker_path(out_dir: Path, stage: str, i: int) -> Path:
     return out_dir / "_work" / "markers" / stage / f"{i:05d}.json"
 
 
-def read_marker(out_dir: Path, stage: str, i: int) -> Optional[dict]:
+def read_marker(out_dir: Path, stage: str, i: int) -> dict | None:
     p = marker_path(out_dir, stage, i)
     try:
         return json.loads(p.read_text())
@@ -60,7 +60,9 @@ def write_marker(out_dir: Path, stage: str, i: int, fingerprint: str, stats: dic
     p = marker_path(out_dir, stage, i)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"fingerprint": fingerprint, "stats": stats, "finished": time.time()}))
+    tmp.write_text(
+        json.dumps({"fingerprint": fingerprint, "stats": stats, "finished": time.time()})
+    )
     os.replace(tmp, p)
 
 
@@ -120,14 +122,23 @@ def _pool_task(out_dir: str, stage: str, i: int) -> dict:
     try:
         return run_task(out_dir, stage, i, sink)
     except Exception as err:
-        raise TaskFailed(f"{stage} task {i} failed: {type(err).__name__}: {err}\n{traceback.format_exc()}") from None
+        raise TaskFailed(
+            f"{stage} task {i} failed: {type(err).__name__}: {err}\n{traceback.format_exc()}"
+        ) from None
 
 
 def _bar(spec: StageSpec, enabled: bool) -> tqdm:
-    return tqdm(total=spec.total or None, desc=f"{spec.name:16s}", unit="doc", disable=not enabled,
-                dynamic_ncols=True, mininterval=0.5, file=sys.stderr,
-                bar_format="{desc} {percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt} docs "
-                           "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+    return tqdm(
+        total=spec.total or None,
+        desc=f"{spec.name:16s}",
+        unit="doc",
+        disable=not enabled,
+        dynamic_ncols=True,
+        mininterval=0.5,
+        file=sys.stderr,
+        bar_format="{desc} {percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt} docs "
+        "[{elapsed}<{remaining}, {rate_fmt}{postfix}]",
+    )
 
 
 class LocalExecutor:
@@ -156,7 +167,9 @@ class LocalExecutor:
             bar.set_postfix_str(f"{mb[0] / dt / 1e6:.2f} MB/s", refresh=False)
 
         if skipped:
-            bar.write(f"{spec.name}: {skipped} of {spec.n} tasks already complete, {len(todo)} to run")
+            bar.write(
+                f"{spec.name}: {skipped} of {spec.n} tasks already complete, {len(todo)} to run"
+            )
         workers = min(self.workers, len(todo))
         try:
             if workers <= 1:
@@ -171,7 +184,9 @@ class LocalExecutor:
                 # (spawn cost seconds per stage on 2 cores). Children disable tokenizer threads.
                 ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")
                 q = ctx.Queue()
-                with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(q,)) as pool:
+                with ProcessPoolExecutor(
+                    workers, mp_context=ctx, initializer=_init_worker, initargs=(q,)
+                ) as pool:
                     futs = {pool.submit(_pool_task, str(run.dir), spec.name, i): i for i in todo}
                     pending = set(futs)
                     while pending:
@@ -197,7 +212,8 @@ def sbatch_script(run, spec: StageSpec, indices: list[int]) -> str:
     lines = [
         "#!/bin/bash",
         f"#SBATCH --job-name=dp-{spec.name}",
-        f"#SBATCH --array={compress_ranges(indices)}" + (f"%{sc.max_parallel}" if sc.max_parallel else ""),
+        f"#SBATCH --array={compress_ranges(indices)}"
+        + (f"%{sc.max_parallel}" if sc.max_parallel else ""),
         f"#SBATCH --output={logs}/{spec.name}-%A_%a.out",
         "#SBATCH --ntasks=1",
         f"#SBATCH --cpus-per-task={sc.cpus_per_task}",
@@ -246,7 +262,7 @@ class SlurmExecutor:
     def submit(self, run, specs: list[StageSpec]) -> list[tuple[str, str]]:
         sdir = run.dir / "_work" / "slurm"
         (sdir / "logs").mkdir(parents=True, exist_ok=True)
-        prev: Optional[str] = None
+        prev: str | None = None
         jobs: list[tuple[str, str]] = []
         for spec in specs:
             todo = [i for i in range(spec.n) if not is_done(run.dir, spec, i)]
@@ -263,21 +279,39 @@ class SlurmExecutor:
             if res.returncode != 0:
                 raise TaskFailed(f"sbatch failed for stage {spec.name}: {res.stderr.strip()}")
             job = res.stdout.strip().split(";")[0]
-            print(f"{spec.name}: submitted job array {job} ({len(todo)} tasks"
-                  + (f", after {prev}" if prev else "") + ")", file=sys.stderr)
+            print(
+                f"{spec.name}: submitted job array {job} ({len(todo)} tasks"
+                + (f", after {prev}" if prev else "")
+                + ")",
+                file=sys.stderr,
+            )
             jobs.append((spec.name, job))
             prev = job
         return jobs
 
-    def wait(self, run, specs: list[StageSpec], jobs: list[tuple[str, str]], poll_s: float = 2.0,
-             timeout_s: float = 0) -> None:
+    def wait(
+        self,
+        run,
+        specs: list[StageSpec],
+        jobs: list[tuple[str, str]],
+        poll_s: float = 2.0,
+        timeout_s: float = 0,
+    ) -> None:
         ids = ",".join(j for _, j in jobs)
         t0 = time.monotonic()
         total = sum(s.n for s in specs)
-        with tqdm(total=total, desc="slurm tasks", unit="task", file=sys.stderr, mininterval=1.0,
-                  disable=not run.cfg.executor.progress) as bar:
+        with tqdm(
+            total=total,
+            desc="slurm tasks",
+            unit="task",
+            file=sys.stderr,
+            mininterval=1.0,
+            disable=not run.cfg.executor.progress,
+        ) as bar:
             while ids:
-                res = subprocess.run([self.squeue, "-h", "-j", ids, "-o", "%i %t %r"], capture_output=True, text=True)
+                res = subprocess.run(
+                    [self.squeue, "-h", "-j", ids, "-o", "%i %t %r"], capture_output=True, text=True
+                )
                 done = sum(1 for s in specs for i in range(s.n) if is_done(run.dir, s, i))
                 bar.n = done
                 bar.refresh()
@@ -294,7 +328,9 @@ class SlurmExecutor:
         missing = [(s.name, i) for s in specs for i in range(s.n) if not is_done(run.dir, s, i)]
         if missing:
             logs = run.dir / "_work" / "slurm" / "logs"
-            raise TaskFailed(f"{len(missing)} Slurm tasks did not complete, first: {missing[:5]}; see {logs}")
+            raise TaskFailed(
+                f"{len(missing)} Slurm tasks did not complete, first: {missing[:5]}; see {logs}"
+            )
 
     def run(self, run, specs: list[StageSpec]) -> None:
         jobs = self.submit(run, specs)

@@ -15,10 +15,11 @@ import io
 import json
 import os
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 import zstandard  # zstd: the format Dolma ships; the reference binding (Python-zstandard)
 
@@ -30,7 +31,7 @@ _CTRL = set(range(0, 32)) - {9, 10, 13}
 
 @dataclass
 class Record:
-    doc: Optional[dict] = None
+    doc: dict | None = None
     reason: str = ""  # quarantine reason when doc is None
     where: str = ""  # file:line or file:row
     excerpt: str = ""
@@ -66,7 +67,11 @@ def detect_format(path: str, cfg: InputConfig) -> str:
         return cfg.format
     p = Path(path)
     if p.is_dir():
-        if (p / "state.json").exists() or (p / "dataset_dict.json").exists() or (p / "dataset_info.json").exists():
+        if (
+            (p / "state.json").exists()
+            or (p / "dataset_dict.json").exists()
+            or (p / "dataset_info.json").exists()
+        ):
             return "hf_disk"
         raise ValueError(f"{path} is a folder but not a Hugging Face save_to_disk dataset")
     name = p.name.lower()
@@ -88,28 +93,51 @@ class Normalizer:
     def __call__(self, row: Any, where: str, index: int, nbytes: int) -> Record:
         cfg = self.cfg
         if not isinstance(row, dict):
-            return Record(reason="not_a_json_object", where=where, excerpt=_excerpt(repr(row)), nbytes=nbytes)
+            return Record(
+                reason="not_a_json_object", where=where, excerpt=_excerpt(repr(row)), nbytes=nbytes
+            )
         if cfg.text_field not in row or row[cfg.text_field] is None:
-            return Record(reason="missing_text", where=where, excerpt=_excerpt(json.dumps(row)[:160]), nbytes=nbytes)
+            return Record(
+                reason="missing_text",
+                where=where,
+                excerpt=_excerpt(json.dumps(row)[:160]),
+                nbytes=nbytes,
+            )
         text = row[cfg.text_field]
         if not isinstance(text, str):
-            return Record(reason="non_string_text", where=where, excerpt=_excerpt(repr(text)), nbytes=nbytes)
+            return Record(
+                reason="non_string_text", where=where, excerpt=_excerpt(repr(text)), nbytes=nbytes
+            )
         if not text.strip():
             return Record(reason="empty_text", where=where, nbytes=nbytes)
         tbytes = len(text.encode("utf-8", errors="surrogatepass"))
         if tbytes > cfg.max_doc_bytes:
-            return Record(reason="document_too_large", where=where, excerpt=f"{tbytes} bytes", nbytes=nbytes)
+            return Record(
+                reason="document_too_large", where=where, excerpt=f"{tbytes} bytes", nbytes=nbytes
+            )
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:  # lone surrogates from \ud800 escapes in JSON
-            return Record(reason="invalid_utf8", where=where, excerpt=_excerpt(text.encode("utf-8", "backslashreplace")), nbytes=nbytes)
+            return Record(
+                reason="invalid_utf8",
+                where=where,
+                excerpt=_excerpt(text.encode("utf-8", "backslashreplace")),
+                nbytes=nbytes,
+            )
         if control_fraction(text) > cfg.max_control_char_fraction:
-            return Record(reason="binary_garbage", where=where, excerpt=_excerpt(text.encode("utf-8", "backslashreplace")), nbytes=nbytes)
+            return Record(
+                reason="binary_garbage",
+                where=where,
+                excerpt=_excerpt(text.encode("utf-8", "backslashreplace")),
+                nbytes=nbytes,
+            )
         meta = row.get("metadata")
         meta = dict(meta) if isinstance(meta, dict) else ({} if meta is None else {"value": meta})
         for k, v in row.items():  # keep extra columns (url, ...) in metadata
             if k not in (cfg.text_field, cfg.id_field, "source", "added", "created", "metadata"):
-                meta.setdefault(k, v if isinstance(v, (str, int, float, bool)) or v is None else str(v))
+                meta.setdefault(
+                    k, v if isinstance(v, (str, int, float, bool)) or v is None else str(v)
+                )
         rid = row.get(cfg.id_field)
         doc = {
             "id": str(rid) if rid not in (None, "") else f"{self.stem}-{index}",
@@ -122,7 +150,9 @@ class Normalizer:
         return Record(doc=doc, where=where, nbytes=nbytes)
 
 
-def read_jsonl(path: str, cfg: InputConfig, tell: Callable[[int], None] | None = None) -> Iterator[Record]:
+def read_jsonl(
+    path: str, cfg: InputConfig, tell: Callable[[int], None] | None = None
+) -> Iterator[Record]:
     norm = Normalizer(cfg, path)
     limit = cfg.max_doc_bytes + 2 * 2**20  # JSON escaping overhead on top of the text limit
     raw_file = open(path, "rb")
@@ -132,7 +162,9 @@ def read_jsonl(path: str, cfg: InputConfig, tell: Callable[[int], None] | None =
         if path.endswith(".gz"):
             return gzip.GzipFile(fileobj=raw_file, mode="rb")
         if path.endswith((".zst", ".zstd")):
-            return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw_file, closefd=False))
+            return io.BufferedReader(
+                zstandard.ZstdDecompressor().stream_reader(raw_file, closefd=False)
+            )
         return raw_file
 
     fh = stream()
@@ -142,8 +174,11 @@ def read_jsonl(path: str, cfg: InputConfig, tell: Callable[[int], None] | None =
             try:
                 line = fh.readline(limit)
             except (EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError, OSError) as err:
-                yield Record(reason="truncated_or_corrupt_file", where=f"{path}:{lineno + 1}",
-                             excerpt=f"{type(err).__name__}: {err}")
+                yield Record(
+                    reason="truncated_or_corrupt_file",
+                    where=f"{path}:{lineno + 1}",
+                    excerpt=f"{type(err).__name__}: {err}",
+                )
                 return
             if not line:
                 return
@@ -161,7 +196,12 @@ def read_jsonl(path: str, cfg: InputConfig, tell: Callable[[int], None] | None =
                             break
                 except (EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError, OSError):
                     pass
-                yield Record(reason="document_too_large", where=where, excerpt=f"line of {total} bytes", nbytes=total)
+                yield Record(
+                    reason="document_too_large",
+                    where=where,
+                    excerpt=f"line of {total} bytes",
+                    nbytes=total,
+                )
                 continue
             if not line.strip():
                 yield Record(reason="empty_line", where=where, nbytes=len(line))
@@ -169,7 +209,10 @@ def read_jsonl(path: str, cfg: InputConfig, tell: Callable[[int], None] | None =
             try:
                 s = line.decode("utf-8")
             except UnicodeDecodeError:
-                if b"\x00" in line or control_fraction(line.decode("latin-1")) > cfg.max_control_char_fraction:
+                if (
+                    b"\x00" in line
+                    or control_fraction(line.decode("latin-1")) > cfg.max_control_char_fraction
+                ):
                     reason = "binary_garbage"
                 else:
                     reason = "invalid_utf8"
@@ -178,8 +221,17 @@ def read_jsonl(path: str, cfg: InputConfig, tell: Callable[[int], None] | None =
             try:
                 row = json.loads(s)
             except json.JSONDecodeError as err:
-                reason = "binary_garbage" if control_fraction(s) > cfg.max_control_char_fraction else "malformed_json"
-                yield Record(reason=reason, where=where, excerpt=f"{err.msg}: {_excerpt(s)}", nbytes=len(line))
+                reason = (
+                    "binary_garbage"
+                    if control_fraction(s) > cfg.max_control_char_fraction
+                    else "malformed_json"
+                )
+                yield Record(
+                    reason=reason,
+                    where=where,
+                    excerpt=f"{err.msg}: {_excerpt(s)}",
+                    nbytes=len(line),
+                )
                 continue
             yield norm(row, where, lineno, len(line))
     finally:
@@ -187,7 +239,9 @@ def read_jsonl(path: str, cfg: InputConfig, tell: Callable[[int], None] | None =
         raw_file.close()
 
 
-def read_text(path: str, cfg: InputConfig, tell: Callable[[int], None] | None = None) -> Iterator[Record]:
+def read_text(
+    path: str, cfg: InputConfig, tell: Callable[[int], None] | None = None
+) -> Iterator[Record]:
     """A plain-text file is one document (its id is the file name)."""
     norm = Normalizer(cfg, path)
     size = os.path.getsize(path)
@@ -198,12 +252,19 @@ def read_text(path: str, cfg: InputConfig, tell: Callable[[int], None] | None = 
         with open_binary(path) as fh:
             data = fh.read(cfg.max_doc_bytes + 1)
     except (EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError, OSError) as err:
-        yield Record(reason="truncated_or_corrupt_file", where=path, excerpt=f"{type(err).__name__}: {err}")
+        yield Record(
+            reason="truncated_or_corrupt_file", where=path, excerpt=f"{type(err).__name__}: {err}"
+        )
         return
     if tell:
         tell(size)
     if len(data) > cfg.max_doc_bytes:
-        yield Record(reason="document_too_large", where=path, excerpt=f"over {cfg.max_doc_bytes} bytes", nbytes=len(data))
+        yield Record(
+            reason="document_too_large",
+            where=path,
+            excerpt=f"over {cfg.max_doc_bytes} bytes",
+            nbytes=len(data),
+        )
         return
     if b"\x00" in data:
         yield Record(reason="binary_garbage", where=path, excerpt=_excerpt(data), nbytes=len(data))
@@ -216,14 +277,18 @@ def read_text(path: str, cfg: InputConfig, tell: Callable[[int], None] | None = 
     yield norm({cfg.text_field: text, cfg.id_field: Path(path).name}, path, 0, len(data))
 
 
-def read_parquet(path: str, cfg: InputConfig, tell: Callable[[int], None] | None = None) -> Iterator[Record]:
+def read_parquet(
+    path: str, cfg: InputConfig, tell: Callable[[int], None] | None = None
+) -> Iterator[Record]:
     import pyarrow.parquet as pq  # the reference Parquet implementation
 
     norm = Normalizer(cfg, path)
     try:
         pf = pq.ParquetFile(path)
     except Exception as err:
-        yield Record(reason="truncated_or_corrupt_file", where=path, excerpt=f"{type(err).__name__}: {err}")
+        yield Record(
+            reason="truncated_or_corrupt_file", where=path, excerpt=f"{type(err).__name__}: {err}"
+        )
         return
     row = 0
     size = os.path.getsize(path)
@@ -231,7 +296,9 @@ def read_parquet(path: str, cfg: InputConfig, tell: Callable[[int], None] | None
         try:
             table = pf.read_row_group(rg)
         except Exception as err:
-            yield Record(reason="truncated_or_corrupt_file", where=f"{path}:rowgroup{rg}", excerpt=str(err))
+            yield Record(
+                reason="truncated_or_corrupt_file", where=f"{path}:rowgroup{rg}", excerpt=str(err)
+            )
             continue
         for r in table.to_pylist():
             yield norm(r, f"{path}:{row}", row, 0)
@@ -240,7 +307,9 @@ def read_parquet(path: str, cfg: InputConfig, tell: Callable[[int], None] | None
             tell(int(size * (rg + 1) / pf.num_row_groups))
 
 
-def read_hf(path: str, cfg: InputConfig, fmt: str, tell: Callable[[int], None] | None = None) -> Iterator[Record]:
+def read_hf(
+    path: str, cfg: InputConfig, fmt: str, tell: Callable[[int], None] | None = None
+) -> Iterator[Record]:
     import datasets  # Hugging Face datasets, local only (save_to_disk folders or local data files)
 
     norm = Normalizer(cfg, path)
@@ -259,7 +328,9 @@ def read_hf(path: str, cfg: InputConfig, fmt: str, tell: Callable[[int], None] |
             i += 1
 
 
-def read_input(path: str, cfg: InputConfig, tell: Callable[[int], None] | None = None) -> Iterator[Record]:
+def read_input(
+    path: str, cfg: InputConfig, tell: Callable[[int], None] | None = None
+) -> Iterator[Record]:
     fmt = detect_format(path, cfg)
     if fmt == "dolma":
         return read_jsonl(path, cfg, tell)
@@ -299,7 +370,7 @@ class AtomicJsonlWriter:
         self.fh.close()
         os.replace(self.tmp, self.path)
 
-    def __enter__(self) -> "AtomicJsonlWriter":
+    def __enter__(self) -> AtomicJsonlWriter:
         return self
 
     def __exit__(self, exc_type, *_: Any) -> None:

@@ -12,11 +12,17 @@ import fnmatch
 import math
 import operator
 from dataclasses import dataclass
-from typing import Optional
 
 from .config import FilterRule, MixerConfig, Replacement, SourceConfig, parse_expr
 
-OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne}
+OPS = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
 
 
 @dataclass
@@ -28,7 +34,7 @@ class Expr:
     text: str
 
     @classmethod
-    def parse(cls, text: str) -> "Expr":
+    def parse(cls, text: str) -> Expr:
         agg, attr, op, value = parse_expr(text)
         return cls(agg, attr, op, value, text)
 
@@ -62,7 +68,10 @@ class CompiledFilter:
 
 
 def compile_filters(rules: list[FilterRule]) -> list[CompiledFilter]:
-    return [CompiledFilter(r.name, r.step, Expr.parse(r.exclude or r.include), bool(r.exclude)) for r in rules]
+    return [
+        CompiledFilter(r.name, r.step, Expr.parse(r.exclude or r.include), bool(r.exclude))
+        for r in rules
+    ]
 
 
 STEP_ORDER = {"language": 0, "quality": 1, "content": 2, "dedup": 3}
@@ -74,16 +83,17 @@ class Mixer:
         # evaluate in the order of the six steps, so a removal is charged to the earliest step
         self.filters = sorted(compile_filters(list(cfg.filters)), key=lambda f: STEP_ORDER[f.step])
         self.source_rules = [
-            (s, [Expr.parse(e) for e in s.include], [Expr.parse(e) for e in s.exclude]) for s in cfg.sources
+            (s, [Expr.parse(e) for e in s.include], [Expr.parse(e) for e in s.exclude])
+            for s in cfg.sources
         ]
 
-    def source_of(self, doc: dict) -> Optional[SourceConfig]:
+    def source_of(self, doc: dict) -> SourceConfig | None:
         for s, _, _ in self.source_rules:
             if fnmatch.fnmatchcase(doc.get("source", ""), s.match):
                 return s
         return None
 
-    def decide(self, doc: dict, attrs: dict) -> tuple[Optional[SourceConfig], str, str, list[str]]:
+    def decide(self, doc: dict, attrs: dict) -> tuple[SourceConfig | None, str, str, list[str]]:
         """(source, step, reason, every rule that fired); reason '' = kept."""
         n = len(doc["text"])
         src = self.source_of(doc)
@@ -104,7 +114,9 @@ class Mixer:
         return src, "", "", names
 
 
-def apply_replacements(text: str, attrs: dict, reps: list[Replacement]) -> tuple[str, dict[str, int]]:
+def apply_replacements(
+    text: str, attrs: dict, reps: list[Replacement]
+) -> tuple[str, dict[str, int]]:
     """Replace spans (PII masks, duplicate paragraphs). Overlapping spans: the earlier-starting wins."""
     spans = []
     counts: dict[str, int] = {}

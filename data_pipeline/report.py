@@ -41,8 +41,12 @@ def build_report(run) -> dict:
     reps: dict[str, int] = {}
     per_source: dict[str, dict] = {}
     for s in mix:
-        for d_in, d_out in ((s["removed"], removed), (s["removed_bytes"], removed_bytes), (s["fired"], fired),
-                            (s["replacements"], reps)):
+        for d_in, d_out in (
+            (s["removed"], removed),
+            (s["removed_bytes"], removed_bytes),
+            (s["fired"], fired),
+            (s["replacements"], reps),
+        ):
             for k, v in d_in.items():
                 d_out[k] = d_out.get(k, 0) + v
         for src, ps in s["per_source"].items():
@@ -59,9 +63,12 @@ def build_report(run) -> dict:
     for k, v in removed.items():
         by_step[k.split(":", 1)[0]] = by_step.get(k.split(":", 1)[0], 0) + v
     kept_bytes = sum(ps.get("kept_bytes", 0) for ps in per_source.values())
-    bytes_per_token = (sum(ps.get("kept_bytes", 0) for ps in per_source.values()) / tokens) if tokens else None
-    removed_tokens_est = ({k: round(v / bytes_per_token) for k, v in removed_bytes.items()}
-                          if bytes_per_token else {})
+    bytes_per_token = (
+        (sum(ps.get("kept_bytes", 0) for ps in per_source.values()) / tokens) if tokens else None
+    )
+    removed_tokens_est = (
+        {k: round(v / bytes_per_token) for k, v in removed_bytes.items()} if bytes_per_token else {}
+    )
     qsum = sum(quarantined.values())
     rsum = sum(removed.values())
     report = {
@@ -126,11 +133,15 @@ def render_table(rep: dict) -> str:
     for col in ("source", "input", "kept", "removed", "output docs", "tokens"):
         s.add_column(col, justify="right" if col != "source" else "left")
     for src, ps in sorted(rep["per_source"].items()):
-        s.add_row(src, *(str(ps.get(k, 0)) for k in ("input", "kept", "removed", "output_docs", "tokens")))
+        s.add_row(
+            src, *(str(ps.get(k, 0)) for k in ("input", "kept", "removed", "output_docs", "tokens"))
+        )
     console.print(s)
     acc = rep["accounting"]
-    console.print(f"accounting: input {acc['input_docs']} = kept + removed + quarantined "
-                  f"{acc['kept_plus_removed_plus_quarantined']}: {'OK' if acc['balanced'] else 'MISMATCH'}")
+    console.print(
+        f"accounting: input {acc['input_docs']} = kept + removed + quarantined "
+        f"{acc['kept_plus_removed_plus_quarantined']}: {'OK' if acc['balanced'] else 'MISMATCH'}"
+    )
     return console.export_text()
 
 
@@ -141,7 +152,8 @@ def chart(rep: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     steps = [("input", 0), ("quarantine", rep["quarantined_docs"])] + [
-        (s, rep["removed_by_step"].get(s, 0)) for s in STEP_NAMES]
+        (s, rep["removed_by_step"].get(s, 0)) for s in STEP_NAMES
+    ]
     remaining = rep["input_docs"]
     labels, left, removed = [], [], []
     for name, n in steps[1:]:
@@ -154,7 +166,9 @@ def chart(rep: dict, path: Path) -> None:
     ax.bar(labels, removed, bottom=left, label="removed at this step", color="#dd8452")
     for x, (l, r) in enumerate(zip(left, removed)):
         ax.text(x, l + r, f"-{r}", ha="center", va="bottom", fontsize=8)
-    ax.set_title(f"{rep['input_docs']} input documents -> {rep['kept_docs']} kept, {rep['tokens']:,} tokens")
+    ax.set_title(
+        f"{rep['input_docs']} input documents -> {rep['kept_docs']} kept, {rep['tokens']:,} tokens"
+    )
     ax.set_ylabel("documents")
     ax.legend()
     fig.tight_layout()

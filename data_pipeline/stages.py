@@ -23,10 +23,10 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -139,7 +139,9 @@ def prepare_run(cfg: C.PipelineConfig) -> Run:
     load_run.cache_clear()
     run = Run(out, cfg, inputs)
     run.build_specs()
-    (work / "specs.json").write_text(json.dumps({k: vars(v) for k, v in run.specs.items()}, indent=1))
+    (work / "specs.json").write_text(
+        json.dumps({k: vars(v) for k, v in run.specs.items()}, indent=1)
+    )
     return run
 
 
@@ -180,8 +182,10 @@ def task_ingest(run: Run, i: int, prog) -> dict:
         prog(0, pos - last[0])
         last[0] = pos
 
-    with AtomicJsonlWriter(run.p("documents", shard(i) + ".jsonl.gz")) as dw, \
-            AtomicJsonlWriter(run.p("quarantine", shard(i) + ".jsonl.gz")) as qw:
+    with (
+        AtomicJsonlWriter(run.p("documents", shard(i) + ".jsonl.gz")) as dw,
+        AtomicJsonlWriter(run.p("quarantine", shard(i) + ".jsonl.gz")) as qw,
+    ):
         try:
             for rec in read_input(src, run.cfg.input, tell):
                 records += 1
@@ -193,15 +197,35 @@ def task_ingest(run: Run, i: int, prog) -> dict:
                         _crash_hook("ingest", i)
                 else:
                     counts[rec.reason] = counts.get(rec.reason, 0) + 1
-                    qw.write({"where": rec.where, "reason": rec.reason, "excerpt": rec.excerpt, "bytes": rec.nbytes})
+                    qw.write(
+                        {
+                            "where": rec.where,
+                            "reason": rec.reason,
+                            "excerpt": rec.excerpt,
+                            "bytes": rec.nbytes,
+                        }
+                    )
                 prog(1, 0)
         except Exception as err:  # a reader that cannot open the input at all: quarantine the file
             records += 1
             reason = "unreadable_input"
             counts[reason] = counts.get(reason, 0) + 1
-            qw.write({"where": src, "reason": reason, "excerpt": f"{type(err).__name__}: {err}"[:300], "bytes": 0})
-    return {"input": src, "records": records, "docs": docs, "text_bytes": nbytes,
-            "quarantined": counts, "quarantined_total": sum(counts.values())}
+            qw.write(
+                {
+                    "where": src,
+                    "reason": reason,
+                    "excerpt": f"{type(err).__name__}: {err}"[:300],
+                    "bytes": 0,
+                }
+            )
+    return {
+        "input": src,
+        "records": records,
+        "docs": docs,
+        "text_bytes": nbytes,
+        "quarantined": counts,
+        "quarantined_total": sum(counts.values()),
+    }
 
 
 # ---------------------------------------------------------------- tag
@@ -212,7 +236,9 @@ def task_tag(run: Run, i: int, prog) -> dict:
     from .taggers import TaggerSet
 
     tags = TaggerSet(run.cfg.taggers)
-    writers = {g: AtomicJsonlWriter(run.p("attributes", g, shard(i) + ".jsonl.gz")) for g in tags.groups}
+    writers = {
+        g: AtomicJsonlWriter(run.p("attributes", g, shard(i) + ".jsonl.gz")) for g in tags.groups
+    }
     n = 0
     for doc in read_docs(run.p("documents", shard(i) + ".jsonl.gz")):
         out = tags(doc)
@@ -249,7 +275,11 @@ def task_dedup_hash(run: Run, i: int, prog) -> dict:
         url.append(text_hash(u) if u else 0)
         url_ok.append(bool(u))
         lengths.append(len(t))
-        sigs.append(hasher.signature(t) if run.cfg.dedup.minhash.enabled else np.zeros(hasher.num_perm, np.uint32))
+        sigs.append(
+            hasher.signature(t)
+            if run.cfg.dedup.minhash.enabled
+            else np.zeros(hasher.num_perm, np.uint32)
+        )
         ids.append([doc["id"], doc["source"]])
         prog(1, len(t.encode("utf-8")))
     d = run.p("_work", "dedup")
@@ -257,8 +287,13 @@ def task_dedup_hash(run: Run, i: int, prog) -> dict:
     sig = np.stack(sigs) if sigs else np.zeros((0, hasher.num_perm), np.uint32)
     np.save(d / f"{shard(i)}.sig.tmp.npy", sig)
     os.replace(d / f"{shard(i)}.sig.tmp.npy", d / f"{shard(i)}.sig.npy")
-    np.savez(d / f"{shard(i)}.hash.tmp.npz", exact=np.array(exact, np.uint64), url=np.array(url, np.uint64),
-             url_ok=np.array(url_ok, bool), lengths=np.array(lengths, np.int64))
+    np.savez(
+        d / f"{shard(i)}.hash.tmp.npz",
+        exact=np.array(exact, np.uint64),
+        url=np.array(url, np.uint64),
+        url_ok=np.array(url_ok, bool),
+        lengths=np.array(lengths, np.int64),
+    )
     os.replace(d / f"{shard(i)}.hash.tmp.npz", d / f"{shard(i)}.hash.npz")
     with gzip.open(d / f"{shard(i)}.ids.json.gz.tmp", "wt") as fh:
         json.dump(ids, fh)
@@ -317,16 +352,23 @@ def task_dedup_cluster(run: Run, _: int, prog) -> dict:
         parts = [np.load(d / f"pairs-{p:04d}.npy") for p in range(dd.minhash.partitions)]
         pairs = np.concatenate(parts) if parts else np.zeros((0, 2), np.int64)
         if len(pairs) and dd.minhash.verify_threshold > 0:
-            sig = np.concatenate([np.load(d / f"{shard(i)}.sig.npy", mmap_mode="r") for i in range(run.n)])
+            sig = np.concatenate(
+                [np.load(d / f"{shard(i)}.sig.npy", mmap_mode="r") for i in range(run.n)]
+            )
             sim = (sig[pairs[:, 0]] == sig[pairs[:, 1]]).mean(axis=1)
             pairs = pairs[sim >= dd.minhash.verify_threshold]
         n_pairs = int(len(pairs))
         labels = components(N, pairs)
         mh_dup = duplicates_from_labels(labels)
         cluster_size = np.bincount(labels)[labels]
-    stats = {"docs": N, "exact_duplicates": int(exact_dup.sum()), "url_duplicates": int(url_dup.sum()),
-             "minhash_duplicates": int(mh_dup.sum()), "minhash_pairs": n_pairs,
-             "minhash_clusters": int(((cluster_size > 1) & ~mh_dup).sum())}
+    stats = {
+        "docs": N,
+        "exact_duplicates": int(exact_dup.sum()),
+        "url_duplicates": int(url_dup.sum()),
+        "minhash_duplicates": int(mh_dup.sum()),
+        "minhash_pairs": n_pairs,
+        "minhash_clusters": int(((cluster_size > 1) & ~mh_dup).sum()),
+    }
     for i in range(run.n):
         with gzip.open(d / f"{shard(i)}.ids.json.gz", "rt") as fh:
             ids = json.load(fh)
@@ -360,13 +402,17 @@ def task_dedup_paragraph(run: Run, _: int, prog) -> dict:
     bits, k = C.bloom_size(pc.expected_paragraphs, pc.false_positive_rate)
     need = bits // 8
     avail = psutil.virtual_memory().available
-    msg = (f"paragraph Bloom filter: {pc.expected_paragraphs:,} expected paragraphs at false-positive rate "
-           f"{pc.false_positive_rate:g} -> {bits:,} bits ({need / 2**20:,.1f} MB), {k} hashes; "
-           f"{avail / 2**20:,.0f} MB available")
+    msg = (
+        f"paragraph Bloom filter: {pc.expected_paragraphs:,} expected paragraphs at false-positive rate "
+        f"{pc.false_positive_rate:g} -> {bits:,} bits ({need / 2**20:,.1f} MB), {k} hashes; "
+        f"{avail / 2**20:,.0f} MB available"
+    )
     print(msg, file=sys.stderr)
     if need > pc.max_memory_mb * 2**20 or need > 0.8 * avail:
-        raise MemoryError(msg + "; does not fit: lower dedup.paragraph.expected_paragraphs, raise "
-                          "dedup.paragraph.false_positive_rate or run on a machine with more memory")
+        raise MemoryError(
+            msg + "; does not fit: lower dedup.paragraph.expected_paragraphs, raise "
+            "dedup.paragraph.false_positive_rate or run on a machine with more memory"
+        )
     bloom = BloomFilter(bits, k)
     total = dup = 0
     for i in range(run.n):
@@ -384,13 +430,24 @@ def task_dedup_paragraph(run: Run, _: int, prog) -> dict:
                 total += len(keys)
                 hit = [[s, e, 1.0] for (s, e), p in zip(spans, present) if p]
                 dup += len(hit)
-                w.write({"id": doc["id"], "source": doc["source"],
-                         "attributes": {"dedup__paragraph__duplicate": hit} if hit else {}})
+                w.write(
+                    {
+                        "id": doc["id"],
+                        "source": doc["source"],
+                        "attributes": {"dedup__paragraph__duplicate": hit} if hit else {},
+                    }
+                )
                 prog(1, len(t))
     fill = float(np.unpackbits(bloom.bits).mean()) if bits <= 2**33 else -1.0
-    return {"paragraphs": total, "duplicate_paragraphs": dup, "bloom_bits": bits, "bloom_hashes": k,
-            "bloom_mb": need / 2**20, "bloom_fill": fill,
-            "expected_fp_rate_at_fill": fill ** k if fill >= 0 else None}
+    return {
+        "paragraphs": total,
+        "duplicate_paragraphs": dup,
+        "bloom_bits": bits,
+        "bloom_hashes": k,
+        "bloom_mb": need / 2**20,
+        "bloom_fill": fill,
+        "expected_fp_rate_at_fill": fill**k if fill >= 0 else None,
+    }
 
 
 # ---------------------------------------------------------------- mix
@@ -400,8 +457,16 @@ def _attribute_groups(run: Run, i: int) -> list[Path]:
     """The attribute files of the taggers and dedup parts this config enables (stale files of a
     differently configured earlier run in the same folder are not read)."""
     tg = run.cfg.taggers
-    groups = [g for g, on in (("lang", tg.lang.enabled), ("quality", tg.quality.enabled),
-                              ("content", tg.content.enabled), ("random", tg.random.enabled)) if on]
+    groups = [
+        g
+        for g, on in (
+            ("lang", tg.lang.enabled),
+            ("quality", tg.quality.enabled),
+            ("content", tg.content.enabled),
+            ("random", tg.random.enabled),
+        )
+        if on
+    ]
     if run.cfg.dedup.enabled:
         groups.append("dedup")
         if run.cfg.dedup.paragraph.enabled:
@@ -419,8 +484,10 @@ def _iter_with_attrs(run: Run, i: int):
         for g, r in zip(groups, readers):
             row = next(r, None)
             if row is None or row["id"] != doc["id"]:
-                raise RuntimeError(f"attributes {g} are out of step with documents of {shard(i)} at id "
-                                   f"{doc['id']!r}; re-run the stage that wrote them")
+                raise RuntimeError(
+                    f"attributes {g} are out of step with documents of {shard(i)} at id "
+                    f"{doc['id']!r}; re-run the stage that wrote them"
+                )
             attrs.update(row["attributes"])
         yield doc, attrs
 
@@ -449,7 +516,9 @@ def source_rates(run: Run) -> dict[str, float]:
         return {s.name: s.rate for s in mc.sources}
     kept: dict[str, int] = {}
     for i in range(run.n):
-        for k, v in ((read_marker(run.dir, "mix-count", i) or {}).get("stats", {}).get("kept_bytes", {})).items():
+        for k, v in (
+            (read_marker(run.dir, "mix-count", i) or {}).get("stats", {}).get("kept_bytes", {})
+        ).items():
             kept[k] = kept.get(k, 0) + v
     wsum = sum(s.weight for s in mc.sources)
     rates = {}
@@ -469,8 +538,18 @@ def task_mix(run: Run, i: int, prog) -> dict:
     _clear(str(run.p("mixed", f"{shard(i)}-*.jsonl.gz")))
     removed_w = AtomicJsonlWriter(run.p("removed", shard(i) + ".jsonl.gz"))
     out_idx, out_w = 0, None
-    st = {"input": 0, "kept": 0, "output_docs": 0, "removed": {}, "removed_bytes": {}, "fired": {},
-          "replacements": {}, "per_source": {}, "rates": rates, "shards": 0}
+    st = {
+        "input": 0,
+        "kept": 0,
+        "output_docs": 0,
+        "removed": {},
+        "removed_bytes": {},
+        "fired": {},
+        "replacements": {},
+        "per_source": {},
+        "rates": rates,
+        "shards": 0,
+    }
 
     def bump(d: dict, k: str, v: int = 1) -> None:
         d[k] = d.get(k, 0) + v
@@ -491,8 +570,17 @@ def task_mix(run: Run, i: int, prog) -> dict:
         st["input"] += 1
         nb = len(doc["text"].encode("utf-8"))
         sname = src.name if src else "(none)"
-        ps = st["per_source"].setdefault(sname, {"input": 0, "kept": 0, "removed": 0, "output_docs": 0,
-                                                 "input_bytes": 0, "kept_bytes": 0})
+        ps = st["per_source"].setdefault(
+            sname,
+            {
+                "input": 0,
+                "kept": 0,
+                "removed": 0,
+                "output_docs": 0,
+                "input_bytes": 0,
+                "kept_bytes": 0,
+            },
+        )
         ps["input"] += 1
         ps["input_bytes"] += nb
         for f in fired:
@@ -507,6 +595,7 @@ def task_mix(run: Run, i: int, prog) -> dict:
                 u = attrs.get(rand_key, [[0, 0, None]])[0][2]
                 if u is None:
                     import xxhash
+
                     u = xxhash.xxh64_intdigest(doc["id"].encode("utf-8", "surrogatepass")) / 2.0**64
                 k = copies(rates.get(sname, 1.0), u)
                 if k == 0:
@@ -516,7 +605,13 @@ def task_mix(run: Run, i: int, prog) -> dict:
                     ps["kept"] += 1
                     ps["kept_bytes"] += nb
                     for c in range(k):
-                        emit({**doc, "text": text, "id": doc["id"] if c == 0 else f"{doc['id']}#epoch{c}"})
+                        emit(
+                            {
+                                **doc,
+                                "text": text,
+                                "id": doc["id"] if c == 0 else f"{doc['id']}#epoch{c}",
+                            }
+                        )
                         st["output_docs"] += 1
                         ps["output_docs"] += 1
                         if st["output_docs"] == 2:
@@ -525,7 +620,15 @@ def task_mix(run: Run, i: int, prog) -> dict:
         bump(st["removed"], f"{step}:{reason}")
         bump(st["removed_bytes"], f"{step}:{reason}", nb)
         ps["removed"] += 1
-        removed_w.write({"id": doc["id"], "source": doc["source"], "step": step, "reason": reason, "fired": fired})
+        removed_w.write(
+            {
+                "id": doc["id"],
+                "source": doc["source"],
+                "step": step,
+                "reason": reason,
+                "fired": fired,
+            }
+        )
     if out_w is not None:
         out_w.close()
     removed_w.close()
@@ -580,7 +683,9 @@ def task_tokenize(run: Run, i: int, prog) -> dict:
     out_dir = run.p("tokens")
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear(str(out_dir / f"{shard(i)}-*"))
-    w = ShardWriter(str(out_dir / shard(i)), tok.vocab_size, tc.max_tokens_per_shard, run.cfg.output.write_npy)
+    w = ShardWriter(
+        str(out_dir / shard(i)), tok.vocab_size, tc.max_tokens_per_shard, run.cfg.output.write_npy
+    )
     per_source: dict[str, int] = {}
     batch: list[dict] = []
     from .mixer import Mixer
@@ -604,8 +709,14 @@ def task_tokenize(run: Run, i: int, prog) -> dict:
                 _crash_hook("tokenize", i)
     flush()
     paths = w.close()
-    return {"docs": w.docs, "tokens": w.tokens, "shards": [os.path.basename(p) for p in paths],
-            "dtype": w.dtype.__name__, "vocab_size": tok.vocab_size, "tokens_per_source": per_source}
+    return {
+        "docs": w.docs,
+        "tokens": w.tokens,
+        "shards": [os.path.basename(p) for p in paths],
+        "dtype": w.dtype.__name__,
+        "vocab_size": tok.vocab_size,
+        "tokens_per_source": per_source,
+    }
 
 
 def task_report(run: Run, _: int, prog) -> dict:

@@ -22,13 +22,18 @@ import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
 from urllib.parse import urlsplit
 
 import numpy as np
 import xxhash  # fast stable 64-bit hashes (Python's hash() differs per process)
 
-from .config import ContentTaggerConfig, LangTaggerConfig, QualityTaggerConfig, RandomTaggerConfig, TaggersConfig
+from .config import (
+    ContentTaggerConfig,
+    LangTaggerConfig,
+    QualityTaggerConfig,
+    RandomTaggerConfig,
+    TaggersConfig,
+)
 from .io import doc_url
 
 Spans = list[list]
@@ -55,7 +60,9 @@ def _fasttext_model(path: str):
     return fasttext.load_model(path)
 
 
-def fasttext_scores(text: str, model_path: str = "", k: int = 3, max_chars: int = 0) -> list[tuple[str, float]]:
+def fasttext_scores(
+    text: str, model_path: str = "", k: int = 3, max_chars: int = 0
+) -> list[tuple[str, float]]:
     if max_chars:
         text = text[:max_chars]
     line = " ".join(text.split())  # fastText predicts on one line
@@ -70,7 +77,7 @@ def paragraphs(text: str, sep: re.Pattern = _PARA) -> list[tuple[int, int]]:
     """(start, end) of the non-blank blocks of `text` separated by `sep`."""
     out, pos = [], 0
     for m in sep.finditer(text):
-        if text[pos:m.start()].strip():
+        if text[pos : m.start()].strip():
             out.append((pos, m.start()))
         pos = m.end()
     if text[pos:].strip():
@@ -94,7 +101,9 @@ class LangTagger:
                 top = fasttext_scores(text[s:e], cfg.model_path, 1)
                 if top:
                     lang, score = top[0]
-                    out.setdefault(f"{cfg.name}__ft_paragraph__lang__{lang}", []).append([s, e, round(score, 4)])
+                    out.setdefault(f"{cfg.name}__ft_paragraph__lang__{lang}", []).append(
+                        [s, e, round(score, 4)]
+                    )
         if cfg.cld2:
             import pycld2
 
@@ -108,12 +117,12 @@ class LangTagger:
         return out
 
     @staticmethod
-    def top_language(attrs: Attrs, name: str) -> Optional[str]:
+    def top_language(attrs: Attrs, name: str) -> str | None:
         best, best_score = None, -1.0
         pre = f"{name}__ft__lang__"
         for k, spans in attrs.items():
             if k.startswith(pre) and spans[0][2] > best_score:
-                best, best_score = k[len(pre):], spans[0][2]
+                best, best_score = k[len(pre) :], spans[0][2]
         return best
 
 
@@ -133,21 +142,25 @@ def _ngram_hashes(ids: np.ndarray, n: int) -> np.ndarray:
     mult = np.uint64(0x9E3779B97F4A7C15)
     with np.errstate(over="ignore"):
         for j in range(n):
-            h = (h * mult) ^ ids[j:j + m]
+            h = (h * mult) ^ ids[j : j + m]
     return h
 
 
 def _word_ids(words: list[str]) -> np.ndarray:
     table: dict[str, int] = {}
-    return np.fromiter((table.setdefault(w, len(table) + 1) for w in words), dtype=np.uint64, count=len(words))
+    return np.fromiter(
+        (table.setdefault(w, len(table) + 1) for w in words), dtype=np.uint64, count=len(words)
+    )
 
 
 def gopher_repetition(text: str, words: list[str]) -> dict[str, float]:
     """Gopher repetition statistics (Rae et al. 2021, table A1); thresholds are mixer rules."""
     out: dict[str, float] = {}
     n_chars = max(1, len(text))
-    for unit, parts in (("line", [l for l in text.split("\n") if l.strip()]),
-                        ("para", [p for p in re.split(r"\n{2,}", text) if p.strip()])):
+    for unit, parts in (
+        ("line", [l for l in text.split("\n") if l.strip()]),
+        ("para", [p for p in re.split(r"\n{2,}", text) if p.strip()]),
+    ):
         seen: set[str] = set()
         dup, dup_chars = 0, 0
         for p in parts:
@@ -173,7 +186,7 @@ def gopher_repetition(text: str, words: list[str]) -> dict[str, float]:
             out[key] = 0.0
             continue
         start = int(first[top])
-        gram_chars = int(wl[start:start + n].sum())
+        gram_chars = int(wl[start : start + n].sum())
         out[key] = float(gram_chars * counts[top]) / total_word_chars
     for n in range(5, 11):
         key = f"dup_{n}gram_char_frac"
@@ -216,7 +229,14 @@ def gopher_quality(text: str, words: list[str]) -> dict[str, float]:
 
 
 _SENT = re.compile(r"[.!?]+(?:\s|$)")
-_POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
+_POLICY = (
+    "terms of use",
+    "privacy policy",
+    "cookie policy",
+    "uses cookies",
+    "use of cookies",
+    "use cookies",
+)
 
 
 def c4_tag(text: str, cfg: QualityTaggerConfig, pre: str) -> Attrs:
@@ -247,7 +267,9 @@ def c4_tag(text: str, cfg: QualityTaggerConfig, pre: str) -> Attrs:
     kept = "\n".join(kept_text)
     low = text.lower()
     out[f"{pre}__c4__drop_line"] = drop
-    out[f"{pre}__c4__kept_line_frac"] = whole(text, len(kept_text) / max(1, len(kept_text) + len(drop)))
+    out[f"{pre}__c4__kept_line_frac"] = whole(
+        text, len(kept_text) / max(1, len(kept_text) + len(drop))
+    )
     out[f"{pre}__c4__kept_sentences"] = whole(text, float(len(_SENT.findall(kept))))
     out[f"{pre}__c4__lorem_ipsum"] = whole(text, 1.0 if "lorem ipsum" in low else 0.0)
     out[f"{pre}__c4__curly_bracket"] = whole(text, 1.0 if "{" in text else 0.0)
@@ -303,7 +325,9 @@ PHONE = re.compile(
     r"(?<![\w.])(?:\+\d{1,3}[ .\-]?)?\(?\d{3}\)?[ .\-]?\d{3}[ .\-]\d{4}(?!\w|\.\d)"
     r"|(?<![\w.])\+\d{1,3}(?:[ .\-]\d{2,4}){2,4}(?!\w|\.\d)"
 )
-IPV4 = re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?!\d|\.\d)")
+IPV4 = re.compile(
+    r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?!\d|\.\d)"
+)
 
 
 _TOKEN = re.compile(r"[\w']+(?:-[\w']+)*", re.UNICODE)
@@ -337,13 +361,13 @@ class BadWords:
             if w in self.single:
                 out.append([s, e, 1.0])
             for ph in self.phrases.get(w, ()):
-                if tuple(t[2] for t in toks[i:i + len(ph)]) == ph:
+                if tuple(t[2] for t in toks[i : i + len(ph)]) == ph:
                     out.append([s, toks[i + len(ph) - 1][1], 1.0])
         return out
 
 
 @lru_cache(maxsize=64)
-def badwords_for(folder: str, lang: str) -> Optional[BadWords]:
+def badwords_for(folder: str, lang: str) -> BadWords | None:
     path = Path(folder) / f"{lang}.json"
     if not path.exists():
         return None
@@ -378,7 +402,7 @@ class ContentTagger:
         self.cfg = cfg
         self.bw_dir = cfg.badwords_dir or str(RESOURCES / "badwords")
 
-    def __call__(self, doc: dict, lang: Optional[str] = None) -> Attrs:
+    def __call__(self, doc: dict, lang: str | None = None) -> Attrs:
         cfg, text = self.cfg, doc["text"]
         pre = cfg.name
         out: Attrs = {}
@@ -390,7 +414,8 @@ class ContentTagger:
                 out[f"{pre}__pii__{kind}_count"] = whole(text, float(len(spans)))
         if cfg.badwords:
             bw = badwords_for(self.bw_dir, lang or cfg.badwords_default_lang) or badwords_for(
-                self.bw_dir, cfg.badwords_default_lang)
+                self.bw_dir, cfg.badwords_default_lang
+            )
             spans = bw.spans(text) if bw else []
             if spans:
                 out[f"{pre}__badwords__match"] = spans
@@ -411,7 +436,10 @@ class RandomTagger:
         self.cfg = cfg
 
     def __call__(self, doc: dict) -> Attrs:
-        v = xxhash.xxh64_intdigest(doc["id"].encode("utf-8", "surrogatepass"), seed=self.cfg.seed) / 2.0**64
+        v = (
+            xxhash.xxh64_intdigest(doc["id"].encode("utf-8", "surrogatepass"), seed=self.cfg.seed)
+            / 2.0**64
+        )
         return {f"{self.cfg.name}__random__value": whole(doc["text"], v)}
 
 
@@ -427,8 +455,16 @@ class TaggerSet:
 
     @property
     def groups(self) -> list[str]:
-        return [g for g, t in (("lang", self.lang), ("quality", self.quality), ("content", self.content),
-                               ("random", self.random)) if t is not None]
+        return [
+            g
+            for g, t in (
+                ("lang", self.lang),
+                ("quality", self.quality),
+                ("content", self.content),
+                ("random", self.random),
+            )
+            if t is not None
+        ]
 
     def __call__(self, doc: dict) -> dict[str, Attrs]:
         out: dict[str, Attrs] = {}

@@ -9,8 +9,8 @@ against the dtype's range before it is written: a wrong dtype is an error, never
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -39,8 +39,10 @@ class Tok:
             eid = self.tk.token_to_id(eos)
             self.eos_id = -1 if eid is None else eid
         if self.eos_id < 0:
-            raise ValueError(f"tokenizer {path} has no EOS token {eos!r}; set tokenizer.eos to one it has "
-                             "or tokenizer.add_eos=false")
+            raise ValueError(
+                f"tokenizer {path} has no EOS token {eos!r}; set tokenizer.eos to one it has "
+                "or tokenizer.add_eos=false"
+            )
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         if self.kind == "hf":
@@ -61,7 +63,9 @@ def token_dtype(vocab_size: int) -> type:
     return np.uint16 if vocab_size <= 65536 else np.int32
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int, eos: str, out_path: str) -> str:
+def train_bpe(
+    texts: Iterable[str], vocab_size: int, min_frequency: int, eos: str, out_path: str
+) -> str:
     """Byte-level BPE (GPT-2/NeoX style) with HF tokenizers' Rust trainer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -69,8 +73,11 @@ def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int, eos: st
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[eos],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[eos],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tk.train_from_iterator(texts, trainer=trainer)
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +140,9 @@ class ShardWriter:
         self.builder.add_document(arr, [n])
         if self.npy is not None:
             # OLMo's .npy data files are raw memmaps (no header); OLMo reads uint16 or uint32
-            self.npy.write(arr.astype(np.uint32 if self.dtype == np.int32 else self.dtype).tobytes())
+            self.npy.write(
+                arr.astype(np.uint32 if self.dtype == np.int32 else self.dtype).tobytes()
+            )
         self.in_shard += n
         self.tokens += n
         self.docs += 1

@@ -26,12 +26,18 @@ def main(argv: list[str] | None = None) -> int:
         tot[0] += d
         tot[1] += b
         dt = max(1e-6, time.monotonic() - t0)
-        print(f"[{stage} {index}] {tot[0]} docs, {tot[0] / dt:.1f} docs/s, {tot[1] / dt / 1e6:.2f} MB/s",
-              file=sys.stderr, flush=True)
+        print(
+            f"[{stage} {index}] {tot[0]} docs, {tot[0] / dt:.1f} docs/s, {tot[1] / dt / 1e6:.2f} MB/s",
+            file=sys.stderr,
+            flush=True,
+        )
 
     stats = run_task(out, stage, index, sink)
-    print(f"[{stage} {index}] done in {time.monotonic() - t0:.1f}s: "
-          + ", ".join(f"{k}={v}" for k, v in stats.items() if isinstance(v, (int, float, str))), file=sys.stderr)
+    print(
+        f"[{stage} {index}] done in {time.monotonic() - t0:.1f}s: "
+        + ", ".join(f"{k}={v}" for k, v in stats.items() if isinstance(v, (int, float, str))),
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -7,7 +7,15 @@ from model_zoo.model import Transformer, build_model
 from model_zoo.zoo import get_model_config, zoo_names
 
 __all__ = [
-    "ConfigError", "InitConfig", "ModelConfig", "RopeScalingConfig", "ParameterCount",
-    "count_parameters", "training_flops_per_token", "Transformer", "build_model",
-    "get_model_config", "zoo_names",
+    "ConfigError",
+    "InitConfig",
+    "ModelConfig",
+    "RopeScalingConfig",
+    "ParameterCount",
+    "count_parameters",
+    "training_flops_per_token",
+    "Transformer",
+    "build_model",
+    "get_model_config",
+    "zoo_names",
 ]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
 
 ACTIVATIONS = ("swiglu", "gelu")
 NORMS = ("rmsnorm", "layernorm")
@@ -62,7 +61,9 @@ class MoEConfig:
     n_experts: int = 0
     top_k: int = 2
     expert_hidden_size: int = 0
-    n_shared_experts: int = 0  # shared experts form one MLP of n_shared_experts x expert_hidden_size
+    n_shared_experts: int = (
+        0  # shared experts form one MLP of n_shared_experts x expert_hidden_size
+    )
     router: str = "softmax"
     norm_topk_prob: bool = False  # renormalise the top-k weights to sum to one
     routed_scaling_factor: float = 1.0
@@ -138,9 +139,9 @@ class ModelConfig:
     n_layers: int = 8
     n_heads: int = 8
     # None means n_heads (multi-head attention); fewer means grouped-query attention.
-    n_kv_heads: Optional[int] = None
+    n_kv_heads: int | None = None
     # None means d_model // n_heads.
-    head_dim: Optional[int] = None
+    head_dim: int | None = None
     ffn_hidden_size: int = 2048
     activation: str = "swiglu"
     norm: str = "rmsnorm"
@@ -165,8 +166,8 @@ class ModelConfig:
     moe: MoEConfig = field(default_factory=MoEConfig)
     mla: MLAConfig = field(default_factory=MLAConfig)
     # Token ids written into exported Hugging Face configs (None: unset).
-    bos_token_id: Optional[int] = None
-    eos_token_id: Optional[int] = None
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
 
     # ---- derived shapes -------------------------------------------------------------------
     @property
@@ -185,7 +186,9 @@ class ModelConfig:
 
     def is_moe_layer(self, layer: int) -> bool:
         m = self.moe
-        return m.enabled and layer >= m.first_k_dense and (layer - m.first_k_dense) % m.moe_every == 0
+        return (
+            m.enabled and layer >= m.first_k_dense and (layer - m.first_k_dense) % m.moe_every == 0
+        )
 
     @property
     def padded_vocab_size(self) -> int:
@@ -193,7 +196,7 @@ class ModelConfig:
         return int(math.ceil(self.vocab_size / m) * m)
 
     # ---- validation -----------------------------------------------------------------------
-    def validate(self) -> "ModelConfig":
+    def validate(self) -> ModelConfig:
         """Raise ConfigError naming the first impossible setting; return self when buildable."""
 
         def need(cond: bool, msg: str) -> None:
@@ -211,9 +214,19 @@ class ModelConfig:
         one_of("rope_scaling.type", self.rope_scaling.type, ROPE_SCALINGS)
         one_of("init.scheme", self.init.scheme, INIT_SCHEMES)
         one_of("init.output_scheme", self.init.output_scheme, OUTPUT_INIT_SCHEMES)
-        for key in ("vocab_size", "d_model", "n_layers", "n_heads", "ffn_hidden_size", "max_seq_len"):
+        for key in (
+            "vocab_size",
+            "d_model",
+            "n_layers",
+            "n_heads",
+            "ffn_hidden_size",
+            "max_seq_len",
+        ):
             need(getattr(self, key) > 0, f"{key}={getattr(self, key)} must be positive")
-        need(self.pad_vocab_multiple >= 1, f"pad_vocab_multiple={self.pad_vocab_multiple} must be >= 1")
+        need(
+            self.pad_vocab_multiple >= 1,
+            f"pad_vocab_multiple={self.pad_vocab_multiple} must be >= 1",
+        )
         if self.n_kv_heads is not None:
             need(self.n_kv_heads > 0, f"n_kv_heads={self.n_kv_heads} must be positive")
             need(
@@ -255,11 +268,13 @@ class ModelConfig:
             )
         need(self.init.std > 0, f"init.std={self.init.std} must be positive")
         if self.rope_scaling.type == "yarn":
-            need(self.rope_scaling.factor >= 1.0, f"rope_scaling.factor={self.rope_scaling.factor} must be >= 1")
+            need(
+                self.rope_scaling.factor >= 1.0,
+                f"rope_scaling.factor={self.rope_scaling.factor} must be >= 1",
+            )
         self._validate_moe(need)
         self._validate_mla(need)
         return self
-
 
     def _validate_moe(self, need) -> None:
         m = self.moe
@@ -271,7 +286,10 @@ class ModelConfig:
             1 <= m.top_k <= m.n_experts,
             f"moe.top_k={m.top_k} must be between 1 and moe.n_experts={m.n_experts}",
         )
-        need(m.expert_hidden_size > 0, f"moe.expert_hidden_size={m.expert_hidden_size} must be positive")
+        need(
+            m.expert_hidden_size > 0,
+            f"moe.expert_hidden_size={m.expert_hidden_size} must be positive",
+        )
         need(m.n_shared_experts >= 0, f"moe.n_shared_experts={m.n_shared_experts} must be >= 0")
         need(m.moe_every >= 1, f"moe.moe_every={m.moe_every} must be >= 1")
         need(
@@ -299,7 +317,10 @@ class ModelConfig:
                 "sigmoid group routing scores each group by its top two experts: "
                 f"moe.n_experts / moe.n_group = {per_group} must be >= 2",
             )
-        need(m.grouped_mm in ("auto", "off"), f"moe.grouped_mm={m.grouped_mm!r} is not one of auto, off")
+        need(
+            m.grouped_mm in ("auto", "off"),
+            f"moe.grouped_mm={m.grouped_mm!r} is not one of auto, off",
+        )
         for key in ("aux_loss_coef", "z_loss_coef", "bias_update_speed"):
             need(getattr(m, key) >= 0, f"moe.{key}={getattr(m, key)} must be >= 0")
 
@@ -324,9 +345,14 @@ class ModelConfig:
             a.qk_rope_head_dim > 0 and a.qk_rope_head_dim % 2 == 0,
             f"mla.qk_rope_head_dim={a.qk_rope_head_dim} must be a positive even number",
         )
-        need(self.qk_norm == "none", "qk_norm applies to standard attention; set qk_norm=none with MLA")
-        need(self.n_kv_heads in (None, self.n_heads),
-             "MLA has no KV head groups (every head reads the shared latent); set n_kv_heads=null")
+        need(
+            self.qk_norm == "none",
+            "qk_norm applies to standard attention; set qk_norm=none with MLA",
+        )
+        need(
+            self.n_kv_heads in (None, self.n_heads),
+            "MLA has no KV head groups (every head reads the shared latent); set n_kv_heads=null",
+        )
 
 
 def _divisors(n: int) -> list[int]:

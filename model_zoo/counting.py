@@ -33,8 +33,11 @@ def count_parameters(cfg: ModelConfig) -> ParameterCount:
     # A token passes through top_k of the n_experts routed experts of each MoE layer; shared
     # experts, router and everything else are always active.
     inactive = sum(
-        sum(p.numel() for p in m.parameters()) * (cfg.moe.n_experts - cfg.moe.top_k) // cfg.moe.n_experts
-        for m in model.modules() if isinstance(m, GroupedExperts)
+        sum(p.numel() for p in m.parameters())
+        * (cfg.moe.n_experts - cfg.moe.top_k)
+        // cfg.moe.n_experts
+        for m in model.modules()
+        if isinstance(m, GroupedExperts)
     )
     embedding = model.tok_embeddings.weight.numel()
     output = 0 if cfg.tie_embeddings else model.output.weight.numel()
@@ -47,8 +50,9 @@ def count_parameters(cfg: ModelConfig) -> ParameterCount:
     )
 
 
-def training_flops_per_token(cfg: ModelConfig, seq_len: int | None = None,
-                             count: ParameterCount | None = None) -> int:
+def training_flops_per_token(
+    cfg: ModelConfig, seq_len: int | None = None, count: ParameterCount | None = None
+) -> int:
     """Model FLOPs to train on one token (forward + backward), the numerator of MFU. For MoE,
     only active parameters count.
 
@@ -74,4 +78,3 @@ def format_count(n: int, giga: str = "B") -> str:
         if abs(n) >= scale:
             return f"{n / scale:.2f}{unit}"
     return str(n)
-

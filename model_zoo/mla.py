@@ -50,16 +50,18 @@ class MLAttention(nn.Module):
             self.wq_b = nn.Linear(a.q_lora_rank, n_heads * self.qk_head_dim, bias=False)
         self.wkv_a = nn.Linear(cfg.d_model, a.kv_lora_rank + a.qk_rope_head_dim, bias=cfg.qkv_bias)
         self.kv_norm = RMSNorm(a.kv_lora_rank, a.latent_norm_eps)
-        self.wkv_b = nn.Linear(a.kv_lora_rank, n_heads * (a.qk_nope_head_dim + a.v_head_dim),
-                               bias=False)
+        self.wkv_b = nn.Linear(
+            a.kv_lora_rank, n_heads * (a.qk_nope_head_dim + a.v_head_dim), bias=False
+        )
         self.wo = nn.Linear(n_heads * a.v_head_dim, cfg.d_model, bias=cfg.attn_out_bias)
-        self.softmax_scale = self.qk_head_dim ** -0.5
+        self.softmax_scale = self.qk_head_dim**-0.5
         rs = cfg.rope_scaling
         if rs.type == "yarn" and rs.mscale_all_dim:
             self.softmax_scale *= yarn_mscale(rs.factor, rs.mscale_all_dim) ** 2
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                attn_mask=None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn_mask=None
+    ) -> torch.Tensor:
         from model_zoo.model import sdpa
 
         a = self.cfg
@@ -70,7 +72,9 @@ class MLAttention(nn.Module):
         kv_latent, k_rope = self.wkv_a(x).split([a.kv_lora_rank, a.qk_rope_head_dim], dim=-1)
         k_rope = self.apply_rope(k_rope.unsqueeze(2), cos, sin)  # one rope key for all heads
         q_rope = self.apply_rope(q_rope, cos, sin)
-        kv = self.wkv_b(self.kv_norm(kv_latent)).view(bsz, seq, -1, a.qk_nope_head_dim + a.v_head_dim)
+        kv = self.wkv_b(self.kv_norm(kv_latent)).view(
+            bsz, seq, -1, a.qk_nope_head_dim + a.v_head_dim
+        )
         k_nope, v = kv.split([a.qk_nope_head_dim, a.v_head_dim], dim=-1)
         heads = q.shape[2]
         q = torch.cat((q_nope, q_rope), dim=-1)

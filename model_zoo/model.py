@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -82,7 +81,9 @@ def _yarn_inverse_frequencies(base: float, dim: int, rs) -> torch.Tensor:
     transformers' `_compute_yarn_parameters` (with truncation of the ramp bounds)."""
 
     def correction_dim(rotations: float) -> float:
-        return (dim * math.log(rs.original_max_position / (rotations * 2 * math.pi))) / (2 * math.log(base))
+        return (dim * math.log(rs.original_max_position / (rotations * 2 * math.pi))) / (
+            2 * math.log(base)
+        )
 
     low = max(math.floor(correction_dim(rs.beta_fast)), 0)
     high = min(math.ceil(correction_dim(rs.beta_slow)), dim - 1)
@@ -91,7 +92,9 @@ def _yarn_inverse_frequencies(base: float, dim: int, rs) -> torch.Tensor:
     ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
     pos_freqs = base ** (torch.arange(0, dim, 2).float() / dim)
     extrapolation_weight = 1 - ramp
-    return (1.0 / (rs.factor * pos_freqs)) * (1 - extrapolation_weight) + (1.0 / pos_freqs) * extrapolation_weight
+    return (1.0 / (rs.factor * pos_freqs)) * (1 - extrapolation_weight) + (
+        1.0 / pos_freqs
+    ) * extrapolation_weight
 
 
 def rope_attention_factor(cfg: ModelConfig) -> float:
@@ -128,7 +131,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 # ---------------------------------------------------------------------------------------------
 # Attention and MLP
 # ---------------------------------------------------------------------------------------------
-def sdpa(q, k, v, attn_mask: Optional[torch.Tensor], scale: Optional[float] = None) -> torch.Tensor:
+def sdpa(q, k, v, attn_mask: torch.Tensor | None, scale: float | None = None) -> torch.Tensor:
     """Causal attention; with `attn_mask` (an already-causal boolean mask, see
     `document_attention_mask`) the mask replaces the plain causal one."""
     if attn_mask is None:
@@ -160,10 +163,18 @@ class Attention(nn.Module):
         if cfg.qk_norm == "full":  # OLMo-2: one RMSNorm over all heads of q, one over all of k
             self.q_norm, self.k_norm = build_norm(cfg, q_dim), build_norm(cfg, kv_dim)
         elif cfg.qk_norm == "head":  # per-head norm shared across heads
-            self.q_norm, self.k_norm = build_norm(cfg, self.head_dim), build_norm(cfg, self.head_dim)
+            self.q_norm, self.k_norm = (
+                build_norm(cfg, self.head_dim),
+                build_norm(cfg, self.head_dim),
+            )
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         bsz, seq, _ = x.shape
         q, k, v = self.wq(x), self.wk(x), self.wv(x)
         if self.qk_norm == "full":
@@ -189,7 +200,7 @@ class FeedForward(nn.Module):
     """SwiGLU (w2(silu(w1 x) * w3 x)) or GeLU (w2(gelu(w1 x))) MLP. `hidden`/`bias` override the
     config for MoE shared experts."""
 
-    def __init__(self, cfg: ModelConfig, hidden: Optional[int] = None, bias: Optional[bool] = None):
+    def __init__(self, cfg: ModelConfig, hidden: int | None = None, bias: bool | None = None):
         super().__init__()
         hidden = cfg.ffn_hidden_size if hidden is None else hidden
         bias = cfg.mlp_bias if bias is None else bias
@@ -227,11 +238,19 @@ class TransformerBlock(nn.Module):
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
         return self.moe(x) if hasattr(self, "moe") else self.feed_forward(x)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if self.parallel_residual:
-            return (x + self.attention(self.attention_norm(x), cos, sin, attn_mask)
-                    + self.mlp(self.ffn_norm(x)))
+            return (
+                x
+                + self.attention(self.attention_norm(x), cos, sin, attn_mask)
+                + self.mlp(self.ffn_norm(x))
+            )
         if self.norm_position == "post":
             x = x + self.attention_norm(self.attention(x, cos, sin, attn_mask))
             return x + self.ffn_norm(self.mlp(x))
@@ -248,10 +267,10 @@ class Transformer(nn.Module):
         cfg.validate()
         self.cfg = cfg
         vocab = cfg.padded_vocab_size
-        self.tok_embeddings: Optional[nn.Embedding] = nn.Embedding(vocab, cfg.d_model)
+        self.tok_embeddings: nn.Embedding | None = nn.Embedding(vocab, cfg.d_model)
         self.layers = nn.ModuleDict({str(i): TransformerBlock(cfg, i) for i in range(cfg.n_layers)})
-        self.norm: Optional[nn.Module] = build_norm(cfg, cfg.d_model)
-        self.output: Optional[nn.Linear] = nn.Linear(cfg.d_model, vocab, bias=False)
+        self.norm: nn.Module | None = build_norm(cfg, cfg.d_model)
+        self.output: nn.Linear | None = nn.Linear(cfg.d_model, vocab, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
         # RoPE tables are derived data, never saved: recomputed on every build and device move.
@@ -346,8 +365,8 @@ class Transformer(nn.Module):
     def forward(
         self,
         tokens: torch.Tensor,
-        position_ids: Optional[torch.Tensor] = None,
-        document_ids: Optional[torch.Tensor] = None,
+        position_ids: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """tokens (batch, seq) -> logits (batch, seq, padded_vocab).
 

@@ -21,8 +21,6 @@ step by `update_expert_biases`.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -132,12 +130,13 @@ class MoE(nn.Module):
         self.cfg = m
         self.router = TopKRouter(cfg.d_model, m)
         self.experts = GroupedExperts(cfg.d_model, m.expert_hidden_size, m.n_experts, m.grouped_mm)
-        self.shared_experts: Optional[nn.Module] = None
+        self.shared_experts: nn.Module | None = None
         if m.n_shared_experts > 0:
             from model_zoo.model import FeedForward  # local: model.py imports this module
 
-            self.shared_experts = FeedForward(cfg, hidden=m.n_shared_experts * m.expert_hidden_size,
-                                              bias=False)
+            self.shared_experts = FeedForward(
+                cfg, hidden=m.n_shared_experts * m.expert_hidden_size, bias=False
+            )
         # Weight of this forward's balancing losses in the step's gradient. The training engine
         # sets it to (tokens of this micro-batch) / (tokens of the global batch), so the losses
         # are a token-weighted mean over micro-batches and data-parallel ranks whatever the
@@ -156,11 +155,14 @@ class MoE(nn.Module):
         token_index = order // self.cfg.top_k
         return x[token_index], counts, order
 
-    def combine(self, expert_out: torch.Tensor, order: torch.Tensor, weights: torch.Tensor,
-                n_tokens: int) -> torch.Tensor:
+    def combine(
+        self, expert_out: torch.Tensor, order: torch.Tensor, weights: torch.Tensor, n_tokens: int
+    ) -> torch.Tensor:
         """Weight each expert output and add it back at its token's position."""
         w = weights.reshape(-1)[order].unsqueeze(-1)
-        out = torch.zeros(n_tokens, expert_out.shape[-1], dtype=torch.float32, device=expert_out.device)
+        out = torch.zeros(
+            n_tokens, expert_out.shape[-1], dtype=torch.float32, device=expert_out.device
+        )
         out.index_add_(0, order // self.cfg.top_k, (expert_out * w).float())
         return out.to(expert_out.dtype)
 
@@ -179,7 +181,7 @@ class MoE(nn.Module):
                 out = AuxLossInjector.apply(out, aux, self.aux_loss_scale)
         return out.view(shape)
 
-    def balancing_loss(self, logits: torch.Tensor, counts: torch.Tensor) -> Optional[torch.Tensor]:
+    def balancing_loss(self, logits: torch.Tensor, counts: torch.Tensor) -> torch.Tensor | None:
         """Switch-transformer load-balancing loss + router z-loss, already weighted.
         `counts`: routed (token, slot) pairs per expert, as `dispatch` returns them."""
         m = self.cfg
@@ -213,8 +215,10 @@ def set_aux_loss_scale(model: nn.Module, scale: float) -> None:
 @torch.no_grad()
 def expert_load(model: nn.Module) -> dict[str, torch.Tensor]:
     """Per MoE layer, the fraction of routed tokens each expert received since the last reset."""
-    return {name: m.tokens_per_expert / m.tokens_per_expert.sum().clamp(min=1)
-            for name, m in moe_layers(model)}
+    return {
+        name: m.tokens_per_expert / m.tokens_per_expert.sum().clamp(min=1)
+        for name, m in moe_layers(model)
+    }
 
 
 @torch.no_grad()
@@ -224,7 +228,7 @@ def reset_load(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def update_expert_biases(model: nn.Module, loads: Optional[dict[str, torch.Tensor]] = None) -> None:
+def update_expert_biases(model: nn.Module, loads: dict[str, torch.Tensor] | None = None) -> None:
     """DeepSeek-V3 auxiliary-loss-free balancing: bias += speed * sign(mean load - load).
 
     `loads` (tokens per expert per layer) lets the parallel engine pass counts summed over all

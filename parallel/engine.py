@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -53,8 +53,15 @@ class _StageInfo:
 class Engine:
     """What the training loop calls. See docs/parallel.md for the contract."""
 
-    def __init__(self, model_cfg: ModelConfig, layout: Layout, mesh, device: torch.device,
-                 model_parts: list[nn.Module], stages: list[_StageInfo]):
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        layout: Layout,
+        mesh,
+        device: torch.device,
+        model_parts: list[nn.Module],
+        stages: list[_StageInfo],
+    ):
         self.model_cfg = model_cfg
         self.layout = layout
         self.mesh = mesh
@@ -79,8 +86,12 @@ class Engine:
         """Layer ids whose activations are recomputed in backward (activation checkpointing)."""
         from torch.distributed._composable import checkpoint
 
-        return sorted(int(k) for part in self.model_parts for k, block in part.layers.items()
-                      if checkpoint.state(block) is not None)
+        return sorted(
+            int(k)
+            for part in self.model_parts
+            for k, block in part.layers.items()
+            if checkpoint.state(block) is not None
+        )
 
     # ---- data-parallel identity -----------------------------------------------------------------
     @property
@@ -159,13 +170,21 @@ class Engine:
 
     def _loss_fn(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Sum of token CE of this micro-batch over the global token count (see module doc)."""
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(0, 1),
-                               reduction="sum", ignore_index=IGNORE_INDEX)
+        loss = F.cross_entropy(
+            logits.flatten(0, 1).float(),
+            labels.flatten(0, 1),
+            reduction="sum",
+            ignore_index=IGNORE_INDEX,
+        )
         return loss / self._denominator
 
-    def forward_backward(self, inputs: torch.Tensor, labels: torch.Tensor,
-                         position_ids: Optional[torch.Tensor] = None,
-                         document_ids: Optional[torch.Tensor] = None) -> float:
+    def forward_backward(
+        self,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
+    ) -> float:
         """Forward and backward over this data-parallel rank's local batch (all micro-batches).
 
         inputs, labels: LongTensor [local_batch, seq] (labels == -100 are ignored);
@@ -175,8 +194,10 @@ class Engine:
         batch (identical on every rank)."""
         lay = self.layout
         if inputs.shape[0] != lay.local_batch_size:
-            raise ValueError(f"forward_backward got {inputs.shape[0]} sequences; this layout "
-                             f"expects local_batch={lay.local_batch_size} per dp rank")
+            raise ValueError(
+                f"forward_backward got {inputs.shape[0]} sequences; this layout "
+                f"expects local_batch={lay.local_batch_size} per dp rank"
+            )
         inputs, labels = inputs.to(self.device), labels.to(self.device)
         if position_ids is None:
             # Always explicit: under sequence parallel the hidden state the model sees holds only
@@ -190,7 +211,9 @@ class Engine:
         self._denominator = max(float(n_tokens.item()), 1.0)
         # MoE balancing losses enter backward once per micro-batch and rank: weight each by its
         # share of the global batch, as the CE loss is (its sum over the global token count).
-        micro_sequences = lay.micro_batch_size if lay.pp == 1 else inputs.shape[0] // lay.n_microbatches
+        micro_sequences = (
+            lay.micro_batch_size if lay.pp == 1 else inputs.shape[0] // lay.n_microbatches
+        )
         for part in self.model_parts:
             set_aux_loss_scale(part, micro_sequences * inputs.shape[1] / self._denominator)
 
@@ -224,8 +247,12 @@ class Engine:
         return float(local_loss.item())
 
     def _build_schedule(self) -> None:
-        from torch.distributed.pipelining import (PipelineStage, Schedule1F1B,
-                                                  ScheduleInterleaved1F1B, ScheduleZBVZeroBubble)
+        from torch.distributed.pipelining import (
+            PipelineStage,
+            Schedule1F1B,
+            ScheduleInterleaved1F1B,
+            ScheduleZBVZeroBubble,
+        )
 
         lay = self.layout
         self._pp_stages = [
@@ -234,13 +261,18 @@ class Engine:
         ]
         # scale_grads=False: our loss is already normalised by the global token count.
         if lay.pp_schedule == "1F1B":
-            self._schedule = Schedule1F1B(self._pp_stages[0], lay.n_microbatches,
-                                          loss_fn=self._loss_fn, scale_grads=False)
+            self._schedule = Schedule1F1B(
+                self._pp_stages[0], lay.n_microbatches, loss_fn=self._loss_fn, scale_grads=False
+            )
         else:
-            cls = (ScheduleInterleaved1F1B if lay.pp_schedule == "Interleaved1F1B"
-                   else ScheduleZBVZeroBubble)
-            self._schedule = cls(self._pp_stages, lay.n_microbatches, loss_fn=self._loss_fn,
-                                 scale_grads=False)
+            cls = (
+                ScheduleInterleaved1F1B
+                if lay.pp_schedule == "Interleaved1F1B"
+                else ScheduleZBVZeroBubble
+            )
+            self._schedule = cls(
+                self._pp_stages, lay.n_microbatches, loss_fn=self._loss_fn, scale_grads=False
+            )
 
     # ---- gradient clipping --------------------------------------------------------------------
     @torch.no_grad()
@@ -256,7 +288,7 @@ class Engine:
             key = (id(g.device_mesh), tuple(g.placements)) if isinstance(g, DTensor) else None
             groups.setdefault(key, []).append(p)
         total_sq = torch.zeros((), dtype=torch.float64, device=self.device)
-        for key, params in groups.items():
+        for params in groups.values():
             grads = [p.grad for p in params]
             norm = torch.nn.utils.get_total_norm(grads, 2.0, foreach=True)
             if isinstance(norm, DTensor):
@@ -282,16 +314,16 @@ class Engine:
 
     def load_model_state_dict(self, state_dict: dict) -> None:
         """Load a dict shaped like model_state_dict() (e.g. filled in place by dcp.load)."""
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions,
-                                                             set_model_state_dict)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
         for part in self.model_parts:
             keys = set(get_part_keys(part))
             missing = keys - set(state_dict)
             if missing:
                 raise KeyError(f"state dict lacks {sorted(missing)[:5]}")
-            set_model_state_dict(part, {k: state_dict[k] for k in keys},
-                                 options=StateDictOptions(strict=True))
+            set_model_state_dict(
+                part, {k: state_dict[k] for k in keys}, options=StateDictOptions(strict=True)
+            )
 
     @torch.no_grad()
     def full_state_dict(self) -> dict[str, torch.Tensor]:
@@ -313,8 +345,10 @@ def decay_groups(named_parameters, weight_decay: float) -> list[dict]:
             no_decay.append(p)
         else:
             decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
 
 
 def get_part_keys(part: nn.Module) -> list[str]:
@@ -330,8 +364,14 @@ def _to_local_scalar(t: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------
 # Building
 # ------------------------------------------------------------------------------------------------
-def build_engine(model_cfg: ModelConfig, pcfg: ParallelConfig, layout: Layout, mesh,
-                 device: torch.device | str, seed: int = 0) -> Engine:
+def build_engine(
+    model_cfg: ModelConfig,
+    pcfg: ParallelConfig,
+    layout: Layout,
+    mesh,
+    device: torch.device | str,
+    seed: int = 0,
+) -> Engine:
     """Build the parallel model for this rank and return the Engine (collective: all ranks)."""
     from parallel import parallelize
 
@@ -382,8 +422,9 @@ def _materialise(parts: list[nn.Module], seed: int, device: torch.device) -> Non
         for name, p in part.named_parameters():
             full = part.initial_value(name, seed)
             if isinstance(p, DTensor):
-                shard = distribute_tensor(full.to(device, p.dtype), p.device_mesh, p.placements,
-                                          src_data_rank=None)
+                shard = distribute_tensor(
+                    full.to(device, p.dtype), p.device_mesh, p.placements, src_data_rank=None
+                )
                 p.to_local().copy_(shard.to_local())
             else:
                 p.copy_(full.to(device, p.dtype))

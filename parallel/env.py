@@ -62,8 +62,13 @@ def expand_nodelist(nodelist: str) -> list[str]:
 def _first_slurm_host(nodelist: str) -> str:
     if shutil.which("scontrol"):
         try:
-            out = subprocess.run(["scontrol", "show", "hostnames", nodelist], check=True,
-                                 capture_output=True, text=True, timeout=30).stdout.split()
+            out = subprocess.run(
+                ["scontrol", "show", "hostnames", nodelist],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout.split()
             if out:
                 return out[0]
         except (subprocess.SubprocessError, OSError):
@@ -78,33 +83,52 @@ def discover_env(environ: dict | None = None) -> DistEnv:
     port = int(env.get("MASTER_PORT", DEFAULT_PORT))
     if "RANK" in env and "WORLD_SIZE" in env:
         return DistEnv(
-            rank=int(env["RANK"]), world_size=int(env["WORLD_SIZE"]),
+            rank=int(env["RANK"]),
+            world_size=int(env["WORLD_SIZE"]),
             local_rank=int(env.get("LOCAL_RANK", 0)),
             local_world_size=int(env.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"])),
-            master_addr=env.get("MASTER_ADDR", "127.0.0.1"), master_port=port, launcher="torchrun",
+            master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+            master_port=port,
+            launcher="torchrun",
         )
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         ntasks = int(env["SLURM_NTASKS"])
         nnodes = max(1, int(env.get("SLURM_NNODES", env.get("SLURM_JOB_NUM_NODES", 1))))
         # SLURM_NTASKS_PER_NODE may read "2(x3)"; the per-node count is the leading number.
         per_node = env.get("SLURM_NTASKS_PER_NODE", "")
-        local_world = int(re.match(r"\d+", per_node).group()) if re.match(r"\d+", per_node) else max(1, ntasks // nnodes)
+        local_world = (
+            int(re.match(r"\d+", per_node).group())
+            if re.match(r"\d+", per_node)
+            else max(1, ntasks // nnodes)
+        )
         addr = env.get("MASTER_ADDR") or _first_slurm_host(
-            env.get("SLURM_JOB_NODELIST", env.get("SLURM_NODELIST", "127.0.0.1")))
+            env.get("SLURM_JOB_NODELIST", env.get("SLURM_NODELIST", "127.0.0.1"))
+        )
         return DistEnv(
-            rank=int(env["SLURM_PROCID"]), world_size=ntasks,
-            local_rank=int(env.get("SLURM_LOCALID", 0)), local_world_size=local_world,
-            master_addr=addr, master_port=port, launcher="slurm",
+            rank=int(env["SLURM_PROCID"]),
+            world_size=ntasks,
+            local_rank=int(env.get("SLURM_LOCALID", 0)),
+            local_world_size=local_world,
+            master_addr=addr,
+            master_port=port,
+            launcher="slurm",
         )
     if any(v in env for v in MPI_RANK_VARS):
         from mpi4py import MPI  # imported only under mpirun: the package is optional
 
         comm = MPI.COMM_WORLD
         local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-        addr = env.get("MASTER_ADDR") or comm.bcast(socket.gethostname() if comm.rank == 0 else None, root=0)
+        addr = env.get("MASTER_ADDR") or comm.bcast(
+            socket.gethostname() if comm.rank == 0 else None, root=0
+        )
         return DistEnv(
-            rank=comm.rank, world_size=comm.size, local_rank=local.rank,
-            local_world_size=local.size, master_addr=addr, master_port=port, launcher="mpi",
+            rank=comm.rank,
+            world_size=comm.size,
+            local_rank=local.rank,
+            local_world_size=local.size,
+            master_addr=addr,
+            master_port=port,
+            launcher="mpi",
         )
     return DistEnv(master_addr=env.get("MASTER_ADDR", "127.0.0.1"), master_port=port)
 
@@ -118,7 +142,9 @@ def resolve_device_type(device: str = "auto") -> str:
     return device
 
 
-def init_distributed(env: DistEnv, device_type: str = "cpu", timeout_s: float = 600) -> torch.device:
+def init_distributed(
+    env: DistEnv, device_type: str = "cpu", timeout_s: float = 600
+) -> torch.device:
     """Create the default process group (nccl on cuda, gloo on cpu) with a collective timeout,
     and return this rank's device. A world of one still gets a group: FSDP2, DTensor and DCP then
     run the same code as on many ranks."""
@@ -131,7 +157,9 @@ def init_distributed(env: DistEnv, device_type: str = "cpu", timeout_s: float = 
         dist.init_process_group(
             backend="nccl" if device_type == "cuda" else "gloo",
             init_method=f"tcp://{env.master_addr}:{env.master_port}",
-            rank=env.rank, world_size=env.world_size, timeout=timedelta(seconds=timeout_s),
+            rank=env.rank,
+            world_size=env.world_size,
+            timeout=timedelta(seconds=timeout_s),
             device_id=device if device_type == "cuda" else None,
         )
     return device

@@ -28,7 +28,9 @@ from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 from model_zoo.moe import GroupedExperts
 
 
-def _all_to_all(x: torch.Tensor, out_splits: list[int], in_splits: list[int], group) -> torch.Tensor:
+def _all_to_all(
+    x: torch.Tensor, out_splits: list[int], in_splits: list[int], group
+) -> torch.Tensor:
     """Uneven all-to-all whose backward is the reverse all-to-all (functional collective; the
     result waits for the communication on first use)."""
     from torch.distributed._functional_collectives import all_to_all_single_autograd
@@ -58,15 +60,15 @@ class ExpertParallelGroupedExperts(GroupedExperts):
         # 2. tokens to the owner of their expert
         x_recv = _all_to_all(x, out_splits, in_splits, group)
         # 3. source-rank-major -> expert-major, stable within each (expert, source) run
-        seg_key = (torch.arange(local_e, device=x.device).repeat(ep) * ep
-                   + torch.arange(ep, device=x.device).repeat_interleave(local_e))
+        seg_key = torch.arange(local_e, device=x.device).repeat(ep) * ep + torch.arange(
+            ep, device=x.device
+        ).repeat_interleave(local_e)
         key = torch.repeat_interleave(seg_key, recv_m.reshape(-1))
         perm = torch.argsort(key, stable=True)
         out = _run_local_experts(self, x_recv[perm], recv_m.sum(0))
         # 4. back to arrival order, then home
         out_recv = out[torch.argsort(perm)]
         return _all_to_all(out_recv, in_splits, out_splits, group)
-
 
 
 def _local_view(experts: GroupedExperts):
@@ -125,7 +127,9 @@ class TensorParallelGroupedExperts(GroupedExperts):
         return _run_local_experts(self, x, num_tokens_per_expert)
 
 
-def _run_local_experts(experts, x: torch.Tensor, num_tokens_per_expert: torch.Tensor) -> torch.Tensor:
+def _run_local_experts(
+    experts, x: torch.Tensor, num_tokens_per_expert: torch.Tensor
+) -> torch.Tensor:
     """The model's expert computation on this rank's weight shards. When the experts are split
     over tp (`_tp_group` set), Megatron's f and g around it: the input gradient is summed over
     tp in backward, the partial outputs (this rank's hidden units) are summed in forward."""

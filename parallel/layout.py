@@ -71,10 +71,12 @@ class Layout:
         return [pp_rank + k * self.pp for k in range(self.virtual_stages)]
 
     def describe(self) -> str:
-        return (f"pp={self.pp} dp_replicate={self.dp_replicate} dp_shard={self.dp_shard} "
-                f"ep={self.ep} tp={self.tp} (world {self.world_size}); "
-                f"{self.n_microbatches} micro-batches of {self.micro_batch_size} x {self.seq_len} "
-                f"per dp rank; precision {self.precision}")
+        return (
+            f"pp={self.pp} dp_replicate={self.dp_replicate} dp_shard={self.dp_shard} "
+            f"ep={self.ep} tp={self.tp} (world {self.world_size}); "
+            f"{self.n_microbatches} micro-batches of {self.micro_batch_size} x {self.seq_len} "
+            f"per dp rank; precision {self.precision}"
+        )
 
 
 def _n_experts(model_cfg) -> int:
@@ -99,23 +101,30 @@ def _balanced_split(n_layers: int, n_stages: int) -> list[int]:
 
 def _check_fields(pcfg: ParallelConfig) -> None:
     """Checks no other mesh shape could fix; their messages list the valid values."""
-    for key, allowed in (("precision", PRECISIONS), ("pp_schedule", PP_SCHEDULES),
-                         ("activation_checkpointing", AC_MODES), ("device", DEVICES)):
+    for key, allowed in (
+        ("precision", PRECISIONS),
+        ("pp_schedule", PP_SCHEDULES),
+        ("activation_checkpointing", AC_MODES),
+        ("device", DEVICES),
+    ):
         if getattr(pcfg, key) not in allowed:
-            raise ConfigError(f"parallel.{key}={getattr(pcfg, key)!r} is not one of "
-                              f"{', '.join(allowed)}")
+            raise ConfigError(
+                f"parallel.{key}={getattr(pcfg, key)!r} is not one of {', '.join(allowed)}"
+            )
     for key in ("tp", "pp", "dp_replicate", "ep"):
         if getattr(pcfg, key) < 1:
             raise ConfigError(f"parallel.{key}={getattr(pcfg, key)} must be >= 1")
     if not (pcfg.dp_shard >= 1 or pcfg.dp_shard == -1):
-        raise ConfigError(f"parallel.dp_shard={pcfg.dp_shard} must be >= 1 or -1 (the rest of "
-                          "the world)")
+        raise ConfigError(
+            f"parallel.dp_shard={pcfg.dp_shard} must be >= 1 or -1 (the rest of the world)"
+        )
     if pcfg.ac_every_n < 1:
         raise ConfigError(f"parallel.ac_every_n={pcfg.ac_every_n} must be >= 1")
 
 
-def _check(pcfg: ParallelConfig, world_size: int, model_cfg: ModelConfig, gbs: int, mbs: int,
-           seq_len: int) -> Layout:
+def _check(
+    pcfg: ParallelConfig, world_size: int, model_cfg: ModelConfig, gbs: int, mbs: int, seq_len: int
+) -> Layout:
     """Resolve and check; raise ConfigError(reason) without suggestions."""
 
     def need(cond: bool, msg: str) -> None:
@@ -126,40 +135,57 @@ def _check(pcfg: ParallelConfig, world_size: int, model_cfg: ModelConfig, gbs: i
     _check_fields(pcfg)
     fixed = pcfg.tp * pcfg.pp * pcfg.dp_replicate * pcfg.ep
     if pcfg.dp_shard == -1:
-        need(world_size % fixed == 0,
-             f"world_size={world_size} is not divisible by tp*pp*dp_replicate*ep={fixed}, so "
-             "dp_shard=-1 has no integer value")
+        need(
+            world_size % fixed == 0,
+            f"world_size={world_size} is not divisible by tp*pp*dp_replicate*ep={fixed}, so "
+            "dp_shard=-1 has no integer value",
+        )
         dp_shard = world_size // fixed
     else:
         dp_shard = pcfg.dp_shard
-        need(fixed * dp_shard == world_size,
-             f"tp*pp*dp_replicate*dp_shard*ep = {pcfg.tp}*{pcfg.pp}*{pcfg.dp_replicate}*"
-             f"{dp_shard}*{pcfg.ep} = {fixed * dp_shard} != world_size={world_size}")
+        need(
+            fixed * dp_shard == world_size,
+            f"tp*pp*dp_replicate*dp_shard*ep = {pcfg.tp}*{pcfg.pp}*{pcfg.dp_replicate}*"
+            f"{dp_shard}*{pcfg.ep} = {fixed * dp_shard} != world_size={world_size}",
+        )
     tp, pp, ep = pcfg.tp, pcfg.pp, pcfg.ep
     name = f"model '{model_cfg.name}'"
 
     # ---- tensor parallel: every sharded dimension must split evenly -------------------------
     if tp > 1:
-        need(model_cfg.n_heads % tp == 0,
-             f"{name}: n_heads={model_cfg.n_heads} is not divisible by tp={tp}")
+        need(
+            model_cfg.n_heads % tp == 0,
+            f"{name}: n_heads={model_cfg.n_heads} is not divisible by tp={tp}",
+        )
         if not _is_mla(model_cfg):
             # KV heads are split over tp when it divides them, and replicated when tp is a
             # multiple of them (each rank keeps the KV head of its query heads; parallelize.py).
             kv = model_cfg.kv_heads
-            need(kv % tp == 0 or tp % kv == 0,
-                 f"{name}: n_kv_heads={kv} is not divisible by tp={tp}, nor is tp a multiple of "
-                 f"it (KV heads are split over tp, or replicated when tp > n_kv_heads)")
-        need(model_cfg.ffn_hidden_size % tp == 0,
-             f"{name}: ffn_hidden_size={model_cfg.ffn_hidden_size} is not divisible by tp={tp}")
+            need(
+                kv % tp == 0 or tp % kv == 0,
+                f"{name}: n_kv_heads={kv} is not divisible by tp={tp}, nor is tp a multiple of "
+                f"it (KV heads are split over tp, or replicated when tp > n_kv_heads)",
+            )
+        need(
+            model_cfg.ffn_hidden_size % tp == 0,
+            f"{name}: ffn_hidden_size={model_cfg.ffn_hidden_size} is not divisible by tp={tp}",
+        )
         if _n_experts(model_cfg):
             hidden = model_cfg.moe.expert_hidden_size
-            need(hidden % tp == 0, f"{name}: moe.expert_hidden_size={hidden} is not divisible by "
-                 f"tp={tp} (every expert is split over tp)")
-        need(model_cfg.padded_vocab_size % tp == 0,
-             f"{name}: padded vocab {model_cfg.padded_vocab_size} is not divisible by tp={tp}; "
-             f"set model.pad_vocab_multiple to a multiple of {tp}")
+            need(
+                hidden % tp == 0,
+                f"{name}: moe.expert_hidden_size={hidden} is not divisible by "
+                f"tp={tp} (every expert is split over tp)",
+            )
+        need(
+            model_cfg.padded_vocab_size % tp == 0,
+            f"{name}: padded vocab {model_cfg.padded_vocab_size} is not divisible by tp={tp}; "
+            f"set model.pad_vocab_multiple to a multiple of {tp}",
+        )
         # sequence parallel splits the sequence between the tp ranks outside attention/MLP
-        need(seq_len % tp == 0, f"seq_len={seq_len} is not divisible by tp={tp} (sequence parallel)")
+        need(
+            seq_len % tp == 0, f"seq_len={seq_len} is not divisible by tp={tp} (sequence parallel)"
+        )
     # ---- expert parallel -----------------------------------------------------------------------
     n_exp = _n_experts(model_cfg)
     if ep > 1:
@@ -170,33 +196,47 @@ def _check(pcfg: ParallelConfig, world_size: int, model_cfg: ModelConfig, gbs: i
     v = pcfg.pp_virtual_stages or (1 if sched == "1F1B" else 2)
     if pp > 1:
         if sched == "1F1B":
-            need(v == 1, f"pp_schedule=1F1B holds one stage per rank; pp_virtual_stages={v} "
-                 "needs pp_schedule=Interleaved1F1B")
+            need(
+                v == 1,
+                f"pp_schedule=1F1B holds one stage per rank; pp_virtual_stages={v} "
+                "needs pp_schedule=Interleaved1F1B",
+            )
         elif sched == "ZBVZeroBubble":
-            need(v == 2, f"pp_schedule=ZBVZeroBubble holds exactly two stages per rank (a V); "
-                 f"got pp_virtual_stages={v}")
+            need(
+                v == 2,
+                f"pp_schedule=ZBVZeroBubble holds exactly two stages per rank (a V); "
+                f"got pp_virtual_stages={v}",
+            )
         else:
             need(v >= 2, f"pp_schedule=Interleaved1F1B needs pp_virtual_stages >= 2, got {v}")
-        need(not model_cfg.tie_embeddings,
-             f"{name} ties its embedding and output matrices, which would live on the first and "
-             "last pipeline stage; pipeline parallel needs untied embeddings (use pp=1)")
+        need(
+            not model_cfg.tie_embeddings,
+            f"{name} ties its embedding and output matrices, which would live on the first and "
+            "last pipeline stage; pipeline parallel needs untied embeddings (use pp=1)",
+        )
     else:
         v = 1
     n_stages = pp * v
     L = model_cfg.n_layers
     if pcfg.pp_split:
         split = list(pcfg.pp_split)
-        need(len(split) == n_stages,
-             f"parallel.pp_split has {len(split)} entries but there are pp*virtual_stages="
-             f"{n_stages} stages")
-        need(sum(split) == L, f"parallel.pp_split sums to {sum(split)} but the model has {L} layers")
+        need(
+            len(split) == n_stages,
+            f"parallel.pp_split has {len(split)} entries but there are pp*virtual_stages="
+            f"{n_stages} stages",
+        )
+        need(
+            sum(split) == L, f"parallel.pp_split sums to {sum(split)} but the model has {L} layers"
+        )
         need(all(n >= 0 for n in split), "parallel.pp_split entries must be >= 0")
         # an empty middle stage would only forward activations; the first/last own embeddings/head
         need(all(n >= 1 for n in split[1:-1]), "middle pipeline stages need at least one layer")
     else:
-        need(L >= n_stages,
-             f"pp={pp} x {v} stage(s) per rank = {n_stages} pipeline stages but {name} has only "
-             f"n_layers={L}")
+        need(
+            L >= n_stages,
+            f"pp={pp} x {v} stage(s) per rank = {n_stages} pipeline stages but {name} has only "
+            f"n_layers={L}",
+        )
         split = _balanced_split(L, n_stages)
     stage_layers, start = [], 0
     for n in split:
@@ -204,41 +244,72 @@ def _check(pcfg: ParallelConfig, world_size: int, model_cfg: ModelConfig, gbs: i
         start += n
     # ---- batch ---------------------------------------------------------------------------------
     dp = pcfg.dp_replicate * dp_shard * ep
-    need(gbs >= 1 and mbs >= 1 and seq_len >= 1,
-         "global_batch_size, micro_batch_size and seq_len must be >= 1")
-    need(gbs % dp == 0,
-         f"global_batch_size={gbs} is not divisible by the data-parallel degree "
-         f"dp_replicate*dp_shard*ep={dp}")
+    need(
+        gbs >= 1 and mbs >= 1 and seq_len >= 1,
+        "global_batch_size, micro_batch_size and seq_len must be >= 1",
+    )
+    need(
+        gbs % dp == 0,
+        f"global_batch_size={gbs} is not divisible by the data-parallel degree "
+        f"dp_replicate*dp_shard*ep={dp}",
+    )
     local = gbs // dp
-    need(local % mbs == 0,
-         f"global_batch_size={gbs} over dp={dp} gives {local} sequences per rank, not divisible "
-         f"by micro_batch_size={mbs}")
+    need(
+        local % mbs == 0,
+        f"global_batch_size={gbs} over dp={dp} gives {local} sequences per rank, not divisible "
+        f"by micro_batch_size={mbs}",
+    )
     n_mb = local // mbs
     if pp > 1 and pcfg.pp_microbatches:
-        need(local % pcfg.pp_microbatches == 0,
-             f"{local} sequences per dp rank are not divisible by pp_microbatches="
-             f"{pcfg.pp_microbatches}")
+        need(
+            local % pcfg.pp_microbatches == 0,
+            f"{local} sequences per dp rank are not divisible by pp_microbatches="
+            f"{pcfg.pp_microbatches}",
+        )
         n_mb = pcfg.pp_microbatches
     if pp > 1:
         # every schedule here needs at least one micro-batch per stage in flight; the interleaved
         # ones (and ZBV) are written for micro-batch counts that are multiples of pp
-        need(n_mb >= pp, f"{n_mb} micro-batches per step cannot fill a pipeline of pp={pp}; "
-             f"lower micro_batch_size or set pp_microbatches >= {pp}")
+        need(
+            n_mb >= pp,
+            f"{n_mb} micro-batches per step cannot fill a pipeline of pp={pp}; "
+            f"lower micro_batch_size or set pp_microbatches >= {pp}",
+        )
         if sched == "ZBVZeroBubble":
-            need(n_mb >= n_stages, f"pp_schedule=ZBVZeroBubble needs at least one micro-batch "
-                 f"per stage: {n_mb} < {n_stages} stages")
+            need(
+                n_mb >= n_stages,
+                f"pp_schedule=ZBVZeroBubble needs at least one micro-batch "
+                f"per stage: {n_mb} < {n_stages} stages",
+            )
         if sched != "1F1B":
-            need(n_mb % pp == 0, f"pp_schedule={sched} needs micro-batches ({n_mb}) divisible "
-                 f"by pp={pp}")
-    need(seq_len <= model_cfg.max_seq_len,
-         f"seq_len={seq_len} exceeds {name}'s max_seq_len={model_cfg.max_seq_len}")
+            need(
+                n_mb % pp == 0,
+                f"pp_schedule={sched} needs micro-batches ({n_mb}) divisible by pp={pp}",
+            )
+    need(
+        seq_len <= model_cfg.max_seq_len,
+        f"seq_len={seq_len} exceeds {name}'s max_seq_len={model_cfg.max_seq_len}",
+    )
     return Layout(
-        world_size=world_size, pp=pp, dp_replicate=pcfg.dp_replicate, dp_shard=dp_shard, ep=ep,
-        tp=tp, global_batch_size=gbs, micro_batch_size=mbs, seq_len=seq_len,
-        local_batch_size=local, n_microbatches=n_mb, pp_schedule=sched, virtual_stages=v,
-        stage_layers=stage_layers, precision=pcfg.precision,
-        activation_checkpointing=pcfg.activation_checkpointing, ac_every_n=pcfg.ac_every_n,
-        compile=pcfg.compile, device=pcfg.device,
+        world_size=world_size,
+        pp=pp,
+        dp_replicate=pcfg.dp_replicate,
+        dp_shard=dp_shard,
+        ep=ep,
+        tp=tp,
+        global_batch_size=gbs,
+        micro_batch_size=mbs,
+        seq_len=seq_len,
+        local_batch_size=local,
+        n_microbatches=n_mb,
+        pp_schedule=sched,
+        virtual_stages=v,
+        stage_layers=stage_layers,
+        precision=pcfg.precision,
+        activation_checkpointing=pcfg.activation_checkpointing,
+        ac_every_n=pcfg.ac_every_n,
+        compile=pcfg.compile,
+        device=pcfg.device,
     )
 
 
@@ -251,8 +322,15 @@ def _suggest(pcfg: ParallelConfig, world_size: int, model_cfg, gbs, mbs, seq_len
             for ep in _divisors(world_size // (tp * pp)):
                 for rep in _divisors(world_size // (tp * pp * ep)):
                     shard = world_size // (tp * pp * ep * rep)
-                    cand = replace(pcfg, tp=tp, pp=pp, ep=ep, dp_replicate=rep, dp_shard=shard,
-                                   pp_split=[] if pp != pcfg.pp else list(pcfg.pp_split))
+                    cand = replace(
+                        pcfg,
+                        tp=tp,
+                        pp=pp,
+                        ep=ep,
+                        dp_replicate=rep,
+                        dp_shard=shard,
+                        pp_split=[] if pp != pcfg.pp else list(pcfg.pp_split),
+                    )
                     try:
                         _check(cand, world_size, model_cfg, gbs, mbs, seq_len)
                     except ConfigError:
@@ -263,16 +341,26 @@ def _suggest(pcfg: ParallelConfig, world_size: int, model_cfg, gbs, mbs, seq_len
                     if best is None or d < best[0]:
                         best = (d, cand)
     if best is None:
-        return (f"no layout of {world_size} ranks fits global_batch_size={gbs}, "
-                f"micro_batch_size={mbs}, seq_len={seq_len}; change the batch sizes")
+        return (
+            f"no layout of {world_size} ranks fits global_batch_size={gbs}, "
+            f"micro_batch_size={mbs}, seq_len={seq_len}; change the batch sizes"
+        )
     c = best[1]
-    return (f"a valid layout for world_size={world_size}: parallel.tp={c.tp} parallel.pp={c.pp} "
-            f"parallel.dp_replicate={c.dp_replicate} parallel.dp_shard={c.dp_shard} "
-            f"parallel.ep={c.ep}")
+    return (
+        f"a valid layout for world_size={world_size}: parallel.tp={c.tp} parallel.pp={c.pp} "
+        f"parallel.dp_replicate={c.dp_replicate} parallel.dp_shard={c.dp_shard} "
+        f"parallel.ep={c.ep}"
+    )
 
 
-def resolve_layout(pcfg: ParallelConfig, world_size: int, model_cfg: ModelConfig,
-                   global_batch_size: int, micro_batch_size: int, seq_len: int) -> Layout:
+def resolve_layout(
+    pcfg: ParallelConfig,
+    world_size: int,
+    model_cfg: ModelConfig,
+    global_batch_size: int,
+    micro_batch_size: int,
+    seq_len: int,
+) -> Layout:
     """Validate `pcfg` for this world and model without any process group.
 
     Raises ConfigError("parallel layout rejected: <reason>; <a valid alternative>")."""

@@ -11,9 +11,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.distributed.tensor import Replicate, Shard
-from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput,
-                                               PrepareModuleInputOutput, RowwiseParallel,
-                                               SequenceParallel, parallelize_module)
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    PrepareModuleInput,
+    PrepareModuleInputOutput,
+    RowwiseParallel,
+    SequenceParallel,
+    parallelize_module,
+)
 
 from model_zoo.config import ModelConfig
 from parallel.layout import Layout
@@ -60,10 +65,14 @@ def _replicated_norm_over_sharded_dim():
     sharded over heads: gather the features, normalise with the replicated weight, and hand back
     this rank's heads. Costs one all-gather of q and of k per layer."""
     return PrepareModuleInputOutput(
-        input_layouts=(Shard(-1),), desired_input_layouts=(Replicate(),),
-        input_kwarg_layouts=None, desired_input_kwarg_layouts=None,
-        output_layouts=(Replicate(),), desired_output_layouts=(Shard(-1),),
-        use_local_input=False, use_local_output=True,
+        input_layouts=(Shard(-1),),
+        desired_input_layouts=(Replicate(),),
+        input_kwarg_layouts=None,
+        desired_input_kwarg_layouts=None,
+        output_layouts=(Replicate(),),
+        desired_output_layouts=(Shard(-1),),
+        use_local_input=False,
+        use_local_output=True,
     )
 
 
@@ -77,8 +86,10 @@ def _replicated_compute(n_extra_inputs: int):
     return PrepareModuleInputOutput(
         input_layouts=(Shard(1),) + (None,) * n_extra_inputs,
         desired_input_layouts=(Replicate(),) + (None,) * n_extra_inputs,
-        output_layouts=(Replicate(),), desired_output_layouts=(Shard(1),),
-        use_local_input=True, use_local_output=True,
+        output_layouts=(Replicate(),),
+        desired_output_layouts=(Shard(1),),
+        use_local_input=True,
+        use_local_output=True,
     )
 
 
@@ -101,9 +112,9 @@ class _AllReduceTailGrad(torch.autograd.Function):
         import torch.distributed as dist
 
         grad = grad.clone()
-        tail = grad[..., -ctx.n:].contiguous()
+        tail = grad[..., -ctx.n :].contiguous()
         dist.all_reduce(tail, group=ctx.group)
-        grad[..., -ctx.n:] = tail
+        grad[..., -ctx.n :] = tail
         return grad, None, None
 
 
@@ -127,7 +138,7 @@ class _SelectHeadsOfRank(torch.autograd.Function):
         import torch.distributed as dist
 
         full = grad.new_zeros(*grad.shape[:-1], ctx.width)
-        full[..., ctx.start:ctx.stop] = grad
+        full[..., ctx.start : ctx.stop] = grad
         dist.all_reduce(full, group=ctx.group)
         return full, None, None, None
 
@@ -167,9 +178,11 @@ def _mla_plan(block, cfg: ModelConfig, tp_mesh, Colwise, Rowwise, PrepareInput) 
     attn = block.attention
     plan = {
         # local output: the replicated down-projections are plain modules
-        "attention": PrepareInput(input_layouts=(Shard(1), None, None, None),
-                                  desired_input_layouts=(Replicate(), None, None, None),
-                                  use_local_output=True),
+        "attention": PrepareInput(
+            input_layouts=(Shard(1), None, None, None),
+            desired_input_layouts=(Replicate(), None, None, None),
+            use_local_output=True,
+        ),
         "attention.wkv_b": Colwise(),
         "attention.wo": Rowwise(output_layouts=Shard(1)),
     }
@@ -177,7 +190,8 @@ def _mla_plan(block, cfg: ModelConfig, tp_mesh, Colwise, Rowwise, PrepareInput) 
     rope = cfg.mla.qk_rope_head_dim
     group = tp_mesh.get_group()
     attn.wkv_a.register_forward_hook(
-        lambda mod, inp, out: _AllReduceTailGrad.apply(out, rope, group))
+        lambda mod, inp, out: _AllReduceTailGrad.apply(out, rope, group)
+    )
     return plan
 
 
@@ -187,14 +201,16 @@ def apply_tp(model: nn.Module, cfg: ModelConfig, tp_mesh, precision: str) -> Non
     Colwise, Rowwise, PrepareInput = _tp_styles(precision)
     root_plan = {}
     if model.tok_embeddings is not None:
-        root_plan["tok_embeddings"] = RowwiseParallel(input_layouts=Replicate(),
-                                                      output_layouts=Shard(1))
+        root_plan["tok_embeddings"] = RowwiseParallel(
+            input_layouts=Replicate(), output_layouts=Shard(1)
+        )
     if model.norm is not None:
         root_plan["norm"] = SequenceParallel()
     if model.output is not None:
         # Logits stay a DTensor sharded over the vocabulary: the loss runs under loss_parallel.
-        root_plan["output"] = ColwiseParallel(input_layouts=Shard(1), output_layouts=Shard(-1),
-                                              use_local_output=False)
+        root_plan["output"] = ColwiseParallel(
+            input_layouts=Shard(1), output_layouts=Shard(-1), use_local_output=False
+        )
     if root_plan:
         parallelize_module(model, tp_mesh, root_plan)
     # KV heads split over tp when it divides them, else replicated (layout.py checked that tp is
@@ -210,13 +226,17 @@ def apply_tp(model: nn.Module, cfg: ModelConfig, tp_mesh, precision: str) -> Non
         if cfg.mla.enabled:
             plan.update(_mla_plan(block, cfg, tp_mesh, Colwise, Rowwise, PrepareInput))
         else:
-            plan.update({
-                # (x, cos, sin, attn_mask): x seq-sharded -> full sequence; the rest untouched
-                "attention": PrepareInput(input_layouts=(Shard(1), None, None, None),
-                                          desired_input_layouts=(Replicate(), None, None, None)),
-                "attention.wq": Colwise(),
-                "attention.wo": Rowwise(output_layouts=Shard(1)),
-            })
+            plan.update(
+                {
+                    # (x, cos, sin, attn_mask): x seq-sharded -> full sequence; the rest untouched
+                    "attention": PrepareInput(
+                        input_layouts=(Shard(1), None, None, None),
+                        desired_input_layouts=(Replicate(), None, None, None),
+                    ),
+                    "attention.wq": Colwise(),
+                    "attention.wo": Rowwise(output_layouts=Shard(1)),
+                }
+            )
             if split_kv:
                 plan["attention.wk"] = Colwise()
                 plan["attention.wv"] = Colwise()
@@ -233,8 +253,9 @@ def apply_tp(model: nn.Module, cfg: ModelConfig, tp_mesh, precision: str) -> Non
             plan["moe"] = _replicated_compute(0)
         else:
             ffn = block.feed_forward
-            plan["feed_forward"] = PrepareInput(input_layouts=(Shard(1),),
-                                                desired_input_layouts=(Replicate(),))
+            plan["feed_forward"] = PrepareInput(
+                input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)
+            )
             plan["feed_forward.w1"] = Colwise()
             plan["feed_forward.w2"] = Rowwise(output_layouts=Shard(1))
             if hasattr(ffn, "w3"):
@@ -298,12 +319,14 @@ def apply_fsdp(model: nn.Module, mesh, layout: Layout) -> None:
     if layout.ep > 1:
         # Experts are already split over ep; FSDP shards them over the remaining data-parallel
         # ranks only (dp_shard, replicated over dp_replicate), in their own FSDP group.
-        expert_mesh = (mesh["dp_replicate", "dp_shard"] if layout.dp_replicate > 1
-                       else mesh["dp_shard"])
+        expert_mesh = (
+            mesh["dp_replicate", "dp_shard"] if layout.dp_replicate > 1 else mesh["dp_shard"]
+        )
         for block in model.layers.values():
             if hasattr(block, "moe"):
-                fully_shard(block.moe.experts, mesh=expert_mesh, mp_policy=mp,
-                            reshard_after_forward=reshard)
+                fully_shard(
+                    block.moe.experts, mesh=expert_mesh, mp_policy=mp, reshard_after_forward=reshard
+                )
                 block.moe.experts.set_gradient_divide_factor(1.0)
                 block.moe.experts.set_force_sum_reduction_for_comms(True)
     for block in model.layers.values():

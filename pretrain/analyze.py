@@ -1,11 +1,11 @@
 """`pretrain analyze`: look back into a run.
 
-    pretrain analyze batch --run DIR --step N [--out FILE.npz] [--show K]
-        the global batch that step N consumed: token ids, and for each token the source, the
-        document id within the source and the offset in that document; rebuilt from the run's
-        config.yaml and data_order.jsonl and checked against the hash training logged.
-    pretrain analyze series --run DIR
-        the checkpoints of the run (the index): step, tokens, kind, size.
+pretrain analyze batch --run DIR --step N [--out FILE.npz] [--show K]
+    the global batch that step N consumed: token ids, and for each token the source, the
+    document id within the source and the offset in that document; rebuilt from the run's
+    config.yaml and data_order.jsonl and checked against the hash training logged.
+pretrain analyze series --run DIR
+    the checkpoints of the run (the index): step, tokens, kind, size.
 """
 
 from __future__ import annotations
@@ -37,13 +37,20 @@ def step_record(run_dir: Path, step: int) -> dict:
             rec = json.loads(line)
             if rec["step"] == step:
                 return rec
-    raise ConfigError(f"step {step} is not in {path}; the run consumed steps 1..last recorded "
-                      "(step N is the N-th optimizer step; step 0 consumed no batch)")
+    raise ConfigError(
+        f"step {step} is not in {path}; the run consumed steps 1..last recorded "
+        "(step N is the N-th optimizer step; step 0 consumed no batch)"
+    )
 
 
 def batch_of_step(run_dir: Path, step: int) -> dict:
     """The global batch of `step` exactly as training consumed it, with provenance."""
-    from pretrain.data.loader import batch_sha, build_data_order, data_fingerprint_matches, global_batch
+    from pretrain.data.loader import (
+        batch_sha,
+        build_data_order,
+        data_fingerprint_matches,
+        global_batch,
+    )
 
     run_dir = Path(run_dir)
     run = load_run(run_dir)
@@ -58,18 +65,23 @@ def batch_of_step(run_dir: Path, step: int) -> dict:
     batch, samples = global_batch(order, start, end, run.data.reset_position_ids)
     r0, r1 = rec["rank0_samples"]
     tokens = np.stack([s.tokens for s in samples])
-    rank0 = tokens[r0 - start:r1 - start]
+    rank0 = tokens[r0 - start : r1 - start]
     import torch
 
     if batch_sha(torch.from_numpy(rank0)) != rec["rank0_sha"]:
-        raise ConfigError(f"the rebuilt batch of step {step} does not hash to what training logged "
-                          "(the data files changed since the run?)")
+        raise ConfigError(
+            f"the rebuilt batch of step {step} does not hash to what training logged "
+            "(the data files changed since the run?)"
+        )
     return {
-        "step": step, "samples": np.arange(start, end), "tokens": tokens,
+        "step": step,
+        "samples": np.arange(start, end),
+        "tokens": tokens,
         "source": np.array([s.source for s in samples]),
         "doc_ids": np.stack([s.docs for s in samples]),
         "doc_offsets": np.stack([s.offsets for s in samples]),
-        "sources": [src.name for src in order.sources], "order": order,
+        "sources": [src.name for src in order.sources],
+        "order": order,
         "skipped": bool(rec.get("skipped", False)),
     }
 
@@ -78,13 +90,21 @@ def cmd_batch(args) -> int:
     out = batch_of_step(Path(args.run), args.step)
     order = out.pop("order")
     if args.out:
-        np.savez(args.out, **{k: v for k, v in out.items() if isinstance(v, np.ndarray)},
-                 sources=np.array(out["sources"]), step=out["step"])
-        print(f"saved step {args.step}: {out['tokens'].shape[0]} sequences x "
-              f"{out['tokens'].shape[1]} tokens -> {args.out}")
-    print(f"step {out['step']}: global samples {out['samples'][0]}..{out['samples'][-1]} "
-          f"({len(out['samples'])} sequences of {out['tokens'].shape[1]} tokens)"
-          f"{' [update skipped: non-finite loss]' if out['skipped'] else ''}; hash verified")
+        np.savez(
+            args.out,
+            **{k: v for k, v in out.items() if isinstance(v, np.ndarray)},
+            sources=np.array(out["sources"]),
+            step=out["step"],
+        )
+        print(
+            f"saved step {args.step}: {out['tokens'].shape[0]} sequences x "
+            f"{out['tokens'].shape[1]} tokens -> {args.out}"
+        )
+    print(
+        f"step {out['step']}: global samples {out['samples'][0]}..{out['samples'][-1]} "
+        f"({len(out['samples'])} sequences of {out['tokens'].shape[1]} tokens)"
+        f"{' [update skipped: non-finite loss]' if out['skipped'] else ''}; hash verified"
+    )
     for i in range(min(args.show, len(out["samples"]))):
         s = int(out["source"][i])
         docs = out["doc_ids"][i]
@@ -92,10 +112,14 @@ def cmd_batch(args) -> int:
         parts = []
         for j in firsts:
             loc = order.sources[s].locate(int(docs[j]))
-            parts.append(f"doc {int(docs[j])} ({Path(loc.file).name}#{loc.index}) from offset "
-                         f"{int(out['doc_offsets'][i][j])} at position {j}")
+            parts.append(
+                f"doc {int(docs[j])} ({Path(loc.file).name}#{loc.index}) from offset "
+                f"{int(out['doc_offsets'][i][j])} at position {j}"
+            )
         toks = " ".join(map(str, out["tokens"][i][:16]))
-        print(f"  sample {int(out['samples'][i])} [source {s}: {out['sources'][s]}]: {'; '.join(parts)}")
+        print(
+            f"  sample {int(out['samples'][i])} [source {s}: {out['sources'][s]}]: {'; '.join(parts)}"
+        )
         print(f"    tokens: {toks} ...")
     return 0
 
@@ -110,15 +134,20 @@ def cmd_series(args) -> int:
         return 1
     print(f"{'step':>8} {'tokens':>14} {'kind':<8} {'size':>10}  path")
     for e in entries:
-        print(f"{e['step']:>8} {e['tokens']:>14,} {e['kind']:<8} {format_bytes(e['bytes']):>10}  {e['path']}")
+        print(
+            f"{e['step']:>8} {e['tokens']:>14,} {e['kind']:<8} {format_bytes(e['bytes']):>10}  {e['path']}"
+        )
     total = sum(e["bytes"] for e in entries)
     print(f"{len(entries)} checkpoints, {format_bytes(total)}")
     return 0
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="pretrain analyze", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="pretrain analyze",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = ap.add_subparsers(dest="what", required=True)
     b = sub.add_parser("batch", help="the global batch of one step, as training consumed it")
     b.add_argument("--run", required=True)

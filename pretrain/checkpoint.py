@@ -13,13 +13,18 @@ one reader serves every checkpoint. Without a process group DCP runs in its no-d
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import os
 import shutil
+import time
 import warnings
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 from model_zoo.config import ModelConfig
@@ -44,13 +49,15 @@ def save_weights(
     *,
     step: int = 0,
     kind: str = "weights",
-    extra_meta: Optional[dict[str, Any]] = None,
+    extra_meta: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
     ckpt_dir = Path(ckpt_dir)
     if ckpt_dir.exists() and any(ckpt_dir.iterdir()):
         if not overwrite:
-            raise FileExistsError(f"{ckpt_dir} exists and is not empty; pass --overwrite to replace it")
+            raise FileExistsError(
+                f"{ckpt_dir} exists and is not empty; pass --overwrite to replace it"
+            )
         shutil.rmtree(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     # Tied weights appear under two names sharing storage; DCP stores each name, which keeps the
@@ -106,12 +113,6 @@ def load_weights(ckpt_dir: str | Path, device: str = "cpu") -> Transformer:
 # the manifest was written, so a crash leaves either a complete checkpoint or a .tmp folder that
 # resume ignores. The manifest lets resume detect a truncated or corrupted file as well.
 
-import hashlib
-import os
-import time
-from concurrent.futures import Future
-
-import torch.distributed as dist
 
 MANIFEST = "manifest.json"
 INDEX = "checkpoint_index.jsonl"
@@ -127,7 +128,7 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
             h.update(block)
 
 
-def write_manifest(ckpt_dir: Path, known: Optional[dict] = None) -> dict:
+def write_manifest(ckpt_dir: Path, known: dict | None = None) -> dict:
     """Write manifest.json: every file's size and sha256. `known` holds entries hashed already
     (by the rank that wrote the file), so rank 0 only hashes what nobody else did."""
     files = {}
@@ -153,7 +154,7 @@ def _write_durable(path: Path, text: str) -> None:
         os.fsync(fh.fileno())
 
 
-def verify_checkpoint(ckpt_dir: Path, mode: str = "checksum") -> Optional[str]:
+def verify_checkpoint(ckpt_dir: Path, mode: str = "checksum") -> str | None:
     """None when complete and intact, else what is wrong (missing manifest, file, size, hash)."""
     mpath = ckpt_dir / MANIFEST
     if not mpath.exists():
@@ -190,8 +191,7 @@ def list_full_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
-def find_latest_complete(run_dir: Path, verify: str = "checksum",
-                         report=print) -> Optional[Path]:
+def find_latest_complete(run_dir: Path, verify: str = "checksum", report=print) -> Path | None:
     """The newest full checkpoint that verifies; broken ones are reported and skipped."""
     root = Path(run_dir) / "checkpoints"
     for tmp in sorted(root.glob("*.tmp")) if root.exists() else []:
@@ -257,14 +257,15 @@ class CheckpointManager:
     background thread) never interleave with training collectives or with our own barriers, which
     use `ctrl_pg`."""
 
-    def __init__(self, run_dir: Path, run: RunConfig, rank: int = 0, world_size: int = 1,
-                 log=print):
+    def __init__(
+        self, run_dir: Path, run: RunConfig, rank: int = 0, world_size: int = 1, log=print
+    ):
         self.run_dir, self.run, self.rank, self.world = Path(run_dir), run, rank, world_size
         self.log = log
         self.dist = dist.is_available() and dist.is_initialized() and world_size > 1
         self.pg = dist.new_group(backend="gloo") if self.dist else None
         self.ctrl_pg = dist.new_group(backend="gloo") if self.dist else None
-        self.pending: Optional[tuple[Future, Path, int, dict]] = None
+        self.pending: tuple[Future, Path, int, dict] | None = None
         self.stall_s = 0.0  # training time spent blocked in saves (async: staging only)
 
     # ---- helpers -----------------------------------------------------------------------------
@@ -303,8 +304,9 @@ class CheckpointManager:
                 out[str(p.relative_to(tmp))] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
         return out
 
-    def _finalize(self, tmp: Path, final: Path, step: int, kind: str, meta: dict,
-                  own: Optional[dict] = None) -> None:
+    def _finalize(
+        self, tmp: Path, final: Path, step: int, kind: str, meta: dict, own: dict | None = None
+    ) -> None:
         """Every rank has written its shards: rank 0 writes metadata, manifest, renames, indexes."""
         own = self._hash_own(tmp) if own is None else own
         if self.dist:
@@ -316,42 +318,57 @@ class CheckpointManager:
             _write_durable(tmp / "meta.json", json.dumps(meta, indent=2))
             manifest = write_manifest(tmp, known=own)
             os.replace(tmp, final)
-            entries = [e for e in read_index(self.run_dir)
-                       if not (e["step"] == step and e["kind"] == kind)]
-            entries.append({"step": step, "tokens": meta.get("tokens", 0), "kind": kind,
-                            "path": str(final.relative_to(self.run_dir)),
-                            "bytes": manifest["bytes"], "checksum": manifest["checksum"]})
+            entries = [
+                e for e in read_index(self.run_dir) if not (e["step"] == step and e["kind"] == kind)
+            ]
+            entries.append(
+                {
+                    "step": step,
+                    "tokens": meta.get("tokens", 0),
+                    "kind": kind,
+                    "path": str(final.relative_to(self.run_dir)),
+                    "bytes": manifest["bytes"],
+                    "checksum": manifest["checksum"],
+                }
+            )
             if kind == "full":
                 entries = self._retain(entries)
             _write_index(self.run_dir, entries)
-            self.log(f"checkpoint: {kind} step {step} -> {final} "
-                     f"({manifest['bytes'] / 1e6:.1f} MB)")
+            self.log(
+                f"checkpoint: {kind} step {step} -> {final} ({manifest['bytes'] / 1e6:.1f} MB)"
+            )
         self._barrier()
 
     def _retain(self, entries: list[dict]) -> list[dict]:
         c = self.run.checkpoint
         full = sorted(e["step"] for e in entries if e["kind"] == "full")
-        keep = set(full[-c.keep_last:]) if c.keep_last > 0 else set(full)
+        keep = set(full[-c.keep_last :]) if c.keep_last > 0 else set(full)
         if c.keep_every > 0:
             keep |= {s for s in full if s % c.keep_every == 0}
         out = []
         for e in entries:
             if e["kind"] == "full" and e["step"] not in keep:
                 shutil.rmtree(self.run_dir / e["path"], ignore_errors=True)
-                self.log(f"checkpoint: removed {e['path']} (retention: keep_last={c.keep_last}, "
-                         f"keep_every={c.keep_every})")
+                self.log(
+                    f"checkpoint: removed {e['path']} (retention: keep_last={c.keep_last}, "
+                    f"keep_every={c.keep_every})"
+                )
                 continue
             out.append(e)
         return out
 
     # ---- full checkpoints ----------------------------------------------------------------------
-    def save_full(self, step: int, engine, optimizers, meta: dict, async_save: bool = False) -> None:
+    def save_full(
+        self, step: int, engine, optimizers, meta: dict, async_save: bool = False
+    ) -> None:
         self.wait()  # one save in flight at a time: the next one would race the same files
         t0 = time.perf_counter()
         final = full_dir(self.run_dir, step)
         tmp = self._prepare(final, rng_dir=True)
-        state = {"model": engine.model_state_dict(),
-                 "optim": flat_optim_state(engine.model_parts, optimizers)}
+        state = {
+            "model": engine.model_state_dict(),
+            "optim": flat_optim_state(engine.model_parts, optimizers),
+        }
         torch.save(rng_state(), tmp / "rng" / f"rank_{self.rank}.pt")
         meta = {"step": step, "kind": "full", "world_size": self.world, **meta}
         with _no_dist_ok():
@@ -390,8 +407,10 @@ class CheckpointManager:
 
     def load_full(self, path: Path, engine, optimizers) -> dict:
         """Load model and optimizer (resharded to this layout by DCP) and return meta.json."""
-        state = {"model": engine.model_state_dict(),
-                 "optim": flat_optim_state(engine.model_parts, optimizers)}
+        state = {
+            "model": engine.model_state_dict(),
+            "optim": flat_optim_state(engine.model_parts, optimizers),
+        }
         with _no_dist_ok():
             dcp.load(state, checkpoint_id=str(path), process_group=self.pg)
         engine.load_model_state_dict(state["model"])
@@ -415,8 +434,9 @@ class CheckpointManager:
         with _no_dist_ok():
             dcp.save(state, checkpoint_id=str(tmp / MODEL_SUBDIR), process_group=self.pg)
         self.stall_s += time.perf_counter() - t0
-        self._finalize(tmp, final, step, "weights",
-                       {"step": step, "kind": "weights", "dtype": dtype, **meta})
+        self._finalize(
+            tmp, final, step, "weights", {"step": step, "kind": "weights", "dtype": dtype, **meta}
+        )
 
 
 def load_weights_any(ckpt_dir: str | Path, device: str = "cpu") -> Transformer:

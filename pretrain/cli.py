@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from model_zoo.config import ConfigError
+
 
 def cmd_zoo(argv: list[str]) -> int:
     from pretrain.config import compose_config, to_yaml
@@ -30,8 +31,12 @@ def cmd_zoo(argv: list[str]) -> int:
     )
     ap.add_argument("name", nargs="?", help="print this model's resolved config")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides applied to the run config")
-    ap.add_argument("--seq-len", type=int, default=2048,
-                    help="sequence length for the FLOPs column (default: 2048)")
+    ap.add_argument(
+        "--seq-len",
+        type=int,
+        default=2048,
+        help="sequence length for the FLOPs column (default: 2048)",
+    )
     args = ap.parse_args(argv)
     if args.name:
         run = compose_config([f"model={args.name}", *args.overrides])
@@ -85,8 +90,12 @@ def cmd_export_hf(argv: list[str]) -> int:
     ap.add_argument("--tokenizer", help="tokenizer.json / tokenizer folder to copy alongside")
     ap.add_argument("--max-shard-gb", type=float, default=5.0)
     args = ap.parse_args(argv)
-    kw = dict(dtype=args.dtype, tokenizer=args.tokenizer, overwrite=args.overwrite,
-              max_shard_bytes=int(args.max_shard_gb * 1024**3))
+    kw = dict(
+        dtype=args.dtype,
+        tokenizer=args.tokenizer,
+        overwrite=args.overwrite,
+        max_shard_bytes=int(args.max_shard_gb * 1024**3),
+    )
     if args.step is not None or args.all:
         steps = None if args.all else [args.step]
         for step, out in export_run_steps(args.checkpoint, args.out, steps, **kw):
@@ -131,11 +140,16 @@ def cmd_schedule(argv: list[str]) -> int:
     dtype = args.dtype or run.checkpoint.series_dtype
     import torch
 
-    per = count_parameters(run.model).total * torch.empty(0, dtype=getattr(torch, dtype)).element_size()
+    per = (
+        count_parameters(run.model).total
+        * torch.empty(0, dtype=getattr(torch, dtype)).element_size()
+    )
     print(" ".join(map(str, steps)))
     print(f"{len(steps)} checkpoints over {args.max_steps} steps")
-    print(f"model {run.model.name}: {format_bytes(per)} per checkpoint in {dtype}; "
-          f"series total about {format_bytes(per * len(steps))}")
+    print(
+        f"model {run.model.name}: {format_bytes(per)} per checkpoint in {dtype}; "
+        f"series total about {format_bytes(per * len(steps))}"
+    )
     return 0
 
 
@@ -173,7 +187,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
 }
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
@@ -183,8 +197,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"pretrain: unknown subcommand {name!r}; choose one of {', '.join(COMMANDS)}",
-              file=sys.stderr)
+        print(
+            f"pretrain: unknown subcommand {name!r}; choose one of {', '.join(COMMANDS)}",
+            file=sys.stderr,
+        )
         return 2
     try:
         return COMMANDS[name][0](rest)

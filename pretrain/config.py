@@ -175,8 +175,13 @@ def validate_run_config(run: RunConfig) -> RunConfig:
         f"trainer.global_batch_size={t.global_batch_size} is not divisible by "
         f"trainer.micro_batch_size={t.micro_batch_size}",
     )
-    need(t.device in ("auto", "cpu", "cuda"), f"trainer.device={t.device!r} is not auto, cpu or cuda")
-    need(t.global_batch_tokens >= 0, f"trainer.global_batch_tokens={t.global_batch_tokens} must be >= 0")
+    need(
+        t.device in ("auto", "cpu", "cuda"), f"trainer.device={t.device!r} is not auto, cpu or cuda"
+    )
+    need(
+        t.global_batch_tokens >= 0,
+        f"trainer.global_batch_tokens={t.global_batch_tokens} must be >= 0",
+    )
     if t.global_batch_tokens:
         need(
             t.global_batch_tokens % t.seq_len == 0,
@@ -185,14 +190,18 @@ def validate_run_config(run: RunConfig) -> RunConfig:
         )
         # Tokens win: the sequence count follows from them, so the divisibility check below holds.
         t.global_batch_size = t.global_batch_tokens // t.seq_len
-    need(t.global_batch_size > 0, f"trainer.global_batch_size={t.global_batch_size} must be positive")
+    need(
+        t.global_batch_size > 0, f"trainer.global_batch_size={t.global_batch_size} must be positive"
+    )
     need(
         t.global_batch_size % t.micro_batch_size == 0,
         f"trainer.global_batch_size={t.global_batch_size} is not divisible by "
         f"trainer.micro_batch_size={t.micro_batch_size}",
     )
     need(t.log_interval >= 1, f"trainer.log_interval={t.log_interval} must be >= 1")
-    need(t.nan_policy in ("stop", "skip"), f"trainer.nan_policy={t.nan_policy!r} is not stop or skip")
+    need(
+        t.nan_policy in ("stop", "skip"), f"trainer.nan_policy={t.nan_policy!r} is not stop or skip"
+    )
     need(t.peak_flops >= 0, f"trainer.peak_flops={t.peak_flops} must be >= 0 (0 = from the table)")
     need(o.name == "adamw", f"optim.name={o.name!r}: only adamw is available")
     need(o.lr > 0, f"optim.lr={o.lr} must be positive")
@@ -200,9 +209,13 @@ def validate_run_config(run: RunConfig) -> RunConfig:
     need(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)")
     need(o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip} must be >= 0 (0 disables clipping)")
     for rule in o.no_decay:
-        need(rule in NO_DECAY_RULES,
-             f"optim.no_decay entry {rule!r} is not one of {', '.join(NO_DECAY_RULES)}")
-    need(o.fused in ("auto", "true", "false"), f"optim.fused={o.fused!r} is not auto, true or false")
+        need(
+            rule in NO_DECAY_RULES,
+            f"optim.no_decay entry {rule!r} is not one of {', '.join(NO_DECAY_RULES)}",
+        )
+    need(
+        o.fused in ("auto", "true", "false"), f"optim.fused={o.fused!r} is not auto, true or false"
+    )
     need(s.name in SCHEDULES, f"schedule.name={s.name!r} is not one of {', '.join(SCHEDULES)}")
     need(s.warmup_steps >= 0, f"schedule.warmup_steps={s.warmup_steps} must be >= 0")
     need(0 <= s.min_lr_ratio <= 1, f"schedule.min_lr_ratio={s.min_lr_ratio} must be in [0, 1]")
@@ -230,17 +243,25 @@ def validate_run_config(run: RunConfig) -> RunConfig:
     c, d = run.checkpoint, run.data
     need(c.interval >= 0, f"checkpoint.interval={c.interval} must be >= 0 (0 = only at the end)")
     need(c.keep_last >= 0 and c.keep_every >= 0, "checkpoint.keep_last and keep_every must be >= 0")
-    need(c.series_dtype in SERIES_DTYPES,
-         f"checkpoint.series_dtype={c.series_dtype!r} is not one of {', '.join(SERIES_DTYPES)}")
-    need(c.verify in ("checksum", "size"), f"checkpoint.verify={c.verify!r} is not checksum or size")
+    need(
+        c.series_dtype in SERIES_DTYPES,
+        f"checkpoint.series_dtype={c.series_dtype!r} is not one of {', '.join(SERIES_DTYPES)}",
+    )
+    need(
+        c.verify in ("checksum", "size"), f"checkpoint.verify={c.verify!r} is not checksum or size"
+    )
     from pretrain.series import validate_spec
 
     validate_spec(c.series)
-    need(run.resume == "none" or run.resume == "auto" or bool(run.resume),
-         "resume must be none, auto, or a checkpoint folder")
+    need(
+        run.resume == "none" or run.resume == "auto" or bool(run.resume),
+        "resume must be none, auto, or a checkpoint folder",
+    )
     need(d.format in ("megatron", "npy"), f"data.format={d.format!r} is not megatron or npy")
-    need(d.npy_dtype in ("auto", "uint16", "uint32"),
-         f"data.npy_dtype={d.npy_dtype!r} is not auto, uint16 or uint32")
+    need(
+        d.npy_dtype in ("auto", "uint16", "uint32"),
+        f"data.npy_dtype={d.npy_dtype!r} is not auto, uint16 or uint32",
+    )
     need(d.mix_block >= 1, f"data.mix_block={d.mix_block} must be >= 1")
     if d.weights:
         need(
@@ -250,10 +271,12 @@ def validate_run_config(run: RunConfig) -> RunConfig:
         )
         need(all(w > 0 for w in d.weights), f"data.weights={list(d.weights)} must all be positive")
     eos = d.eos_id if d.eos_id >= 0 else run.model.eos_token_id
-    need(not d.paths or eos is not None and 0 <= eos < run.model.vocab_size,
-         f"the document separator (data.eos_id={d.eos_id}, model.eos_token_id="
-         f"{run.model.eos_token_id}) is not a token of the vocabulary (size {run.model.vocab_size}); "
-         "set data.eos_id")
+    need(
+        not d.paths or eos is not None and 0 <= eos < run.model.vocab_size,
+        f"the document separator (data.eos_id={d.eos_id}, model.eos_token_id="
+        f"{run.model.eos_token_id}) is not a token of the vocabulary (size {run.model.vocab_size}); "
+        "set data.eos_id",
+    )
     return run
 
 
@@ -282,7 +305,18 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 __all__ = [
-    "RunConfig", "ParallelConfig", "OptimizerConfig", "ScheduleConfig", "TrainerConfig",
-    "CheckpointConfig", "DataConfig", "compose_config", "validate_run_config", "to_yaml",
-    "config_dir", "model_config_from_dict", "load_yaml", "run_config_from_dict",
+    "RunConfig",
+    "ParallelConfig",
+    "OptimizerConfig",
+    "ScheduleConfig",
+    "TrainerConfig",
+    "CheckpointConfig",
+    "DataConfig",
+    "compose_config",
+    "validate_run_config",
+    "to_yaml",
+    "config_dir",
+    "model_config_from_dict",
+    "load_yaml",
+    "run_config_from_dict",
 ]

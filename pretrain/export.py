@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from model_zoo.hf import export_hf, import_hf
-from pretrain.checkpoint import load_weights, save_weights
+from pretrain.checkpoint import save_weights
 from pretrain.config import RunConfig
 
 
-def import_hf_to_checkpoint(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
+def import_hf_to_checkpoint(
+    hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False
+) -> Path:
     """Write a step-0 weights checkpoint (continued pretraining starts from it)."""
     cfg, state = import_hf(hf_dir)
     # Default run settings with the imported model; the sequence length must fit the model.
     run = RunConfig(model=cfg)
     run.trainer.seq_len = min(run.trainer.seq_len, cfg.max_seq_len)
-    return save_weights(out_dir, state, run, step=0, kind="weights",
-                        extra_meta={"imported_from": str(Path(hf_dir).resolve())},
-                        overwrite=overwrite)
+    return save_weights(
+        out_dir,
+        state,
+        run,
+        step=0,
+        kind="weights",
+        extra_meta={"imported_from": str(Path(hf_dir).resolve())},
+        overwrite=overwrite,
+    )
 
 
 def export_checkpoint_to_hf(
@@ -26,19 +33,27 @@ def export_checkpoint_to_hf(
     out_dir: str | Path,
     *,
     dtype: str = "float32",
-    tokenizer: Optional[str] = None,
+    tokenizer: str | None = None,
     overwrite: bool = False,
     max_shard_bytes: int = 5 * 1024**3,
 ) -> Path:
     from pretrain.checkpoint import load_weights_any
 
     model = load_weights_any(ckpt_dir)  # a series (weights) or a full training checkpoint
-    return export_hf(model.cfg, model.state_dict(), out_dir, dtype=dtype, tokenizer=tokenizer,
-                     overwrite=overwrite, max_shard_bytes=max_shard_bytes)
+    return export_hf(
+        model.cfg,
+        model.state_dict(),
+        out_dir,
+        dtype=dtype,
+        tokenizer=tokenizer,
+        overwrite=overwrite,
+        max_shard_bytes=max_shard_bytes,
+    )
 
 
-def export_run_steps(run_dir: str | Path, out_root: str | Path, steps: Optional[list[int]] = None,
-                     **kw):
+def export_run_steps(
+    run_dir: str | Path, out_root: str | Path, steps: list[int] | None = None, **kw
+):
     """Export steps of a run folder to OUT/stepN (Pythia's revision names). For each step the
     series (weights) checkpoint is used when there is one, else the full checkpoint. Loading goes
     through DCP, which reassembles shards written under any layout in this single process."""
@@ -47,17 +62,23 @@ def export_run_steps(run_dir: str | Path, out_root: str | Path, steps: Optional[
     run_dir, out_root = Path(run_dir), Path(out_root)
     entries = read_index(run_dir)
     if not entries:
-        raise FileNotFoundError(f"{run_dir} has no checkpoint_index.jsonl: not a training run "
-                                "folder, or no checkpoint was saved")
+        raise FileNotFoundError(
+            f"{run_dir} has no checkpoint_index.jsonl: not a training run "
+            "folder, or no checkpoint was saved"
+        )
     by_step: dict[int, dict] = {}
-    for e in entries:  # prefer weights (series) over full at the same step: already the export dtype
+    for (
+        e
+    ) in entries:  # prefer weights (series) over full at the same step: already the export dtype
         if e["step"] not in by_step or e["kind"] == "weights":
             by_step[e["step"]] = e
     wanted = sorted(by_step) if steps is None else steps
     for step in wanted:
         if step not in by_step:
-            raise FileNotFoundError(f"step {step} has no checkpoint in {run_dir}; saved steps: "
-                                    f"{', '.join(map(str, sorted(by_step)))}")
+            raise FileNotFoundError(
+                f"step {step} has no checkpoint in {run_dir}; saved steps: "
+                f"{', '.join(map(str, sorted(by_step)))}"
+            )
         model = load_weights_any(run_dir / by_step[step]["path"])
         out = export_hf(model.cfg, model.state_dict(), out_root / f"step{step}", **kw)
         yield step, out

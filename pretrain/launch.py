@@ -20,7 +20,6 @@ import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Optional
 
 from model_zoo.config import ConfigError
 
@@ -79,27 +78,33 @@ def check(spec: LaunchSpec):
     if spec.nodes < 1:
         raise ConfigError(f"--nodes={spec.nodes}: must be at least 1")
     if spec.procs < 1:
-        raise ConfigError("give --gpus-per-node G (GPU clusters) or --procs-per-node K (CPU clusters): "
-                          "the number of training processes on each node")
+        raise ConfigError(
+            "give --gpus-per-node G (GPU clusters) or --procs-per-node K (CPU clusters): "
+            "the number of training processes on each node"
+        )
     if spec.launcher not in LAUNCHERS:
         raise ConfigError(f"--launcher={spec.launcher}: choose one of {', '.join(LAUNCHERS)}")
     if spec.gpus_per_node and spec.procs_per_node and spec.procs_per_node != spec.gpus_per_node:
-        raise ConfigError(f"--procs-per-node={spec.procs_per_node} differs from --gpus-per-node="
-                          f"{spec.gpus_per_node}: training runs one process per GPU; drop one of them")
+        raise ConfigError(
+            f"--procs-per-node={spec.procs_per_node} differs from --gpus-per-node="
+            f"{spec.gpus_per_node}: training runs one process per GPU; drop one of them"
+        )
     if not re.fullmatch(r"(\d+-)?\d+(:\d+){0,2}|\d+|UNLIMITED|INFINITE", spec.time):
         raise ConfigError(f"--time={spec.time!r}: use Slurm's format, e.g. 04:00:00 or 2-00:00:00")
     run = compose_config(spec.overrides)
     t = run.trainer
-    layout = resolve_layout(run.parallel, spec.world_size, run.model, t.global_batch_size,
-                            t.micro_batch_size, t.seq_len)
+    layout = resolve_layout(
+        run.parallel, spec.world_size, run.model, t.global_batch_size, t.micro_batch_size, t.seq_len
+    )
     if t.device == "cuda" or run.parallel.device == "cuda":
         if not spec.gpus_per_node:
-            raise ConfigError("device=cuda but no --gpus-per-node: ask Slurm for the GPUs, e.g. "
-                              "--gpus-per-node 8")
+            raise ConfigError(
+                "device=cuda but no --gpus-per-node: ask Slurm for the GPUs, e.g. --gpus-per-node 8"
+            )
     return run, layout
 
 
-def _time_seconds(time: str) -> Optional[int]:
+def _time_seconds(time: str) -> int | None:
     """Slurm's --time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S."""
     m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", time)
     if not m:
@@ -122,12 +127,16 @@ def render(spec: LaunchSpec, run=None, layout=None, template: Path = TEMPLATE) -
     run_dir = Path(run.run_dir).expanduser().resolve()
     secs = _time_seconds(spec.time)
     if secs is not None and spec.signal_seconds >= secs:
-        raise ConfigError(f"--signal-seconds={spec.signal_seconds} is not shorter than --time="
-                          f"{spec.time}: the job would be told to stop at once; lower it")
+        raise ConfigError(
+            f"--signal-seconds={spec.signal_seconds} is not shorter than --time="
+            f"{spec.time}: the job would be told to stop at once; lower it"
+        )
     text = template.read_text()
     if HEADER_END not in text or SETTINGS_MARK not in text:
-        raise ConfigError(f"{template} lacks the markers {HEADER_END!r} / {SETTINGS_MARK!r} that "
-                          "pretrain launch fills in; restore it from the repository")
+        raise ConfigError(
+            f"{template} lacks the markers {HEADER_END!r} / {SETTINGS_MARK!r} that "
+            "pretrain launch fills in; restore it from the repository"
+        )
     head, _, rest = text.partition(HEADER_END)
     head_lines = head.splitlines()
     first_sbatch = next(i for i, l in enumerate(head_lines) if l.startswith("#SBATCH"))
@@ -150,7 +159,9 @@ def render(spec: LaunchSpec, run=None, layout=None, template: Path = TEMPLATE) -
     if spec.gpus_per_node:
         sb.append(f"--gpus-per-node={spec.gpus_per_node}")
     if spec.cpus_per_task:
-        sb.append(f"--cpus-per-task={spec.cpus_per_task * (spec.procs if spec.launcher == 'torchrun' else 1)}")
+        sb.append(
+            f"--cpus-per-task={spec.cpus_per_task * (spec.procs if spec.launcher == 'torchrun' else 1)}"
+        )
     if spec.partition:
         sb.append(f"--partition={spec.partition}")
     if spec.account:
@@ -168,15 +179,19 @@ def render(spec: LaunchSpec, run=None, layout=None, template: Path = TEMPLATE) -
         f"RUN_DIR={shlex.quote(str(run_dir))}",
         "TRAIN_ARGS=(" + " ".join(shlex.quote(o) for o in overrides) + ")",
     ]
-    script = "\n".join([*comments, *[f"#SBATCH {a}" for a in sb], HEADER_END + rest.split("\n", 1)[0]])
+    script = "\n".join(
+        [*comments, *[f"#SBATCH {a}" for a in sb], HEADER_END + rest.split("\n", 1)[0]]
+    )
     script += "\n" + rest.split("\n", 1)[1].replace(SETTINGS_MARK, "\n".join(settings))
     return script, run_dir
 
 
 def submit(script: str, run_dir: Path, sbatch: str = "sbatch") -> str:
     if shutil.which(sbatch) is None:
-        raise ConfigError(f"{sbatch} not found: run pretrain launch on a Slurm login node, or use "
-                          "--dry-run to print the script")
+        raise ConfigError(
+            f"{sbatch} not found: run pretrain launch on a Slurm login node, or use "
+            "--dry-run to print the script"
+        )
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     sdir = run_dir / "slurm"
     sdir.mkdir(parents=True, exist_ok=True)
@@ -184,8 +199,9 @@ def submit(script: str, run_dir: Path, sbatch: str = "sbatch") -> str:
     path.write_text(script)
     res = subprocess.run([sbatch, "--parsable", str(path)], capture_output=True, text=True)
     if res.returncode != 0:
-        raise RuntimeError(f"sbatch refused the job ({res.returncode}): {res.stderr.strip()}; "
-                           f"the script is {path}")
+        raise RuntimeError(
+            f"sbatch refused the job ({res.returncode}): {res.stderr.strip()}; the script is {path}"
+        )
     job = res.stdout.strip().split(";")[0]
     return job
 
@@ -195,40 +211,75 @@ def main(argv: list[str]) -> int:
         prog="pretrain launch",
         description="Render slurm/train.sbatch for a run, validate the parallel layout for "
         "nodes x processes, and submit it (or print it with --dry-run). Overrides are the same "
-        "Hydra key=value ones as `pretrain train`; resume=auto is added so a requeued job resumes.")
-    ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=pythia-160m parallel.tp=2")
+        "Hydra key=value ones as `pretrain train`; resume=auto is added so a requeued job resumes.",
+    )
+    ap.add_argument(
+        "overrides", nargs="*", help="Hydra overrides, e.g. model=pythia-160m parallel.tp=2"
+    )
     ap.add_argument("--nodes", "-N", type=int, required=True)
     ap.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node (one rank per GPU)")
-    ap.add_argument("--procs-per-node", type=int, default=0,
-                    help="processes per node on CPU-only clusters (and tests); default: --gpus-per-node")
+    ap.add_argument(
+        "--procs-per-node",
+        type=int,
+        default=0,
+        help="processes per node on CPU-only clusters (and tests); default: --gpus-per-node",
+    )
     ap.add_argument("--partition", "-p", default="")
     ap.add_argument("--time", "-t", default="01:00:00", help="time limit (default 01:00:00)")
     ap.add_argument("--account", "-A", default="")
     ap.add_argument("--job-name", default="")
-    ap.add_argument("--launcher", default="srun", choices=LAUNCHERS,
-                    help="srun: one task per GPU; torchrun: one torchrun per node (c10d rendezvous)")
+    ap.add_argument(
+        "--launcher",
+        default="srun",
+        choices=LAUNCHERS,
+        help="srun: one task per GPU; torchrun: one torchrun per node (c10d rendezvous)",
+    )
     ap.add_argument("--cpus-per-task", type=int, default=0, help="CPU cores per rank")
-    ap.add_argument("--signal-seconds", type=int, default=300,
-                    help="SIGUSR1 this many seconds before the time limit: checkpoint and requeue")
+    ap.add_argument(
+        "--signal-seconds",
+        type=int,
+        default=300,
+        help="SIGUSR1 this many seconds before the time limit: checkpoint and requeue",
+    )
     ap.add_argument("--python", default="", help="Python on the compute nodes (default: this one)")
-    ap.add_argument("--sbatch", dest="extra_sbatch", action="append", default=[],
-                    help="an extra #SBATCH option, e.g. --sbatch=--exclusive (repeatable)")
+    ap.add_argument(
+        "--sbatch",
+        dest="extra_sbatch",
+        action="append",
+        default=[],
+        help="an extra #SBATCH option, e.g. --sbatch=--exclusive (repeatable)",
+    )
     ap.add_argument("--dry-run", action="store_true", help="print the script, submit nothing")
     args = ap.parse_intermixed_args(argv)
-    spec = LaunchSpec(overrides=args.overrides, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
-                      procs_per_node=args.procs_per_node, partition=args.partition, time=args.time,
-                      account=args.account, job_name=args.job_name, launcher=args.launcher,
-                      cpus_per_task=args.cpus_per_task, signal_seconds=args.signal_seconds,
-                      python=args.python, extra_sbatch=args.extra_sbatch)
+    spec = LaunchSpec(
+        overrides=args.overrides,
+        nodes=args.nodes,
+        gpus_per_node=args.gpus_per_node,
+        procs_per_node=args.procs_per_node,
+        partition=args.partition,
+        time=args.time,
+        account=args.account,
+        job_name=args.job_name,
+        launcher=args.launcher,
+        cpus_per_task=args.cpus_per_task,
+        signal_seconds=args.signal_seconds,
+        python=args.python,
+        extra_sbatch=args.extra_sbatch,
+    )
     run, layout = check(spec)
     if not run.data.paths:
-        raise ConfigError("data.paths is empty; give tokenized shards on a filesystem every node "
-                          "sees, e.g. data.paths=[/shared/tokens/train] (written by `pretrain data`)")
+        raise ConfigError(
+            "data.paths is empty; give tokenized shards on a filesystem every node "
+            "sees, e.g. data.paths=[/shared/tokens/train] (written by `pretrain data`)"
+        )
     script, run_dir = render(spec, run, layout)
     if args.dry_run:
         print(script, end="")
-        print(f"# dry run: {spec.nodes} nodes x {spec.procs} = {spec.world_size} ranks; layout "
-              f"{layout.describe()}; nothing submitted", file=sys.stderr)
+        print(
+            f"# dry run: {spec.nodes} nodes x {spec.procs} = {spec.world_size} ranks; layout "
+            f"{layout.describe()}; nothing submitted",
+            file=sys.stderr,
+        )
         return 0
     try:
         job = submit(script, run_dir)

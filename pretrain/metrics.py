@@ -13,7 +13,6 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -34,7 +33,7 @@ PEAK_FLOPS_BF16 = {
 }
 
 
-def device_peak_flops(device: torch.device, override: float = 0.0) -> Optional[float]:
+def device_peak_flops(device: torch.device, override: float = 0.0) -> float | None:
     """Peak FLOP/s of one device: the override when given, else the table by device name, else
     None (CPU, unknown GPU: MFU is then not reported rather than made up)."""
     if override > 0:
@@ -50,13 +49,15 @@ def device_peak_flops(device: torch.device, override: float = 0.0) -> Optional[f
 
 def memory_stats(device: torch.device) -> dict:
     if device.type == "cuda":
-        return {"mem_alloc_gb": torch.cuda.max_memory_allocated(device) / 1e9,
-                "mem_reserved_gb": torch.cuda.max_memory_reserved(device) / 1e9}
+        return {
+            "mem_alloc_gb": torch.cuda.max_memory_allocated(device) / 1e9,
+            "mem_reserved_gb": torch.cuda.max_memory_reserved(device) / 1e9,
+        }
     # Peak resident set size of this process (Linux reports KiB).
     return {"mem_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9}
 
 
-def expert_load(model_parts) -> Optional[dict]:
+def expert_load(model_parts) -> dict | None:
     """Per MoE layer of this rank's stages, the fraction of the step's routed tokens each expert
     received (model_zoo.moe counts them, the engine sums them over data-parallel ranks); None for
     a dense model. Must be read before the bias update, which resets the counts."""
@@ -71,8 +72,16 @@ def expert_load(model_parts) -> Optional[dict]:
 class MetricsLogger:
     """Writes on rank 0 only; every rank calls `log` so the timing windows stay aligned."""
 
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, world_size: int,
-                 flops_per_token: int, peak_flops: Optional[float], device: torch.device):
+    def __init__(
+        self,
+        run_dir: Path,
+        enabled: bool,
+        tensorboard: bool,
+        world_size: int,
+        flops_per_token: int,
+        peak_flops: float | None,
+        device: torch.device,
+    ):
         self.enabled, self.world, self.device = enabled, world_size, device
         self.flops_per_token, self.peak = flops_per_token, peak_flops
         self.file = open(run_dir / "metrics.jsonl", "a") if enabled else None
@@ -92,10 +101,15 @@ class MetricsLogger:
     def count(self, tokens: int) -> None:
         self._tokens += tokens
 
-    def log(self, step: int, values: dict, extra: Optional[dict] = None) -> dict:
+    def log(self, step: int, values: dict, extra: dict | None = None) -> dict:
         dt = max(time.perf_counter() - self._t0, 1e-9)
         tps = self._tokens / dt
-        rec = {"step": step, **values, "tokens_per_s": tps, "tokens_per_s_per_device": tps / self.world}
+        rec = {
+            "step": step,
+            **values,
+            "tokens_per_s": tps,
+            "tokens_per_s_per_device": tps / self.world,
+        }
         rec["mfu"] = (tps / self.world * self.flops_per_token / self.peak) if self.peak else None
         rec.update(memory_stats(self.device))
         if extra:
@@ -107,13 +121,22 @@ class MetricsLogger:
         self.file.flush()
         if self.tb is not None:
             for k, v in rec.items():
-                if isinstance(v, (int, float)) and k != "step" and v is not None and math.isfinite(v):
+                if (
+                    isinstance(v, (int, float))
+                    and k != "step"
+                    and v is not None
+                    and math.isfinite(v)
+                ):
                     self.tb.add_scalar(f"train/{k}", v, step)
         mfu = f" mfu {rec['mfu'] * 100:.1f}%" if rec["mfu"] is not None else ""
         mem = rec.get("mem_alloc_gb", rec.get("mem_rss_gb", 0.0))
-        print(f"step {step:>6} | loss {rec['loss']:.4f} | lr {rec['lr']:.3e} | grad_norm "
-              f"{rec['grad_norm']:.3f} | {tps:,.0f} tok/s ({tps / self.world:,.0f}/device){mfu} | "
-              f"mem {mem:.2f} GB", file=sys.stdout, flush=True)
+        print(
+            f"step {step:>6} | loss {rec['loss']:.4f} | lr {rec['lr']:.3e} | grad_norm "
+            f"{rec['grad_norm']:.3f} | {tps:,.0f} tok/s ({tps / self.world:,.0f}/device){mfu} | "
+            f"mem {mem:.2f} GB",
+            file=sys.stdout,
+            flush=True,
+        )
         return rec
 
     def close(self) -> None:

@@ -26,8 +26,10 @@ def decay_split(part: nn.Module, no_decay: list[str]) -> tuple[list, list, list[
         is_norm = isinstance(mod, (RMSNorm, nn.LayerNorm))
         for p_name, p in mod.named_parameters(recurse=False):
             full = f"{mod_name}.{p_name}" if mod_name else p_name
-            if ("norm" in rules and is_norm) or ("bias" in rules and p_name == "bias") or (
-                "embedding" in rules and isinstance(mod, nn.Embedding)
+            if (
+                ("norm" in rules and is_norm)
+                or ("bias" in rules and p_name == "bias")
+                or ("embedding" in rules and isinstance(mod, nn.Embedding))
             ):
                 skip.setdefault(id(p), full)
     decay, nodecay, names, seen = [], [], [], set()
@@ -43,19 +45,28 @@ def decay_split(part: nn.Module, no_decay: list[str]) -> tuple[list, list, list[
     return decay, nodecay, names
 
 
-def build_optimizers(model_parts: list[nn.Module], ocfg, device: torch.device) -> list[torch.optim.Optimizer]:
+def build_optimizers(
+    model_parts: list[nn.Module], ocfg, device: torch.device
+) -> list[torch.optim.Optimizer]:
     fused = device.type == "cuda" if ocfg.fused == "auto" else ocfg.fused == "true"
     opts = []
     for part in model_parts:
         decay, nodecay, _ = decay_split(part, ocfg.no_decay)
-        groups = [g for g in (
-            {"params": decay, "weight_decay": ocfg.weight_decay},
-            {"params": nodecay, "weight_decay": 0.0},
-        ) if g["params"]]
+        groups = [
+            g
+            for g in (
+                {"params": decay, "weight_decay": ocfg.weight_decay},
+                {"params": nodecay, "weight_decay": 0.0},
+            )
+            if g["params"]
+        ]
         kwargs = dict(lr=ocfg.lr, betas=(ocfg.beta1, ocfg.beta2), eps=ocfg.eps)
         # fused=True is torch's single-kernel AdamW (CUDA); foreach is the fast path elsewhere.
-        opts.append(torch.optim.AdamW(groups, **kwargs, fused=True) if fused
-                    else torch.optim.AdamW(groups, **kwargs, foreach=True))
+        opts.append(
+            torch.optim.AdamW(groups, **kwargs, fused=True)
+            if fused
+            else torch.optim.AdamW(groups, **kwargs, foreach=True)
+        )
     return opts
 
 

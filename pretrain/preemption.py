@@ -29,25 +29,31 @@ import os
 import signal
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
 
 class Preemption:
-    def __init__(self, rank: int = 0, world_size: int = 1, device=None,
-                 stop_file: Optional[str] = None, log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        rank: int = 0,
+        world_size: int = 1,
+        device=None,
+        stop_file: str | None = None,
+        log: Callable[[str], None] = print,
+    ):
         self.rank, self.world_size, self.device = rank, world_size, device
         sf = stop_file if stop_file is not None else os.environ.get("PRETRAIN_STOP_FILE", "")
         self.stop_file = Path(sf) if sf else None
         self.log = log
-        self.received: Optional[str] = None  # name of the signal that arrived, if any
-        self.stopped_at: Optional[int] = None  # the step all ranks agreed to stop after
+        self.received: str | None = None  # name of the signal that arrived, if any
+        self.stopped_at: int | None = None  # the step all ranks agreed to stop after
         self._previous: dict = {}
 
     # ------------------------------------------------------------------ signals
-    def install(self) -> "Preemption":
+    def install(self) -> Preemption:
         # signal.signal only works in the main thread; a loop run from another thread (a notebook,
         # a test harness) still stops through the stop file.
         if threading.current_thread() is not threading.main_thread():
@@ -88,7 +94,7 @@ class Preemption:
         return local
 
     # ------------------------------------------------------------------ after the checkpoint
-    def finish(self, checkpoint_dir: Optional[Path] = None) -> Optional[str]:
+    def finish(self, checkpoint_dir: Path | None = None) -> str | None:
         """Call once the checkpoint of the stop step is complete on every rank. Rank 0 hands the
         requeue to the batch script (PRETRAIN_STOPPED_FILE) or requeues the Slurm job itself;
         returns a one-line account of what happened (or None when nothing was requested)."""
@@ -107,8 +113,10 @@ class Preemption:
         job = os.environ.get("SLURM_JOB_ID")
         stopped_file = os.environ.get("PRETRAIN_STOPPED_FILE", "")
         if not job or os.environ.get("PRETRAIN_REQUEUE", "1") == "0":
-            msg = (f"{written}; not under Slurm (or PRETRAIN_REQUEUE=0): rerun with resume=auto "
-                   "to continue")
+            msg = (
+                f"{written}; not under Slurm (or PRETRAIN_REQUEUE=0): rerun with resume=auto "
+                "to continue"
+            )
         elif stopped_file:
             # Written last: the batch script requeues only if this file exists after the step.
             tmp = Path(stopped_file + ".tmp")
@@ -118,11 +126,13 @@ class Preemption:
         else:
             res = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
             if res.returncode == 0:
-                msg = (f"{written}; requeued Slurm job {job}: it resumes from there (resume=auto)")
+                msg = f"{written}; requeued Slurm job {job}: it resumes from there (resume=auto)"
             else:
                 # e.g. the job is being cancelled (scancel sends SIGTERM too): nothing to requeue.
-                msg = (f"{written}; `scontrol requeue {job}` failed: "
-                       f"{res.stderr.strip() or res.returncode}; resubmit the same script to "
-                       "continue (it resumes with resume=auto)")
+                msg = (
+                    f"{written}; `scontrol requeue {job}` failed: "
+                    f"{res.stderr.strip() or res.returncode}; resubmit the same script to "
+                    "continue (it resumes with resume=auto)"
+                )
         self.log(msg)
         return msg

@@ -28,8 +28,9 @@ def _positive_int(text: str, term: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise ConfigError(f"checkpoint series term {term!r}: {text!r} is not an integer; "
-                          f"{_TERM_HELP}") from None
+        raise ConfigError(
+            f"checkpoint series term {term!r}: {text!r} is not an integer; {_TERM_HELP}"
+        ) from None
     if value <= 0:
         raise ConfigError(f"checkpoint series term {term!r}: {value} must be positive")
     return value
@@ -60,13 +61,17 @@ def _term_steps(term: str, max_steps: int) -> set[int]:
             body = body[1:-1]
         items = [x for x in re.split(r"[,\s]+", body) if x]
         if not items:
-            raise ConfigError(f"checkpoint series term {term!r} lists no steps; e.g. steps:[0,10,100]")
+            raise ConfigError(
+                f"checkpoint series term {term!r} lists no steps; e.g. steps:[0,10,100]"
+            )
         out = set()
         for item in items:
             try:
                 v = int(item)
             except ValueError:
-                raise ConfigError(f"checkpoint series term {term!r}: {item!r} is not an integer") from None
+                raise ConfigError(
+                    f"checkpoint series term {term!r}: {item!r} is not an integer"
+                ) from None
             if v < 0:
                 raise ConfigError(f"checkpoint series term {term!r}: step {v} is negative")
             out.add(v)
@@ -116,7 +121,9 @@ def format_bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
-def retained_full_steps(interval: int, max_steps: int, keep_last: int, keep_every: int) -> list[int]:
+def retained_full_steps(
+    interval: int, max_steps: int, keep_last: int, keep_every: int
+) -> list[int]:
     """Full checkpoints left on disk at the end of a run under the retention policy."""
     if interval <= 0:
         return []

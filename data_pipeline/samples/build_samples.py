@@ -29,8 +29,12 @@ from pathlib import Path
 def render(path: Path) -> str:
     try:  # a few pages (e.g. Japanese apt_preferences.5) send troff into a loop: give up on them
         out = subprocess.run(
-            f"timeout 20 man -l '{path}' 2>/dev/null | col -bx", shell=True, capture_output=True, text=True,
-            env={"MANWIDTH": "80", "LANG": "C.UTF-8", "PATH": "/usr/bin:/bin"}, timeout=30,
+            f"timeout 20 man -l '{path}' 2>/dev/null | col -bx",
+            shell=True,
+            capture_output=True,
+            text=True,
+            env={"MANWIDTH": "80", "LANG": "C.UTF-8", "PATH": "/usr/bin:/bin"},
+            timeout=30,
         )
     except subprocess.TimeoutExpired:
         return ""
@@ -44,8 +48,13 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=400)
     ap.add_argument("--min-chars", type=int, default=1500)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--max-chars", type=int, default=0, help="cut each page to this many characters "
-                    "(at a line end) to keep bundled multilingual samples small; 0: whole pages")
+    ap.add_argument(
+        "--max-chars",
+        type=int,
+        default=0,
+        help="cut each page to this many characters "
+        "(at a line end) to keep bundled multilingual samples small; 0: whole pages",
+    )
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     root = Path("/usr/share/man") if args.lang == "en" else Path("/usr/share/man") / args.lang

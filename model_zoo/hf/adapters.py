@@ -9,13 +9,20 @@ boundary: `transformers` is not imported (tests import it to check the result).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 
-from model_zoo.config import (ConfigError, InitConfig, MLAConfig, ModelConfig, MoEConfig,
-                              RopeScalingConfig)
+from model_zoo.config import (
+    ConfigError,
+    InitConfig,
+    MLAConfig,
+    ModelConfig,
+    MoEConfig,
+    RopeScalingConfig,
+)
 
 Tensor = torch.Tensor
 
@@ -81,8 +88,9 @@ def _rope_from_hf(hf: dict[str, Any]) -> tuple[float, RopeScalingConfig, float]:
     params = dict(hf.get("rope_parameters") or {})
     scaling = dict(hf.get("rope_scaling") or {})
     theta = params.get("rope_theta", hf.get("rope_theta", hf.get("rotary_emb_base", 10000.0)))
-    partial = params.get("partial_rotary_factor", hf.get("partial_rotary_factor",
-                                                          hf.get("rotary_pct", 1.0)))
+    partial = params.get(
+        "partial_rotary_factor", hf.get("partial_rotary_factor", hf.get("rotary_pct", 1.0))
+    )
     merged = {**params, **scaling}
     kind = merged.get("rope_type", merged.get("type", "default"))
     if kind in (None, "default"):
@@ -91,16 +99,20 @@ def _rope_from_hf(hf: dict[str, Any]) -> tuple[float, RopeScalingConfig, float]:
         raise ConfigError(
             f"rope scaling type {kind!r} is not supported for import; supported: default, llama3"
         )
-    return float(theta), RopeScalingConfig(
-        type="llama3",
-        factor=float(merged["factor"]),
-        low_freq_factor=float(merged["low_freq_factor"]),
-        high_freq_factor=float(merged["high_freq_factor"]),
-        original_max_position=int(merged["original_max_position_embeddings"]),
-    ), float(partial)
+    return (
+        float(theta),
+        RopeScalingConfig(
+            type="llama3",
+            factor=float(merged["factor"]),
+            low_freq_factor=float(merged["low_freq_factor"]),
+            high_freq_factor=float(merged["high_freq_factor"]),
+            original_max_position=int(merged["original_max_position_embeddings"]),
+        ),
+        float(partial),
+    )
 
 
-def _rope_to_hf(cfg: ModelConfig) -> Optional[dict[str, Any]]:
+def _rope_to_hf(cfg: ModelConfig) -> dict[str, Any] | None:
     if cfg.rope_scaling.type == "none":
         return None
     rs = cfg.rope_scaling
@@ -176,49 +188,66 @@ class _LlamaLikeAdapter(HFAdapter):
         hf_sd = {k: v for k, v in hf_sd.items() if "rotary_emb" not in k}
         if cfg.tie_embeddings:
             hf_sd.pop("lm_head.weight", None)
-        sd = rename(hf_sd, _inverse(self.TOP), _inverse({**self.LAYER, **self.NORMS}),
-                    "model.layers.", "layers.")
+        sd = rename(
+            hf_sd,
+            _inverse(self.TOP),
+            _inverse({**self.LAYER, **self.NORMS}),
+            "model.layers.",
+            "layers.",
+        )
         if cfg.tie_embeddings:
             sd["output.weight"] = sd["tok_embeddings.weight"]
         return sd
 
 
-_NO_PARALLEL = Requirement("parallel_residual", lambda c: not c.parallel_residual,
-                           "parallel_residual must be false")
+_NO_PARALLEL = Requirement(
+    "parallel_residual", lambda c: not c.parallel_residual, "parallel_residual must be false"
+)
 _RMSNORM = Requirement("norm", lambda c: c.norm == "rmsnorm", "norm must be rmsnorm")
-_SWIGLU = Requirement("activation", lambda c: c.activation == "swiglu",
-                      "activation must be swiglu")
-_FULL_ROTARY = Requirement("rotary_fraction", lambda c: c.rotary_fraction == 1.0,
-                           "rotary_fraction must be 1.0")
-_ATTN_BIAS_SAME = Requirement("qkv_bias", lambda c: c.qkv_bias == c.attn_out_bias,
-                              "qkv_bias and attn_out_bias must be equal (one `attention_bias` switch)")
+_SWIGLU = Requirement("activation", lambda c: c.activation == "swiglu", "activation must be swiglu")
+_FULL_ROTARY = Requirement(
+    "rotary_fraction", lambda c: c.rotary_fraction == 1.0, "rotary_fraction must be 1.0"
+)
+_ATTN_BIAS_SAME = Requirement(
+    "qkv_bias",
+    lambda c: c.qkv_bias == c.attn_out_bias,
+    "qkv_bias and attn_out_bias must be equal (one `attention_bias` switch)",
+)
 
 
 class LlamaAdapter(_LlamaLikeAdapter):
     architecture, model_type, family = "LlamaForCausalLM", "llama", "llama"
     NORMS = {"attention_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
     requirements = (
-        _RMSNORM, _SWIGLU, _FULL_ROTARY, _NO_PARALLEL, _ATTN_BIAS_SAME,
-        Requirement("norm_position", lambda c: c.norm_position == "pre", "norm_position must be pre"),
+        _RMSNORM,
+        _SWIGLU,
+        _FULL_ROTARY,
+        _NO_PARALLEL,
+        _ATTN_BIAS_SAME,
+        Requirement(
+            "norm_position", lambda c: c.norm_position == "pre", "norm_position must be pre"
+        ),
         Requirement("qk_norm", lambda c: c.qk_norm == "none", "qk_norm must be none"),
     )
 
     def to_hf_config(self, cfg):
         hf = _common_hf_config(cfg)
-        hf.update({
-            "architectures": [self.architecture],
-            "model_type": self.model_type,
-            "num_key_value_heads": cfg.kv_heads,
-            "head_dim": cfg.dim_per_head,
-            "hidden_act": "silu",
-            "rms_norm_eps": cfg.norm_eps,
-            "rope_theta": cfg.rope_theta,
-            "rope_scaling": _rope_to_hf(cfg),
-            "attention_bias": cfg.qkv_bias,
-            "mlp_bias": cfg.mlp_bias,
-            "attention_dropout": 0.0,
-            "pretraining_tp": 1,
-        })
+        hf.update(
+            {
+                "architectures": [self.architecture],
+                "model_type": self.model_type,
+                "num_key_value_heads": cfg.kv_heads,
+                "head_dim": cfg.dim_per_head,
+                "hidden_act": "silu",
+                "rms_norm_eps": cfg.norm_eps,
+                "rope_theta": cfg.rope_theta,
+                "rope_scaling": _rope_to_hf(cfg),
+                "attention_bias": cfg.qkv_bias,
+                "mlp_bias": cfg.mlp_bias,
+                "attention_dropout": 0.0,
+                "pretraining_tp": 1,
+            }
+        )
         return hf
 
     def from_hf_config(self, hf):
@@ -261,30 +290,43 @@ class Olmo2Adapter(_LlamaLikeAdapter):
         "attention.k_norm": "self_attn.k_norm",
     }
     requirements = (
-        _RMSNORM, _SWIGLU, _FULL_ROTARY, _NO_PARALLEL, _ATTN_BIAS_SAME,
-        Requirement("norm_position", lambda c: c.norm_position == "post",
-                    "norm_position must be post (OLMo-2's reordered norm)"),
+        _RMSNORM,
+        _SWIGLU,
+        _FULL_ROTARY,
+        _NO_PARALLEL,
+        _ATTN_BIAS_SAME,
+        Requirement(
+            "norm_position",
+            lambda c: c.norm_position == "post",
+            "norm_position must be post (OLMo-2's reordered norm)",
+        ),
         Requirement("qk_norm", lambda c: c.qk_norm == "full", "qk_norm must be full"),
         Requirement("mlp_bias", lambda c: not c.mlp_bias, "mlp_bias must be false"),
-        Requirement("head_dim", lambda c: c.head_dim in (None, c.d_model // c.n_heads),
-                    "head_dim must be d_model / n_heads"),
-        Requirement("rope_scaling", lambda c: c.rope_scaling.type == "none",
-                    "rope_scaling must be none"),
+        Requirement(
+            "head_dim",
+            lambda c: c.head_dim in (None, c.d_model // c.n_heads),
+            "head_dim must be d_model / n_heads",
+        ),
+        Requirement(
+            "rope_scaling", lambda c: c.rope_scaling.type == "none", "rope_scaling must be none"
+        ),
     )
 
     def to_hf_config(self, cfg):
         hf = _common_hf_config(cfg)
-        hf.update({
-            "architectures": [self.architecture],
-            "model_type": self.model_type,
-            "num_key_value_heads": cfg.kv_heads,
-            "hidden_act": "silu",
-            "rms_norm_eps": cfg.norm_eps,
-            "rope_theta": cfg.rope_theta,
-            "attention_bias": cfg.qkv_bias,
-            "attention_dropout": 0.0,
-            "pad_token_id": None,
-        })
+        hf.update(
+            {
+                "architectures": [self.architecture],
+                "model_type": self.model_type,
+                "num_key_value_heads": cfg.kv_heads,
+                "hidden_act": "silu",
+                "rms_norm_eps": cfg.norm_eps,
+                "rope_theta": cfg.rope_theta,
+                "attention_bias": cfg.qkv_bias,
+                "attention_dropout": 0.0,
+                "pad_token_id": None,
+            }
+        )
         return hf
 
     def from_hf_config(self, hf):
@@ -321,35 +363,49 @@ class Olmo2Adapter(_LlamaLikeAdapter):
 class GPTNeoXAdapter(HFAdapter):
     architecture, model_type, family = "GPTNeoXForCausalLM", "gpt_neox", "gpt_neox"
     requirements = (
-        Requirement("norm", lambda c: c.norm == "layernorm" and c.norm_bias,
-                    "norm must be layernorm with norm_bias=true"),
+        Requirement(
+            "norm",
+            lambda c: c.norm == "layernorm" and c.norm_bias,
+            "norm must be layernorm with norm_bias=true",
+        ),
         Requirement("activation", lambda c: c.activation == "gelu", "activation must be gelu"),
-        Requirement("norm_position", lambda c: c.norm_position == "pre", "norm_position must be pre"),
+        Requirement(
+            "norm_position", lambda c: c.norm_position == "pre", "norm_position must be pre"
+        ),
         Requirement("qk_norm", lambda c: c.qk_norm == "none", "qk_norm must be none"),
-        Requirement("n_kv_heads", lambda c: c.kv_heads == c.n_heads,
-                    "GPT-NeoX has no grouped-query attention (n_kv_heads must equal n_heads)"),
-        Requirement("head_dim", lambda c: c.head_dim in (None, c.d_model // c.n_heads),
-                    "head_dim must be d_model / n_heads"),
+        Requirement(
+            "n_kv_heads",
+            lambda c: c.kv_heads == c.n_heads,
+            "GPT-NeoX has no grouped-query attention (n_kv_heads must equal n_heads)",
+        ),
+        Requirement(
+            "head_dim",
+            lambda c: c.head_dim in (None, c.d_model // c.n_heads),
+            "head_dim must be d_model / n_heads",
+        ),
         Requirement("mlp_bias", lambda c: c.mlp_bias, "mlp_bias must be true"),
         _ATTN_BIAS_SAME,
-        Requirement("rope_scaling", lambda c: c.rope_scaling.type == "none",
-                    "rope_scaling must be none"),
+        Requirement(
+            "rope_scaling", lambda c: c.rope_scaling.type == "none", "rope_scaling must be none"
+        ),
     )
 
     def to_hf_config(self, cfg):
         hf = _common_hf_config(cfg)
-        hf.update({
-            "architectures": [self.architecture],
-            "model_type": self.model_type,
-            "hidden_act": "gelu",
-            "layer_norm_eps": cfg.norm_eps,
-            "rotary_pct": cfg.rotary_fraction,
-            "rotary_emb_base": cfg.rope_theta,
-            "use_parallel_residual": cfg.parallel_residual,
-            "attention_bias": cfg.qkv_bias,
-            "attention_dropout": 0.0,
-            "hidden_dropout": 0.0,
-        })
+        hf.update(
+            {
+                "architectures": [self.architecture],
+                "model_type": self.model_type,
+                "hidden_act": "gelu",
+                "layer_norm_eps": cfg.norm_eps,
+                "rotary_pct": cfg.rotary_fraction,
+                "rotary_emb_base": cfg.rope_theta,
+                "use_parallel_residual": cfg.parallel_residual,
+                "attention_bias": cfg.qkv_bias,
+                "attention_dropout": 0.0,
+                "hidden_dropout": 0.0,
+            }
+        )
         return hf
 
     def from_hf_config(self, hf):
@@ -410,16 +466,19 @@ class GPTNeoXAdapter(HFAdapter):
             # (H*D, ...) each -> (H, 3, D, ...) -> (3*H*D, ...): head by head [q_h, k_h, v_h]
             stacked = torch.stack([t.reshape(heads, hd, *t.shape[1:]) for t in parts], dim=1)
             out[f"gpt_neox.layers.{i}.attention.query_key_value.{leaf}"] = stacked.reshape(
-                3 * heads * hd, *parts[0].shape[1:])
+                3 * heads * hd, *parts[0].shape[1:]
+            )
         return _drop_tied_output(cfg, out, "embed_out.weight")
 
     def from_hf_state_dict(self, cfg, hf_sd):
         heads, hd = cfg.n_heads, cfg.dim_per_head
-        hf_sd = {("embed_out." + k[len("lm_head."):]) if k.startswith("lm_head.") else k: v
-                 for k, v in hf_sd.items()
-                 # derived buffers some transformers versions saved, not parameters
-                 if "rotary_emb" not in k
-                 and not k.endswith((".attention.bias", ".attention.masked_bias"))}
+        hf_sd = {
+            ("embed_out." + k[len("lm_head.") :]) if k.startswith("lm_head.") else k: v
+            for k, v in hf_sd.items()
+            # derived buffers some transformers versions saved, not parameters
+            if "rotary_emb" not in k
+            and not k.endswith((".attention.bias", ".attention.masked_bias"))
+        }
         if cfg.tie_embeddings:
             hf_sd.pop("embed_out.weight", None)
         fused = {k: v for k, v in hf_sd.items() if self._FUSED.match(k)}
@@ -429,14 +488,15 @@ class GPTNeoXAdapter(HFAdapter):
             i, leaf = self._FUSED.match(key).groups()
             split = value.reshape(heads, 3, hd, *value.shape[1:])
             for j, x in enumerate("qkv"):
-                sd[f"layers.{i}.attention.w{x}.{leaf}"] = split[:, j].reshape(heads * hd,
-                                                                              *value.shape[1:])
+                sd[f"layers.{i}.attention.w{x}.{leaf}"] = split[:, j].reshape(
+                    heads * hd, *value.shape[1:]
+                )
         if cfg.tie_embeddings:
             sd["output.weight"] = sd["tok_embeddings.weight"]
         return sd
 
 
-def _first(token_id: Any) -> Optional[int]:
+def _first(token_id: Any) -> int | None:
     if isinstance(token_id, list):
         return token_id[0] if token_id else None
     return token_id
@@ -487,7 +547,7 @@ class _MoEAdapterMixin:
     EXPERT_PREFIX = "mlp"
     EXPERT_NAMES = {"w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
     SHARED = {"w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
-    BIAS_NAME: Optional[str] = None  # where the aux-loss-free selection bias lives on the Hub
+    BIAS_NAME: str | None = None  # where the aux-loss-free selection bias lives on the Hub
 
     def _moe_to_hf(self, cfg: ModelConfig, sd: dict[str, Tensor]) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
@@ -521,7 +581,9 @@ class _MoEAdapterMixin:
         sd: dict[str, Tensor] = {}
         inverse_experts = _inverse(self.EXPERT_NAMES)
         inverse_shared = _inverse(self.SHARED)
-        pattern = re.compile(rf"^model\.layers\.(\d+)\.{self.EXPERT_PREFIX}\.(gate|experts|shared_experts)\.(.+)$")
+        pattern = re.compile(
+            rf"^model\.layers\.(\d+)\.{self.EXPERT_PREFIX}\.(gate|experts|shared_experts)\.(.+)$"
+        )
         experts: dict[tuple[str, str], dict[int, Tensor]] = {}
         for key in [k for k in hf_sd if pattern.match(k)]:
             i, part, rest = pattern.match(key).groups()
@@ -536,7 +598,9 @@ class _MoEAdapterMixin:
                 hub_name, leaf = rest.split(".")
                 sd[f"layers.{i}.moe.shared_experts.{inverse_shared[hub_name]}.{leaf}"] = value
         for (i, ours), per_expert in experts.items():
-            sd[f"layers.{i}.moe.experts.{ours}"] = torch.stack([per_expert[e] for e in sorted(per_expert)])
+            sd[f"layers.{i}.moe.experts.{ours}"] = torch.stack(
+                [per_expert[e] for e in sorted(per_expert)]
+            )
         for key in [k for k in sd if k.endswith("router.gate.weight")]:
             bias_key = key.replace("gate.weight", "expert_bias")
             sd.setdefault(bias_key, torch.zeros(cfg.moe.n_experts))
@@ -563,12 +627,24 @@ def _moe_requirements(router: str, groups: bool, shared: bool) -> tuple[Requirem
         Requirement("moe.n_experts", lambda c: c.moe.enabled, "moe.n_experts must be > 0"),
     ]
     if not groups:
-        reqs.append(Requirement("moe.n_group", lambda c: c.moe.n_group == 1, "moe.n_group must be 1"))
+        reqs.append(
+            Requirement("moe.n_group", lambda c: c.moe.n_group == 1, "moe.n_group must be 1")
+        )
     if not shared:
-        reqs.append(Requirement("moe.n_shared_experts", lambda c: c.moe.n_shared_experts == 0,
-                                "moe.n_shared_experts must be 0"))
-        reqs.append(Requirement("moe.first_k_dense", lambda c: c.moe.first_k_dense == 0 and c.moe.moe_every == 1,
-                                "every layer must be MoE (first_k_dense=0, moe_every=1)"))
+        reqs.append(
+            Requirement(
+                "moe.n_shared_experts",
+                lambda c: c.moe.n_shared_experts == 0,
+                "moe.n_shared_experts must be 0",
+            )
+        )
+        reqs.append(
+            Requirement(
+                "moe.first_k_dense",
+                lambda c: c.moe.first_k_dense == 0 and c.moe.moe_every == 1,
+                "every layer must be MoE (first_k_dense=0, moe_every=1)",
+            )
+        )
     return tuple(reqs)
 
 
@@ -576,35 +652,58 @@ class MixtralAdapter(_MoEAdapterMixin, LlamaAdapter):
     architecture, model_type, family = "MixtralForCausalLM", "mixtral", "mixtral"
     EXPERT_PREFIX = "block_sparse_moe"
     EXPERT_NAMES = {"w1": "w1", "w2": "w2", "w3": "w3"}
-    requirements = LlamaAdapter.requirements + _moe_requirements("softmax", False, False) + (
-        Requirement("moe.norm_topk_prob", lambda c: c.moe.norm_topk_prob,
-                    "moe.norm_topk_prob must be true (Mixtral renormalises its top-k weights)"),
-        Requirement("moe.routed_scaling_factor", lambda c: c.moe.routed_scaling_factor == 1.0,
-                    "moe.routed_scaling_factor must be 1"),
-        Requirement("biases", lambda c: not (c.qkv_bias or c.mlp_bias), "no biases"),
-        Requirement("head_dim", lambda c: c.head_dim in (None, c.d_model // c.n_heads),
-                    "head_dim must be d_model / n_heads"),
+    requirements = (
+        LlamaAdapter.requirements
+        + _moe_requirements("softmax", False, False)
+        + (
+            Requirement(
+                "moe.norm_topk_prob",
+                lambda c: c.moe.norm_topk_prob,
+                "moe.norm_topk_prob must be true (Mixtral renormalises its top-k weights)",
+            ),
+            Requirement(
+                "moe.routed_scaling_factor",
+                lambda c: c.moe.routed_scaling_factor == 1.0,
+                "moe.routed_scaling_factor must be 1",
+            ),
+            Requirement("biases", lambda c: not (c.qkv_bias or c.mlp_bias), "no biases"),
+            Requirement(
+                "head_dim",
+                lambda c: c.head_dim in (None, c.d_model // c.n_heads),
+                "head_dim must be d_model / n_heads",
+            ),
+        )
     )
 
     def to_hf_config(self, cfg):
         hf = super().to_hf_config(cfg)
         for key in ("attention_bias", "mlp_bias", "pretraining_tp"):
             hf.pop(key, None)
-        hf.update({
-            "architectures": [self.architecture], "model_type": self.model_type,
-            "num_local_experts": cfg.moe.n_experts, "num_experts_per_tok": cfg.moe.top_k,
-            "intermediate_size": cfg.moe.expert_hidden_size,
-            "router_aux_loss_coef": cfg.moe.aux_loss_coef, "router_jitter_noise": 0.0,
-            "output_router_logits": False, "sliding_window": None,
-        })
+        hf.update(
+            {
+                "architectures": [self.architecture],
+                "model_type": self.model_type,
+                "num_local_experts": cfg.moe.n_experts,
+                "num_experts_per_tok": cfg.moe.top_k,
+                "intermediate_size": cfg.moe.expert_hidden_size,
+                "router_aux_loss_coef": cfg.moe.aux_loss_coef,
+                "router_jitter_noise": 0.0,
+                "output_router_logits": False,
+                "sliding_window": None,
+            }
+        )
         return hf
 
     def from_hf_config(self, hf):
         cfg = super().from_hf_config(hf)
         cfg.name, cfg.family = hf.get("_name_or_path") or "mixtral-imported", "mixtral"
-        cfg.moe = MoEConfig(n_experts=hf["num_local_experts"], top_k=hf["num_experts_per_tok"],
-                            expert_hidden_size=hf["intermediate_size"], norm_topk_prob=True,
-                            aux_loss_coef=hf.get("router_aux_loss_coef", 0.0))
+        cfg.moe = MoEConfig(
+            n_experts=hf["num_local_experts"],
+            top_k=hf["num_experts_per_tok"],
+            expert_hidden_size=hf["intermediate_size"],
+            norm_topk_prob=True,
+            aux_loss_coef=hf.get("router_aux_loss_coef", 0.0),
+        )
         return cfg
 
 
@@ -617,26 +716,44 @@ class OlmoeAdapter(_MoEAdapterMixin, _LlamaLikeAdapter):
         "attention.k_norm": "self_attn.k_norm",
     }
     requirements = (
-        _RMSNORM, _SWIGLU, _FULL_ROTARY, _NO_PARALLEL, _ATTN_BIAS_SAME,
-        Requirement("norm_position", lambda c: c.norm_position == "pre", "norm_position must be pre"),
+        _RMSNORM,
+        _SWIGLU,
+        _FULL_ROTARY,
+        _NO_PARALLEL,
+        _ATTN_BIAS_SAME,
+        Requirement(
+            "norm_position", lambda c: c.norm_position == "pre", "norm_position must be pre"
+        ),
         Requirement("qk_norm", lambda c: c.qk_norm == "full", "qk_norm must be full"),
-        Requirement("head_dim", lambda c: c.head_dim in (None, c.d_model // c.n_heads),
-                    "head_dim must be d_model / n_heads"),
-        Requirement("rope_scaling", lambda c: c.rope_scaling.type == "none", "rope_scaling must be none"),
-        Requirement("moe.routed_scaling_factor", lambda c: c.moe.routed_scaling_factor == 1.0,
-                    "moe.routed_scaling_factor must be 1"),
+        Requirement(
+            "head_dim",
+            lambda c: c.head_dim in (None, c.d_model // c.n_heads),
+            "head_dim must be d_model / n_heads",
+        ),
+        Requirement(
+            "rope_scaling", lambda c: c.rope_scaling.type == "none", "rope_scaling must be none"
+        ),
+        Requirement(
+            "moe.routed_scaling_factor",
+            lambda c: c.moe.routed_scaling_factor == 1.0,
+            "moe.routed_scaling_factor must be 1",
+        ),
     ) + _moe_requirements("softmax", False, False)
 
     def to_hf_config(self, cfg):
         # OLMoE is OLMo-2's attention (QK-norm over all heads) with pre-norm and an MoE MLP.
         hf = Olmo2Adapter.to_hf_config(self, cfg)
-        hf.update({
-            "clip_qkv": None,
-            "num_experts": cfg.moe.n_experts, "num_experts_per_tok": cfg.moe.top_k,
-            "intermediate_size": cfg.moe.expert_hidden_size,
-            "norm_topk_prob": cfg.moe.norm_topk_prob,
-            "router_aux_loss_coef": cfg.moe.aux_loss_coef, "output_router_logits": False,
-        })
+        hf.update(
+            {
+                "clip_qkv": None,
+                "num_experts": cfg.moe.n_experts,
+                "num_experts_per_tok": cfg.moe.top_k,
+                "intermediate_size": cfg.moe.expert_hidden_size,
+                "norm_topk_prob": cfg.moe.norm_topk_prob,
+                "router_aux_loss_coef": cfg.moe.aux_loss_coef,
+                "output_router_logits": False,
+            }
+        )
         return hf
 
     def from_hf_config(self, hf):
@@ -645,10 +762,13 @@ class OlmoeAdapter(_MoEAdapterMixin, _LlamaLikeAdapter):
         cfg.family, cfg.norm_position = "olmoe", "pre"
         cfg.norm_eps = hf.get("rms_norm_eps", 1e-5)
         cfg.max_seq_len = hf.get("max_position_embeddings", 4096)
-        cfg.moe = MoEConfig(n_experts=hf["num_experts"], top_k=hf["num_experts_per_tok"],
-                            expert_hidden_size=hf["intermediate_size"],
-                            norm_topk_prob=hf.get("norm_topk_prob", False),
-                            aux_loss_coef=hf.get("router_aux_loss_coef", 0.0))
+        cfg.moe = MoEConfig(
+            n_experts=hf["num_experts"],
+            top_k=hf["num_experts_per_tok"],
+            expert_hidden_size=hf["intermediate_size"],
+            norm_topk_prob=hf.get("norm_topk_prob", False),
+            aux_loss_coef=hf.get("router_aux_loss_coef", 0.0),
+        )
         return cfg
 
 
@@ -673,17 +793,30 @@ class _DeepseekAdapter(_MoEAdapterMixin, _LlamaLikeAdapter):
         **MLA,
     }
     common_requirements = (
-        _RMSNORM, _SWIGLU, _NO_PARALLEL,
+        _RMSNORM,
+        _SWIGLU,
+        _NO_PARALLEL,
         Requirement("mla", lambda c: c.mla.enabled, "mla.kv_lora_rank must be > 0"),
-        Requirement("norm_position", lambda c: c.norm_position == "pre", "norm_position must be pre"),
+        Requirement(
+            "norm_position", lambda c: c.norm_position == "pre", "norm_position must be pre"
+        ),
         Requirement("mlp_bias", lambda c: not c.mlp_bias, "mlp_bias must be false"),
-        Requirement("qkv_bias", lambda c: c.qkv_bias == c.attn_out_bias,
-                    "qkv_bias and attn_out_bias must be equal"),
+        Requirement(
+            "qkv_bias",
+            lambda c: c.qkv_bias == c.attn_out_bias,
+            "qkv_bias and attn_out_bias must be equal",
+        ),
         Requirement("moe.moe_every", lambda c: c.moe.moe_every == 1, "moe.moe_every must be 1"),
-        Requirement("rope_scaling", lambda c: c.rope_scaling.type in ("none", "yarn"),
-                    "rope_scaling must be none or yarn"),
-        Requirement("mla.latent_norm_eps", lambda c: c.mla.latent_norm_eps == 1e-6,
-                    "mla.latent_norm_eps must be 1e-6 (hard-coded by transformers)"),
+        Requirement(
+            "rope_scaling",
+            lambda c: c.rope_scaling.type in ("none", "yarn"),
+            "rope_scaling must be none or yarn",
+        ),
+        Requirement(
+            "mla.latent_norm_eps",
+            lambda c: c.mla.latent_norm_eps == 1e-6,
+            "mla.latent_norm_eps must be 1e-6 (hard-coded by transformers)",
+        ),
     )
 
     def to_hf_config(self, cfg):
@@ -692,54 +825,94 @@ class _DeepseekAdapter(_MoEAdapterMixin, _LlamaLikeAdapter):
         rope = None
         if cfg.rope_scaling.type == "yarn":
             rs = cfg.rope_scaling
-            rope = {"type": "yarn", "rope_type": "yarn", "factor": rs.factor,
-                    "original_max_position_embeddings": rs.original_max_position,
-                    "beta_fast": rs.beta_fast, "beta_slow": rs.beta_slow,
-                    "mscale": rs.mscale, "mscale_all_dim": rs.mscale_all_dim}
-        hf.update({
-            "architectures": [self.architecture], "model_type": self.model_type,
-            "num_key_value_heads": cfg.n_heads, "hidden_act": "silu",
-            "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_theta, "rope_scaling": rope,
-            "attention_bias": cfg.qkv_bias, "attention_dropout": 0.0, "mlp_bias": False,
-            "q_lora_rank": a.q_lora_rank or None, "kv_lora_rank": a.kv_lora_rank,
-            "qk_nope_head_dim": a.qk_nope_head_dim, "qk_rope_head_dim": a.qk_rope_head_dim,
-            "v_head_dim": a.v_head_dim, "head_dim": a.qk_rope_head_dim,
-            "n_routed_experts": m.n_experts, "num_experts_per_tok": m.top_k,
-            "moe_intermediate_size": m.expert_hidden_size, "n_shared_experts": m.n_shared_experts,
-            "first_k_dense_replace": m.first_k_dense, "moe_layer_freq": 1,
-            "norm_topk_prob": m.norm_topk_prob, "routed_scaling_factor": m.routed_scaling_factor,
-            "n_group": m.n_group, "topk_group": m.topk_group, "aux_loss_alpha": m.aux_loss_coef,
-        })
+            rope = {
+                "type": "yarn",
+                "rope_type": "yarn",
+                "factor": rs.factor,
+                "original_max_position_embeddings": rs.original_max_position,
+                "beta_fast": rs.beta_fast,
+                "beta_slow": rs.beta_slow,
+                "mscale": rs.mscale,
+                "mscale_all_dim": rs.mscale_all_dim,
+            }
+        hf.update(
+            {
+                "architectures": [self.architecture],
+                "model_type": self.model_type,
+                "num_key_value_heads": cfg.n_heads,
+                "hidden_act": "silu",
+                "rms_norm_eps": cfg.norm_eps,
+                "rope_theta": cfg.rope_theta,
+                "rope_scaling": rope,
+                "attention_bias": cfg.qkv_bias,
+                "attention_dropout": 0.0,
+                "mlp_bias": False,
+                "q_lora_rank": a.q_lora_rank or None,
+                "kv_lora_rank": a.kv_lora_rank,
+                "qk_nope_head_dim": a.qk_nope_head_dim,
+                "qk_rope_head_dim": a.qk_rope_head_dim,
+                "v_head_dim": a.v_head_dim,
+                "head_dim": a.qk_rope_head_dim,
+                "n_routed_experts": m.n_experts,
+                "num_experts_per_tok": m.top_k,
+                "moe_intermediate_size": m.expert_hidden_size,
+                "n_shared_experts": m.n_shared_experts,
+                "first_k_dense_replace": m.first_k_dense,
+                "moe_layer_freq": 1,
+                "norm_topk_prob": m.norm_topk_prob,
+                "routed_scaling_factor": m.routed_scaling_factor,
+                "n_group": m.n_group,
+                "topk_group": m.topk_group,
+                "aux_loss_alpha": m.aux_loss_coef,
+            }
+        )
         return hf
 
     def _from_hf_common(self, hf, family: str, router: str) -> ModelConfig:
         theta, _, _ = _rope_from_hf(_without_yarn(hf))
         rope = _yarn_from_hf(hf)
         return ModelConfig(
-            name=hf.get("_name_or_path") or f"{family}-imported", family=family,
-            vocab_size=hf["vocab_size"], d_model=hf["hidden_size"],
-            n_layers=hf["num_hidden_layers"], n_heads=hf["num_attention_heads"],
-            ffn_hidden_size=hf["intermediate_size"], activation="swiglu", norm="rmsnorm",
-            norm_eps=hf.get("rms_norm_eps", 1e-6), norm_position="pre",
-            qkv_bias=hf.get("attention_bias", False), attn_out_bias=hf.get("attention_bias", False),
-            rope_theta=theta, rope_scaling=rope,
+            name=hf.get("_name_or_path") or f"{family}-imported",
+            family=family,
+            vocab_size=hf["vocab_size"],
+            d_model=hf["hidden_size"],
+            n_layers=hf["num_hidden_layers"],
+            n_heads=hf["num_attention_heads"],
+            ffn_hidden_size=hf["intermediate_size"],
+            activation="swiglu",
+            norm="rmsnorm",
+            norm_eps=hf.get("rms_norm_eps", 1e-6),
+            norm_position="pre",
+            qkv_bias=hf.get("attention_bias", False),
+            attn_out_bias=hf.get("attention_bias", False),
+            rope_theta=theta,
+            rope_scaling=rope,
             max_seq_len=hf.get("max_position_embeddings", 4096),
             tie_embeddings=hf.get("tie_word_embeddings", False),
             init=InitConfig(std=hf.get("initializer_range", 0.02), output_scheme="same"),
-            bos_token_id=_first(hf.get("bos_token_id")), eos_token_id=_first(hf.get("eos_token_id")),
+            bos_token_id=_first(hf.get("bos_token_id")),
+            eos_token_id=_first(hf.get("eos_token_id")),
             moe=MoEConfig(
-                n_experts=hf["n_routed_experts"], top_k=hf["num_experts_per_tok"],
+                n_experts=hf["n_routed_experts"],
+                top_k=hf["num_experts_per_tok"],
                 expert_hidden_size=hf["moe_intermediate_size"],
                 n_shared_experts=hf.get("n_shared_experts") or 0,
-                first_k_dense=hf.get("first_k_dense_replace", 0), router=router,
+                first_k_dense=hf.get("first_k_dense_replace", 0),
+                router=router,
                 norm_topk_prob=hf.get("norm_topk_prob", False),
                 routed_scaling_factor=hf.get("routed_scaling_factor", 1.0),
-                n_group=hf.get("n_group") or 1, topk_group=hf.get("topk_group") or 1,
-                aux_loss_coef=hf.get("aux_loss_alpha", 0.0)),
-            mla=MLAConfig(q_lora_rank=hf.get("q_lora_rank") or 0, kv_lora_rank=hf["kv_lora_rank"],
-                          qk_nope_head_dim=hf["qk_nope_head_dim"],
-                          qk_rope_head_dim=hf["qk_rope_head_dim"], v_head_dim=hf["v_head_dim"],
-                          rope_interleave=hf.get("rope_interleave", True)),
+                n_group=hf.get("n_group") or 1,
+                topk_group=hf.get("topk_group") or 1,
+                aux_loss_coef=hf.get("aux_loss_alpha", 0.0),
+            ),
+            mla=MLAConfig(
+                q_lora_rank=hf.get("q_lora_rank") or 0,
+                kv_lora_rank=hf["kv_lora_rank"],
+                qk_nope_head_dim=hf["qk_nope_head_dim"],
+                qk_rope_head_dim=hf["qk_rope_head_dim"],
+                v_head_dim=hf["v_head_dim"],
+                rope_interleave=hf.get("rope_interleave", True),
+            ),
         )
 
 
@@ -758,10 +931,14 @@ def _yarn_from_hf(hf: dict[str, Any]) -> RopeScalingConfig:
     if merged.get("rope_type", merged.get("type")) != "yarn":
         raise ConfigError(f"DeepSeek rope scaling {merged!r} is not supported; supported: yarn")
     return RopeScalingConfig(
-        type="yarn", factor=float(merged["factor"]),
+        type="yarn",
+        factor=float(merged["factor"]),
         original_max_position=int(merged["original_max_position_embeddings"]),
-        beta_fast=float(merged.get("beta_fast") or 32), beta_slow=float(merged.get("beta_slow") or 1),
-        mscale=float(merged.get("mscale") or 0.0), mscale_all_dim=float(merged.get("mscale_all_dim") or 0.0))
+        beta_fast=float(merged.get("beta_fast") or 32),
+        beta_slow=float(merged.get("beta_slow") or 1),
+        mscale=float(merged.get("mscale") or 0.0),
+        mscale_all_dim=float(merged.get("mscale_all_dim") or 0.0),
+    )
 
 
 class DeepseekV3Adapter(_DeepseekAdapter):
@@ -771,8 +948,13 @@ class DeepseekV3Adapter(_DeepseekAdapter):
 
     def to_hf_config(self, cfg):
         hf = super().to_hf_config(cfg)
-        hf.update({"rope_interleave": cfg.mla.rope_interleave, "scoring_func": "sigmoid",
-                   "topk_method": "noaux_tc"})
+        hf.update(
+            {
+                "rope_interleave": cfg.mla.rope_interleave,
+                "scoring_func": "sigmoid",
+                "topk_method": "noaux_tc",
+            }
+        )
         return hf
 
     def from_hf_config(self, hf):
@@ -781,30 +963,46 @@ class DeepseekV3Adapter(_DeepseekAdapter):
 
 class DeepseekV2Adapter(_DeepseekAdapter):
     architecture, model_type, family = "DeepseekV2ForCausalLM", "deepseek_v2", "deepseek_v2"
-    requirements = _DeepseekAdapter.common_requirements + _moe_requirements("softmax", True, True) + (
-        Requirement("mla.rope_interleave", lambda c: c.mla.rope_interleave,
-                    "mla.rope_interleave must be true (DeepSeek-V2 rotates interleaved pairs)"),
-        Requirement("moe.norm_topk_prob", lambda c: not c.moe.norm_topk_prob,
-                    "moe.norm_topk_prob must be false (transformers' DeepSeek-V2 never renormalises)"),
+    requirements = (
+        _DeepseekAdapter.common_requirements
+        + _moe_requirements("softmax", True, True)
+        + (
+            Requirement(
+                "mla.rope_interleave",
+                lambda c: c.mla.rope_interleave,
+                "mla.rope_interleave must be true (DeepSeek-V2 rotates interleaved pairs)",
+            ),
+            Requirement(
+                "moe.norm_topk_prob",
+                lambda c: not c.moe.norm_topk_prob,
+                "moe.norm_topk_prob must be false (transformers' DeepSeek-V2 never renormalises)",
+            ),
+        )
     )
 
     def to_hf_config(self, cfg):
         hf = super().to_hf_config(cfg)
         grouped = cfg.moe.n_group > 1
-        hf.update({"topk_method": "group_limited_greedy" if grouped else "greedy",
-                   "n_group": cfg.moe.n_group if grouped else None,
-                   "topk_group": cfg.moe.topk_group if grouped else None,
-                   "scoring_func": "softmax"})
+        hf.update(
+            {
+                "topk_method": "group_limited_greedy" if grouped else "greedy",
+                "n_group": cfg.moe.n_group if grouped else None,
+                "topk_group": cfg.moe.topk_group if grouped else None,
+                "scoring_func": "softmax",
+            }
+        )
         return hf
 
     def from_hf_config(self, hf):
         return self._from_hf_common(hf, "deepseek_v2", "softmax")
 
 
-ADAPTERS.update({
-    "mixtral": MixtralAdapter(),
-    "olmoe": OlmoeAdapter(),
-    "deepseek_v2": DeepseekV2Adapter(),
-    "deepseek_v3": DeepseekV3Adapter(),
-})
+ADAPTERS.update(
+    {
+        "mixtral": MixtralAdapter(),
+        "olmoe": OlmoeAdapter(),
+        "deepseek_v2": DeepseekV2Adapter(),
+        "deepseek_v3": DeepseekV3Adapter(),
+    }
+)
 BY_MODEL_TYPE.update({a.model_type: a for a in ADAPTERS.values()})

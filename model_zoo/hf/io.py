@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Optional
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -75,7 +74,9 @@ def _copy_tokenizer(tokenizer: Path, out_dir: Path, cfg: ModelConfig) -> None:
     elif tokenizer.is_dir():
         found = [f for f in TOKENIZER_FILES if (tokenizer / f).exists()]
         if not found:
-            raise FileNotFoundError(f"no tokenizer files ({', '.join(TOKENIZER_FILES)}) in {tokenizer}")
+            raise FileNotFoundError(
+                f"no tokenizer files ({', '.join(TOKENIZER_FILES)}) in {tokenizer}"
+            )
         for name in found:
             shutil.copy2(tokenizer / name, out_dir / name)
     else:
@@ -92,7 +93,7 @@ def export_hf(
     out_dir: str | Path,
     *,
     dtype: str = "float32",
-    tokenizer: Optional[str | Path] = None,
+    tokenizer: str | Path | None = None,
     overwrite: bool = False,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
 ) -> Path:
@@ -143,7 +144,9 @@ def import_hf(hf_dir: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]
     hf_dir = Path(hf_dir)
     config_path = hf_dir / "config.json"
     if not config_path.exists():
-        raise FileNotFoundError(f"{config_path} not found: is {hf_dir} a Hugging Face model folder?")
+        raise FileNotFoundError(
+            f"{config_path} not found: is {hf_dir} a Hugging Face model folder?"
+        )
     hf_config = json.loads(config_path.read_text())
     adapter = adapter_for_hf_config(hf_config)
     cfg = adapter.from_hf_config(hf_config).validate()

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Optional
 
 import numpy as np
 import torch
@@ -67,8 +66,15 @@ class Sample:
 class DataOrder:
     """The global sample order of a run: sample index -> tokens and provenance."""
 
-    def __init__(self, sources: list[Source], weights: list[float], seq_len: int, seed: int,
-                 shuffle: bool = True, mix_block: int = 4096):
+    def __init__(
+        self,
+        sources: list[Source],
+        weights: list[float],
+        seq_len: int,
+        seed: int,
+        shuffle: bool = True,
+        mix_block: int = 4096,
+    ):
         self.sources, self.seq_len, self.seed, self.shuffle = sources, seq_len, seed, shuffle
         self.weights = list(weights) if weights else [1.0] * len(sources)
         self.block = mix_block
@@ -77,14 +83,16 @@ class DataOrder:
             if q == 0:
                 raise ConfigError(
                     f"data source {s.name!r} gets 0 of every {mix_block} samples with weight "
-                    f"{self.weights[i]}; raise its weight or data.mix_block")
+                    f"{self.weights[i]}; raise its weight or data.mix_block"
+                )
         self.per_epoch = []
         for s in sources:
             n = (s.n_tokens - 1) // seq_len
             if n < 1:
                 raise ConfigError(
                     f"data source {s.name!r} has {s.n_tokens} tokens, fewer than one sample of "
-                    f"seq_len+1={seq_len + 1}; add data or shorten trainer.seq_len")
+                    f"seq_len+1={seq_len + 1}; add data or shorten trainer.seq_len"
+                )
             self.per_epoch.append(n)
         self._block_cache = lru_cache(maxsize=8)(self._block)
         self._perm_cache = lru_cache(maxsize=4)(self._epoch_perm)
@@ -129,9 +137,14 @@ class DataOrder:
 
     def fingerprint(self) -> dict:
         return {
-            "seed": self.seed, "seq_len": self.seq_len, "shuffle": self.shuffle,
-            "mix_block": self.block, "weights": self.weights, "quotas": self.quotas.tolist(),
-            "samples_per_epoch": self.per_epoch, "numpy": np.__version__,
+            "seed": self.seed,
+            "seq_len": self.seq_len,
+            "shuffle": self.shuffle,
+            "mix_block": self.block,
+            "weights": self.weights,
+            "quotas": self.quotas.tolist(),
+            "samples_per_epoch": self.per_epoch,
+            "numpy": np.__version__,
             "sources": [s.fingerprint() for s in self.sources],
         }
 
@@ -139,19 +152,29 @@ class DataOrder:
 def build_data_order(run) -> DataOrder:
     d = run.data
     if not d.paths:
-        raise ConfigError("data.paths is empty; give tokenized shards, e.g. "
-                          "data.paths=[data/tokens/train] (written by `pretrain data`)")
+        raise ConfigError(
+            "data.paths is empty; give tokenized shards, e.g. "
+            "data.paths=[data/tokens/train] (written by `pretrain data`)"
+        )
     eos = resolve_eos(run)
     sources = [open_source(p, d.format, eos, resolve_npy_dtype(run)) for p in d.paths]
     vocab = run.model.vocab_size
     for s in sources:  # a token id past the vocabulary would index past the embedding: say so now
         probe = s.read_stream(0, min(s.n_tokens, 4096))[0]
         if probe.max(initial=0) >= vocab:
-            raise ConfigError(f"data source {s.name!r} holds token id {int(probe.max())} >= "
-                              f"model.vocab_size={vocab}; the data was tokenized for another "
-                              "vocabulary (or set data.npy_dtype)")
-    return DataOrder(sources, list(d.weights), run.trainer.seq_len, run.trainer.seed,
-                     shuffle=d.shuffle, mix_block=d.mix_block)
+            raise ConfigError(
+                f"data source {s.name!r} holds token id {int(probe.max())} >= "
+                f"model.vocab_size={vocab}; the data was tokenized for another "
+                "vocabulary (or set data.npy_dtype)"
+            )
+    return DataOrder(
+        sources,
+        list(d.weights),
+        run.trainer.seq_len,
+        run.trainer.seed,
+        shuffle=d.shuffle,
+        mix_block=d.mix_block,
+    )
 
 
 def batch_tensors(samples: list[Sample], reset_positions: bool) -> dict[str, torch.Tensor]:
@@ -178,11 +201,19 @@ def batch_sha(tokens: torch.Tensor) -> str:
 class DataLoader:
     """Per-rank view of the global order: yields this rank's slice of each global batch."""
 
-    def __init__(self, order: DataOrder, global_batch: int, dp_rank: int, dp_size: int,
-                 reset_positions: bool = False, consumed_samples: int = 0):
+    def __init__(
+        self,
+        order: DataOrder,
+        global_batch: int,
+        dp_rank: int,
+        dp_size: int,
+        reset_positions: bool = False,
+        consumed_samples: int = 0,
+    ):
         if global_batch % dp_size:
-            raise ConfigError(f"global batch {global_batch} is not divisible by the data-parallel "
-                              f"size {dp_size}")
+            raise ConfigError(
+                f"global batch {global_batch} is not divisible by the data-parallel size {dp_size}"
+            )
         self.order, self.global_batch = order, global_batch
         self.dp_rank, self.dp_size = dp_rank, dp_size
         self.local = global_batch // dp_size
@@ -204,13 +235,14 @@ class DataLoader:
         self.consumed = int(state["consumed_samples"])
 
 
-def global_batch(order: DataOrder, start: int, end: int,
-                 reset_positions: bool = False) -> tuple[dict[str, torch.Tensor], list[Sample]]:
+def global_batch(
+    order: DataOrder, start: int, end: int, reset_positions: bool = False
+) -> tuple[dict[str, torch.Tensor], list[Sample]]:
     samples = order.samples(start, end)
     return batch_tensors(samples, reset_positions), samples
 
 
-def data_fingerprint_matches(saved: dict, order: DataOrder) -> Optional[str]:
+def data_fingerprint_matches(saved: dict, order: DataOrder) -> str | None:
     """None when the data and order settings are those of the run, else what differs."""
     now = order.fingerprint()
     for key in ("seed", "seq_len", "shuffle", "mix_block", "weights"):

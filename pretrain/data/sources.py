@@ -42,8 +42,10 @@ def _expand(path: str, suffix: str) -> list[str]:
     else:
         files = []
     if not files:
-        raise ConfigError(f"data path {path!r} matches no {suffix} file; give a shard prefix, a "
-                          "glob, or a folder of shards (`pretrain data` writes PREFIX-0000.bin/.idx)")
+        raise ConfigError(
+            f"data path {path!r} matches no {suffix} file; give a shard prefix, a "
+            "glob, or a folder of shards (`pretrain data` writes PREFIX-0000.bin/.idx)"
+        )
     return files
 
 
@@ -92,11 +94,11 @@ class Source:
             i = pos - start
             real_take = max(0, min(take, real - off))
             if real_take:
-                tokens[i:i + real_take] = self._read(d, off, real_take)
+                tokens[i : i + real_take] = self._read(d, off, real_take)
             if take > real_take:  # the virtual EOS after the document
                 tokens[i + real_take] = self.eos_id
-            docs[i:i + take] = d
-            offs[i:i + take] = np.arange(off, off + take)
+            docs[i : i + take] = d
+            offs[i : i + take] = np.arange(off, off + take)
             pos += take
             d += 1
         return tokens, docs, offs
@@ -108,10 +110,15 @@ class Source:
         h.update(self.add_eos.astype(np.int8).tobytes())
         sizes = {}
         for f in self.files:
-            for path in ((f + ".bin", f + ".idx") if not f.endswith(".npy") else (f,)):
+            for path in (f + ".bin", f + ".idx") if not f.endswith(".npy") else (f,):
                 sizes[os.path.basename(path)] = os.path.getsize(path)
-        return {"name": self.name, "n_docs": self.n_docs, "n_tokens": self.n_tokens,
-                "files": sizes, "doc_lengths_sha256": h.hexdigest()}
+        return {
+            "name": self.name,
+            "n_docs": self.n_docs,
+            "n_tokens": self.n_tokens,
+            "files": sizes,
+            "doc_lengths_sha256": h.hexdigest(),
+        }
 
 
 class MegatronSource(Source):
@@ -191,7 +198,7 @@ class NpySource(Source):
     def _read(self, doc: int, offset: int, n: int) -> np.ndarray:
         arr = self.arrays[int(self._file_of[doc])]
         s = int(self._start[doc]) + offset
-        return np.asarray(arr[s:s + n], dtype=np.int64)
+        return np.asarray(arr[s : s + n], dtype=np.int64)
 
     def locate(self, doc: int) -> DocLoc:
         return DocLoc(self.files[int(self._file_of[doc])], int(self._start[doc]))
@@ -200,5 +207,7 @@ class NpySource(Source):
 def open_source(path: str, fmt: str, eos_id: int, npy_dtype: str) -> Source:
     src = MegatronSource(path, eos_id) if fmt == "megatron" else NpySource(path, eos_id, npy_dtype)
     if src.n_tokens == 0:
-        raise ConfigError(f"data path {path!r} holds no tokens; check that tokenization produced output")
+        raise ConfigError(
+            f"data path {path!r} holds no tokens; check that tokenization produced output"
+        )
     return src

@@ -28,10 +28,19 @@ def full_run(tmp_path_factory, samples_en):
     docs = [dict(x) for x in samples_en[:120]]
     rng = random.Random(0)
     planted = []
-    for k, src in enumerate(docs[:10]):  # near-duplicates of shard-0 docs, placed in shard 1
-        planted.append({**src, "id": f"{src['id']}-neardup", "text": edit_words(src["text"], rng, 0.03)})
-    docs[20] = {**docs[20], "text": docs[20]["text"] + "\nReport bugs to jane.doe@example.org or call (555) 123-4567.\n"}
-    docs[21] = {**docs[21], "text": docs[21]["text"] + "\nThe server listens on 192.168.10.20 by default.\n"}
+    for _k, src in enumerate(docs[:10]):  # near-duplicates of shard-0 docs, placed in shard 1
+        planted.append(
+            {**src, "id": f"{src['id']}-neardup", "text": edit_words(src["text"], rng, 0.03)}
+        )
+    docs[20] = {
+        **docs[20],
+        "text": docs[20]["text"]
+        + "\nReport bugs to jane.doe@example.org or call (555) 123-4567.\n",
+    }
+    docs[21] = {
+        **docs[21],
+        "text": docs[21]["text"] + "\nThe server listens on 192.168.10.20 by default.\n",
+    }
     write_jsonl_gz(inp / "a.jsonl.gz", docs[:60])
     write_jsonl_gz(inp / "b.jsonl.gz", docs[60:] + planted)
     fr = load_samples("fr")[:10]
@@ -41,8 +50,17 @@ def full_run(tmp_path_factory, samples_en):
         fh.write('{"id": "broken", "text": "no closing brace"\n')
         fh.write('{"id": "notext"}\n')
     out = d / "out"
-    rc = main(["pipeline=dolma", f"input.paths=[{inp}/*.jsonl.gz]", f"output.dir={out}",
-               "executor.workers=2", "executor.progress=false", "tokenizer.train.vocab_size=2000",
-               "dedup.minhash.partitions=3", "dedup.paragraph.expected_paragraphs=100000"])
+    rc = main(
+        [
+            "pipeline=dolma",
+            f"input.paths=[{inp}/*.jsonl.gz]",
+            f"output.dir={out}",
+            "executor.workers=2",
+            "executor.progress=false",
+            "tokenizer.train.vocab_size=2000",
+            "dedup.minhash.partitions=3",
+            "dedup.paragraph.expected_paragraphs=100000",
+        ]
+    )
     assert rc == 0
     return {"out": out, "docs": docs, "planted": planted, "fr": fr, "inputs": inp}

@@ -7,16 +7,24 @@ import random
 
 import numpy as np
 
-from tests.data_pipeline.helpers import edit_words
 from data_pipeline.config import bloom_size
-from data_pipeline.dedup import (BloomFilter, MinHasher, bucket_pairs, components, duplicates_from_labels,
-                                 first_occurrence_dups, normalize_words)
+from data_pipeline.dedup import (
+    BloomFilter,
+    MinHasher,
+    bucket_pairs,
+    components,
+    duplicates_from_labels,
+    first_occurrence_dups,
+    normalize_words,
+)
+from tests.data_pipeline.helpers import edit_words
 
 
 def _jaccard(a: str, b: str, n: int = 5) -> float:
     def sh(t):
         w = normalize_words(t)
-        return {tuple(w[i:i + n]) for i in range(max(1, len(w) - n + 1))}
+        return {tuple(w[i : i + n]) for i in range(max(1, len(w) - n + 1))}
+
     x, y = sh(a), sh(b)
     return len(x & y) / max(1, len(x | y))
 
@@ -40,7 +48,11 @@ def test_lsh_across_shards_precision_recall(samples_en):
     originals = samples_en[:150]
     copies = [(i, edit_words(originals[i]["text"], rng, 0.02)) for i in range(0, 150, 3)]
     rng.shuffle(copies)
-    shards = [[d["text"] for d in originals], [t for _, t in copies[:25]], [t for _, t in copies[25:]]]
+    shards = [
+        [d["text"] for d in originals],
+        [t for _, t in copies[:25]],
+        [t for _, t in copies[25:]],
+    ]
     truth_src = [i for i, _ in copies]
     mh = MinHasher(5, 14, 8, seed=1)
     sigs = [np.stack([mh.signature(t) for t in s]) for s in shards]
@@ -85,7 +97,11 @@ def test_bloom_filter_false_positive_rate_near_configured(samples_en):
     n, p = 8000, 0.01
     bits, k = bloom_size(n, p)
     bf = BloomFilter(bits, k)
-    lines = list(dict.fromkeys(l.strip() for d in samples_en for l in d["text"].split("\n") if len(l.strip()) > 20))
+    lines = list(
+        dict.fromkeys(
+            l.strip() for d in samples_en for l in d["text"].split("\n") if len(l.strip()) > 20
+        )
+    )
     first, rest = lines[:n], lines[n:]
     assert len(first) == n and len(rest) > 5000
     assert not bf.check_and_add([s.encode() for s in first]).any()  # distinct lines: none present

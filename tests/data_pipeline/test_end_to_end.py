@@ -32,7 +32,9 @@ def test_report_accounts_for_every_document(full_run):
     assert (full_run["out"] / "report.png").stat().st_size > 1000
     assert "accounting" in (full_run["out"] / "report.txt").read_text()
     # every removed document is listed with its reason
-    removed = [r for p in sorted((full_run["out"] / "removed").glob("*.jsonl.gz")) for r in _read(p)]
+    removed = [
+        r for p in sorted((full_run["out"] / "removed").glob("*.jsonl.gz")) for r in _read(p)
+    ]
     assert len(removed) == total_removed
     assert all(r["reason"] and r["step"] for r in removed)
 
@@ -99,7 +101,9 @@ def test_planted_near_duplicates_are_removed(full_run):
     planted = [p["id"] for p in full_run["planted"]]
     # dedup marks the later copy whatever the filters decide; LSH at 14 bands x 8 rows finds a pair
     # of Jaccard ~0.75 with probability ~0.8, and these copies differ in ~3% of their words
-    found = [pid for pid in planted if pid in removed and "minhash_duplicate" in removed[pid]["fired"]]
+    found = [
+        pid for pid in planted if pid in removed and "minhash_duplicate" in removed[pid]["fired"]
+    ]
     assert len(found) >= 8, found
     rep = json.loads((out / "report.json").read_text())
     assert rep["dedup"]["minhash_duplicates"] >= len(found)

@@ -5,9 +5,6 @@ from __future__ import annotations
 import gzip
 import json
 
-import pytest
-
-from tests.data_pipeline.helpers import write_jsonl_gz
 from data_pipeline.cli import main
 
 
@@ -18,8 +15,17 @@ def _read(path):
 
 def _ingest(tmp_path, paths, *extra):
     out = tmp_path / "out"
-    rc = main(["ingest", "pipeline=tokenize_only", f"input.paths=[{','.join(str(p) for p in paths)}]",
-               f"output.dir={out}", "executor.workers=1", "executor.progress=false", *extra])
+    rc = main(
+        [
+            "ingest",
+            "pipeline=tokenize_only",
+            f"input.paths=[{','.join(str(p) for p in paths)}]",
+            f"output.dir={out}",
+            "executor.workers=1",
+            "executor.progress=false",
+            *extra,
+        ]
+    )
     assert rc == 0
     return out
 
@@ -33,7 +39,9 @@ def test_each_kind_of_bad_input_is_quarantined(tmp_path, samples_en):
         "missing_text": b'{"id": "x3", "body": "no text field"}',
         "non_string_text": b'{"id": "x4", "text": ["a", "list"]}',
         "empty_text": b'{"id": "x5", "text": "   \\n  "}',
-        "binary_garbage": json.dumps({"id": "x6", "text": "".join(chr(i % 32) for i in range(3000))}).encode(),
+        "binary_garbage": json.dumps(
+            {"id": "x6", "text": "".join(chr(i % 32) for i in range(3000))}
+        ).encode(),
         "not_a_json_object": b'["a", "list"]',
     }
     raw = tmp_path / "mixed.jsonl"
@@ -61,7 +69,10 @@ def test_each_kind_of_bad_input_is_quarantined(tmp_path, samples_en):
         assert reasons.get(reason) == 1, (reason, reasons)
     assert reasons.get("document_too_large") == 1
     assert reasons.get("truncated_or_corrupt_file") == 1
-    stats = [json.loads(p.read_text())["stats"] for p in sorted((out / "_work/markers/ingest").glob("*.json"))]
+    stats = [
+        json.loads(p.read_text())["stats"]
+        for p in sorted((out / "_work/markers/ingest").glob("*.json"))
+    ]
     assert stats[0]["docs"] == 2 and stats[0]["records"] == 2 + len(bad)
     assert stats[1]["docs"] == 2 and stats[1]["quarantined"] == {"document_too_large": 1}
     assert 0 < stats[2]["docs"] < 40  # what was readable before the cut
@@ -81,14 +92,26 @@ def test_text_parquet_zstd_and_hf_inputs(tmp_path, samples_en):
     d = samples_en[:12]
     (tmp_path / "page.txt").write_text(d[0]["text"], encoding="utf-8")
     (tmp_path / "bin.txt").write_bytes(b"\x00\x01\x02garbage" * 100)
-    pq.write_table(pa.table({"text": [x["text"] for x in d[1:4]], "url": ["http://a/1", "http://a/2", None]}),
-                   tmp_path / "rows.parquet")
+    pq.write_table(
+        pa.table({"text": [x["text"] for x in d[1:4]], "url": ["http://a/1", "http://a/2", None]}),
+        tmp_path / "rows.parquet",
+    )
     (tmp_path / "docs.jsonl.zst").write_bytes(
-        zstandard.ZstdCompressor().compress("".join(json.dumps(x) + "\n" for x in d[4:7]).encode()))
+        zstandard.ZstdCompressor().compress("".join(json.dumps(x) + "\n" for x in d[4:7]).encode())
+    )
     datasets.Dataset.from_list([{"text": x["text"], "id": x["id"]} for x in d[7:10]]).save_to_disk(
-        str(tmp_path / "hfds"))
-    out = _ingest(tmp_path, [tmp_path / "page.txt", tmp_path / "bin.txt", tmp_path / "rows.parquet",
-                             tmp_path / "docs.jsonl.zst", tmp_path / "hfds"])
+        str(tmp_path / "hfds")
+    )
+    out = _ingest(
+        tmp_path,
+        [
+            tmp_path / "page.txt",
+            tmp_path / "bin.txt",
+            tmp_path / "rows.parquet",
+            tmp_path / "docs.jsonl.zst",
+            tmp_path / "hfds",
+        ],
+    )
     shards = sorted((out / "documents").glob("*.jsonl.gz"))
     texts = [[x["text"] for x in _read(p)] for p in shards]
     inputs = json.loads((out / "_work" / "plan.json").read_text())["inputs"]
@@ -113,7 +136,16 @@ def test_config_errors_name_the_problem_and_exit_2(tmp_path, capsys):
     assert "matches no file" in capsys.readouterr().err
     (tmp_path / "a.jsonl").write_text('{"text": "x"}\n')
     base = [f"input.paths=[{tmp_path}/a.jsonl]", f"output.dir={tmp_path}/o"]
-    assert main([*base, "dedup.paragraph.expected_paragraphs=100000000000", "dedup.paragraph.max_memory_mb=64"]) == 2
+    assert (
+        main(
+            [
+                *base,
+                "dedup.paragraph.expected_paragraphs=100000000000",
+                "dedup.paragraph.max_memory_mb=64",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "Bloom filter needs" in err and "max_memory_mb" in err
     assert main([*base, "mixer.filters=[{name: x, step: quality, exclude: 'foo ~ 3'}]"]) == 2

@@ -9,8 +9,8 @@ import os
 import subprocess
 import sys
 
-from tests.data_pipeline.helpers import REPO, write_jsonl_gz
 from data_pipeline.cli import main
+from tests.data_pipeline.helpers import REPO, write_jsonl_gz
 
 
 def _read(path):
@@ -18,17 +18,34 @@ def _read(path):
         return [json.loads(l) for l in fh]
 
 
-ARGS = ["executor.workers=2", "executor.progress=false", "taggers.lang.paragraphs=false",
-        "tokenizer.train.vocab_size=1000", "dedup.paragraph.expected_paragraphs=100000",
-        "dedup.minhash.partitions=2"]
+ARGS = [
+    "executor.workers=2",
+    "executor.progress=false",
+    "taggers.lang.paragraphs=false",
+    "tokenizer.train.vocab_size=1000",
+    "dedup.paragraph.expected_paragraphs=100000",
+    "dedup.minhash.partitions=2",
+]
 
 
 def _cli(out, inp, *extra, env=None):
     """In a subprocess: the crash hook kills the whole process, as a node failure or kill -9 would."""
-    cmd = [sys.executable, "-m", "data_pipeline.cli", f"input.paths=[{inp}/*.jsonl.gz]", f"output.dir={out}",
-           *ARGS, *extra]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, **(env or {}), "PYTHONPATH": str(REPO)})
+    cmd = [
+        sys.executable,
+        "-m",
+        "data_pipeline.cli",
+        f"input.paths=[{inp}/*.jsonl.gz]",
+        f"output.dir={out}",
+        *ARGS,
+        *extra,
+    ]
+    return subprocess.run(
+        cmd,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {}), "PYTHONPATH": str(REPO)},
+    )
 
 
 def _inproc(capsys, out, inp, *extra):
@@ -37,7 +54,11 @@ def _inproc(capsys, out, inp, *extra):
 
 
 def _token_bytes(out):
-    return {p.name: p.read_bytes() for p in sorted((out / "tokens").glob("*")) if p.suffix in (".bin", ".idx")}
+    return {
+        p.name: p.read_bytes()
+        for p in sorted((out / "tokens").glob("*"))
+        if p.suffix in (".bin", ".idx")
+    }
 
 
 def test_killed_run_resumes_to_identical_outputs(tmp_path, samples_en, capsys):
@@ -67,8 +88,12 @@ def test_killed_run_resumes_to_identical_outputs(tmp_path, samples_en, capsys):
         assert r1[k] == r2[k]
 
     # a changed threshold: ingest, tag and dedup are skipped, the mixer and tokenizer run again
-    rc, err = _inproc(capsys, out, inp,
-                      "mixer.filters=[{name: few_words, step: quality, exclude: 'quality__gopher__word_count < 900'}]")
+    rc, err = _inproc(
+        capsys,
+        out,
+        inp,
+        "mixer.filters=[{name: few_words, step: quality, exclude: 'quality__gopher__word_count < 900'}]",
+    )
     assert rc == 0, err
     for stage in ("ingest", "tag", "dedup-hash", "dedup-cluster"):
         assert f"{stage}: all" in err and "(skipped)" in err
@@ -84,10 +109,18 @@ def test_rates_and_weights_upsample_and_downsample(tmp_path, samples_en):
     write_jsonl_gz(inp / "a.jsonl.gz", [{**d, "source": "web"} for d in samples_en[:40]])
     write_jsonl_gz(inp / "b.jsonl.gz", [{**d, "source": "books"} for d in samples_en[40:80]])
     out = tmp_path / "out"
-    rc = main(["pipeline=tokenize_only", f"input.paths=[{inp}/*.jsonl.gz]", f"output.dir={out}",
-               "executor.progress=false", "executor.workers=1",
-               "mixer.sources=[{name: web, match: web, rate: 0.5}, {name: books, match: books, rate: 2.0}]",
-               "mixer.max_shard_bytes=50000", "tokenizer.train.vocab_size=600"])
+    rc = main(
+        [
+            "pipeline=tokenize_only",
+            f"input.paths=[{inp}/*.jsonl.gz]",
+            f"output.dir={out}",
+            "executor.progress=false",
+            "executor.workers=1",
+            "mixer.sources=[{name: web, match: web, rate: 0.5}, {name: books, match: books, rate: 2.0}]",
+            "mixer.max_shard_bytes=50000",
+            "tokenizer.train.vocab_size=600",
+        ]
+    )
     assert rc == 0
     rep = json.loads((out / "report.json").read_text())
     ps = rep["per_source"]
@@ -95,20 +128,33 @@ def test_rates_and_weights_upsample_and_downsample(tmp_path, samples_en):
     assert 10 <= ps["web"]["kept"] <= 30 and ps["web"]["output_docs"] == ps["web"]["kept"]
     assert rep["removed_docs"] == {"mix:downsampled": 40 - ps["web"]["kept"]}
     assert rep["accounting"]["balanced"]
-    sizes = [sum(len(d["text"].encode()) + 200 for d in _read(p)) for p in (out / "mixed").glob("*.jsonl.gz")]
+    sizes = [
+        sum(len(d["text"].encode()) + 200 for d in _read(p))
+        for p in (out / "mixed").glob("*.jsonl.gz")
+    ]
     assert len(sizes) > 4  # bounded shards (50 kB each, a larger page alone)
     # reproducible sampling: the kept web documents are exactly those whose random attribute < 0.5
-    rand = {r["id"]: r["attributes"]["random__random__value"][0][2]
-            for r in _read(out / "attributes" / "random" / "part-00000.jsonl.gz")}
+    rand = {
+        r["id"]: r["attributes"]["random__random__value"][0][2]
+        for r in _read(out / "attributes" / "random" / "part-00000.jsonl.gz")
+    }
     kept_web = {d["id"] for p in (out / "mixed").glob("part-00000-*.jsonl.gz") for d in _read(p)}
     assert kept_web == {i for i, u in rand.items() if u < 0.5}
 
     # weights: a 3:1 mix of a target size, rates computed from what the filters kept
     out3 = tmp_path / "out3"
-    rc = main(["pipeline=tokenize_only", f"input.paths=[{inp}/*.jsonl.gz]", f"output.dir={out3}",
-               "executor.progress=false", "executor.workers=1", "mixer.total_tokens=150000",
-               "mixer.sources=[{name: web, match: web, weight: 3}, {name: books, match: books, weight: 1}]",
-               "tokenizer.train.vocab_size=600"])
+    rc = main(
+        [
+            "pipeline=tokenize_only",
+            f"input.paths=[{inp}/*.jsonl.gz]",
+            f"output.dir={out3}",
+            "executor.progress=false",
+            "executor.workers=1",
+            "mixer.total_tokens=150000",
+            "mixer.sources=[{name: web, match: web, weight: 3}, {name: books, match: books, weight: 1}]",
+            "tokenizer.train.vocab_size=600",
+        ]
+    )
     assert rc == 0
     rep = json.loads((out3 / "report.json").read_text())
     rates = json.loads((out3 / "_work/markers/mix/00000.json").read_text())["stats"]["rates"]

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.data_pipeline.helpers import write_jsonl_gz
 from data_pipeline.cli import main
+from tests.data_pipeline.helpers import write_jsonl_gz
 
 NEEDED = ("slurmctld", "slurmd", "sbatch", "squeue", "scontrol")
 
@@ -76,15 +76,29 @@ NodeName=n2 NodeHostname={host} NodeAddr=127.0.0.1 Port={p2} CPUs=2 State=UNKNOW
 PartitionName=debug Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP
 """)
     env = {**os.environ, "SLURM_CONF": str(conf)}
-    procs = [subprocess.Popen(["slurmctld", "-D", "-c", "-f", str(conf)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    procs = [
+        subprocess.Popen(
+            ["slurmctld", "-D", "-c", "-f", str(conf)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
     time.sleep(1.5)
     for n in ("n1", "n2"):
-        procs.append(subprocess.Popen(["slurmd", "-D", "-N", n, "-f", str(conf)], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                ["slurmd", "-D", "-N", n, "-f", str(conf)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
     ok = False
     for _ in range(60):
-        r = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], env=env, capture_output=True, text=True)
+        r = subprocess.run(
+            ["sinfo", "-h", "-N", "-o", "%N %t"], env=env, capture_output=True, text=True
+        )
         states = dict(l.split() for l in r.stdout.splitlines() if l.strip())
         if len(states) == 2 and all(s in ("idle", "mix", "alloc") for s in states.values()):
             ok = True
@@ -93,7 +107,11 @@ PartitionName=debug Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP
     if not ok:
         for p in procs:
             p.terminate()
-        log = (d / "log" / "slurmctld.log").read_text()[-2000:] if (d / "log" / "slurmctld.log").exists() else ""
+        log = (
+            (d / "log" / "slurmctld.log").read_text()[-2000:]
+            if (d / "log" / "slurmctld.log").exists()
+            else ""
+        )
         pytest.fail(f"local Slurm cluster did not come up: {r.stdout} {r.stderr}\n{log}")
     old = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = str(conf)
@@ -116,16 +134,39 @@ def test_slurm_job_arrays_with_dependencies_match_local_run(slurm_cluster, tmp_p
     inp.mkdir()
     write_jsonl_gz(inp / "a.jsonl.gz", samples_en[:15])
     write_jsonl_gz(inp / "b.jsonl.gz", samples_en[15:30])
-    args = [f"input.paths=[{inp}/*.jsonl.gz]", "executor.progress=false", "taggers.lang.paragraphs=false",
-            "tokenizer.train.vocab_size=800", "dedup.paragraph.expected_paragraphs=100000",
-            "dedup.minhash.partitions=2"]
+    args = [
+        f"input.paths=[{inp}/*.jsonl.gz]",
+        "executor.progress=false",
+        "taggers.lang.paragraphs=false",
+        "tokenizer.train.vocab_size=800",
+        "dedup.paragraph.expected_paragraphs=100000",
+        "dedup.minhash.partitions=2",
+    ]
     local = tmp_path / "local"
     assert main([*args, f"output.dir={local}", "executor.workers=1"]) == 0
     out = tmp_path / "slurm"
-    assert main([*args, f"output.dir={out}", "executor.type=slurm", "executor.slurm.poll_s=0.5",
-                 "executor.slurm.cpus_per_task=2"]) == 0
+    assert (
+        main(
+            [
+                *args,
+                f"output.dir={out}",
+                "executor.type=slurm",
+                "executor.slurm.poll_s=0.5",
+                "executor.slurm.cpus_per_task=2",
+            ]
+        )
+        == 0
+    )
     scripts = sorted((out / "_work" / "slurm").glob("*.sbatch"))
-    assert {s.stem for s in scripts} >= {"ingest", "tag", "dedup-hash", "dedup-bucket", "mix", "tokenize", "report"}
+    assert {s.stem for s in scripts} >= {
+        "ingest",
+        "tag",
+        "dedup-hash",
+        "dedup-bucket",
+        "mix",
+        "tokenize",
+        "report",
+    }
     assert "#SBATCH --array=0-1" in (out / "_work/slurm/ingest.sbatch").read_text()
     logs = list((out / "_work/slurm/logs").glob("*.out"))
     assert len(logs) >= 2 * 5 + 2, "one log per array element"
@@ -138,5 +179,9 @@ def test_slurm_job_arrays_with_dependencies_match_local_run(slurm_cluster, tmp_p
     # the array elements ran on both nodes
     nodes = set()
     for log in logs:
-        nodes.update(l.split()[0].split("=", 1)[1] for l in log.read_text().splitlines() if l.startswith("node="))
+        nodes.update(
+            l.split()[0].split("=", 1)[1]
+            for l in log.read_text().splitlines()
+            if l.startswith("node=")
+        )
     assert nodes == {"n1", "n2"}, nodes

@@ -5,13 +5,24 @@ from __future__ import annotations
 
 import pytest
 
-from tests.data_pipeline.helpers import load_samples
 from data_pipeline.config import ContentTaggerConfig, LangTaggerConfig, QualityTaggerConfig
 from data_pipeline.taggers import ContentTagger, LangTagger, QualityTagger, fasttext_scores
+from tests.data_pipeline.helpers import load_samples
 
 
-@pytest.mark.parametrize("lang,min_acc", [("de", 0.8), ("es", 0.9), ("nl", 0.9), ("pt", 0.9), ("uk", 0.9),
-                                          ("ja", 0.85), ("ru", 0.75), ("fr", 0.7)])
+@pytest.mark.parametrize(
+    "lang,min_acc",
+    [
+        ("de", 0.8),
+        ("es", 0.9),
+        ("nl", 0.9),
+        ("pt", 0.9),
+        ("uk", 0.9),
+        ("ja", 0.85),
+        ("ru", 0.75),
+        ("fr", 0.7),
+    ],
+)
 def test_language_id_on_man_pages(lang, min_acc):
     # localized man pages keep untranslated English (options, examples): accuracy is a lower bound
     docs = load_samples(lang)
@@ -22,7 +33,10 @@ def test_language_id_on_man_pages(lang, min_acc):
 def test_language_attributes_doc_paragraph_and_cld2():
     doc = load_samples("de")[1]
     attrs = LangTagger(LangTaggerConfig(cld2=True))(doc)
-    assert "langid__ft__lang__de" in attrs and attrs["langid__ft__lang__de"][0][:2] == [0, len(doc["text"])]
+    assert "langid__ft__lang__de" in attrs and attrs["langid__ft__lang__de"][0][:2] == [
+        0,
+        len(doc["text"]),
+    ]
     paras = [s for k, v in attrs.items() if k.startswith("langid__ft_paragraph__lang__") for s in v]
     assert paras and all(0 <= s[0] < s[1] <= len(doc["text"]) for s in paras)
     assert any(k.startswith("langid__cld2__lang__") for k in attrs)
@@ -53,7 +67,7 @@ def test_pii_badwords_and_blocklist(tmp_path):
     text = "Mail root@host.example.org, call +1 555 123 4567 or ssh 10.1.2.3. Du Arschloch!"
     a = t({"id": "1", "text": text, "metadata": {"url": "https://www.bad.example/x"}}, lang="de")
     span = a["content__pii__email"][0]
-    assert text[span[0]:span[1]] == "root@host.example.org"
+    assert text[span[0] : span[1]] == "root@host.example.org"
     assert text[slice(*a["content__pii__ip"][0][:2])] == "10.1.2.3"
     assert "555 123 4567" in text[slice(*a["content__pii__phone"][0][:2])]
     assert text[slice(*a["content__badwords__match"][0][:2])] == "Arschloch"

@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from tests.data_pipeline.helpers import write_jsonl_gz
 from data_pipeline.cli import main
 from data_pipeline.tokenize import ShardWriter, Tok, read_back, train_bpe
+from tests.data_pipeline.helpers import write_jsonl_gz
 
 
 def _read(path):
@@ -42,7 +42,9 @@ def big_vocab_tokenizer(tmp_path_factory, samples_en):
     train_bpe((x["text"] for x in samples_en[:100]), 3000, 2, "<|endoftext|>", path)
     tk = Tokenizer.from_file(path)
     tk.add_tokens([f"<pad_{i}>" for i in range(70000)])
-    tk.add_tokens([AddedToken(w, single_word=True) for w in ("manual", "option", "command", "file")])
+    tk.add_tokens(
+        [AddedToken(w, single_word=True) for w in ("manual", "option", "command", "file")]
+    )
     big = str(d / "big.json")
     tk.save(big)
     return big
@@ -53,10 +55,23 @@ def test_vocab_over_65536_is_int32_and_exact(tmp_path, samples_en, big_vocab_tok
     assert tok.vocab_size > 70000
     inp = write_jsonl_gz(tmp_path / "in.jsonl.gz", samples_en[:30])
     out = tmp_path / "out"
-    assert main(["pipeline=tokenize_only", f"input.paths=[{inp}]", f"output.dir={out}",
-                 f"tokenizer.path={big_vocab_tokenizer}", "executor.progress=false", "output.write_npy=true"]) == 0
+    assert (
+        main(
+            [
+                "pipeline=tokenize_only",
+                f"input.paths=[{inp}]",
+                f"output.dir={out}",
+                f"tokenizer.path={big_vocab_tokenizer}",
+                "executor.progress=false",
+                "output.write_npy=true",
+            ]
+        )
+        == 0
+    )
     got = _check_readback(out, tok)
-    assert max(max(x) for x in got) > 65535, "the data never used a large id; the test would prove nothing"
+    assert max(max(x) for x in got) > 65535, (
+        "the data never used a large id; the test would prove nothing"
+    )
     ds = read_back(str(sorted((out / "tokens").glob("*.idx"))[0])[:-4])
     assert ds.index.dtype == np.int32
     npy = np.fromfile(sorted((out / "tokens").glob("*.npy"))[0], dtype=np.uint32)
@@ -88,13 +103,29 @@ def test_sentencepiece_model(tmp_path, samples_en):
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(x["text"] for x in samples_en[:60]), encoding="utf-8")
-    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "sp"), vocab_size=800,
-                                   model_type="bpe", eos_id=2, minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(tmp_path / "sp"),
+        vocab_size=800,
+        model_type="bpe",
+        eos_id=2,
+        minloglevel=2,
+    )
     inp = write_jsonl_gz(tmp_path / "in.jsonl.gz", samples_en[:10])
     out = tmp_path / "out"
     model = str(tmp_path / "sp.model")
-    assert main(["pipeline=tokenize_only", f"input.paths=[{inp}]", f"output.dir={out}",
-                 f"tokenizer.path={model}", "executor.progress=false"]) == 0
+    assert (
+        main(
+            [
+                "pipeline=tokenize_only",
+                f"input.paths=[{inp}]",
+                f"output.dir={out}",
+                f"tokenizer.path={model}",
+                "executor.progress=false",
+            ]
+        )
+        == 0
+    )
     tok = Tok(model)
     assert tok.kind == "sentencepiece" and tok.eos_id == 2
     _check_readback(out, tok)

@@ -15,29 +15,46 @@ from model_zoo import build_model, get_model_config
 from model_zoo.config import ConfigError, RopeScalingConfig
 from model_zoo.hf import export_hf, import_hf
 from pretrain.cli import main as cli_main
-
 from tests.model_zoo.hf_helpers import assert_close as _assert_close
 from tests.model_zoo.hf_helpers import randomise as _randomise
 from tests.model_zoo.hf_helpers import tokens as _tokens
 
-
 # Shapes per family: GQA ratios, rotary fraction, tied/untied, biases, norm placement, scaling.
 EXPORT_CASES = {
     "pythia-rot25-untied": ("pythia-tiny", {}),
-    "pythia-rot50-tied-sequential": ("pythia-tiny", dict(rotary_fraction=0.5, tie_embeddings=True,
-                                                         parallel_residual=False)),
-    "pythia-rot100-nobias": ("pythia-tiny", dict(rotary_fraction=1.0, qkv_bias=False,
-                                                 attn_out_bias=False, n_heads=8)),
+    "pythia-rot50-tied-sequential": (
+        "pythia-tiny",
+        dict(rotary_fraction=0.5, tie_embeddings=True, parallel_residual=False),
+    ),
+    "pythia-rot100-nobias": (
+        "pythia-tiny",
+        dict(rotary_fraction=1.0, qkv_bias=False, attn_out_bias=False, n_heads=8),
+    ),
     "olmo2-mha-untied": ("olmo2-tiny", {}),
     "olmo2-gqa2-tied": ("olmo2-tiny", dict(n_kv_heads=2, tie_embeddings=True)),
     "olmo2-mqa-bias": ("olmo2-tiny", dict(n_kv_heads=1, qkv_bias=True, attn_out_bias=True)),
-    "llama-gqa2-llama3-scaling": ("llama3-tiny", dict(
-        rope_scaling=RopeScalingConfig(type="llama3", factor=8.0, low_freq_factor=1.0,
-                                       high_freq_factor=4.0, original_max_position=64))),
-    "llama-mha-tied-biases": ("llama3-tiny", dict(n_kv_heads=None, tie_embeddings=True,
-                                                  qkv_bias=True, attn_out_bias=True, mlp_bias=True)),
-    "llama-gqa4-headdim": ("llama3-tiny", dict(n_heads=8, n_kv_heads=2, head_dim=24,
-                                               rope_scaling=RopeScalingConfig())),
+    "llama-gqa2-llama3-scaling": (
+        "llama3-tiny",
+        dict(
+            rope_scaling=RopeScalingConfig(
+                type="llama3",
+                factor=8.0,
+                low_freq_factor=1.0,
+                high_freq_factor=4.0,
+                original_max_position=64,
+            )
+        ),
+    ),
+    "llama-mha-tied-biases": (
+        "llama3-tiny",
+        dict(
+            n_kv_heads=None, tie_embeddings=True, qkv_bias=True, attn_out_bias=True, mlp_bias=True
+        ),
+    ),
+    "llama-gqa4-headdim": (
+        "llama3-tiny",
+        dict(n_heads=8, n_kv_heads=2, head_dim=24, rope_scaling=RopeScalingConfig()),
+    ),
 }
 
 
@@ -49,8 +66,11 @@ def test_export_loads_in_transformers_with_same_logits(case, tmp_path):
     _randomise(ours, seed=1)
     export_hf(cfg, ours.state_dict(), tmp_path / "hf")
     theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
-    expected = {"gpt_neox": "GPTNeoXForCausalLM", "olmo2": "Olmo2ForCausalLM",
-                "llama": "LlamaForCausalLM"}[cfg.family]
+    expected = {
+        "gpt_neox": "GPTNeoXForCausalLM",
+        "olmo2": "Olmo2ForCausalLM",
+        "llama": "LlamaForCausalLM",
+    }[cfg.family]
     assert type(theirs).__name__ == expected
     tokens = _tokens(cfg.vocab_size)
     with torch.no_grad():
@@ -58,32 +78,55 @@ def test_export_loads_in_transformers_with_same_logits(case, tmp_path):
 
 
 def _hf_model(kind: str) -> transformers.PreTrainedModel:
-    common = dict(vocab_size=512, hidden_size=64, intermediate_size=160, num_hidden_layers=3,
-                  max_position_embeddings=256)
+    common = dict(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=3,
+        max_position_embeddings=256,
+    )
     if kind == "gpt_neox":
-        config = transformers.GPTNeoXConfig(num_attention_heads=4, rotary_pct=0.25,
-                                            rotary_emb_base=10000, use_parallel_residual=True,
-                                            **common)
+        config = transformers.GPTNeoXConfig(
+            num_attention_heads=4,
+            rotary_pct=0.25,
+            rotary_emb_base=10000,
+            use_parallel_residual=True,
+            **common,
+        )
         cls = transformers.GPTNeoXForCausalLM
     elif kind == "gpt_neox_sequential_tied":
-        config = transformers.GPTNeoXConfig(num_attention_heads=8, rotary_pct=0.5,
-                                            use_parallel_residual=False, tie_word_embeddings=True,
-                                            **common)
+        config = transformers.GPTNeoXConfig(
+            num_attention_heads=8,
+            rotary_pct=0.5,
+            use_parallel_residual=False,
+            tie_word_embeddings=True,
+            **common,
+        )
         cls = transformers.GPTNeoXForCausalLM
     elif kind == "olmo2":
-        config = transformers.Olmo2Config(num_attention_heads=4, num_key_value_heads=2,
-                                          rope_theta=500000.0, **common)
+        config = transformers.Olmo2Config(
+            num_attention_heads=4, num_key_value_heads=2, rope_theta=500000.0, **common
+        )
         cls = transformers.Olmo2ForCausalLM
     elif kind == "llama_tied":
-        config = transformers.LlamaConfig(num_attention_heads=8, num_key_value_heads=2,
-                                          tie_word_embeddings=True, **common)
+        config = transformers.LlamaConfig(
+            num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=True, **common
+        )
         cls = transformers.LlamaForCausalLM
     else:  # llama with Llama-3.1 rope scaling
         config = transformers.LlamaConfig(
-            num_attention_heads=4, num_key_value_heads=1, rope_theta=500000.0,
-            rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                          "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
-            **common)
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            rope_theta=500000.0,
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+            },
+            **common,
+        )
         cls = transformers.LlamaForCausalLM
     torch.manual_seed(0)
     model = cls(config).eval()

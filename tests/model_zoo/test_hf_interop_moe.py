@@ -16,11 +16,11 @@ import pytest
 import torch
 import transformers
 
-from tests.model_zoo.hf_helpers import assert_close, randomise, tokens
 from model_zoo import build_model, get_model_config
 from model_zoo.config import RopeScalingConfig
 from model_zoo.hf import export_hf, import_hf
 from model_zoo.moe import TopKRouter
+from tests.model_zoo.hf_helpers import assert_close, randomise, tokens
 
 MIN_ROUTING_MARGIN = 1e-5
 
@@ -36,8 +36,11 @@ def routing_margin(model: torch.nn.Module, batch: torch.Tensor) -> float:
         choice = scores + router.expert_bias
         if cfg.n_group > 1:
             grouped = choice.view(-1, cfg.n_group, cfg.n_experts // cfg.n_group)
-            gs = (grouped.topk(2, dim=-1).values.sum(-1) if cfg.router == "sigmoid"
-                  else grouped.max(-1).values)
+            gs = (
+                grouped.topk(2, dim=-1).values.sum(-1)
+                if cfg.router == "sigmoid"
+                else grouped.max(-1).values
+            )
             top = gs.topk(min(cfg.topk_group + 1, cfg.n_group), dim=-1).values
             if cfg.topk_group < cfg.n_group:
                 margins.append((top[:, cfg.topk_group - 1] - top[:, cfg.topk_group]).min().item())
@@ -60,7 +63,8 @@ def check_same_logits(ours: torch.nn.Module, theirs: torch.nn.Module, batch: tor
     margin = routing_margin(ours, batch)
     assert margin > MIN_ROUTING_MARGIN, (
         f"routing near-tie (margin {margin:.2e}): choose another seed; a tie makes logits "
-        "depend on rounding, not on the implementation")
+        "depend on rounding, not on the implementation"
+    )
     with torch.no_grad():
         assert_close(ours(batch), theirs(batch).logits)
 
@@ -71,9 +75,18 @@ EXPORT_CASES = {
     "olmoe": ("olmoe-tiny", {}),
     "olmoe-renormalised-gqa": ("olmoe-tiny", dict(n_kv_heads=2)),
     "deepseek-v2-grouped-softmax": ("deepseek-v2-lite-tiny", {}),
-    "deepseek-v2-greedy-qlora-yarn": ("deepseek-v2-lite-tiny", dict(
-        rope_scaling=RopeScalingConfig(type="yarn", factor=4.0, original_max_position=64,
-                                       mscale=0.707, mscale_all_dim=0.707))),
+    "deepseek-v2-greedy-qlora-yarn": (
+        "deepseek-v2-lite-tiny",
+        dict(
+            rope_scaling=RopeScalingConfig(
+                type="yarn",
+                factor=4.0,
+                original_max_position=64,
+                mscale=0.707,
+                mscale_all_dim=0.707,
+            )
+        ),
+    ),
     "deepseek-v3-sigmoid-groups-yarn": ("deepseek-v3-tiny", {}),
     "deepseek-v3-no-qlora-half-split-rope": ("deepseek-v3-tiny", {}),
 }
@@ -103,43 +116,94 @@ def test_export_loads_in_transformers_with_same_logits(case, tmp_path):
     if cfg.moe.router == "sigmoid":  # a trained aux-loss-free bias must survive the export
         for m in ours.modules():
             if isinstance(m, TopKRouter):
-                m.expert_bias.copy_(0.05 * torch.randn(m.expert_bias.shape,
-                                                       generator=torch.Generator().manual_seed(3)))
+                m.expert_bias.copy_(
+                    0.05
+                    * torch.randn(m.expert_bias.shape, generator=torch.Generator().manual_seed(3))
+                )
     export_hf(cfg, ours.state_dict(), tmp_path / "hf")
     theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
-    expected = {"mixtral": "MixtralForCausalLM", "olmoe": "OlmoeForCausalLM",
-                "deepseek_v2": "DeepseekV2ForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM"}
+    expected = {
+        "mixtral": "MixtralForCausalLM",
+        "olmoe": "OlmoeForCausalLM",
+        "deepseek_v2": "DeepseekV2ForCausalLM",
+        "deepseek_v3": "DeepseekV3ForCausalLM",
+    }
     assert type(theirs).__name__ == expected[cfg.family]
     check_same_logits(ours, theirs, tokens(cfg.vocab_size, seed=5))
 
 
 def _hf_model(kind: str) -> transformers.PreTrainedModel:
-    common = dict(vocab_size=512, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
-                  max_position_embeddings=256)
+    common = dict(
+        vocab_size=512,
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=256,
+    )
     if kind == "mixtral":
-        config = transformers.MixtralConfig(intermediate_size=96, num_key_value_heads=2,
-                                            num_local_experts=6, num_experts_per_tok=2, **common)
+        config = transformers.MixtralConfig(
+            intermediate_size=96,
+            num_key_value_heads=2,
+            num_local_experts=6,
+            num_experts_per_tok=2,
+            **common,
+        )
         cls = transformers.MixtralForCausalLM
     elif kind == "olmoe":
-        config = transformers.OlmoeConfig(intermediate_size=48, num_experts=8,
-                                          num_experts_per_tok=3, norm_topk_prob=False, **common)
+        config = transformers.OlmoeConfig(
+            intermediate_size=48,
+            num_experts=8,
+            num_experts_per_tok=3,
+            norm_topk_prob=False,
+            **common,
+        )
         cls = transformers.OlmoeForCausalLM
     elif kind == "deepseek_v2":
         config = transformers.DeepseekV2Config(
-            intermediate_size=160, moe_intermediate_size=32, n_routed_experts=8,
-            num_experts_per_tok=2, n_shared_experts=1, first_k_dense_replace=1,
-            q_lora_rank=None, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8,
-            v_head_dim=16, topk_method="group_limited_greedy", n_group=4, topk_group=2, **common)
+            intermediate_size=160,
+            moe_intermediate_size=32,
+            n_routed_experts=8,
+            num_experts_per_tok=2,
+            n_shared_experts=1,
+            first_k_dense_replace=1,
+            q_lora_rank=None,
+            kv_lora_rank=32,
+            qk_nope_head_dim=16,
+            qk_rope_head_dim=8,
+            v_head_dim=16,
+            topk_method="group_limited_greedy",
+            n_group=4,
+            topk_group=2,
+            **common,
+        )
         cls = transformers.DeepseekV2ForCausalLM
     else:
         config = transformers.DeepseekV3Config(
-            intermediate_size=160, moe_intermediate_size=32, n_routed_experts=8,
-            num_experts_per_tok=2, n_shared_experts=1, first_k_dense_replace=1, n_group=2,
-            topk_group=1, q_lora_rank=48, kv_lora_rank=32, qk_nope_head_dim=16,
-            qk_rope_head_dim=8, v_head_dim=16, routed_scaling_factor=2.5,
-            rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
-                          "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0},
-            **common)
+            intermediate_size=160,
+            moe_intermediate_size=32,
+            n_routed_experts=8,
+            num_experts_per_tok=2,
+            n_shared_experts=1,
+            first_k_dense_replace=1,
+            n_group=2,
+            topk_group=1,
+            q_lora_rank=48,
+            kv_lora_rank=32,
+            qk_nope_head_dim=16,
+            qk_rope_head_dim=8,
+            v_head_dim=16,
+            routed_scaling_factor=2.5,
+            rope_scaling={
+                "rope_type": "yarn",
+                "factor": 4.0,
+                "original_max_position_embeddings": 64,
+                "beta_fast": 32,
+                "beta_slow": 1,
+                "mscale": 1.0,
+                "mscale_all_dim": 1.0,
+            },
+            **common,
+        )
         cls = transformers.DeepseekV3ForCausalLM
     torch.manual_seed(0)
     model = cls(config).eval()

@@ -38,10 +38,12 @@ def test_each_parameter_is_generated_on_its_own():
         assert torch.equal(meta.initial_value(name, seed=5), p), name
     del meta.layers["2"]
     meta.output = None
-    assert torch.equal(meta.initial_value("layers.1.moe.experts.w2", seed=5),
-                       built.layers["1"].moe.experts.w2)
-    assert not torch.equal(meta.initial_value("layers.1.moe.experts.w2", seed=6),
-                           built.layers["1"].moe.experts.w2)
+    assert torch.equal(
+        meta.initial_value("layers.1.moe.experts.w2", seed=5), built.layers["1"].moe.experts.w2
+    )
+    assert not torch.equal(
+        meta.initial_value("layers.1.moe.experts.w2", seed=6), built.layers["1"].moe.experts.w2
+    )
 
 
 def _std(t: torch.Tensor) -> float:
@@ -52,8 +54,12 @@ def test_pythia_uses_small_init_and_wang_init():
     cfg = get_model_config("pythia-tiny")
     sd = build_model(cfg, seed=0).state_dict()
     d, layers = cfg.d_model, cfg.n_layers
-    assert _std(sd["layers.0.attention.wq.weight"]) == pytest.approx(math.sqrt(2 / (5 * d)), rel=0.1)
-    assert _std(sd["layers.1.feed_forward.w2.weight"]) == pytest.approx(2 / (layers * math.sqrt(d)), rel=0.1)
+    assert _std(sd["layers.0.attention.wq.weight"]) == pytest.approx(
+        math.sqrt(2 / (5 * d)), rel=0.1
+    )
+    assert _std(sd["layers.1.feed_forward.w2.weight"]) == pytest.approx(
+        2 / (layers * math.sqrt(d)), rel=0.1
+    )
     assert torch.equal(sd["layers.0.attention_norm.weight"], torch.ones(d))
     assert torch.equal(sd["layers.0.attention.wq.bias"], torch.zeros(d))
 
@@ -63,7 +69,8 @@ def test_llama_scales_output_projections_by_depth():
     sd = build_model(cfg, seed=0).state_dict()
     assert _std(sd["layers.0.feed_forward.w1.weight"]) == pytest.approx(0.02, rel=0.1)
     assert _std(sd["layers.0.feed_forward.w2.weight"]) == pytest.approx(
-        0.02 / math.sqrt(2 * cfg.n_layers), rel=0.1)
+        0.02 / math.sqrt(2 * cfg.n_layers), rel=0.1
+    )
 
 
 def test_olmo2_init_is_truncated_at_three_std():
@@ -107,8 +114,10 @@ def test_intra_document_mask_equals_running_documents_separately(name):
     cfg = get_model_config(name)
     model = build_model(cfg, seed=0).eval()
     lengths = [7, 12, 5]
-    docs = [torch.randint(0, cfg.vocab_size, (1, n), generator=torch.Generator().manual_seed(n))
-            for n in lengths]
+    docs = [
+        torch.randint(0, cfg.vocab_size, (1, n), generator=torch.Generator().manual_seed(n))
+        for n in lengths
+    ]
     packed = torch.cat(docs, dim=1)
     document_ids = torch.cat([torch.full((1, n), i) for i, n in enumerate(lengths)], dim=1)
     positions = torch.cat([torch.arange(n) for n in lengths])[None]

@@ -53,7 +53,9 @@ def test_grouped_matmul_equals_per_expert_loop():
     results = []
     for grouped in ("auto", "off"):
         model = _moe_model(grouped_mm=grouped)
-        assert model.layers["0"].moe.experts._grouped_mm_ok(torch.zeros(1, 64)) == (grouped == "auto")
+        assert model.layers["0"].moe.experts._grouped_mm_ok(torch.zeros(1, 64)) == (
+            grouped == "auto"
+        )
         loss = F.cross_entropy(model(tokens).flatten(0, 1), tokens.flatten())
         loss.backward()
         results.append((loss.detach(), model.layers["1"].moe.experts.w2.grad.clone()))
@@ -92,8 +94,10 @@ def _skew_routers(model, batch) -> None:
     the gate so routing depends on the token."""
     routers = [m for m in model.modules() if isinstance(m, TopKRouter)]
     means = {}
-    hooks = [r.register_forward_hook(lambda mod, inp, out: means.__setitem__(id(mod), inp[0].mean(0)))
-             for r in routers]
+    hooks = [
+        r.register_forward_hook(lambda mod, inp, out: means.__setitem__(id(mod), inp[0].mean(0)))
+        for r in routers
+    ]
     with torch.no_grad():
         model(batch)
         for h in hooks:
@@ -119,15 +123,21 @@ def test_aux_loss_free_bias_update_balances_a_skewed_router_on_real_text():
 
     result = {}
     for speed in (0.0, 0.01):
-        model = _moe_model("deepseek-v3-tiny", bias_update_speed=speed, n_group=1, topk_group=1,
-                           top_k=2, n_experts=8)
+        model = _moe_model(
+            "deepseek-v3-tiny",
+            bias_update_speed=speed,
+            n_group=1,
+            topk_group=1,
+            top_k=2,
+            n_experts=8,
+        )
         _skew_routers(model, batches[:8, :-1])
         # A small learning rate keeps the router's own drift slower than the bias update, the
         # regime DeepSeek-V3 trains in (lr ~2e-4 at d_model 7168, update speed 1e-3).
         opt = torch.optim.AdamW(model.parameters(), lr=5e-5)
         counts = []
         for step in range(30):
-            batch = batches[step * 8:(step + 1) * 8]
+            batch = batches[step * 8 : (step + 1) * 8]
             loss = F.cross_entropy(model(batch[:, :-1]).flatten(0, 1), batch[:, 1:].flatten())
             opt.zero_grad()
             loss.backward()
@@ -161,10 +171,21 @@ def test_first_k_dense_and_moe_every_choose_layers():
 @pytest.mark.parametrize(
     "name, change, message",
     [
-        ("mixtral-tiny", dict(moe=dict(top_k=9)), "moe.top_k=9 must be between 1 and moe.n_experts=8"),
-        ("deepseek-v3-tiny", dict(mla=dict(kv_lora_rank=64)),
-         "mla.kv_lora_rank=64 is not smaller than d_model=64"),
-        ("deepseek-v3-tiny", dict(moe=dict(n_group=3)), "moe.n_experts=16 is not divisible by moe.n_group=3"),
+        (
+            "mixtral-tiny",
+            dict(moe=dict(top_k=9)),
+            "moe.top_k=9 must be between 1 and moe.n_experts=8",
+        ),
+        (
+            "deepseek-v3-tiny",
+            dict(mla=dict(kv_lora_rank=64)),
+            "mla.kv_lora_rank=64 is not smaller than d_model=64",
+        ),
+        (
+            "deepseek-v3-tiny",
+            dict(moe=dict(n_group=3)),
+            "moe.n_experts=16 is not divisible by moe.n_group=3",
+        ),
         ("deepseek-v3-tiny", dict(moe=dict(topk_group=1, top_k=5)), "exceeds the 1 x 4 experts"),
         ("olmoe-tiny", dict(moe=dict(router="relu")), "moe.router='relu' is not one of"),
     ],

@@ -3,7 +3,6 @@
 import pytest
 
 from model_zoo import build_model, count_parameters, get_model_config, zoo_names
-from model_zoo.config import ConfigError
 
 # Pythia non-embedding parameter counts, exactly as published (Biderman et al. 2023, "Pythia: A
 # Suite for Analyzing Large Language Models", Table 1 / EleutherAI/pythia README; also
@@ -28,7 +27,10 @@ PUBLISHED_TOTAL = {
     "olmo2-1b": (1.48e9, "Hub safetensors size of allenai/OLMo-2-0425-1B (1.48B)"),
     "olmo2-7b": (7.30e9, "Hub safetensors size of allenai/OLMo-2-1124-7B (7.3B); OLMo 2 paper"),
     "olmo2-13b": (13.7e9, "Hub safetensors size of allenai/OLMo-2-1124-13B (13.7B); OLMo 2 paper"),
-    "llama3.2-1b": (1.24e9, "Hub safetensors size of meta-llama/Llama-3.2-1B (1.24B; model card 1.23B)"),
+    "llama3.2-1b": (
+        1.24e9,
+        "Hub safetensors size of meta-llama/Llama-3.2-1B (1.24B; model card 1.23B)",
+    ),
     "llama3.2-3b": (3.21e9, "Hub safetensors size of meta-llama/Llama-3.2-3B (3.21B)"),
     "llama3.1-8b": (8.03e9, "Hub safetensors size of meta-llama/Llama-3.1-8B (8.03B)"),
     "llama3.1-70b": (70.6e9, "Hub safetensors size of meta-llama/Llama-3.1-70B (70.6B)"),
@@ -44,7 +46,9 @@ def test_pythia_non_embedding_counts_are_exact(name):
 def test_total_counts_match_published(name):
     published, source = PUBLISHED_TOTAL[name]
     total = count_parameters(get_model_config(name)).total
-    assert abs(total - published) / published < 0.005, f"{name}: {total:,} vs {published:,.0f} ({source})"
+    assert abs(total - published) / published < 0.005, (
+        f"{name}: {total:,} vs {published:,.0f} ({source})"
+    )
 
 
 def test_pythia_vocab_padding_matches_released_checkpoints():
@@ -85,15 +89,30 @@ def test_every_zoo_model_counts_consistently(name):
 # zoo) 20.85B. Mistral and OLMoE count the embedding in.
 PUBLISHED_MOE = {
     # name: (total, (active low, active high), active excludes input embedding, source)
-    "mixtral-8x7b": (46.7e9, (12.85e9, 12.95e9), False,
-                     "Mistral AI, 'Mixtral of experts' (2023): 46.7B total, 12.9B active"),
-    "olmoe-1b-7b": (6.9e9, (1.25e9, 1.35e9), False,
-                    "Muennighoff et al. 2024, OLMoE paper: 6.9B total, 1.3B active"),
-    "deepseek-v2-lite": (15.7e9, (2.35e9, 2.5e9), True,
-                         "DeepSeek-V2 paper, DeepSeek-V2-Lite: 15.7B total, 2.4B activated "
-                         "(rounded or truncated)"),
-    "deepseek-v3": (671e9, (36.5e9, 37.5e9), True,
-                    "DeepSeek-V3 technical report: 671B total (without MTP), 37B activated"),
+    "mixtral-8x7b": (
+        46.7e9,
+        (12.85e9, 12.95e9),
+        False,
+        "Mistral AI, 'Mixtral of experts' (2023): 46.7B total, 12.9B active",
+    ),
+    "olmoe-1b-7b": (
+        6.9e9,
+        (1.25e9, 1.35e9),
+        False,
+        "Muennighoff et al. 2024, OLMoE paper: 6.9B total, 1.3B active",
+    ),
+    "deepseek-v2-lite": (
+        15.7e9,
+        (2.35e9, 2.5e9),
+        True,
+        "DeepSeek-V2 paper, DeepSeek-V2-Lite: 15.7B total, 2.4B activated (rounded or truncated)",
+    ),
+    "deepseek-v3": (
+        671e9,
+        (36.5e9, 37.5e9),
+        True,
+        "DeepSeek-V3 technical report: 671B total (without MTP), 37B activated",
+    ),
 }
 
 

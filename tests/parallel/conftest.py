@@ -7,7 +7,9 @@ import pytest
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: minutes-long multi-process run; PARALLEL_SLOW=1 runs it")
+    config.addinivalue_line(
+        "markers", "slow: minutes-long multi-process run; PARALLEL_SLOW=1 runs it"
+    )
 
 
 def pytest_collection_modifyitems(config, items):

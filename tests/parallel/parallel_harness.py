@@ -55,9 +55,18 @@ def param_groups(named_params, weight_decay: float) -> list[dict]:
     return decay_groups(named_params, weight_decay)
 
 
-def reference_run(model_cfg, steps: int, global_batch: int, seq_len: int, seed: int = 0,
-                  lr: float = 1e-3, clip: float = 1.0, snapshot_steps=(), packed: bool = False,
-                  micro_batch: int | None = None) -> dict:
+def reference_run(
+    model_cfg,
+    steps: int,
+    global_batch: int,
+    seq_len: int,
+    seed: int = 0,
+    lr: float = 1e-3,
+    clip: float = 1.0,
+    snapshot_steps=(),
+    packed: bool = False,
+    micro_batch: int | None = None,
+) -> dict:
     """The definition of right: one process, plain model, the whole global batch at once (or
     accumulated over `micro_batch`-sized pieces: the same math summed in another order).
     `snapshot_steps`: also keep the parameters after these steps (params_at[step])."""
@@ -72,16 +81,17 @@ def reference_run(model_cfg, steps: int, global_batch: int, seq_len: int, seed: 
     for step in range(steps):
         loss_sum = 0.0
         for first in range(0, global_batch, micro):
-            inputs = data[step, first:first + micro, :-1]
-            labels = data[step, first:first + micro, 1:]
+            inputs = data[step, first : first + micro, :-1]
+            labels = data[step, first : first + micro, 1:]
             if packed:
                 doc, pos = packed_ids(inputs)
                 logits = model(inputs, position_ids=pos, document_ids=doc)
             else:
                 logits = model(inputs)
             # the mean over the global batch's tokens, however the batch is cut
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
-                                   reduction="sum") / (global_batch * seq_len)
+            loss = F.cross_entropy(
+                logits.flatten(0, 1).float(), labels.flatten(), reduction="sum"
+            ) / (global_batch * seq_len)
             loss.backward()
             loss_sum += float(loss.detach())
         norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip)))
@@ -90,12 +100,17 @@ def reference_run(model_cfg, steps: int, global_batch: int, seq_len: int, seed: 
         opt.zero_grad(set_to_none=True)
         if step + 1 in snapshot_steps:
             snaps[step + 1] = {k: v.detach().clone() for k, v in model.named_parameters()}
-    return {"losses": losses, "grad_norms": norms, "params_at": snaps,
-            "params": {k: v.detach().clone() for k, v in model.named_parameters()}}
+    return {
+        "losses": losses,
+        "grad_norms": norms,
+        "params_at": snaps,
+        "params": {k: v.detach().clone() for k, v in model.named_parameters()},
+    }
 
 
-def stable_reference_run(model_cfg, steps: int, global_batch: int, seq_len: int, seed: int = 0,
-                         tol: float = 2.5e-6, **kw) -> dict:
+def stable_reference_run(
+    model_cfg, steps: int, global_batch: int, seq_len: int, seed: int = 0, tol: float = 2.5e-6, **kw
+) -> dict:
     """`reference_run`, checked to be a fair yardstick at a tolerance: the same single process
     with the batch accumulated in micro-batches of 2 (nothing changed but the order of sums)
     must agree with it within `tol` in loss, gradient norm and parameters.
@@ -114,7 +129,8 @@ def stable_reference_run(model_cfg, steps: int, global_batch: int, seq_len: int,
     assert max(loss, gnorm, params) < tol, (
         f"{model_cfg.name} seed {seed}: one process changes by loss {loss:.1e}, grad-norm "
         f"{gnorm:.1e}, params {params:.1e} when only the batch is accumulated in micro-batches; "
-        f"such a reference cannot judge a layout at 1e-5: choose another seed")
+        f"such a reference cannot judge a layout at 1e-5: choose another seed"
+    )
     return ref
 
 
@@ -140,23 +156,42 @@ def launch(world_size: int, spec: dict, out_dir: Path, timeout: float = 400) -> 
         logs = {r: (out_dir / f"rank{r}.log").read_text() for r in range(world_size)}
         if attempt < 2 and any("EADDRINUSE" in text for text in logs.values()):
             continue
-        report = "\n".join(f"--- rank {r} (exit {c}) ---\n" + logs[r][-3000:]
-                           for r, c in enumerate(codes) if c != 0)
+        report = "\n".join(
+            f"--- rank {r} (exit {c}) ---\n" + logs[r][-3000:]
+            for r, c in enumerate(codes)
+            if c != 0
+        )
         raise AssertionError(f"worker exit codes {codes}\n{report}")
-    return [torch.load(out_dir / f"run{i}.pt", weights_only=False) for i in range(len(spec["runs"]))]
+    return [
+        torch.load(out_dir / f"run{i}.pt", weights_only=False) for i in range(len(spec["runs"]))
+    ]
 
 
 def _run_ranks(world_size: int, spec_path: Path, out_dir: Path, timeout: float) -> list:
     port = _free_port()
     procs, logs = [], []
     for rank in range(world_size):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                   LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port), OMP_NUM_THREADS="1",
-                   PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env = dict(
+            os.environ,
+            RANK=str(rank),
+            WORLD_SIZE=str(world_size),
+            LOCAL_RANK=str(rank),
+            LOCAL_WORLD_SIZE=str(world_size),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            OMP_NUM_THREADS="1",
+            PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        )
         logs.append(open(out_dir / f"rank{rank}.log", "w"))
-        procs.append(subprocess.Popen([sys.executable, "-m", WORKER, str(spec_path), str(out_dir)],
-                                      env=env, cwd=ROOT, stdout=logs[-1], stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", WORKER, str(spec_path), str(out_dir)],
+                env=env,
+                cwd=ROOT,
+                stdout=logs[-1],
+                stderr=subprocess.STDOUT,
+            )
+        )
     deadline = time.time() + timeout
     try:
         while True:

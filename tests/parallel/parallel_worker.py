@@ -11,11 +11,11 @@ loads an earlier run's checkpoint into this run's engine (of any layout) before 
 """
 
 import dataclasses
-import os
-import traceback
 import json
+import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch  # noqa: E402
@@ -43,19 +43,21 @@ def main() -> None:
             pcfg = ParallelConfig(**run["parallel"])
             layout = resolve_layout(pcfg, env.world_size, cfg, gbs, mbs, seq)
             mesh = build_mesh(layout, "cpu")
-            engine = build_engine(cfg, pcfg, layout, mesh, device,
-                                  seed=run.get("seed", spec.get("seed", 0)))
+            engine = build_engine(
+                cfg, pcfg, layout, mesh, device, seed=run.get("seed", spec.get("seed", 0))
+            )
             if "dcp_load" in run:
                 sd = engine.model_state_dict()
                 dcp.load(sd, checkpoint_id=str(out / f"dcp{run['dcp_load']}"))
                 engine.load_model_state_dict(sd)
             steps = run.get("steps", spec["steps"])
-            opt = torch.optim.AdamW(engine.optimizer_param_groups(0.1), lr=spec.get("lr", 1e-3),
-                                    foreach=False)
+            opt = torch.optim.AdamW(
+                engine.optimizer_param_groups(0.1), lr=spec.get("lr", 1e-3), foreach=False
+            )
             lo = engine.dp_rank * layout.local_batch_size
             losses, norms = [], []
             for step in range(steps):
-                batch = data[step, lo:lo + layout.local_batch_size]
+                batch = data[step, lo : lo + layout.local_batch_size]
                 if run.get("packed"):
                     doc, pos = packed_ids(batch[:, :-1])
                     loss = engine.forward_backward(batch[:, :-1], batch[:, 1:], pos, doc)
@@ -69,13 +71,26 @@ def main() -> None:
             if run.get("dcp_save"):
                 dcp.save(engine.model_state_dict(), checkpoint_id=str(out / f"dcp{i}"))
             if env.rank == 0:
-                torch.save({"name": run["name"], "losses": losses, "grad_norms": norms,
-                            "params": params, "layout": layout.describe(),
-                            "checkpointed_layers": engine.checkpointed_layers,
-                            "local_shapes": {k: tuple(getattr(p, "_local_tensor", p).shape)
-                                             for k, p in engine.named_parameters()}}, out / f"run{i}.pt")
-                print(f"[{run['name']}] {layout.describe()}: {steps} steps in "
-                      f"{time.time() - t0:.1f}s, losses {losses[:1]}..{losses[-1:]}", flush=True)
+                torch.save(
+                    {
+                        "name": run["name"],
+                        "losses": losses,
+                        "grad_norms": norms,
+                        "params": params,
+                        "layout": layout.describe(),
+                        "checkpointed_layers": engine.checkpointed_layers,
+                        "local_shapes": {
+                            k: tuple(getattr(p, "_local_tensor", p).shape)
+                            for k, p in engine.named_parameters()
+                        },
+                    },
+                    out / f"run{i}.pt",
+                )
+                print(
+                    f"[{run['name']}] {layout.describe()}: {steps} steps in "
+                    f"{time.time() - t0:.1f}s, losses {losses[:1]}..{losses[-1:]}",
+                    flush=True,
+                )
             del engine, opt
     except BaseException:
         # Fail fast: a rank that waits in a barrier for a dead peer would hang until the timeout.

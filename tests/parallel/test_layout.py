@@ -32,20 +32,33 @@ def suggested(msg: str) -> ParallelConfig:
     return ParallelConfig(**{k: int(v) for k, v in kv.items()})
 
 
-@pytest.mark.parametrize("pcfg, world, reason", [
-    (ParallelConfig(tp=2, dp_shard=3), 8, "!= world_size=8"),
-    (ParallelConfig(tp=3), 8, "not divisible by tp*pp*dp_replicate*ep=3"),
-    (ParallelConfig(tp=8), 8, "n_heads=4 is not divisible by tp=8"),
-    (ParallelConfig(pp=8), 8, "8 pipeline stages but model 'llama3-tiny' has only n_layers=4"),
-    (ParallelConfig(pp=2, pp_schedule="ZBVZeroBubble", pp_split=[1, 1, 1]), 8, "pp_split has 3"),
-    (ParallelConfig(pp=2, pp_schedule="1F1B", pp_virtual_stages=2), 8, "needs pp_schedule=Interleaved1F1B"),
-    (ParallelConfig(ep=2), 8, "no routed experts"),
-])
+@pytest.mark.parametrize(
+    "pcfg, world, reason",
+    [
+        (ParallelConfig(tp=2, dp_shard=3), 8, "!= world_size=8"),
+        (ParallelConfig(tp=3), 8, "not divisible by tp*pp*dp_replicate*ep=3"),
+        (ParallelConfig(tp=8), 8, "n_heads=4 is not divisible by tp=8"),
+        (ParallelConfig(pp=8), 8, "8 pipeline stages but model 'llama3-tiny' has only n_layers=4"),
+        (
+            ParallelConfig(pp=2, pp_schedule="ZBVZeroBubble", pp_split=[1, 1, 1]),
+            8,
+            "pp_split has 3",
+        ),
+        (
+            ParallelConfig(pp=2, pp_schedule="1F1B", pp_virtual_stages=2),
+            8,
+            "needs pp_schedule=Interleaved1F1B",
+        ),
+        (ParallelConfig(ep=2), 8, "no routed experts"),
+    ],
+)
 def test_rejected_with_reason_and_valid_alternative(pcfg, world, reason):
     msg = reject(pcfg, world)
     assert reason in msg, msg
     alt = suggested(msg)
-    layout = resolve_layout(dataclasses.replace(pcfg, **dataclasses.asdict(alt)), world, llama(), 8, 1, 32)
+    layout = resolve_layout(
+        dataclasses.replace(pcfg, **dataclasses.asdict(alt)), world, llama(), 8, 1, 32
+    )
     assert layout.world_size == world
 
 
@@ -73,7 +86,8 @@ def test_batch_and_microbatch_rules():
     assert "not divisible by micro_batch_size=3" in reject(ParallelConfig(), 2, gbs=8, mbs=3)
     # 2 micro-batches cannot fill a 4-stage ZBV pipeline of pp=2
     assert "at least one micro-batch" in reject(
-        ParallelConfig(pp=2, pp_schedule="ZBVZeroBubble"), 2, gbs=4, mbs=2)
+        ParallelConfig(pp=2, pp_schedule="ZBVZeroBubble"), 2, gbs=4, mbs=2
+    )
     assert "sequence parallel" in reject(ParallelConfig(tp=2), 2, seq=33)
 
 
@@ -90,26 +104,61 @@ def test_tied_embeddings_cannot_be_pipelined():
 
 
 def test_resolved_layout_stages():
-    lay = resolve_layout(ParallelConfig(tp=2, pp=2, pp_schedule="ZBVZeroBubble"), 8, llama(), 16, 1, 32)
+    lay = resolve_layout(
+        ParallelConfig(tp=2, pp=2, pp_schedule="ZBVZeroBubble"), 8, llama(), 16, 1, 32
+    )
     assert (lay.dp_shard, lay.dp, lay.local_batch_size, lay.n_microbatches) == (2, 2, 8, 8)
     assert lay.stage_layers == [[0], [1], [2], [3]]
     assert lay.stages_of_rank(0) == [0, 3] and lay.stages_of_rank(1) == [1, 2]
-    lay = resolve_layout(ParallelConfig(pp=2, pp_schedule="Interleaved1F1B", pp_split=[0, 2, 1, 1]),
-                         2, llama(), 8, 1, 32)
+    lay = resolve_layout(
+        ParallelConfig(pp=2, pp_schedule="Interleaved1F1B", pp_split=[0, 2, 1, 1]),
+        2,
+        llama(),
+        8,
+        1,
+        32,
+    )
     assert lay.stage_layers == [[], [0, 1], [2], [3]]
     assert lay.stages_of_rank(0) == [0, 2]
 
 
 def test_discover_torchrun_slurm_single():
-    env = discover_env({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4",
-                        "MASTER_ADDR": "node7", "MASTER_PORT": "1234"})
-    assert (env.rank, env.world_size, env.local_rank, env.local_world_size, env.master_addr,
-            env.master_port, env.launcher) == (3, 8, 1, 4, "node7", 1234, "torchrun")
-    env = discover_env({"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1",
-                        "SLURM_NNODES": "2", "SLURM_NTASKS_PER_NODE": "4(x2)",
-                        "SLURM_JOB_NODELIST": "gpu[007-008]"})
-    assert (env.rank, env.world_size, env.local_rank, env.local_world_size, env.launcher) == \
-        (5, 8, 1, 4, "slurm")
+    env = discover_env(
+        {
+            "RANK": "3",
+            "WORLD_SIZE": "8",
+            "LOCAL_RANK": "1",
+            "LOCAL_WORLD_SIZE": "4",
+            "MASTER_ADDR": "node7",
+            "MASTER_PORT": "1234",
+        }
+    )
+    assert (
+        env.rank,
+        env.world_size,
+        env.local_rank,
+        env.local_world_size,
+        env.master_addr,
+        env.master_port,
+        env.launcher,
+    ) == (3, 8, 1, 4, "node7", 1234, "torchrun")
+    env = discover_env(
+        {
+            "SLURM_PROCID": "5",
+            "SLURM_NTASKS": "8",
+            "SLURM_LOCALID": "1",
+            "SLURM_NNODES": "2",
+            "SLURM_NTASKS_PER_NODE": "4(x2)",
+            "SLURM_JOB_NODELIST": "gpu[007-008]",
+        }
+    )
+    assert (env.rank, env.world_size, env.local_rank, env.local_world_size, env.launcher) == (
+        5,
+        8,
+        1,
+        4,
+        "slurm",
+    )
     assert env.master_addr == "gpu007"
     assert discover_env({}).launcher == "single"
 
@@ -135,5 +184,11 @@ def test_discover_mpi(monkeypatch):
     fake = types.SimpleNamespace(MPI=types.SimpleNamespace(COMM_WORLD=Comm(), COMM_TYPE_SHARED=1))
     monkeypatch.setitem(sys.modules, "mpi4py", fake)
     env = discover_env({"OMPI_COMM_WORLD_RANK": "2"})
-    assert (env.rank, env.world_size, env.local_rank, env.local_world_size, env.master_addr,
-            env.launcher) == (2, 4, 0, 2, "host-of-rank0", "mpi")
+    assert (
+        env.rank,
+        env.world_size,
+        env.local_rank,
+        env.local_world_size,
+        env.master_addr,
+        env.launcher,
+    ) == (2, 4, 0, 2, "host-of-rank0", "mpi")

@@ -35,8 +35,16 @@ MOE_SEED = 4
 
 
 def spec(model, runs, micro_batch=2, steps=STEPS, overrides=None, seed=0):
-    return {"model": model, "model_overrides": overrides or {}, "steps": steps, "seed": seed,
-            "global_batch": GBS, "micro_batch": micro_batch, "seq_len": SEQ, "runs": runs}
+    return {
+        "model": model,
+        "model_overrides": overrides or {},
+        "steps": steps,
+        "seed": seed,
+        "global_batch": GBS,
+        "micro_batch": micro_batch,
+        "seq_len": SEQ,
+        "runs": runs,
+    }
 
 
 def check_parity(result, ref, steps=STEPS):
@@ -44,8 +52,10 @@ def check_parity(result, ref, steps=STEPS):
     gnorm = max(rel(a, b) for a, b in zip(result["grad_norms"], ref["grad_norms"][:steps]))
     ref_params = ref["params"] if steps == len(ref["losses"]) else ref["params_at"][steps]
     params = max_rel_param_diff(result["params"], ref_params)
-    print(f"{result['name']:<28} loss {loss:.1e}  grad-norm {gnorm:.1e}  params {params:.1e}  "
-          f"[{result['layout']}]")
+    print(
+        f"{result['name']:<28} loss {loss:.1e}  grad-norm {gnorm:.1e}  params {params:.1e}  "
+        f"[{result['layout']}]"
+    )
     assert len(result["losses"]) == steps
     assert loss < TOL, (result["name"], result["losses"], ref["losses"])
     assert gnorm < TOL, (result["name"], result["grad_norms"], ref["grad_norms"])
@@ -62,8 +72,10 @@ def test_dense_tp2_pp2_schedules_and_dcp(tmp_path, dense_ref):
         {"name": "PP2 ZBVZeroBubble", "parallel": {"pp": 2, "pp_schedule": "ZBVZeroBubble"}},
         {"name": "PP2 <- DCP(TP2)", "parallel": {"pp": 2}, "steps": 0, "seed": 7, "dcp_load": 0},
         {"name": "PP2 AC full", "parallel": {"pp": 2, "activation_checkpointing": "full"}},
-        {"name": "PP2 AC selective/2", "parallel": {"pp": 2, "activation_checkpointing": "selective",
-                                                    "ac_every_n": 2}},
+        {
+            "name": "PP2 AC selective/2",
+            "parallel": {"pp": 2, "activation_checkpointing": "selective", "ac_every_n": 2},
+        },
     ]
     results = launch(2, spec("llama3-tiny", runs, overrides={"n_layers": 4}), tmp_path)
     for r in results[:4] + results[5:]:
@@ -83,15 +95,29 @@ def test_kv_heads_replicated_when_tp_exceeds_them(tmp_path, dense_ref):
     heads) under TP4, each KV head on 2 ranks; OLMo-2-tiny made MQA (1 KV head) with qkv biases
     under TP2 x FSDP DP2 and TP4, where the full QK-norm over the KV dims runs before the head is
     chosen (and the post-sublayer norms meet the residual stream under sequence parallel)."""
-    r = launch(4, spec("llama3-tiny", [{"name": "TP4 (KV heads x2)", "parallel": {"tp": 4}}],
-                       overrides={"n_layers": 4}), tmp_path / "llama")[0]
+    r = launch(
+        4,
+        spec(
+            "llama3-tiny",
+            [{"name": "TP4 (KV heads x2)", "parallel": {"tp": 4}}],
+            overrides={"n_layers": 4},
+        ),
+        tmp_path / "llama",
+    )[0]
     check_parity(r, dense_ref)
     assert r["local_shapes"]["layers.0.attention.wq.weight"] == (16, 64)  # 1 of 4 query heads
-    assert r["local_shapes"]["layers.0.attention.wk.weight"] == (32, 64)  # both KV heads, kept whole
+    assert r["local_shapes"]["layers.0.attention.wk.weight"] == (
+        32,
+        64,
+    )  # both KV heads, kept whole
     mqa = {"n_kv_heads": 1, "qkv_bias": True}
-    ref = stable_reference_run(dataclasses.replace(get_model_config("olmo2-tiny"), **mqa), STEPS, GBS, SEQ)
-    runs = [{"name": "OLMo-2 MQA TP2xDP2", "parallel": {"tp": 2}},
-            {"name": "OLMo-2 MQA TP4", "parallel": {"tp": 4}}]
+    ref = stable_reference_run(
+        dataclasses.replace(get_model_config("olmo2-tiny"), **mqa), STEPS, GBS, SEQ
+    )
+    runs = [
+        {"name": "OLMo-2 MQA TP2xDP2", "parallel": {"tp": 2}},
+        {"name": "OLMo-2 MQA TP4", "parallel": {"tp": 4}},
+    ]
     for r in launch(4, spec("olmo2-tiny", runs, overrides=mqa), tmp_path / "olmo2"):
         check_parity(r, ref)
 
@@ -104,16 +130,23 @@ def test_packed_documents_tp2_pp2(tmp_path):
     doc, _ = packed_ids(text_batches(1, GBS, SEQ)[0, :, :-1])
     assert doc.max() > 0  # the data really has several documents per row
     ref = stable_reference_run(dense_cfg(), STEPS, GBS, SEQ, packed=True)
-    runs = [{"name": "TP2 packed", "parallel": {"tp": 2}, "packed": True},
-            {"name": "PP2 ZBV packed", "parallel": {"pp": 2, "pp_schedule": "ZBVZeroBubble"},
-             "packed": True}]
+    runs = [
+        {"name": "TP2 packed", "parallel": {"tp": 2}, "packed": True},
+        {
+            "name": "PP2 ZBV packed",
+            "parallel": {"pp": 2, "pp_schedule": "ZBVZeroBubble"},
+            "packed": True,
+        },
+    ]
     for r in launch(2, spec("llama3-tiny", runs, overrides={"n_layers": 4}), tmp_path):
         check_parity(r, ref)
 
 
 def test_dense_fsdp_dp4_and_hsdp(tmp_path, dense_ref):
-    runs = [{"name": "FSDP2 DP4", "parallel": {"dp_shard": 4}},
-            {"name": "HSDP 2x2", "parallel": {"dp_replicate": 2, "dp_shard": 2}}]
+    runs = [
+        {"name": "FSDP2 DP4", "parallel": {"dp_shard": 4}},
+        {"name": "HSDP 2x2", "parallel": {"dp_replicate": 2, "dp_shard": 2}},
+    ]
     for r in launch(4, spec("llama3-tiny", runs, overrides={"n_layers": 4}), tmp_path):
         check_parity(r, dense_ref)
 
@@ -136,8 +169,9 @@ def test_precisions_pp2(tmp_path, dense_ref):
     """Fast check of every precision path under a pipeline (PP2, 20 steps): bf16, FP8 tensorwise
     and rowwise each track their single-process run and stay within 2% of fp32."""
     precisions = ["bf16", "fp8_tensorwise", "fp8_rowwise"]
-    runs = [{"name": f"PP2 {p}", "parallel": {"pp": 2, "precision": p}, "steps": 20}
-            for p in precisions]
+    runs = [
+        {"name": f"PP2 {p}", "parallel": {"pp": 2, "precision": p}, "steps": 20} for p in precisions
+    ]
     par = launch(2, spec("llama3-tiny", runs, overrides={"n_layers": 4}), tmp_path / "w2")
     single = single_process(tmp_path / "w1", precisions)
     for prec, p, s in zip(precisions, par, single):
@@ -155,8 +189,10 @@ TRACK_TOL = {"bf16": 1e-3, "fp8_tensorwise": 1e-2, "fp8_rowwise": 1e-2}
 def check_precision(par, single, fp32_ref, track_tol):
     track = max(rel(a, b) for a, b in zip(par["losses"], single["losses"]))
     vs_fp32 = max(rel(a, b) for a, b in zip(par["losses"], fp32_ref["losses"]))
-    print(f"{par['name']}: max rel loss diff vs single-process same precision {track:.2e}, "
-          f"vs fp32 {vs_fp32:.2e} over {len(par['losses'])} steps")
+    print(
+        f"{par['name']}: max rel loss diff vs single-process same precision {track:.2e}, "
+        f"vs fp32 {vs_fp32:.2e} over {len(par['losses'])} steps"
+    )
     assert len(par["losses"]) == 20 == len(fp32_ref["losses"])
     assert track < track_tol, (par["losses"], single["losses"])
     assert vs_fp32 < 0.02, (par["losses"], fp32_ref["losses"])
@@ -167,33 +203,43 @@ def check_precision(par, single, fp32_ref, track_tol):
 def test_precision_3d(tmp_path, dense_ref, precision):
     """bf16 / FP8 under TP2 x PP2 x DP2 over 20 steps: track the single-process run of the same
     precision and stay within 2% of the fp32 loss at every step."""
-    runs = [{"name": f"TP2xPP2xDP2 {precision}", "steps": 20,
-             "parallel": {"tp": 2, "pp": 2, "precision": precision}}]
+    runs = [
+        {
+            "name": f"TP2xPP2xDP2 {precision}",
+            "steps": 20,
+            "parallel": {"tp": 2, "pp": 2, "precision": precision},
+        }
+    ]
     par = launch(8, spec("llama3-tiny", runs, overrides={"n_layers": 4}), tmp_path / "w8")[0]
-    check_precision(par, single_process(tmp_path / "w1", [precision])[0], dense_ref,
-                    TRACK_TOL[precision])
+    check_precision(
+        par, single_process(tmp_path / "w1", [precision])[0], dense_ref, TRACK_TOL[precision]
+    )
 
 
 @pytest.mark.slow
 def test_compile_dp2(tmp_path, dense_ref):
     """Per-block torch.compile (inductor, CPU) under FSDP2 DP2 still matches one process."""
     runs = [{"name": "DP2 compile", "parallel": {"compile": True}}]
-    check_parity(launch(2, spec("llama3-tiny", runs, overrides={"n_layers": 4}), tmp_path)[0],
-                 dense_ref)
+    check_parity(
+        launch(2, spec("llama3-tiny", runs, overrides={"n_layers": 4}), tmp_path)[0], dense_ref
+    )
 
 
 @pytest.fixture(scope="module")
 def deepseek_ref():
-    return stable_reference_run(get_model_config("deepseek-v2-lite-tiny"), STEPS, GBS, SEQ,
-                                seed=MOE_SEED)
+    return stable_reference_run(
+        get_model_config("deepseek-v2-lite-tiny"), STEPS, GBS, SEQ, seed=MOE_SEED
+    )
 
 
 def test_moe_mla_tp2_pp2_ep2(tmp_path, deepseek_ref):
     """DeepSeek-V2-Lite-like tiny model: MLA attention in every layer, MoE (2 shared + 8 routed
     experts, group-limited top-2 routing) after the first dense layer."""
-    runs = [{"name": "MoE+MLA TP2", "parallel": {"tp": 2}},
-            {"name": "MoE+MLA PP2", "parallel": {"pp": 2}},
-            {"name": "MoE+MLA EP2", "parallel": {"ep": 2}}]
+    runs = [
+        {"name": "MoE+MLA TP2", "parallel": {"tp": 2}},
+        {"name": "MoE+MLA PP2", "parallel": {"pp": 2}},
+        {"name": "MoE+MLA EP2", "parallel": {"ep": 2}},
+    ]
     results = launch(2, spec("deepseek-v2-lite-tiny", runs, seed=MOE_SEED), tmp_path)
     for r in results:
         check_parity(r, deepseek_ref)
@@ -209,9 +255,11 @@ def test_moe_mla_tp2_pp2_ep2(tmp_path, deepseek_ref):
 def test_moe_ep2_with_tp2_pp2_dp2(tmp_path, deepseek_ref):
     """Expert parallel composed: EP2 x TP2, EP2 x PP2, EP2 x FSDP DP2 (experts sharded over
     dp_shard, dense weights over dp_shard x ep)."""
-    runs = [{"name": "MoE+MLA EP2xTP2", "parallel": {"ep": 2, "tp": 2}},
-            {"name": "MoE+MLA EP2xPP2", "parallel": {"ep": 2, "pp": 2}},
-            {"name": "MoE+MLA EP2xDP2", "parallel": {"ep": 2, "dp_shard": 2}}]
+    runs = [
+        {"name": "MoE+MLA EP2xTP2", "parallel": {"ep": 2, "tp": 2}},
+        {"name": "MoE+MLA EP2xPP2", "parallel": {"ep": 2, "pp": 2}},
+        {"name": "MoE+MLA EP2xDP2", "parallel": {"ep": 2, "dp_shard": 2}},
+    ]
     results = launch(4, spec("deepseek-v2-lite-tiny", runs, seed=MOE_SEED), tmp_path)
     for r in results:
         check_parity(r, deepseek_ref)
@@ -223,9 +271,11 @@ def test_moe_ep2_with_tp2_pp2_dp2(tmp_path, deepseek_ref):
 def test_moe_experts_split_over_ep_tp_and_dp(tmp_path, deepseek_ref):
     """8 ranks: experts split over ep, inside over tp, and FSDP-sharded over dp_shard (a 2-D
     expert DTensor under FSDP2); EP2 x TP2 x PP2; and the 3-D layout without ep."""
-    runs = [{"name": "MoE+MLA EP2xTP2xDP2", "parallel": {"ep": 2, "tp": 2}},
-            {"name": "MoE+MLA EP2xTP2xPP2", "parallel": {"ep": 2, "tp": 2, "pp": 2}},
-            {"name": "MoE+MLA TP2xPP2xDP2", "parallel": {"tp": 2, "pp": 2}}]
+    runs = [
+        {"name": "MoE+MLA EP2xTP2xDP2", "parallel": {"ep": 2, "tp": 2}},
+        {"name": "MoE+MLA EP2xTP2xPP2", "parallel": {"ep": 2, "tp": 2, "pp": 2}},
+        {"name": "MoE+MLA TP2xPP2xDP2", "parallel": {"tp": 2, "pp": 2}},
+    ]
     results = launch(8, spec("deepseek-v2-lite-tiny", runs, seed=MOE_SEED), tmp_path)
     for r in results:
         check_parity(r, deepseek_ref)
@@ -239,11 +289,18 @@ def test_moe_mla_data_parallel_and_pipeline_schedules(tmp_path):
     overrides = {"n_layers": 4}
     cfg = dataclasses.replace(get_model_config("deepseek-v2-lite-tiny"), **overrides)
     ref = stable_reference_run(cfg, STEPS, GBS, SEQ, seed=MOE_SEED)
-    runs = [{"name": "MoE+MLA FSDP2 DP4", "parallel": {"dp_shard": 4}},
-            {"name": "MoE+MLA HSDP 2x2", "parallel": {"dp_replicate": 2, "dp_shard": 2}},
-            {"name": "MoE+MLA PP2 Interleaved xDP2", "parallel": {"pp": 2, "pp_schedule": "Interleaved1F1B"}},
-            {"name": "MoE+MLA PP2 ZBV xDP2", "parallel": {"pp": 2, "pp_schedule": "ZBVZeroBubble"}}]
-    moe_spec = spec("deepseek-v2-lite-tiny", runs, micro_batch=1, overrides=overrides, seed=MOE_SEED)
+    runs = [
+        {"name": "MoE+MLA FSDP2 DP4", "parallel": {"dp_shard": 4}},
+        {"name": "MoE+MLA HSDP 2x2", "parallel": {"dp_replicate": 2, "dp_shard": 2}},
+        {
+            "name": "MoE+MLA PP2 Interleaved xDP2",
+            "parallel": {"pp": 2, "pp_schedule": "Interleaved1F1B"},
+        },
+        {"name": "MoE+MLA PP2 ZBV xDP2", "parallel": {"pp": 2, "pp_schedule": "ZBVZeroBubble"}},
+    ]
+    moe_spec = spec(
+        "deepseek-v2-lite-tiny", runs, micro_batch=1, overrides=overrides, seed=MOE_SEED
+    )
     for r in launch(4, moe_spec, tmp_path):
         check_parity(r, ref)
 
@@ -256,8 +313,10 @@ def test_moe_mixtral_layouts(tmp_path):
     DeepSeek test above, whose routing has no such tie.)"""
     cfg = get_model_config("mixtral-tiny")
     ref = stable_reference_run(cfg, STEPS, GBS, SEQ)
-    runs = [{"name": "Mixtral PP2", "parallel": {"pp": 2}},
-            {"name": "Mixtral DP2", "parallel": {}},
-            {"name": "Mixtral EP2", "parallel": {"ep": 2}}]
+    runs = [
+        {"name": "Mixtral PP2", "parallel": {"pp": 2}},
+        {"name": "Mixtral DP2", "parallel": {}},
+        {"name": "Mixtral EP2", "parallel": {"ep": 2}},
+    ]
     for r in launch(2, spec("mixtral-tiny", runs), tmp_path):
         check_parity(r, ref)

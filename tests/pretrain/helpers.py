@@ -33,8 +33,9 @@ def documents(n: int, start: int = 0, max_bytes: int = 3000) -> list[np.ndarray]
     return out
 
 
-def write_megatron(prefix: str, docs: list[np.ndarray], add_eos: bool = True,
-                   per_shard: int = 0) -> list[str]:
+def write_megatron(
+    prefix: str, docs: list[np.ndarray], add_eos: bool = True, per_shard: int = 0
+) -> list[str]:
     import warnings
 
     with warnings.catch_warnings():
@@ -46,7 +47,7 @@ def write_megatron(prefix: str, docs: list[np.ndarray], add_eos: bool = True,
         name = f"{prefix}-{k // per_shard:04d}"
         Path(name).parent.mkdir(parents=True, exist_ok=True)
         b = IndexedDatasetBuilder(name + ".bin", dtype=np.uint16)
-        for d in docs[k:k + per_shard]:
+        for d in docs[k : k + per_shard]:
             arr = np.append(d, EOS).astype(np.uint16) if add_eos else d
             b.add_document(arr, [len(arr)])
         b.finalize(name + ".idx")
@@ -63,11 +64,21 @@ def write_npy(path: str, docs: list[np.ndarray], dtype=np.uint16) -> str:
 
 def tiny_overrides(run_dir: Path, data: list[str], steps: int = 6, **extra) -> list[str]:
     o = {
-        "model": "llama3-tiny", "model.vocab_size": 260, "model.eos_token_id": EOS,
-        "model.bos_token_id": EOS, "trainer.seq_len": 32, "trainer.global_batch_size": 8,
-        "trainer.micro_batch_size": 2, "trainer.max_steps": steps, "trainer.log_interval": 1,
-        "schedule.warmup_steps": 2, "optim.lr": 3e-3, "checkpoint.interval": 0,
-        "run_dir": str(run_dir), "data.paths": "[" + ",".join(data) + "]", "trainer.tensorboard": "false",
+        "model": "llama3-tiny",
+        "model.vocab_size": 260,
+        "model.eos_token_id": EOS,
+        "model.bos_token_id": EOS,
+        "trainer.seq_len": 32,
+        "trainer.global_batch_size": 8,
+        "trainer.micro_batch_size": 2,
+        "trainer.max_steps": steps,
+        "trainer.log_interval": 1,
+        "schedule.warmup_steps": 2,
+        "optim.lr": 3e-3,
+        "checkpoint.interval": 0,
+        "run_dir": str(run_dir),
+        "data.paths": "[" + ",".join(data) + "]",
+        "trainer.tensorboard": "false",
     }
     o.update(extra)
     return [f"{k}={v}" for k, v in o.items()]
@@ -85,8 +96,16 @@ def run_cli(args: list[str], nproc: int = 1, timeout: int = 240, env_extra: dict
     if nproc == 1:
         cmd = [sys.executable, "-m", "pretrain.cli", *args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
-               f"--master-port={free_port()}", "-m", "pretrain.cli", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc-per-node={nproc}",
+            f"--master-port={free_port()}",
+            "-m",
+            "pretrain.cli",
+            *args,
+        ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
 
 

@@ -5,8 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from pretrain.cli import main
 
 BIN = Path(sys.executable).parent / "pretrain"
@@ -51,7 +49,11 @@ def test_unknown_subcommand_exits_2(capsys):
 
 def test_console_script_is_installed():
     assert BIN.exists(), "run `pip install -e .` (make install) to create the pretrain script"
-    result = subprocess.run([str(BIN), "zoo", "pythia-14m"], capture_output=True, text=True,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    result = subprocess.run(
+        [str(BIN), "zoo", "pythia-14m"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     assert result.returncode == 0, result.stderr
     assert "d_model: 128" in result.stdout

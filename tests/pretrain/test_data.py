@@ -37,7 +37,9 @@ def test_megatron_stream_equals_megatron_core_reader(shards):
     src = MegatronSource(str(shards["dir"] / "meg/en-*"), EOS)
     # megatron-core hands out views of its mmap: keep each dataset alive while reading it
     datasets = [IndexedDataset(p) for p in shards["meg"]]
-    ref = np.concatenate([np.array(ds[i], dtype=np.int64) for ds in datasets for i in range(len(ds))])
+    ref = np.concatenate(
+        [np.array(ds[i], dtype=np.int64) for ds in datasets for i in range(len(ds))]
+    )
     tokens, docs, offs = src.read_stream(0, src.n_tokens)
     assert src.n_docs == 30 and len(shards["meg"]) == 3
     np.testing.assert_array_equal(tokens, ref)
@@ -52,7 +54,9 @@ def test_megatron_stream_equals_megatron_core_reader(shards):
 def test_eos_inserted_between_documents_that_lack_it(shards):
     src = MegatronSource(shards["meg_noeos"][0], EOS)
     assert src.add_eos.sum() == 30
-    np.testing.assert_array_equal(src.read_stream(0, src.n_tokens)[0], expected_stream(shards["docs"]))
+    np.testing.assert_array_equal(
+        src.read_stream(0, src.n_tokens)[0], expected_stream(shards["docs"])
+    )
 
 
 def test_npy_and_megatron_give_the_same_samples(shards):
@@ -77,7 +81,7 @@ def test_samples_are_seq_len_plus_one_windows_covering_each_epoch_once(shards):
         s = order.sample(k)
         assert len(s.tokens) == 33
         start = order.locate(k)[2] * 32
-        np.testing.assert_array_equal(s.tokens, stream[start:start + 33])
+        np.testing.assert_array_equal(s.tokens, stream[start : start + 33])
         seen.add(start)
     assert len(seen) == n  # a permutation: every window once per epoch
     # the next epoch is a different permutation of the same windows
@@ -115,10 +119,12 @@ def test_dp_slices_reassemble_the_same_global_batches(shards):
     ranks = {dp: [DataLoader(order, 8, r, dp) for r in range(dp)] for dp in (2, 4)}
     for _ in range(3):
         ref, rng = single.next_batch()
-        for dp, loaders in ranks.items():
+        for _dp, loaders in ranks.items():
             parts = [ld.next_batch() for ld in loaders]
             assert all(p[1] == rng for p in parts)
-            np.testing.assert_array_equal(np.concatenate([p[0]["inputs"] for p in parts]), ref["inputs"])
+            np.testing.assert_array_equal(
+                np.concatenate([p[0]["inputs"] for p in parts]), ref["inputs"]
+            )
 
 
 def test_resume_continues_from_the_exact_next_sample(shards):
@@ -153,8 +159,11 @@ def test_config_level_errors_name_the_fix(shards, tmp_path):
     run = compose_config(tiny_overrides(tmp_path, [shards["meg"][0]], **{"model.vocab_size": 100}))
     with pytest.raises(ConfigError, match="token id .* >= model.vocab_size=100"):
         build_data_order(run)
-    run = compose_config(tiny_overrides(tmp_path, [shards["meg"][0]], **{"trainer.seq_len": 128,
-                                                                          "model.max_seq_len": 4096}))
+    run = compose_config(
+        tiny_overrides(
+            tmp_path, [shards["meg"][0]], **{"trainer.seq_len": 128, "model.max_seq_len": 4096}
+        )
+    )
     small = write_megatron(str(tmp_path / "tiny/x"), [np.arange(1, 20, dtype=np.uint16)])
     run.data.paths = small
     with pytest.raises(ConfigError, match="fewer than one sample"):

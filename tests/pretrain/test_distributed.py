@@ -5,7 +5,6 @@ checkpoint every resume starts from is written with async_save under 8 ranks."""
 
 import json
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -34,9 +33,20 @@ def base(tmp_path_factory):
     path = write_npy(str(d / "tokens/en.npy"), documents(60, max_bytes=1500))
 
     def ov(run_dir, layout, **extra):
-        o = tiny_overrides(run_dir, [path], steps=6, **{
-            "data.format": "npy", "checkpoint.interval": 3, "checkpoint.async_save": "true", "checkpoint.keep_last": 0,
-            "checkpoint.series": "'steps:[3]'", "checkpoint.series_dtype": "float32", **extra})
+        o = tiny_overrides(
+            run_dir,
+            [path],
+            steps=6,
+            **{
+                "data.format": "npy",
+                "checkpoint.interval": 3,
+                "checkpoint.async_save": "true",
+                "checkpoint.keep_last": 0,
+                "checkpoint.series": "'steps:[3]'",
+                "checkpoint.series_dtype": "float32",
+                **extra,
+            },
+        )
         return o + LAYOUTS[layout]
 
     run_dir = d / "tp2_pp2_dp2"
@@ -49,7 +59,9 @@ def base(tmp_path_factory):
 
 def test_layout_does_not_change_the_run(base):
     """One process sees the same global batches and ends at the same losses as TP2xPP2xDP2."""
-    single = train(compose_config(base["ov"](base["dir"] / "single", "dp4")[:-3]), log=lambda *_: None)
+    single = train(
+        compose_config(base["ov"](base["dir"] / "single", "dp4")[:-3]), log=lambda *_: None
+    )
     for step, loss in base["losses"].items():
         assert rel(single["losses"][step], loss) < 1e-5, (step, single["losses"][step], loss)
     a = (base["dir"] / "single" / "data_order.jsonl").read_text().splitlines()
@@ -67,7 +79,12 @@ def test_reshard_on_resume(base, layout):
     got = {m["step"]: m["loss"] for m in read_metrics(run_dir)}
     assert sorted(got) == [4, 5, 6]
     for step in (4, 5, 6):
-        assert rel(got[step], base["losses"][step]) < 1e-5, (layout, step, got[step], base["losses"][step])
+        assert rel(got[step], base["losses"][step]) < 1e-5, (
+            layout,
+            step,
+            got[step],
+            base["losses"][step],
+        )
 
 
 @pytest.mark.parametrize("source", ["series", "full"])
@@ -86,7 +103,9 @@ def test_export_of_sharded_checkpoint_matches_training_in_transformers(base, sou
         ours = load_weights_any(base["run"] / "series" / "step3")
     else:
         hf_dir = tmp_path / "full3"
-        code = main(["export-hf", str(base["run"] / "checkpoints" / "step_0000003"), "--out", str(hf_dir)])
+        code = main(
+            ["export-hf", str(base["run"] / "checkpoints" / "step_0000003"), "--out", str(hf_dir)]
+        )
         ours = load_weights_any(base["run"] / "checkpoints" / "step_0000003")
     assert code == 0  # one process consolidates the 8-rank checkpoint
     hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()

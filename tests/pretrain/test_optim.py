@@ -37,14 +37,21 @@ def test_weight_decay_is_decoupled():
         p.grad = torch.zeros_like(p)
     opt.step()
     w = dict(model.named_parameters())
-    torch.testing.assert_close(w["layers.0.attention.wq.weight"], before["layers.0.attention.wq.weight"] * (1 - 0.05))
+    torch.testing.assert_close(
+        w["layers.0.attention.wq.weight"], before["layers.0.attention.wq.weight"] * (1 - 0.05)
+    )
     torch.testing.assert_close(w["norm.weight"], before["norm.weight"])
     torch.testing.assert_close(w["tok_embeddings.weight"], before["tok_embeddings.weight"])
 
 
 def sched(name, warmup=10, **kw):
-    return SimpleNamespace(name=name, warmup_steps=warmup, min_lr_ratio=kw.get("min_lr_ratio", 0.1),
-                           decay_fraction=kw.get("decay_fraction", 0.2), decay_steps=kw.get("decay_steps", 0))
+    return SimpleNamespace(
+        name=name,
+        warmup_steps=warmup,
+        min_lr_ratio=kw.get("min_lr_ratio", 0.1),
+        decay_fraction=kw.get("decay_fraction", 0.2),
+        decay_steps=kw.get("decay_steps", 0),
+    )
 
 
 def test_schedules():
@@ -58,7 +65,9 @@ def test_schedules():
     # wsd: stable until the last 20% of 100 steps, then linear to the floor
     s = sched("wsd", warmup=5)
     assert [lr_at(k, lr, s, 100) for k in (5, 50, 80)] == [1.0, 1.0, 1.0]
-    assert lr_at(90, lr, s, 100) == pytest.approx(0.55) and lr_at(100, lr, s, 100) == pytest.approx(0.1)
+    assert lr_at(90, lr, s, 100) == pytest.approx(0.55) and lr_at(100, lr, s, 100) == pytest.approx(
+        0.1
+    )
     assert lr_at(35, lr, sched("cosine", decay_steps=25), 1000) == pytest.approx(0.1)
 
 
@@ -84,13 +93,21 @@ def test_expert_counts_summed_over_data_parallel_ranks(tmp_path):
     data = write_megatron(str(tmp_path / "d/man"), documents(40, max_bytes=1500))
     runs = {}
     for nproc in (1, 2):
-        ov = tiny_overrides(tmp_path / f"dp{nproc}", data, steps=6,
-                            **{"model": "deepseek-v3-tiny", "model.moe.bias_update_speed": 0.05})
+        ov = tiny_overrides(
+            tmp_path / f"dp{nproc}",
+            data,
+            steps=6,
+            **{"model": "deepseek-v3-tiny", "model.moe.bias_update_speed": 0.05},
+        )
         res = run_cli(["train", *ov], nproc=nproc)
         assert res.returncode == 0, res.stderr[-3000:]
         runs[nproc] = read_metrics(tmp_path / f"dp{nproc}")
     for one, two in zip(runs[1], runs[2]):
-        assert abs(one["loss"] - two["loss"]) <= 1e-5 * one["loss"], (one["step"], one["loss"], two["loss"])
+        assert abs(one["loss"] - two["loss"]) <= 1e-5 * one["loss"], (
+            one["step"],
+            one["loss"],
+            two["loss"],
+        )
         for layer, fracs in one["expert_load"].items():
             assert two["expert_load"][layer] == pytest.approx(fracs, abs=1e-7), (one["step"], layer)
     # the biases moved: routing at the last step differs from an unbalanced start
@@ -102,8 +119,12 @@ def test_expert_load_of_every_pipeline_stage_is_logged(tmp_path):
     layers. DeepSeek-V3-tiny's first layer is dense, so rank 0's stage has no MoE layer at all
     (it must still join the gather) and both MoE layers live on rank 1."""
     data = write_megatron(str(tmp_path / "d/man"), documents(20, max_bytes=1500))
-    ov = tiny_overrides(tmp_path / "pp", data, steps=3,
-                        **{"model": "deepseek-v3-tiny", "parallel.pp": 2, "parallel.pp_split": "[1,2]"})
+    ov = tiny_overrides(
+        tmp_path / "pp",
+        data,
+        steps=3,
+        **{"model": "deepseek-v3-tiny", "parallel.pp": 2, "parallel.pp_split": "[1,2]"},
+    )
     res = run_cli(["train", *ov], nproc=2)
     assert res.returncode == 0, res.stderr[-3000:]
     rec = read_metrics(tmp_path / "pp")[-1]

@@ -27,7 +27,9 @@ def test_terms_and_unions():
     assert series_steps("", 100) == []
 
 
-@pytest.mark.parametrize("bad", ["fibonacci", "every:0", "every:x", "steps:[1,a]", "log2:", "steps:[]"])
+@pytest.mark.parametrize(
+    "bad", ["fibonacci", "every:0", "every:x", "steps:[1,a]", "log2:", "steps:[]"]
+)
 def test_bad_spec_rejected_with_the_terms(bad):
     with pytest.raises(ConfigError) as err:
         series_steps(bad, 100)
@@ -55,8 +57,9 @@ def test_schedule_command_prints_steps_count_and_disk(capsys):
 
 
 def test_global_batch_in_tokens_is_converted_and_checked():
-    run = compose_config(["trainer.seq_len=64", "trainer.global_batch_tokens=1024",
-                          "trainer.micro_batch_size=2"])
+    run = compose_config(
+        ["trainer.seq_len=64", "trainer.global_batch_tokens=1024", "trainer.micro_batch_size=2"]
+    )
     assert run.trainer.global_batch_size == 16
     with pytest.raises(ConfigError, match="not a multiple of trainer.seq_len=64"):
         compose_config(["trainer.seq_len=64", "trainer.global_batch_tokens=1000"])

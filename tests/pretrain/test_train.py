@@ -3,7 +3,6 @@
 import json
 import math
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,8 +19,8 @@ from tests.pretrain.helpers import documents, read_metrics, run_cli, tiny_overri
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("tokens")
-    en = write_megatron(str(d / "en/man"), documents(60, max_bytes=1500), per_shard=25)
-    de = write_megatron(str(d / "de/man"), documents(30, start=200, max_bytes=1500))
+    write_megatron(str(d / "en/man"), documents(60, max_bytes=1500), per_shard=25)
+    write_megatron(str(d / "de/man"), documents(30, start=200, max_bytes=1500))
     return [str(d / "en"), str(d / "de")]
 
 
@@ -35,11 +34,15 @@ def test_exact_resume_is_bitwise(tmp_path, data):
     """20 steps straight == 10 steps, stop, resume in a new process for 10: every loss bitwise."""
     straight = train(compose_config(overrides(tmp_path / "a", data, 20)), log=lambda *_: None)
     assert straight["step"] == 20
-    first = train(compose_config(overrides(tmp_path / "b", data, 20, **{"checkpoint.interval": 5})),
-                  stop_after=10, log=lambda *_: None)
+    first = train(
+        compose_config(overrides(tmp_path / "b", data, 20, **{"checkpoint.interval": 5})),
+        stop_after=10,
+        log=lambda *_: None,
+    )
     assert first["step"] == 10
-    res = run_cli(["train", *overrides(tmp_path / "b", data, 20, **{"checkpoint.interval": 5}),
-                   "resume=auto"])
+    res = run_cli(
+        ["train", *overrides(tmp_path / "b", data, 20, **{"checkpoint.interval": 5}), "resume=auto"]
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resumed from" in res.stdout and "step_0000010" in res.stdout
     resumed = {m["step"]: m["loss"] for m in read_metrics(tmp_path / "b")}
@@ -51,8 +54,11 @@ def test_exact_resume_is_bitwise(tmp_path, data):
 
 def test_analyze_batch_is_what_training_consumed(tmp_path, data, capsys):
     seen = {}
-    train(compose_config(overrides(tmp_path / "r", data, 4)), log=lambda *_: None,
-          on_batch=lambda step, batch, rng: seen.__setitem__(step, (batch, rng)))
+    train(
+        compose_config(overrides(tmp_path / "r", data, 4)),
+        log=lambda *_: None,
+        on_batch=lambda step, batch, rng: seen.__setitem__(step, (batch, rng)),
+    )
     for step in (1, 3, 4):
         got = batch_of_step(tmp_path / "r", step)
         batch, rng = seen[step]
@@ -64,13 +70,16 @@ def test_analyze_batch_is_what_training_consumed(tmp_path, data, capsys):
     srcs = np.concatenate([batch_of_step(tmp_path / "r", s)["source"] for s in (1, 2, 3, 4)])
     assert (srcs == 0).sum() == 24 and (srcs == 1).sum() == 8
     out = tmp_path / "b3.npz"
-    assert main(["analyze", "batch", "--run", str(tmp_path / "r"), "--step", "3", "--out", str(out)]) == 0
+    assert (
+        main(["analyze", "batch", "--run", str(tmp_path / "r"), "--step", "3", "--out", str(out)])
+        == 0
+    )
     text = capsys.readouterr().out
     assert "hash verified" in text and "man-0000#" in text
     saved = np.load(out)
     np.testing.assert_array_equal(saved["tokens"][:, :-1], seen[3][0]["inputs"].numpy())
     # a changed data file is detected rather than silently giving other tokens
-    run_cfg = (tmp_path / "r" / "data_order.jsonl")
+    run_cfg = tmp_path / "r" / "data_order.jsonl"
     lines = run_cfg.read_text().splitlines()
     rec = json.loads(lines[0])
     rec["rank0_sha"] = "0" * 16
@@ -80,18 +89,34 @@ def test_analyze_batch_is_what_training_consumed(tmp_path, data, capsys):
 
 
 def test_metrics_index_series_and_retention(tmp_path, data):
-    ov = overrides(tmp_path / "m", data, 8, **{"checkpoint.interval": 2, "checkpoint.keep_last": 2,
-                                               "checkpoint.keep_every": 4,
-                                               "checkpoint.series": "first+log2:4",
-                                               "checkpoint.series_dtype": "bfloat16",
-                                               "trainer.log_interval": 2})
+    ov = overrides(
+        tmp_path / "m",
+        data,
+        8,
+        **{
+            "checkpoint.interval": 2,
+            "checkpoint.keep_last": 2,
+            "checkpoint.keep_every": 4,
+            "checkpoint.series": "first+log2:4",
+            "checkpoint.series_dtype": "bfloat16",
+            "trainer.log_interval": 2,
+        },
+    )
     train(compose_config(ov), log=lambda *_: None)
     run_dir = tmp_path / "m"
     metrics = read_metrics(run_dir)
     assert [m["step"] for m in metrics] == [2, 4, 6, 8]
     for m in metrics:
-        for key in ("loss", "grad_norm", "lr", "tokens_per_s", "tokens_per_s_per_device", "mfu",
-                    "mem_rss_gb", "tokens"):
+        for key in (
+            "loss",
+            "grad_norm",
+            "lr",
+            "tokens_per_s",
+            "tokens_per_s_per_device",
+            "mfu",
+            "mem_rss_gb",
+            "tokens",
+        ):
             assert key in m
         assert m["mfu"] is None  # CPU: no peak in the table, so no made-up MFU
         assert m["tokens"] == m["step"] * 8 * 32
@@ -106,8 +131,15 @@ def test_metrics_index_series_and_retention(tmp_path, data):
         path = run_dir / e["path"]
         assert verify_checkpoint(path) is None
         manifest = json.loads((path / "manifest.json").read_text())
-        assert e["bytes"] == manifest["bytes"] == sum(f.stat().st_size for f in path.rglob("*")
-                                                      if f.is_file() and f.name != "manifest.json")
+        assert (
+            e["bytes"]
+            == manifest["bytes"]
+            == sum(
+                f.stat().st_size
+                for f in path.rglob("*")
+                if f.is_file() and f.name != "manifest.json"
+            )
+        )
     # bf16 series is about half the fp32 weights in the full checkpoint's model part
     from pretrain.checkpoint import load_weights_any
 
@@ -162,8 +194,10 @@ def test_nan_loss_stops_after_saving_or_skips(tmp_path, data, monkeypatch):
     assert [(e["step"], e["kind"]) for e in idx] == [(3, "full")]  # the last good state was saved
 
     calls["n"] = 0
-    out = train(compose_config(overrides(tmp_path / "s", data, 6, **{"trainer.nan_policy": "skip"})),
-                log=lambda *_: None)
+    out = train(
+        compose_config(overrides(tmp_path / "s", data, 6, **{"trainer.nan_policy": "skip"})),
+        log=lambda *_: None,
+    )
     assert out["skipped"] == 1 and sorted(out["losses"]) == [1, 2, 3, 5, 6]
     assert all(math.isfinite(v) for v in out["losses"].values())
     order = [json.loads(l) for l in (tmp_path / "s" / "data_order.jsonl").read_text().splitlines()]
@@ -175,8 +209,16 @@ def test_async_checkpoint_equals_sync_and_does_not_change_training(tmp_path, dat
 
     runs = {}
     for mode in ("sync", "async"):
-        ov = overrides(tmp_path / mode, data, 6, **{"checkpoint.interval": 2, "checkpoint.keep_last": 0,
-                                                    "checkpoint.async_save": str(mode == "async").lower()})
+        ov = overrides(
+            tmp_path / mode,
+            data,
+            6,
+            **{
+                "checkpoint.interval": 2,
+                "checkpoint.keep_last": 0,
+                "checkpoint.async_save": str(mode == "async").lower(),
+            },
+        )
         runs[mode] = train(compose_config(ov), log=lambda *_: None)
     assert runs["sync"]["losses"] == runs["async"]["losses"]
     assert [e["step"] for e in read_index(tmp_path / "async")] == [2, 4, 6]
@@ -191,8 +233,11 @@ def test_async_checkpoint_equals_sync_and_does_not_change_training(tmp_path, dat
             from torch.distributed.checkpoint import FileSystemReader
 
             md = FileSystemReader(str(path)).read_metadata()
-            sd = {k: torch.empty(v.size, dtype=v.properties.dtype)
-                  for k, v in md.state_dict_metadata.items() if hasattr(v, "size")}
+            sd = {
+                k: torch.empty(v.size, dtype=v.properties.dtype)
+                for k, v in md.state_dict_metadata.items()
+                if hasattr(v, "size")
+            }
             dcp_load(sd, checkpoint_id=str(path), no_dist=True)
             states.append(sd)
         assert states[0].keys() == states[1].keys() and any(".exp_avg" in k for k in states[0])
@@ -246,11 +291,24 @@ def test_under_a_batch_script_rank_0_hands_the_requeue_over(tmp_path, monkeypatc
 def test_export_all_writes_one_hf_folder_per_step(tmp_path, data, capsys):
     import transformers
 
-    ov = overrides(tmp_path / "e", data, 4, **{"checkpoint.interval": 3, "checkpoint.series": "log2:2",
-                                               "checkpoint.series_dtype": "float32"})
+    ov = overrides(
+        tmp_path / "e",
+        data,
+        4,
+        **{
+            "checkpoint.interval": 3,
+            "checkpoint.series": "log2:2",
+            "checkpoint.series_dtype": "float32",
+        },
+    )
     out = train(compose_config(ov), log=lambda *_: None)
     assert main(["export-hf", str(tmp_path / "e"), "--all", "--out", str(tmp_path / "hf")]) == 0
-    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["step1", "step2", "step3", "step4"]
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == [
+        "step1",
+        "step2",
+        "step3",
+        "step4",
+    ]
     # step 2's export reproduces the loss training logged at step 3 (weights after step 2)
     from pretrain.analyze import batch_of_step
 
@@ -260,7 +318,9 @@ def test_export_all_writes_one_hf_folder_per_step(tmp_path, data, capsys):
         logits = hf(batch[:, :-1]).logits
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten()).item()
     assert abs(loss - out["losses"][3]) / out["losses"][3] < 1e-5
-    assert main(["export-hf", str(tmp_path / "e"), "--step", "7", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(["export-hf", str(tmp_path / "e"), "--step", "7", "--out", str(tmp_path / "x")]) == 2
+    )
     assert "saved steps: 1, 2, 3, 4" in capsys.readouterr().err
 
 
@@ -273,16 +333,22 @@ def test_intra_document_mask_reaches_the_model(tmp_path):
     extra = {"data.intra_doc_mask": "true", "data.reset_position_ids": "true"}
     run = compose_config(tiny_overrides(tmp_path / "m", short, steps=3, **extra))
     seen = {}
-    result = train(run, log=lambda *_: None,
-                   on_batch=lambda step, batch, rng: seen.__setitem__(step, batch))
+    result = train(
+        run, log=lambda *_: None, on_batch=lambda step, batch, rng: seen.__setitem__(step, batch)
+    )
     batch = seen[1]
-    assert (batch["document_ids"][:, 1:] != batch["document_ids"][:, :-1]).any(), "no packed boundary"
+    assert (batch["document_ids"][:, 1:] != batch["document_ids"][:, :-1]).any(), (
+        "no packed boundary"
+    )
     model = build_model(run.model, seed=run.trainer.seed)
     with torch.no_grad():
+
         def loss(**kw):
             logits = model(batch["inputs"], position_ids=batch["position_ids"], **kw)
-            return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(),
-                                                     batch["labels"].flatten()).item()
+            return torch.nn.functional.cross_entropy(
+                logits.flatten(0, 1).float(), batch["labels"].flatten()
+            ).item()
+
         masked, unmasked = loss(document_ids=batch["document_ids"]), loss()
     assert abs(masked - unmasked) > 1e-4
     assert result["losses"][1] == pytest.approx(masked, rel=1e-5)

@@ -103,10 +103,14 @@ class SlurmCluster:
             "SlurmdDebug=info",
         ]
         for name, port in zip(self.nodes, node_ports):
-            lines.append(f"NodeName={name} NodeHostname={host} NodeAddr=127.0.0.1 Port={port} "
-                         f"CPUs={self.cpus_per_node} RealMemory=1000 State=UNKNOWN")
-        lines.append(f"PartitionName=debug Nodes={','.join(self.nodes)} Default=YES "
-                     "MaxTime=INFINITE State=UP OverSubscribe=NO")
+            lines.append(
+                f"NodeName={name} NodeHostname={host} NodeAddr=127.0.0.1 Port={port} "
+                f"CPUs={self.cpus_per_node} RealMemory=1000 State=UNKNOWN"
+            )
+        lines.append(
+            f"PartitionName=debug Nodes={','.join(self.nodes)} Default=YES "
+            "MaxTime=INFINITE State=UP OverSubscribe=NO"
+        )
         self.conf.write_text("\n".join(lines) + "\n")
 
     def env(self) -> dict:
@@ -115,16 +119,22 @@ class SlurmCluster:
     def _spawn(self, args: list[str], log: str) -> None:
         # Own process group each, so teardown kills the daemon and everything it forked.
         out = open(self.root / "log" / log, "ab")
-        self.procs.append(subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
-                                           env=self.env(), start_new_session=True))
+        self.procs.append(
+            subprocess.Popen(
+                args, stdout=out, stderr=subprocess.STDOUT, env=self.env(), start_new_session=True
+            )
+        )
 
-    def start(self, timeout: float = 60) -> "SlurmCluster":
+    def start(self, timeout: float = 60) -> SlurmCluster:
         self.write_conf()
         # -D: stay in the foreground (we own the process); -c: clear old state; -i: ignore
         # errors reading state (there is none).
         self._spawn([_exe("slurmctld"), "-D", "-c", "-i", "-f", str(self.conf)], "slurmctld.stdout")
-        self._wait(lambda: self.run("scontrol", "ping").stdout.count("UP") >= 1, timeout,
-                   "slurmctld did not answer `scontrol ping`")
+        self._wait(
+            lambda: self.run("scontrol", "ping").stdout.count("UP") >= 1,
+            timeout,
+            "slurmctld did not answer `scontrol ping`",
+        )
         for n in self.nodes:
             self._spawn([_exe("slurmd"), "-D", "-N", n, "-f", str(self.conf)], f"slurmd-{n}.stdout")
         self._wait(self._nodes_idle, timeout, "the nodes did not become idle")
@@ -140,15 +150,19 @@ class SlurmCluster:
         while time.monotonic() - t0 < timeout:
             for p in self.procs:
                 if p.poll() is not None:
-                    raise RuntimeError(f"{what}: {p.args[0]} exited with {p.returncode}; "
-                                       f"logs in {self.root / 'log'}:\n{self.logs_tail()}")
+                    raise RuntimeError(
+                        f"{what}: {p.args[0]} exited with {p.returncode}; "
+                        f"logs in {self.root / 'log'}:\n{self.logs_tail()}"
+                    )
             try:
                 if cond():
                     return
             except Exception:
                 pass
             time.sleep(0.3)
-        raise RuntimeError(f"{what} within {timeout:.0f}s; logs in {self.root / 'log'}:\n{self.logs_tail()}")
+        raise RuntimeError(
+            f"{what} within {timeout:.0f}s; logs in {self.root / 'log'}:\n{self.logs_tail()}"
+        )
 
     def logs_tail(self, n: int = 15) -> str:
         parts = []
@@ -203,9 +217,16 @@ class SlurmCluster:
         return pids
 
     # ------------------------------------------------------------------ helpers
-    def run(self, *args: str, check: bool = False, timeout: float = 60) -> subprocess.CompletedProcess:
-        res = subprocess.run([_exe(args[0]), *args[1:]], capture_output=True, text=True,
-                             env=self.env(), timeout=timeout)
+    def run(
+        self, *args: str, check: bool = False, timeout: float = 60
+    ) -> subprocess.CompletedProcess:
+        res = subprocess.run(
+            [_exe(args[0]), *args[1:]],
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            timeout=timeout,
+        )
         if check and res.returncode != 0:
             raise RuntimeError(f"{' '.join(args)} failed ({res.returncode}): {res.stderr.strip()}")
         return res
@@ -218,13 +239,24 @@ class SlurmCluster:
     def wait_job(self, job_id: str, timeout: float = 120, poll: float = 0.5) -> dict:
         """Wait until the job reached a final state (requeues pass through PENDING again)."""
         t0 = time.monotonic()
-        final = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
-                 "DEADLINE", "PREEMPTED")
+        final = (
+            "COMPLETED",
+            "FAILED",
+            "CANCELLED",
+            "TIMEOUT",
+            "NODE_FAIL",
+            "OUT_OF_MEMORY",
+            "BOOT_FAIL",
+            "DEADLINE",
+            "PREEMPTED",
+        )
         info: dict = {}
         while time.monotonic() - t0 < timeout:
             info = self.job(job_id)
             if info.get("JobState") in final:
                 return info
             time.sleep(poll)
-        raise TimeoutError(f"job {job_id} still {info.get('JobState')} after {timeout}s "
-                           f"({info.get('Reason')}); cluster logs:\n{self.logs_tail()}")
+        raise TimeoutError(
+            f"job {job_id} still {info.get('JobState')} after {timeout}s "
+            f"({info.get('Reason')}); cluster logs:\n{self.logs_tail()}"
+        )

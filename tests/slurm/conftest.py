@@ -20,8 +20,11 @@ from tests.slurm.cluster import SlurmCluster, missing_tools
 
 def _unavailable(why: str):
     if os.environ.get("CI") == "true":
-        pytest.fail(f"{why}; CI must run the Slurm tests: .ci/install-system-packages installs "
-                    "slurm-wlm (run it as root)", pytrace=False)
+        pytest.fail(
+            f"{why}; CI must run the Slurm tests: .ci/install-system-packages installs "
+            "slurm-wlm (run it as root)",
+            pytrace=False,
+        )
     pytest.skip(f"{why} (install Debian's slurm-wlm as root to run these tests)")
 
 
@@ -31,7 +34,9 @@ def slurm_cluster(tmp_path_factory):
     if missing:
         _unavailable(f"Slurm is not installed: {', '.join(missing)} not found")
     if os.geteuid() != 0:
-        _unavailable("the test cluster runs slurmctld/slurmd as root (AuthType=auth/none); not root")
+        _unavailable(
+            "the test cluster runs slurmctld/slurmd as root (AuthType=auth/none); not root"
+        )
     cluster = SlurmCluster(tmp_path_factory.mktemp("slurm-cluster"))
     try:
         cluster.start()

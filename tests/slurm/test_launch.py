@@ -8,7 +8,6 @@ on a 2-core machine Python start-up dominates, and running them side by side hal
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -31,11 +30,30 @@ def tokens(tmp_path_factory):
     return [str(d / "en")]
 
 
-def launch(run_dir: Path, tokens, *extra: str, steps: int = STEPS, nodes: int = 2, procs: int = 2,
-           capsys=None, **over) -> str:
+def launch(
+    run_dir: Path,
+    tokens,
+    *extra: str,
+    steps: int = STEPS,
+    nodes: int = 2,
+    procs: int = 2,
+    capsys=None,
+    **over,
+) -> str:
     """Submit through the CLI, as a user would; returns the job id it printed."""
-    args = ["launch", *tiny_overrides(run_dir, tokens, steps=steps, **over), "--nodes", str(nodes),
-            "--procs-per-node", str(procs), "--time", "00:10:00", "--signal-seconds", "60", *extra]
+    args = [
+        "launch",
+        *tiny_overrides(run_dir, tokens, steps=steps, **over),
+        "--nodes",
+        str(nodes),
+        "--procs-per-node",
+        str(procs),
+        "--time",
+        "00:10:00",
+        "--signal-seconds",
+        "60",
+        *extra,
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     m = re.search(r"submitted job (\d+)", out)
@@ -60,12 +78,16 @@ def cluster_jobs(slurm_cluster, tokens, tmp_path_factory):
                 jobs[name] = (launch(root / name, tokens, capsys=cap), root / name)
         cap = _Capture()
         with cap:  # the other launcher: one torchrun per node, c10d rendezvous on the first node
-            jobs["torchrun"] = (launch(root / "torchrun", tokens, "--launcher", "torchrun", capsys=cap),
-                                root / "torchrun")
+            jobs["torchrun"] = (
+                launch(root / "torchrun", tokens, "--launcher", "torchrun", capsys=cap),
+                root / "torchrun",
+            )
         cap = _Capture()
         with cap:  # runs until test_crashed_rank... kills one of its ranks (or the cluster stops)
-            jobs["crash"] = (launch(root / "crash", tokens, steps=100000, nodes=2, procs=1, capsys=cap),
-                             root / "crash")
+            jobs["crash"] = (
+                launch(root / "crash", tokens, steps=100000, nodes=2, procs=1, capsys=cap),
+                root / "crash",
+            )
     finally:
         mp.undo()
     # Signal the second job mid-run here, not in its test: the tests run one after the other and
@@ -73,7 +95,9 @@ def cluster_jobs(slurm_cluster, tokens, tmp_path_factory):
     job, run_dir = jobs["preempted"]
     t0 = time.monotonic()
     while len(read_metrics(run_dir) if (run_dir / "metrics.jsonl").exists() else []) < 2:
-        assert slurm_cluster.job(job)["JobState"] in ("PENDING", "RUNNING"), _log(run_dir, job)[-3000:]
+        assert slurm_cluster.job(job)["JobState"] in ("PENDING", "RUNNING"), _log(run_dir, job)[
+            -3000:
+        ]
         assert time.monotonic() - t0 < 200, "training did not reach step 2"
         time.sleep(0.1)
     # What Slurm does before the time limit with --signal=B:USR1@SECONDS.
@@ -112,13 +136,39 @@ def _log(run_dir: Path, job: str) -> str:
 
 def test_dry_run_prints_a_script_for_nodes_x_procs(tmp_path, tokens, capsys):
     ov = tiny_overrides(tmp_path / "r", tokens, steps=4)
-    assert main(["launch", *ov, "--nodes", "2", "--procs-per-node", "2", "--dry-run",
-                 "--partition", "cpu", "--account", "lab", "--time", "2:00:00"]) == 0
+    assert (
+        main(
+            [
+                "launch",
+                *ov,
+                "--nodes",
+                "2",
+                "--procs-per-node",
+                "2",
+                "--dry-run",
+                "--partition",
+                "cpu",
+                "--account",
+                "lab",
+                "--time",
+                "2:00:00",
+            ]
+        )
+        == 0
+    )
     script = capsys.readouterr().out
-    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=2", "#SBATCH --partition=cpu",
-                 "#SBATCH --account=lab", "#SBATCH --time=2:00:00", "#SBATCH --signal=B:USR1@300",
-                 "#SBATCH --requeue", f"#SBATCH --output={tmp_path / 'r'}/logs/train-%j.out",
-                 "LAUNCHER=srun", "NPROC_PER_NODE=2"):
+    for line in (
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=2",
+        "#SBATCH --partition=cpu",
+        "#SBATCH --account=lab",
+        "#SBATCH --time=2:00:00",
+        "#SBATCH --signal=B:USR1@300",
+        "#SBATCH --requeue",
+        f"#SBATCH --output={tmp_path / 'r'}/logs/train-%j.out",
+        "LAUNCHER=srun",
+        "NPROC_PER_NODE=2",
+    ):
         assert line in script.splitlines(), line
     assert "dp_shard=4" in script and "(world 4)" in script  # the layout was resolved for 2 x 2
     assert "resume=auto" in script  # a requeued job must continue, not refuse its own run folder
@@ -126,8 +176,22 @@ def test_dry_run_prints_a_script_for_nodes_x_procs(tmp_path, tokens, capsys):
     syntax = subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True)
     assert syntax.returncode == 0, syntax.stderr
 
-    assert main(["launch", *ov, "--nodes", "2", "--gpus-per-node", "2", "--launcher", "torchrun",
-                 "--dry-run"]) == 0
+    assert (
+        main(
+            [
+                "launch",
+                *ov,
+                "--nodes",
+                "2",
+                "--gpus-per-node",
+                "2",
+                "--launcher",
+                "torchrun",
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
     script = capsys.readouterr().out.splitlines()
     assert "#SBATCH --ntasks-per-node=1" in script and "#SBATCH --gpus-per-node=2" in script
     assert "NPROC_PER_NODE=2" in script and "LAUNCHER=torchrun" in script
@@ -136,9 +200,9 @@ def test_dry_run_prints_a_script_for_nodes_x_procs(tmp_path, tokens, capsys):
 def test_layout_is_checked_for_the_allocation_before_submitting(tmp_path, tokens, capsys):
     """tp=3 does not divide 2 x 2 ranks: rejected before submitting, exit 2, with the engine's
     own message (resolve_layout) and a layout that fits."""
+    from model_zoo.config import ConfigError
     from parallel.layout import resolve_layout
     from pretrain.config import compose_config
-    from model_zoo.config import ConfigError
 
     ov = tiny_overrides(tmp_path / "r", tokens, steps=4, **{"parallel.tp": 3})
     assert main(["launch", *ov, "--nodes", "2", "--procs-per-node", "2", "--dry-run"]) == 2
@@ -148,7 +212,9 @@ def test_layout_is_checked_for_the_allocation_before_submitting(tmp_path, tokens
         resolve_layout(run.parallel, 4, run.model, 8, 2, 32)
     assert str(engine_err.value) in err
     suggested = err.split("a valid layout for world_size=4: ")[1].split()
-    assert main(["launch", *ov, *suggested, "--nodes", "2", "--procs-per-node", "2", "--dry-run"]) == 0
+    assert (
+        main(["launch", *ov, *suggested, "--nodes", "2", "--procs-per-node", "2", "--dry-run"]) == 0
+    )
     assert main(["launch", *ov, "--nodes", "2", "--dry-run"]) == 2
     assert "--gpus-per-node" in capsys.readouterr().err
 
@@ -157,14 +223,50 @@ def test_time_limits_and_signal_lead(tmp_path, tokens, capsys):
     from pretrain.launch import _time_seconds
 
     # Slurm's --time formats; the USR1 lead time must fit inside the limit.
-    assert [_time_seconds(t) for t in ("30", "5:30", "2:00:00", "1-12", "1-0:30", "1-0:0:5")] == \
-        [1800, 330, 7200, 129600, 88200, 86405]
+    assert [_time_seconds(t) for t in ("30", "5:30", "2:00:00", "1-12", "1-0:30", "1-0:0:5")] == [
+        1800,
+        330,
+        7200,
+        129600,
+        88200,
+        86405,
+    ]
     ov = tiny_overrides(tmp_path / "r", tokens, steps=4)
-    assert main(["launch", *ov, "--nodes", "1", "--procs-per-node", "1", "--time", "4",
-                 "--signal-seconds", "300", "--dry-run"]) == 2
+    assert (
+        main(
+            [
+                "launch",
+                *ov,
+                "--nodes",
+                "1",
+                "--procs-per-node",
+                "1",
+                "--time",
+                "4",
+                "--signal-seconds",
+                "300",
+                "--dry-run",
+            ]
+        )
+        == 2
+    )
     assert "--signal-seconds=300 is not shorter than --time=4" in capsys.readouterr().err
-    assert main(["launch", *ov, "--nodes", "1", "--procs-per-node", "1", "--time", "4 hours",
-                 "--dry-run"]) == 2
+    assert (
+        main(
+            [
+                "launch",
+                *ov,
+                "--nodes",
+                "1",
+                "--procs-per-node",
+                "1",
+                "--time",
+                "4 hours",
+                "--dry-run",
+            ]
+        )
+        == 2
+    )
     assert "use Slurm's format" in capsys.readouterr().err
 
 
@@ -209,7 +311,9 @@ def test_usr1_checkpoints_requeues_and_resumes_exactly(cluster_jobs, slurm_clust
     got = {m["step"]: m["loss"] for m in read_metrics(run_dir)}
     assert sorted(got) == list(range(1, STEPS + 1))
     for step in range(1, STEPS + 1):  # bitwise, before and after the interruption
-        assert got[step] == want[step], f"step {step} (stopped after {stop}): {got[step]} != {want[step]}"
+        assert got[step] == want[step], (
+            f"step {step} (stopped after {stop}): {got[step]} != {want[step]}"
+        )
 
 
 def _pid_of_rank(job: str, rank: int) -> int:
@@ -218,11 +322,19 @@ def _pid_of_rank(job: str, rank: int) -> int:
         if not d.name.isdigit():
             continue
         try:
-            env = dict(kv.split("=", 1) for kv in (d / "environ").read_bytes().decode(errors="replace").split("\0") if "=" in kv)
+            env = dict(
+                kv.split("=", 1)
+                for kv in (d / "environ").read_bytes().decode(errors="replace").split("\0")
+                if "=" in kv
+            )
             cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if env.get("SLURM_JOB_ID") == job and env.get("SLURM_PROCID") == str(rank) and "pretrain.cli train" in cmd:
+        if (
+            env.get("SLURM_JOB_ID") == job
+            and env.get("SLURM_PROCID") == str(rank)
+            and "pretrain.cli train" in cmd
+        ):
             return int(d.name)
     raise LookupError(f"no training process of rank {rank} in job {job}")
 
@@ -257,8 +369,10 @@ def test_torchrun_launcher_gives_the_srun_losses(cluster_jobs, slurm_cluster):
     assert info["NumTasks"] == "2" and "(world 4)" in log  # 2 agents, 4 workers
     straight_job, straight_dir = cluster_jobs["straight"]
     slurm_cluster.wait_job(straight_job, timeout=240)
-    assert read_metrics(run_dir) and ([m["loss"] for m in read_metrics(run_dir)]
-                                      == [m["loss"] for m in read_metrics(straight_dir)])
+    assert read_metrics(run_dir) and (
+        [m["loss"] for m in read_metrics(run_dir)]
+        == [m["loss"] for m in read_metrics(straight_dir)]
+    )
 
 
 def test_export_sbatch_writes_every_checkpoint_as_hf(cluster_jobs, slurm_cluster, tmp_path):
@@ -266,9 +380,16 @@ def test_export_sbatch_writes_every_checkpoint_as_hf(cluster_jobs, slurm_cluster
     slurm_cluster.wait_job(straight_job, timeout=240)
     out = tmp_path / "hf"
     script = Path(__file__).resolve().parents[2] / "slurm" / "export.sbatch"
-    res = slurm_cluster.run("sbatch", "--parsable", f"--output={tmp_path}/export-%j.out",
-                            f"--export=ALL,RUN_DIR={run_dir},OUT={out}", "--cpus-per-task=1",
-                            f"--chdir={script.parents[1]}", str(script), check=True)
+    res = slurm_cluster.run(
+        "sbatch",
+        "--parsable",
+        f"--output={tmp_path}/export-%j.out",
+        f"--export=ALL,RUN_DIR={run_dir},OUT={out}",
+        "--cpus-per-task=1",
+        f"--chdir={script.parents[1]}",
+        str(script),
+        check=True,
+    )
     job = res.stdout.strip().split(";")[0]
     info = slurm_cluster.wait_job(job, timeout=240)
     log = (tmp_path / f"export-{job}.out").read_text()
