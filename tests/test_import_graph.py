@@ -1,0 +1,173 @@
+"""The import graph of the four packages, built from their source with `ast`.
+
+Rules (docs/architecture.md): imports flow one way, model_zoo -> parallel -> pretrain (a package may
+import the ones before it, never the ones after it), data_pipeline stands alone, and no module takes
+part in an import cycle. Imports inside functions count: hiding a cycle in a function is how cycles
+survive. Only `if TYPE_CHECKING:` blocks are left out (they never run).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("model_zoo", "parallel", "pretrain", "data_pipeline")
+# what each package may import among the four (besides itself)
+ALLOWED = {
+    "model_zoo": set(),
+    "parallel": {"model_zoo"},
+    "pretrain": {"model_zoo", "parallel"},
+    "data_pipeline": set(),
+}
+# The one front door: `pretrain data ...` hands its arguments to the pipeline's own CLI. Nothing
+# else in pretrain/ imports data_pipeline/ (token data is read through its metadata file format).
+ALLOWED_EDGES = {("pretrain.cli", "data_pipeline.cli")}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def all_modules() -> dict[str, Path]:
+    mods = {}
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            mods[module_name(path)] = path
+    return mods
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _nodes(tree: ast.AST):
+    """Every node, skipping the bodies of `if TYPE_CHECKING:`."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child.test):
+                stack.extend(child.orelse)
+                continue
+            stack.append(child)
+
+
+def imported_names(name: str, path: Path) -> set[str]:
+    """Dotted names a module imports: `import a.b` -> a.b; `from a import b` -> a.b and a."""
+    is_pkg = path.name == "__init__.py"
+    out: set[str] = set()
+    for node in _nodes(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".") if is_pkg else name.split(".")[:-1]
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            out.add(target)
+            out.update(f"{target}.{alias.name}" for alias in node.names)
+    return out
+
+
+def build_graph() -> dict[str, set[str]]:
+    """module -> the project modules it imports (a name that is not a module resolves to the
+    module that defines it, i.e. its longest existing prefix)."""
+    mods = all_modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        edges = set()
+        for target in imported_names(name, path):
+            parts = target.split(".")
+            while parts and ".".join(parts) not in mods:
+                parts.pop()
+            if parts and ".".join(parts) != name:
+                edges.add(".".join(parts))
+        graph[name] = edges
+    return graph
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+    counter = [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    return build_graph()
+
+
+def test_graph_sees_the_packages(graph):
+    # a broken parser would see no edges and pass everything: check a few edges we know exist
+    assert {"model_zoo", "parallel", "pretrain", "data_pipeline"} <= {
+        m.split(".")[0] for m in graph
+    }
+    assert any(t.startswith("model_zoo") for t in graph["parallel.engine"])
+    assert any(t.startswith("parallel") for t in graph["pretrain.cli"] | graph["pretrain.train"])
+
+
+def test_no_upward_imports(graph):
+    bad = []
+    for mod, targets in graph.items():
+        pkg = mod.split(".")[0]
+        for t in targets:
+            tpkg = t.split(".")[0]
+            if tpkg != pkg and tpkg not in ALLOWED[pkg] and (mod, t) not in ALLOWED_EDGES:
+                bad.append(f"{mod} imports {t}")
+    assert not bad, (
+        "imports against the direction model_zoo -> parallel -> pretrain:\n"
+        + "\n".join(sorted(bad))
+    )
+
+
+def test_no_import_cycles(graph):
+    cycles = find_cycles(graph)
+    assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
+
+
+def test_cycle_finder_finds_a_planted_cycle():
+    planted = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert find_cycles(planted) == [["a", "b", "c"]]
+    assert find_cycles({"a": {"b"}, "b": set()}) == []
