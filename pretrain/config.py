@@ -98,6 +98,47 @@ class DataConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Validation during training (pretrain/evaluation.py): held-out token data read with the
+    training data's format rules (data.format, data.npy_dtype, data.eos_id)."""
+
+    paths: list[str] = field(default_factory=list)  # one held-out source each, reported apart
+    names: list[str] = field(default_factory=list)  # labels in metrics; default: from the paths
+    interval: int = 0  # evaluate every N steps; 0 = only at the series steps and the last step
+    at_series: bool = True  # also evaluate at every checkpoint-series step (step 0 included)
+    max_tokens: int = 1_048_576  # label tokens per source (whole windows); 0 = the whole source
+
+    def validate(self) -> None:
+        if self.interval < 0:
+            raise ConfigError(f"eval.interval={self.interval} must be >= 0 (0 = series steps only)")
+        if self.max_tokens < 0:
+            raise ConfigError(f"eval.max_tokens={self.max_tokens} must be >= 0 (0 = all)")
+        if self.names and len(self.names) != len(self.paths):
+            raise ConfigError(
+                f"eval.names has {len(self.names)} entries but eval.paths has "
+                f"{len(self.paths)}; give one name per path or none"
+            )
+        if len(set(self.names)) != len(self.names):
+            raise ConfigError(f"eval.names={list(self.names)} repeat a name; make them unique")
+
+
+@dataclass
+class MetricsConfig:
+    """Optional metrics sinks besides metrics.jsonl, the console and TensorBoard."""
+
+    wandb: bool = False  # also log to Weights & Biases (pip install wandb)
+    wandb_project: str = "pretrain"
+    wandb_run_name: str = ""  # default: the run folder's name
+    wandb_mode: str = "offline"  # offline (no network; `wandb sync` later), online, disabled
+
+    def validate(self) -> None:
+        if self.wandb_mode not in ("offline", "online", "disabled"):
+            raise ConfigError(
+                f"metrics.wandb_mode={self.wandb_mode!r} is not offline, online or disabled"
+            )
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
@@ -106,6 +147,8 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     run_dir: str = "runs/default"
     # none: start fresh (refuses a run_dir that has checkpoints); auto: the latest complete full
     # checkpoint of run_dir if any, else fresh; or a path to one full checkpoint folder.
@@ -253,6 +296,8 @@ def validate_run_config(run: RunConfig) -> RunConfig:
     from pretrain.series import validate_spec
 
     validate_spec(c.series)
+    run.eval.validate()
+    run.metrics.validate()
     need(
         run.resume == "none" or run.resume == "auto" or bool(run.resume),
         "resume must be none, auto, or a checkpoint folder",
@@ -312,6 +357,8 @@ __all__ = [
     "TrainerConfig",
     "CheckpointConfig",
     "DataConfig",
+    "EvalConfig",
+    "MetricsConfig",
     "compose_config",
     "validate_run_config",
     "to_yaml",
