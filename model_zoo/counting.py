@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from model_zoo.config import ModelConfig
+from model_zoo.model import build_model
+from model_zoo.moe import GroupedExperts
 
 
 @dataclass(frozen=True)
@@ -25,9 +27,6 @@ class ParameterCount:
 
 
 def count_parameters(cfg: ModelConfig) -> ParameterCount:
-    from model_zoo.model import build_model  # local: counting is imported by light-weight callers
-    from model_zoo.moe import GroupedExperts
-
     model = build_model(cfg, device="meta")
     total = sum(p.numel() for p in model.parameters())  # parameters() de-duplicates tied weights
     # A token passes through top_k of the n_experts routed experts of each MoE layer; shared

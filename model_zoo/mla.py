@@ -13,30 +13,12 @@ import torch
 from torch import nn
 
 from model_zoo.config import ModelConfig
-
-
-def apply_rope_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs (x0,x1),(x2,x3),... of x (batch, seq, heads, rot), DeepSeek's
-    layout. The result is written de-interleaved ([evens..., odds...]), as transformers'
-    DeepSeek-V3 code does; since q and k get the same permutation, attention scores are unchanged."""
-    half = cos.shape[-1] // 2
-    cos = (cos[None] if cos.dim() == 2 else cos)[:, :, None, :half].to(x.dtype)
-    sin = (sin[None] if sin.dim() == 2 else sin)[:, :, None, :half].to(x.dtype)
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-
-
-def yarn_mscale(factor: float, mscale: float) -> float:
-    import math
-
-    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+from model_zoo.layers import RMSNorm, apply_rope, apply_rope_interleaved, sdpa, yarn_mscale
 
 
 class MLAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        from model_zoo.model import RMSNorm, apply_rope  # local: model.py imports this module
-
         a = cfg.mla
         self.cfg = a
         self.apply_rope = apply_rope_interleaved if a.rope_interleave else apply_rope
@@ -62,8 +44,6 @@ class MLAttention(nn.Module):
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn_mask=None
     ) -> torch.Tensor:
-        from model_zoo.model import sdpa
-
         a = self.cfg
         bsz, seq, _ = x.shape
         q = self.wq(x) if a.q_lora_rank == 0 else self.wq_b(self.q_norm(self.wq_a(x)))

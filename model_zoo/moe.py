@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model_zoo.config import ModelConfig, MoEConfig
+from model_zoo.layers import FeedForward
 
 
 class AuxLossInjector(torch.autograd.Function):
@@ -132,8 +133,6 @@ class MoE(nn.Module):
         self.experts = GroupedExperts(cfg.d_model, m.expert_hidden_size, m.n_experts, m.grouped_mm)
         self.shared_experts: nn.Module | None = None
         if m.n_shared_experts > 0:
-            from model_zoo.model import FeedForward  # local: model.py imports this module
-
             self.shared_experts = FeedForward(
                 cfg, hidden=m.n_shared_experts * m.expert_hidden_size, bias=False
             )
