@@ -2,7 +2,7 @@
 
     pretrain data [STAGE] [pipeline=NAME] input.paths=[GLOB,...] output.dir=DIR [key=value ...]
 
-STAGE is one of run (default: every stage), ingest, tag, dedup, mix, tokenizer-train, tokenize, report;
+STAGE is run (default: every stage) or one of {stages};
 `stage=NAME` as an override does the same. Other words:
 
     pretrain data list                       the bundled pipelines (configs/pipeline/*.yaml)
@@ -17,9 +17,11 @@ import json
 import sys
 import time
 
-from .config import STAGES, PipelineConfigError, compose_pipeline, pipeline_names, to_yaml
+from .config import PipelineConfigError, compose_pipeline, pipeline_names, to_yaml
+from .executor import LocalExecutor, SlurmExecutor, TaskFailed
+from .stages import prepare_run, stage_groups
 
-WORDS = {"run": "all", **{s: s for s in STAGES}}
+WORDS = {"run": "all", **{s: s for s in stage_groups()}}
 
 
 def _split(argv: list[str]) -> tuple[str, str, list[str]]:
@@ -42,7 +44,7 @@ def _split(argv: list[str]) -> tuple[str, str, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help", "help"):
-        print(__doc__)
+        print(__doc__.format(stages=", ".join(stage_groups())))
         return 0
     if argv and argv[0] == "list":
         for name in pipeline_names():
@@ -65,6 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineConfigError as err:
         print(f"pretrain data: {err}", file=sys.stderr)
         return 2
+    if cfg.stage != "all" and cfg.stage not in stage_groups():
+        print(
+            f"pretrain data: stage={cfg.stage!r} is not a stage; use all or one of "
+            f"{', '.join(stage_groups())}",
+            file=sys.stderr,
+        )
+        return 2
     if show_config:
         print(to_yaml(cfg), end="")
         return 0
@@ -72,9 +81,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_pipeline(cfg) -> int:
-    from .executor import LocalExecutor, SlurmExecutor, TaskFailed
-    from .stages import prepare_run
-
     t0 = time.time()
     run = prepare_run(cfg)
     specs = run.selected(cfg.stage)
@@ -94,10 +100,7 @@ def run_pipeline(cfg) -> int:
                 return 0
         else:
             ex = LocalExecutor(cfg.executor.workers, cfg.executor.progress)
-            for spec in specs:
-                if spec.name not in ("ingest", "dedup-bucket"):
-                    spec.total = sum(s.get("docs", 0) for s in run.ingest_stats())
-                ex.run_stage(run, spec)
+            ex.run(run.dir, [run.job(s.name) for s in specs])
     except (TaskFailed, MemoryError) as err:
         print(f"pretrain data: {err}", file=sys.stderr)
         return 1

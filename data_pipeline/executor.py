@@ -88,18 +88,29 @@ class Progress:
             self.docs = self.bytes = 0
 
 
-def run_task(out_dir: str, stage: str, i: int, sink: Callable[[int, int], None]) -> dict:
-    """Run one task in this process (used by the pool, the Slurm worker and inline runs)."""
-    from . import stages
+TaskFn = Callable[[int, Progress], dict]  # task(index, progress) -> statistics for the marker
 
-    run = stages.load_run(Path(out_dir))
-    spec = run.spec(stage)
-    if is_done(run.dir, spec, i):
-        return read_marker(run.dir, stage, i)["stats"]
+
+@dataclass
+class StageJob:
+    """What an executor runs for one stage: the executor knows no stage by name, only this."""
+
+    spec: StageSpec
+    task: TaskFn  # picklable (a module-level function, or a functools.partial of one)
+    before_fork: Callable[[], object] | None = None  # once in the parent, before a pool forks
+    total: Callable[[], int] | None = None  # progress total in documents, asked when it starts
+
+
+def run_task(out_dir: str, spec: StageSpec, task: TaskFn, i: int, sink) -> dict:
+    """Run task i of a stage in this process (the pool, the Slurm worker and inline runs), unless
+    its completion marker says it is done with this fingerprint."""
+    out = Path(out_dir)
+    if is_done(out, spec, i):
+        return read_marker(out, spec.name, i)["stats"]
     prog = Progress(sink)
-    stats = stages.TASKS[stage](run, i, prog)
+    stats = task(i, prog)
     prog.flush()
-    write_marker(run.dir, stage, i, spec.fingerprint, stats)
+    write_marker(out, spec.name, i, spec.fingerprint, stats)
     return stats
 
 
@@ -112,7 +123,7 @@ def _init_worker(q) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 
-def _pool_task(out_dir: str, stage: str, i: int) -> dict:
+def _pool_task(out_dir: str, spec: StageSpec, task: TaskFn, i: int) -> dict:
     def sink(d: int, b: int) -> None:
         try:
             _QUEUE.put_nowait((d, b))
@@ -120,10 +131,10 @@ def _pool_task(out_dir: str, stage: str, i: int) -> dict:
             pass
 
     try:
-        return run_task(out_dir, stage, i, sink)
+        return run_task(out_dir, spec, task, i, sink)
     except Exception as err:
         raise TaskFailed(
-            f"{stage} task {i} failed: {type(err).__name__}: {err}\n{traceback.format_exc()}"
+            f"{spec.name} task {i} failed: {type(err).__name__}: {err}\n{traceback.format_exc()}"
         ) from None
 
 
@@ -146,16 +157,19 @@ class LocalExecutor:
         self.workers = workers or os.cpu_count() or 1
         self.progress = progress
 
-    def run(self, run, specs: list[StageSpec]) -> None:
-        for spec in specs:
-            self.run_stage(run, spec)
+    def run(self, out_dir: Path, jobs: list[StageJob]) -> None:
+        for job in jobs:
+            self.run_stage(out_dir, job)
 
-    def run_stage(self, run, spec: StageSpec) -> None:
-        todo = [i for i in range(spec.n) if not is_done(run.dir, spec, i)]
+    def run_stage(self, out_dir: Path, job: StageJob) -> None:
+        spec = job.spec
+        todo = [i for i in range(spec.n) if not is_done(out_dir, spec, i)]
         if not todo:
             print(f"{spec.name}: all {spec.n} tasks complete (skipped)", file=sys.stderr)
             return
         skipped = spec.n - len(todo)
+        if job.total is not None:
+            spec.total = job.total()
         bar = _bar(spec, self.progress)
         t0 = time.monotonic()
         mb = [0]
@@ -174,12 +188,10 @@ class LocalExecutor:
         try:
             if workers <= 1:
                 for i in todo:
-                    run_task(str(run.dir), spec.name, i, update)
+                    run_task(str(out_dir), spec, job.task, i, update)
             else:
-                if spec.name == "tokenize":  # import megatron-core (~5 s) once, before forking
-                    from .tokenize import megatron_indexed
-
-                    megatron_indexed()
+                if job.before_fork is not None:
+                    job.before_fork()
                 # fork: workers start in milliseconds instead of re-importing numpy/hydra/megatron
                 # (spawn cost seconds per stage on 2 cores). Children disable tokenizer threads.
                 ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")
@@ -187,7 +199,9 @@ class LocalExecutor:
                 with ProcessPoolExecutor(
                     workers, mp_context=ctx, initializer=_init_worker, initargs=(q,)
                 ) as pool:
-                    futs = {pool.submit(_pool_task, str(run.dir), spec.name, i): i for i in todo}
+                    futs = {
+                        pool.submit(_pool_task, str(out_dir), spec, job.task, i): i for i in todo
+                    }
                     pending = set(futs)
                     while pending:
                         done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)

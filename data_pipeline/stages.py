@@ -10,9 +10,11 @@
     DIR/report.json, report.txt, report.png
     DIR/_work/                               config, plan, markers, dedup signatures, Slurm scripts
 
-Stage order and task counts (n = number of input files, P = dedup.minhash.partitions):
-ingest n, tag n, dedup-hash n, dedup-bucket P, dedup-cluster 1, dedup-paragraph 1, [mix-count n],
-mix n, tokenizer-train 1, tokenize n, report 1.
+Each stage is one task function registered with `@stage(...)` below; the registration order is the
+run order, and the registry (`STAGES`) is the only list of stage names: the CLI's words, the
+fingerprints, the executors' jobs and the Slurm worker read it. Task counts (n = number of shards,
+P = dedup.minhash.partitions): ingest n, tag n, dedup-hash n, dedup-bucket P, dedup-cluster 1,
+dedup-paragraph 1, [mix-count n], mix n, tokenizer-train 1, tokenize n, report 1.
 """
 
 from __future__ import annotations
@@ -25,23 +27,29 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
+import psutil
+import xxhash
 
 from . import config as C
-from .executor import StageSpec, read_marker
-
-GROUP_STAGES = {
-    "ingest": ["ingest"],
-    "tag": ["tag"],
-    "dedup": ["dedup-hash", "dedup-bucket", "dedup-cluster", "dedup-paragraph"],
-    "mix": ["mix-count", "mix"],
-    "tokenizer-train": ["tokenizer-train"],
-    "tokenize": ["tokenize"],
-    "report": ["report"],
-}
+from .dedup import (
+    BloomFilter,
+    MinHasher,
+    bucket_pairs,
+    components,
+    duplicates_from_labels,
+    first_occurrence_dups,
+    text_hash,
+)
+from .executor import Progress, StageJob, StageSpec, read_marker
+from .io import AtomicJsonlWriter, doc_url, read_docs, read_input
+from .mixer import Mixer, apply_replacements, copies
+from .report import build_report
+from .taggers import TaggerSet
+from .tokenize import ShardWriter, Tok, encode_docs, megatron_indexed, train_bpe
 
 
 def _fp(*parts) -> str:
@@ -78,41 +86,38 @@ class Run:
     def docs_in(self, i: int) -> int:
         return int(self.ingest_stats()[i].get("docs", 0))
 
-    def build_specs(self) -> None:
-        cfg = C.to_container(self.cfg)
-        ing = _fp(cfg["input"], self.inputs, [_file_id(p) for p in self.inputs])
-        tag = _fp(ing, cfg["taggers"])
-        ded = _fp(ing, cfg["dedup"])
-        weights = any(s.weight > 0 for s in self.cfg.mixer.sources)
-        mix = _fp(tag, ded, cfg["mixer"])
-        tt = _fp(mix, cfg["tokenizer"]["path"], cfg["tokenizer"]["train"], cfg["tokenizer"]["eos"])
-        tok = _fp(tt, cfg["tokenizer"], cfg["output"]["write_npy"])
-        P = self.cfg.dedup.minhash.partitions
-        specs = [
-            StageSpec("ingest", "ingest", self.n, ing),
-            StageSpec("tag", "tag", self.n, tag),
-            StageSpec("dedup-hash", "dedup", self.n, ded),
-            StageSpec("dedup-bucket", "dedup", P, ded),
-            StageSpec("dedup-cluster", "dedup", 1, ded),
-            StageSpec("dedup-paragraph", "dedup", 1, ded),
-            StageSpec("mix-count", "mix", self.n if weights else 0, mix),
-            StageSpec("mix", "mix", self.n, mix),
-            StageSpec("tokenizer-train", "tokenizer-train", 1, tt),
-            StageSpec("tokenize", "tokenize", self.n, tok),
-            StageSpec("report", "report", 1, _fp(tok, os.urandom(8).hex())),  # always re-run
-        ]
-        self.specs = {s.name: s for s in specs}
+    def documents_after_ingest(self) -> int:
+        return sum(s.get("docs", 0) for s in self.ingest_stats())
 
-    def selected(self, stage: str) -> list[StageSpec]:
-        names = [s for g in C.STAGES if stage in ("all", g) for s in GROUP_STAGES[g]]
-        if stage == "all":
-            if not self.cfg.dedup.enabled:
-                names = [n for n in names if not n.startswith("dedup")]
-            else:
-                if not self.cfg.dedup.paragraph.enabled:
-                    names.remove("dedup-paragraph")
-        out = [self.specs[n] for n in names if self.specs[n].n > 0]
-        return out
+    def build_specs(self) -> None:
+        """Every registered stage's task count and fingerprint: the fingerprint covers the config
+        parts the stage reads and the fingerprints of the stages it reads from, so changing a mixer
+        rule changes mix's fingerprint and everything after it, and nothing before."""
+        cfg = C.to_container(self.cfg)
+        fps: dict[str, str] = {}
+        self.specs = {}
+        for st in STAGES.values():
+            fps[st.name] = _fp(*(fps[a] for a in st.after), st.config(self, cfg))
+            self.specs[st.name] = StageSpec(st.name, st.group, st.count(self), fps[st.name])
+
+    def selected(self, group: str) -> list[StageSpec]:
+        """The stages `pretrain data GROUP` runs (all: every stage this config enables), in order."""
+        names = [
+            st.name
+            for st in STAGES.values()
+            if (group == "all" and st.enabled(self.cfg)) or group == st.group
+        ]
+        return [self.specs[n] for n in names if self.specs[n].n > 0]
+
+    def job(self, name: str) -> StageJob:
+        """What an executor needs to run stage `name`: its spec and a picklable task callable."""
+        st = STAGES[name]
+        return StageJob(
+            spec=self.specs[name],
+            task=partial(run_registered_task, str(self.dir), name),
+            before_fork=st.before_fork,
+            total=self.documents_after_ingest if st.counts_documents else None,
+        )
 
 
 def _file_id(path: str) -> list:
@@ -156,6 +161,12 @@ def load_run(out: Path) -> Run:
     return run
 
 
+def run_registered_task(out_dir: str, name: str, i: int, prog: Progress) -> dict:
+    """Task i of stage `name` over the run saved in out_dir (in a pool worker or a Slurm job the
+    run is reloaded from DIR/_work, once per process)."""
+    return STAGES[name].task(load_run(Path(out_dir)), i, prog)
+
+
 def _clear(pattern: str) -> None:
     for p in glob.glob(pattern):
         os.remove(p)
@@ -167,11 +178,79 @@ def _crash_hook(stage: str, i: int) -> None:
         os._exit(9)
 
 
+# ---------------------------------------------------------------- the stage registry
+
+StageTask = Callable[[Run, int, Progress], dict]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One registered stage: its tasks and what its output depends on."""
+
+    name: str  # internal name: marker folder, Slurm job and progress bar label (e.g. dedup-hash)
+    group: str  # the user-facing stage it belongs to (`pretrain data dedup` runs the whole group)
+    task: StageTask  # task(run, index, progress) -> statistics (kept in the completion marker)
+    count: Callable[[Run], int]  # number of tasks (0: nothing to do in this config)
+    after: tuple[str, ...]  # stages whose output it reads: their fingerprints are part of its own
+    config: Callable[[Run, dict], object]  # the parts of the config (a plain dict) it reads
+    enabled: Callable[[C.PipelineConfig], bool]  # part of `pretrain data run` in this config
+    counts_documents: bool  # its progress bar counts the documents that ingest produced
+    before_fork: Callable[[], object] | None  # called once in the parent before a pool forks
+
+
+STAGES: dict[str, Stage] = {}  # in pipeline order: the order of the registrations below
+
+
+def stage(
+    name: str,
+    group: str = "",
+    *,
+    count: Callable[[Run], int] = lambda run: run.n,
+    after: tuple[str, ...] = (),
+    config: Callable[[Run, dict], object] = lambda run, cfg: None,
+    enabled: Callable[[C.PipelineConfig], bool] = lambda cfg: True,
+    counts_documents: bool = True,
+    before_fork: Callable[[], object] | None = None,
+) -> Callable[[StageTask], StageTask]:
+    """Register a stage's task function. Adding a stage is one decorated function: the CLI word,
+    the run order, the fingerprints and the executors all read this registry."""
+
+    def register(fn: StageTask) -> StageTask:
+        if name in STAGES:
+            raise ValueError(f"stage {name!r} is registered twice")
+        unknown = [a for a in after if a not in STAGES]
+        if unknown:
+            raise ValueError(f"stage {name!r} reads {unknown}, which are not registered before it")
+        STAGES[name] = Stage(
+            name, group or name, fn, count, after, config, enabled, counts_documents, before_fork
+        )
+        return fn
+
+    return register
+
+
+def stage_groups() -> list[str]:
+    """The user-facing stage names, in pipeline order (`pretrain data GROUP`)."""
+    return list(dict.fromkeys(st.group for st in STAGES.values()))
+
+
+def _one(run: Run) -> int:
+    return 1
+
+
+def _dedup_on(cfg: C.PipelineConfig) -> bool:
+    return cfg.dedup.enabled
+
+
 # ---------------------------------------------------------------- ingest
 
 
+@stage(
+    "ingest",
+    config=lambda run, cfg: [cfg["input"], run.inputs, [_file_id(p) for p in run.inputs]],
+    counts_documents=False,
+)
 def task_ingest(run: Run, i: int, prog) -> dict:
-    from .io import AtomicJsonlWriter, read_input
 
     src = run.inputs[i]
     counts: dict[str, int] = {}
@@ -231,9 +310,8 @@ def task_ingest(run: Run, i: int, prog) -> dict:
 # ---------------------------------------------------------------- tag
 
 
+@stage("tag", after=("ingest",), config=lambda run, cfg: cfg["taggers"])
 def task_tag(run: Run, i: int, prog) -> dict:
-    from .io import AtomicJsonlWriter, read_docs
-    from .taggers import TaggerSet
 
     tags = TaggerSet(run.cfg.taggers)
     writers = {
@@ -255,15 +333,19 @@ def task_tag(run: Run, i: int, prog) -> dict:
 
 
 def _hasher(run: Run):
-    from .dedup import MinHasher
 
     mh = run.cfg.dedup.minhash
     return MinHasher(mh.ngram, mh.bands, mh.rows, mh.seed)
 
 
+@stage(
+    "dedup-hash",
+    "dedup",
+    after=("ingest",),
+    config=lambda run, cfg: [cfg["dedup"], cfg["taggers"]["content"]["url_fields"]],
+    enabled=_dedup_on,
+)
 def task_dedup_hash(run: Run, i: int, prog) -> dict:
-    from .dedup import text_hash
-    from .io import doc_url, read_docs
 
     hasher = _hasher(run)
     exact, url, url_ok, lengths, sigs, ids = [], [], [], [], [], []
@@ -301,9 +383,16 @@ def task_dedup_hash(run: Run, i: int, prog) -> dict:
     return {"docs": len(ids)}
 
 
+@stage(
+    "dedup-bucket",
+    "dedup",
+    count=lambda run: run.cfg.dedup.minhash.partitions,
+    after=("dedup-hash",),
+    enabled=_dedup_on,
+    counts_documents=False,
+)
 def task_dedup_bucket(run: Run, p: int, prog) -> dict:
     """Bucket task p of P: the band keys with key % P == p from every shard -> duplicate pairs."""
-    from .dedup import bucket_pairs
 
     hasher = _hasher(run)
     P = run.cfg.dedup.minhash.partitions
@@ -330,9 +419,8 @@ def task_dedup_bucket(run: Run, p: int, prog) -> dict:
     return {"pairs": int(len(pairs))}
 
 
+@stage("dedup-cluster", "dedup", count=_one, after=("dedup-bucket",), enabled=_dedup_on)
 def task_dedup_cluster(run: Run, _: int, prog) -> dict:
-    from .dedup import components, duplicates_from_labels, first_occurrence_dups
-    from .io import AtomicJsonlWriter
 
     dd = run.cfg.dedup
     d = run.p("_work", "dedup")
@@ -391,12 +479,16 @@ def task_dedup_cluster(run: Run, _: int, prog) -> dict:
     return stats
 
 
+@stage(
+    "dedup-paragraph",
+    "dedup",
+    count=_one,
+    after=("ingest",),
+    config=lambda run, cfg: cfg["dedup"],
+    enabled=lambda cfg: cfg.dedup.enabled and cfg.dedup.paragraph.enabled,
+)
 def task_dedup_paragraph(run: Run, _: int, prog) -> dict:
     """Dolma-style paragraph dedup: newline-separated paragraphs through one Bloom filter, in shard order."""
-    import psutil
-
-    from .dedup import BloomFilter
-    from .io import AtomicJsonlWriter, read_docs
 
     pc = run.cfg.dedup.paragraph
     bits, k = C.bloom_size(pc.expected_paragraphs, pc.false_positive_rate)
@@ -475,7 +567,6 @@ def _attribute_groups(run: Run, i: int) -> list[Path]:
 
 
 def _iter_with_attrs(run: Run, i: int):
-    from .io import read_docs
 
     groups = _attribute_groups(run, i)
     readers = [read_docs(p) for p in groups]
@@ -493,7 +584,6 @@ def _iter_with_attrs(run: Run, i: int):
 
 
 def _decisions(run: Run, i: int, prog):
-    from .mixer import Mixer
 
     mixer = Mixer(run.cfg.mixer)
     for doc, attrs in _iter_with_attrs(run, i):
@@ -502,6 +592,13 @@ def _decisions(run: Run, i: int, prog):
         yield doc, attrs, src, step, reason, fired
 
 
+@stage(
+    "mix-count",
+    "mix",
+    count=lambda run: run.n if any(s.weight > 0 for s in run.cfg.mixer.sources) else 0,
+    after=("tag", "dedup-cluster", "dedup-paragraph"),
+    config=lambda run, cfg: cfg["mixer"],
+)
 def task_mix_count(run: Run, i: int, prog) -> dict:
     kept: dict[str, int] = {}
     for doc, _, src, _, reason, _ in _decisions(run, i, prog):
@@ -528,9 +625,8 @@ def source_rates(run: Run) -> dict[str, float]:
     return rates
 
 
+@stage("mix", after=("mix-count",))
 def task_mix(run: Run, i: int, prog) -> dict:
-    from .io import AtomicJsonlWriter
-    from .mixer import apply_replacements, copies
 
     mc = run.cfg.mixer
     rates = source_rates(run)
@@ -594,8 +690,6 @@ def task_mix(run: Run, i: int, prog) -> dict:
             else:
                 u = attrs.get(rand_key, [[0, 0, None]])[0][2]
                 if u is None:
-                    import xxhash
-
                     u = xxhash.xxh64_intdigest(doc["id"].encode("utf-8", "surrogatepass")) / 2.0**64
                 k = copies(rates.get(sname, 1.0), u)
                 if k == 0:
@@ -647,9 +741,13 @@ def mixed_files(run: Run, i: int | None = None) -> list[str]:
     return sorted(glob.glob(str(run.p("mixed", pat))))
 
 
+@stage(
+    "tokenizer-train",
+    count=_one,
+    after=("mix",),
+    config=lambda run, cfg: [cfg["tokenizer"][k] for k in ("path", "train", "eos")],
+)
 def task_tokenizer_train(run: Run, _: int, prog) -> dict:
-    from .io import read_docs
-    from .tokenize import train_bpe
 
     tc = run.cfg.tokenizer
     if tc.path:
@@ -669,14 +767,17 @@ def task_tokenizer_train(run: Run, _: int, prog) -> dict:
 
     out = tokenizer_path(run)
     train_bpe(texts(), tc.train.vocab_size, tc.train.min_frequency, tc.eos, out)
-    from .tokenize import Tok
 
     return {"trained": True, "path": out, "vocab_size": Tok(out, tc.eos).vocab_size}
 
 
+@stage(
+    "tokenize",
+    after=("tokenizer-train",),
+    config=lambda run, cfg: [cfg["tokenizer"], cfg["output"]["write_npy"]],
+    before_fork=megatron_indexed,  # import megatron-core (~5 s) once, before the pool forks
+)
 def task_tokenize(run: Run, i: int, prog) -> dict:
-    from .io import read_docs
-    from .tokenize import ShardWriter, Tok, encode_docs
 
     tc = run.cfg.tokenizer
     tok = Tok(tokenizer_path(run), tc.eos)
@@ -688,7 +789,6 @@ def task_tokenize(run: Run, i: int, prog) -> dict:
     )
     per_source: dict[str, int] = {}
     batch: list[dict] = []
-    from .mixer import Mixer
 
     mixer = Mixer(run.cfg.mixer)
 
@@ -719,23 +819,13 @@ def task_tokenize(run: Run, i: int, prog) -> dict:
     }
 
 
+@stage(
+    "report",
+    count=_one,
+    after=("tokenize",),
+    config=lambda run, cfg: os.urandom(8).hex(),  # always re-run: it reads every marker
+)
 def task_report(run: Run, _: int, prog) -> dict:
-    from .report import build_report
 
     rep = build_report(run)
     return {"kept_docs": rep["kept_docs"], "tokens": rep["tokens"]}
-
-
-TASKS: dict[str, Callable] = {
-    "ingest": task_ingest,
-    "tag": task_tag,
-    "dedup-hash": task_dedup_hash,
-    "dedup-bucket": task_dedup_bucket,
-    "dedup-cluster": task_dedup_cluster,
-    "dedup-paragraph": task_dedup_paragraph,
-    "mix-count": task_mix_count,
-    "mix": task_mix,
-    "tokenizer-train": task_tokenizer_train,
-    "tokenize": task_tokenize,
-    "report": task_report,
-}

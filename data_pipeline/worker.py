@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
+
+from .executor import run_task
+from .stages import STAGES, load_run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,7 +21,10 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m data_pipeline.worker OUTPUT_DIR STAGE INDEX", file=sys.stderr)
         return 2
     out, stage, index = argv[0], argv[1], int(argv[2])
-    from .executor import run_task
+    if stage not in STAGES:
+        print(f"worker: unknown stage {stage!r}; stages: {', '.join(STAGES)}", file=sys.stderr)
+        return 2
+    job = load_run(Path(out).resolve()).job(stage)
 
     t0 = time.monotonic()
     tot = [0, 0]
@@ -32,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
-    stats = run_task(out, stage, index, sink)
+    stats = run_task(out, job.spec, job.task, index, sink)
     print(
         f"[{stage} {index}] done in {time.monotonic() - t0:.1f}s: "
         + ", ".join(f"{k}={v}" for k, v in stats.items() if isinstance(v, (int, float, str))),
