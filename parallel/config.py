@@ -2,7 +2,7 @@
 layout without importing the training code; pretrain/config.py composes it into the run config.
 
 Every field is a plain scalar or list so Hydra can override it from the command line
-(`parallel.tp=2 parallel.pp_schedule=ZBVZeroBubble parallel.precision=bf16`). Checking the values
+(`parallel.tp=2 parallel.pp=2 parallel.precision=bf16`). Checking the values
 against a model and a world size is `parallel.layout.resolve_layout`, which needs no process group.
 """
 
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from parallel.schedules import DEFAULT_SCHEDULE
+
 PRECISIONS = ("fp32", "bf16", "fp8_tensorwise", "fp8_rowwise")
-PP_SCHEDULES = ("1F1B", "Interleaved1F1B", "ZBVZeroBubble")
 AC_MODES = ("none", "full", "selective")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -31,13 +32,14 @@ class ParallelConfig:
     # fp32 | bf16 (bf16 compute, fp32 master weights and gradient reduction) | fp8_tensorwise |
     # fp8_rowwise (torchao float8 linears, everything else as bf16).
     precision: str = "fp32"
-    # Pipeline schedule: 1F1B (one stage per rank), Interleaved1F1B (pp_virtual_stages per rank),
-    # ZBVZeroBubble (two stages per rank in a V).
-    pp_schedule: str = "1F1B"
+    # Pipeline schedule: a name in parallel/schedules.py's registry (SCHEDULES), which says how
+    # many stages each rank holds and how they are placed.
+    pp_schedule: str = DEFAULT_SCHEDULE
     # Micro-batches per optimizer step on each data-parallel rank; 0 means local_batch /
     # micro_batch_size (the same count gradient accumulation uses without a pipeline).
     pp_microbatches: int = 0
-    # Stages per pipeline rank; 0 means the schedule's natural value (1 for 1F1B, 2 otherwise).
+    # Stages per pipeline rank; 0 means the schedule's natural value (1 for a single-stage
+    # schedule, 2 for a multi-stage one).
     pp_virtual_stages: int = 0
     # Layers per pipeline stage (length pp * virtual stages, summing to n_layers); empty = balanced.
     pp_split: list[int] = field(default_factory=list)

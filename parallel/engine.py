@@ -247,32 +247,18 @@ class Engine:
         return float(local_loss.item())
 
     def _build_schedule(self) -> None:
-        from torch.distributed.pipelining import (
-            PipelineStage,
-            Schedule1F1B,
-            ScheduleInterleaved1F1B,
-            ScheduleZBVZeroBubble,
-        )
+        from torch.distributed.pipelining import PipelineStage
 
         lay = self.layout
         self._pp_stages = [
             PipelineStage(part, info.stage_id, lay.n_stages, self.device, group=self._pp_group)
             for part, info in zip(self.model_parts, self._stages)
         ]
-        # scale_grads=False: our loss is already normalised by the global token count.
-        if lay.pp_schedule == "1F1B":
-            self._schedule = Schedule1F1B(
-                self._pp_stages[0], lay.n_microbatches, loss_fn=self._loss_fn, scale_grads=False
-            )
-        else:
-            cls = (
-                ScheduleInterleaved1F1B
-                if lay.pp_schedule == "Interleaved1F1B"
-                else ScheduleZBVZeroBubble
-            )
-            self._schedule = cls(
-                self._pp_stages, lay.n_microbatches, loss_fn=self._loss_fn, scale_grads=False
-            )
+        # scale_grads=False: our loss is already normalised by the global token count. The
+        # registry (parallel/schedules.py) knows whether the class takes one stage or a list.
+        self._schedule = lay.schedule.build(
+            self._pp_stages, lay.n_microbatches, loss_fn=self._loss_fn, scale_grads=False
+        )
 
     # ---- gradient clipping --------------------------------------------------------------------
     @torch.no_grad()

@@ -27,7 +27,8 @@ import math
 from dataclasses import dataclass, field, replace
 
 from model_zoo.config import ConfigError, ModelConfig
-from parallel.config import AC_MODES, DEVICES, PP_SCHEDULES, PRECISIONS, ParallelConfig
+from parallel.config import AC_MODES, DEVICES, PRECISIONS, ParallelConfig
+from parallel.schedules import PipelineSchedule, get_schedule, schedule_names
 
 MESH_AXES = ("pp", "dp_replicate", "dp_shard", "ep", "tp")
 
@@ -64,11 +65,15 @@ class Layout:
     def n_stages(self) -> int:
         return self.pp * self.virtual_stages
 
+    @property
+    def schedule(self) -> PipelineSchedule:
+        return get_schedule(self.pp_schedule)
+
     def stages_of_rank(self, pp_rank: int) -> list[int]:
-        """Stage ids held by one pp rank: loop order for Interleaved1F1B, a V for ZBV."""
-        if self.pp_schedule == "ZBVZeroBubble":
-            return [pp_rank, 2 * self.pp - 1 - pp_rank]
-        return [pp_rank + k * self.pp for k in range(self.virtual_stages)]
+        """Stage ids held by one pp rank, placed as the schedule says (parallel/schedules.py)."""
+        if self.pp == 1:
+            return [0]
+        return self.schedule.stages_of_rank(pp_rank, self.pp, self.virtual_stages)
 
     def describe(self) -> str:
         return (
@@ -103,7 +108,7 @@ def _check_fields(pcfg: ParallelConfig) -> None:
     """Checks no other mesh shape could fix; their messages list the valid values."""
     for key, allowed in (
         ("precision", PRECISIONS),
-        ("pp_schedule", PP_SCHEDULES),
+        ("pp_schedule", schedule_names()),
         ("activation_checkpointing", AC_MODES),
         ("device", DEVICES),
     ):
@@ -193,22 +198,11 @@ def _check(
         need(n_exp % ep == 0, f"{name}: n_experts={n_exp} is not divisible by ep={ep}")
     # ---- pipeline ------------------------------------------------------------------------------
     sched = pcfg.pp_schedule
-    v = pcfg.pp_virtual_stages or (1 if sched == "1F1B" else 2)
+    schedule = get_schedule(sched)
+    v = pcfg.pp_virtual_stages or schedule.default_virtual_stages
     if pp > 1:
-        if sched == "1F1B":
-            need(
-                v == 1,
-                f"pp_schedule=1F1B holds one stage per rank; pp_virtual_stages={v} "
-                "needs pp_schedule=Interleaved1F1B",
-            )
-        elif sched == "ZBVZeroBubble":
-            need(
-                v == 2,
-                f"pp_schedule=ZBVZeroBubble holds exactly two stages per rank (a V); "
-                f"got pp_virtual_stages={v}",
-            )
-        else:
-            need(v >= 2, f"pp_schedule=Interleaved1F1B needs pp_virtual_stages >= 2, got {v}")
+        reason = schedule.check_stages(v)
+        need(reason is None, reason or "")
         need(
             not model_cfg.tie_embeddings,
             f"{name} ties its embedding and output matrices, which would live on the first and "
@@ -268,24 +262,8 @@ def _check(
         )
         n_mb = pcfg.pp_microbatches
     if pp > 1:
-        # every schedule here needs at least one micro-batch per stage in flight; the interleaved
-        # ones (and ZBV) are written for micro-batch counts that are multiples of pp
-        need(
-            n_mb >= pp,
-            f"{n_mb} micro-batches per step cannot fill a pipeline of pp={pp}; "
-            f"lower micro_batch_size or set pp_microbatches >= {pp}",
-        )
-        if sched == "ZBVZeroBubble":
-            need(
-                n_mb >= n_stages,
-                f"pp_schedule=ZBVZeroBubble needs at least one micro-batch "
-                f"per stage: {n_mb} < {n_stages} stages",
-            )
-        if sched != "1F1B":
-            need(
-                n_mb % pp == 0,
-                f"pp_schedule={sched} needs micro-batches ({n_mb}) divisible by pp={pp}",
-            )
+        reason = schedule.check_microbatches(pp, v, n_mb)
+        need(reason is None, reason or "")
     need(
         seq_len <= model_cfg.max_seq_len,
         f"seq_len={seq_len} exceeds {name}'s max_seq_len={model_cfg.max_seq_len}",
