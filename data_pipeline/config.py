@@ -207,7 +207,9 @@ class TokenizerTrainConfig:
 
 @dataclass
 class TokenizerConfig:
-    path: str = ""  # tokenizer.json (HF tokenizers) or .model (sentencepiece); empty: train one
+    # HF tokenizer.json, HF tokenizer folder (tokenizer.json + tokenizer_config.json: its special
+    # tokens are used) or sentencepiece .model; empty: train a byte-level BPE on the mix
+    path: str = ""
     eos: str = "<|endoftext|>"
     add_eos: bool = True
     batch_size: int = 512
@@ -427,13 +429,14 @@ def validate(pc: PipelineConfig, need_inputs: bool = True) -> PipelineConfig:
     if tok.path:
         p = Path(tok.path)
         need(
-            p.is_file(),
-            f"tokenizer.path={tok.path} does not exist; give a tokenizer.json or .model, "
-            "or leave it empty to train one",
+            p.exists(),
+            f"tokenizer.path={tok.path} does not exist; give an HF tokenizer.json, an HF tokenizer "
+            "folder or a sentencepiece .model, or leave it empty to train one",
         )
         need(
-            p.suffix in (".json", ".model"),
-            f"tokenizer.path={tok.path}: expected a tokenizer.json (HF tokenizers) or a .model (sentencepiece)",
+            (p / "tokenizer.json").is_file() if p.is_dir() else p.suffix in (".json", ".model"),
+            f"tokenizer.path={tok.path}: expected an HF tokenizer.json, a folder holding "
+            "tokenizer.json (and tokenizer_config.json) or a sentencepiece .model",
         )
     else:
         need(

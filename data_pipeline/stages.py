@@ -49,7 +49,16 @@ from .io import AtomicJsonlWriter, doc_url, read_docs, read_input
 from .mixer import Mixer, apply_replacements, copies
 from .report import build_report
 from .taggers import TaggerSet
-from .tokenize import ShardWriter, Tok, encode_docs, megatron_indexed, train_bpe
+from .tokenize import (
+    TOKEN_DATA_FORMAT,
+    TOKEN_DATA_VERSION,
+    ShardWriter,
+    Tok,
+    encode_docs,
+    megatron_indexed,
+    token_dtype,
+    train_bpe,
+)
 
 
 def _fp(*parts) -> str:
@@ -251,7 +260,6 @@ def _dedup_on(cfg: C.PipelineConfig) -> bool:
     counts_documents=False,
 )
 def task_ingest(run: Run, i: int, prog) -> dict:
-
     src = run.inputs[i]
     counts: dict[str, int] = {}
     records = docs = nbytes = 0
@@ -312,7 +320,6 @@ def task_ingest(run: Run, i: int, prog) -> dict:
 
 @stage("tag", after=("ingest",), config=lambda run, cfg: cfg["taggers"])
 def task_tag(run: Run, i: int, prog) -> dict:
-
     tags = TaggerSet(run.cfg.taggers)
     writers = {
         g: AtomicJsonlWriter(run.p("attributes", g, shard(i) + ".jsonl.gz")) for g in tags.groups
@@ -333,7 +340,6 @@ def task_tag(run: Run, i: int, prog) -> dict:
 
 
 def _hasher(run: Run):
-
     mh = run.cfg.dedup.minhash
     return MinHasher(mh.ngram, mh.bands, mh.rows, mh.seed)
 
@@ -346,7 +352,6 @@ def _hasher(run: Run):
     enabled=_dedup_on,
 )
 def task_dedup_hash(run: Run, i: int, prog) -> dict:
-
     hasher = _hasher(run)
     exact, url, url_ok, lengths, sigs, ids = [], [], [], [], [], []
     fields = list(run.cfg.taggers.content.url_fields)
@@ -421,7 +426,6 @@ def task_dedup_bucket(run: Run, p: int, prog) -> dict:
 
 @stage("dedup-cluster", "dedup", count=_one, after=("dedup-bucket",), enabled=_dedup_on)
 def task_dedup_cluster(run: Run, _: int, prog) -> dict:
-
     dd = run.cfg.dedup
     d = run.p("_work", "dedup")
     hashes = [np.load(d / f"{shard(i)}.hash.npz") for i in range(run.n)]
@@ -567,7 +571,6 @@ def _attribute_groups(run: Run, i: int) -> list[Path]:
 
 
 def _iter_with_attrs(run: Run, i: int):
-
     groups = _attribute_groups(run, i)
     readers = [read_docs(p) for p in groups]
     for doc in read_docs(run.p("documents", shard(i) + ".jsonl.gz")):
@@ -584,7 +587,6 @@ def _iter_with_attrs(run: Run, i: int):
 
 
 def _decisions(run: Run, i: int, prog):
-
     mixer = Mixer(run.cfg.mixer)
     for doc, attrs in _iter_with_attrs(run, i):
         src, step, reason, fired = mixer.decide(doc, attrs)
@@ -627,7 +629,6 @@ def source_rates(run: Run) -> dict[str, float]:
 
 @stage("mix", after=("mix-count",))
 def task_mix(run: Run, i: int, prog) -> dict:
-
     mc = run.cfg.mixer
     rates = source_rates(run)
     rand_key = f"{run.cfg.taggers.random.name}__random__value"
@@ -748,7 +749,6 @@ def mixed_files(run: Run, i: int | None = None) -> list[str]:
     config=lambda run, cfg: [cfg["tokenizer"][k] for k in ("path", "train", "eos")],
 )
 def task_tokenizer_train(run: Run, _: int, prog) -> dict:
-
     tc = run.cfg.tokenizer
     if tc.path:
         return {"trained": False, "path": tc.path}
@@ -778,9 +778,8 @@ def task_tokenizer_train(run: Run, _: int, prog) -> dict:
     before_fork=megatron_indexed,  # import megatron-core (~5 s) once, before the pool forks
 )
 def task_tokenize(run: Run, i: int, prog) -> dict:
-
     tc = run.cfg.tokenizer
-    tok = Tok(tokenizer_path(run), tc.eos)
+    tok = Tok(tokenizer_path(run), tc.eos, need_eos=tc.add_eos)
     out_dir = run.p("tokens")
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear(str(out_dir / f"{shard(i)}-*"))
@@ -813,19 +812,51 @@ def task_tokenize(run: Run, i: int, prog) -> dict:
         "docs": w.docs,
         "tokens": w.tokens,
         "shards": [os.path.basename(p) for p in paths],
+        "shard_counts": [[d, t] for d, t in w.counts],  # (documents, tokens), same order
         "dtype": w.dtype.__name__,
         "vocab_size": tok.vocab_size,
         "tokens_per_source": per_source,
     }
 
 
+@stage("tokens-metadata", "tokenize", count=_one, after=("tokenize",), counts_documents=False)
+def task_tokens_metadata(run: Run, _: int, prog) -> dict:
+    """DIR/tokens/metadata.json and a copy of the tokenizer in DIR/tokens/tokenizer/: the token data
+    describes itself (vocabulary, special ids, dtype, counts, the tokenizer's fingerprint), so a
+    trainer given only DIR/tokens can size its vocabulary and find the document separator."""
+    tc = run.cfg.tokenizer
+    tok = Tok(tokenizer_path(run), tc.eos, need_eos=tc.add_eos)
+    tokens = run.p("tokens")
+    tok.copy_to(tokens / "tokenizer")
+    stats = [(read_marker(run.dir, "tokenize", i) or {}).get("stats", {}) for i in range(run.n)]
+    shards = [
+        {"path": name, "documents": d, "tokens": t}
+        for s in stats
+        for name, (d, t) in zip(s.get("shards", []), s.get("shard_counts", []))
+    ]
+    meta = {
+        "format": TOKEN_DATA_FORMAT,
+        "version": TOKEN_DATA_VERSION,
+        "shard_format": "megatron",  # .bin/.idx always; OLMo .npy beside them with write_npy
+        "token_dtype": token_dtype(tok.vocab_size).__name__,
+        "documents": sum(s["documents"] for s in shards),
+        "tokens": sum(s["tokens"] for s in shards),
+        "shards": shards,
+        "tokenizer": tok.metadata(),
+        "source": {"pipeline": run.cfg.name, "output_dir": str(run.dir)},
+    }
+    tmp = tokens / "metadata.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, tokens / "metadata.json")
+    return {"documents": meta["documents"], "tokens": meta["tokens"], "shards": len(shards)}
+
+
 @stage(
     "report",
     count=_one,
-    after=("tokenize",),
+    after=("tokens-metadata",),
     config=lambda run, cfg: os.urandom(8).hex(),  # always re-run: it reads every marker
 )
 def task_report(run: Run, _: int, prog) -> dict:
-
     rep = build_report(run)
     return {"kept_docs": rep["kept_docs"], "tokens": rep["tokens"]}

@@ -95,6 +95,23 @@ def test_megatron_shards_match_retokenised_documents(full_run):
     assert rep["tokens"] == sum(len(x) for x in got)
 
 
+def test_trained_tokenizer_is_described_beside_the_shards(full_run):
+    """The dolma preset trains its BPE: tokens/ holds a copy and metadata.json describes it."""
+    out = full_run["out"]
+    meta = json.loads((out / "tokens" / "metadata.json").read_text())
+    trained = out / "tokenizer" / "tokenizer.json"
+    copy = out / "tokens" / "tokenizer" / "tokenizer.json"
+    assert copy.read_bytes() == trained.read_bytes()
+    tok = Tok(str(copy))
+    assert meta["tokenizer"]["kind"] == "hf-tokenizer-json"
+    assert meta["tokenizer"]["vocab_size"] == tok.vocab_size == 2000
+    assert meta["tokenizer"]["eos_id"] == tok.eos_id == tok.tk.token_to_id("<|endoftext|>")
+    rep = json.loads((out / "report.json").read_text())
+    assert meta["tokens"] == rep["tokens"] and meta["documents"] == rep["output_docs"]
+    assert sorted(s["path"] for s in meta["shards"]) == rep["token_shards"]
+    assert meta["token_dtype"] == rep["token_dtype"] == "uint16"
+
+
 def test_planted_near_duplicates_are_removed(full_run):
     out = full_run["out"]
     removed = {r["id"]: r for p in (out / "removed").glob("*.jsonl.gz") for r in _read(p)}
