@@ -1,12 +1,17 @@
 """Single-device model definitions: one configurable decoder, the zoo of named configs, parameter
-and FLOP counting, and Hugging Face conversion per family. Imports torch only."""
+and FLOP counting, and Hugging Face conversion per family. Imports torch only.
 
+`model_zoo.hf` is imported here, first, so that every family's adapter is registered
+(model_zoo/families.py) before any config is validated, whichever module a caller imports."""
+
+from model_zoo import hf
 from model_zoo.config import ConfigError, InitConfig, ModelConfig, RopeScalingConfig
 from model_zoo.counting import ParameterCount, count_parameters, training_flops_per_token
 from model_zoo.model import Transformer, build_model
 from model_zoo.zoo import get_model_config, zoo_names
 
 __all__ = [
+    "hf",
     "ConfigError",
     "InitConfig",
     "ModelConfig",

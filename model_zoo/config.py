@@ -11,6 +11,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from model_zoo.errors import ConfigError  # also imported from here by the rest of the project
+from model_zoo.families import families
+
 ACTIVATIONS = ("swiglu", "gelu")
 NORMS = ("rmsnorm", "layernorm")
 NORM_POSITIONS = ("pre", "post")
@@ -19,11 +22,6 @@ ROPE_SCALINGS = ("none", "llama3", "yarn")
 ROUTERS = ("softmax", "sigmoid")
 INIT_SCHEMES = ("normal", "small_init")
 OUTPUT_INIT_SCHEMES = ("same", "scaled_depth", "wang")
-FAMILIES = ("gpt_neox", "olmo2", "llama", "mixtral", "olmoe", "deepseek_v2", "deepseek_v3")
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be built. The message names the problem and the fix."""
 
 
 @dataclass
@@ -129,7 +127,8 @@ class ModelConfig:
     """Shape and switches of the decoder. See docs/models.md for what each switch does."""
 
     name: str = "custom"
-    # Which Hugging Face architecture this config exports to (gpt_neox, olmo2, llama).
+    # Which Hugging Face architecture this config exports to: a family registered by a module of
+    # model_zoo/hf/ (gpt_neox, llama, olmo2, qwen3, mixtral, olmoe, deepseek_v2, deepseek_v3).
     family: str = "llama"
     vocab_size: int = 32000
     # The embedding and output matrices are padded to a multiple of this (Megatron's
@@ -206,7 +205,7 @@ class ModelConfig:
         def one_of(key: str, value: str, allowed: tuple) -> None:
             need(value in allowed, f"{key}={value!r} is not one of {', '.join(allowed)}")
 
-        one_of("family", self.family, FAMILIES)
+        one_of("family", self.family, families())
         one_of("activation", self.activation, ACTIVATIONS)
         one_of("norm", self.norm, NORMS)
         one_of("norm_position", self.norm_position, NORM_POSITIONS)

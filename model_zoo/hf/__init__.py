@@ -1,6 +1,19 @@
-"""Hugging Face interop: per-family adapters and folder I/O (config.json + safetensors)."""
+"""Hugging Face interop: one adapter module per family, registered with
+`model_zoo.families.register_family`, and folder I/O (config.json + safetensors).
 
-from model_zoo.hf.adapters import ADAPTERS, adapter_for_family, adapter_for_hf_config
+The imports below are the registry's contents: importing a family's module registers it. Adding a
+family is one new module here and its line below.
+"""
+
+from model_zoo.families import adapter_for_family, adapter_for_hf_config, architectures, families
+from model_zoo.hf import deepseek, gpt_neox, llama, mixtral, olmo2, olmoe  # noqa: F401
 from model_zoo.hf.io import export_hf, import_hf
 
-__all__ = ["ADAPTERS", "adapter_for_family", "adapter_for_hf_config", "export_hf", "import_hf"]
+__all__ = [
+    "adapter_for_family",
+    "adapter_for_hf_config",
+    "architectures",
+    "export_hf",
+    "families",
+    "import_hf",
+]

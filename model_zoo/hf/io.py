@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from model_zoo.config import ConfigError, ModelConfig
-from model_zoo.hf.adapters import adapter_for_family, adapter_for_hf_config
+from model_zoo.families import adapter_for_family, adapter_for_hf_config
 
 TOKENIZER_FILES = (
     "tokenizer.json",

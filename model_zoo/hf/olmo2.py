@@ -1,0 +1,93 @@
+"""Olmo2ForCausalLM: RMSNorm after each sublayer ("reordered norm") and QK-norm over all heads."""
+
+from __future__ import annotations
+
+from model_zoo.config import InitConfig, ModelConfig
+from model_zoo.families import register_family
+from model_zoo.hf.base import (
+    ATTN_BIAS_SAME,
+    FULL_ROTARY,
+    HEAD_DIM_FROM_D_MODEL,
+    NO_MLP_BIAS,
+    NO_PARALLEL_RESIDUAL,
+    NO_ROPE_SCALING,
+    QK_NORM_NAMES,
+    RMSNORM,
+    SWIGLU,
+    DecoderLayoutAdapter,
+    Requirement,
+    common_hf_config,
+    first_token_id,
+    qk_norm_is,
+    rope_from_hf,
+)
+
+
+@register_family
+class Olmo2Adapter(DecoderLayoutAdapter):
+    architecture, model_type, family = "Olmo2ForCausalLM", "olmo2", "olmo2"
+    NORMS = {
+        "attention_norm": "post_attention_layernorm",
+        "ffn_norm": "post_feedforward_layernorm",
+        **QK_NORM_NAMES,
+    }
+    requirements = (
+        RMSNORM,
+        SWIGLU,
+        FULL_ROTARY,
+        NO_PARALLEL_RESIDUAL,
+        ATTN_BIAS_SAME,
+        Requirement(
+            "norm_position",
+            lambda c: c.norm_position == "post",
+            "norm_position must be post (OLMo-2's reordered norm)",
+        ),
+        qk_norm_is("full"),
+        NO_MLP_BIAS,
+        HEAD_DIM_FROM_D_MODEL,
+        NO_ROPE_SCALING,
+    )
+
+    def to_hf_config(self, cfg):
+        hf = common_hf_config(cfg)
+        hf.update(
+            {
+                "architectures": [self.architecture],
+                "model_type": self.model_type,
+                "num_key_value_heads": cfg.kv_heads,
+                "hidden_act": "silu",
+                "rms_norm_eps": cfg.norm_eps,
+                "rope_theta": cfg.rope_theta,
+                "attention_bias": cfg.qkv_bias,
+                "attention_dropout": 0.0,
+                "pad_token_id": None,
+            }
+        )
+        return hf
+
+    def from_hf_config(self, hf):
+        theta, _, _ = rope_from_hf(hf)
+        n_heads = hf["num_attention_heads"]
+        return ModelConfig(
+            name=hf.get("_name_or_path") or f"{self.family}-imported",
+            family=self.family,
+            vocab_size=hf["vocab_size"],
+            d_model=hf["hidden_size"],
+            n_layers=hf["num_hidden_layers"],
+            n_heads=n_heads,
+            n_kv_heads=hf.get("num_key_value_heads", n_heads),
+            ffn_hidden_size=hf["intermediate_size"],
+            activation="swiglu",
+            norm="rmsnorm",
+            norm_eps=hf.get("rms_norm_eps", 1e-6),
+            norm_position="post",
+            qk_norm="full",
+            qkv_bias=hf.get("attention_bias", False),
+            attn_out_bias=hf.get("attention_bias", False),
+            rope_theta=theta,
+            max_seq_len=hf.get("max_position_embeddings", 2048),
+            tie_embeddings=hf.get("tie_word_embeddings", False),
+            init=InitConfig(std=hf.get("initializer_range", 0.02), output_scheme="same"),
+            bos_token_id=first_token_id(hf.get("bos_token_id")),
+            eos_token_id=first_token_id(hf.get("eos_token_id")),
+        )
