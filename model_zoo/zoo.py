@@ -1,8 +1,9 @@
 """The zoo: named model configs of the published families, plus a `tiny` of each for tests.
 
 Shapes are those of the released Hugging Face configs (config.json of EleutherAI/pythia-*,
-allenai/OLMo-2-*, meta-llama/Llama-3.*); tests/model_zoo/test_zoo.py checks the parameter counts against the
-published numbers and names where each number comes from.
+allenai/OLMo-2-*, meta-llama/Llama-3.*, Qwen/Qwen3-*); tests/model_zoo/test_zoo.py and
+test_qwen3.py check the parameter counts against the published numbers and name where each number
+comes from.
 """
 
 from __future__ import annotations
@@ -86,6 +87,29 @@ LLAMA3 = ModelConfig(
     init=InitConfig(scheme="normal", std=0.02, output_scheme="scaled_depth"),
     bos_token_id=128000,
     eos_token_id=128001,
+)
+
+
+# Qwen3 (dense): Llama-like pre-norm RMSNorm, GQA with 8 KV heads, SwiGLU, no biases, plus an
+# RMSNorm over each head of q and k before RoPE (qk_norm=head), head_dim 128 in every size, rope
+# theta 1e6, embeddings tied up to 4B. Values of the Hub's Qwen/Qwen3-{0.6B,1.7B,4B,8B}-Base
+# config.json (the base, i.e. pretrained, models: context 32,768 and <|endoftext|> = 151643 as
+# BOS and EOS; the post-trained Qwen/Qwen3-* share the shapes).
+QWEN3 = ModelConfig(
+    family="qwen3",
+    vocab_size=151936,
+    n_kv_heads=8,
+    head_dim=128,
+    activation="swiglu",
+    norm="rmsnorm",
+    norm_eps=1e-6,
+    norm_position="pre",
+    qk_norm="head",
+    rope_theta=1000000.0,
+    max_seq_len=32768,
+    init=InitConfig(scheme="normal", std=0.02, output_scheme="scaled_depth"),
+    bos_token_id=151643,
+    eos_token_id=151643,
 )
 
 
@@ -247,6 +271,59 @@ _ZOO: dict[str, Callable[[], ModelConfig]] = {
         ffn_hidden_size=192,
         max_seq_len=256,
         rope_scaling=RopeScalingConfig(type="llama3", factor=8.0, original_max_position=64),
+        bos_token_id=None,
+        eos_token_id=None,
+    ),
+    # Qwen3 (HF Qwen/Qwen3-*-Base config.json; counts checked in tests/model_zoo/test_qwen3.py)
+    "qwen3-0.6b": lambda: _shape(
+        QWEN3,
+        "qwen3-0.6b",
+        d_model=1024,
+        n_layers=28,
+        n_heads=16,
+        ffn_hidden_size=3072,
+        tie_embeddings=True,
+    ),
+    "qwen3-1.7b": lambda: _shape(
+        QWEN3,
+        "qwen3-1.7b",
+        d_model=2048,
+        n_layers=28,
+        n_heads=16,
+        ffn_hidden_size=6144,
+        tie_embeddings=True,
+    ),
+    "qwen3-4b": lambda: _shape(
+        QWEN3,
+        "qwen3-4b",
+        d_model=2560,
+        n_layers=36,
+        n_heads=32,
+        ffn_hidden_size=9728,
+        tie_embeddings=True,
+    ),
+    "qwen3-8b": lambda: _shape(
+        QWEN3,
+        "qwen3-8b",
+        d_model=4096,
+        n_layers=36,
+        n_heads=32,
+        ffn_hidden_size=12288,
+    ),
+    # head_dim 32 with d_model 64 and 4 heads: q is wider than the residual, as in Qwen3-0.6B
+    # (16 x 128 = 2048 > 1024), so the explicit head_dim is exercised; tied as the small sizes.
+    "qwen3-tiny": lambda: _shape(
+        QWEN3,
+        "qwen3-tiny",
+        vocab_size=1024,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=32,
+        ffn_hidden_size=192,
+        max_seq_len=256,
+        tie_embeddings=True,
         bos_token_id=None,
         eos_token_id=None,
     ),

@@ -9,8 +9,9 @@ the rest of the code never touches OmegaConf.
 
 from __future__ import annotations
 
+import difflib
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from omegaconf import OmegaConf
 from model_zoo.config import ConfigError, ModelConfig
 from model_zoo.zoo import get_model_config, zoo_names
 from parallel.config import ParallelConfig
+from pretrain.data.metadata import resolve_data_settings
 
 
 @dataclass
@@ -181,9 +183,85 @@ def _check_model_override(overrides: list[str]) -> None:
             raise ConfigError(f"unknown model {value!r}; known models: {', '.join(zoo_names())}")
 
 
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in (config_dir() / "recipe").glob("*.yaml"))
+
+
+def schema_keys(node: Any = None, prefix: str = "") -> list[str]:
+    """Every dotted key of the run schema (`trainer.max_steps`, `model.moe.top_k`, ...)."""
+    node = RunConfig() if node is None else node
+    keys = []
+    for f in fields(node):
+        value = getattr(node, f.name)
+        keys.append(prefix + f.name)
+        if is_dataclass(value):
+            keys += schema_keys(value, f"{prefix}{f.name}.")
+    return keys
+
+
+# Config groups selected with `group=option` (not schema fields).
+CONFIG_GROUPS = ("model", "parallel", "recipe")
+
+
+def _override_key(item: str) -> str:
+    key = item.partition("=")[0].lstrip("+~")
+    return key.partition("@")[0]
+
+
+def check_override_keys(overrides: list[str]) -> None:
+    """Reject keys the schema does not have, with or without Hydra's `+`/`++`: a `+key=value`
+    is otherwise added as a new key and then silently ignored (Hydra suggests `+` itself)."""
+    known = schema_keys()
+    known_set = set(known)
+    leaves = [k for k in known if not any(o.startswith(k + ".") for o in known)]
+    bad = []
+    for item in overrides:
+        key = _override_key(item)
+        if key in known_set or key in CONFIG_GROUPS or key.startswith("hydra."):
+            continue
+        close = difflib.get_close_matches(key, leaves, n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(close)}?" if close else "see `pretrain config`"
+        bad.append(f"{key!r} ({hint})")
+    if bad:
+        raise ConfigError(f"unknown config key{'s' if len(bad) > 1 else ''} {', '.join(bad)}")
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key.lstrip("+~") == "recipe" and value and value not in recipe_names():
+            raise ConfigError(
+                f"unknown recipe {value!r}; known recipes: {', '.join(recipe_names())}"
+            )
+
+
+# String-valued keys whose values contain Hydra syntax (`:`, `,`, `[`) in their own little
+# language: quoted for Hydra so `checkpoint.series=steps:0,10,100` or `steps:[0,10]` need no
+# shell-level double quoting.
+_SPEC_KEYS = ("checkpoint.series",)
+
+
+def quote_spec_values(overrides: list[str]) -> list[str]:
+    out = []
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        if eq and key.lstrip("+") in _SPEC_KEYS and value and value[0] not in "'\"":
+            item = f"{key}='{value}'"
+        out.append(item)
+    return out
+
+
+def explicit_keys(overrides: list[str]) -> set[str]:
+    """The dotted keys set on the command line (what the data's metadata must not replace)."""
+    return {_override_key(o) for o in overrides if "=" in o}
+
+
 def compose_config(overrides: list[str], config_name: str = "train") -> RunConfig:
-    """Compose configs/<config_name>.yaml with overrides into a validated RunConfig."""
+    """Compose configs/<config_name>.yaml with overrides into a validated RunConfig.
+
+    Settings that the token data describes (its metadata.json: vocabulary, document separator,
+    shard format) are filled in from it unless the overrides set them (pretrain/data/metadata.py).
+    """
     _check_model_override(overrides)
+    check_override_keys(overrides)
+    overrides = quote_spec_values(overrides)
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
@@ -192,6 +270,7 @@ def compose_config(overrides: list[str], config_name: str = "train") -> RunConfi
         except Exception as err:  # Hydra's own messages name the bad key; keep them, drop the trace
             raise ConfigError(f"bad override: {err}") from None
     run = OmegaConf.to_object(cfg)
+    resolve_data_settings(run, explicit_keys(overrides), model_fixed=bool(run.checkpoint.init_from))
     validate_run_config(run)
     return run
 
