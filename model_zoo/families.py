@@ -31,8 +31,7 @@ def register_family(cls: AdapterClass) -> AdapterClass:
             raise TypeError(f"{cls.__name__} must set family, model_type and architecture")
         if key in registry:
             raise TypeError(
-                f"{cls.__name__}: {key!r} is already registered by "
-                f"{type(registry[key]).__name__}"
+                f"{cls.__name__}: {key!r} is already registered by {type(registry[key]).__name__}"
             )
         registry[key] = adapter
     return cls
