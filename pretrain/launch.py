@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 from model_zoo.config import ConfigError
+from pretrain.train import describe_plan
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "slurm" / "train.sbatch"
@@ -267,14 +268,22 @@ def main(argv: list[str]) -> int:
         extra_sbatch=args.extra_sbatch,
     )
     run, layout = check(spec)
-    if not run.data.paths:
-        raise ConfigError(
-            "data.paths is empty; give tokenized shards on a filesystem every node "
-            "sees, e.g. data.paths=[/shared/tokens/train] (written by `pretrain data`)"
-        )
+    no_data = (
+        "data.paths is empty; give tokenized shards on a filesystem every node "
+        "sees, e.g. data.paths=[/shared/tokens/train] (written by `pretrain data`)"
+    )
+    if not run.data.paths and not args.dry_run:
+        raise ConfigError(no_data)
     script, run_dir = render(spec, run, layout)
     if args.dry_run:
+        # A dry run is for checking a plan (a recipe on N nodes) before the data exists.
         print(script, end="")
+        print(
+            "\n".join(f"# {line}" for line in describe_plan(run, layout).splitlines()),
+            file=sys.stderr,
+        )
+        if not run.data.paths:
+            print(f"# note: {no_data}", file=sys.stderr)
         print(
             f"# dry run: {spec.nodes} nodes x {spec.procs} = {spec.world_size} ranks; layout "
             f"{layout.describe()}; nothing submitted",
