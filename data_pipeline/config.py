@@ -40,6 +40,11 @@ class InputConfig:
     source: str = ""  # source name for inputs that carry none (text, parquet); default: file stem
     max_doc_bytes: int = 50_000_000  # larger documents are quarantined (document_too_large)
     max_control_char_fraction: float = 0.01  # above this a text is binary_garbage
+    # A file larger than task_bytes (on disk) is split into several ingest tasks (JSONL at line
+    # starts, Parquet by row groups, HF datasets by rows; 0: never by size). With fewer tasks than
+    # local workers, big files are split further, into pieces no smaller than min_task_bytes.
+    task_bytes: int = 256_000_000
+    min_task_bytes: int = 1_000_000
 
 
 @dataclass
@@ -343,6 +348,10 @@ def validate(pc: PipelineConfig, need_inputs: bool = True) -> PipelineConfig:
         f"input.format={pc.input.format!r} is not one of {', '.join(INPUT_FORMATS)}",
     )
     need(pc.input.max_doc_bytes > 0, "input.max_doc_bytes must be positive")
+    need(
+        pc.input.task_bytes >= 0 and pc.input.min_task_bytes >= 0,
+        "input.task_bytes and input.min_task_bytes must be >= 0 (0: no splitting by that rule)",
+    )
     need(
         pc.executor.type in ("local", "slurm"),
         f"executor.type={pc.executor.type!r}: use local or slurm",

@@ -56,13 +56,16 @@ def is_done(out_dir: Path, spec: StageSpec, i: int) -> bool:
     return m is not None and m.get("fingerprint") == spec.fingerprint
 
 
-def write_marker(out_dir: Path, stage: str, i: int, fingerprint: str, stats: dict) -> None:
+def write_marker(
+    out_dir: Path, stage: str, i: int, fingerprint: str, stats: dict, timing: dict | None = None
+) -> None:
+    """`timing`: started (epoch s), cpu_s (this process's CPU time in the task), bytes and docs
+    (what the task reported as progress): the report's per-stage wall time and MB/s per core."""
     p = marker_path(out_dir, stage, i)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_suffix(".tmp")
-    tmp.write_text(
-        json.dumps({"fingerprint": fingerprint, "stats": stats, "finished": time.time()})
-    )
+    marker = {"fingerprint": fingerprint, "stats": stats, "finished": time.time(), **(timing or {})}
+    tmp.write_text(json.dumps(marker))
     os.replace(tmp, p)
 
 
@@ -72,11 +75,14 @@ class Progress:
     def __init__(self, sink: Callable[[int, int], None], every_s: float = 0.2):
         self.sink, self.every = sink, every_s
         self.docs = self.bytes = 0
+        self.total_docs = self.total_bytes = 0
         self.last = time.monotonic()
 
     def __call__(self, docs: int = 1, nbytes: int = 0) -> None:
         self.docs += docs
         self.bytes += nbytes
+        self.total_docs += docs
+        self.total_bytes += nbytes
         now = time.monotonic()
         if now - self.last >= self.every:
             self.flush()
@@ -108,9 +114,16 @@ def run_task(out_dir: str, spec: StageSpec, task: TaskFn, i: int, sink) -> dict:
     if is_done(out, spec, i):
         return read_marker(out, spec.name, i)["stats"]
     prog = Progress(sink)
+    started, cpu0 = time.time(), time.process_time()
     stats = task(i, prog)
     prog.flush()
-    write_marker(out, spec.name, i, spec.fingerprint, stats)
+    timing = {
+        "started": started,
+        "cpu_s": time.process_time() - cpu0,
+        "bytes": prog.total_bytes,
+        "docs": prog.total_docs,
+    }
+    write_marker(out, spec.name, i, spec.fingerprint, stats, timing)
     return stats
 
 

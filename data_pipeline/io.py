@@ -21,6 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import datasets  # Hugging Face datasets, local only (save_to_disk folders or local data files)
+import pyarrow.parquet as pq  # the reference Parquet implementation
 import zstandard  # zstd: the format Dolma ships; the reference binding (Python-zstandard)
 
 from .config import InputConfig, get_path
@@ -36,6 +38,7 @@ class Record:
     where: str = ""  # file:line or file:row
     excerpt: str = ""
     nbytes: int = 0
+    records: int = 1  # input records this entry stands for (a lost Parquet row group: its rows)
 
 
 def _excerpt(raw: bytes | str, n: int = 160) -> str:
@@ -150,30 +153,106 @@ class Normalizer:
         return Record(doc=doc, where=where, nbytes=nbytes)
 
 
+_READ_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError, OSError)
+_CHUNK = 16 * 2**20
+
+
+def _is_compressed(path: str) -> bool:
+    return path.endswith((".gz", ".zst", ".zstd"))
+
+
+def _decompressed(path: str, raw: io.BufferedIOBase) -> io.BufferedIOBase:
+    """The text bytes of an open file: gzip and zstd decompressed, plain files as they are."""
+    if path.endswith(".gz"):
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if path.endswith((".zst", ".zstd")):
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=False))
+    return raw
+
+
+def jsonl_pieces(path: str, n: int) -> list[dict | None]:
+    """Split a JSONL file into about `n` pieces of equal size on disk, cut at line starts:
+    [{"start": uncompressed offset, "line": lines before it, "end": offset or None}, ...]. One pass
+    over the decompressed bytes in 16 MB chunks, counting newlines; a plain file's pieces are later
+    reached by seeking, a compressed file's by decompressing and discarding the bytes before `start`
+    (gzip and zstd streams cannot seek). A read error (a truncated file) ends the pass: the last
+    piece runs to the cut, where its reader quarantines it as it would without splitting."""
+    if n <= 1:
+        return [None]
+    size = os.path.getsize(path)
+    targets = [size * k // n for k in range(1, n)]  # in bytes on disk (compressed or not)
+    cuts: list[tuple[int, int]] = []  # (uncompressed offset of a line start, lines before it)
+    pos = lines = 0
+    with open(path, "rb") as raw:
+        fh = _decompressed(path, raw)
+        try:
+            c0 = 0
+            while targets and (chunk := fh.read(_CHUNK)):
+                c1 = raw.tell()  # bytes on disk consumed so far (a little ahead: read buffers)
+                j = 0
+                while targets and targets[0] < c1:
+                    # where the target falls in this chunk, interpolated from disk to text bytes
+                    at = int((targets[0] - c0) / max(1, c1 - c0) * len(chunk))
+                    k = chunk.find(b"\n", max(j, at))
+                    if k < 0:
+                        break  # no line start left in this chunk: cut in the next one
+                    cuts.append((pos + k + 1, lines + chunk.count(b"\n", 0, k + 1)))
+                    targets.pop(0)
+                    j = k + 1
+                lines += chunk.count(b"\n")
+                pos += len(chunk)
+                c0 = c1
+        except _READ_ERRORS:
+            pass
+        finally:
+            if fh is not raw:
+                fh.close()
+    cuts = [c for c in dict.fromkeys(cuts) if c[0] < pos]
+    if not cuts:
+        return [None]
+    starts = [(0, 0), *cuts]
+    ends = [c[0] for c in cuts] + [None]
+    return [{"start": st, "line": ln, "end": e} for (st, ln), e in zip(starts, ends)]
+
+
 def read_jsonl(
-    path: str, cfg: InputConfig, tell: Callable[[int], None] | None = None
+    path: str,
+    cfg: InputConfig,
+    tell: Callable[[int], None] | None = None,
+    piece: dict | None = None,
 ) -> Iterator[Record]:
+    """Dolma JSONL (plain, gzip or zstd), the whole file or one piece of `jsonl_pieces`; `tell`
+    gets the uncompressed bytes read so far."""
     norm = Normalizer(cfg, path)
     limit = cfg.max_doc_bytes + 2 * 2**20  # JSON escaping overhead on top of the text limit
+    start = piece["start"] if piece else 0
+    end = piece["end"] if piece else None
+    lineno = piece["line"] if piece else 0
     raw_file = open(path, "rb")
-    size_fh = raw_file
 
-    def stream() -> io.BufferedIOBase:
-        if path.endswith(".gz"):
-            return gzip.GzipFile(fileobj=raw_file, mode="rb")
-        if path.endswith((".zst", ".zstd")):
-            return io.BufferedReader(
-                zstandard.ZstdDecompressor().stream_reader(raw_file, closefd=False)
-            )
-        return raw_file
-
-    fh = stream()
-    lineno = 0
+    fh = _decompressed(path, raw_file)
+    pos = 0
     try:
-        while True:
+        try:
+            if start and not _is_compressed(path):
+                fh.seek(start)
+                pos = start
+            while pos < start:  # a compressed stream: decompress up to the piece
+                chunk = fh.read(min(_CHUNK, start - pos))
+                if not chunk:
+                    break
+                pos += len(chunk)
+        except _READ_ERRORS as err:
+            yield Record(
+                reason="truncated_or_corrupt_file",
+                where=f"{path}:{lineno + 1}",
+                excerpt=f"{type(err).__name__}: {err}",
+            )
+            return
+        while end is None or pos < end:
             try:
                 line = fh.readline(limit)
-            except (EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError, OSError) as err:
+            except _READ_ERRORS as err:
                 yield Record(
                     reason="truncated_or_corrupt_file",
                     where=f"{path}:{lineno + 1}",
@@ -182,19 +261,21 @@ def read_jsonl(
                 return
             if not line:
                 return
+            pos += len(line)
             lineno += 1
             where = f"{path}:{lineno}"
             if tell:
-                tell(size_fh.tell())
+                tell(pos - start)
             if len(line) >= limit and not line.endswith(b"\n"):
                 total = len(line)
                 try:
                     while True:  # skip the rest of the oversized line without holding it
                         chunk = fh.readline(8 * 2**20)
                         total += len(chunk)
+                        pos += len(chunk)
                         if not chunk or chunk.endswith(b"\n"):
                             break
-                except (EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError, OSError):
+                except _READ_ERRORS:
                     pass
                 yield Record(
                     reason="document_too_large",
@@ -278,67 +359,145 @@ def read_text(
 
 
 def read_parquet(
-    path: str, cfg: InputConfig, tell: Callable[[int], None] | None = None
+    path: str,
+    cfg: InputConfig,
+    tell: Callable[[int], None] | None = None,
+    piece: dict | None = None,
 ) -> Iterator[Record]:
-    import pyarrow.parquet as pq  # the reference Parquet implementation
-
+    """Parquet, the whole file or the row groups [a, b) of a piece. A row group that cannot be read
+    is one quarantine entry standing for all its rows (their count is in the file's metadata)."""
     norm = Normalizer(cfg, path)
     try:
         pf = pq.ParquetFile(path)
-    except Exception as err:
-        yield Record(
-            reason="truncated_or_corrupt_file", where=path, excerpt=f"{type(err).__name__}: {err}"
-        )
+    except Exception as err:  # pyarrow raises ArrowInvalid, OSError, ... for a broken footer
+        yield Record(reason="unreadable_input", where=path, excerpt=f"{type(err).__name__}: {err}")
         return
-    row = 0
+    a, b = piece["row_groups"] if piece else (0, pf.num_row_groups)
+    row = sum(pf.metadata.row_group(g).num_rows for g in range(a))
     size = os.path.getsize(path)
-    for rg in range(pf.num_row_groups):
+    for rg in range(a, b):
+        n_rows = pf.metadata.row_group(rg).num_rows
         try:
-            table = pf.read_row_group(rg)
-        except Exception as err:
+            rows = pf.read_row_group(rg).to_pylist()
+        except Exception as err:  # a corrupt page: pyarrow's errors have no common base
             yield Record(
-                reason="truncated_or_corrupt_file", where=f"{path}:rowgroup{rg}", excerpt=str(err)
+                reason="truncated_or_corrupt_file",
+                where=f"{path}:rowgroup{rg}",
+                excerpt=f"{type(err).__name__}: {err}"[:300],
+                records=n_rows,
             )
+            row += n_rows
             continue
-        for r in table.to_pylist():
+        for r in rows:
             yield norm(r, f"{path}:{row}", row, 0)
             row += 1
         if tell:
-            tell(int(size * (rg + 1) / pf.num_row_groups))
+            tell(int(size * (rg + 1 - a) / pf.num_row_groups))
 
 
-def read_hf(
-    path: str, cfg: InputConfig, fmt: str, tell: Callable[[int], None] | None = None
-) -> Iterator[Record]:
-    import datasets  # Hugging Face datasets, local only (save_to_disk folders or local data files)
+def parquet_pieces(path: str, n: int) -> list[dict | None]:
+    """About `n` pieces of whole row groups (read from the footer; no pass over the data)."""
+    groups = pq.ParquetFile(path).num_row_groups
+    n = min(n, groups)
+    if n <= 1:
+        return [None]
+    return [{"row_groups": [groups * k // n, groups * (k + 1) // n]} for k in range(n)]
 
-    norm = Normalizer(cfg, path)
+
+def _hf_parts(path: str, cfg: InputConfig, fmt: str) -> list:
     if fmt == "hf_disk":
         ds = datasets.load_from_disk(path)
         if isinstance(ds, datasets.DatasetDict):
-            parts = [ds[k] for k in sorted(ds.keys())]
-        else:
-            parts = [ds]
-    else:
-        parts = [datasets.load_dataset(cfg.hf_builder, data_files=path, split="train")]
+            return [ds[k] for k in sorted(ds.keys())]
+        return [ds]
+    return [datasets.load_dataset(cfg.hf_builder, data_files=path, split="train")]
+
+
+def read_hf(
+    path: str,
+    cfg: InputConfig,
+    fmt: str,
+    tell: Callable[[int], None] | None = None,
+    piece: dict | None = None,
+) -> Iterator[Record]:
+    """A Hugging Face dataset (save_to_disk folder or local data files), whole or the rows [a, b)
+    over its splits in name order. A failure while iterating is one quarantine entry standing for
+    the rows of that split not yet read."""
+    norm = Normalizer(cfg, path)
+    try:
+        parts = _hf_parts(path, cfg, fmt)
+    except Exception as err:  # datasets raises many kinds (FileNotFoundError, ArrowInvalid, ...)
+        yield Record(
+            reason="unreadable_input", where=path, excerpt=f"{type(err).__name__}: {err}"[:300]
+        )
+        return
+    a, b = piece["rows"] if piece else (0, sum(len(p) for p in parts))
     i = 0
     for part in parts:
-        for r in part:
-            yield norm(r, f"{path}:{i}", i, 0)
-            i += 1
+        lo, hi = max(a, i) - i, min(b, i + len(part)) - i
+        if lo >= hi:
+            i += len(part)
+            continue
+        done = 0
+        try:
+            for r in part.select(range(lo, hi)):
+                yield norm(r, f"{path}:{i + lo + done}", i + lo + done, 0)
+                done += 1
+        except Exception as err:  # arrow/datasets errors have no common base
+            yield Record(
+                reason="truncated_or_corrupt_file",
+                where=f"{path}:{i + lo + done}",
+                excerpt=f"{type(err).__name__}: {err}"[:300],
+                records=hi - lo - done,
+            )
+        i += len(part)
+
+
+def hf_pieces(path: str, cfg: InputConfig, fmt: str, n: int) -> list[dict | None]:
+    rows = sum(len(p) for p in _hf_parts(path, cfg, fmt))
+    n = min(n, rows)
+    if n <= 1:
+        return [None]
+    return [{"rows": [rows * k // n, rows * (k + 1) // n]} for k in range(n)]
+
+
+def input_size(path: str) -> int:
+    p = Path(path)
+    if p.is_dir():
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    return p.stat().st_size
+
+
+def split_input(path: str, cfg: InputConfig, n: int) -> list[dict | None]:
+    """The pieces of one input file for `n` ingest tasks (fewer when the format allows fewer; a
+    text file is one document, never split). Every piece's records are the file's records in order,
+    so the concatenated pieces' output equals the whole file's."""
+    if n <= 1:
+        return [None]
+    fmt = detect_format(path, cfg)
+    if fmt == "dolma":
+        return jsonl_pieces(path, n)
+    if fmt == "parquet":
+        return parquet_pieces(path, n)
+    if fmt in ("hf_disk", "hf_files"):
+        return hf_pieces(path, cfg, fmt, n)
+    return [None]
 
 
 def read_input(
-    path: str, cfg: InputConfig, tell: Callable[[int], None] | None = None
+    path: str,
+    cfg: InputConfig,
+    tell: Callable[[int], None] | None = None,
+    piece: dict | None = None,
 ) -> Iterator[Record]:
     fmt = detect_format(path, cfg)
     if fmt == "dolma":
-        return read_jsonl(path, cfg, tell)
+        return read_jsonl(path, cfg, tell, piece)
     if fmt == "text":
         return read_text(path, cfg, tell)
     if fmt == "parquet":
-        return read_parquet(path, cfg, tell)
-    return read_hf(path, cfg, fmt, tell)
+        return read_parquet(path, cfg, tell, piece)
+    return read_hf(path, cfg, fmt, tell, piece)
 
 
 def read_docs(path: str | Path) -> Iterator[dict]:
@@ -360,7 +519,7 @@ class AtomicJsonlWriter:
         self.nbytes = 0
 
     def write(self, obj: dict) -> None:
-        s = json.dumps(obj, ensure_ascii=False)
+        s = json.dumps(obj, ensure_ascii=False)  # raises before anything reaches the file
         self.fh.write(s)
         self.fh.write("\n")
         self.count += 1

@@ -21,6 +21,32 @@ def _stats(run, stage: str) -> list[dict]:
     return [(read_marker(run.dir, stage, i) or {}).get("stats", {}) for i in range(spec.n)]
 
 
+def stage_timings(run) -> dict[str, dict]:
+    """Per stage, from its tasks' markers: wall time (first start to last finish), task seconds
+    (summed over tasks: core-seconds busy), CPU seconds, input MB, MB/s, MB/s per core (MB over
+    task seconds) and how many cores were busy on average (task seconds over wall time)."""
+    out: dict[str, dict] = {}
+    for name, spec in run.specs.items():
+        marks = [read_marker(run.dir, name, i) for i in range(spec.n)]
+        marks = [m for m in marks if m and "started" in m]
+        if name == "report" or not marks:
+            continue
+        wall = max(m["finished"] for m in marks) - min(m["started"] for m in marks)
+        busy = sum(m["finished"] - m["started"] for m in marks)
+        mb = sum(m.get("bytes", 0) for m in marks) / 1e6
+        out[name] = {
+            "tasks": len(marks),
+            "wall_s": round(wall, 3),
+            "task_s": round(busy, 3),
+            "cpu_s": round(sum(m.get("cpu_s", 0.0) for m in marks), 3),
+            "mb": round(mb, 3),
+            "mb_per_s": round(mb / wall, 3) if wall > 0 else None,
+            "mb_per_s_per_core": round(mb / busy, 3) if busy > 0 else None,
+            "cores_busy": round(busy / wall, 2) if wall > 0 else None,
+        }
+    return out
+
+
 def build_report(run) -> dict:
     ing = _stats(run, "ingest")
     mix = [s for s in _stats(run, "mix") if s]
@@ -95,6 +121,7 @@ def build_report(run) -> dict:
         "token_shards": sorted(sh for s in tok for sh in s.get("shards", [])),
         "token_dtype": tok[0]["dtype"] if tok else None,
         "kept_bytes": kept_bytes,
+        "stages": stage_timings(run),
         "accounting": {
             "input_docs": input_docs,
             "kept_plus_removed_plus_quarantined": kept + rsum + qsum,
@@ -137,6 +164,22 @@ def render_table(rep: dict) -> str:
             src, *(str(ps.get(k, 0)) for k in ("input", "kept", "removed", "output_docs", "tokens"))
         )
     console.print(s)
+    st = Table(title="stages (wall time, input MB/s, per busy core)")
+    for col in ("stage", "tasks", "wall s", "MB", "MB/s", "MB/s/core", "cores busy"):
+        st.add_column(col, justify="right" if col != "stage" else "left")
+    for name, x in rep.get("stages", {}).items():
+        st.add_row(
+            name,
+            str(x["tasks"]),
+            f"{x['wall_s']:.2f}",
+            f"{x['mb']:.2f}",
+            *(
+                f"{x[k]:.2f}" if x[k] is not None else "-"
+                for k in ("mb_per_s", "mb_per_s_per_core")
+            ),
+            f"{x['cores_busy']:.2f}" if x["cores_busy"] is not None else "-",
+        )
+    console.print(st)
     acc = rep["accounting"]
     console.print(
         f"accounting: input {acc['input_docs']} = kept + removed + quarantined "

@@ -23,6 +23,7 @@ import glob
 import gzip
 import hashlib
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -45,7 +46,7 @@ from .dedup import (
     text_hash,
 )
 from .executor import Progress, StageJob, StageSpec, read_marker
-from .io import AtomicJsonlWriter, doc_url, read_docs, read_input
+from .io import AtomicJsonlWriter, doc_url, input_size, read_docs, read_input, split_input
 from .mixer import Mixer, apply_replacements, copies
 from .report import build_report
 from .taggers import TaggerSet
@@ -76,8 +77,12 @@ def shard(i: int) -> str:
 class Run:
     dir: Path
     cfg: C.PipelineConfig
-    inputs: list[str]
+    inputs: list[str]  # the input file of each shard (a file split into pieces repeats)
     specs: dict[str, StageSpec] = field(default_factory=dict)
+    pieces: list[dict | None] = field(default_factory=list)  # each shard's piece (None: whole)
+
+    def piece(self, i: int) -> dict | None:
+        return self.pieces[i] if i < len(self.pieces) else None
 
     @property
     def n(self) -> int:
@@ -137,6 +142,41 @@ def _file_id(path: str) -> list:
         return [0, 0]
 
 
+def tasks_per_file(
+    sizes: list[int], task_bytes: int, min_task_bytes: int, workers: int
+) -> list[int]:
+    """How many ingest tasks each input file becomes: at most `task_bytes` per task, and, while
+    there are fewer tasks than workers, the largest pieces split again as long as they stay at
+    least `min_task_bytes`, so one big file keeps every worker busy."""
+    counts = [max(1, math.ceil(s / task_bytes)) if task_bytes > 0 else 1 for s in sizes]
+    while sizes and sum(counts) < workers:
+        j = max(range(len(sizes)), key=lambda k: sizes[k] / counts[k])
+        if min_task_bytes <= 0 or sizes[j] / (counts[j] + 1) < min_task_bytes:
+            break
+        counts[j] += 1
+    return counts
+
+
+def plan_inputs(cfg: C.PipelineConfig) -> tuple[list[str], list[dict | None]]:
+    """Each shard's input file and piece of it (the plan every later stage follows)."""
+    files = [str(Path(p).resolve()) for p in C.expand_inputs(list(cfg.input.paths))]
+    workers = (cfg.executor.workers or os.cpu_count() or 1) if cfg.executor.type == "local" else 0
+    counts = tasks_per_file(
+        [input_size(f) for f in files], cfg.input.task_bytes, cfg.input.min_task_bytes, workers
+    )
+    inputs: list[str] = []
+    pieces: list[dict | None] = []
+    for f, k in zip(files, counts):
+        split = split_input(f, cfg.input, k)
+        if len(split) > 1:
+            print(
+                f"{f}: {input_size(f) / 1e6:,.1f} MB -> {len(split)} ingest tasks", file=sys.stderr
+            )
+        inputs += [f] * len(split)
+        pieces += split
+    return inputs, pieces
+
+
 def prepare_run(cfg: C.PipelineConfig) -> Run:
     """Save the resolved config and the input plan under DIR/_work (workers on any node reload them)."""
     out = Path(cfg.output.dir).resolve()
@@ -144,14 +184,15 @@ def prepare_run(cfg: C.PipelineConfig) -> Run:
     work.mkdir(parents=True, exist_ok=True)
     plan_path = work / "plan.json"
     if cfg.stage in ("all", "ingest") or not plan_path.exists():
-        inputs = [str(Path(p).resolve()) for p in C.expand_inputs(list(cfg.input.paths))]
+        inputs, pieces = plan_inputs(cfg)
     else:  # a later stage alone: the shards the earlier run planned
-        inputs = json.loads(plan_path.read_text())["inputs"]
+        plan = json.loads(plan_path.read_text())
+        inputs, pieces = plan["inputs"], plan.get("pieces", [None] * len(plan["inputs"]))
     cfg.output.dir = str(out)
     (work / "config.yaml").write_text(C.to_yaml(cfg))
-    plan_path.write_text(json.dumps({"inputs": inputs}, indent=1))
+    plan_path.write_text(json.dumps({"inputs": inputs, "pieces": pieces}, indent=1))
     load_run.cache_clear()
-    run = Run(out, cfg, inputs)
+    run = Run(out, cfg, inputs, pieces=pieces)
     run.build_specs()
     (work / "specs.json").write_text(
         json.dumps({k: vars(v) for k, v in run.specs.items()}, indent=1)
@@ -163,8 +204,8 @@ def prepare_run(cfg: C.PipelineConfig) -> Run:
 def load_run(out: Path) -> Run:
     work = out / "_work"
     cfg = C.config_from_yaml(work / "config.yaml")
-    inputs = json.loads((work / "plan.json").read_text())["inputs"]
-    run = Run(out, cfg, inputs)
+    plan = json.loads((work / "plan.json").read_text())
+    run = Run(out, cfg, plan["inputs"], pieces=plan.get("pieces", []))
     specs = json.loads((work / "specs.json").read_text())
     run.specs = {k: StageSpec(**v) for k, v in specs.items()}
     return run
@@ -256,10 +297,18 @@ def _dedup_on(cfg: C.PipelineConfig) -> bool:
 
 @stage(
     "ingest",
-    config=lambda run, cfg: [cfg["input"], run.inputs, [_file_id(p) for p in run.inputs]],
+    config=lambda run, cfg: [
+        cfg["input"],
+        run.inputs,
+        run.pieces,
+        [_file_id(p) for p in run.inputs],
+    ],
     counts_documents=False,
 )
 def task_ingest(run: Run, i: int, prog) -> dict:
+    """One input file, or one piece of a split file, into documents/ and quarantine/. Every input
+    record is counted where it went; a record a reader could not read (a cut in a gzip stream, a
+    corrupt Parquet row group) is a quarantine entry standing for the records it cost."""
     src = run.inputs[i]
     counts: dict[str, int] = {}
     records = docs = nbytes = 0
@@ -269,44 +318,40 @@ def task_ingest(run: Run, i: int, prog) -> dict:
         prog(0, pos - last[0])
         last[0] = pos
 
+    def quarantine(reason: str, where: str, excerpt: str, nb: int, n: int) -> None:
+        counts[reason] = counts.get(reason, 0) + n
+        entry = {"where": where, "reason": reason, "excerpt": excerpt, "bytes": nb}
+        qw.write(entry if n == 1 else {**entry, "records": n})
+
     with (
         AtomicJsonlWriter(run.p("documents", shard(i) + ".jsonl.gz")) as dw,
         AtomicJsonlWriter(run.p("quarantine", shard(i) + ".jsonl.gz")) as qw,
     ):
-        try:
-            for rec in read_input(src, run.cfg.input, tell):
-                records += 1
-                if rec.doc is not None:
+        for rec in read_input(src, run.cfg.input, tell, run.piece(i)):
+            records += rec.records
+            if rec.doc is None:
+                quarantine(rec.reason, rec.where, rec.excerpt, rec.nbytes, rec.records)
+            else:
+                try:
                     dw.write(rec.doc)
-                    docs += 1
-                    nbytes += len(rec.doc["text"])
-                    if docs == 3:
-                        _crash_hook("ingest", i)
-                else:
-                    counts[rec.reason] = counts.get(rec.reason, 0) + 1
-                    qw.write(
-                        {
-                            "where": rec.where,
-                            "reason": rec.reason,
-                            "excerpt": rec.excerpt,
-                            "bytes": rec.nbytes,
-                        }
+                except (TypeError, ValueError) as err:  # a value JSON cannot hold (bytes, a date)
+                    quarantine(
+                        "unwritable_document", rec.where, f"{type(err).__name__}: {err}"[:300], 0, 1
                     )
-                prog(1, 0)
-        except Exception as err:  # a reader that cannot open the input at all: quarantine the file
-            records += 1
-            reason = "unreadable_input"
-            counts[reason] = counts.get(reason, 0) + 1
-            qw.write(
-                {
-                    "where": src,
-                    "reason": reason,
-                    "excerpt": f"{type(err).__name__}: {err}"[:300],
-                    "bytes": 0,
-                }
-            )
+                    continue
+                except OSError as err:  # disk full, I/O error: this task's output is lost
+                    raise OSError(
+                        f"writing {dw.path} failed after {records - 1} of the records of {src} "
+                        f"({docs} documents): {err}; the task is not marked done, rerun to redo it"
+                    ) from err
+                docs += 1
+                nbytes += len(rec.doc["text"])
+                if docs == 3:
+                    _crash_hook("ingest", i)
+            prog(1, 0)
     return {
         "input": src,
+        "piece": run.piece(i),
         "records": records,
         "docs": docs,
         "text_bytes": nbytes,
