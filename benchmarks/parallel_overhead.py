@@ -64,6 +64,8 @@ def worker(args) -> None:
     from parallel.engine import build_engine
     from parallel.env import destroy_distributed, discover_env, init_distributed
     from parallel.layout import build_mesh, resolve_layout
+    from pretrain.config import OptimizerConfig
+    from pretrain.optim import build_optimizers
 
     world, fields, (model, overrides) = LAYOUTS[args.worker]
     env = discover_env()
@@ -74,7 +76,9 @@ def worker(args) -> None:
         pcfg, env.world_size, cfg, args.global_batch, args.micro_batch, args.seq_len
     )
     engine = build_engine(cfg, pcfg, layout, build_mesh(layout, "cpu"), device, seed=0)
-    opt = torch.optim.AdamW(engine.optimizer_param_groups(0.1), lr=1e-3)
+    # the optimizers `pretrain train` builds (one AdamW per model part, its weight-decay rule)
+    ocfg = OptimizerConfig(lr=1e-3, weight_decay=0.1, beta1=0.9, beta2=0.999, fused="false")
+    optimizers = build_optimizers(engine.model_parts, ocfg, device)
     data = _text(args.warmup + args.steps, args.global_batch, args.seq_len)
     lo = engine.dp_rank * layout.local_batch_size
     times = []
@@ -84,7 +88,8 @@ def worker(args) -> None:
         t0 = time.perf_counter()
         engine.forward_backward(batch[:, :-1], batch[:, 1:])
         engine.clip_grad_norm(1.0)
-        opt.step()
+        for opt in optimizers:
+            opt.step()
         engine.zero_grad()
         torch.distributed.barrier()
         if step >= args.warmup:

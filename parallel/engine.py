@@ -32,11 +32,20 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed._composable import checkpoint as composable_checkpoint
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    set_model_state_dict,
+)
+from torch.distributed.pipelining import PipelineStage
 from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.distributed.tensor.parallel import loss_parallel
 
 from model_zoo.config import ModelConfig
 from model_zoo.model import Transformer, build_model
-from model_zoo.moe import set_aux_loss_scale
+from model_zoo.moe import expert_load, moe_layers, set_aux_loss_scale, update_expert_biases
+from parallel import parallelize
 from parallel.config import ParallelConfig
 from parallel.layout import Layout
 
@@ -84,13 +93,11 @@ class Engine:
     @property
     def checkpointed_layers(self) -> list[int]:
         """Layer ids whose activations are recomputed in backward (activation checkpointing)."""
-        from torch.distributed._composable import checkpoint
-
         return sorted(
             int(k)
             for part in self.model_parts
             for k, block in part.layers.items()
-            if checkpoint.state(block) is not None
+            if composable_checkpoint.state(block) is not None
         )
 
     # ---- data-parallel identity -----------------------------------------------------------------
@@ -115,8 +122,6 @@ class Engine:
         summed. One all-reduce for all layers of this rank's stages."""
         if self.layout.dp == 1:
             return
-        from model_zoo.moe import moe_layers
-
         counts = [m.tokens_per_expert for part in self.model_parts for _, m in moe_layers(part)]
         if not counts:
             return
@@ -137,6 +142,33 @@ class Engine:
             merged.update(part or {})
         return merged
 
+    @torch.no_grad()
+    def after_optimizer_step(self, log_load: bool) -> dict[str, list[float]] | None:
+        """MoE bookkeeping after each optimizer step (collective on every rank; nothing for a
+        dense model): sum the tokens-per-expert counts over dp when they are read, return the
+        expert load of every MoE layer of the whole model (in layer order, gathered over pp)
+        when `log_load`, then apply DeepSeek-V3's aux-loss-free bias update (a no-op unless
+        moe.bias_update_speed > 0), which resets the counts for the next step.
+
+        Whether to do it is decided from the config, not this rank's stages: the collectives
+        span the pipeline ranks, which all must join, including a stage of dense layers only."""
+        cfg = self.model_cfg
+        if not any(cfg.is_moe_layer(i) for i in range(cfg.n_layers)):
+            return None
+        balancing = cfg.moe.bias_update_speed > 0
+        if log_load or balancing:  # not a collective per step when nothing reads the counts
+            self.sum_expert_counts_over_dp()
+        load = None
+        if log_load:
+            local = {}
+            for part in self.model_parts:
+                local.update({name: frac.tolist() for name, frac in expert_load(part).items()})
+            merged = self.gather_over_pp(local)
+            load = dict(sorted(merged.items(), key=lambda kv: int(kv[0].split(".")[1])))
+        for part in self.model_parts:
+            update_expert_biases(part)
+        return load
+
     # ---- parameters ---------------------------------------------------------------------------
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """(single-device FQN, parameter) of this rank's parts; parameters may be DTensors."""
@@ -151,10 +183,6 @@ class Engine:
         for _, p in self.named_parameters():
             yield p
 
-    def optimizer_param_groups(self, weight_decay: float) -> list[dict]:
-        """AdamW groups: no decay on biases, norm weights and embeddings (decided by name)."""
-        return decay_groups(self.named_parameters(), weight_decay)
-
     def zero_grad(self) -> None:
         for part in self.model_parts:
             part.zero_grad(set_to_none=True)
@@ -163,8 +191,6 @@ class Engine:
     def _loss_context(self):
         # Vocab-parallel cross-entropy: logits stay sharded over the vocabulary (no gather).
         if self._tp > 1:
-            from torch.distributed.tensor.parallel import loss_parallel
-
             return loss_parallel()
         return contextlib.nullcontext()
 
@@ -246,9 +272,61 @@ class Engine:
         dist.all_reduce(local_loss)
         return float(local_loss.item())
 
-    def _build_schedule(self) -> None:
-        from torch.distributed.pipelining import PipelineStage
+    @torch.no_grad()
+    def eval_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
+        """Forward only over this dp rank's local batch (the training shape: local_batch
+        sequences, in micro-batches or through the pipeline schedule's forward-only `eval`):
+        (sum of token CE, label tokens), both summed over the global batch and identical on
+        every rank. Labels equal to -100 count for nothing (padding rows). Gradients, weights
+        and the MoE routing counters are left as they were."""
+        lay = self.layout
+        if inputs.shape[0] != lay.local_batch_size:
+            raise ValueError(
+                f"eval_loss got {inputs.shape[0]} sequences; this layout expects "
+                f"local_batch={lay.local_batch_size} per dp rank"
+            )
+        inputs, labels = inputs.to(self.device), labels.to(self.device)
+        pos = torch.arange(inputs.shape[1], device=self.device).expand_as(inputs)
+        counters = [
+            (m.tokens_per_expert, m.tokens_per_expert.clone())
+            for part in self.model_parts
+            for _, m in moe_layers(part)
+        ]
+        saved, self._denominator = self._denominator, 1.0  # the loss function returns sums
+        local = torch.zeros((), dtype=torch.float64, device=self.device)
+        try:
+            with self._loss_context():
+                local += self._forward_only(inputs, labels, pos)
+        finally:
+            self._denominator = saved
+            for live, before in counters:
+                live.copy_(before)
+        if not (self.holds_last_stage and self._tp_rank == 0):
+            local.zero_()
+        n_tokens = (labels != IGNORE_INDEX).sum().to(torch.float64)
+        dist.all_reduce(n_tokens, group=self._dp_group)
+        dist.all_reduce(local)
+        return float(local.item()), int(n_tokens.item())
 
+    def _forward_only(self, inputs, labels, position_ids) -> torch.Tensor:
+        """Sum of this rank's micro-batch losses (only the last stage holds any)."""
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        if self.layout.pp > 1:
+            losses: list[torch.Tensor] = []
+            args = (inputs,) if self.holds_first_stage else ()
+            target = {"target": labels, "losses": losses} if self.holds_last_stage else {}
+            self._schedule.eval(*args, **target, position_ids=position_ids)
+            for loss in losses:
+                total += _to_local_scalar(loss)
+            return total
+        model, mbs = self.model_parts[0], self.layout.micro_batch_size
+        for start in range(0, inputs.shape[0], mbs):
+            sl = slice(start, start + mbs)
+            logits = model(inputs[sl], position_ids=position_ids[sl])
+            total += _to_local_scalar(self._loss_fn(logits, labels[sl]))
+        return total
+
+    def _build_schedule(self) -> None:
         lay = self.layout
         self._pp_stages = [
             PipelineStage(part, info.stage_id, lay.n_stages, self.device, group=self._pp_group)
@@ -291,8 +369,6 @@ class Engine:
     # ---- state dicts --------------------------------------------------------------------------
     def model_state_dict(self) -> dict:
         """Single-device FQNs -> this rank's (DTensor) parameters, for torch.distributed.checkpoint."""
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
         sd = {}
         for part in self.model_parts:
             sd.update(get_model_state_dict(part))
@@ -300,8 +376,6 @@ class Engine:
 
     def load_model_state_dict(self, state_dict: dict) -> None:
         """Load a dict shaped like model_state_dict() (e.g. filled in place by dcp.load)."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
         for part in self.model_parts:
             keys = set(get_part_keys(part))
             missing = keys - set(state_dict)
@@ -319,22 +393,6 @@ class Engine:
             t = p.full_tensor() if isinstance(p, DTensor) else p
             local[name] = t.detach().float().cpu().clone()
         return self.gather_over_pp(local)
-
-
-def decay_groups(named_parameters, weight_decay: float) -> list[dict]:
-    """Split parameters by name: biases, norm weights and embeddings get no weight decay."""
-    decay, no_decay = [], []
-    for name, p in named_parameters:
-        owners = name.split(".")[:-1]
-        is_norm = any(k.endswith("norm") for k in owners)
-        if name.endswith(".bias") or is_norm or name.startswith("tok_embeddings."):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
 
 
 def get_part_keys(part: nn.Module) -> list[str]:
@@ -359,8 +417,6 @@ def build_engine(
     seed: int = 0,
 ) -> Engine:
     """Build the parallel model for this rank and return the Engine (collective: all ranks)."""
-    from parallel import parallelize
-
     device = torch.device(device)
     meta_model = build_model(model_cfg, device="meta")
     if layout.precision.startswith("fp8"):

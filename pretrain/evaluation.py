@@ -16,11 +16,13 @@ callback and `pretrain analyze eval` both use this module, so there is one loss 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from model_zoo.config import ConfigError
 from pretrain.data.loader import resolve_eos, resolve_npy_dtype
@@ -144,6 +146,21 @@ class EvalSet:
     @property
     def names(self) -> list[str]:
         return [s.name for s in self.sources]
+
+
+def eval_batches(windows: torch.Tensor, global_batch: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """(inputs, labels) of `global_batch` windows at a time, the shape a training step has, so
+    the parallel engine evaluates with its training layout (pipeline micro-batches included).
+    The last batch is filled up with rows whose labels are all -100: they add no loss and no
+    tokens, so the result is exactly that of the windows alone."""
+    for start in range(0, windows.shape[0], global_batch):
+        chunk = windows[start : start + global_batch]
+        inputs, labels = chunk[:, :-1], chunk[:, 1:]
+        short = global_batch - chunk.shape[0]
+        if short:
+            inputs = torch.cat([inputs, inputs.new_zeros(short, inputs.shape[1])])
+            labels = torch.cat([labels, labels.new_full((short, labels.shape[1]), IGNORE_INDEX)])
+        yield inputs, labels
 
 
 def _logits(output) -> torch.Tensor:

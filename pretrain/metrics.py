@@ -1,4 +1,4 @@
-"""Training metrics: console, RUN_DIR/metrics.jsonl, and TensorBoard when it is installed.
+"""Training metrics: console, RUN_DIR/metrics.jsonl, TensorBoard, and optionally Weights & Biases.
 
 MFU = achieved model FLOP/s per device / the device's dense peak. The FLOPs per token come from
 `model_zoo.counting.training_flops_per_token` (6 x (non-embedding + output) parameters + attention
@@ -7,6 +7,7 @@ counted in full, not halved for causality); the peak from the table below or tra
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import resource
@@ -15,6 +16,9 @@ import time
 from pathlib import Path
 
 import torch
+
+from model_zoo.config import ConfigError
+from pretrain.evaluation import eval_record
 
 # Dense bf16 peak FLOP/s per device (vendor datasheets, without sparsity).
 PEAK_FLOPS_BF16 = {
@@ -57,20 +61,14 @@ def memory_stats(device: torch.device) -> dict:
     return {"mem_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9}
 
 
-def expert_load(model_parts) -> dict | None:
-    """Per MoE layer of this rank's stages, the fraction of the step's routed tokens each expert
-    received (model_zoo.moe counts them, the engine sums them over data-parallel ranks); None for
-    a dense model. Must be read before the bias update, which resets the counts."""
-    from model_zoo.moe import expert_load as layer_loads
-
-    loads = {}
-    for part in model_parts:
-        loads.update({name: frac.tolist() for name, frac in layer_loads(part).items()})
-    return loads or None
-
-
 class MetricsLogger:
-    """Writes on rank 0 only; every rank calls `log` so the timing windows stay aligned."""
+    """Writes on rank 0 only; every rank calls `log` so the timing windows stay aligned.
+
+    Training records (every trainer.log_interval steps) carry loss, grad_norm, lr, throughput and
+    memory; validation results join the record of their step as `eval/<source>/loss`, `.../ppl`
+    and `.../tokens`, or form a record of their own (step, tokens and the eval keys, no "loss")
+    at a step that is not logged (e.g. step 0). TensorBoard gets `train/<key>` and the eval keys
+    as they are; W&B (metrics.wandb=true) the same keys."""
 
     def __init__(
         self,
@@ -81,27 +79,26 @@ class MetricsLogger:
         flops_per_token: int,
         peak_flops: float | None,
         device: torch.device,
+        wandb_cfg=None,
     ):
         self.enabled, self.world, self.device = enabled, world_size, device
         self.flops_per_token, self.peak = flops_per_token, peak_flops
         self.file = open(run_dir / "metrics.jsonl", "a") if enabled else None
-        self.tb = None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-            except ImportError:  # optional: the package is not a dependency
-                self.tb = None
+        self.tb = open_tensorboard(run_dir) if enabled and tensorboard else None
+        self.wandb = open_wandb(run_dir, wandb_cfg) if enabled and wandb_cfg else None
         self._t0, self._tokens = time.perf_counter(), 0
 
     def reset_window(self) -> None:
         self._t0, self._tokens = time.perf_counter(), 0
 
+    def exclude(self, seconds: float) -> None:
+        """Leave `seconds` (e.g. spent evaluating) out of the current tokens/s window."""
+        self._t0 += seconds
+
     def count(self, tokens: int) -> None:
         self._tokens += tokens
 
-    def log(self, step: int, values: dict, extra: dict | None = None) -> dict:
+    def log(self, step: int, values: dict, extra: dict | None = None, evals=None) -> dict:
         dt = max(time.perf_counter() - self._t0, 1e-9)
         tps = self._tokens / dt
         rec = {
@@ -114,20 +111,12 @@ class MetricsLogger:
         rec.update(memory_stats(self.device))
         if extra:
             rec.update(extra)
+        if evals:
+            rec.update(eval_record(evals))
         self.reset_window()
         if not self.enabled:
             return rec
-        self.file.write(json.dumps(rec) + "\n")
-        self.file.flush()
-        if self.tb is not None:
-            for k, v in rec.items():
-                if (
-                    isinstance(v, (int, float))
-                    and k != "step"
-                    and v is not None
-                    and math.isfinite(v)
-                ):
-                    self.tb.add_scalar(f"train/{k}", v, step)
+        self._write(step, rec)
         mfu = f" mfu {rec['mfu'] * 100:.1f}%" if rec["mfu"] is not None else ""
         mem = rec.get("mem_alloc_gb", rec.get("mem_rss_gb", 0.0))
         print(
@@ -137,10 +126,75 @@ class MetricsLogger:
             file=sys.stdout,
             flush=True,
         )
+        if evals:
+            print(eval_line(step, evals), file=sys.stdout, flush=True)
         return rec
+
+    def log_eval(self, step: int, tokens: int, evals) -> dict:
+        """A validation record of its own (a step without a training record)."""
+        rec = {"step": step, "tokens": tokens, **eval_record(evals)}
+        if self.enabled:
+            self._write(step, rec)
+            print(eval_line(step, evals), file=sys.stdout, flush=True)
+        return rec
+
+    def _write(self, step: int, rec: dict) -> None:
+        self.file.write(json.dumps(rec) + "\n")
+        self.file.flush()
+        scalars = {
+            (k if k.startswith("eval/") else f"train/{k}"): v
+            for k, v in rec.items()
+            if k != "step" and isinstance(v, (int, float)) and v is not None and math.isfinite(v)
+        }
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=step)
 
     def close(self) -> None:
         if self.file:
             self.file.close()
+            self.file = None
         if self.tb is not None:
             self.tb.close()
+            self.tb = None
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
+
+
+def eval_line(step: int, evals) -> str:
+    parts = [
+        f"{n} loss {r.loss:.4f} ppl {r.ppl:.2f} ({r.tokens:,} tokens)" for n, r in evals.items()
+    ]
+    return f"eval {step:>6} | " + " | ".join(parts)
+
+
+def open_tensorboard(run_dir: Path):
+    # Imported here: tensorboard takes seconds to import, paid only by rank 0 of a run that
+    # writes it (trainer.tensorboard=true), not by every process that imports this module.
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def wandb_available() -> bool:
+    return importlib.util.find_spec("wandb") is not None
+
+
+def open_wandb(run_dir: Path, cfg):
+    """A W&B run for metrics.wandb=true: project and name from the config (name defaults to the
+    run folder's), files under RUN_DIR/wandb; offline mode needs no network (`wandb sync` later)."""
+    if not wandb_available():
+        raise ConfigError("metrics.wandb=true needs the wandb package: pip install wandb")
+    import wandb  # optional dependency, imported only when asked for
+
+    return wandb.init(
+        project=cfg.wandb_project,
+        name=cfg.wandb_run_name or Path(run_dir).resolve().name,
+        dir=str(run_dir),
+        mode=cfg.wandb_mode,
+        reinit=True,
+    )

@@ -19,6 +19,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from pretrain.config import OptimizerConfig
+from pretrain.optim import build_optimizers as pretrain_optimizers
+
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "data_pipeline" / "samples" / "manpages_en.jsonl.gz"
 WORKER = "tests.parallel.parallel_worker"  # run as a module (python -m) from the repository root
@@ -48,11 +51,12 @@ def packed_ids(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return doc, idx - first
 
 
-def param_groups(named_params, weight_decay: float) -> list[dict]:
-    """Same grouping rule as Engine.optimizer_param_groups, for the reference model."""
-    from parallel.engine import decay_groups
-
-    return decay_groups(named_params, weight_decay)
+def build_optimizers(model_parts, lr: float) -> list[torch.optim.Optimizer]:
+    """The optimizers `pretrain train` builds (pretrain.optim: one AdamW per model part, its one
+    weight-decay rule by module type), for the reference model and for every layout's engine.
+    Hyperparameters: weight decay 0.1 and torch's AdamW betas/eps, the parity runs' settings."""
+    cfg = OptimizerConfig(lr=lr, weight_decay=0.1, beta1=0.9, beta2=0.999, eps=1e-8, fused="false")
+    return pretrain_optimizers(list(model_parts), cfg, torch.device("cpu"))
 
 
 def reference_run(
@@ -74,7 +78,7 @@ def reference_run(
 
     torch.manual_seed(seed)
     model = build_model(model_cfg, seed=seed)
-    opt = torch.optim.AdamW(param_groups(model.named_parameters(), 0.1), lr=lr, foreach=False)
+    (opt,) = build_optimizers([model], lr)
     data = text_batches(steps, global_batch, seq_len)
     micro = micro_batch or global_batch
     losses, norms, snaps = [], [], {}

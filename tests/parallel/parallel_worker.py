@@ -26,7 +26,7 @@ from parallel.config import ParallelConfig  # noqa: E402
 from parallel.engine import build_engine  # noqa: E402
 from parallel.env import destroy_distributed, discover_env, init_distributed  # noqa: E402
 from parallel.layout import build_mesh, resolve_layout  # noqa: E402
-from tests.parallel.parallel_harness import packed_ids, text_batches  # noqa: E402
+from tests.parallel.parallel_harness import build_optimizers, packed_ids, text_batches  # noqa: E402
 
 
 def main() -> None:
@@ -51,9 +51,7 @@ def main() -> None:
                 dcp.load(sd, checkpoint_id=str(out / f"dcp{run['dcp_load']}"))
                 engine.load_model_state_dict(sd)
             steps = run.get("steps", spec["steps"])
-            opt = torch.optim.AdamW(
-                engine.optimizer_param_groups(0.1), lr=spec.get("lr", 1e-3), foreach=False
-            )
+            optimizers = build_optimizers(engine.model_parts, spec.get("lr", 1e-3))
             lo = engine.dp_rank * layout.local_batch_size
             losses, norms = [], []
             for step in range(steps):
@@ -65,7 +63,8 @@ def main() -> None:
                     loss = engine.forward_backward(batch[:, :-1], batch[:, 1:])
                 norms.append(engine.clip_grad_norm(1.0))
                 losses.append(loss)
-                opt.step()
+                for opt in optimizers:
+                    opt.step()
                 engine.zero_grad()
             params = engine.full_state_dict()
             if run.get("dcp_save"):
@@ -91,7 +90,7 @@ def main() -> None:
                     f"{time.time() - t0:.1f}s, losses {losses[:1]}..{losses[-1:]}",
                     flush=True,
                 )
-            del engine, opt
+            del engine, optimizers
     except BaseException:
         # Fail fast: a rank that waits in a barrier for a dead peer would hang until the timeout.
         traceback.print_exc()

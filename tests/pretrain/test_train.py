@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pretrain.analyze import batch_of_step
+from pretrain.callbacks import Callback
 from pretrain.checkpoint import find_latest_complete, read_index, verify_checkpoint
 from pretrain.cli import main
 from pretrain.config import compose_config
@@ -24,6 +25,27 @@ def data(tmp_path_factory):
     return [str(d / "en"), str(d / "de")]
 
 
+class OnBatch(Callback):
+    """Calls fn(step, batch, sample_range) with every local batch, before its forward."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def on_batch(self, trainer, batch, sample_range):
+        self.fn(trainer.step + 1, batch, sample_range)
+
+
+class StopAfter(Callback):
+    """Ends the run after `step` as a preemption would (a full checkpoint is written there)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, trainer):
+        if trainer.step >= self.step:
+            trainer.request_stop("test")
+
+
 def overrides(run_dir, data, steps, **extra):
     base = {"data.weights": "[0.75,0.25]", "data.mix_block": 16}
     base.update(extra)
@@ -36,7 +58,7 @@ def test_exact_resume_is_bitwise(tmp_path, data):
     assert straight["step"] == 20
     first = train(
         compose_config(overrides(tmp_path / "b", data, 20, **{"checkpoint.interval": 5})),
-        stop_after=10,
+        callbacks=[StopAfter(10)],
         log=lambda *_: None,
     )
     assert first["step"] == 10
@@ -57,7 +79,7 @@ def test_analyze_batch_is_what_training_consumed(tmp_path, data, capsys):
     train(
         compose_config(overrides(tmp_path / "r", data, 4)),
         log=lambda *_: None,
-        on_batch=lambda step, batch, rng: seen.__setitem__(step, (batch, rng)),
+        callbacks=[OnBatch(lambda step, batch, rng: seen.__setitem__(step, (batch, rng)))],
     )
     for step in (1, 3, 4):
         got = batch_of_step(tmp_path / "r", step)
@@ -141,10 +163,10 @@ def test_metrics_index_series_and_retention(tmp_path, data):
             )
         )
     # bf16 series is about half the fp32 weights in the full checkpoint's model part
-    from pretrain.checkpoint import load_weights_any
+    from pretrain.checkpoint import load_weights
 
-    w4 = load_weights_any(run_dir / "series/step4")
-    f4 = load_weights_any(run_dir / "checkpoints/step_0000004")
+    w4 = load_weights(run_dir / "series/step4")
+    f4 = load_weights(run_dir / "checkpoints/step_0000004")
     for (n, a), (_, b) in zip(w4.state_dict().items(), f4.state_dict().items()):
         assert torch.equal(a, b.to(torch.bfloat16).float()), n
 
@@ -253,7 +275,7 @@ def test_stop_file_checkpoints_the_agreed_step_and_resume_continues(tmp_path, da
     monkeypatch.setenv("PRETRAIN_REQUEUE", "0")
     ov = overrides(tmp_path / "p", data, 6, **{"checkpoint.interval": 0})
     hook = lambda step, batch, rng: stop.touch() if step == 3 else None  # noqa: E731
-    out = train(compose_config(ov), on_batch=hook, log=lambda *_: None)
+    out = train(compose_config(ov), callbacks=[OnBatch(hook)], log=lambda *_: None)
     assert out["step"] == 3 and out["preempted_at"] == 3
     assert [(e["step"], e["kind"]) for e in read_index(tmp_path / "p")] == [(3, "full")]
     assert not stop.exists()  # removed, so the continued run does not stop at once
@@ -334,7 +356,9 @@ def test_intra_document_mask_reaches_the_model(tmp_path):
     run = compose_config(tiny_overrides(tmp_path / "m", short, steps=3, **extra))
     seen = {}
     result = train(
-        run, log=lambda *_: None, on_batch=lambda step, batch, rng: seen.__setitem__(step, batch)
+        run,
+        log=lambda *_: None,
+        callbacks=[OnBatch(lambda step, batch, rng: seen.__setitem__(step, batch))],
     )
     batch = seen[1]
     assert (batch["document_ids"][:, 1:] != batch["document_ids"][:, :-1]).any(), (
