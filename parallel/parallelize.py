@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor import Replicate, Shard, distribute_module
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     PrepareModuleInput,
@@ -71,6 +71,23 @@ def _replicated_norm_over_sharded_dim():
         desired_input_kwarg_layouts=None,
         output_layouts=(Replicate(),),
         desired_output_layouts=(Shard(-1),),
+        use_local_input=False,
+        use_local_output=True,
+    )
+
+
+def _norm_over_local_heads():
+    """Per-head QK-norm (Qwen3) under head-parallel TP: each rank normalises the heads it holds
+    with the replicated weight. The input enters as a DTensor sharded over the heads dim, so the
+    weight's gradient (a sum over heads) is a partial sum on each rank that DTensor sums over tp,
+    as for the sequence-parallel norms; the output leaves as the local tensor of those heads."""
+    return PrepareModuleInputOutput(
+        input_layouts=(Shard(2),),
+        desired_input_layouts=(Shard(2),),
+        input_kwarg_layouts=None,
+        desired_input_kwarg_layouts=None,
+        output_layouts=(Shard(2),),
+        desired_output_layouts=(Shard(2),),
         use_local_input=False,
         use_local_output=True,
     )
@@ -248,7 +265,10 @@ def apply_tp(model: nn.Module, cfg: ModelConfig, tp_mesh, precision: str) -> Non
             if split_kv:
                 plan["attention.wk"] = Colwise(use_local_output=False)
                 plan["attention.k_norm"] = _replicated_norm_over_sharded_dim()
-        # per-head QK-norm ("head") acts on whole heads, which each rank holds: nothing to do
+        qk_head_norm = not cfg.mla.enabled and getattr(block.attention, "qk_norm", "") == "head"
+        if qk_head_norm:  # heads (b, s, h, d) after the view: dim 2 is split over tp
+            plan["attention.q_norm"] = _norm_over_local_heads()
+            plan["attention.k_norm"] = _norm_over_local_heads()
         if hasattr(block, "moe"):
             plan["moe"] = _replicated_compute(0)
         else:
@@ -263,11 +283,12 @@ def apply_tp(model: nn.Module, cfg: ModelConfig, tp_mesh, precision: str) -> Non
         parallelize_module(block, tp_mesh, plan)
         if not cfg.mla.enabled and getattr(block.attention, "qk_norm", "none") == "full":
             # the replicated norm weights must be DTensors on the tp mesh too
-            from torch.distributed.tensor import distribute_module
-
             distribute_module(block.attention.q_norm, tp_mesh)
             if split_kv:
                 distribute_module(block.attention.k_norm, tp_mesh)
+        if qk_head_norm:  # replicated DTensor weights, their gradients summed over tp
+            distribute_module(block.attention.q_norm, tp_mesh)
+            distribute_module(block.attention.k_norm, tp_mesh)
 
 
 # ------------------------------------------------------------------------------------------------

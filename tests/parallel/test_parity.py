@@ -320,3 +320,18 @@ def test_moe_mixtral_layouts(tmp_path):
     ]
     for r in launch(2, spec("mixtral-tiny", runs), tmp_path):
         check_parity(r, ref)
+
+
+def test_qwen3_tp2_and_pp2(tmp_path):
+    """Qwen3-tiny (per-head QK-norm, GQA 2:1, head_dim 32 wider than d_model / n_heads), untied as
+    Qwen3-8B since pipeline stages cannot share a tied embedding: TP2 splits the heads, so each
+    rank's per-head q/k norms see only its heads; PP2 puts one layer on each stage."""
+    untied = {"tie_embeddings": False}
+    cfg = dataclasses.replace(get_model_config("qwen3-tiny"), **untied)
+    ref = stable_reference_run(cfg, STEPS, GBS, SEQ)
+    runs = [
+        {"name": "Qwen3 TP2", "parallel": {"tp": 2}},
+        {"name": "Qwen3 PP2", "parallel": {"pp": 2}},
+    ]
+    for r in launch(2, spec("qwen3-tiny", runs, overrides=untied), tmp_path):
+        check_parity(r, ref)
