@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pretrain.cli import main
 
 BIN = Path(sys.executable).parent / "pretrain"
@@ -57,3 +59,20 @@ def test_console_script_is_installed():
     )
     assert result.returncode == 0, result.stderr
     assert "d_model: 128" in result.stdout
+
+
+def test_unknown_keys_are_rejected_even_with_plus(capsys):
+    assert main(["config", "+trainer.max_stepz=5", "+optim.lrr=1"]) == 2
+    err = capsys.readouterr().err
+    assert "'trainer.max_stepz' (did you mean trainer.max_steps" in err
+    assert "'optim.lrr' (did you mean optim.lr" in err
+
+
+@pytest.mark.parametrize(
+    "spec, steps",
+    [("steps:0,10,100", "0 10 100"), ("steps:[0,10]+every:50", "0 10 50 100")],
+)
+def test_series_specs_need_no_double_quoting(spec, steps, capsys):
+    args = ["train", "--dry-run", f"checkpoint.series={spec}", "trainer.max_steps=100"]
+    assert main(args) == 0
+    assert f"series steps ({len(steps.split())}): {steps}" in capsys.readouterr().out
