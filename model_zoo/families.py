@@ -43,8 +43,9 @@ def families() -> tuple[str, ...]:
 
 
 def architectures() -> dict[str, str]:
-    """family -> Hugging Face architecture class name (e.g. 'qwen3' -> 'Qwen3ForCausalLM')."""
-    return {family: a.architecture for family, a in _BY_FAMILY.items()}
+    """Hugging Face model_type (what import reads from config.json) -> architecture class name,
+    e.g. 'qwen3' -> 'Qwen3ForCausalLM'."""
+    return {model_type: a.architecture for model_type, a in _BY_MODEL_TYPE.items()}
 
 
 def adapter_for_family(family: str) -> HFAdapter:

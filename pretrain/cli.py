@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable
 
 from model_zoo.config import ConfigError
+from model_zoo.hf import architectures as hf_architectures
 
 
 def cmd_zoo(argv: list[str]) -> int:
@@ -59,8 +60,10 @@ def cmd_import_hf(argv: list[str]) -> int:
 
     ap = argparse.ArgumentParser(
         prog="pretrain import-hf",
-        description="Convert a Hugging Face model folder (GPTNeoX, OLMo-2, Llama) into a "
-        "checkpoint of ours that training can start from.",
+        description="Convert a Hugging Face model folder into a checkpoint of ours that training "
+        "can start from. Supported (config.json model_type: architecture): "
+        + ", ".join(f"{model_type}: {arch}" for model_type, arch in hf_architectures().items())
+        + ".",
     )
     ap.add_argument("hf_dir")
     ap.add_argument("out_dir")
