@@ -4,6 +4,7 @@ A checkpoint folder holds
     model/        DCP shards of the model state dict (parameter names of the single-device model)
     config.yaml   the resolved run config (the model config is what rebuilding needs)
     meta.json     step, kind ("weights" or "full"), dtype, and where it came from
+    manifest.json every file's size and sha256: every load checks it (check_checkpoint)
 
 DCP is used even for a single process because it is what the parallel engine writes: a checkpoint
 saved under any layout (TP x PP x FSDP) has the same parameter names and is resharded on load, so
@@ -27,7 +28,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
-from model_zoo.config import ModelConfig
+from model_zoo.config import ConfigError, ModelConfig
 from model_zoo.model import Transformer, build_model
 from pretrain.config import RunConfig, load_yaml, model_config_from_dict, to_yaml
 
@@ -68,32 +69,89 @@ def save_weights(
     (ckpt_dir / "config.yaml").write_text(to_yaml(run))
     meta = {"step": step, "kind": kind, **(extra_meta or {})}
     (ckpt_dir / "meta.json").write_text(json.dumps(meta, indent=2))
+    write_manifest(ckpt_dir)  # every load checks the files against it (check_checkpoint)
+    return ckpt_dir
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be loaded as it is on disk; the message names the file and the
+    fix. A ConfigError, so every command reports it in one line and exits with status 2."""
+
+    label = "checkpoint error"
+
+
+_DAMAGED_FIX = (
+    "copy the checkpoint again from where it was written, or load another step "
+    "(`pretrain analyze series --run RUN_DIR` lists them)"
+)
+
+
+def check_checkpoint(ckpt_dir: str | Path, verify: str = "size") -> Path:
+    """Raise CheckpointError unless `ckpt_dir` is one of our checkpoints and every file matches
+    its manifest: sizes always, sha256 too with verify="checksum". Returns the folder."""
+    ckpt_dir = Path(ckpt_dir)
+    if verify not in ("size", "checksum"):
+        raise ConfigError(f"verify={verify!r} is not size or checksum")
+    if not ckpt_dir.is_dir():
+        raise CheckpointError(f"{ckpt_dir} does not exist (or is not a folder)")
+    if not (ckpt_dir / "config.yaml").exists() or not (
+        (ckpt_dir / MODEL_SUBDIR / ".metadata").exists() or (ckpt_dir / ".metadata").exists()
+    ):
+        raise CheckpointError(
+            f"{ckpt_dir} is not a checkpoint of ours (expected config.yaml and DCP .metadata); "
+            "for a Hugging Face folder use `pretrain import-hf` first"
+        )
+    problem = verify_checkpoint(ckpt_dir, verify)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {ckpt_dir}: {problem}; {_DAMAGED_FIX}")
     return ckpt_dir
 
 
 def read_checkpoint_config(ckpt_dir: str | Path) -> ModelConfig:
-    ckpt_dir = Path(ckpt_dir)
-    config_path = ckpt_dir / "config.yaml"
-    if not (ckpt_dir / MODEL_SUBDIR / ".metadata").exists() or not config_path.exists():
-        raise FileNotFoundError(
-            f"{ckpt_dir} is not a checkpoint of ours (expected {MODEL_SUBDIR}/.metadata and "
-            "config.yaml); for a Hugging Face folder use `pretrain import-hf` first"
+    """The model config a checkpoint was saved with (its config.yaml)."""
+    config_path = Path(ckpt_dir) / "config.yaml"
+    if not config_path.exists():
+        raise CheckpointError(
+            f"{ckpt_dir} is not a checkpoint of ours (no config.yaml); for a Hugging Face folder "
+            "use `pretrain import-hf` first"
         )
     return model_config_from_dict(load_yaml(config_path)["model"])
 
 
-def load_weights(ckpt_dir: str | Path, device: str = "cpu") -> Transformer:
-    """Rebuild the single-device model from a checkpoint written under any parallel layout."""
+def load_model_state(
+    ckpt_dir: str | Path, state: dict[str, torch.Tensor], process_group=None
+) -> dict[str, torch.Tensor]:
+    """Fill `state` (plain or DTensor model parameters, by FQN) from a series/imported checkpoint
+    (DCP under model/) or a full training checkpoint (DCP "model.*" keys; the optimizer state is
+    not read). DCP reshards from whatever layout wrote it. Call check_checkpoint first."""
     ckpt_dir = Path(ckpt_dir)
+    with _no_dist_ok():
+        if (ckpt_dir / MODEL_SUBDIR / ".metadata").exists():
+            dcp.load(state, checkpoint_id=str(ckpt_dir / MODEL_SUBDIR), process_group=process_group)
+        else:
+            dcp.load({"model": state}, checkpoint_id=str(ckpt_dir), process_group=process_group)
+    return state
+
+
+def load_weights(ckpt_dir: str | Path, device: str = "cpu", verify: str = "size") -> Transformer:
+    """The single-device model of any checkpoint of ours (series, imported, or full of any
+    layout), checked against its manifest first."""
+    ckpt_dir = check_checkpoint(ckpt_dir, verify)
     cfg = read_checkpoint_config(ckpt_dir)
     model = build_model(cfg, device="meta")
     model.to_empty(device=device)
     model.reset_rope_tables()
-    state = model.state_dict()
-    with _no_dist_ok():
-        dcp.load(state, checkpoint_id=str(ckpt_dir / MODEL_SUBDIR))
-    model.load_state_dict(state)
+    model.load_state_dict(load_model_state(ckpt_dir, model.state_dict()))
     return model
+
+
+def load_init_weights(engine, init_from: str | Path, verify: str = "size") -> None:
+    """`checkpoint.init_from`: the engine's (sharded) parameters from a weights checkpoint;
+    the trainer calls this. The model config was matched against DIR's when the config was
+    composed (pretrain/config.py)."""
+    ckpt_dir = check_checkpoint(init_from, verify)
+    state = load_model_state(ckpt_dir, engine.model_state_dict())
+    engine.load_model_state_dict(state)
 
 
 # =================================================================================================
@@ -437,21 +495,3 @@ class CheckpointManager:
         self._finalize(
             tmp, final, step, "weights", {"step": step, "kind": "weights", "dtype": dtype, **meta}
         )
-
-
-def load_weights_any(ckpt_dir: str | Path, device: str = "cpu") -> Transformer:
-    """Single-device model from a series (weights) or a full checkpoint of any layout."""
-    ckpt_dir = Path(ckpt_dir)
-    if (ckpt_dir / MODEL_SUBDIR / ".metadata").exists():
-        return load_weights(ckpt_dir, device)
-    if not (ckpt_dir / ".metadata").exists() or not (ckpt_dir / "config.yaml").exists():
-        raise FileNotFoundError(f"{ckpt_dir} is not a checkpoint of ours")
-    cfg = model_config_from_dict(load_yaml(ckpt_dir / "config.yaml")["model"])
-    model = build_model(cfg, device="meta")
-    model.to_empty(device=device)
-    model.reset_rope_tables()
-    state = {"model": model.state_dict()}
-    with _no_dist_ok():
-        dcp.load(state, checkpoint_id=str(ckpt_dir))  # loads only the model.* keys
-    model.load_state_dict(state["model"])
-    return model

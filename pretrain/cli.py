@@ -186,6 +186,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "train": (cmd_train, "train or resume a model (one process, torchrun, srun, mpirun)"),
     "launch": (cmd_launch, "render slurm/train.sbatch, check the layout, submit (sbatch)"),
     "schedule": (cmd_schedule, "print a checkpoint-series schedule and its disk space"),
+    "plan": (cmd_plan, "rank parallel layouts by memory per GPU and estimated speed"),
     "analyze": (cmd_analyze, "look back into a run: the batch of a step, the checkpoint index"),
 }
 

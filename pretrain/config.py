@@ -272,9 +272,59 @@ def compose_config(overrides: list[str], config_name: str = "train") -> RunConfi
         except Exception as err:  # Hydra's own messages name the bad key; keep them, drop the trace
             raise ConfigError(f"bad override: {err}") from None
     run = OmegaConf.to_object(cfg)
+    if run.checkpoint.init_from:
+        run.model = model_of_init_from(run, overrides)
     resolve_data_settings(run, explicit_keys(overrides), model_fixed=bool(run.checkpoint.init_from))
     validate_run_config(run)
     return run
+
+
+# Fields that may differ between the model given with `model=` and an init_from checkpoint's:
+# the name, how fresh weights would be initialised, the context length (continued pretraining
+# may extend it), and the MoE kernel choice. Every other field changes the function computed.
+_INIT_FROM_FREE_FIELDS = ("name", "init", "max_seq_len", "moe.grouped_mm")
+
+
+def _flat_fields(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat_fields(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def model_of_init_from(run: RunConfig, overrides: list[str]) -> ModelConfig:
+    """checkpoint.init_from=DIR: without `model=` the model is DIR's (with any `model.x=` edits
+    applied on top); a `model=` that computes something else is rejected naming the fields."""
+    path = Path(run.checkpoint.init_from) / "config.yaml"
+    if not path.exists():
+        raise ConfigError(
+            f"checkpoint.init_from={run.checkpoint.init_from}: no config.yaml there; give a "
+            "checkpoint of ours (for a Hugging Face folder run `pretrain import-hf` first)"
+        )
+    saved = load_yaml(path)["model"]
+    keys = [o.partition("=")[0].lstrip("+~") for o in overrides]
+    if "model" not in keys:
+        edits = [o.lstrip("+~") for o, k in zip(overrides, keys) if k.startswith("model.")]
+        edits = [e[len("model.") :] for e in edits]
+        return model_config_from_dict(OmegaConf.merge(saved, OmegaConf.from_dotlist(edits)))
+    given = _flat_fields(asdict(run.model))
+    stored = _flat_fields(asdict(model_config_from_dict(saved)))
+    free = _INIT_FROM_FREE_FIELDS
+    differ = [
+        f"{k}: {given[k]!r} (given) vs {stored.get(k)!r} (checkpoint)"
+        for k in given
+        if given[k] != stored.get(k) and k not in free and not k.startswith(("init.",))
+    ]
+    if differ:
+        raise ConfigError(
+            f"model={run.model.name} does not match checkpoint.init_from="
+            f"{run.checkpoint.init_from}: {'; '.join(differ)}; drop model= to use the "
+            "checkpoint's model, or fix those fields"
+        )
+    return run.model
 
 
 def validate_run_config(run: RunConfig) -> RunConfig:

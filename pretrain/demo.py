@@ -175,7 +175,7 @@ def train_demo(
     import transformers
 
     from pretrain.analyze import batch_of_step
-    from pretrain.checkpoint import load_weights_any, read_index
+    from pretrain.checkpoint import load_weights, read_index
     from pretrain.config import compose_config
     from pretrain.export import export_run_steps
     from pretrain.train import train
@@ -222,7 +222,7 @@ def train_demo(
         )
     ]
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
-    ours = load_weights_any(run_dir / "series" / f"step{step}").eval()
+    ours = load_weights(run_dir / "series" / f"step{step}").eval()
     batch = torch.from_numpy(batch_of_step(run_dir, step + 1)["tokens"])
     with torch.no_grad():
         theirs = hf_model(batch[:, :-1]).logits

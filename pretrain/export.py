@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from model_zoo.hf import export_hf, import_hf
-from pretrain.checkpoint import save_weights
+from pretrain.checkpoint import check_checkpoint, load_weights, read_index, save_weights
 from pretrain.config import RunConfig
 
 
@@ -36,10 +36,10 @@ def export_checkpoint_to_hf(
     tokenizer: str | None = None,
     overwrite: bool = False,
     max_shard_bytes: int = 5 * 1024**3,
+    verify: str = "size",
 ) -> Path:
-    from pretrain.checkpoint import load_weights_any
-
-    model = load_weights_any(ckpt_dir)  # a series (weights) or a full training checkpoint
+    # a series (weights) or a full training checkpoint, checked against its manifest
+    model = load_weights(ckpt_dir, verify=verify)
     return export_hf(
         model.cfg,
         model.state_dict(),
@@ -52,13 +52,15 @@ def export_checkpoint_to_hf(
 
 
 def export_run_steps(
-    run_dir: str | Path, out_root: str | Path, steps: list[int] | None = None, **kw
+    run_dir: str | Path,
+    out_root: str | Path,
+    steps: list[int] | None = None,
+    verify: str = "size",
+    **kw,
 ):
     """Export steps of a run folder to OUT/stepN (Pythia's revision names). For each step the
     series (weights) checkpoint is used when there is one, else the full checkpoint. Loading goes
     through DCP, which reassembles shards written under any layout in this single process."""
-    from pretrain.checkpoint import load_weights_any, read_index
-
     run_dir, out_root = Path(run_dir), Path(out_root)
     entries = read_index(run_dir)
     if not entries:
@@ -67,18 +69,18 @@ def export_run_steps(
             "folder, or no checkpoint was saved"
         )
     by_step: dict[int, dict] = {}
-    for (
-        e
-    ) in entries:  # prefer weights (series) over full at the same step: already the export dtype
+    for e in entries:  # prefer weights (series) over full at the same step: the export dtype
         if e["step"] not in by_step or e["kind"] == "weights":
             by_step[e["step"]] = e
     wanted = sorted(by_step) if steps is None else steps
-    for step in wanted:
+    for step in wanted:  # every step checked before the first is written
         if step not in by_step:
             raise FileNotFoundError(
                 f"step {step} has no checkpoint in {run_dir}; saved steps: "
                 f"{', '.join(map(str, sorted(by_step)))}"
             )
-        model = load_weights_any(run_dir / by_step[step]["path"])
+        check_checkpoint(run_dir / by_step[step]["path"], verify)
+    for step in wanted:
+        model = load_weights(run_dir / by_step[step]["path"], verify="size")
         out = export_hf(model.cfg, model.state_dict(), out_root / f"step{step}", **kw)
         yield step, out
