@@ -85,8 +85,8 @@ def run_pipeline(cfg) -> int:
     run = prepare_run(cfg)
     specs = run.selected(cfg.stage)
     print(
-        f"pretrain data: pipeline {cfg.name}, {run.n} input file(s) -> {run.dir}; stages: "
-        + ", ".join(f"{s.name}[{s.n}]" for s in specs),
+        f"pretrain data: pipeline {cfg.name}, {len(set(run.inputs))} input file(s) in {run.n} "
+        f"shard(s) -> {run.dir}; stages: " + ", ".join(f"{s.name}[{s.n}]" for s in specs),
         file=sys.stderr,
     )
     try:

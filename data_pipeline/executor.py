@@ -136,19 +136,25 @@ def _init_worker(q) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 
-def _pool_task(out_dir: str, spec: StageSpec, task: TaskFn, i: int) -> dict:
-    def sink(d: int, b: int) -> None:
-        try:
-            _QUEUE.put_nowait((d, b))
-        except Exception:
-            pass
-
+def _guarded_task(out_dir: str, spec: StageSpec, task: TaskFn, i: int, sink) -> dict:
+    """run_task, with any failure turned into TaskFailed naming the stage and task (inline and in
+    the pool alike)."""
     try:
         return run_task(out_dir, spec, task, i, sink)
     except Exception as err:
         raise TaskFailed(
             f"{spec.name} task {i} failed: {type(err).__name__}: {err}\n{traceback.format_exc()}"
         ) from None
+
+
+def _pool_task(out_dir: str, spec: StageSpec, task: TaskFn, i: int) -> dict:
+    def sink(d: int, b: int) -> None:
+        try:
+            _QUEUE.put_nowait((d, b))
+        except Exception:  # progress is best effort: a full or closed queue must not fail a task
+            pass
+
+    return _guarded_task(out_dir, spec, task, i, sink)
 
 
 def _bar(spec: StageSpec, enabled: bool) -> tqdm:
@@ -201,7 +207,7 @@ class LocalExecutor:
         try:
             if workers <= 1:
                 for i in todo:
-                    run_task(str(out_dir), spec, job.task, i, update)
+                    _guarded_task(str(out_dir), spec, job.task, i, update)
             else:
                 if job.before_fork is not None:
                     job.before_fork()

@@ -187,7 +187,8 @@ def jsonl_pieces(path: str, n: int) -> list[dict | None]:
         fh = _decompressed(path, raw)
         try:
             c0 = 0
-            while targets and (chunk := fh.read(_CHUNK)):
+            # read1: what decompresses now, so a truncated stream yields its text up to the cut
+            while targets and (chunk := fh.read1(_CHUNK)):
                 c1 = raw.tell()  # bytes on disk consumed so far (a little ahead: read buffers)
                 j = 0
                 while targets and targets[0] < c1:
