@@ -291,6 +291,14 @@ def _check(
     )
 
 
+def check_layout(
+    pcfg: ParallelConfig, world_size: int, model_cfg: ModelConfig, gbs: int, mbs: int, seq_len: int
+) -> Layout:
+    """resolve_layout without the search for an alternative (for callers that enumerate layouts
+    themselves, like the planner): raises ConfigError(reason)."""
+    return _check(pcfg, world_size, model_cfg, gbs, mbs, seq_len)
+
+
 def _suggest(pcfg: ParallelConfig, world_size: int, model_cfg, gbs, mbs, seq_len) -> str:
     """The valid layout closest (in log2 distance of the axis sizes) to the requested one."""
     want = {k: max(1, getattr(pcfg, k)) for k in ("tp", "pp", "dp_replicate", "ep")}

@@ -136,7 +136,14 @@ class PipelineSchedule:
         return self.torch_class(stages[0], n_microbatches, **kwargs)
 
     def action_order(self, pp: int, v: int, n_microbatches: int) -> dict[int, list[Action]]:
-        """Per pp rank, the compute actions in the order that rank runs them (see module doc)."""
+        """Per pp rank, the compute actions in the order that rank runs them (see module doc).
+        Cached: the planner asks for the same orders for thousands of layouts."""
+        key = (self.name, pp, v, n_microbatches)
+        if key not in _ORDERS:
+            _ORDERS[key] = self._action_order(pp, v, n_microbatches)
+        return _ORDERS[key]
+
+    def _action_order(self, pp: int, v: int, n_microbatches: int) -> dict[int, list[Action]]:
         if not self.multi_stage:
             if self.single_stage_order is None:
                 raise NotImplementedError(f"{self.name} has no single_stage_order")
@@ -154,6 +161,7 @@ class PipelineSchedule:
         return orders
 
 
+_ORDERS: dict[tuple, dict[int, list[Action]]] = {}
 _KIND = {"FORWARD": "F", "FULL_BACKWARD": "B", "BACKWARD_INPUT": "I", "BACKWARD_WEIGHT": "W"}
 
 

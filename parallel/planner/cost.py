@@ -1,0 +1,201 @@
+"""Step time of a layout: FLOPs per stage over the GPU's peak, communication per collective over
+the bandwidth of where the group's ranks sit, and the pipeline bubble of the schedule's order.
+
+Compute: the model's training FLOPs per token (`model_zoo.counting.training_flops_per_token`,
+6 x active parameters + attention) split over stages by their layers, plus one more forward of
+each recomputed layer, over peak x `efficiency`. Under FP8 the linear layers' FLOPs run at the fp8
+peak and attention at the bf16 one.
+
+Communication per micro-batch and stage (ring algorithms, (n-1)/n of the buffer per rank):
+  TP + sequence parallel: per layer, forward 2 all-gathers and 2 reduce-scatters of the
+    [mbs, seq, d_model] activation, the same again in backward (not overlapped: on the critical path)
+  EP: per MoE layer, 2 all-to-alls forward and 2 backward of the routed tokens (top_k copies)
+  PP: one send of the [mbs, seq/tp, d_model] activation per stage boundary each way
+  FSDP: per step, the stage's parameters all-gathered (again in backward without a pipeline)
+    and gradients reduce-scattered in fp32; HSDP adds an all-reduce of the shards over
+    dp_replicate; overlapped with compute (only the part longer than compute is exposed).
+A group is intra-node when all its ranks share a node: its stride x size fits in gpus_per_node
+(axes are laid out pp, dp_replicate, dp_shard, ep, tp, tp innermost).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from model_zoo.config import ModelConfig
+from model_zoo.counting import count_parameters, training_flops_per_token
+from parallel.layout import Layout
+from parallel.planner.hardware import GPUSpec
+
+AXES_INNER_FIRST = ("tp", "ep", "dp_shard", "dp_replicate", "pp")
+
+
+def group_bandwidth(layout: Layout, axes: tuple[str, ...], gpu: GPUSpec, gpus_per_node: int):
+    """Bytes/s per rank of a collective over `axes` (NVLink when its ranks share a node)."""
+    stride, span = 1, 1
+    for axis in AXES_INNER_FIRST:
+        size = getattr(layout, axis)
+        if axis in axes:
+            span = stride * size
+        stride *= size
+    intra = span <= gpus_per_node
+    return (gpu.nvlink_gbps if intra else gpu.net_gbps) * 1e9, intra
+
+
+@dataclass
+class StepTime:
+    compute: float
+    bubble: float
+    tp_comm: float
+    ep_comm: float
+    pp_comm: float
+    fsdp_exposed: float
+
+    @property
+    def total(self) -> float:
+        return (
+            self.compute + self.bubble + self.tp_comm + self.ep_comm + self.pp_comm
+        ) + self.fsdp_exposed
+
+    @property
+    def dominant(self) -> str:
+        terms = {
+            "compute": self.compute,
+            "bubble": self.bubble,
+            "tp comm": self.tp_comm,
+            "ep comm": self.ep_comm,
+            "pp comm": self.pp_comm,
+            "fsdp comm": self.fsdp_exposed,
+        }
+        return max(terms, key=terms.get)
+
+
+def _ring(n: int) -> float:
+    return (n - 1) / n if n > 1 else 0.0
+
+
+def _simulate(layout: Layout, fwd: dict[int, float], bwd: dict[int, float]) -> float:
+    """Makespan of the schedule's per-rank orders with per-stage forward/backward times (input-
+    and weight-gradient halves split the backward evenly), each op waiting for its dependency on
+    the neighbouring stage."""
+    order = layout.schedule.action_order(layout.pp, layout.virtual_stages, layout.n_microbatches)
+    last_stage = layout.n_stages - 1
+    done: dict[tuple[str, int, int], float] = {}
+    pos = {r: 0 for r in order}
+    clock = {r: 0.0 for r in order}
+    remaining = sum(len(v) for v in order.values())
+    while remaining:
+        progressed = False
+        for r, ops in order.items():
+            while pos[r] < len(ops):
+                a = ops[pos[r]]
+                if a.kind == "F":
+                    dep = ("F", a.stage - 1, a.microbatch) if a.stage > 0 else None
+                    cost = fwd[a.stage]
+                elif a.kind in ("B", "I"):
+                    if a.stage < last_stage:
+                        dep = ("G", a.stage + 1, a.microbatch)
+                    else:
+                        dep = ("F", a.stage, a.microbatch)
+                    cost = bwd[a.stage] if a.kind == "B" else bwd[a.stage] / 2
+                else:  # W: after this stage's input-gradient half
+                    dep = ("G", a.stage, a.microbatch)
+                    cost = bwd[a.stage] / 2
+                if dep is not None and dep not in done:
+                    break
+                start = max(clock[r], done[dep] if dep else 0.0)
+                clock[r] = start + cost
+                done[
+                    (
+                        "F" if a.kind == "F" else ("G" if a.kind in "BI" else "W"),
+                        a.stage,
+                        a.microbatch,
+                    )
+                ] = clock[r]
+                pos[r] += 1
+                remaining -= 1
+                progressed = True
+        if not progressed:
+            raise RuntimeError(f"schedule {layout.pp_schedule} order deadlocks in simulation")
+    return max(clock.values())
+
+
+def step_time(
+    cfg: ModelConfig, layout: Layout, gpu: GPUSpec, gpus_per_node: int, efficiency: float
+) -> StepTime:
+    count = count_parameters(cfg)
+    seq, mbs = layout.seq_len, layout.micro_batch_size
+    per_token = training_flops_per_token(cfg, seq, count)
+    output_flops = 6 * cfg.padded_vocab_size * cfg.d_model
+    layer_flops = (per_token - output_flops) / cfg.n_layers
+    attention_share = 12 * cfg.n_heads * cfg.dim_per_head * seq / max(layer_flops, 1)
+    bf16 = gpu.bf16_tflops * 1e12 * efficiency
+    fp8 = (gpu.fp8_tflops or gpu.bf16_tflops) * 1e12 * efficiency
+    fast = layout.precision.startswith("fp8")
+
+    def seconds(flops: float, linear_share: float) -> float:
+        if not fast:
+            return flops / bf16
+        return flops * linear_share / fp8 + flops * (1 - linear_share) / bf16
+
+    tokens_mb = mbs * seq
+    tp = layout.tp
+    fwd, bwd = {}, {}
+    for sid, layers in enumerate(layout.stage_layers):
+        f = 0.0
+        recompute = 0.0
+        for lid in layers:
+            lf = layer_flops * tokens_mb / tp / 3  # forward is a third of forward + backward
+            f += seconds(lf, 1 - attention_share)
+            ckpt = layout.activation_checkpointing == "full" or (
+                layout.activation_checkpointing == "selective" and lid % layout.ac_every_n == 0
+            )
+            if ckpt:
+                recompute += seconds(lf, 1 - attention_share)
+        if sid == layout.n_stages - 1:
+            f += seconds(output_flops * tokens_mb / tp / 3, 0.0)  # output stays bf16 under FP8
+        fwd[sid], bwd[sid] = f, 2 * f + recompute
+    compute = sum(fwd[s] + bwd[s] for s in layout.stages_of_rank(0)) * layout.n_microbatches
+    if layout.pp > 1:
+        makespan = _simulate(layout, fwd, bwd)
+        slowest = (
+            max(sum(fwd[s] + bwd[s] for s in layout.stages_of_rank(r)) for r in range(layout.pp))
+            * layout.n_microbatches
+        )
+        compute = slowest
+        bubble = max(0.0, makespan - slowest)
+    else:
+        bubble = 0.0
+    act_bytes = tokens_mb * cfg.d_model * (4 if layout.precision == "fp32" else 2)
+    layers_per_rank = sum(len(layout.stage_layers[s]) for s in layout.stages_of_rank(0))
+    tp_bw, _ = group_bandwidth(layout, ("tp",), gpu, gpus_per_node)
+    tp_comm = 8 * act_bytes * _ring(tp) / tp_bw * layers_per_rank * layout.n_microbatches
+    ep_comm = 0.0
+    if layout.ep > 1:
+        moe_layers = sum(
+            cfg.is_moe_layer(lid)
+            for s in layout.stages_of_rank(0)
+            for lid in layout.stage_layers[s]
+        )
+        ep_bw, _ = group_bandwidth(layout, ("ep",), gpu, gpus_per_node)
+        routed = act_bytes * cfg.moe.top_k
+        ep_comm = 4 * routed * _ring(layout.ep) / ep_bw * moe_layers * layout.n_microbatches
+    pp_comm = 0.0
+    if layout.pp > 1:
+        pp_bw, _ = group_bandwidth(layout, ("pp",), gpu, gpus_per_node)
+        sends = 2 * layout.virtual_stages * layout.n_microbatches
+        pp_comm = sends * act_bytes / tp / pp_bw
+    fsdp_exposed = 0.0
+    if layout.dp > 1:
+        stage_params = count.total / layout.pp / tp
+        dp_bw, _ = group_bandwidth(layout, ("dp_shard", "ep"), gpu, gpus_per_node)
+        gathers = 1 if layout.pp > 1 else 2
+        cbytes = 4 if layout.precision == "fp32" else 2
+        n = layout.dp_shard * layout.ep
+        vol = stage_params * _ring(n) * (gathers * cbytes + 4)
+        t = vol / dp_bw
+        if layout.dp_replicate > 1:
+            rep_bw, _ = group_bandwidth(layout, ("dp_replicate",), gpu, gpus_per_node)
+            t += 2 * 4 * stage_params / n * _ring(layout.dp_replicate) / rep_bw
+        fsdp_exposed = max(0.0, t - compute)
+    return StepTime(compute, bubble, tp_comm, ep_comm, pp_comm, fsdp_exposed)

@@ -1,0 +1,450 @@
+"""Memory per GPU of a layout, from the real model and the real parallelize functions.
+
+Parameters, gradients, optimizer state: the model is built on the meta device, pruned to one
+layer of each kind (dense / MoE: every layer of a kind has the same parameter names and shapes),
+and parallelized with `parallel.parallelize.parallelize_part` on a fake process group (torch's
+in-process "fake" backend: no communication, any world size). Each parameter's DTensor placements
+say which dimension each mesh axis splits; the planner replays them, with torch.chunk's rounding,
+for the layout's real axis sizes and any rank's mesh coordinates: tensor/expert-parallel splits
+first, then FSDP2's dim-0 shard of the local tensor. That is exact per rank (FSDP's padding to
+equal shards is not counted: it is what `DTensor.to_local()` holds).
+
+  parameters: fp32 (the master weights, also under bf16/fp8: FSDP2's mixed precision casts copies)
+  gradients:  fp32, the same shards
+  optimizer:  AdamW's exp_avg and exp_avg_sq (fp32, same shards) + one fp32 step scalar per tensor
+
+Activations are measured, not modelled: a probe stage (the real Transformer pruned the way the
+engine prunes a pipeline stage, tensor-parallelized on a fake group, activation checkpointing
+applied by `parallelize.apply_ac`) runs one forward and backward of a micro-batch under
+FakeTensorMode with torch's MemTracker. Probes with one and two layers of a kind give the bytes
+one layer keeps for backward (checkpointed or not); a probe with the embeddings / output layer
+and loss gives the stage's fixed part; the peak above what is kept is the transient. See
+`ActivationModel`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.distributed._tools.mem_tracker import MemTracker
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor.placement_types import Shard, _StridedShard
+from torch.testing._internal.distributed.fake_pg import FakeStore
+
+from model_zoo.config import ModelConfig
+from model_zoo.model import build_model
+from parallel import parallelize
+from parallel.config import ParallelConfig
+from parallel.layout import Layout, build_mesh, resolve_layout
+
+FSDP_AXES = ("dp_shard_ep", "dp_shard", "dp_replicate")
+F32 = 4
+COMPUTE_BYTES = {"fp32": 4, "bf16": 2, "fp8_tensorwise": 2, "fp8_rowwise": 2}
+
+
+@contextlib.contextmanager
+def fake_world(world_size: int):
+    """An in-process fake default process group of `world_size` ranks (this process is rank 0)."""
+    if dist.is_initialized():
+        raise RuntimeError("the planner needs its own (fake) process group; one already exists")
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world_size)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def layer_kinds(cfg: ModelConfig) -> list[str]:
+    return ["moe" if cfg.is_moe_layer(i) else "dense" for i in range(cfg.n_layers)]
+
+
+def representative_layers(cfg: ModelConfig) -> dict[str, int]:
+    """kind -> the first layer id of that kind."""
+    reps: dict[str, int] = {}
+    for i, kind in enumerate(layer_kinds(cfg)):
+        reps.setdefault(kind, i)
+    return reps
+
+
+def _prune(model, layer_ids, first: bool, last: bool) -> None:
+    keep = {str(i) for i in layer_ids}
+    for key in list(model.layers.keys()):
+        if key not in keep:
+            del model.layers[key]
+    if not first:
+        model.tok_embeddings = None
+    if not last:
+        model.norm = None
+        model.output = None
+
+
+@dataclass(frozen=True)
+class ParamRule:
+    """One parameter: its global shape and, in application order, (mesh axis, tensor dim) of
+    every split (tp/ep first, then the FSDP axis on dim 0)."""
+
+    shape: tuple[int, ...]
+    splits: tuple[tuple[str, int], ...]
+
+    def local_numel(self, sizes: dict[str, int], coords: dict[str, int]) -> int:
+        local = list(self.shape)
+        for axis, dim in self.splits:
+            n, i = sizes[axis], coords[axis]
+            chunk = math.ceil(local[dim] / n) if local[dim] else 0
+            local[dim] = max(0, min(chunk, local[dim] - i * chunk))
+        return math.prod(local)
+
+    def tp_local_numel(self, sizes: dict[str, int]) -> int:
+        """After the tensor/expert-parallel splits only: what FSDP all-gathers for compute."""
+        zero = {a: 0 for a in sizes}
+        kept = ParamRule(self.shape, tuple(s for s in self.splits if s[0] not in FSDP_AXES))
+        return kept.local_numel(sizes, zero)
+
+
+def _canonical(layout_key: tuple) -> ParallelConfig:
+    tp, ep, rep, shard, fsdp = layout_key
+    return ParallelConfig(
+        tp=tp,
+        ep=ep,
+        dp_replicate=2 if rep else 1,
+        dp_shard=2 if shard else 1,
+        precision="bf16" if fsdp else "fp32",
+    )
+
+
+_RULES: dict[tuple, dict] = {}
+_PROBES: dict[tuple, tuple[int, int]] = {}
+
+
+def _param_rules_cached(cfg: ModelConfig, layout_key: tuple) -> dict[str, ParamRule]:
+    key = (repr(cfg), layout_key)  # ModelConfig is a mutable (unhashable) dataclass
+    if key not in _RULES:
+        _RULES[key] = _extract_rules(cfg, layout_key)
+    return _RULES[key]
+
+
+def _extract_rules(cfg: ModelConfig, layout_key: tuple) -> dict[str, ParamRule]:
+    pcfg = _canonical(layout_key)
+    world = pcfg.tp * pcfg.ep * pcfg.dp_replicate * pcfg.dp_shard
+    seq = math.lcm(pcfg.tp, 8)
+    dp = world // pcfg.tp
+    layout = resolve_layout(pcfg, world, cfg, dp, 1, seq)
+    with fake_world(world):
+        mesh = build_mesh(layout, "cpu")
+        model = build_model(cfg, device="meta")
+        _prune(model, sorted(representative_layers(cfg).values()), True, True)
+        parallelize.parallelize_part(model, cfg, layout, mesh)
+        rules = {}
+        for name, p in model.named_parameters():
+            splits: list[tuple[str, int]] = []
+            if isinstance(p, DTensor):
+                names = p.device_mesh.mesh_dim_names
+                pairs = [
+                    (axis, pl.dim)
+                    for axis, pl in zip(names, p.placements)
+                    if isinstance(pl, (Shard, _StridedShard))  # FSDP over TP: strided
+                ]
+                splits = [s for s in pairs if s[0] not in FSDP_AXES]
+                splits += [s for s in pairs if s[0] in FSDP_AXES]
+            rules[name] = ParamRule(tuple(p.shape), tuple(splits))
+    return rules
+
+
+def param_rules(cfg: ModelConfig, layout: Layout) -> dict[str, ParamRule]:
+    """Parameter name (with the representative layer id) -> its sharding rule under `layout`."""
+    fsdp = layout.dp > 1 or layout.precision != "fp32"
+    key = (
+        layout.tp,
+        layout.ep,
+        layout.dp_replicate > 1,
+        layout.dp_shard > 1 or layout.ep > 1,
+        fsdp,
+    )
+    # the replicated-KV-heads rule depends on tp vs n_kv_heads only, which the key's tp fixes
+    return _param_rules_cached(cfg, key)
+
+
+def axis_sizes(layout: Layout) -> dict[str, int]:
+    return {
+        "pp": layout.pp,
+        "dp_replicate": layout.dp_replicate,
+        "dp_shard": layout.dp_shard,
+        "ep": layout.ep,
+        "tp": layout.tp,
+        "dp_shard_ep": layout.dp_shard * layout.ep,
+    }
+
+
+def rank_coords(layout: Layout, rank: int) -> dict[str, int]:
+    """Mesh coordinates of a global rank (axes pp, dp_replicate, dp_shard, ep, tp, row-major)."""
+    coords, rest = {}, rank
+    for axis in ("tp", "ep", "dp_shard", "dp_replicate", "pp"):
+        size = getattr(layout, axis)
+        coords[axis] = rest % size
+        rest //= size
+    coords["dp_shard_ep"] = coords["dp_shard"] * layout.ep + coords["ep"]
+    return coords
+
+
+def stage_param_names(
+    cfg: ModelConfig, layout: Layout, stage: int, rules: dict
+) -> list[tuple[str, str]]:
+    """(real name, representative name) of every parameter of pipeline stage `stage`."""
+    reps = representative_layers(cfg)
+    kinds = layer_kinds(cfg)
+    first, last = stage == 0, stage == layout.n_stages - 1
+    out = []
+    for name in rules:
+        if name.startswith("layers."):
+            rep_id = int(name.split(".")[1])
+            kind = next(k for k, i in reps.items() if i == rep_id)
+            tail = name.split(".", 2)[2]
+            for lid in layout.stage_layers[stage]:
+                if kinds[lid] == kind:
+                    out.append((f"layers.{lid}.{tail}", name))
+        elif name.startswith("tok_embeddings.") and first:
+            out.append((name, name))
+        elif name.startswith(("norm.", "output.")) and last:
+            out.append((name, name))
+    return out
+
+
+@dataclass
+class StaticMemory:
+    params: int
+    grads: int
+    optimizer: int
+    comm_buffers: int  # FSDP's unsharded parameters / gradient buffers for compute
+    n_tensors: int
+
+
+def static_memory(cfg: ModelConfig, layout: Layout, rank: int) -> StaticMemory:
+    """Exact parameter, gradient and AdamW bytes of one rank, plus FSDP's unsharded buffers."""
+    rules = param_rules(cfg, layout)
+    sizes, coords = axis_sizes(layout), rank_coords(layout, rank)
+    numel = n_tensors = 0
+    unsharded: dict[str, int] = {}  # block key -> tp-local numel (FSDP all-gathers a block)
+    for sid in layout.stages_of_rank(coords["pp"]):
+        for real, rep in stage_param_names(cfg, layout, sid, rules):
+            rule = rules[rep]
+            numel += rule.local_numel(sizes, coords)
+            n_tensors += 1
+            block = ".".join(real.split(".")[:2]) if real.startswith("layers.") else f"root{sid}"
+            unsharded[block] = unsharded.get(block, 0) + rule.tp_local_numel(sizes)
+    fsdp = layout.dp > 1 or layout.precision != "fp32"
+    buffers = 0
+    if fsdp and unsharded:
+        cbytes = COMPUTE_BYTES[layout.precision]
+        biggest = max(unsharded.values())
+        if layout.pp > 1:  # reshard_after_forward=False: the stage stays unsharded all step
+            buffers = sum(unsharded.values()) * cbytes
+        else:  # the block being computed and the one prefetched
+            buffers = 2 * biggest * cbytes
+        buffers += biggest * (cbytes + F32)  # unsharded gradients before the reduce-scatter
+    return StaticMemory(
+        params=numel * F32,
+        grads=numel * F32,
+        optimizer=2 * numel * F32 + n_tensors * F32,
+        comm_buffers=buffers,
+        n_tensors=n_tensors,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Activations
+# ------------------------------------------------------------------------------------------------
+def _activation_bytes(snapshot: dict) -> int:
+    """Everything in a MemTracker snapshot that is not a parameter, gradient, buffer or optimizer
+    state: activations, temporaries (and autograd's other tensors)."""
+    total = 0
+    for dev in snapshot.values():
+        for k, v in dev.items():
+            if k != "Total" and getattr(k, "name", "") in ("ACT", "TEMP", "OTH"):
+                total += v
+    return total
+
+
+def probe(
+    cfg: ModelConfig,
+    layer_ids: tuple[int, ...],
+    first: bool,
+    last: bool,
+    tp: int,
+    mbs: int,
+    seq: int,
+    checkpointed: bool,
+    dtype: torch.dtype,
+) -> tuple[int, int]:
+    """(bytes kept after the forward, peak bytes during forward + backward) of one micro-batch
+    through a stage holding `layer_ids`, measured on fake tensors (cached)."""
+    key = (repr(cfg), layer_ids, first, last, tp, mbs, seq, checkpointed, dtype)
+    if key not in _PROBES:
+        _PROBES[key] = _run_probe(cfg, layer_ids, first, last, tp, mbs, seq, checkpointed, dtype)
+    return _PROBES[key]
+
+
+def _run_probe(cfg, layer_ids, first, last, tp, mbs, seq, checkpointed, dtype) -> tuple[int, int]:
+    from torch._subclasses.fake_tensor import FakeTensorMode  # private module: keep it local
+
+    pcfg = ParallelConfig(tp=tp, activation_checkpointing="full" if checkpointed else "none")
+    layout = resolve_layout(pcfg, tp, cfg, mbs, mbs, seq)
+    with fake_world(tp):
+        mesh = build_mesh(layout, "cpu")
+        model = build_model(cfg, device="meta")
+        _prune(model, layer_ids, first, last)
+        # the compute dtype FSDP2's mixed precision would cast the parameters to (no FSDP here)
+        model.to(dtype)
+        parallelize.parallelize_part(model, cfg, layout, mesh)
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            return _measure(model, cfg, first, last, tp, mbs, seq, dtype)
+
+
+def _balanced_dispatch(moe):
+    """MoE.dispatch with every expert receiving the same number of tokens (a real counts tensor,
+    so the expert loop's split sizes are known under fake tensors, where torch.bincount of fake
+    routing decisions has no size). Expert parallel moves tokens, not their count per rank: with
+    balanced routing each rank computes n_tokens * top_k expert rows whatever ep is."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily  # private, local
+
+    def dispatch(x, expert_ids):
+        flat = expert_ids.reshape(-1)
+        n, e = flat.numel(), moe.cfg.n_experts
+        with unset_fake_temporarily():
+            counts = torch.full((e,), n // e, dtype=torch.int64)
+            counts[: n % e] += 1
+        order = torch.argsort(flat, stable=True)
+        return x[order // moe.cfg.top_k], counts, order
+
+    return dispatch
+
+
+def _measure(model, cfg, first, last, tp, mbs, seq, dtype) -> tuple[int, int]:
+    from model_zoo.moe import moe_layers
+
+    for _, moe in moe_layers(model):
+        moe.dispatch = _balanced_dispatch(moe)
+    if True:
+        model.to_empty(device="cpu")
+        model.init_buffers()
+        positions = torch.arange(seq).expand(mbs, seq)
+        if first:
+            inputs = torch.randint(0, cfg.vocab_size, (mbs, seq))
+        else:
+            inputs = torch.randn(mbs, seq // tp, cfg.d_model, dtype=dtype, requires_grad=True)
+        labels = torch.randint(0, cfg.vocab_size, (mbs, seq))
+        tracker = MemTracker()
+        tracker.track_external(model)
+        with tracker:
+            out = model(inputs, position_ids=positions)
+            kept = _activation_bytes(tracker.get_tracker_snapshot("current"))
+            if last:
+                ctx = contextlib.nullcontext()
+                if tp > 1:
+                    from torch.distributed.tensor.parallel import loss_parallel
+
+                    ctx = loss_parallel()
+                with ctx:
+                    loss = F.cross_entropy(
+                        out.flatten(0, 1).float(), labels.flatten(), reduction="sum"
+                    )
+                    loss.backward()
+            else:
+                out.backward(torch.ones_like(out))
+            peak = _activation_bytes(tracker.get_tracker_snapshot("peak"))
+    return kept, peak
+
+
+@dataclass(frozen=True)
+class StageActivations:
+    kept: int  # bytes one micro-batch keeps from its forward until its backward
+    transient: int  # extra bytes at the peak of one micro-batch's forward + backward
+
+
+class ActivationModel:
+    """Per-layer and fixed activation bytes of a model at one (tp, seq, dtype), measured with
+    `probe` at micro-batch 1 and scaled by the micro-batch size (every activation of a decoder
+    is per sequence; the validation measures the real run at the real micro-batch size)."""
+
+    def __init__(self, cfg: ModelConfig, tp: int, seq: int, dtype: torch.dtype):
+        self.cfg, self.tp, self.seq, self.dtype = cfg, tp, seq, dtype
+        self.reps = representative_layers(cfg)
+        self.kinds = layer_kinds(cfg)
+        self._layer: dict[tuple[str, bool], tuple[int, int]] = {}
+        self._base: dict[tuple[bool, bool], tuple[int, int]] = {}
+
+    def _probe(self, ids, first, last, ckpt):
+        return probe(self.cfg, tuple(ids), first, last, self.tp, 1, self.seq, ckpt, self.dtype)
+
+    def layer(self, kind: str, ckpt: bool) -> tuple[int, int]:
+        """(kept, peak) of one layer of `kind`, from probes with one and two such layers."""
+        key = (kind, ckpt)
+        if key not in self._layer:
+            ids = [i for i, k in enumerate(self.kinds) if k == kind]
+            one = self._probe(ids[:1], False, False, ckpt)
+            if len(ids) > 1:
+                two = self._probe(ids[:2], False, False, ckpt)
+                kept = two[0] - one[0]
+            else:
+                kept = one[0]
+            self._layer[key] = (kept, one[1])
+        return self._layer[key]
+
+    def base(self, first: bool, last: bool) -> tuple[int, int]:
+        """(kept, peak) of a stage's embeddings / norm + output + loss without its layers."""
+        key = (first, last)
+        if key not in self._base:
+            if not (first or last):
+                self._base[key] = (0, 0)
+            else:
+                kind, lid = next(iter(self.reps.items()))
+                kept, peak = self._probe([lid], first, last, False)
+                self._base[key] = (kept - self.layer(kind, False)[0], peak)
+        return self._base[key]
+
+    def stage(self, layout: Layout, stage: int) -> StageActivations:
+        first, last = stage == 0, stage == layout.n_stages - 1
+        kept, peak = self.base(first, last)
+        transient = peak - kept if (first or last) else 0
+        for lid in layout.stage_layers[stage]:
+            ckpt = layout.activation_checkpointing == "full" or (
+                layout.activation_checkpointing == "selective" and lid % layout.ac_every_n == 0
+            )
+            k, p = self.layer(self.kinds[lid], ckpt)
+            kept += k
+            transient = max(transient, p - k)
+        mbs = layout.micro_batch_size
+        return StageActivations(kept * mbs, max(transient, 0) * mbs)
+
+
+def in_flight_peak(layout: Layout, pp_rank: int, acts: dict[int, StageActivations]) -> int:
+    """Peak activation bytes of one pp rank over the schedule: the micro-batches each of its
+    stages holds at every point of the rank's order of work, plus the running op's transient.
+    A micro-batch's activations are released by its (full or weight-gradient) backward."""
+    if layout.pp == 1:
+        a = acts[0]
+        return a.kept + a.transient  # gradient accumulation: one micro-batch at a time
+    order = layout.schedule.action_order(layout.pp, layout.virtual_stages, layout.n_microbatches)
+    live: dict[int, int] = {s: 0 for s in layout.stages_of_rank(pp_rank)}
+    split = {a.stage for a in order[pp_rank] if a.kind == "W"}
+    peak = 0
+    for a in order[pp_rank]:
+        if a.kind == "F":
+            live[a.stage] += 1
+        held = sum(n * acts[s].kept for s, n in live.items())
+        peak = max(peak, held + acts[a.stage].transient)
+        if a.kind == "W" or (a.kind == "B" and a.stage not in split):
+            live[a.stage] -= 1
+    return peak
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    return torch.float32 if precision == "fp32" else torch.bfloat16
+
+
+def with_sizes(layout: Layout, **kw) -> Layout:
+    return replace(layout, **kw)

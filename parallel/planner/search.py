@@ -1,0 +1,247 @@
+"""Enumerate the layouts the engine accepts for a model and world, estimate each, rank them.
+
+Pruning (so every zoo model answers in seconds), stated in `pretrain plan --help`:
+  * tp only within a node (tp <= gpus_per_node) and a power of two;
+  * micro-batch sizes 1, 2, 4, 8 (those dividing the per-rank batch);
+  * pp only up to n_layers stages; Interleaved1F1B with 2 stages per rank;
+  * selective checkpointing every 2nd layer (ac_every_n=2);
+  * FP8 recipes only on GPUs with FP8 tensor cores;
+  * dp_replicate > 1 only across nodes (dp_shard a multiple of gpus_per_node / (tp * ep ...)
+    is not required; HSDP within a node is pruned: it only adds an all-reduce).
+Every surviving combination is checked by `resolve_layout` (the engine's own rules); activation
+probes are shared between layouts with the same tp, so the cost is a few probes per tp value.
+A context-parallel axis would enter here as one more factor of the world size (`cp` in the
+product below) and as one more argument to ActivationModel (seq / cp per rank).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+from model_zoo.config import ConfigError, ModelConfig
+from model_zoo.counting import count_parameters, training_flops_per_token
+from parallel.config import ParallelConfig
+from parallel.layout import Layout, check_layout
+from parallel.planner.cost import StepTime, step_time
+from parallel.planner.hardware import GPUSpec
+from parallel.planner.memory import (
+    ActivationModel,
+    compute_dtype,
+    in_flight_peak,
+    static_memory,
+)
+from parallel.schedules import SCHEDULES
+
+# What the allocator and the runtime take beyond the tensors counted: CUDA context + NCCL
+# buffers (about 1 GiB measured on H100 with torch 2.x) and caching-allocator fragmentation
+# (5% of the tensors, torchtitan's rule of thumb for FSDP2 without expandable segments).
+RUNTIME_BYTES = 1 << 30
+FRAGMENTATION = 0.05
+MICRO_BATCHES = (1, 2, 4, 8)
+AC_CHOICES = ("none", "selective", "full")
+
+
+@dataclass
+class PlannedLayout:
+    pcfg: ParallelConfig
+    layout: Layout
+    params: int
+    grads: int
+    optimizer: int
+    activations: int
+    comm_buffers: int
+    total: int
+    fits: bool
+    time: StepTime
+    tokens_per_s_per_gpu: float
+    mfu: float
+    per_rank: list[dict] = field(default_factory=list)
+
+    def overrides(self) -> list[str]:
+        p, lay = self.pcfg, self.layout
+        out = [
+            f"parallel.tp={p.tp}",
+            f"parallel.pp={p.pp}",
+            f"parallel.dp_shard={lay.dp_shard}",
+            f"parallel.dp_replicate={p.dp_replicate}",
+            f"parallel.ep={p.ep}",
+            f"parallel.precision={p.precision}",
+            f"parallel.activation_checkpointing={p.activation_checkpointing}",
+            f"trainer.micro_batch_size={lay.micro_batch_size}",
+        ]
+        if p.pp > 1:
+            out.append(f"parallel.pp_schedule={p.pp_schedule}")
+        if p.activation_checkpointing == "selective":
+            out.append(f"parallel.ac_every_n={p.ac_every_n}")
+        return out
+
+    def as_json(self) -> dict:
+        lay = self.layout
+        return {
+            "tp": lay.tp,
+            "pp": lay.pp,
+            "dp_shard": lay.dp_shard,
+            "dp_replicate": lay.dp_replicate,
+            "ep": lay.ep,
+            "schedule": lay.pp_schedule if lay.pp > 1 else None,
+            "virtual_stages": lay.virtual_stages,
+            "micro_batch_size": lay.micro_batch_size,
+            "n_microbatches": lay.n_microbatches,
+            "activation_checkpointing": lay.activation_checkpointing,
+            "precision": lay.precision,
+            "bytes_per_gpu": {
+                "params": self.params,
+                "grads": self.grads,
+                "optimizer": self.optimizer,
+                "activations": self.activations,
+                "comm_buffers": self.comm_buffers,
+                "total": self.total,
+            },
+            "fits": self.fits,
+            "tokens_per_s_per_gpu": self.tokens_per_s_per_gpu,
+            "mfu": self.mfu,
+            "dominant": self.time.dominant,
+            "step_s": self.time.total,
+        }
+
+
+def _pow2_divisors(n: int, cap: int) -> list[int]:
+    return [d for d in (1, 2, 4, 8, 16, 32, 64) if d <= cap and n % d == 0]
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def candidates(
+    cfg: ModelConfig,
+    world: int,
+    gpus_per_node: int,
+    gbs: int,
+    seq: int,
+    precisions: tuple[str, ...],
+):
+    """Every (ParallelConfig, Layout) the engine accepts, within the pruning above."""
+    n_exp = cfg.moe.n_experts if cfg.moe.enabled else 0
+    for tp in _pow2_divisors(world, gpus_per_node):
+        for pp in _divisors(world // tp):
+            if pp > cfg.n_layers:
+                continue
+            for ep in [e for e in _divisors(world // (tp * pp)) if n_exp and n_exp % e == 0] or [1]:
+                rest = world // (tp * pp * ep)
+                for rep in _divisors(rest):
+                    shard = rest // rep
+                    if rep > 1 and shard * tp * ep < gpus_per_node:
+                        continue  # HSDP within a node: pruned (see module doc)
+                    scheds = list(SCHEDULES) if pp > 1 else [next(iter(SCHEDULES))]
+                    for sched, mbs, ac, prec in itertools.product(
+                        scheds, MICRO_BATCHES, AC_CHOICES, precisions
+                    ):
+                        pcfg = ParallelConfig(
+                            tp=tp,
+                            pp=pp,
+                            ep=ep,
+                            dp_replicate=rep,
+                            dp_shard=shard,
+                            pp_schedule=sched,
+                            precision=prec,
+                            activation_checkpointing=ac,
+                        )
+                        try:
+                            yield pcfg, check_layout(pcfg, world, cfg, gbs, mbs, seq)
+                        except ConfigError:
+                            continue
+
+
+def evaluate(
+    cfg: ModelConfig,
+    pcfg: ParallelConfig,
+    layout: Layout,
+    gpu: GPUSpec,
+    gpus_per_node: int,
+    efficiency: float,
+    acts: ActivationModel,
+    all_ranks: bool = False,
+) -> PlannedLayout:
+    """Memory of the worst rank (every pp rank at dp/tp coordinate 0, where torch.chunk puts
+    the larger shards) and the step time."""
+    stage_acts = {s: acts.stage(layout, s) for s in range(layout.n_stages)}
+    ranks = (
+        range(layout.world_size)
+        if all_ranks
+        else [r * (layout.world_size // layout.pp) for r in range(layout.pp)]
+    )
+    per_rank = []
+    for rank in ranks:
+        st = static_memory(cfg, layout, rank)
+        pp_rank = rank // (layout.world_size // layout.pp)
+        act = in_flight_peak(layout, pp_rank, stage_acts)
+        tensors = st.params + st.grads + st.optimizer + st.comm_buffers + act
+        total = int(tensors * (1 + FRAGMENTATION)) + RUNTIME_BYTES
+        per_rank.append(
+            dict(
+                rank=rank,
+                params=st.params,
+                grads=st.grads,
+                optimizer=st.optimizer,
+                activations=act,
+                comm_buffers=st.comm_buffers,
+                total=total,
+            )
+        )
+    worst = max(per_rank, key=lambda d: d["total"])
+    t = step_time(cfg, layout, gpu, gpus_per_node, efficiency)
+    tokens = layout.global_batch_size * layout.seq_len
+    tps = tokens / t.total / layout.world_size
+    mfu = (
+        tps
+        * training_flops_per_token(cfg, layout.seq_len, count_parameters(cfg))
+        / (gpu.bf16_tflops * 1e12)
+    )
+    return PlannedLayout(
+        pcfg,
+        layout,
+        worst["params"],
+        worst["grads"],
+        worst["optimizer"],
+        worst["activations"],
+        worst["comm_buffers"],
+        worst["total"],
+        worst["total"] <= gpu.hbm_bytes,
+        t,
+        tps,
+        mfu,
+        per_rank,
+    )
+
+
+def plan(
+    cfg: ModelConfig,
+    nodes: int,
+    gpus_per_node: int,
+    gpu: GPUSpec,
+    gbs: int,
+    seq: int,
+    efficiency: float = 0.5,
+    progress=None,
+) -> list[PlannedLayout]:
+    """Every candidate layout, best first: fitting layouts by tokens/s/GPU, then the rest by
+    memory."""
+    world = nodes * gpus_per_node
+    precisions = ("bf16", "fp8_tensorwise", "fp8_rowwise") if gpu.fp8_tflops else ("bf16",)
+    cands = list(candidates(cfg, world, gpus_per_node, gbs, seq, precisions))
+    if not cands:
+        raise ConfigError(
+            f"no layout of {world} GPUs fits global_batch_size={gbs}, seq_len={seq} for "
+            f"model '{cfg.name}'; change trainer.global_batch_size"
+        )
+    models: dict[tuple, ActivationModel] = {}
+    out = []
+    for pcfg, layout in progress(cands) if progress else cands:
+        key = (layout.tp, compute_dtype(layout.precision))
+        if key not in models:
+            models[key] = ActivationModel(cfg, layout.tp, seq, key[1])
+        out.append(evaluate(cfg, pcfg, layout, gpu, gpus_per_node, efficiency, models[key]))
+    out.sort(key=lambda p: (not p.fits, -p.tokens_per_s_per_gpu if p.fits else p.total))
+    return out

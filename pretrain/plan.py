@@ -1,0 +1,112 @@
+"""`pretrain plan`: rank every parallel layout of a model on N nodes x G GPUs by estimated speed,
+with exact per-GPU memory (parallel/planner/); `--launch` hands the best one to `pretrain launch`.
+
+    pretrain plan model=llama3.1-8b trainer.seq_len=8192 trainer.global_batch_size=32 \\
+        --nodes 1 --gpus-per-node 8 --gpu H100 --top 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from tqdm import tqdm
+
+from model_zoo.config import ConfigError
+from parallel.planner.hardware import GPUS, get_gpu
+from parallel.planner.search import PlannedLayout, plan
+from pretrain.config import compose_config
+
+GIB = 2**30
+
+
+def _args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="pretrain plan",
+        description="Enumerate the layouts the engine accepts (tp within a node, pp x schedule, "
+        "dp_shard/dp_replicate, ep, micro-batch 1-8, checkpointing none/selective/full, bf16/FP8), "
+        "with exact parameter/gradient/optimizer bytes per GPU from the real parallelize "
+        "functions, activations measured on fake tensors, and a step-time estimate; print the "
+        "fastest that fit. Overrides are the run config's (model=..., trainer.seq_len=...).",
+    )
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=llama3.1-8b")
+    ap.add_argument("--nodes", "-N", type=int, required=True)
+    ap.add_argument("--gpus-per-node", type=int, required=True)
+    ap.add_argument("--gpu", required=True, help=f"one of {', '.join(GPUS)}")
+    ap.add_argument(
+        "--gpu-set", action="append", default=[], help="override a GPU field, e.g. net_gbps=25"
+    )
+    ap.add_argument("--efficiency", type=float, default=0.5, help="achieved / peak FLOP/s")
+    ap.add_argument("--top", type=int, default=10, help="rows of the table (default 10)")
+    ap.add_argument("--json", action="store_true", help="print every layout as JSON")
+    ap.add_argument("--launch", action="store_true", help="pretrain launch the best layout")
+    args = ap.parse_intermixed_args(argv)
+    if args.nodes < 1 or args.gpus_per_node < 1:
+        raise ConfigError("--nodes and --gpus-per-node must be >= 1")
+    if not 0 < args.efficiency <= 1:
+        raise ConfigError(f"--efficiency={args.efficiency} must be in (0, 1]")
+    return args
+
+
+def _row(i: int, p: PlannedLayout) -> str:
+    lay = p.layout
+    sched = lay.pp_schedule if lay.pp > 1 else "-"
+    return (
+        f"{i:>3} {lay.tp:>3} {lay.pp:>3} {lay.dp_shard:>5} {lay.dp_replicate:>4} {lay.ep:>3} "
+        f"{sched:<16} {lay.micro_batch_size:>3} {lay.activation_checkpointing:<9} "
+        f"{lay.precision:<14} {p.total / GIB:>8.1f} {'yes' if p.fits else 'no':<4} "
+        f"{p.tokens_per_s_per_gpu:>9.0f} {p.mfu * 100:>5.1f} {p.time.dominant}"
+    )
+
+
+def main(argv: list[str]) -> int:
+    args = _args(argv)
+    run = compose_config(args.overrides)
+    gpu = get_gpu(args.gpu, args.gpu_set)
+    bar = lambda items: tqdm(items, desc="layouts", unit="layout", file=sys.stderr)  # noqa: E731
+    ranked = plan(
+        run.model,
+        args.nodes,
+        args.gpus_per_node,
+        gpu,
+        run.trainer.global_batch_size,
+        run.trainer.seq_len,
+        args.efficiency,
+        progress=bar,
+    )
+    if args.json:
+        print(json.dumps([p.as_json() for p in ranked], indent=1))
+        return 0
+    world = args.nodes * args.gpus_per_node
+    print(
+        f"model {run.model.name} on {args.nodes} x {args.gpus_per_node} {gpu.name} "
+        f"({gpu.hbm_gib:.0f} GiB): global batch {run.trainer.global_batch_size} x "
+        f"{run.trainer.seq_len}; {len(ranked)} layouts, "
+        f"{sum(p.fits for p in ranked)} fit"
+    )
+    print(
+        "  #  tp  pp shard  rep  ep schedule         mbs ac        precision      GiB/GPU fits"
+        "  tok/s/GPU   MFU dominant"
+    )
+    for i, p in enumerate(ranked[: args.top], 1):
+        print(_row(i, p))
+    best = ranked[0]
+    if not best.fits:
+        print(f"no layout fits {world} x {gpu.name}; the smallest needs {best.total / GIB:.1f} GiB")
+        return 1
+    print("best layout overrides: " + " ".join(best.overrides()))
+    if args.launch:
+        from pretrain.launch import main as launch_main  # the launcher only when asked
+
+        return launch_main(
+            [
+                *args.overrides,
+                *best.overrides(),
+                "--nodes",
+                str(args.nodes),
+                "--gpus-per-node",
+                str(args.gpus_per_node),
+            ]
+        )
+    return 0

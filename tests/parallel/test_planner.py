@@ -1,0 +1,115 @@
+"""The layout planner: per-rank parameter bytes equal what the real parallelize functions leave
+on that rank; activation probes measure a whole stage's saved bytes; the CLI ranks layouts."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor
+from torch.testing._internal.distributed.fake_pg import FakeStore
+
+from model_zoo.model import build_model
+from model_zoo.zoo import get_model_config
+from parallel import parallelize
+from parallel.config import ParallelConfig
+from parallel.engine import _prune_to_stage
+from parallel.layout import build_mesh, resolve_layout
+from parallel.planner.memory import ActivationModel, probe, static_memory
+from pretrain.cli import main as cli_main
+
+
+def _real_local_numel(cfg, layout, rank: int) -> int:
+    """Sum of to_local() numels on `rank` after the engine's own pruning and parallelize_part,
+    on a fake process group where this process IS `rank` (so shards are that rank's)."""
+    dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=layout.world_size)
+    try:
+        mesh = build_mesh(layout, "cpu")
+        total = 0
+        pp_rank = mesh["pp"].get_local_rank()
+        for sid in layout.stages_of_rank(pp_rank):
+            part = build_model(cfg, device="meta")
+            if layout.pp > 1:
+                last = sid == layout.n_stages - 1
+                _prune_to_stage(part, layout.stage_layers[sid], sid == 0, last)
+            parallelize.parallelize_part(part, cfg, layout, mesh)
+            for p in part.parameters():
+                total += (p.to_local() if isinstance(p, DTensor) else p).numel()
+        return total
+    finally:
+        dist.destroy_process_group()
+
+
+LAYOUTS = [
+    ("llama3-tiny", ParallelConfig(tp=2), 2),
+    ("llama3-tiny", ParallelConfig(tp=4), 8),  # KV heads replicated over tp, FSDP over 2
+    ("llama3-tiny", ParallelConfig(pp=2, pp_schedule="ZBVZeroBubble"), 4),
+    ("llama3-tiny", ParallelConfig(dp_replicate=2, precision="bf16"), 4),
+    ("llama3-tiny", ParallelConfig(tp=2, pp=2), 8),
+    ("olmo2-tiny", ParallelConfig(tp=2, dp_shard=3), 6),  # uneven FSDP shards
+    ("deepseek-v3-tiny", ParallelConfig(ep=2), 2),
+    ("deepseek-v3-tiny", ParallelConfig(ep=2, tp=2, pp=2), 8),
+]
+
+
+@pytest.mark.parametrize("model, pcfg, world", LAYOUTS)
+def test_parameter_bytes_equal_the_real_shards_on_every_rank(model, pcfg, world):
+    cfg = dataclasses.replace(get_model_config(model), n_layers=4)
+    layout = resolve_layout(pcfg, world, cfg, 4 * world, 1, 32)
+    for rank in range(world):
+        est = static_memory(cfg, layout, rank)
+        want = _real_local_numel(cfg, layout, rank)
+        assert est.params == 4 * want, (rank, est.params, 4 * want)
+        assert est.grads == est.params
+        assert est.optimizer == 2 * est.params + 4 * est.n_tensors
+
+
+@pytest.mark.parametrize("ac", ["none", "full"])
+def test_stage_activations_add_up_to_a_probe_of_the_whole_stage(ac):
+    """Per-layer and fixed parts measured on 1- and 2-layer probes predict a 4-layer stage."""
+    cfg = get_model_config("llama3-tiny")
+    layout = resolve_layout(ParallelConfig(tp=2, activation_checkpointing=ac), 2, cfg, 2, 1, 64)
+    model = ActivationModel(cfg, 2, 64, torch.float32)
+    est = model.stage(layout, 0)
+    ids = tuple(layout.stage_layers[0])
+    kept, peak = probe(cfg, ids, True, True, 2, 1, 64, ac == "full", torch.float32)
+    assert abs(est.kept - kept) <= 0.05 * kept, (est.kept, kept)
+    if ac == "full":
+        assert (
+            est.kept
+            < model.stage(dataclasses.replace(layout, activation_checkpointing="none"), 0).kept
+        )
+
+
+def test_cli_ranks_layouts_and_prints_json(capsys):
+    rc = cli_main(
+        [
+            "plan",
+            "model=llama3-tiny",
+            "trainer.seq_len=64",
+            "trainer.global_batch_size=8",
+            "--nodes",
+            "1",
+            "--gpus-per-node",
+            "2",
+            "--gpu",
+            "H100",
+            "--json",
+        ]
+    )
+    assert rc == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {(r["tp"], r["dp_shard"], r["pp"]) for r in rows} >= {(2, 1, 1), (1, 2, 1), (1, 1, 2)}
+    for r in rows:
+        b = r["bytes_per_gpu"]
+        assert b["total"] > b["params"] + b["grads"] + b["optimizer"] + b["activations"]
+        assert 0 < r["mfu"] < 1 and r["tokens_per_s_per_gpu"] > 0
+    speeds = [r["tokens_per_s_per_gpu"] for r in rows if r["fits"]]
+    assert speeds == sorted(speeds, reverse=True)
+
+
+def test_cli_rejects_an_unknown_gpu(capsys):
+    rc = cli_main(["plan", "--nodes", "1", "--gpus-per-node", "8", "--gpu", "X100"])
+    assert rc == 2
+    assert "--gpu 'X100' is not one of H100" in capsys.readouterr().err
