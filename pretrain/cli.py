@@ -159,6 +159,12 @@ def cmd_plan(argv: list[str]) -> int:
     return plan_main(argv)
 
 
+def cmd_plan(argv: list[str]) -> int:
+    from pretrain.plan import main as plan_main
+
+    return plan_main(argv)
+
+
 def cmd_analyze(argv: list[str]) -> int:
     from pretrain.analyze import main as analyze_main
 
@@ -189,6 +195,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "train": (cmd_train, "train or resume a model (one process, torchrun, srun, mpirun)"),
     "launch": (cmd_launch, "render slurm/train.sbatch, check the layout, submit (sbatch)"),
     "schedule": (cmd_schedule, "print a checkpoint-series schedule and its disk space"),
+    "plan": (cmd_plan, "rank parallel layouts by memory per GPU and estimated speed"),
     "plan": (cmd_plan, "rank parallel layouts by memory per GPU and estimated speed"),
     "analyze": (cmd_analyze, "look back into a run: the batch of a step, the checkpoint index"),
 }
