@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable
 
 from model_zoo.config import ConfigError
+from model_zoo.hf import architectures as hf_architectures
 
 
 def cmd_zoo(argv: list[str]) -> int:
@@ -59,8 +60,10 @@ def cmd_import_hf(argv: list[str]) -> int:
 
     ap = argparse.ArgumentParser(
         prog="pretrain import-hf",
-        description="Convert a Hugging Face model folder (GPTNeoX, OLMo-2, Llama) into a "
-        "checkpoint of ours that training can start from.",
+        description="Convert a Hugging Face model folder into a checkpoint of ours that training "
+        "can start from. Supported (config.json model_type: architecture): "
+        + ", ".join(f"{model_type}: {arch}" for model_type, arch in hf_architectures().items())
+        + ".",
     )
     ap.add_argument("hf_dir")
     ap.add_argument("out_dir")
@@ -89,12 +92,19 @@ def cmd_export_hf(argv: list[str]) -> int:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--tokenizer", help="tokenizer.json / tokenizer folder to copy alongside")
     ap.add_argument("--max-shard-gb", type=float, default=5.0)
+    ap.add_argument(
+        "--verify",
+        default="size",
+        choices=["size", "checksum"],
+        help="check the checkpoint's files against its manifest: sizes (default) or sha256 too",
+    )
     args = ap.parse_args(argv)
     kw = dict(
         dtype=args.dtype,
         tokenizer=args.tokenizer,
         overwrite=args.overwrite,
         max_shard_bytes=int(args.max_shard_gb * 1024**3),
+        verify=args.verify,
     )
     if args.step is not None or args.all:
         steps = None if args.all else [args.step]
@@ -159,12 +169,6 @@ def cmd_plan(argv: list[str]) -> int:
     return plan_main(argv)
 
 
-def cmd_plan(argv: list[str]) -> int:
-    from pretrain.plan import main as plan_main
-
-    return plan_main(argv)
-
-
 def cmd_analyze(argv: list[str]) -> int:
     from pretrain.analyze import main as analyze_main
 
@@ -196,7 +200,6 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "launch": (cmd_launch, "render slurm/train.sbatch, check the layout, submit (sbatch)"),
     "schedule": (cmd_schedule, "print a checkpoint-series schedule and its disk space"),
     "plan": (cmd_plan, "rank parallel layouts by memory per GPU and estimated speed"),
-    "plan": (cmd_plan, "rank parallel layouts by memory per GPU and estimated speed"),
     "analyze": (cmd_analyze, "look back into a run: the batch of a step, the checkpoint index"),
 }
 
@@ -218,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[name][0](rest)
-    except ConfigError as err:
-        print(f"pretrain {name}: configuration error: {err}", file=sys.stderr)
+    except ConfigError as err:  # a damaged checkpoint is one too (its label says so)
+        label = getattr(err, "label", "configuration error")
+        print(f"pretrain {name}: {label}: {err}", file=sys.stderr)
         return 2
     except (FileExistsError, FileNotFoundError) as err:
         print(f"pretrain {name}: {err}", file=sys.stderr)
