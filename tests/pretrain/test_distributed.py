@@ -1,7 +1,9 @@
 """Under torchrun: a TP2 x PP2 x DP2 run, resumed under DP4, TP2 x DP2 and PP2 x DP2 (reshard on
 load), compared with the uninterrupted run and with one process; its checkpoint exported to
 Hugging Face and checked in `transformers` against the loss training logged. The step-3
-checkpoint every resume starts from is written with async_save under 8 ranks."""
+checkpoint every resume starts from is written with async_save under 8 ranks. The runs validate
+on held-out text (eval.paths) at the series step and at the end, through the pipeline schedule's
+forward-only path under TP2 x PP2 x DP2."""
 
 import json
 
@@ -9,10 +11,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pretrain.checkpoint import load_weights
 from pretrain.cli import main
 from pretrain.config import compose_config
+from pretrain.evaluation import EvalSet, evaluate_model
 from pretrain.train import train
-from tests.pretrain.helpers import documents, read_metrics, run_cli, tiny_overrides, write_npy
+from tests.pretrain.helpers import (
+    EOS,
+    documents,
+    read_metrics,
+    run_cli,
+    tiny_overrides,
+    write_npy,
+)
 
 LAYOUTS = {
     "tp2_pp2_dp2": ["parallel.tp=2", "parallel.pp=2", "parallel.dp_shard=2"],
@@ -31,6 +42,7 @@ def base(tmp_path_factory):
     d = tmp_path_factory.mktemp("dist")
     # .npy (OLMo format) here: the workers then skip importing megatron-core, seconds each
     path = write_npy(str(d / "tokens/en.npy"), documents(60, max_bytes=1500))
+    val = write_npy(str(d / "tokens/val.npy"), documents(20, start=100, max_bytes=1500))
 
     def ov(run_dir, layout, **extra):
         o = tiny_overrides(
@@ -44,6 +56,8 @@ def base(tmp_path_factory):
                 "checkpoint.keep_last": 0,
                 "checkpoint.series": "'steps:[3]'",
                 "checkpoint.series_dtype": "float32",
+                "eval.paths": f"[{val}]",
+                "eval.max_tokens": 1024,
                 **extra,
             },
         )
@@ -54,7 +68,7 @@ def base(tmp_path_factory):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     losses = {m["step"]: m["loss"] for m in read_metrics(run_dir)}
     assert sorted(losses) == list(range(1, 7))
-    return {"dir": d, "ov": ov, "run": run_dir, "losses": losses}
+    return {"dir": d, "ov": ov, "run": run_dir, "losses": losses, "val": val}
 
 
 def test_layout_does_not_change_the_run(base):
@@ -95,18 +109,17 @@ def test_export_of_sharded_checkpoint_matches_training_in_transformers(base, sou
     import transformers
 
     from pretrain.analyze import batch_of_step
-    from pretrain.checkpoint import load_weights_any
 
     if source == "series":
         code = main(["export-hf", str(base["run"]), "--step", "3", "--out", str(tmp_path)])
         hf_dir = tmp_path / "step3"
-        ours = load_weights_any(base["run"] / "series" / "step3")
+        ours = load_weights(base["run"] / "series" / "step3")
     else:
         hf_dir = tmp_path / "full3"
         code = main(
             ["export-hf", str(base["run"] / "checkpoints" / "step_0000003"), "--out", str(hf_dir)]
         )
-        ours = load_weights_any(base["run"] / "checkpoints" / "step_0000003")
+        ours = load_weights(base["run"] / "checkpoints" / "step_0000003")
     assert code == 0  # one process consolidates the 8-rank checkpoint
     hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
     batch = torch.from_numpy(batch_of_step(base["run"], 4)["tokens"])
@@ -116,3 +129,15 @@ def test_export_of_sharded_checkpoint_matches_training_in_transformers(base, sou
         loss = F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten()).item()
     assert (logits - ref).abs().max().item() < 1e-4
     assert rel(loss, base["losses"][4]) < 1e-5, (loss, base["losses"][4])
+
+
+def test_validation_under_tp2_pp2_dp2_equals_one_process(base):
+    """The validation loss the 8-rank run logged at steps 3 (series) and 6 (last) equals one
+    process's loss (`loss_on_windows`) of the fp32 weights saved at those steps, within 1e-5."""
+    recs = {m["step"]: m for m in read_metrics(base["run"]) if "eval/val/loss" in m}
+    assert sorted(recs) == [3, 6]
+    evalset = EvalSet.from_paths([base["val"]], 32, 1024, EOS, fmt="npy")
+    for step, path in ((3, "series/step3"), (6, "checkpoints/step_0000006")):
+        ref = evaluate_model(load_weights(base["run"] / path), evalset)["val"]
+        assert rel(recs[step]["eval/val/loss"], ref.loss) < 1e-5, (step, recs[step], ref)
+        assert recs[step]["eval/val/tokens"] == ref.tokens == 1024
