@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from model_zoo.config import ConfigError
 from model_zoo.hf import architectures as hf_architectures
+from pretrain.quiet import route_known_warnings
 
 
 def cmd_zoo(argv: list[str]) -> int:
@@ -206,6 +207,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    route_known_warnings()  # before any subcommand imports torch, megatron-core or torchao
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         print("\nsubcommands:")

@@ -198,7 +198,8 @@ def resolve_data_settings(run, explicit: set[str], model_fixed: bool = False):
     padded to model.pad_vocab_multiple as usual) unless model.vocab_size was given or the model
     is fixed by a checkpoint (`model_fixed`); a vocabulary smaller than the data's is rejected.
     The document separator, the model's EOS/BOS ids and the shard format come from the data."""
-    meta = common_metadata(list(run.data.paths))
+    # Held-out sources (eval.paths) must come from the same tokenizer as the training data.
+    meta = common_metadata(list(run.data.paths) + list(run.eval.paths))
     if meta is None:
         return None
     tok, data, model = meta.tokenizer, run.data, run.model
