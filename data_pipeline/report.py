@@ -24,7 +24,8 @@ def _stats(run, stage: str) -> list[dict]:
 def stage_timings(run) -> dict[str, dict]:
     """Per stage, from its tasks' markers: wall time (first start to last finish), task seconds
     (summed over tasks: core-seconds busy), CPU seconds, input MB, MB/s, MB/s per core (MB over
-    task seconds) and how many cores were busy on average (task seconds over wall time)."""
+    task seconds), MB per CPU second, and how many cores were busy on average (task seconds over
+    wall time)."""
     out: dict[str, dict] = {}
     for name, spec in run.specs.items():
         marks = [read_marker(run.dir, name, i) for i in range(spec.n)]
@@ -34,14 +35,17 @@ def stage_timings(run) -> dict[str, dict]:
         wall = max(m["finished"] for m in marks) - min(m["started"] for m in marks)
         busy = sum(m["finished"] - m["started"] for m in marks)
         mb = sum(m.get("bytes", 0) for m in marks) / 1e6
+        cpu = sum(m.get("cpu_s", 0.0) for m in marks)
         out[name] = {
             "tasks": len(marks),
             "wall_s": round(wall, 3),
-            "task_s": round(busy, 3),
-            "cpu_s": round(sum(m.get("cpu_s", 0.0) for m in marks), 3),
-            "mb": round(mb, 3),
+            "task_s": round(busy, 6),
+            "cpu_s": round(cpu, 6),
+            "mb": round(mb, 6),
             "mb_per_s": round(mb / wall, 3) if wall > 0 else None,
             "mb_per_s_per_core": round(mb / busy, 3) if busy > 0 else None,
+            # per CPU second: what a core does when nothing else shares it (robust to load)
+            "mb_per_cpu_s": round(mb / cpu, 3) if cpu > 0 else None,
             "cores_busy": round(busy / wall, 2) if wall > 0 else None,
         }
     return out
@@ -165,7 +169,7 @@ def render_table(rep: dict) -> str:
         )
     console.print(s)
     st = Table(title="stages (wall time, input MB/s, per busy core)")
-    for col in ("stage", "tasks", "wall s", "MB", "MB/s", "MB/s/core", "cores busy"):
+    for col in ("stage", "tasks", "wall s", "MB", "MB/s", "MB/s/core", "MB/cpu-s", "cores busy"):
         st.add_column(col, justify="right" if col != "stage" else "left")
     for name, x in rep.get("stages", {}).items():
         st.add_row(
@@ -175,7 +179,7 @@ def render_table(rep: dict) -> str:
             f"{x['mb']:.2f}",
             *(
                 f"{x[k]:.2f}" if x[k] is not None else "-"
-                for k in ("mb_per_s", "mb_per_s_per_core")
+                for k in ("mb_per_s", "mb_per_s_per_core", "mb_per_cpu_s")
             ),
             f"{x['cores_busy']:.2f}" if x["cores_busy"] is not None else "-",
         )

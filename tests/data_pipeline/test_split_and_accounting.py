@@ -100,6 +100,7 @@ def test_report_has_wall_time_and_mb_per_s_per_core(split_and_whole):
         st = stages[name]
         assert st["tasks"] == 3 and st["wall_s"] > 0 and st["mb"] > 0, (name, st)
         assert st["mb_per_s_per_core"] == pytest.approx(st["mb"] / st["task_s"], rel=0.01)
+        assert st["mb_per_cpu_s"] == pytest.approx(st["mb"] / st["cpu_s"], rel=0.01)
         assert 0 < st["cores_busy"] <= 2.05  # two workers: never more than two cores busy
     assert "MB/s/core" in (split / "report.txt").read_text()
 
