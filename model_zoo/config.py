@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from model_zoo.errors import ConfigError  # also imported from here by the rest of the project
+from model_zoo.errors import ConfigError, need  # also imported from here by the rest of the project
 from model_zoo.families import families
 
 ACTIVATIONS = ("swiglu", "gelu")
@@ -196,12 +196,15 @@ class ModelConfig:
 
     # ---- validation -----------------------------------------------------------------------
     def validate(self) -> ModelConfig:
-        """Raise ConfigError naming the first impossible setting; return self when buildable."""
+        """Raise ConfigError naming the model and its first impossible setting; return self when
+        buildable."""
+        try:
+            self._check_fields()
+        except ConfigError as err:
+            raise ConfigError(f"model '{self.name}': {err}") from None
+        return self
 
-        def need(cond: bool, msg: str) -> None:
-            if not cond:
-                raise ConfigError(f"model '{self.name}': {msg}")
-
+    def _check_fields(self) -> None:
         def one_of(key: str, value: str, allowed: tuple) -> None:
             need(value in allowed, f"{key}={value!r} is not one of {', '.join(allowed)}")
 
@@ -271,11 +274,10 @@ class ModelConfig:
                 self.rope_scaling.factor >= 1.0,
                 f"rope_scaling.factor={self.rope_scaling.factor} must be >= 1",
             )
-        self._validate_moe(need)
-        self._validate_mla(need)
-        return self
+        self._validate_moe()
+        self._validate_mla()
 
-    def _validate_moe(self, need) -> None:
+    def _validate_moe(self) -> None:
         m = self.moe
         if not m.enabled:
             need(m.n_experts == 0, f"moe.n_experts={m.n_experts} must be >= 0")
@@ -323,7 +325,7 @@ class ModelConfig:
         for key in ("aux_loss_coef", "z_loss_coef", "bias_update_speed"):
             need(getattr(m, key) >= 0, f"moe.{key}={getattr(m, key)} must be >= 0")
 
-    def _validate_mla(self, need) -> None:
+    def _validate_mla(self) -> None:
         a = self.mla
         if not a.enabled:
             need(a.kv_lora_rank == 0, f"mla.kv_lora_rank={a.kv_lora_rank} must be >= 0")

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from parallel.schedules import DEFAULT_SCHEDULE
+from model_zoo.errors import need
+from parallel.schedules import DEFAULT_SCHEDULE, schedule_names
 
 PRECISIONS = ("fp32", "bf16", "fp8_tensorwise", "fp8_rowwise")
 AC_MODES = ("none", "full", "selective")
@@ -50,3 +51,23 @@ class ParallelConfig:
     compile: bool = False
     # auto: cuda when available, else cpu. One code path: nccl on cuda, gloo on cpu.
     device: str = "auto"
+
+    def validate(self) -> ParallelConfig:
+        """The checks no mesh shape could fix (their messages list the valid values); the ones
+        against a model and a world size are parallel.layout.resolve_layout's."""
+        for key, allowed in (
+            ("precision", PRECISIONS),
+            ("pp_schedule", schedule_names()),
+            ("activation_checkpointing", AC_MODES),
+            ("device", DEVICES),
+        ):
+            value = getattr(self, key)
+            need(value in allowed, f"parallel.{key}={value!r} is not one of {', '.join(allowed)}")
+        for key in ("tp", "pp", "dp_replicate", "ep"):
+            need(getattr(self, key) >= 1, f"parallel.{key}={getattr(self, key)} must be >= 1")
+        need(
+            self.dp_shard >= 1 or self.dp_shard == -1,
+            f"parallel.dp_shard={self.dp_shard} must be >= 1 or -1 (the rest of the world)",
+        )
+        need(self.ac_every_n >= 1, f"parallel.ac_every_n={self.ac_every_n} must be >= 1")
+        return self

@@ -26,9 +26,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from model_zoo.config import ConfigError, ModelConfig
-from parallel.config import AC_MODES, DEVICES, PRECISIONS, ParallelConfig
-from parallel.schedules import PipelineSchedule, get_schedule, schedule_names
+from model_zoo.config import ConfigError, ModelConfig, need
+from parallel.config import ParallelConfig
+from parallel.schedules import PipelineSchedule, get_schedule
 
 MESH_AXES = ("pp", "dp_replicate", "dp_shard", "ep", "tp")
 
@@ -105,37 +105,14 @@ def _balanced_split(n_layers: int, n_stages: int) -> list[int]:
 
 
 def _check_fields(pcfg: ParallelConfig) -> None:
-    """Checks no other mesh shape could fix; their messages list the valid values."""
-    for key, allowed in (
-        ("precision", PRECISIONS),
-        ("pp_schedule", schedule_names()),
-        ("activation_checkpointing", AC_MODES),
-        ("device", DEVICES),
-    ):
-        if getattr(pcfg, key) not in allowed:
-            raise ConfigError(
-                f"parallel.{key}={getattr(pcfg, key)!r} is not one of {', '.join(allowed)}"
-            )
-    for key in ("tp", "pp", "dp_replicate", "ep"):
-        if getattr(pcfg, key) < 1:
-            raise ConfigError(f"parallel.{key}={getattr(pcfg, key)} must be >= 1")
-    if not (pcfg.dp_shard >= 1 or pcfg.dp_shard == -1):
-        raise ConfigError(
-            f"parallel.dp_shard={pcfg.dp_shard} must be >= 1 or -1 (the rest of the world)"
-        )
-    if pcfg.ac_every_n < 1:
-        raise ConfigError(f"parallel.ac_every_n={pcfg.ac_every_n} must be >= 1")
+    """Checks no other mesh shape could fix (ParallelConfig.validate, next to its fields)."""
+    pcfg.validate()
 
 
 def _check(
     pcfg: ParallelConfig, world_size: int, model_cfg: ModelConfig, gbs: int, mbs: int, seq_len: int
 ) -> Layout:
     """Resolve and check; raise ConfigError(reason) without suggestions."""
-
-    def need(cond: bool, msg: str) -> None:
-        if not cond:
-            raise ConfigError(msg)
-
     need(world_size >= 1, f"world_size={world_size} must be >= 1")
     _check_fields(pcfg)
     fixed = pcfg.tp * pcfg.pp * pcfg.dp_replicate * pcfg.ep

@@ -20,13 +20,18 @@ import os
 import shutil
 import time
 import warnings
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 
 from model_zoo.config import ConfigError, ModelConfig
 from model_zoo.model import Transformer, build_model
@@ -278,8 +283,6 @@ def _write_index(run_dir: Path, entries: list[dict]) -> None:
 
 def flat_optim_state(model_parts, optimizers) -> dict:
     """Optimizer state keyed by parameter FQN, merged over model parts (layout-independent)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
     opts = StateDictOptions(flatten_optimizer_state_dict=True)
     state: dict = {}
     for part, opt in zip(model_parts, optimizers):
@@ -288,8 +291,6 @@ def flat_optim_state(model_parts, optimizers) -> dict:
 
 
 def load_flat_optim_state(model_parts, optimizers, state: dict) -> None:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
     opts = StateDictOptions(flatten_optimizer_state_dict=True)
     for part, opt in zip(model_parts, optimizers):
         set_optimizer_state_dict(part, opt, optim_state_dict=state, options=opts)
@@ -442,8 +443,6 @@ class CheckpointManager:
             self._finalize(tmp, final, step, "full", meta)
 
     def _executor(self):
-        from concurrent.futures import ThreadPoolExecutor
-
         if getattr(self, "_pool", None) is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-hash")
         return self._pool

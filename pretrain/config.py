@@ -21,10 +21,11 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from model_zoo.config import ConfigError, ModelConfig
+from model_zoo.config import ConfigError, ModelConfig, need
 from model_zoo.zoo import get_model_config, zoo_names
 from parallel.config import ParallelConfig
 from pretrain.data.metadata import resolve_data_settings
+from pretrain.series import validate_spec
 
 
 @dataclass
@@ -42,6 +43,28 @@ class OptimizerConfig:
     no_decay: list[str] = field(default_factory=lambda: ["norm", "bias", "embedding"])
     fused: str = "auto"  # auto: fused AdamW kernel on GPU, the for-each one elsewhere
 
+    def validate(self) -> None:
+        need(self.name == "adamw", f"optim.name={self.name!r}: only adamw is available")
+        need(self.lr > 0, f"optim.lr={self.lr} must be positive")
+        need(self.weight_decay >= 0, f"optim.weight_decay={self.weight_decay} must be >= 0")
+        need(
+            0 <= self.beta1 < 1 and 0 <= self.beta2 < 1,
+            "optim.beta1 and optim.beta2 must be in [0, 1)",
+        )
+        need(
+            self.grad_clip >= 0,
+            f"optim.grad_clip={self.grad_clip} must be >= 0 (0 disables clipping)",
+        )
+        for rule in self.no_decay:
+            need(
+                rule in NO_DECAY_RULES,
+                f"optim.no_decay entry {rule!r} is not one of {', '.join(NO_DECAY_RULES)}",
+            )
+        need(
+            self.fused in ("auto", "true", "false"),
+            f"optim.fused={self.fused!r} is not auto, true or false",
+        )
+
 
 @dataclass
 class ScheduleConfig:
@@ -52,6 +75,28 @@ class ScheduleConfig:
     min_lr_ratio: float = 0.1  # floor of cosine/linear/wsd as a fraction of optim.lr
     decay_fraction: float = 0.2  # wsd only: share of the run spent decaying
     decay_steps: int = 0  # cosine/linear: steps to decay over after warmup; 0 = to max_steps
+
+    def validate(self, max_steps: int) -> None:
+        need(
+            self.name in SCHEDULES,
+            f"schedule.name={self.name!r} is not one of {', '.join(SCHEDULES)}",
+        )
+        need(self.warmup_steps >= 0, f"schedule.warmup_steps={self.warmup_steps} must be >= 0")
+        need(
+            0 <= self.min_lr_ratio <= 1,
+            f"schedule.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]",
+        )
+        need(
+            0 < self.decay_fraction <= 1,
+            f"schedule.decay_fraction={self.decay_fraction} must be in (0, 1]",
+        )
+        need(self.decay_steps >= 0, f"schedule.decay_steps={self.decay_steps} must be >= 0")
+        if max_steps > 0 and self.name != "constant":
+            need(
+                self.warmup_steps < max_steps or self.warmup_steps == 0,
+                f"schedule.warmup_steps={self.warmup_steps} is not below trainer.max_steps="
+                f"{max_steps}; shorten the warmup or use schedule.name=constant",
+            )
 
 
 @dataclass
@@ -71,6 +116,50 @@ class TrainerConfig:
     tensorboard: bool = True  # write RUN_DIR/tensorboard when the tensorboard package is installed
     dry_run: bool = False  # validate, print the plan and the checkpoint series, then exit
 
+    def validate(self) -> None:
+        """Also turns global_batch_tokens into global_batch_size (tokens win when given)."""
+        need(self.max_steps >= 0, f"trainer.max_steps={self.max_steps} must be >= 0")
+        need(self.seq_len > 0, f"trainer.seq_len={self.seq_len} must be positive")
+        need(
+            self.micro_batch_size > 0,
+            f"trainer.micro_batch_size={self.micro_batch_size} must be positive",
+        )
+        need(
+            self.device in ("auto", "cpu", "cuda"),
+            f"trainer.device={self.device!r} is not auto, cpu or cuda",
+        )
+        need(
+            self.global_batch_tokens >= 0,
+            f"trainer.global_batch_tokens={self.global_batch_tokens} must be >= 0",
+        )
+        if self.global_batch_tokens:
+            need(
+                self.global_batch_tokens % self.seq_len == 0,
+                f"trainer.global_batch_tokens={self.global_batch_tokens} is not a multiple of "
+                f"trainer.seq_len={self.seq_len}; use e.g. "
+                f"{max(1, self.global_batch_tokens // self.seq_len) * self.seq_len}",
+            )
+            self.global_batch_size = self.global_batch_tokens // self.seq_len
+        need(
+            self.global_batch_size > 0,
+            f"trainer.global_batch_size={self.global_batch_size} must be positive",
+        )
+        # Checked once, here; the split over data-parallel ranks is the layout's check.
+        need(
+            self.global_batch_size % self.micro_batch_size == 0,
+            f"trainer.global_batch_size={self.global_batch_size} is not divisible by "
+            f"trainer.micro_batch_size={self.micro_batch_size}",
+        )
+        need(self.log_interval >= 1, f"trainer.log_interval={self.log_interval} must be >= 1")
+        need(
+            self.nan_policy in ("stop", "skip"),
+            f"trainer.nan_policy={self.nan_policy!r} is not stop or skip",
+        )
+        need(
+            self.peak_flops >= 0,
+            f"trainer.peak_flops={self.peak_flops} must be >= 0 (0 = from the table)",
+        )
+
 
 @dataclass
 class CheckpointConfig:
@@ -82,6 +171,26 @@ class CheckpointConfig:
     async_save: bool = False  # write full checkpoints in the background (DCP async_save)
     verify: str = "checksum"  # resume check of a checkpoint: checksum (sha256 of files) or size
     init_from: str = ""  # start from this weights checkpoint (e.g. from `pretrain import-hf`)
+
+    def validate(self) -> None:
+        need(
+            self.interval >= 0,
+            f"checkpoint.interval={self.interval} must be >= 0 (0 = only at the end)",
+        )
+        need(
+            self.keep_last >= 0 and self.keep_every >= 0,
+            "checkpoint.keep_last and keep_every must be >= 0",
+        )
+        need(
+            self.series_dtype in SERIES_DTYPES,
+            f"checkpoint.series_dtype={self.series_dtype!r} is not one of "
+            f"{', '.join(SERIES_DTYPES)}",
+        )
+        need(
+            self.verify in ("checksum", "size"),
+            f"checkpoint.verify={self.verify!r} is not checksum or size",
+        )
+        validate_spec(self.series)
 
 
 @dataclass
@@ -99,6 +208,27 @@ class DataConfig:
     intra_doc_mask: bool = False
     mix_block: int = 4096  # samples per mixing block: the mixture is exact within each block
 
+    def validate(self) -> None:
+        need(
+            self.format in ("megatron", "npy"),
+            f"data.format={self.format!r} is not megatron or npy",
+        )
+        need(
+            self.npy_dtype in ("auto", "uint16", "uint32"),
+            f"data.npy_dtype={self.npy_dtype!r} is not auto, uint16 or uint32",
+        )
+        need(self.mix_block >= 1, f"data.mix_block={self.mix_block} must be >= 1")
+        if self.weights:
+            need(
+                len(self.weights) == len(self.paths),
+                f"data.weights has {len(self.weights)} entries but data.paths has "
+                f"{len(self.paths)}; give one weight per path or none",
+            )
+            need(
+                all(w > 0 for w in self.weights),
+                f"data.weights={list(self.weights)} must all be positive",
+            )
+
 
 @dataclass
 class EvalConfig:
@@ -112,17 +242,20 @@ class EvalConfig:
     max_tokens: int = 1_048_576  # label tokens per source (whole windows); 0 = the whole source
 
     def validate(self) -> None:
-        if self.interval < 0:
-            raise ConfigError(f"eval.interval={self.interval} must be >= 0 (0 = series steps only)")
-        if self.max_tokens < 0:
-            raise ConfigError(f"eval.max_tokens={self.max_tokens} must be >= 0 (0 = all)")
-        if self.names and len(self.names) != len(self.paths):
-            raise ConfigError(
-                f"eval.names has {len(self.names)} entries but eval.paths has "
-                f"{len(self.paths)}; give one name per path or none"
-            )
-        if len(set(self.names)) != len(self.names):
-            raise ConfigError(f"eval.names={list(self.names)} repeat a name; make them unique")
+        need(
+            self.interval >= 0,
+            f"eval.interval={self.interval} must be >= 0 (0 = series steps only)",
+        )
+        need(self.max_tokens >= 0, f"eval.max_tokens={self.max_tokens} must be >= 0 (0 = all)")
+        need(
+            not self.names or len(self.names) == len(self.paths),
+            f"eval.names has {len(self.names)} entries but eval.paths has "
+            f"{len(self.paths)}; give one name per path or none",
+        )
+        need(
+            len(set(self.names)) == len(self.names),
+            f"eval.names={list(self.names)} repeat a name; make them unique",
+        )
 
 
 @dataclass
@@ -135,10 +268,10 @@ class MetricsConfig:
     wandb_mode: str = "offline"  # offline (no network; `wandb sync` later), online, disabled
 
     def validate(self) -> None:
-        if self.wandb_mode not in ("offline", "online", "disabled"):
-            raise ConfigError(
-                f"metrics.wandb_mode={self.wandb_mode!r} is not offline, online or disabled"
-            )
+        need(
+            self.wandb_mode in ("offline", "online", "disabled"),
+            f"metrics.wandb_mode={self.wandb_mode!r} is not offline, online or disabled",
+        )
 
 
 @dataclass
@@ -328,129 +461,42 @@ def model_of_init_from(run: RunConfig, overrides: list[str]) -> ModelConfig:
 
 
 def validate_run_config(run: RunConfig) -> RunConfig:
-    """Every check that needs no process group. Raises ConfigError with the reason and a fix."""
-    run.model.validate()
-    t, o, s, p = run.trainer, run.optim, run.schedule, run.parallel
-
-    def need(cond: bool, msg: str) -> None:
-        if not cond:
-            raise ConfigError(msg)
-
-    need(t.max_steps >= 0, f"trainer.max_steps={t.max_steps} must be >= 0")
-    need(t.seq_len > 0, f"trainer.seq_len={t.seq_len} must be positive")
+    """Every check that needs no process group. Raises ConfigError with the reason and a fix.
+    Each dataclass checks its own fields (its validate()); what relates two of them is here."""
+    t, p, d, model = run.trainer, run.parallel, run.data, run.model
+    model.validate()
+    t.validate()
+    run.optim.validate()
+    run.schedule.validate(t.max_steps)
+    p.validate()
+    run.checkpoint.validate()
+    d.validate()
+    run.eval.validate()
+    run.metrics.validate()
     need(
-        t.seq_len <= run.model.max_seq_len,
-        f"trainer.seq_len={t.seq_len} exceeds model.max_seq_len={run.model.max_seq_len}; "
+        t.seq_len <= model.max_seq_len,
+        f"trainer.seq_len={t.seq_len} exceeds model.max_seq_len={model.max_seq_len}; "
         "shorten the sequence or raise model.max_seq_len",
     )
-    need(t.micro_batch_size > 0, f"trainer.micro_batch_size={t.micro_batch_size} must be positive")
-    need(
-        t.global_batch_size % t.micro_batch_size == 0,
-        f"trainer.global_batch_size={t.global_batch_size} is not divisible by "
-        f"trainer.micro_batch_size={t.micro_batch_size}",
-    )
-    need(
-        t.device in ("auto", "cpu", "cuda"), f"trainer.device={t.device!r} is not auto, cpu or cuda"
-    )
-    need(
-        t.global_batch_tokens >= 0,
-        f"trainer.global_batch_tokens={t.global_batch_tokens} must be >= 0",
-    )
-    if t.global_batch_tokens:
-        need(
-            t.global_batch_tokens % t.seq_len == 0,
-            f"trainer.global_batch_tokens={t.global_batch_tokens} is not a multiple of "
-            f"trainer.seq_len={t.seq_len}; use e.g. {max(1, t.global_batch_tokens // t.seq_len) * t.seq_len}",
-        )
-        # Tokens win: the sequence count follows from them, so the divisibility check below holds.
-        t.global_batch_size = t.global_batch_tokens // t.seq_len
-    need(
-        t.global_batch_size > 0, f"trainer.global_batch_size={t.global_batch_size} must be positive"
-    )
-    need(
-        t.global_batch_size % t.micro_batch_size == 0,
-        f"trainer.global_batch_size={t.global_batch_size} is not divisible by "
-        f"trainer.micro_batch_size={t.micro_batch_size}",
-    )
-    need(t.log_interval >= 1, f"trainer.log_interval={t.log_interval} must be >= 1")
-    need(
-        t.nan_policy in ("stop", "skip"), f"trainer.nan_policy={t.nan_policy!r} is not stop or skip"
-    )
-    need(t.peak_flops >= 0, f"trainer.peak_flops={t.peak_flops} must be >= 0 (0 = from the table)")
-    need(o.name == "adamw", f"optim.name={o.name!r}: only adamw is available")
-    need(o.lr > 0, f"optim.lr={o.lr} must be positive")
-    need(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} must be >= 0")
-    need(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)")
-    need(o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip} must be >= 0 (0 disables clipping)")
-    for rule in o.no_decay:
-        need(
-            rule in NO_DECAY_RULES,
-            f"optim.no_decay entry {rule!r} is not one of {', '.join(NO_DECAY_RULES)}",
-        )
-    need(
-        o.fused in ("auto", "true", "false"), f"optim.fused={o.fused!r} is not auto, true or false"
-    )
-    need(s.name in SCHEDULES, f"schedule.name={s.name!r} is not one of {', '.join(SCHEDULES)}")
-    need(s.warmup_steps >= 0, f"schedule.warmup_steps={s.warmup_steps} must be >= 0")
-    need(0 <= s.min_lr_ratio <= 1, f"schedule.min_lr_ratio={s.min_lr_ratio} must be in [0, 1]")
-    need(0 < s.decay_fraction <= 1, f"schedule.decay_fraction={s.decay_fraction} must be in (0, 1]")
-    need(s.decay_steps >= 0, f"schedule.decay_steps={s.decay_steps} must be >= 0")
-    if t.max_steps > 0 and s.name != "constant":
-        need(
-            s.warmup_steps < t.max_steps or s.warmup_steps == 0,
-            f"schedule.warmup_steps={s.warmup_steps} is not below trainer.max_steps={t.max_steps}; "
-            "shorten the warmup or use schedule.name=constant",
-        )
-    for axis in ("tp", "pp", "dp_replicate", "ep"):
-        need(getattr(p, axis) >= 1, f"parallel.{axis}={getattr(p, axis)} must be >= 1")
-    need(p.dp_shard == -1 or p.dp_shard >= 1, f"parallel.dp_shard={p.dp_shard} must be >= 1 or -1")
-    if run.model.moe.enabled:
-        n_experts = run.model.moe.n_experts
+    if model.moe.enabled:
+        n_experts = model.moe.n_experts
         need(
             n_experts % p.ep == 0,
             f"moe.n_experts={n_experts} is not divisible by parallel.ep={p.ep}; experts are split "
             f"evenly over the expert-parallel ranks: choose parallel.ep among "
-            f"{[d for d in range(1, n_experts + 1) if n_experts % d == 0]}",
+            f"{[k for k in range(1, n_experts + 1) if n_experts % k == 0]}",
         )
     else:
         need(p.ep == 1, f"parallel.ep={p.ep} needs a mixture-of-experts model (this one is dense)")
-    c, d = run.checkpoint, run.data
-    need(c.interval >= 0, f"checkpoint.interval={c.interval} must be >= 0 (0 = only at the end)")
-    need(c.keep_last >= 0 and c.keep_every >= 0, "checkpoint.keep_last and keep_every must be >= 0")
-    need(
-        c.series_dtype in SERIES_DTYPES,
-        f"checkpoint.series_dtype={c.series_dtype!r} is not one of {', '.join(SERIES_DTYPES)}",
-    )
-    need(
-        c.verify in ("checksum", "size"), f"checkpoint.verify={c.verify!r} is not checksum or size"
-    )
-    from pretrain.series import validate_spec
-
-    validate_spec(c.series)
-    run.eval.validate()
-    run.metrics.validate()
     need(
         run.resume == "none" or run.resume == "auto" or bool(run.resume),
         "resume must be none, auto, or a checkpoint folder",
     )
-    need(d.format in ("megatron", "npy"), f"data.format={d.format!r} is not megatron or npy")
+    eos = d.eos_id if d.eos_id >= 0 else model.eos_token_id
     need(
-        d.npy_dtype in ("auto", "uint16", "uint32"),
-        f"data.npy_dtype={d.npy_dtype!r} is not auto, uint16 or uint32",
-    )
-    need(d.mix_block >= 1, f"data.mix_block={d.mix_block} must be >= 1")
-    if d.weights:
-        need(
-            len(d.weights) == len(d.paths),
-            f"data.weights has {len(d.weights)} entries but data.paths has "
-            f"{len(d.paths)}; give one weight per path or none",
-        )
-        need(all(w > 0 for w in d.weights), f"data.weights={list(d.weights)} must all be positive")
-    eos = d.eos_id if d.eos_id >= 0 else run.model.eos_token_id
-    need(
-        not d.paths or eos is not None and 0 <= eos < run.model.vocab_size,
+        not d.paths or eos is not None and 0 <= eos < model.vocab_size,
         f"the document separator (data.eos_id={d.eos_id}, model.eos_token_id="
-        f"{run.model.eos_token_id}) is not a token of the vocabulary (size {run.model.vocab_size}); "
+        f"{model.eos_token_id}) is not a token of the vocabulary (size {model.vocab_size}); "
         "set data.eos_id",
     )
     return run

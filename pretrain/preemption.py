@@ -32,6 +32,9 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
+
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
 
@@ -81,9 +84,6 @@ class Preemption:
             local = True
             self.received = f"stop file {self.stop_file}"
         if self.world_size > 1:
-            import torch
-            import torch.distributed as dist
-
             flag = torch.tensor([1 if local else 0], dtype=torch.int32, device=self.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             local = bool(flag.item())
@@ -101,8 +101,6 @@ class Preemption:
         if self.stopped_at is None:
             return None
         if self.world_size > 1:
-            import torch.distributed as dist
-
             dist.barrier()  # every rank's shard written before the job may be killed by the requeue
         if self.rank != 0:
             return None
