@@ -88,18 +88,29 @@ class LangTaggerConfig:
     cld2: bool = False  # second detector (pycld2) as langid__cld2__lang__xx
 
 
+QUALITY_READINGS = ("datatrove", "dolma")
+PII_READINGS = ("dolma", "datatrove")
+
+
 @dataclass
 class QualityTaggerConfig:
     enabled: bool = True
     name: str = "quality"
+    # datatrove: FineWeb's filters as datatrove 0.10.1 implements them (spaCy words);
+    # dolma: the dolma package's gopher_v2 / c4_v1 taggers (whitespace words)
+    reading: str = "datatrove"
     gopher: bool = True
     c4: bool = True
-    fineweb: bool = True
+    fineweb: bool = True  # datatrove reading only
     # Line-level C4 decisions are made when tagging (they produce spans to drop); document-level
-    # thresholds live in the filter rules, so changing them re-runs only the mixer.
-    c4_min_words_per_line: int = 5
+    # thresholds live in the filter rules, so changing them re-runs only the mixer. Defaults: the
+    # C4QualityFilter FineWeb ran (datatrove c4_filters.py:60-73 with filter_no_terminal_punct=False)
+    c4_filter_no_terminal_punct: bool = False
+    c4_min_words_per_line: int = 3
     c4_max_word_length: int = 1000
+    c4_remove_citations: bool = True
     fineweb_short_line_chars: int = 30
+    fineweb_after_c4: bool = True  # FineWeb's filter reads the text C4 kept (its pipeline order)
 
 
 @dataclass
@@ -110,6 +121,9 @@ class ContentTaggerConfig:
     badwords: bool = True
     badwords_dir: str = ""  # empty: data_pipeline/resources/badwords (LDNOOBW, CC-BY-4.0)
     badwords_default_lang: str = "en"  # when the language tagger is off or the language has no list
+    pii_reading: str = (
+        "dolma"  # dolma: e-mail, phone, IPv4; datatrove: PIIFormatter's e-mail, public IPs
+    )
     url_fields: list[str] = field(default_factory=lambda: ["url", "metadata.url"])
     url_blocklists: list[str] = field(default_factory=list)  # files: one domain or URL per line
 
@@ -371,6 +385,16 @@ def validate(pc: PipelineConfig, need_inputs: bool = True) -> PipelineConfig:
                 "taggers.lang.cld2=true needs pycld2; pip install pycld2"
             ) from None
     need(lang.top_k >= 1, "taggers.lang.top_k must be >= 1")
+    q = pc.taggers.quality
+    need(
+        q.reading in QUALITY_READINGS,
+        f"taggers.quality.reading={q.reading!r}: use one of {', '.join(QUALITY_READINGS)}",
+    )
+    need(
+        pc.taggers.content.pii_reading in PII_READINGS,
+        f"taggers.content.pii_reading={pc.taggers.content.pii_reading!r}: use one of "
+        f"{', '.join(PII_READINGS)}",
+    )
     for bl in pc.taggers.content.url_blocklists:
         need(
             Path(bl).is_file(), f"taggers.content.url_blocklists: {bl} does not exist; fix the path"
@@ -456,7 +480,14 @@ def validate(pc: PipelineConfig, need_inputs: bool = True) -> PipelineConfig:
         tok.batch_size > 0 and tok.max_tokens_per_shard > 0,
         "tokenizer.batch_size and tokenizer.max_tokens_per_shard must be positive",
     )
+    for check in VALIDATORS:  # checks that need the taggers' registry (mixer.py adds one)
+        check(pc)
     return pc
+
+
+# More checks of a whole config, registered by modules that config.py cannot import without a
+# cycle (the taggers import config); each raises PipelineConfigError.
+VALIDATORS: list = []
 
 
 def get_path(obj: dict, dotted: str) -> Any | None:

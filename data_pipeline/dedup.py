@@ -20,6 +20,22 @@ MERSENNE = np.uint64((1 << 61) - 1)
 _WORDS = re.compile(r"\w+", re.UNICODE)
 
 
+def emitted_attributes(cfg) -> list[str]:
+    """The attributes the dedup stage writes for a `DedupConfig` (the mixer rules may name them)."""
+    if not cfg.enabled:
+        return []
+    out = []
+    if cfg.exact:
+        out.append("dedup__exact__duplicate")
+    if cfg.url:
+        out.append("dedup__url__duplicate")
+    if cfg.minhash.enabled:
+        out += ["dedup__minhash__duplicate", "dedup__minhash__cluster_size"]
+    if cfg.paragraph.enabled:
+        out.append("dedup__paragraph__duplicate")
+    return out
+
+
 def normalize_words(text: str) -> list[str]:
     """FineWeb-style normalisation for shingling: lower case, words only (punctuation and spacing ignored)."""
     return _WORDS.findall(text.lower())

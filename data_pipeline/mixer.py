@@ -8,12 +8,24 @@ YAML is checked before any work starts.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import math
 import operator
 from dataclasses import dataclass
 
-from .config import FilterRule, MixerConfig, Replacement, SourceConfig, parse_expr
+from .config import (
+    VALIDATORS,
+    FilterRule,
+    MixerConfig,
+    PipelineConfig,
+    PipelineConfigError,
+    Replacement,
+    SourceConfig,
+    parse_expr,
+)
+from .dedup import emitted_attributes as dedup_attributes
+from .taggers import attribute_declared, emitted_attributes
 
 OPS = {
     "<": operator.lt,
@@ -144,3 +156,34 @@ def copies(rate: float, u: float) -> int:
     decided by the document's own random attribute u so reruns choose the same documents."""
     whole = math.floor(rate)
     return whole + (1 if u < rate - whole else 0)
+
+
+def _rule_attributes(cfg: MixerConfig) -> list[tuple[str, str]]:
+    """(where, attribute) of every attribute a rule of the mixer names."""
+    out = []
+    for r in cfg.filters:
+        out.append((f"mixer.filters[{r.name}]", parse_expr(r.exclude or r.include)[1]))
+    for s in cfg.sources:
+        for e in [*s.include, *s.exclude]:
+            out.append((f"mixer.sources[{s.name}]", parse_expr(e)[1]))
+    for rep in cfg.replacements:
+        out.append((f"mixer.replacements[{rep.name}]", rep.attribute))
+    return out
+
+
+def check_rule_attributes(pc: PipelineConfig) -> None:
+    """A rule naming an attribute no enabled tagger or dedup part writes would silently compare 0
+    (a missing attribute counts as 0): reject it before any work starts, naming the closest names."""
+    declared = emitted_attributes(pc.taggers) + dedup_attributes(pc.dedup)
+    for where, attr in _rule_attributes(pc.mixer):
+        if attribute_declared(attr, declared):
+            continue
+        close = difflib.get_close_matches(attr, declared, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else "no enabled tagger writes it"
+        raise PipelineConfigError(
+            f"{where} names attribute {attr!r}, which no enabled tagger or dedup part writes; "
+            f"{hint} (enable the tagger that writes it, or fix the name)"
+        )
+
+
+VALIDATORS.append(check_rule_attributes)

@@ -49,7 +49,7 @@ from .executor import Progress, StageJob, StageSpec, read_marker
 from .io import AtomicJsonlWriter, doc_url, input_size, read_docs, read_input, split_input
 from .mixer import Mixer, apply_replacements, copies
 from .report import build_report
-from .taggers import TaggerSet
+from .taggers import TaggerSet, enabled_groups
 from .tokenize import (
     TOKEN_DATA_FORMAT,
     TOKEN_DATA_VERSION,
@@ -597,17 +597,7 @@ def task_dedup_paragraph(run: Run, _: int, prog) -> dict:
 def _attribute_groups(run: Run, i: int) -> list[Path]:
     """The attribute files of the taggers and dedup parts this config enables (stale files of a
     differently configured earlier run in the same folder are not read)."""
-    tg = run.cfg.taggers
-    groups = [
-        g
-        for g, on in (
-            ("lang", tg.lang.enabled),
-            ("quality", tg.quality.enabled),
-            ("content", tg.content.enabled),
-            ("random", tg.random.enabled),
-        )
-        if on
-    ]
+    groups = enabled_groups(run.cfg.taggers)  # the taggers' registry
     if run.cfg.dedup.enabled:
         groups.append("dedup")
         if run.cfg.dedup.paragraph.enabled:

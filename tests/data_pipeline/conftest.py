@@ -32,14 +32,16 @@ def full_run(tmp_path_factory, samples_en):
         planted.append(
             {**src, "id": f"{src['id']}-neardup", "text": edit_words(src["text"], rng, 0.03)}
         )
-    docs[20] = {
-        **docs[20],
-        "text": docs[20]["text"]
+    # PII in two pages dolma's readings keep (pages 20 and 21 fail its duplicate-5-gram rule,
+    # which counts every occurrence of a repeated 5-gram: test_agreement.py runs dolma's code)
+    docs[23] = {
+        **docs[23],
+        "text": docs[23]["text"]
         + "\nReport bugs to jane.doe@example.org or call (555) 123-4567.\n",
     }
-    docs[21] = {
-        **docs[21],
-        "text": docs[21]["text"] + "\nThe server listens on 192.168.10.20 by default.\n",
+    docs[24] = {
+        **docs[24],
+        "text": docs[24]["text"] + "\nThe server listens on 192.168.10.20 by default.\n",
     }
     write_jsonl_gz(inp / "a.jsonl.gz", docs[:60])
     write_jsonl_gz(inp / "b.jsonl.gz", docs[60:] + planted)

@@ -43,21 +43,51 @@ def test_language_attributes_doc_paragraph_and_cld2():
 
 
 def test_gopher_statistics_by_hand():
+    """datatrove's reading (spaCy words) on a text counted by hand."""
     text = "the cat sat on the mat\nthe cat sat on the mat\n# heading ...\n- item one\n"
     a = QualityTagger(QualityTaggerConfig())({"id": "x", "text": text})
     g = lambda k: a[f"quality__gopher__{k}"][0][2]  # noqa: E731
-    assert g("word_count") == 18  # 6 + 6 + 3 ("#", "heading", "...") + 3 whitespace tokens
-    assert g("stop_word_count") == 4  # "the" x4
-    assert g("dup_line_frac") == pytest.approx(1 / 4)
-    assert g("bullet_line_frac") == pytest.approx(1 / 4)
+    # spaCy words: 6 + 6 + ("#", "heading", "...") + ("-", "item", "one") = 18; "#", "...", "-"
+    # are all punctuation, so 15 words count for the length rule
+    assert g("word_count") == 15
+    assert g("stop_word_count") == 1  # distinct stop words: only "the" (the defect counted 4)
+    assert g("hash_word_ratio") == pytest.approx(1 / 18)  # hash and ellipsis: two rules
+    assert g("ellipsis_word_ratio") == pytest.approx(1 / 18)
+    assert g("dup_line_frac") == pytest.approx(1 / 5)  # re.split("\n+") leaves a last ""
+    assert g("bullet_line_frac") == pytest.approx(1 / 4)  # str.splitlines(): 4 lines
     assert g("ellipsis_line_frac") == pytest.approx(1 / 4)
-    assert g("symbol_word_ratio") == pytest.approx(2 / 18)  # one "#" and one "..."
-    # "the cat sat on the" repeats: the second copy of each 5-gram of line 1 covers 6 words of line 2
-    words = text.split()
-    covered = sum(len(w) for w in words[6:12])
-    assert g("dup_5gram_char_frac") == pytest.approx(covered / sum(len(w) for w in words))
-    assert a["quality__c4__kept_sentences"][0][2] == 0
-    assert len(a["quality__c4__drop_line"]) == 4
+    # the most common 2-gram is the first of the ties: "the cat", twice, 7 characters
+    assert g("top_2gram_char_frac") == pytest.approx(14 / len(text))
+    # the second "the cat sat on the" (5 words, no spaces: 14 chars) then "mat" jumps on
+    assert g("dup_5gram_char_frac") == pytest.approx(len("thecatsatonthe") / len(text))
+    assert (
+        a["quality__c4__kept_sentences"][0][2] == 4
+    )  # four lines of >= 3 words, one sentence each
+    assert a["quality__c4__curly_bracket"][0][2] == 0
+
+
+def test_top_ngram_fraction_is_a_fraction():
+    a = QualityTagger(QualityTaggerConfig())({"id": "x", "text": "word " * 100})
+    # datatrove's ratio is 9 * 99 / 500 = 1.78 here (overlapping 2-grams); a fraction stops at 1
+    assert a["quality__gopher__top_2gram_char_frac"][0][2] == 1.0
+    b = QualityTagger(QualityTaggerConfig(reading="dolma"))({"id": "x", "text": "word " * 100})
+    assert b["quality__gopher__fraction_of_characters_in_most_common_2grams"][0][2] == 1.0
+
+
+def test_registry_matches_the_config_and_declares_what_taggers_write(samples_en):
+    from dataclasses import fields
+
+    from data_pipeline.config import TaggersConfig
+    from data_pipeline.taggers import TAGGERS, TaggerSet, attribute_declared, emitted_attributes
+
+    assert sorted(TAGGERS) == sorted(f.name for f in fields(TaggersConfig))
+    for reading in ("datatrove", "dolma"):
+        cfg = TaggersConfig()
+        cfg.quality.reading = reading
+        declared = emitted_attributes(cfg)
+        tags = TaggerSet(cfg)
+        written = {k for d in samples_en[:30] for attrs in tags(d).values() for k in attrs}
+        assert written and all(attribute_declared(k, declared) for k in written), reading
 
 
 def test_pii_badwords_and_blocklist(tmp_path):

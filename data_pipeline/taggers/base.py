@@ -1,0 +1,182 @@
+"""The tagger registry and the one split of a document every tagger shares.
+
+A tagger is a class with `config_type` (its dataclass in config.py, a field of `TaggersConfig`),
+`emits(cfg)` (the attribute names it can write; `*` stands for a language code and the like) and
+`__call__(view, context) -> attributes`. `@register("<field of TaggersConfig>")` adds it; the field
+name is its attribute folder (`attributes/<group>/`). `TaggerSet` runs the enabled ones in
+registration order, handing each the outputs of the ones before (the content tagger reads the
+language the language tagger found).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+from functools import cached_property
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..config import TaggersConfig
+from .words import ChunkVocab
+
+Spans = list[list]
+Attrs = dict[str, Spans]
+
+
+def whole(text: str, value: float) -> Spans:
+    """A document-level measurement: one span over the whole text."""
+    return [[0, len(text), float(value)]]
+
+
+class Tagger:
+    config_type: ClassVar[type]
+    group: ClassVar[str] = ""
+
+    @staticmethod
+    def emits(cfg: Any) -> list[str]:
+        raise NotImplementedError
+
+    def __call__(self, view: DocView, context: dict | None = None) -> Attrs:
+        raise NotImplementedError
+
+
+def as_view(doc: DocView | dict) -> DocView:
+    """Taggers take the shared split; a plain document (tests, notebooks) is split here."""
+    return doc if isinstance(doc, DocView) else DocView(doc)
+
+
+TAGGERS: dict[str, type[Tagger]] = {}
+
+
+def register(group: str):
+    """Class decorator: the tagger of `TaggersConfig.<group>`."""
+    names = {f.name for f in fields(TaggersConfig)}
+
+    def deco(cls: type[Tagger]) -> type[Tagger]:
+        if group not in names:
+            raise TypeError(f"tagger group {group!r} is not a field of TaggersConfig ({names})")
+        cls.group = group
+        TAGGERS[group] = cls
+        return cls
+
+    return deco
+
+
+# ---------------------------------------------------------------- the shared split
+
+
+@dataclass
+class WordTable:
+    """Per-id properties of whitespace words (Dolma's reading)."""
+
+    length: np.ndarray
+    alpha: np.ndarray
+    symbol: np.ndarray  # contains "#" or "…" (dolma/taggers/gopher.py:14, 152)
+    required: np.ndarray  # one of the eight required English words (gopher.py:13, 158)
+
+
+class WhitespaceVocab:
+    """Memo of whitespace word -> id with its properties (bounded like ChunkVocab)."""
+
+    MAX = 1_000_000
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.ids: dict[str, int] = {}
+        self._len: list[int] = []
+        self._alpha: list[bool] = []
+        self._sym: list[bool] = []
+        self._req: list[bool] = []
+        self._table: WordTable | None = None
+
+    def encode(self, words: list[str]) -> np.ndarray:
+        ids = self.ids
+        new = False
+        out = np.empty(len(words), dtype=np.int64)
+        for k, w in enumerate(words):
+            i = ids.get(w)
+            if i is None:
+                i = ids[w] = len(ids)
+                self._len.append(len(w))
+                self._alpha.append(any(c.isalpha() for c in w))
+                self._sym.append("#" in w or "\u2026" in w)
+                self._req.append(w in _REQUIRED)
+                new = True
+            out[k] = i
+        if new:
+            self._table = None
+        return out
+
+    @property
+    def table(self) -> WordTable:
+        if self._table is None:
+            self._table = WordTable(
+                np.array(self._len, dtype=np.int64),
+                np.array(self._alpha, dtype=np.bool_),
+                np.array(self._sym, dtype=np.bool_),
+                np.array(self._req, dtype=np.bool_),
+            )
+        return self._table
+
+    def maybe_reset(self) -> None:
+        if len(self.ids) > self.MAX:
+            self.reset()
+
+
+_REQUIRED = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
+_PARA = re.compile(r"\n\s*\n")
+
+# One memo per process: the tag task handles one shard after another in the same process.
+SPACY_VOCAB = ChunkVocab()
+WS_VOCAB = WhitespaceVocab()
+
+
+class DocView:
+    """A document split once: whitespace chunks, spaCy word ids, paragraphs (computed on first use
+    and then shared by every tagger)."""
+
+    def __init__(self, doc: dict):
+        self.doc = doc
+        self.text: str = doc["text"]
+        self.vocab = SPACY_VOCAB
+
+    @cached_property
+    def chunks(self) -> list[str]:
+        return self.text.split()
+
+    @cached_property
+    def spacy_ids(self) -> np.ndarray:
+        return self.vocab.words(self.chunks)
+
+    @cached_property
+    def chunk_ids(self) -> np.ndarray:
+        return WS_VOCAB.encode(self.chunks)
+
+    @property
+    def chunk_table(self) -> WordTable:
+        return WS_VOCAB.table
+
+    @cached_property
+    def paragraphs(self) -> list[tuple[int, int]]:
+        return paragraph_spans(self.text)
+
+
+def paragraph_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of the non-blank blocks of `text` separated by blank lines."""
+    out, pos = [], 0
+    for m in _PARA.finditer(text):
+        if text[pos : m.start()].strip():
+            out.append((pos, m.start()))
+        pos = m.end()
+    if text[pos:].strip():
+        out.append((pos, len(text)))
+    return out
+
+
+def release_memory() -> None:
+    """Between documents: restart the memos once they pass their bound."""
+    SPACY_VOCAB.maybe_reset()
+    WS_VOCAB.maybe_reset()

@@ -1,0 +1,188 @@
+"""Content: PII spans, bad words per language, URL blocklists.
+
+PII has two readings: `pii_reading=dolma` (the e-mail / phone / IPv4 patterns of Dolma's PII
+tagger, plus +CC international numbers) and `pii_reading=datatrove` (the e-mail and IP patterns of
+datatrove's PIIFormatter, datatrove/pipeline/formatters/pii.py:76-87, public IPs only as its
+`only_remove_public_ips=True` default); the spans are replaced by mixer replacements.
+Bad words: the LDNOOBW lists (CC-BY-4.0, as packaged in the npm `naughty-words` 1.2.0), shipped in
+resources/badwords/ with their licence.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from ..config import ContentTaggerConfig
+from ..io import doc_url
+from .base import Attrs, Tagger, as_view, register, whole
+
+Spans = list[list]
+RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+_WORD = re.compile(r"\S+")
+
+EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
+# North-American style numbers as in Dolma's PII tagger, plus +CC international numbers
+PHONE = re.compile(
+    r"(?<![\w.])(?:\+\d{1,3}[ .\-]?)?\(?\d{3}\)?[ .\-]?\d{3}[ .\-]\d{4}(?!\w|\.\d)"
+    r"|(?<![\w.])\+\d{1,3}(?:[ .\-]\d{2,4}){2,4}(?!\w|\.\d)"
+)
+IPV4 = re.compile(
+    r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?!\d|\.\d)"
+)
+
+
+_TOKEN = re.compile(r"[\w']+(?:-[\w']+)*", re.UNICODE)
+_NO_SPACES = ("ja", "zh", "th", "ko")
+
+
+class BadWords:
+    """One language's list. Spaced languages: a set lookup per word and per phrase start (one regex
+    alternation over ~400 entries with word boundaries was 20x slower); unspaced ones: a regex."""
+
+    def __init__(self, entries: list[str], lang: str):
+        words = {w.strip().lower() for w in entries if w.strip()}
+        self.regex = None
+        if lang in _NO_SPACES:
+            alt = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+            self.regex = re.compile(f"(?:{alt})", re.IGNORECASE)
+            return
+        self.single = {w for w in words if len(_TOKEN.findall(w)) == 1 and _TOKEN.fullmatch(w)}
+        self.phrases: dict[str, list[tuple[str, ...]]] = {}
+        for w in words - self.single:
+            toks = tuple(_TOKEN.findall(w))
+            if toks:
+                self.phrases.setdefault(toks[0], []).append(toks)
+
+    def spans(self, text: str) -> Spans:
+        if self.regex is not None:
+            return [[m.start(), m.end(), 1.0] for m in self.regex.finditer(text)]
+        toks = [(m.start(), m.end(), m.group().lower()) for m in _TOKEN.finditer(text)]
+        out: Spans = []
+        for i, (s, e, w) in enumerate(toks):
+            if w in self.single:
+                out.append([s, e, 1.0])
+            for ph in self.phrases.get(w, ()):
+                if tuple(t[2] for t in toks[i : i + len(ph)]) == ph:
+                    out.append([s, toks[i + len(ph) - 1][1], 1.0])
+        return out
+
+
+@lru_cache(maxsize=64)
+def badwords_for(folder: str, lang: str) -> BadWords | None:
+    path = Path(folder) / f"{lang}.json"
+    if not path.exists():
+        return None
+    return BadWords(json.loads(path.read_text(encoding="utf-8")), lang)
+
+
+@lru_cache(maxsize=16)
+def load_blocklist(paths: tuple[str, ...]) -> frozenset[str]:
+    out: set[str] = set()
+    for p in paths:
+        for line in Path(p).read_text(encoding="utf-8").splitlines():
+            line = line.split("#", 1)[0].strip().lower()
+            if not line:
+                continue
+            host = urlsplit(line).hostname if "://" in line else line.split("/")[0]
+            if host:
+                out.add(host.lstrip("."))
+    return frozenset(out)
+
+
+def blocked_host(url: str, blocklist: frozenset[str]) -> bool:
+    try:
+        host = (urlsplit(url if "://" in url else "http://" + url).hostname or "").lower()
+    except ValueError:
+        return False
+    parts = host.split(".")
+    return any(".".join(parts[i:]) in blocklist for i in range(len(parts)))
+
+
+# datatrove/pipeline/formatters/pii.py:77-85
+DT_EMAIL = re.compile(
+    r"\b[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@(?:(?:[A-Za-z0-9](?:["
+    r"A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?|\[(?:(?:25[0-5]|2[0-4][0-9]|["
+    r"01]?[0-9][0-9]?)\.){3}(?:25[0-5]|2[0-4][0-9]|[01]?[0-9][0-9]?|[A-Za-z0-9-]*[A-Za-z0-9]:)])"
+)
+DT_IP = re.compile(
+    r"(?:(?:25[0-5]|2[0-4][0-9]|[01]?[0-9][0-9]?)\.){3}(?:25[0-5]|2[0-4][0-9]|[01]?[0-9][0-9]?)"
+)
+
+
+def _public_ip(s: str) -> bool:
+    """public_ip_validator (pii.py:34-39) with public_only=True."""
+    try:
+        return ipaddress.ip_address(s).is_global
+    except ValueError:
+        return False
+
+
+def pii_spans(text: str, reading: str) -> dict[str, Spans]:
+    if reading == "datatrove":
+        return {
+            "email": [[m.start(), m.end(), 1.0] for m in DT_EMAIL.finditer(text)],
+            "ip": [
+                [m.start(), m.end(), 1.0] for m in DT_IP.finditer(text) if _public_ip(m.group())
+            ],
+        }
+    return {
+        kind: [[m.start(), m.end(), 1.0] for m in rx.finditer(text)]
+        for kind, rx in (("email", EMAIL), ("phone", PHONE), ("ip", IPV4))
+    }
+
+
+@register("content")
+class ContentTagger(Tagger):
+    config_type = ContentTaggerConfig
+
+    def __init__(self, cfg: ContentTaggerConfig):
+        self.cfg = cfg
+        self.bw_dir = cfg.badwords_dir or str(RESOURCES / "badwords")
+        self._lang_name = ""
+
+    @staticmethod
+    def emits(cfg: ContentTaggerConfig) -> list[str]:
+        pre, out = cfg.name, []
+        if cfg.pii:
+            kinds = ("email", "ip") if cfg.pii_reading == "datatrove" else ("email", "phone", "ip")
+            for k in kinds:
+                out += [f"{pre}__pii__{k}", f"{pre}__pii__{k}_count"]
+        if cfg.badwords:
+            out += [f"{pre}__badwords__{k}" for k in ("match", "count", "word_frac")]
+        # always written (0 without lists), so a preset's blocklist rule is valid before any list
+        out.append(f"{pre}__url__blocked")
+        return out
+
+    def __call__(self, view, context: dict | None = None, lang: str | None = None) -> Attrs:
+        view = as_view(view)
+        if lang is None and context:
+            lang = context.get("language")
+        cfg, text = self.cfg, view.text
+        pre = cfg.name
+        out: Attrs = {}
+        if cfg.pii:
+            for kind, spans in pii_spans(text, cfg.pii_reading).items():
+                if spans:
+                    out[f"{pre}__pii__{kind}"] = spans
+                out[f"{pre}__pii__{kind}_count"] = whole(text, float(len(spans)))
+        if cfg.badwords:
+            bw = badwords_for(self.bw_dir, lang or cfg.badwords_default_lang) or badwords_for(
+                self.bw_dir, cfg.badwords_default_lang
+            )
+            spans = bw.spans(text) if bw else []
+            if spans:
+                out[f"{pre}__badwords__match"] = spans
+            n_words = max(1, len(view.chunks))
+            out[f"{pre}__badwords__count"] = whole(text, float(len(spans)))
+            out[f"{pre}__badwords__word_frac"] = whole(text, len(spans) / n_words)
+        blocked = False
+        if cfg.url_blocklists:
+            url = doc_url(view.doc, list(cfg.url_fields))
+            blocked = bool(url) and blocked_host(url, load_blocklist(tuple(cfg.url_blocklists)))
+        out[f"{pre}__url__blocked"] = whole(text, float(blocked))
+        return out

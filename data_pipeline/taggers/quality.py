@@ -1,0 +1,390 @@
+"""Quality statistics in two readings, each following its reference line by line.
+
+- `reading=datatrove`: FineWeb's filters as datatrove 0.10.1 implements them
+  (datatrove/pipeline/filters/gopher_repetition_filter.py, gopher_quality_filter.py,
+  c4_filters.py, fineweb_quality_filter.py), spaCy words (words.py). The C4 filter rewrites the text
+  to its kept lines (c4_filters.py:135) before FineWeb's filter reads it, so the `fineweb__*`
+  statistics are measured on that text, as in FineWeb's pipeline order.
+- `reading=dolma`: Dolma's `gopher_v2` and `c4_v1` taggers (dolma/taggers/gopher.py:139-201,
+  dolma/taggers/c4.py:44-76), whitespace words.
+
+Each function returns measurements; the thresholds are mixer rules in the preset YAML
+(configs/pipeline/fineweb.yaml, dolma.yaml), so changing one re-runs only the mixer. Where a
+reference stops at the first failing rule, the statistics it never computed are still written (the
+decision is the same: the document fails either way).
+"""
+
+from __future__ import annotations
+
+import re
+from statistics import median
+
+import numpy as np
+
+from ..config import QualityTaggerConfig
+from . import kernels
+from .base import Attrs, DocView, Tagger, as_view, register, whole
+from .words import sentence_count, terminal_punctuation
+
+# ---------------------------------------------------------------- datatrove (FineWeb)
+
+_PARA_SPLIT = re.compile(r"\n{2,}")  # gopher_repetition_filter.py:106
+_LINE_SPLIT = re.compile("\n+")  # gopher_repetition_filter.py:107
+# c4_filters.py:14-24
+_CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
+_C4_END = (".", "?", "!", '"', "'")
+_POLICY = (
+    "terms of use",
+    "privacy policy",
+    "cookie policy",
+    "uses cookies",
+    "use of cookies",
+    "use cookies",
+)
+
+
+def _duplicates(parts: list[str]) -> tuple[int, int]:
+    """find_duplicates (gopher_repetition_filter.py:35-46): repeats and their characters."""
+    seen: set[str] = set()
+    dup = chars = 0
+    for p in parts:
+        if p in seen:
+            dup += 1
+            chars += len(p)
+        else:
+            seen.add(p)
+    return dup, chars
+
+
+def datatrove_repetition(view: DocView) -> dict[str, float]:
+    """GopherRepetitionFilter.filter (gopher_repetition_filter.py:110-144), every ratio it tests."""
+    text = view.text
+    n = max(1, len(text))  # an empty text fails the filter ("empty"): see `empty`
+    paras = _PARA_SPLIT.split(text.strip())
+    p_dup, p_chars = _duplicates(paras)
+    lines = _LINE_SPLIT.split(text)
+    l_dup, l_chars = _duplicates(lines)
+    out = {
+        "empty": float(not text),
+        "dup_para_frac": p_dup / len(paras),
+        "dup_para_char_frac": p_chars / n,
+        "dup_line_frac": l_dup / len(lines),
+        "dup_line_char_frac": l_chars / n,
+    }
+    ids, lens = view.spacy_ids, view.vocab.table.length
+    for k in (2, 3, 4):
+        top = kernels.datatrove_top_ngram_chars(ids, lens, k)
+        # overlapping occurrences are counted (:49-54), so the reference's ratio can pass 1 (1.78
+        # on one word repeated); a fraction is clipped at 1, which decides the same below 1
+        out[f"top_{k}gram_char_frac"] = min(1.0, top / n) if top >= 0 else 0.0
+    for k in range(5, 11):
+        out[f"dup_{k}gram_char_frac"] = kernels.datatrove_dup_ngram_chars(ids, lens, k) / n
+    return out
+
+
+def datatrove_quality(view: DocView) -> dict[str, float]:
+    """GopherQualityFilter.filter (gopher_quality_filter.py:61-125)."""
+    text, ids, t = view.text, view.spacy_ids, view.vocab.table
+    n_words = len(ids)
+    non_symbol = t.non_symbol[ids]
+    n_non_symbol = int(non_symbol.sum())
+    # np.mean of integer lengths is their exact sum over the count (as the reference computes)
+    mean_len = float(t.length[ids][non_symbol].sum()) / n_non_symbol if n_non_symbol else 0.0
+    lines = text.splitlines()
+    n_lines = max(1, len(lines))
+    denom = max(1, n_words)
+    return {
+        # gopher_quality_filter.py:75-82: words with a non-punctuation character
+        "word_count": float(n_non_symbol),
+        "mean_word_length": mean_len,
+        # :92-95: "#" and the ellipsis are two separate rules, not a sum
+        "hash_word_ratio": text.count("#") / denom,
+        "ellipsis_word_ratio": (text.count("...") + text.count("\u2026")) / denom,
+        # :100-111: str.splitlines(), bullets "•" and "-" only
+        "bullet_line_frac": sum(
+            s.lstrip().startswith("\u2022") or s.lstrip().startswith("-") for s in lines
+        )
+        / n_lines,
+        "ellipsis_line_frac": sum(
+            s.rstrip().endswith("...") or s.rstrip().endswith("\u2026") for s in lines
+        )
+        / n_lines,
+        # :114-119: over all spaCy words, punctuation included
+        "alpha_word_frac": int(t.alpha[ids].sum()) / denom,
+        # :122: distinct stop words (a set intersection), case-sensitive
+        "stop_word_count": float(len(np.unique(ids[t.stop[ids]]))),
+    }
+
+
+def datatrove_c4(view: DocView, cfg: QualityTaggerConfig) -> tuple[dict[str, float], Attrs, str]:
+    """C4QualityFilter.filter (c4_filters.py:88-136) with the line rules fixed at tagging time:
+    the page measurements, the dropped lines as spans, and the text the filter hands on."""
+    text = view.text
+    kept: list[str] = []
+    drop: list[list] = []
+    sentences = 0
+    lorem = curly = 0.0
+    pos = 0
+    # str.splitlines() as the reference (:89); offsets advance over each line and its break
+    for raw in text.splitlines(keepends=True):
+        start, pos = pos, pos + len(raw)
+        line = raw.strip()
+        words = line.split()
+        if any(len(w) > cfg.c4_max_word_length for w in words):  # :99
+            drop.append([start, pos, 1.0])
+            continue
+        if cfg.c4_remove_citations:  # :103
+            line = _CITATION.sub("", line)
+        if cfg.c4_filter_no_terminal_punct and (  # :106
+            not line.endswith(_C4_END) or line.endswith("...")
+        ):
+            drop.append([start, pos, 1.0])
+            continue
+        if len(words) < cfg.c4_min_words_per_line:  # :110
+            drop.append([start, pos, 1.0])
+            continue
+        low = line.lower()
+        if "lorem ipsum" in low:  # :115: the page is dropped, the reference stops here
+            lorem = 1.0
+            break
+        if "javascript" in low:  # :118
+            drop.append([start, pos, 1.0])
+            continue
+        if "{" in line:  # :122: the page is dropped, the reference stops here
+            curly = 1.0
+            break
+        if any(p in low for p in _POLICY):  # :125
+            drop.append([start, pos, 1.0])
+            continue
+        sentences += sentence_count(view.vocab, line)  # :129, spaCy's sentencizer per line
+        kept.append(line)
+    n_lines = len(kept) + len(drop)
+    stats = {
+        "kept_sentences": float(sentences),
+        "lorem_ipsum": lorem,
+        "curly_bracket": curly,
+        "kept_line_frac": len(kept) / max(1, n_lines),
+    }
+    return stats, {"drop_line": drop}, "\n".join(kept).strip()  # :135
+
+
+def datatrove_fineweb(view: DocView, text: str, cfg: QualityTaggerConfig) -> dict[str, float]:
+    """FineWebQualityFilter.filter (fineweb_quality_filter.py:33-56) on `text` (after C4)."""
+    lines = [line for line in text.split("\n") if line.strip() != ""]  # :34-35
+    n = len(lines)
+    if n == 0:
+        return {"empty": 1.0}
+    stop = terminal_punctuation()
+    body = len(text) - text.count("\n")  # len(text.replace("\n", "")) (:46)
+    words = len(view.vocab.words(text.split())) if text is not view.text else len(view.spacy_ids)
+    return {
+        "empty": 0.0,
+        "line_punct_frac": sum(1 for line in lines if line.endswith(stop)) / n,  # :38
+        "short_line_frac": sum(1 for line in lines if len(line) <= cfg.fineweb_short_line_chars)
+        / n,  # :42
+        "dup_line_char_frac": _duplicates(lines)[1] / max(1, body),  # :46
+        "newline_word_ratio": text.count("\n") / max(1, words),  # :51-53, the "list" rule
+    }
+
+
+# ---------------------------------------------------------------- dolma
+
+_BULLETS = ("*", "-")  # dolma/taggers/gopher.py:15
+_SYMBOLS = ("#", "\u2026")  # gopher.py:14
+_REQUIRED = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})  # gopher.py:13
+
+
+def dolma_gopher(view: DocView) -> dict[str, float]:
+    """get_attributes of dolma's gopher_v2 tagger (dolma/taggers/gopher.py:139-201, 228-233):
+    whitespace words."""
+    text = view.text
+    if not text:
+        return {"character_count": 0.0}
+    words = view.chunks
+    ids, t = view.chunk_ids, view.chunk_table
+    lens = t.length
+    wl = lens[ids]
+    char_count = int(wl.sum())
+    n = len(words)
+    out = {
+        "character_count": float(len(text)),
+        "word_count": float(n),
+        "median_word_length": float(median(wl.tolist())) if n else 0.0,
+        "symbol_to_word_ratio": int(t.symbol[ids].sum()) / max(n, 1),
+        "fraction_of_words_with_alpha_character": int(t.alpha[ids].sum()) / max(n, 1),
+        "required_word_count": float(t.required[ids].sum()),  # occurrences (gopher.py:158)
+    }
+    top, dup = np.full(11, -1.0), np.full(11, -1.0)
+    kernels.dolma_ngram_fracs(ids, lens, 10, top, dup, char_count)
+    for k in (2, 3, 4):
+        if top[k] >= 0:
+            # overlapping occurrences: can pass 1 in dolma too; clipped (same decisions below 1)
+            out[f"fraction_of_characters_in_most_common_{k}grams"] = min(1.0, float(top[k]))
+    for k in range(5, 11):
+        if dup[k] >= 0:
+            out[f"fraction_of_characters_in_duplicate_{k}grams"] = float(dup[k])
+    # gopher_v2 (gopher.py:228-233): ignore_empty_lines=True, lines split at runs of newlines
+    # (gopher.py:178). gopher_v1 splits at every newline, so each blank line counts as a duplicate
+    # line: on the English man pages it removed 105 of 120 documents for duplicate lines.
+    lines = _LINE_SPLIT.split(text)
+    n_lines = max(len(lines), 1)
+    out["fraction_of_lines_starting_with_bullet_point"] = (
+        sum(1 for line in lines if line.startswith(_BULLETS)) / n_lines
+    )
+    out["fraction_of_lines_ending_with_ellipsis"] = (
+        sum(1 for line in lines if line.endswith("\u2026")) / n_lines
+    )
+    counts: dict[str, int] = {}
+    for line in lines:
+        counts[line] = counts.get(line, 0) + 1
+    out["fraction_of_duplicate_lines"] = sum(c for c in counts.values() if c > 1) / n_lines
+    out["fraction_of_characters_in_duplicate_lines"] = sum(
+        len(line) * c for line, c in counts.items() if c > 1
+    ) / max(char_count, 1)
+    return out
+
+
+def dolma_c4(view: DocView, naughty: tuple[frozenset[str], tuple[str, ...]]) -> Attrs:
+    """get_attributes of c4_v1 (dolma/taggers/c4.py:44-76): line spans and page flags."""
+    text = view.text
+    words_set, phrases = naughty
+    no_punct, few_words = [], []
+    flags = {"has_naughty_word": 0.0, "has_javascript": 0.0, "has_lorem_ipsum": 0.0}
+    flags["has_curly_brace"] = 0.0
+    lines = text.split("\n")
+    offset = 0
+    for k, original in enumerate(lines):
+        end = offset + len(original) + (1 if k < len(lines) - 1 else 0)
+        line = original.lower().strip()
+        if not line.endswith((".", "?", "!", '"')):
+            no_punct.append([offset, end, 1.0])
+        words = line.split()
+        if len(words) < 3:
+            few_words.append([offset, end, 1.0])
+        if any(w in words_set for w in words) or any(p in line for p in phrases):
+            flags["has_naughty_word"] = 1.0
+        if "javascript" in words:
+            flags["has_javascript"] = 1.0
+        if "lorem ipsum" in line:
+            flags["has_lorem_ipsum"] = 1.0
+        if "{" in line:
+            flags["has_curly_brace"] = 1.0
+        offset = end
+    out: Attrs = {k: whole(text, v) for k, v in flags.items()}
+    out["lines_with_no_ending_punctuation"] = no_punct
+    out["lines_with_too_few_words"] = few_words
+    out["line_count"] = whole(text, float(len(lines)))
+    return out
+
+
+# ---------------------------------------------------------------- the tagger
+
+_DT_REP = (
+    ["empty", "dup_para_frac", "dup_para_char_frac", "dup_line_frac", "dup_line_char_frac"]
+    + [f"top_{k}gram_char_frac" for k in (2, 3, 4)]
+    + [f"dup_{k}gram_char_frac" for k in range(5, 11)]
+)
+_DT_QUAL = [
+    "word_count",
+    "mean_word_length",
+    "hash_word_ratio",
+    "ellipsis_word_ratio",
+    "bullet_line_frac",
+    "ellipsis_line_frac",
+    "alpha_word_frac",
+    "stop_word_count",
+]
+_DT_C4 = ["kept_sentences", "lorem_ipsum", "curly_bracket", "kept_line_frac", "drop_line"]
+_DT_FW = ["empty", "line_punct_frac", "short_line_frac", "dup_line_char_frac", "newline_word_ratio"]
+_DOLMA_GOPHER = (
+    [
+        "character_count",
+        "word_count",
+        "median_word_length",
+        "symbol_to_word_ratio",
+        "fraction_of_words_with_alpha_character",
+        "required_word_count",
+        "fraction_of_lines_starting_with_bullet_point",
+        "fraction_of_lines_ending_with_ellipsis",
+        "fraction_of_duplicate_lines",
+        "fraction_of_characters_in_duplicate_lines",
+    ]
+    + [f"fraction_of_characters_in_most_common_{k}grams" for k in (2, 3, 4)]
+    + [f"fraction_of_characters_in_duplicate_{k}grams" for k in range(5, 11)]
+)
+_DOLMA_C4 = [
+    "has_naughty_word",
+    "has_javascript",
+    "has_lorem_ipsum",
+    "has_curly_brace",
+    "lines_with_no_ending_punctuation",
+    "lines_with_too_few_words",
+    "line_count",
+]
+
+
+def _dolma_naughty() -> tuple[frozenset[str], tuple[str, ...]]:
+    """The English list dolma's c4 tagger reads (dolma/taggers/c4.py:11-13), from the installed
+    dolma package when it is there, else the bundled LDNOOBW English list."""
+    from .content import RESOURCES  # the bundled lists (content.py owns them)
+
+    try:
+        import dolma.taggers.c4 as dc4  # optional: only for the exact list dolma ships
+
+        return frozenset(dc4.NAUGHTY_WORDS), tuple(sorted(dc4.NAUGHTY_PHRASES))
+    except Exception:  # dolma not installed (or its fastText import fails): the same LDNOOBW list
+        import json
+
+        entries = json.loads((RESOURCES / "badwords" / "en.json").read_text(encoding="utf-8"))
+        return frozenset(w for w in entries if " " not in w), tuple(w for w in entries if " " in w)
+
+
+@register("quality")
+class QualityTagger(Tagger):
+    config_type = QualityTaggerConfig
+
+    def __init__(self, cfg: QualityTaggerConfig):
+        self.cfg = cfg
+        kernels.warm_up()
+        self._naughty = _dolma_naughty() if cfg.reading == "dolma" and cfg.c4 else None
+
+    @staticmethod
+    def emits(cfg: QualityTaggerConfig) -> list[str]:
+        keys: list[tuple[str, list[str]]] = []
+        if cfg.reading == "dolma":
+            keys += [("gopher", _DOLMA_GOPHER)] if cfg.gopher else []
+            keys += [("c4", _DOLMA_C4)] if cfg.c4 else []
+        else:
+            keys += [("gopher", _DT_REP + _DT_QUAL)] if cfg.gopher else []
+            keys += [("c4", _DT_C4)] if cfg.c4 else []
+            keys += [("fineweb", _DT_FW)] if cfg.fineweb else []
+        return [f"{cfg.name}__{group}__{k}" for group, ks in keys for k in ks]
+
+    def __call__(self, view: DocView, context: dict | None = None) -> Attrs:
+        view = as_view(view)
+        cfg, text = self.cfg, view.text
+        pre = cfg.name
+        out: Attrs = {}
+
+        def put(group: str, stats: dict[str, float]) -> None:
+            for k, v in stats.items():
+                out[f"{pre}__{group}__{k}"] = whole(text, v)
+
+        if cfg.reading == "dolma":
+            if cfg.gopher:
+                put("gopher", dolma_gopher(view))
+            if cfg.c4:
+                for k, v in dolma_c4(view, self._naughty).items():  # type: ignore[arg-type]
+                    out[f"{pre}__c4__{k}"] = v
+            return out
+        if cfg.gopher:
+            put("gopher", datatrove_repetition(view))
+            put("gopher", datatrove_quality(view))
+        after_c4 = text
+        if cfg.c4:
+            stats, spans, after_c4 = datatrove_c4(view, cfg)
+            put("c4", stats)
+            out[f"{pre}__c4__drop_line"] = spans["drop_line"]
+        if cfg.fineweb:
+            put("fineweb", datatrove_fineweb(view, after_c4 if cfg.fineweb_after_c4 else text, cfg))
+        return out
