@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
 from .executor import read_marker
 
 STEP_NAMES = ["language", "quality", "content", "dedup", "mix"]
@@ -143,9 +146,6 @@ def build_report(run) -> dict:
 
 
 def render_table(rep: dict) -> str:
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console(record=True, width=100, file=open("/dev/null", "w"))
     t = Table(title=f"data pipeline report: {rep['output_dir']}")
     t.add_column("what")
@@ -193,7 +193,7 @@ def render_table(rep: dict) -> str:
 
 
 def chart(rep: dict, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # heavy (~1 s): imported only when the chart is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
