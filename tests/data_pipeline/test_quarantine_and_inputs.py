@@ -154,4 +154,6 @@ def test_config_errors_name_the_problem_and_exit_2(tmp_path, capsys):
     assert "executor.type" in capsys.readouterr().err
     assert main([*base, "tokenizer.path=/no/such/tokenizer.json"]) == 2
     assert "tokenizer.path" in capsys.readouterr().err
+    assert main([*base, "stage=dedupe"]) == 2  # the stage words come from the stage registry
+    assert "use all or one of ingest, tag, dedup, mix" in capsys.readouterr().err
     assert not (tmp_path / "o").exists(), "a config error must stop before any work"
