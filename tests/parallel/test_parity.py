@@ -122,6 +122,19 @@ def test_kv_heads_replicated_when_tp_exceeds_them(tmp_path, dense_ref):
         check_parity(r, ref)
 
 
+# The packed-documents reference's seed. With seed 0, one element of layer 3's MLP down projection
+# (w2[33, 167]) gets a first gradient of 7.7e-9: a sum over the batch's tokens that cancels to 2e-6
+# of the sum of its terms' magnitudes, below AdamW's eps (1e-8). Its first update,
+# lr * g / (|g| + eps) with no gradient history yet to damp it, then passes the sum's rounding error
+# (percents, and different in every summation order) into the weight: that one element moves the
+# tensor by 1.4e-6 (micro-batches of 2, which at the first step reorder only the final
+# accumulation), 2.4e-6 (of 1), 3.0e-6 (of 4), 4.9e-6 (initial weights moved by one ulp) and
+# 1.19e-5 under TP2 (row-parallel sums reorder the forward too), past 1e-5; without it TP2's
+# difference is 1.9e-6. Seed 1 has no such element: micro-batches of 2 move it by 5.3e-7 and TP2 /
+# PP2 ZBV stay at 2.2e-6 / 2.0e-6 (params; loss 5.9e-8).
+PACKED_SEED = 1
+
+
 def test_packed_documents_tp2_pp2(tmp_path):
     """Packed documents (each line of text is one): restarting position ids and the model's
     intra-document mask pass through sequence parallel and the pipeline unchanged."""
@@ -129,7 +142,7 @@ def test_packed_documents_tp2_pp2(tmp_path):
 
     doc, _ = packed_ids(text_batches(1, GBS, SEQ)[0, :, :-1])
     assert doc.max() > 0  # the data really has several documents per row
-    ref = stable_reference_run(dense_cfg(), STEPS, GBS, SEQ, packed=True)
+    ref = stable_reference_run(dense_cfg(), STEPS, GBS, SEQ, packed=True, seed=PACKED_SEED)
     runs = [
         {"name": "TP2 packed", "parallel": {"tp": 2}, "packed": True},
         {
@@ -138,7 +151,8 @@ def test_packed_documents_tp2_pp2(tmp_path):
             "packed": True,
         },
     ]
-    for r in launch(2, spec("llama3-tiny", runs, overrides={"n_layers": 4}), tmp_path):
+    packed_spec = spec("llama3-tiny", runs, overrides={"n_layers": 4}, seed=PACKED_SEED)
+    for r in launch(2, packed_spec, tmp_path):
         check_parity(r, ref)
 
 
