@@ -10,7 +10,8 @@ import transformers
 
 from model_zoo import build_model, count_parameters, get_model_config
 from model_zoo.config import ConfigError
-from model_zoo.hf import export_hf, families, import_hf
+from model_zoo.hf import architectures, export_hf, families, import_hf
+from pretrain.cli import main as cli_main
 from tests.model_zoo.hf_helpers import assert_close, randomise, tokens
 
 # config.json of the Hub's Qwen/Qwen3-{0.6B,1.7B,4B,8B}(-Base): every size has vocab_size 151936,
@@ -131,3 +132,13 @@ def test_qwen3_is_a_registered_family_with_named_limits(tmp_path):
     theirs.save_pretrained(tmp_path / "swa")
     with pytest.raises(ConfigError, match="sliding-window"):
         import_hf(tmp_path / "swa")
+
+
+def test_import_hf_help_lists_every_registered_family(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["import-hf", "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the description
+    for model_type, architecture in architectures().items():
+        assert f"{model_type}: {architecture}" in text
+    assert "qwen3: Qwen3ForCausalLM" in text and len(architectures()) >= 8
