@@ -6,7 +6,7 @@ from model_zoo.config import MoEConfig
 from model_zoo.families import register_family
 from model_zoo.hf.base import HEAD_DIM_FROM_D_MODEL, Requirement
 from model_zoo.hf.llama import LlamaAdapter
-from model_zoo.hf.moe_layout import MoELayoutMixin, moe_requirements
+from model_zoo.hf.moe_layout import NO_ROUTED_SCALING, MoELayoutMixin, moe_requirements
 
 
 @register_family
@@ -23,11 +23,7 @@ class MixtralAdapter(MoELayoutMixin, LlamaAdapter):
                 lambda c: c.moe.norm_topk_prob,
                 "moe.norm_topk_prob must be true (Mixtral renormalises its top-k weights)",
             ),
-            Requirement(
-                "moe.routed_scaling_factor",
-                lambda c: c.moe.routed_scaling_factor == 1.0,
-                "moe.routed_scaling_factor must be 1",
-            ),
+            NO_ROUTED_SCALING,
             Requirement("biases", lambda c: not (c.qkv_bias or c.mlp_bias), "no biases"),
             HEAD_DIM_FROM_D_MODEL,
         )

@@ -98,6 +98,13 @@ class MoELayoutMixin:
         return sd
 
 
+NO_ROUTED_SCALING = Requirement(
+    "moe.routed_scaling_factor",
+    lambda c: c.moe.routed_scaling_factor == 1.0,
+    "moe.routed_scaling_factor must be 1",
+)
+
+
 def moe_requirements(router: str, groups: bool, shared: bool) -> tuple[Requirement, ...]:
     reqs = [
         Requirement("moe.router", lambda c: c.moe.router == router, f"moe.router must be {router}"),

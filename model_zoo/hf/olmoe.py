@@ -15,10 +15,9 @@ from model_zoo.hf.base import (
     QK_NORM_NAMES,
     RMSNORM,
     SWIGLU,
-    Requirement,
     qk_norm_is,
 )
-from model_zoo.hf.moe_layout import MoELayoutMixin, moe_requirements
+from model_zoo.hf.moe_layout import NO_ROUTED_SCALING, MoELayoutMixin, moe_requirements
 from model_zoo.hf.olmo2 import Olmo2Adapter
 
 
@@ -40,11 +39,7 @@ class OlmoeAdapter(MoELayoutMixin, Olmo2Adapter):
         qk_norm_is("full"),
         HEAD_DIM_FROM_D_MODEL,
         NO_ROPE_SCALING,
-        Requirement(
-            "moe.routed_scaling_factor",
-            lambda c: c.moe.routed_scaling_factor == 1.0,
-            "moe.routed_scaling_factor must be 1",
-        ),
+        NO_ROUTED_SCALING,
     ) + moe_requirements("softmax", False, False)
 
     def to_hf_config(self, cfg):
