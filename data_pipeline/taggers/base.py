@@ -86,40 +86,37 @@ class WhitespaceVocab:
 
     def reset(self) -> None:
         self.ids: dict[str, int] = {}
-        self._len: list[int] = []
-        self._alpha: list[bool] = []
-        self._sym: list[bool] = []
-        self._req: list[bool] = []
-        self._table: WordTable | None = None
+        cap = 1 << 14
+        self.table = WordTable(
+            np.zeros(cap, np.int64),
+            np.zeros(cap, np.bool_),
+            np.zeros(cap, np.bool_),
+            np.zeros(cap, np.bool_),
+        )
+
+    def _add(self, w: str) -> int:
+        i = self.ids[w] = len(self.ids)
+        t = self.table
+        if i >= len(t.length):
+            for name in ("length", "alpha", "symbol", "required"):
+                a = getattr(t, name)
+                b = np.zeros(2 * len(a), dtype=a.dtype)
+                b[: len(a)] = a
+                setattr(t, name, b)
+        t.length[i] = len(w)
+        t.alpha[i] = any(c.isalpha() for c in w)
+        t.symbol[i] = "#" in w or "\u2026" in w
+        t.required[i] = w in _REQUIRED
+        return i
 
     def encode(self, words: list[str]) -> np.ndarray:
         ids = self.ids
-        new = False
-        out = np.empty(len(words), dtype=np.int64)
-        for k, w in enumerate(words):
-            i = ids.get(w)
-            if i is None:
-                i = ids[w] = len(ids)
-                self._len.append(len(w))
-                self._alpha.append(any(c.isalpha() for c in w))
-                self._sym.append("#" in w or "\u2026" in w)
-                self._req.append(w in _REQUIRED)
-                new = True
-            out[k] = i
-        if new:
-            self._table = None
-        return out
-
-    @property
-    def table(self) -> WordTable:
-        if self._table is None:
-            self._table = WordTable(
-                np.array(self._len, dtype=np.int64),
-                np.array(self._alpha, dtype=np.bool_),
-                np.array(self._sym, dtype=np.bool_),
-                np.array(self._req, dtype=np.bool_),
-            )
-        return self._table
+        get, add = ids.get, self._add
+        return np.fromiter(
+            ((i if (i := get(w)) is not None else add(w)) for w in words),
+            dtype=np.int64,
+            count=len(words),
+        )
 
     def maybe_reset(self) -> None:
         if len(self.ids) > self.MAX:

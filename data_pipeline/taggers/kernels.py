@@ -23,8 +23,20 @@ def _ngram_hashes(ids, n):
         for j in range(n):
             h = (h ^ np.uint64(ids[i + j] + 1)) * np.uint64(0x100000001B3)
             h ^= h >> np.uint64(29)
-        out[i] = h | np.uint64(1)  # 0 marks an empty slot
+        out[i] = _finish(h)
     return out
+
+
+@numba.njit(cache=True)
+def _finish(h):
+    """splitmix64's finaliser, then the low bit set (0 marks an empty slot): without the mixing,
+    two polynomial hashes one apart ("Version2", "Version3") would meet on setting that bit."""
+    h ^= h >> np.uint64(30)
+    h *= np.uint64(0xBF58476D1CE4E5B9)
+    h ^= h >> np.uint64(27)
+    h *= np.uint64(0x94D049BB133111EB)
+    h ^= h >> np.uint64(31)
+    return h | np.uint64(1)
 
 
 @numba.njit(cache=True)
@@ -81,11 +93,26 @@ def datatrove_top_ngram_chars(ids, lens, n):
 
 
 @numba.njit(cache=True)
-def datatrove_dup_ngram_chars(ids, lens, n):
+def _concat_hashes(ids, chash, cpow, n):
+    """Hash of "".join(the n words) at each position, folded from the words' own hashes."""
+    m = len(ids) - n + 1
+    out = np.empty(max(m, 0), dtype=np.uint64)
+    for i in range(m):
+        h = np.uint64(0)
+        for j in range(n):
+            t = ids[i + j]
+            h = h * cpow[t] + chash[t]
+        out[i] = _finish(h)
+    return out
+
+
+@numba.njit(cache=True)
+def datatrove_dup_ngram_chars(ids, lens, chash, cpow, n):
     """find_all_duplicate (gopher_repetition_filter.py:57-70): walk the words; an n-gram seen before
     adds its characters and jumps n words ahead (the skipped n-grams are not recorded), otherwise it
-    is recorded and the walk moves one word."""
-    h = _ngram_hashes(ids, n)
+    is recorded and the walk moves one word. N-grams are compared as "".join(words) strings (:62),
+    so ("ab", "c") repeats ("a", "bc"): the key is the hash of the joined characters."""
+    h = _concat_hashes(ids, chash, cpow, n)
     keys = _table(len(h))
     total, idx = 0, 0
     while idx < len(h):
@@ -138,6 +165,48 @@ def warm_up() -> None:
     ids = np.arange(6, dtype=np.int64) % 3
     lens = np.ones(3, dtype=np.int64)
     datatrove_top_ngram_chars(ids, lens, 2)
-    datatrove_dup_ngram_chars(ids, lens, 2)
+    datatrove_dup_ngram_chars(ids, lens, lens.astype(np.uint64), lens.astype(np.uint64), 2)
     top, dup = np.full(11, -1.0), np.full(11, -1.0)
     dolma_ngram_fracs(ids, lens, 10, top, dup, 6)
+
+
+@numba.njit(cache=True)
+def any_phrase(text, flat, starts, spaces):
+    """Whether any phrase occurs in `text` as a substring (`phrase in text`, dolma c4.py:64).
+
+    Texts and phrases are UTF-32 code point arrays; phrases are concatenated in `flat` with their
+    start offsets (`starts`, one more than phrases) and the index of their first space in
+    `spaces`. Every phrase holds a space, so a match puts that space on a space of the text: only
+    those anchors are tried, with a one-character test before the full comparison."""
+    n = len(text)
+    for p in range(n):
+        if text[p] != 32:
+            continue
+        for k in range(len(starts) - 1):
+            a, b, s = starts[k], starts[k + 1], spaces[k]
+            lo = p - s
+            if lo < 0 or lo + (b - a) > n:
+                continue
+            if s + 1 < b - a and text[p + 1] != flat[a + s + 1]:
+                continue
+            ok = True
+            for j in range(b - a):
+                if text[lo + j] != flat[a + j]:
+                    ok = False
+                    break
+            if ok:
+                return True
+    return False
+
+
+def phrase_table(phrases: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(flat code points, start offsets, first-space index) of phrases that each contain a space."""
+    flat = np.frombuffer("".join(phrases).encode("utf-32-le"), dtype=np.uint32).copy()
+    starts = np.zeros(len(phrases) + 1, dtype=np.int64)
+    starts[1:] = np.cumsum([len(p) for p in phrases])
+    spaces = np.array([p.index(" ") for p in phrases], dtype=np.int64)
+    return flat, starts, spaces
+
+
+def code_points(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)

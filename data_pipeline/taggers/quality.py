@@ -16,6 +16,7 @@ decision is the same: the document fails either way).
 
 from __future__ import annotations
 
+import json
 import re
 from statistics import median
 
@@ -71,14 +72,16 @@ def datatrove_repetition(view: DocView) -> dict[str, float]:
         "dup_line_frac": l_dup / len(lines),
         "dup_line_char_frac": l_chars / n,
     }
-    ids, lens = view.spacy_ids, view.vocab.table.length
+    ids, t = view.spacy_ids, view.vocab.table
+    lens = t.length
     for k in (2, 3, 4):
         top = kernels.datatrove_top_ngram_chars(ids, lens, k)
         # overlapping occurrences are counted (:49-54), so the reference's ratio can pass 1 (1.78
         # on one word repeated); a fraction is clipped at 1, which decides the same below 1
         out[f"top_{k}gram_char_frac"] = min(1.0, top / n) if top >= 0 else 0.0
     for k in range(5, 11):
-        out[f"dup_{k}gram_char_frac"] = kernels.datatrove_dup_ngram_chars(ids, lens, k) / n
+        dup = kernels.datatrove_dup_ngram_chars(ids, lens, t.chash, t.cpow, k)
+        out[f"dup_{k}gram_char_frac"] = dup / n
     return out
 
 
@@ -244,33 +247,40 @@ def dolma_gopher(view: DocView) -> dict[str, float]:
     return out
 
 
-def dolma_c4(view: DocView, naughty: tuple[frozenset[str], tuple[str, ...]]) -> Attrs:
-    """get_attributes of c4_v1 (dolma/taggers/c4.py:44-76): line spans and page flags."""
+def dolma_c4(view: DocView, naughty: tuple[frozenset[str], tuple]) -> Attrs:
+    """get_attributes of c4_v1 (dolma/taggers/c4.py:44-76): line spans and page flags.
+
+    The reference tests every line; its page flags are "some line has ...", and no word or phrase
+    it looks for contains a newline, so they are tested once on the whole lower-cased text (the
+    words of all lines are the whitespace words of the text; a compiled scan finds any phrase)."""
     text = view.text
     words_set, phrases = naughty
+    low = text.lower()
+    low_words = low.split()
+    out: Attrs = {
+        "has_naughty_word": whole(
+            text,
+            float(
+                any(w in words_set for w in low_words)
+                or kernels.any_phrase(kernels.code_points(low), *phrases)
+            ),
+        ),
+        "has_javascript": whole(text, float("javascript" in low_words)),
+        "has_lorem_ipsum": whole(text, float("lorem ipsum" in low)),
+        "has_curly_brace": whole(text, float("{" in low)),
+    }
     no_punct, few_words = [], []
-    flags = {"has_naughty_word": 0.0, "has_javascript": 0.0, "has_lorem_ipsum": 0.0}
-    flags["has_curly_brace"] = 0.0
     lines = text.split("\n")
     offset = 0
+    last = len(lines) - 1
     for k, original in enumerate(lines):
-        end = offset + len(original) + (1 if k < len(lines) - 1 else 0)
+        end = offset + len(original) + (1 if k < last else 0)
         line = original.lower().strip()
         if not line.endswith((".", "?", "!", '"')):
             no_punct.append([offset, end, 1.0])
-        words = line.split()
-        if len(words) < 3:
+        if len(line.split()) < 3:
             few_words.append([offset, end, 1.0])
-        if any(w in words_set for w in words) or any(p in line for p in phrases):
-            flags["has_naughty_word"] = 1.0
-        if "javascript" in words:
-            flags["has_javascript"] = 1.0
-        if "lorem ipsum" in line:
-            flags["has_lorem_ipsum"] = 1.0
-        if "{" in line:
-            flags["has_curly_brace"] = 1.0
         offset = end
-    out: Attrs = {k: whole(text, v) for k, v in flags.items()}
     out["lines_with_no_ending_punctuation"] = no_punct
     out["lines_with_too_few_words"] = few_words
     out["line_count"] = whole(text, float(len(lines)))
@@ -323,7 +333,7 @@ _DOLMA_C4 = [
 ]
 
 
-def _dolma_naughty() -> tuple[frozenset[str], tuple[str, ...]]:
+def _dolma_naughty() -> tuple[frozenset[str], tuple]:
     """The English list dolma's c4 tagger reads (dolma/taggers/c4.py:11-13), from the installed
     dolma package when it is there, else the bundled LDNOOBW English list."""
     from .content import RESOURCES  # the bundled lists (content.py owns them)
@@ -331,12 +341,13 @@ def _dolma_naughty() -> tuple[frozenset[str], tuple[str, ...]]:
     try:
         import dolma.taggers.c4 as dc4  # optional: only for the exact list dolma ships
 
-        return frozenset(dc4.NAUGHTY_WORDS), tuple(sorted(dc4.NAUGHTY_PHRASES))
+        words, phrases = frozenset(dc4.NAUGHTY_WORDS), sorted(dc4.NAUGHTY_PHRASES)
     except Exception:  # dolma not installed (or its fastText import fails): the same LDNOOBW list
-        import json
-
         entries = json.loads((RESOURCES / "badwords" / "en.json").read_text(encoding="utf-8"))
-        return frozenset(w for w in entries if " " not in w), tuple(w for w in entries if " " in w)
+        words = frozenset(w for w in entries if " " not in w)
+        phrases = sorted(w for w in entries if " " in w)
+    # every dolma phrase holds a space (c4.py:13): kernels.any_phrase anchors on spaces
+    return words, kernels.phrase_table([p for p in phrases if " " in p])
 
 
 @register("quality")

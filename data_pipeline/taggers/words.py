@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .punctuation import PUNCTUATION_SET, TERMINAL_PUNCTUATION
+
 # spaCy is the reference's tokenizer; importing it costs ~1 s, so it loads on first use (taggers
 # that need no spaCy words, e.g. the Dolma reading, never pay for it)
 _NLP = None
@@ -39,17 +41,17 @@ STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
 # Bound on the memo (distinct chunks). Past it the memo and the ids start afresh between two
 # documents: memory stays bounded on any corpus (about 200 bytes per entry: ~200 MB at 1M).
 MAX_CHUNKS = 1_000_000
+_BASE, _MASK = 0x100000001B3, (1 << 64) - 1
 
 
 def _spacy():
     global _NLP, _PUNCT_SET, _TERMINAL
     if _NLP is None:
         import spacy  # heavy optional import (see above)
-        from datatrove.utils.text import PUNCTUATION_SET, TERMINAL_PUNCTUATION
 
         _NLP = spacy.blank("en")
-        _PUNCT_SET = frozenset(PUNCTUATION_SET)
-        _TERMINAL = tuple(TERMINAL_PUNCTUATION)
+        _PUNCT_SET = PUNCTUATION_SET
+        _TERMINAL = tuple(sorted(TERMINAL_PUNCTUATION))
     return _NLP
 
 
@@ -73,19 +75,41 @@ class TokenTable:
     stop: np.ndarray  # one of Gopher's eight stop words (case-sensitive, as datatrove)
     sent_punct: np.ndarray  # in spaCy Sentencizer.default_punct_chars
     is_punct: np.ndarray  # spaCy's lexeme IS_PUNCT
+    # polynomial hash of the token's characters and base^length (mod 2^64): the hash of a
+    # concatenation folds from its parts (datatrove compares "".join(n-gram) strings)
+    chash: np.ndarray
+    cpow: np.ndarray
     n: int = 0
 
     @classmethod
     def empty(cls, cap: int = 1 << 14) -> TokenTable:
         z = lambda dt: np.zeros(cap, dtype=dt)  # noqa: E731
-        return cls(z(np.int64), z(np.bool_), z(np.bool_), z(np.bool_), z(np.bool_), z(np.bool_))
+        return cls(
+            z(np.int64),
+            z(np.bool_),
+            z(np.bool_),
+            z(np.bool_),
+            z(np.bool_),
+            z(np.bool_),
+            z(np.uint64),
+            z(np.uint64),
+        )
 
     def grow(self, need: int) -> None:
         cap = len(self.length)
         if need <= cap:
             return
         new = max(need, 2 * cap)
-        for name in ("length", "non_symbol", "alpha", "stop", "sent_punct", "is_punct"):
+        for name in (
+            "length",
+            "non_symbol",
+            "alpha",
+            "stop",
+            "sent_punct",
+            "is_punct",
+            "chash",
+            "cpow",
+        ):
             a = getattr(self, name)
             b = np.zeros(new, dtype=a.dtype)
             b[: len(a)] = a
@@ -119,6 +143,11 @@ class ChunkVocab:
         t.stop[i] = tok in STOP_WORDS
         t.sent_punct[i] = tok in self._sent_chars  # type: ignore[operator]
         t.is_punct[i] = lex_is_punct
+        h, p = 0, 1
+        for ch in tok:
+            h = (h * _BASE + ord(ch)) & _MASK
+            p = (p * _BASE) & _MASK
+        t.chash[i], t.cpow[i] = h, p
         t.n = i + 1
         return i
 
