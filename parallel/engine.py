@@ -39,6 +39,12 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
 )
 from torch.distributed.pipelining import PipelineStage
+from torch.distributed.pipelining.schedules import (
+    _add_send_recv,
+    _add_unshard_reshard,
+    _ComputationType,
+    _PipelineScheduleRuntime,
+)
 from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.distributed.tensor.parallel import loss_parallel
 
@@ -86,6 +92,7 @@ class Engine:
         self.holds_first_stage = any(s.is_first for s in stages)
         self._denominator = 1.0  # label tokens of the global batch, set per step
         self._schedule = None
+        self._forward_only_schedule = None  # built on the first validation (_eval_schedule)
         self._pp_stages = []
         if layout.pp > 1:
             self._build_schedule()
@@ -246,17 +253,7 @@ class Engine:
         local_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         with self._loss_context():
             if lay.pp > 1:
-                losses: list[torch.Tensor] = []
-                if self.holds_first_stage and self.holds_last_stage:
-                    self._schedule.step(inputs, target=labels, losses=losses, **kwargs)
-                elif self.holds_first_stage:
-                    self._schedule.step(inputs, **kwargs)
-                elif self.holds_last_stage:
-                    self._schedule.step(target=labels, losses=losses, **kwargs)
-                else:
-                    self._schedule.step(**kwargs)
-                for loss in losses:
-                    local_loss += _to_local_scalar(loss)
+                local_loss += self._run_schedule(self._schedule.step, inputs, labels, kwargs)
             else:
                 model = self.model_parts[0]
                 mbs = lay.micro_batch_size
@@ -310,21 +307,55 @@ class Engine:
 
     def _forward_only(self, inputs, labels, position_ids) -> torch.Tensor:
         """Sum of this rank's micro-batch losses (only the last stage holds any)."""
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        kwargs = {"position_ids": position_ids}
         if self.layout.pp > 1:
-            losses: list[torch.Tensor] = []
-            args = (inputs,) if self.holds_first_stage else ()
-            target = {"target": labels, "losses": losses} if self.holds_last_stage else {}
-            self._schedule.eval(*args, **target, position_ids=position_ids)
-            for loss in losses:
-                total += _to_local_scalar(loss)
-            return total
+            return self._run_schedule(self._eval_schedule().eval, inputs, labels, kwargs)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
         model, mbs = self.model_parts[0], self.layout.micro_batch_size
         for start in range(0, inputs.shape[0], mbs):
             sl = slice(start, start + mbs)
             logits = model(inputs[sl], position_ids=position_ids[sl])
             total += _to_local_scalar(self._loss_fn(logits, labels[sl]))
         return total
+
+    def _run_schedule(self, run, inputs, labels, kwargs: dict) -> torch.Tensor:
+        """One pass of the pipeline schedule (`run` is its step or its forward-only eval): the
+        first stage feeds the inputs, the last computes the loss of each micro-batch; returns
+        the sum of this rank's micro-batch losses (zero off the last stage)."""
+        losses: list[torch.Tensor] = []
+        args = (inputs,) if self.holds_first_stage else ()
+        target = {"target": labels, "losses": losses} if self.holds_last_stage else {}
+        run(*args, **target, **kwargs)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for loss in losses:
+            total += _to_local_scalar(loss)
+        return total
+
+    def _eval_schedule(self):
+        """The pipeline schedule validation runs, forward-only, on stages of its own.
+
+        Its own PipelineStage objects (over the same modules): running torch's `eval` on the
+        training schedule's stages re-initialises their buffers for a forward without backward,
+        and the next training step of a multi-stage schedule then computed wrong gradients
+        (Interleaved1F1B; measured: step 3 loss 6.658 instead of 6.577). And for torch's
+        multi-stage runtime schedules, a runtime schedule (torch's private
+        `_PipelineScheduleRuntime`, the class they are built on) of the schedule's forward
+        actions alone: their own `eval` executes the whole action list, and ZBV's backward
+        actions fail ("can't steal_bwd_input if this stage doesn't have backward"). Both are
+        checked by tests/pretrain/test_eval.py::test_forward_only_path_of_multi_stage_pipelines."""
+        if self._forward_only_schedule is None:
+            lay = self.layout
+            stages = [
+                PipelineStage(part, info.stage_id, lay.n_stages, self.device, group=self._pp_group)
+                for part, info in zip(self.model_parts, self._stages)
+            ]
+            schedule = lay.schedule.build(
+                stages, lay.n_microbatches, loss_fn=self._loss_fn, scale_grads=False
+            )
+            if isinstance(schedule, _PipelineScheduleRuntime):
+                schedule = _forward_only_runtime(schedule, stages, lay.n_microbatches)
+            self._forward_only_schedule = schedule
+        return self._forward_only_schedule
 
     def _build_schedule(self) -> None:
         lay = self.layout
@@ -393,6 +424,31 @@ class Engine:
             t = p.full_tensor() if isinstance(p, DTensor) else p
             local[name] = t.detach().float().cpu().clone()
         return self.gather_over_pp(local)
+
+
+def _forward_only_runtime(schedule, stages, n_microbatches: int):
+    """A runtime schedule of `schedule`'s forward actions, in its order, lowered the way torch
+    lowers a compute-only schedule (FSDP unshard/reshard, then the sends and receives) but
+    without its check that every micro-batch also has a backward."""
+    forward = {
+        rank: [a for a in acts if a and a.computation_type == _ComputationType.FORWARD]
+        for rank, acts in schedule.pipeline_order.items()
+    }
+    runtime = _PipelineScheduleRuntime(
+        stages, n_microbatches, loss_fn=schedule._loss_fn, scale_grads=False
+    )
+    # The constructor gave the stages its default (looped) placement: put back the schedule's
+    # (V-shaped for ZBV) on the runtime and on its stages.
+    mapping = schedule.stage_index_to_group_rank
+    runtime.stage_index_to_group_rank = mapping
+    for stage in stages:
+        stage.stage_index_to_group_rank = mapping
+    runtime.pipeline_order_with_comms = _add_send_recv(
+        {rank: _add_unshard_reshard(acts) for rank, acts in forward.items()},
+        stage_to_rank=lambda s: mapping[s],
+        num_stages=len(mapping),
+    )
+    return runtime
 
 
 def get_part_keys(part: nn.Module) -> list[str]:

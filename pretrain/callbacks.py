@@ -286,7 +286,7 @@ class Validation(Callback):
     def due(self, trainer: Trainer, step: int) -> bool:
         e = trainer.run.eval
         return (
-            (e.interval > 0 and step % e.interval == 0)
+            (e.interval > 0 and step > 0 and step % e.interval == 0)
             or (e.at_series and step in self.series)
             or step == trainer.run.trainer.max_steps
         )

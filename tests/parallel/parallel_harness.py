@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from pretrain.config import OptimizerConfig
+from pretrain.evaluation import loss_on_windows
 from pretrain.optim import build_optimizers as pretrain_optimizers
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +39,13 @@ def text_batches(steps: int, global_batch: int, seq_len: int, offset: int = 0) -
                 break
     ids = torch.tensor(list(buf[offset:need]), dtype=torch.long)
     return ids.view(steps, global_batch, seq_len + 1)
+
+
+def held_out_batch(data: torch.Tensor) -> torch.Tensor:
+    """[global_batch, seq_len + 1] windows of the text right after `data` (text_batches' output):
+    what the forward-only (validation) path is checked on."""
+    steps, global_batch, width = data.shape
+    return text_batches(1, global_batch, width - 1, offset=data.numel())[0]
 
 
 def packed_ids(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,10 +78,12 @@ def reference_run(
     snapshot_steps=(),
     packed: bool = False,
     micro_batch: int | None = None,
+    evaluate: bool = False,
 ) -> dict:
     """The definition of right: one process, plain model, the whole global batch at once (or
     accumulated over `micro_batch`-sized pieces: the same math summed in another order).
-    `snapshot_steps`: also keep the parameters after these steps (params_at[step])."""
+    `snapshot_steps`: also keep the parameters after these steps (params_at[step]); `evaluate`:
+    also the final model's loss_on_windows (sum, tokens) on `held_out_batch` (eval)."""
     from model_zoo.model import build_model
 
     torch.manual_seed(seed)
@@ -105,6 +115,7 @@ def reference_run(
         if step + 1 in snapshot_steps:
             snaps[step + 1] = {k: v.detach().clone() for k, v in model.named_parameters()}
     return {
+        "eval": loss_on_windows(model, held_out_batch(data), global_batch) if evaluate else None,
         "losses": losses,
         "grad_norms": norms,
         "params_at": snaps,

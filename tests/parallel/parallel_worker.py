@@ -8,6 +8,9 @@ All runs share one process group; each builds its own mesh and engine. Rank 0 wr
 run<i>.pt with the loss and grad norm of every step and the gathered final parameters.
 dcp_save writes the final model with torch.distributed.checkpoint to <out>/dcp<i>; dcp_load
 loads an earlier run's checkpoint into this run's engine (of any layout) before its steps.
+"eval": true also records, after every step, the engine's forward-only loss (Engine.eval_loss:
+sum, tokens) on the global batch of text that follows the training batches (`held_out_batch`),
+so the steps after a validation show whether it disturbed training.
 """
 
 import dataclasses
@@ -26,7 +29,12 @@ from parallel.config import ParallelConfig  # noqa: E402
 from parallel.engine import build_engine  # noqa: E402
 from parallel.env import destroy_distributed, discover_env, init_distributed  # noqa: E402
 from parallel.layout import build_mesh, resolve_layout  # noqa: E402
-from tests.parallel.parallel_harness import build_optimizers, packed_ids, text_batches  # noqa: E402
+from tests.parallel.parallel_harness import (  # noqa: E402
+    build_optimizers,
+    held_out_batch,
+    packed_ids,
+    text_batches,
+)
 
 
 def main() -> None:
@@ -53,7 +61,8 @@ def main() -> None:
             steps = run.get("steps", spec["steps"])
             optimizers = build_optimizers(engine.model_parts, spec.get("lr", 1e-3))
             lo = engine.dp_rank * layout.local_batch_size
-            losses, norms = [], []
+            held = held_out_batch(data)[lo : lo + layout.local_batch_size]
+            losses, norms, evaluated = [], [], []
             for step in range(steps):
                 batch = data[step, lo : lo + layout.local_batch_size]
                 if run.get("packed"):
@@ -66,6 +75,8 @@ def main() -> None:
                 for opt in optimizers:
                     opt.step()
                 engine.zero_grad()
+                if run.get("eval"):
+                    evaluated.append(engine.eval_loss(held[:, :-1], held[:, 1:]))
             params = engine.full_state_dict()
             if run.get("dcp_save"):
                 dcp.save(engine.model_state_dict(), checkpoint_id=str(out / f"dcp{i}"))
@@ -76,6 +87,7 @@ def main() -> None:
                         "losses": losses,
                         "grad_norms": norms,
                         "params": params,
+                        "eval": evaluated,
                         "layout": layout.describe(),
                         "checkpointed_layers": engine.checkpointed_layers,
                         "local_shapes": {

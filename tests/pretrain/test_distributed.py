@@ -108,7 +108,7 @@ def test_export_of_sharded_checkpoint_matches_training_in_transformers(base, sou
     TP2xPP2xDP2 model holding exactly the step-3 weights)."""
     import transformers
 
-    from pretrain.analyze import batch_of_step
+    from pretrain.analysis.batch import batch_of_step
 
     if source == "series":
         code = main(["export-hf", str(base["run"]), "--step", "3", "--out", str(tmp_path)])
@@ -139,5 +139,7 @@ def test_validation_under_tp2_pp2_dp2_equals_one_process(base):
     evalset = EvalSet.from_paths([base["val"]], 32, 1024, EOS, fmt="npy")
     for step, path in ((3, "series/step3"), (6, "checkpoints/step_0000006")):
         ref = evaluate_model(load_weights(base["run"] / path), evalset)["val"]
-        assert rel(recs[step]["eval/val/loss"], ref.loss) < 1e-5, (step, recs[step], ref)
+        diff = rel(recs[step]["eval/val/loss"], ref.loss)
+        print(f"validation loss step {step}: TP2xPP2xDP2 vs one process, relative diff {diff:.1e}")
+        assert diff < 1e-5, (step, recs[step], ref)
         assert recs[step]["eval/val/tokens"] == ref.tokens == 1024

@@ -5,6 +5,7 @@ written to disk for the windows; a weights checkpoint of the same step evaluated
 for the trainer's validation values; the same run without validation for the training losses.
 """
 
+import dataclasses
 import json
 import math
 
@@ -14,11 +15,13 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from model_zoo.config import ConfigError
+from model_zoo.zoo import get_model_config
 from pretrain.checkpoint import load_weights
 from pretrain.config import compose_config
 from pretrain.evaluation import EvalSet, eval_batches, evaluate_model, loss_on_windows
 from pretrain.metrics import wandb_available
 from pretrain.train import train
+from tests.parallel.parallel_harness import launch, max_rel_param_diff, reference_run, rel
 from tests.pretrain.helpers import (
     EOS,
     documents,
@@ -162,3 +165,41 @@ def test_bad_eval_config_is_one_line(tmp_path, capsys):
     assert "eval.names has 1 entries but eval.paths has 2" in capsys.readouterr().err
     assert main(["config", "eval.interval=-1"]) == 2
     assert "eval.interval=-1 must be >= 0" in capsys.readouterr().err
+
+
+def test_forward_only_path_of_multi_stage_pipelines(tmp_path):
+    """Interleaved1F1B and ZBV (pp=2, two stages per rank) validate through a forward-only run
+    of their schedule after every step: the loss on the next batch of text after 3 steps equals
+    one process's loss_on_windows of the reference model within 1e-5, and the training losses
+    and final weights stay those of the reference, the losses bitwise those of the same run
+    without validation (validation between steps disturbs nothing).
+    The 1F1B pipeline under TP2 x PP2 x DP2 is tests/pretrain/test_distributed.py's."""
+    cfg = dataclasses.replace(get_model_config("llama3-tiny"), n_layers=4)
+    ref = reference_run(cfg, 3, 8, 32, evaluate=True)
+    runs = [
+        {"name": f"PP2 {name}", "parallel": {"pp": 2, "pp_schedule": name}, "eval": True}
+        for name in ("Interleaved1F1B", "ZBVZeroBubble")
+    ]
+    runs.append(
+        {"name": "PP2 ZBV, no validation", "parallel": {"pp": 2, "pp_schedule": "ZBVZeroBubble"}}
+    )
+    spec = {
+        "model": "llama3-tiny",
+        "model_overrides": {"n_layers": 4},
+        "steps": 3,
+        "global_batch": 8,
+        "micro_batch": 2,
+        "seq_len": 32,
+        "runs": runs,
+    }
+    *results, plain = launch(2, spec, tmp_path)
+    assert results[1]["losses"] == plain["losses"]  # bitwise, with and without validation
+    for result in results:
+        (total, n), (ref_total, ref_n) = result["eval"][-1], ref["eval"]
+        assert len(result["eval"]) == 3 and n == ref_n == 8 * 32
+        print(
+            f"{result['name']}: validation vs one process, relative diff {rel(total, ref_total):.1e}"
+        )
+        assert rel(total, ref_total) < 1e-5, (result["name"], total, ref_total)
+        assert max(rel(a, b) for a, b in zip(result["losses"], ref["losses"])) < 1e-5
+        assert max_rel_param_diff(result["params"], ref["params"]) < 1e-5, result["name"]
