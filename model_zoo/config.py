@@ -22,6 +22,7 @@ ROPE_SCALINGS = ("none", "llama3", "yarn")
 ROUTERS = ("softmax", "sigmoid")
 INIT_SCHEMES = ("normal", "small_init")
 OUTPUT_INIT_SCHEMES = ("same", "scaled_depth", "wang")
+ATTENTION_KERNELS = ("auto", "sdpa", "flex")
 
 
 @dataclass
@@ -160,6 +161,14 @@ class ModelConfig:
     rotary_fraction: float = 1.0
     rope_scaling: RopeScalingConfig = field(default_factory=RopeScalingConfig)
     max_seq_len: int = 2048
+    # Kernel of masked attention (packed documents with data.intra_doc_mask, or a sliding
+    # window); plain causal attention always takes SDPA's fused causal path (flash/cuDNN on GPU).
+    # auto: FlexAttention with a block mask on CUDA, SDPA with a dense boolean mask elsewhere
+    # (torch 2.13's FlexAttention cannot run backward on CPU); sdpa: always the dense mask (the
+    # reference); flex: always FlexAttention (on CPU for forward-only use, e.g. parity checks).
+    attention_kernel: str = "auto"
+    # Each token attends to at most this many tokens, itself included (0: the whole causal past).
+    sliding_window: int = 0
     tie_embeddings: bool = False
     init: InitConfig = field(default_factory=InitConfig)
     moe: MoEConfig = field(default_factory=MoEConfig)
@@ -216,6 +225,11 @@ class ModelConfig:
         one_of("rope_scaling.type", self.rope_scaling.type, ROPE_SCALINGS)
         one_of("init.scheme", self.init.scheme, INIT_SCHEMES)
         one_of("init.output_scheme", self.init.output_scheme, OUTPUT_INIT_SCHEMES)
+        one_of("attention_kernel", self.attention_kernel, ATTENTION_KERNELS)
+        need(
+            self.sliding_window >= 0,
+            f"sliding_window={self.sliding_window} must be >= 0 (0 attends to the whole past)",
+        )
         for key in (
             "vocab_size",
             "d_model",

@@ -13,6 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from model_zoo.config import ModelConfig
 
@@ -138,21 +139,100 @@ def apply_rope_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 # ---------------------------------------------------------------------------------------------
 # Attention kernel and feed-forward
 # ---------------------------------------------------------------------------------------------
-def sdpa(q, k, v, attn_mask: torch.Tensor | None, scale: float | None = None) -> torch.Tensor:
-    """Causal attention; with `attn_mask` (an already-causal boolean mask, see
-    `document_attention_mask`) the mask replaces the plain causal one."""
+def sdpa(q, k, v, attn_mask=None, scale: float | None = None) -> torch.Tensor:
+    """Causal attention over (batch, heads, seq, head_dim), the kernel chosen by the mask that
+    `attention_mask` built: None -> SDPA's plain causal path (flash / cuDNN on GPU); a boolean
+    tensor (already causal, see `document_attention_mask`) -> SDPA with that dense mask; a
+    FlexAttention BlockMask -> flex_attention, which skips the masked-out blocks."""
     if attn_mask is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    if isinstance(attn_mask, BlockMask):
+        # Eager flex_attention is a reference implementation (it materialises the scores);
+        # the fused kernel comes from torch.compile, which is what torchtitan does as well.
+        run = _compiled_flex_attention if q.is_cuda else flex_attention
+        return run(q, k, v, block_mask=attn_mask, scale=scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
 
 
-def document_attention_mask(document_ids: torch.Tensor) -> torch.Tensor:
+# Compiled once per process; torch.compile is lazy, so nothing is compiled until a CUDA call.
+_compiled_flex_attention = torch.compile(flex_attention, dynamic=False)
+
+
+def document_attention_mask(document_ids: torch.Tensor, sliding_window: int = 0) -> torch.Tensor:
     """(batch, seq) document ids of packed samples -> (batch, 1, seq, seq) boolean mask that is
-    causal and keeps each token from attending across a document boundary."""
+    causal and keeps each token from attending across a document boundary; with
+    `sliding_window` > 0 also to the last `sliding_window` tokens (itself included)."""
     seq = document_ids.shape[1]
     same_doc = document_ids[:, :, None] == document_ids[:, None, :]
     causal = torch.ones(seq, seq, dtype=torch.bool, device=document_ids.device).tril()
+    if sliding_window > 0:
+        causal = causal.triu(-(sliding_window - 1))
     return (same_doc & causal)[:, None]
+
+
+def resolve_attention_kernel(kernel: str, device: torch.device) -> str:
+    """model.attention_kernel -> the kernel that runs: `auto` is flex on CUDA and the dense-mask
+    SDPA elsewhere (torch 2.13's FlexAttention has no backward on CPU: it raises
+    "FlexAttention does not support backward on CPU", eager and compiled alike)."""
+    if kernel == "auto":
+        return "flex" if device.type == "cuda" else "sdpa"
+    return kernel
+
+
+class AttentionMasks:
+    """Builds the mask of a forward pass, and remembers the FlexAttention block masks it built.
+
+    A block mask costs a pass over seq x seq positions (and, on CUDA, a compiled kernel launch),
+    so the masks of the last few document-id tensors are kept: the same tensor object, unchanged
+    since (its version counter), gets the same BlockMask object back. Holding the tensor keeps
+    its memory from being reused by another batch while its entry lives."""
+
+    def __init__(self, kernel: str, sliding_window: int, capacity: int = 8):
+        self.kernel, self.sliding_window, self.capacity = kernel, sliding_window, capacity
+        self._cache: list[tuple[torch.Tensor | None, int, int, BlockMask]] = []
+
+    def __deepcopy__(self, memo):  # pipeline stages copy the model: each gets an empty cache
+        return AttentionMasks(self.kernel, self.sliding_window, self.capacity)
+
+    def build(self, document_ids: torch.Tensor | None, batch: int, seq: int, device):
+        """None (plain causal: SDPA's fused causal path), a dense boolean mask or a BlockMask."""
+        if document_ids is None and self.sliding_window == 0:
+            return None
+        if resolve_attention_kernel(self.kernel, torch.device(device)) == "sdpa":
+            if document_ids is None:
+                document_ids = torch.zeros(1, seq, dtype=torch.long, device=device)
+            return document_attention_mask(document_ids, self.sliding_window)
+        return self.block_mask(document_ids, batch, seq, device)
+
+    def block_mask(self, document_ids: torch.Tensor | None, batch: int, seq: int, device):
+        version = -1 if document_ids is None else document_ids._version
+        for ids, ver, length, mask in self._cache:
+            if ids is document_ids and ver == version and length == seq:
+                return mask
+        mask = flex_block_mask(document_ids, batch, seq, device, self.sliding_window)
+        self._cache = [(document_ids, version, seq, mask)] + self._cache[: self.capacity - 1]
+        return mask
+
+
+def flex_block_mask(
+    document_ids: torch.Tensor | None, batch: int, seq: int, device, sliding_window: int = 0
+) -> BlockMask:
+    """The FlexAttention BlockMask of `document_attention_mask` (same positions kept): causal,
+    within the document when ids are given, within the window when `sliding_window` > 0. One
+    mask per sequence of the batch, shared by every head (H=None), so a tensor-parallel rank
+    holding a slice of the heads uses it as is."""
+    window = sliding_window
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        keep = q_idx >= kv_idx
+        if window > 0:
+            keep = keep & (q_idx - kv_idx < window)
+        if document_ids is not None:
+            keep = keep & (document_ids[b, q_idx] == document_ids[b, kv_idx])
+        return keep
+
+    rows = batch if document_ids is not None else None
+    return create_block_mask(mask_mod, rows, None, seq, seq, device=device)
 
 
 class FeedForward(nn.Module):

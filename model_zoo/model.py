@@ -21,11 +21,11 @@ from torch import nn
 
 from model_zoo.config import ModelConfig
 from model_zoo.layers import (
+    AttentionMasks,
     FeedForward,
     RMSNorm,
     apply_rope,
     build_norm,
-    document_attention_mask,
     rope_attention_factor,
     rope_inverse_frequencies,
     sdpa,
@@ -146,6 +146,8 @@ class Transformer(nn.Module):
         cos, sin = self._rope_tables(cfg.max_seq_len)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        # Builds each forward's attention mask (dense or FlexAttention block mask, cached)
+        self.attention_masks = AttentionMasks(cfg.attention_kernel, cfg.sliding_window)
 
     def _rope_tables(self, seq_len: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
         inv_freq = rope_inverse_frequencies(self.cfg).to(device)
@@ -251,7 +253,11 @@ class Transformer(nn.Module):
             cos, sin = self.rope_cos[:seq], self.rope_sin[:seq]
         else:
             cos, sin = self.rope_cos[position_ids], self.rope_sin[position_ids]
-        attn_mask = None if document_ids is None else document_attention_mask(document_ids)
+        # The full sequence length: under sequence parallel h holds only this rank's seq/tp
+        # positions, while attention runs on the whole (gathered) sequence.
+        ids = document_ids if document_ids is not None else position_ids
+        attn_seq = ids.shape[-1] if ids is not None else seq
+        attn_mask = self.attention_masks.build(document_ids, h.shape[0], attn_seq, h.device)
         for layer in self.layers.values():
             h = layer(h, cos, sin, attn_mask)
         if self.norm is not None:

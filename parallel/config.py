@@ -16,6 +16,7 @@ from parallel.schedules import DEFAULT_SCHEDULE, schedule_names
 PRECISIONS = ("fp32", "bf16", "fp8_tensorwise", "fp8_rowwise")
 AC_MODES = ("none", "full", "selective")
 DEVICES = ("auto", "cpu", "cuda")
+FP8_FILTERS = ("divisible", "auto")
 
 
 @dataclass
@@ -33,6 +34,17 @@ class ParallelConfig:
     # fp32 | bf16 (bf16 compute, fp32 master weights and gradient reduction) | fp8_tensorwise |
     # fp8_rowwise (torchao float8 linears, everything else as bf16).
     precision: str = "fp32"
+    # Which nn.Linear become float8 under fp8_*: divisible (every one whose dims are multiples of
+    # 16) or auto (torchtitan's auto-filter: also leave in bf16 those too small to gain, by
+    # torchao's H100 thresholds). The output layer and the MoE router stay bf16 under both.
+    fp8_filter: str = "divisible"
+    # FSDP2 all-gathers the float8 weights (half of bf16's bytes) instead of bf16 ones, with the
+    # scales of all weights computed in one all-reduce after each optimizer step. fp8_tensorwise
+    # and CUDA only (NCCL carries float8; gloo does not).
+    fp8_fsdp_all_gather: bool = False
+    # The MoE grouped experts in float8 too (torchao.prototype.moe_training, rowwise scales,
+    # torch._scaled_grouped_mm): they carry most of an MoE model's FLOPs. CUDA (Hopper) only.
+    fp8_moe_experts: bool = False
     # Pipeline schedule: a name in parallel/schedules.py's registry (SCHEDULES), which says how
     # many stages each rank holds and how they are placed.
     pp_schedule: str = DEFAULT_SCHEDULE
@@ -60,6 +72,7 @@ class ParallelConfig:
             ("pp_schedule", schedule_names()),
             ("activation_checkpointing", AC_MODES),
             ("device", DEVICES),
+            ("fp8_filter", FP8_FILTERS),
         ):
             value = getattr(self, key)
             need(value in allowed, f"parallel.{key}={value!r} is not one of {', '.join(allowed)}")
@@ -70,4 +83,15 @@ class ParallelConfig:
             f"parallel.dp_shard={self.dp_shard} must be >= 1 or -1 (the rest of the world)",
         )
         need(self.ac_every_n >= 1, f"parallel.ac_every_n={self.ac_every_n} must be >= 1")
+        fp8 = self.precision.startswith("fp8")
+        need(
+            not self.fp8_fsdp_all_gather or self.precision == "fp8_tensorwise",
+            f"parallel.fp8_fsdp_all_gather=true needs parallel.precision=fp8_tensorwise (got "
+            f"{self.precision}): torchao all-gathers float8 weights with one scale per tensor only",
+        )
+        need(
+            not self.fp8_moe_experts or fp8,
+            f"parallel.fp8_moe_experts=true needs parallel.precision=fp8_tensorwise or "
+            f"fp8_rowwise (got {self.precision})",
+        )
         return self

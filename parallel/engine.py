@@ -94,6 +94,7 @@ class Engine:
         self._schedule = None
         self._forward_only_schedule = None  # built on the first validation (_eval_schedule)
         self._pp_stages = []
+        self.precompute_fp8_scales = False  # parallel.fp8_fsdp_all_gather (build_engine sets it)
         if layout.pp > 1:
             self._build_schedule()
 
@@ -175,6 +176,13 @@ class Engine:
         for part in self.model_parts:
             update_expert_biases(part)
         return load
+
+    def after_optimizer_step_fp8(self) -> None:
+        """Under parallel.fp8_fsdp_all_gather: the next forward's float8 weight scales, in one
+        all-reduce per part (torchtitan's post-optimizer hook); nothing otherwise."""
+        if self.precompute_fp8_scales:
+            for part in self.model_parts:
+                parallelize.precompute_fp8_scales(part)
 
     # ---- parameters ---------------------------------------------------------------------------
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
@@ -476,7 +484,13 @@ def build_engine(
     device = torch.device(device)
     meta_model = build_model(model_cfg, device="meta")
     if layout.precision.startswith("fp8"):
-        parallelize.convert_fp8(meta_model, layout.precision)
+        parallelize.convert_fp8(
+            meta_model,
+            layout.precision,
+            fp8_filter=pcfg.fp8_filter,
+            fsdp_float8_all_gather=pcfg.fp8_fsdp_all_gather,
+            moe_experts=pcfg.fp8_moe_experts,
+        )
     pp_rank = mesh["pp"].get_local_rank()
     parts, infos = [], []
     stage_ids = layout.stages_of_rank(pp_rank) if layout.pp > 1 else [0]
@@ -489,7 +503,9 @@ def build_engine(
     for part in parts:
         parallelize.parallelize_part(part, model_cfg, layout, mesh)
     _materialise(parts, seed, device)
-    return Engine(model_cfg, layout, mesh, device, parts, infos)
+    engine = Engine(model_cfg, layout, mesh, device, parts, infos)
+    engine.precompute_fp8_scales = pcfg.fp8_fsdp_all_gather
+    return engine
 
 
 def _prune_to_stage(model: Transformer, layer_ids: list[int], first: bool, last: bool) -> None:

@@ -8,6 +8,8 @@ Model code is untouched: plans address modules by their names in model_zoo/model
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 from torch.distributed.tensor import Replicate, Shard, distribute_module
@@ -20,18 +22,21 @@ from torch.distributed.tensor.parallel import (
     parallelize_module,
 )
 
-from model_zoo.config import ModelConfig
+from model_zoo.config import ModelConfig, need
+from model_zoo.moe import GroupedExperts
 from parallel.layout import Layout
-
 
 # ------------------------------------------------------------------------------------------------
 # FP8
 # ------------------------------------------------------------------------------------------------
+FP8_RECIPES = {"fp8_tensorwise": "tensorwise", "fp8_rowwise": "rowwise"}
+
+
 def _fp8_filter(module: nn.Module, fqn: str) -> bool:
-    """Which Linear layers become float8: not the output layer (its logits feed the loss and
-    are the most precision-sensitive; torchtitan excludes it too), not the MoE router (tiny and
-    decides discrete routing), and only those whose dims the scaled matmul supports (multiples
-    of 16)."""
+    """Which Linear layers become float8 (parallel.fp8_filter=divisible): not the output layer
+    (its logits feed the loss and are the most precision-sensitive; torchtitan excludes it too),
+    not the MoE router (tiny and decides discrete routing), and only those whose dims the scaled
+    matmul supports (multiples of 16)."""
     if not isinstance(module, nn.Linear):
         return False
     if fqn == "output" or fqn.endswith("router.gate") or ".gate" in fqn.rsplit(".", 1)[-1]:
@@ -39,13 +44,122 @@ def _fp8_filter(module: nn.Module, fqn: str) -> bool:
     return module.in_features % 16 == 0 and module.out_features % 16 == 0
 
 
-def convert_fp8(model: nn.Module, precision: str) -> None:
-    """Swap nn.Linear for torchao Float8Linear (dynamic scaling, tensorwise or rowwise)."""
+def fp8_linear_filter(fp8_filter: str, precision: str):
+    """The module filter of parallel.fp8_filter. `auto` is torchtitan's auto-filter
+    (`float8.filter_fqns=["output"]` with `auto_filter_small_kn`, which calls torchao's
+    `_auto_filter_for_recipe`): besides dims that are not multiples of 16, it leaves in bf16 the
+    linears whose (out N, in K) are below torchao's H100 break-even: tensorwise K <= 4096 and
+    N <= 1024; rowwise N <= 2048, or K <= 1024, or N <= 4096 and K <= 2048. Our router
+    exclusion applies to both."""
+    if fp8_filter == "divisible":
+        return _fp8_filter
+    from torchao.float8 import _auto_filter_for_recipe  # heavy optional dependency (torchao)
+
+    auto = _auto_filter_for_recipe(FP8_RECIPES[precision], filter_fqns=["output"])
+    return lambda module, fqn: _fp8_filter(module, fqn) and auto(module, fqn)
+
+
+def convert_fp8(
+    model: nn.Module,
+    precision: str,
+    fp8_filter: str = "divisible",
+    fsdp_float8_all_gather: bool = False,
+    moe_experts: bool = False,
+) -> None:
+    """Swap nn.Linear for torchao Float8Linear (dynamic scaling, tensorwise or rowwise) where
+    the filter allows; with `fsdp_float8_all_gather`, FSDP2 all-gathers their weights in float8;
+    with `moe_experts`, the GroupedExperts weights become torchao's float8 training tensors,
+    whose torch._grouped_mm runs as a rowwise-scaled float8 grouped GEMM (check_gpu_features
+    refuses it where it cannot run)."""
     from torchao.float8 import Float8LinearConfig, convert_to_float8_training
 
-    recipe = {"fp8_tensorwise": "tensorwise", "fp8_rowwise": "rowwise"}[precision]
-    config = Float8LinearConfig.from_recipe_name(recipe)
-    convert_to_float8_training(model, config=config, module_filter_fn=_fp8_filter)
+    config = Float8LinearConfig.from_recipe_name(FP8_RECIPES[precision])
+    if fsdp_float8_all_gather:
+        config = dataclasses.replace(config, enable_fsdp_float8_all_gather=True)
+    convert_to_float8_training(
+        model, config=config, module_filter_fn=fp8_linear_filter(fp8_filter, precision)
+    )
+    if moe_experts:
+        convert_fp8_experts(model)
+
+
+def convert_fp8_experts(model: nn.Module) -> None:
+    """torchao.prototype.moe_training (0.18): Float8TrainingOpConfig wraps the 3-D expert weights
+    so that torch._grouped_mm on them quantises both operands rowwise to e4m3 and calls
+    torch._scaled_grouped_mm (forward and both backward GEMMs)."""
+    from torchao.prototype.moe_training.config import Float8TrainingOpConfig  # optional (torchao)
+    from torchao.quantization import quantize_
+
+    quantize_(
+        model,
+        Float8TrainingOpConfig(),
+        filter_fn=lambda module, fqn: isinstance(module, GroupedExperts),
+    )
+
+
+def precompute_fp8_scales(model: nn.Module) -> None:
+    """After each optimizer step under parallel.fp8_fsdp_all_gather: the float8 scales of all
+    sharded weights in one all-reduce (torchtitan's Float8 post-optimizer hook), instead of one
+    per weight inside the next forward's all-gather."""
+    from torchao.float8 import precompute_float8_dynamic_scale_for_fsdp  # optional (torchao)
+
+    precompute_float8_dynamic_scale_for_fsdp(model)
+
+
+def fp8_counts(model: nn.Module) -> dict[str, int]:
+    """How many modules the FP8 conversion touched: float8 linears, linears left in high
+    precision, expert modules whose weights are float8 training tensors."""
+    from torchao.float8.float8_linear import Float8Linear  # optional (torchao)
+
+    float8 = sum(isinstance(m, Float8Linear) for m in model.modules())
+    linear = sum(type(m) is nn.Linear for m in model.modules())
+    experts = sum(
+        isinstance(m, GroupedExperts) and "TrainingWeightWrapper" in type(m.w1.data).__name__
+        for m in model.modules()
+    )
+    return {"float8_linear": float8, "high_precision_linear": linear, "float8_experts": experts}
+
+
+def check_gpu_features(cfg: ModelConfig, pcfg, layout: Layout, device_type: str) -> None:
+    """Refuse, before any process group, the switches this hardware or layout cannot run."""
+    where = f"on {device_type}"
+    if pcfg.fp8_moe_experts:
+        need(
+            any(cfg.is_moe_layer(i) for i in range(cfg.n_layers)),
+            f"parallel.fp8_moe_experts=true: model '{cfg.name}' has no MoE layers",
+        )
+        need(
+            device_type == "cuda",
+            f"parallel.fp8_moe_experts=true needs CUDA (a Hopper GPU): torchao's float8 grouped "
+            f"GEMM runs Triton kernels and torch._scaled_grouped_mm, which do not run {where}",
+        )
+        need(
+            cfg.moe.grouped_mm == "auto",
+            "parallel.fp8_moe_experts=true needs model.moe.grouped_mm=auto (the float8 experts "
+            "are a grouped GEMM; the per-expert loop has none)",
+        )
+        need(
+            layout.ep == 1 and layout.tp == 1,
+            "parallel.fp8_moe_experts=true runs with FSDP and pipeline layouts only: expert and "
+            "tensor parallel distribute the expert weights themselves; set parallel.ep=1 tp=1",
+        )
+    if pcfg.fp8_fsdp_all_gather:
+        need(
+            device_type == "cuda",
+            f"parallel.fp8_fsdp_all_gather=true needs CUDA: gloo cannot all-gather float8 "
+            f"tensors ({where}); drop the switch",
+        )
+        need(
+            layout.dp_shard > 1,
+            f"parallel.fp8_fsdp_all_gather=true needs FSDP sharding (parallel.dp_shard > 1, got "
+            f"{layout.dp_shard}): with one shard there is no all-gather to shrink",
+        )
+    if device_type != "cuda":
+        need(
+            cfg.attention_kernel != "flex",
+            f"model.attention_kernel=flex cannot train {where}: torch 2.13's FlexAttention has "
+            "no CPU backward; use model.attention_kernel=auto (dense-mask SDPA off CUDA)",
+        )
 
 
 # ------------------------------------------------------------------------------------------------
