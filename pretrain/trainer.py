@@ -133,6 +133,7 @@ class Trainer:
         self.env, self.rank0 = None, True
         self.ckpt = self.engine = self.preemption = self.metrics_logger = None
         self.tokens_per_step = run.trainer.global_batch_size * run.trainer.seq_len
+        self.evalset: EvalSet | None = None
 
     # ---- the algorithm ----------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -238,7 +239,8 @@ class Trainer:
     # ---- setup ------------------------------------------------------------------------------------
     def _preflight(self) -> Path | None:
         """Before any process group: refuse to overwrite a run by accident, check an explicit
-        resume or init_from checkpoint against its manifest; returns resume=PATH's folder."""
+        resume or init_from checkpoint against its manifest, read the held-out set; returns
+        resume=PATH's folder."""
         run, c = self.run, self.run.checkpoint
         if run.metrics.wandb and not wandb_available():
             raise ConfigError("metrics.wandb=true needs the wandb package: pip install wandb")
@@ -258,6 +260,7 @@ class Trainer:
             check_checkpoint(resume_path, c.verify)
         if c.init_from:
             check_checkpoint(c.init_from, c.verify)
+        self.evalset = EvalSet.from_run(run)  # a bad eval path fails here, before any rank starts
         return resume_path
 
     def _init_process_group(self, env) -> torch.device:
@@ -353,8 +356,7 @@ class Trainer:
             device,
             wandb_cfg=run.metrics if run.metrics.wandb else None,
         )
-        evalset = EvalSet.from_run(run)
-        callbacks: list[Callback] = [Validation(evalset, series)] if evalset else []
+        callbacks: list[Callback] = [Validation(self.evalset, series)] if self.evalset else []
         callbacks += [
             Metrics(self.metrics_logger),
             OrderLog(),

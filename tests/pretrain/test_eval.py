@@ -17,6 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from model_zoo.config import ConfigError
 from model_zoo.zoo import get_model_config
 from pretrain.checkpoint import load_weights
+from pretrain.cli import main
 from pretrain.config import compose_config
 from pretrain.evaluation import EvalSet, eval_batches, evaluate_model, loss_on_windows
 from pretrain.metrics import wandb_available
@@ -158,13 +159,17 @@ def test_validation_reaches_tensorboard_and_wandb(runs):
         assert json.dumps(rec["eval/train/loss"]).encode() in raw
 
 
-def test_bad_eval_config_is_one_line(tmp_path, capsys):
-    from pretrain.cli import main
-
+def test_bad_eval_config_is_one_line(tmp_path, capsys, data):
     assert main(["config", "eval.paths=[a,b]", "eval.names=[x]"]) == 2
     assert "eval.names has 1 entries but eval.paths has 2" in capsys.readouterr().err
     assert main(["config", "eval.interval=-1"]) == 2
     assert "eval.interval=-1 must be >= 0" in capsys.readouterr().err
+    missing = str(tmp_path / "nowhere" / "val")
+    ov = tiny_overrides(tmp_path / "r", data["train"], steps=4, **{"eval.paths": f"[{missing}]"})
+    assert main(["train", *ov]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere/val" in err and "matches no .idx file" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()  # refused before any process group or run folder
 
 
 def test_forward_only_path_of_multi_stage_pipelines(tmp_path):
