@@ -113,7 +113,7 @@ class TrainerConfig:
     nan_policy: str = "stop"  # stop: save what can be saved and fail; skip: drop the update
     max_skipped_steps: int = 10  # with nan_policy=skip: stop after this many skipped steps
     peak_flops: float = 0.0  # peak FLOP/s of one device for MFU; 0 = from the device table
-    tensorboard: bool = True  # write RUN_DIR/tensorboard when the tensorboard package is installed
+    tensorboard: bool = True  # write RUN_DIR/tensorboard (a dependency; false turns it off)
     dry_run: bool = False  # validate, print the plan and the checkpoint series, then exit
 
     def validate(self) -> None:
