@@ -90,6 +90,7 @@ class LangTaggerConfig:
 
 QUALITY_READINGS = ("datatrove", "dolma")
 PII_READINGS = ("dolma", "datatrove")
+MINHASH_READINGS = ("ours", "datatrove")
 
 
 @dataclass
@@ -161,6 +162,9 @@ class MinHashConfig:
     partitions: int = 4  # bucket tasks; band keys are split among them by hash
     seed: int = 1
     verify_threshold: float = 0.0  # >0: keep a candidate pair only if its signature Jaccard >= this
+    # ours: \w+ words, 32-bit values; datatrove: FineWeb's signature as datatrove computes it
+    # (simplified text, spaCy words, 64-bit xxhash, its permutations): the same clusters
+    reading: str = "ours"
 
 
 @dataclass
@@ -405,6 +409,10 @@ def validate(pc: PipelineConfig, need_inputs: bool = True) -> PipelineConfig:
             f"taggers.content.badwords_dir={pc.taggers.content.badwords_dir} is not a folder",
         )
     mh = pc.dedup.minhash
+    need(
+        mh.reading in MINHASH_READINGS,
+        f"dedup.minhash.reading={mh.reading!r}: use one of {', '.join(MINHASH_READINGS)}",
+    )
     need(
         mh.ngram >= 1 and mh.bands >= 1 and mh.rows >= 1 and mh.partitions >= 1,
         "dedup.minhash.ngram, bands, rows and partitions must all be >= 1",

@@ -11,12 +11,17 @@ Connected components use scipy.sparse.csgraph (a well-kept C implementation).
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable
 
 import numpy as np
 import xxhash
 
+from .taggers.punctuation import PUNCTUATION
+from .taggers.words import ChunkVocab
+
 MERSENNE = np.uint64((1 << 61) - 1)
+_PUNCT_TRANS = str.maketrans(PUNCTUATION, " " * len(PUNCTUATION))  # datatrove text.py:182
 _WORDS = re.compile(r"\w+", re.UNICODE)
 
 
@@ -42,6 +47,8 @@ def normalize_words(text: str) -> list[str]:
 
 
 class MinHasher:
+    dtype = np.uint32
+
     def __init__(self, ngram: int = 5, bands: int = 14, rows: int = 8, seed: int = 1):
         self.ngram, self.bands, self.rows = ngram, bands, rows
         self.num_perm = bands * rows
@@ -94,9 +101,101 @@ class MinHasher:
         return h
 
 
+# datatrove/utils/text.py:201-204 (with re: for str patterns \d is any Unicode decimal digit, Nd)
+_NUMBERS = re.compile(r"\d+([.,\u060c\u066b\u2396\u2397\u2398]{1}\d+)?")
+_SPACES = re.compile(r"\s+")
+
+
+def simplify_text(text: str) -> str:
+    """datatrove's simplify_text with its default TextNormConfig (utils/text.py:213-258): lower
+    case, numbers -> 0, punctuation -> spaces, whitespace runs -> one space, diacritics dropped."""
+    text = _NUMBERS.sub("0", text.lower())
+    text = text.translate(_PUNCT_TRANS)
+    text = _SPACES.sub(" ", text.strip())
+    text = "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn")
+    return text.strip()
+
+
+class DatatroveMinHasher:
+    """FineWeb's MinHash signature as datatrove's MinhashDedupSignature computes it
+    (pipeline/dedup/minhash.py:163-210): spaCy words of the simplified text, 64-bit xxhash of each
+    " "-joined 5-gram's UTF-8 (what xxhash 3, datatrove's pin, does with a str), permutations (a * h + b) mod (2^61 - 1) with numpy's wrapping uint64
+    product, parameters from np.random.RandomState(seed); a document with fewer words than the
+    n-gram size has no signature (minhash.py:250) and is never a duplicate. Same signatures, so the
+    same buckets and the same clusters; words come from the taggers' spaCy memo (words.py)."""
+
+    dtype = np.uint64
+
+    def __init__(self, ngram: int = 5, bands: int = 14, rows: int = 8, seed: int = 1):
+        self.ngram, self.bands, self.rows = ngram, bands, rows
+        self.num_perm = bands * rows
+        gen = np.random.RandomState(seed)
+        self.a = gen.randint(1, MERSENNE, dtype=np.uint64, size=(1, self.num_perm))
+        self.b = gen.randint(0, MERSENNE, dtype=np.uint64, size=(1, self.num_perm))
+        self.vocab = ChunkVocab()
+        self._words: dict[int, str] = {}
+
+    def shingles(self, text: str) -> np.ndarray:
+        ids = self.vocab.words(simplify_text(text).split())
+        n = self.ngram
+        if len(ids) < n:
+            return np.zeros(0, dtype=np.uint64)
+        words = self._words
+        if len(words) < len(self.vocab.ids):
+            words.update({i: w for w, i in self.vocab.ids.items() if i not in words})
+        toks = [words[i] for i in ids.tolist()]
+        return np.fromiter(
+            (
+                xxhash.xxh64_intdigest(" ".join(toks[i : i + n]).encode("utf-8", "surrogatepass"))
+                for i in range(len(toks) - n + 1)
+            ),
+            dtype=np.uint64,
+            count=len(toks) - n + 1,
+        )
+
+    def signature(self, text: str) -> np.ndarray:
+        """112 uint64 minima; all 2^64 - 1 (no bucket will match) for a document without shingles."""
+        sh = self.shingles(text)
+        sig = np.full(self.num_perm, np.iinfo(np.uint64).max, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            for i in range(0, len(sh), 4096):  # bounded memory on huge documents
+                phv = (sh[i : i + 4096, None] * self.a + self.b) % MERSENNE
+                sig = np.minimum(sig, phv.min(axis=0))
+        if len(self.vocab.chunks) > 1_000_000:  # bounded memo
+            self.vocab.reset()
+            self._words = {}
+        return sig
+
+    def band_keys(self, sigs: np.ndarray) -> np.ndarray:
+        """(docs x bands) 64-bit key of each band's 8 values; a document without shingles gets
+        key 0, which bucket_pairs skips (datatrove writes no signature for it)."""
+        n = sigs.shape[0]
+        s = sigs.reshape(n, self.bands, self.rows)
+        h = np.broadcast_to(
+            np.arange(self.bands, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15), (n, self.bands)
+        ).copy()
+        with np.errstate(over="ignore"):
+            for r in range(self.rows):
+                h = (h ^ s[:, :, r]) * np.uint64(0x100000001B3)
+                h ^= h >> np.uint64(29)
+        empty = (sigs == np.iinfo(np.uint64).max).all(axis=1)
+        h[h == 0] = 1  # 0 is reserved for "no signature"
+        h[empty] = 0
+        return h
+
+
+def make_hasher(cfg) -> MinHasher | DatatroveMinHasher:
+    """The MinHasher of a MinHashConfig's reading."""
+    cls = DatatroveMinHasher if cfg.reading == "datatrove" else MinHasher
+    return cls(cfg.ngram, cfg.bands, cfg.rows, cfg.seed)
+
+
 def bucket_pairs(keys: np.ndarray, gids: np.ndarray) -> np.ndarray:
     """Given band keys and the global ids of their documents, return (E x 2) pairs linking each
     bucket's members to its first member (enough for connected components)."""
+    real = keys != 0  # key 0: a document without a signature (DatatroveMinHasher)
+    if not real.all():
+        keys, gids = keys[real], gids[real]
     if len(keys) == 0:
         return np.zeros((0, 2), dtype=np.int64)
     order = np.lexsort((gids, keys))

@@ -40,11 +40,11 @@ import xxhash
 from . import config as C
 from .dedup import (
     BloomFilter,
-    MinHasher,
     bucket_pairs,
     components,
     duplicates_from_labels,
     first_occurrence_dups,
+    make_hasher,
     text_hash,
 )
 from .executor import Progress, StageJob, StageSpec, read_marker
@@ -387,8 +387,7 @@ def task_tag(run: Run, i: int, prog) -> dict:
 
 
 def _hasher(run: Run):
-    mh = run.cfg.dedup.minhash
-    return MinHasher(mh.ngram, mh.bands, mh.rows, mh.seed)
+    return make_hasher(run.cfg.dedup.minhash)  # dedup.minhash.reading picks the signature
 
 
 @stage(
@@ -412,13 +411,13 @@ def task_dedup_hash(run: Run, i: int, prog) -> dict:
         sigs.append(
             hasher.signature(t)
             if run.cfg.dedup.minhash.enabled
-            else np.zeros(hasher.num_perm, np.uint32)
+            else np.zeros(hasher.num_perm, hasher.dtype)
         )
         ids.append([doc["id"], doc["source"]])
         prog(1, len(t.encode("utf-8")))
     d = run.p("_work", "dedup")
     d.mkdir(parents=True, exist_ok=True)
-    sig = np.stack(sigs) if sigs else np.zeros((0, hasher.num_perm), np.uint32)
+    sig = np.stack(sigs) if sigs else np.zeros((0, hasher.num_perm), hasher.dtype)
     np.save(d / f"{shard(i)}.sig.tmp.npy", sig)
     os.replace(d / f"{shard(i)}.sig.tmp.npy", d / f"{shard(i)}.sig.npy")
     np.savez(

@@ -6,10 +6,13 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
+import xxhash
 
 from data_pipeline.config import bloom_size
 from data_pipeline.dedup import (
     BloomFilter,
+    DatatroveMinHasher,
     MinHasher,
     bucket_pairs,
     components,
@@ -17,7 +20,7 @@ from data_pipeline.dedup import (
     first_occurrence_dups,
     normalize_words,
 )
-from tests.data_pipeline.helpers import edit_words
+from tests.data_pipeline.helpers import edit_words, load_samples
 
 
 def _jaccard(a: str, b: str, n: int = 5) -> float:
@@ -112,3 +115,23 @@ def test_bloom_filter_false_positive_rate_near_configured(samples_en):
     # repeats inside one batch count from their second occurrence
     bf2 = BloomFilter(*bloom_size(100, 0.001))
     assert bf2.check_and_add([b"a", b"b", b"a"]).tolist() == [False, False, True]
+
+
+def test_datatrove_reading_signatures_equal_datatrove(samples_en):
+    """FineWeb's MinHash (dedup.minhash.reading=datatrove): datatrove's own MinhashDedupSignature
+    gives the same 112 values for every page, so buckets and clusters are the same."""
+    pytest.importorskip("datatrove", reason="the test extra installs datatrove")
+    from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
+
+    ref = MinhashDedupSignature(output_folder="/tmp/unused-minhash", config=MinhashConfig())
+    # datatrove hashes the str; xxhash 4 (installed here, datatrove pins xxhash<4) wants bytes:
+    # xxhash 3 hashed a str as its UTF-8, so the reference gets exactly that
+    ref._hash_func = lambda s: xxhash.xxh64_intdigest(s.encode("utf-8"))
+    ours = DatatroveMinHasher()
+    docs = samples_en[::10] + load_samples("de")[:5] + load_samples("ja")[:5]
+    for d in docs:
+        want = np.concatenate(ref.get_signature(ref.get_shingles(d["text"])))
+        assert np.array_equal(ours.signature(d["text"]), want), d["id"]
+    assert len(ours.shingles("too short")) == 0
+    keys = ours.band_keys(np.stack([ours.signature("too short"), ours.signature(docs[0]["text"])]))
+    assert (keys[0] == 0).all() and (keys[1] != 0).all()  # no signature: never in a bucket
