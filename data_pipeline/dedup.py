@@ -11,8 +11,10 @@ Connected components use scipy.sparse.csgraph (a well-kept C implementation).
 from __future__ import annotations
 
 import re
+import sys
 import unicodedata
 from collections.abc import Iterable
+from functools import lru_cache
 
 import numpy as np
 import xxhash
@@ -112,8 +114,16 @@ def simplify_text(text: str) -> str:
     text = _NUMBERS.sub("0", text.lower())
     text = text.translate(_PUNCT_TRANS)
     text = _SPACES.sub(" ", text.strip())
-    text = "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn")
+    if not text.isascii():  # ASCII has no combining marks and is its own NFD
+        text = unicodedata.normalize("NFD", text).translate(_combining_marks())
     return text.strip()
+
+
+@lru_cache(maxsize=1)
+def _combining_marks() -> dict[int, None]:
+    """str.translate table deleting every code point of category Mn (what the reference's
+    per-character unicodedata.category(c) != "Mn" test keeps out)."""
+    return {c: None for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) == "Mn"}
 
 
 class DatatroveMinHasher:
@@ -133,17 +143,14 @@ class DatatroveMinHasher:
         self.a = gen.randint(1, MERSENNE, dtype=np.uint64, size=(1, self.num_perm))
         self.b = gen.randint(0, MERSENNE, dtype=np.uint64, size=(1, self.num_perm))
         self.vocab = ChunkVocab()
-        self._words: dict[int, str] = {}
 
     def shingles(self, text: str) -> np.ndarray:
         ids = self.vocab.words(simplify_text(text).split())
         n = self.ngram
         if len(ids) < n:
             return np.zeros(0, dtype=np.uint64)
-        words = self._words
-        if len(words) < len(self.vocab.ids):
-            words.update({i: w for w, i in self.vocab.ids.items() if i not in words})
-        toks = [words[i] for i in ids.tolist()]
+        strings = self.vocab.strings
+        toks = [strings[i] for i in ids.tolist()]
         return np.fromiter(
             (
                 xxhash.xxh64_intdigest(" ".join(toks[i : i + n]).encode("utf-8", "surrogatepass"))
@@ -161,9 +168,7 @@ class DatatroveMinHasher:
             for i in range(0, len(sh), 4096):  # bounded memory on huge documents
                 phv = (sh[i : i + 4096, None] * self.a + self.b) % MERSENNE
                 sig = np.minimum(sig, phv.min(axis=0))
-        if len(self.vocab.chunks) > 1_000_000:  # bounded memo
-            self.vocab.reset()
-            self._words = {}
+        self.vocab.maybe_reset()  # bounded memo
         return sig
 
     def band_keys(self, sigs: np.ndarray) -> np.ndarray:

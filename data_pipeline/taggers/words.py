@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .kernels import sentence_starts
 from .punctuation import PUNCTUATION_SET, TERMINAL_PUNCTUATION
 
 # spaCy is the reference's tokenizer; importing it costs ~1 s, so it loads on first use (taggers
@@ -125,6 +126,7 @@ class ChunkVocab:
     def reset(self) -> None:
         self.chunks: dict[str, tuple[int, ...]] = {}
         self.ids: dict[str, int] = {}
+        self.strings: list[str] = []  # id -> token
         self.table = TokenTable.empty()
         self._sent_chars: frozenset[str] | None = None
 
@@ -134,6 +136,7 @@ class ChunkVocab:
             return i
         i = len(self.ids)
         self.ids[tok] = i
+        self.strings.append(tok)
         t = self.table
         t.grow(i + 1)
         punct = punctuation_set()
@@ -194,6 +197,12 @@ def sentence_count(vocab: ChunkVocab, line: str) -> int:
     a new sentence starts at the first token that is neither punctuation nor a sentence-final
     character after a sentence-final character. A whitespace run other than one single space is a
     token of its own in spaCy (not punctuation), so it can start a sentence too."""
+    chunks = line.split()
+    if " ".join(chunks) == line:  # single spaces only (most lines): no whitespace tokens
+        if not chunks:
+            return 0
+        t = vocab.table
+        return int(sentence_starts(vocab.words(chunks), t.is_punct, t.sent_punct))
     parts: list[str | None] = []  # chunks, None for a whitespace token
     for m in _RUNS.finditer(line):
         run = m.group()
