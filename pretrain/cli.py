@@ -171,7 +171,7 @@ def cmd_plan(argv: list[str]) -> int:
 
 
 def cmd_analyze(argv: list[str]) -> int:
-    from pretrain.analyze import main as analyze_main
+    from pretrain.analysis.cli import main as analyze_main
 
     return analyze_main(argv)
 

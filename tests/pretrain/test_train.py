@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pretrain.analyze import batch_of_step
+from pretrain.analysis.batch import batch_of_step
 from pretrain.callbacks import Callback
 from pretrain.checkpoint import find_latest_complete, read_index, verify_checkpoint
 from pretrain.cli import main
@@ -332,7 +332,7 @@ def test_export_all_writes_one_hf_folder_per_step(tmp_path, data, capsys):
         "step4",
     ]
     # step 2's export reproduces the loss training logged at step 3 (weights after step 2)
-    from pretrain.analyze import batch_of_step
+    from pretrain.analysis.batch import batch_of_step
 
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf" / "step2").eval()
     batch = torch.from_numpy(batch_of_step(tmp_path / "e", 3)["tokens"])

@@ -1,0 +1,109 @@
+"""`pretrain analyze compare RUN... [--x tokens|steps|flops]`: several runs on common axes.
+
+Reads each run's metrics.jsonl (training loss, grad norm, learning rate, and the validation
+losses `eval/<source>/loss` the trainer logged) and overlays them: compare.png has one panel each
+for training loss, validation loss, grad norm and LR. The x axis is the step, the tokens seen, or
+the training FLOPs (tokens x model_zoo's training FLOPs per token of that run's model), which
+puts a suite of sizes on one compute axis. compare.csv holds every plotted point (run, step,
+tokens, flops, metric, value).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+
+from model_zoo.config import ConfigError
+from model_zoo.counting import training_flops_per_token
+from pretrain.analysis.common import load_run, save_figure, write_table
+
+PANELS = (
+    ("loss", "training loss"),
+    ("eval", "validation loss"),
+    ("grad_norm", "grad norm"),
+    ("lr", "learning rate"),
+)
+
+
+def run_points(run_dir: Path) -> list[dict]:
+    """(run, step, tokens, flops, metric, value) of one run's metrics.jsonl."""
+    run = load_run(run_dir)
+    per_token = training_flops_per_token(run.model, run.trainer.seq_len)
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: {run_dir} logged no metrics")
+    label = run_dir.name
+    out = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        tokens = rec.get(
+            "tokens", rec["step"] * run.trainer.global_batch_size * run.trainer.seq_len
+        )
+        base = {"run": label, "step": rec["step"], "tokens": tokens, "flops": tokens * per_token}
+        for key, value in rec.items():
+            wanted = key in ("loss", "grad_norm", "lr") or (
+                key.startswith("eval/") and key.endswith("/loss")
+            )
+            if wanted and isinstance(value, (int, float)):
+                out.append({**base, "metric": key, "value": float(value)})
+    return out
+
+
+def plot(points: list[dict], x: str, path: Path) -> Path:
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    runs = list(dict.fromkeys(p["run"] for p in points))
+    for ax, (metric, title) in zip(axes.flat, PANELS):
+        for run in runs:
+            keys = sorted({p["metric"] for p in points if p["run"] == run})
+            for key in [
+                k for k in keys if k == metric or (metric == "eval" and k.startswith("eval/"))
+            ]:
+                pts = [(p[x], p["value"]) for p in points if p["run"] == run and p["metric"] == key]
+                name = run if metric != "eval" else f"{run} {key.split('/')[1]}"
+                ax.plot(
+                    *zip(*pts),
+                    "-",
+                    lw=1,
+                    marker="o" if metric == "eval" else None,
+                    ms=3,
+                    label=name,
+                )
+        ax.set_title(title)
+        ax.set_xscale("log" if x != "step" else "linear")
+        ax.set_xlabel({"step": "step", "tokens": "tokens seen", "flops": "training FLOPs"}[x])
+        if metric in ("loss", "eval", "grad_norm"):
+            ax.set_yscale("log")
+        if ax.lines:
+            ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def main(args: argparse.Namespace) -> int:
+    x = {"steps": "step", "tokens": "tokens", "flops": "flops"}[args.x]
+    points = [p for r in args.runs for p in run_points(Path(r))]
+    if len({Path(r).name for r in args.runs}) != len(args.runs):
+        raise ConfigError("run folders with the same name cannot be told apart; rename one")
+    out = Path(args.out)
+    write_table(points, out / "compare.csv")
+    png = plot(points, x, out / "compare.png")
+    finals = []
+    for r in args.runs:
+        losses = [p for p in points if p["run"] == Path(r).name and p["metric"] == "loss"]
+        if losses:
+            finals.append(f"{Path(r).name} {losses[-1]['value']:.4f} at step {losses[-1]['step']}")
+    print(f"compare {len(args.runs)} runs (x: {args.x}); last training loss: {'; '.join(finals)}")
+    print(f"table {out / 'compare.csv'}, plot {png}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("compare", help="overlay loss, validation loss, grad norm and LR of runs")
+    p.add_argument("runs", nargs="+", help="run folders")
+    p.add_argument("--x", default="tokens", choices=["tokens", "steps", "flops"])
+    p.add_argument("--out", default="analysis/compare", help="output folder")
+    p.set_defaults(func=main)
