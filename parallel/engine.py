@@ -225,31 +225,38 @@ class Engine:
         labels: torch.Tensor,
         position_ids: torch.Tensor | None = None,
         document_ids: torch.Tensor | None = None,
-    ) -> float:
+        sync: bool = True,
+    ) -> float | torch.Tensor:
         """Forward and backward over this data-parallel rank's local batch (all micro-batches).
 
         inputs, labels: LongTensor [local_batch, seq] (labels == -100 are ignored);
         position_ids / document_ids: optional [local_batch, seq] for packed documents (the model's
         intra-document attention mask). Gradients
         accumulate into the parameters; the return value is the mean token CE over the global
-        batch (identical on every rank)."""
+        batch (identical on every rank): a float, or with sync=False a 0-dim float64 tensor on
+        the device, so that the step needs no host synchronisation (the trainer reads it at
+        log steps)."""
         lay = self.layout
         if inputs.shape[0] != lay.local_batch_size:
             raise ValueError(
                 f"forward_backward got {inputs.shape[0]} sequences; this layout "
                 f"expects local_batch={lay.local_batch_size} per dp rank"
             )
-        inputs, labels = inputs.to(self.device), labels.to(self.device)
+        # non-blocking: from the loader's pinned batches the copy overlaps the work queued before
+        inputs = inputs.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
         if position_ids is None:
             # Always explicit: under sequence parallel the hidden state the model sees holds only
             # seq/tp positions, so the model's default (positions 0..h.shape[1]) would be wrong.
             position_ids = torch.arange(inputs.shape[1], device=self.device).expand_as(inputs)
-        kwargs = {"position_ids": position_ids.to(self.device)}
+        kwargs = {"position_ids": position_ids.to(self.device, non_blocking=True)}
         if document_ids is not None:
-            kwargs["document_ids"] = document_ids.to(self.device)
+            kwargs["document_ids"] = document_ids.to(self.device, non_blocking=True)
         n_tokens = (labels != IGNORE_INDEX).sum().to(torch.float64)
         dist.all_reduce(n_tokens, group=self._dp_group)
-        self._denominator = max(float(n_tokens.item()), 1.0)
+        # Kept on the device (no host read before the forward); float32 like the loss it
+        # divides, so the quotient is the one a Python float divisor gives (exact integers).
+        self._denominator = n_tokens.clamp(min=1.0).to(torch.float32)
         # MoE balancing losses enter backward once per micro-batch and rank: weight each by its
         # share of the global batch, as the CE loss is (its sum over the global token count).
         micro_sequences = (
@@ -275,7 +282,7 @@ class Engine:
         if not (self.holds_last_stage and self._tp_rank == 0):
             local_loss.zero_()
         dist.all_reduce(local_loss)
-        return float(local_loss.item())
+        return float(local_loss.item()) if sync else local_loss
 
     @torch.no_grad()
     def eval_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
@@ -379,7 +386,7 @@ class Engine:
 
     # ---- gradient clipping --------------------------------------------------------------------
     @torch.no_grad()
-    def clip_grad_norm(self, max_norm: float) -> float:
+    def clip_grad_norm(self, max_norm: float, sync: bool = True) -> float | torch.Tensor:
         """Clip by the global gradient norm over every axis (tp/dp shards, pipeline stages,
         expert shards); returns the L2 norm before clipping (same on all ranks)."""
         groups: dict = {}
@@ -403,7 +410,7 @@ class Engine:
         total = total_sq.sqrt()
         for params in groups.values():
             torch.nn.utils.clip_grads_with_norm_(params, max_norm, total.float(), foreach=True)
-        return float(total.item())
+        return float(total.item()) if sync else total
 
     # ---- state dicts --------------------------------------------------------------------------
     def model_state_dict(self) -> dict:

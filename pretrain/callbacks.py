@@ -168,7 +168,8 @@ class Metrics(Callback):
             "loss": out.loss,
             "grad_norm": out.grad_norm,
             "lr": out.lr,
-            "loss_avg": sum(x for x, _ in self.window) / len(self.window),
+            # read here, at a log step (under trainer.nan_check=log the others are on the device)
+            "loss_avg": sum(float(x) for x, _ in self.window) / len(self.window),
         }
         self.logger.log(step, values, extra, evals=self.pending_eval)
         self.pending_eval = None
@@ -271,6 +272,46 @@ class PreemptionStop(Callback):
 
     def close(self, trainer: Trainer) -> None:
         self.preemption.uninstall()
+
+
+class Profiler(Callback):
+    """trainer.profile_steps=[first, last]: the torch profiler records steps first..last and
+    writes RUN_DIR/profile/trace_rank<r>.json (Chrome trace: Perfetto, chrome://tracing) and
+    top_kernels_rank<r>.txt (the operators and kernels by self time, CUDA time on a GPU)."""
+
+    def __init__(self, first: int, last: int) -> None:
+        self.first, self.last = first, last
+        self.prof: torch.profiler.profile | None = None
+
+    def on_batch(self, trainer: Trainer, batch: dict, sample_range) -> None:
+        if trainer.step + 1 == self.first and self.prof is None:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self.prof = torch.profiler.profile(activities=activities)
+            self.prof.__enter__()
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        if self.prof is not None and trainer.step >= self.last:
+            self._write(trainer)
+
+    def _write(self, trainer: Trainer) -> None:
+        prof, self.prof = self.prof, None
+        prof.__exit__(None, None, None)
+        out = trainer.run_dir / "profile"
+        out.mkdir(parents=True, exist_ok=True)
+        rank = trainer.env.rank if trainer.env is not None else 0
+        prof.export_chrome_trace(str(out / f"trace_rank{rank}.json"))
+        cuda = torch.cuda.is_available()
+        table = prof.key_averages().table(
+            sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=25
+        )
+        (out / f"top_kernels_rank{rank}.txt").write_text(table + "\n")
+        trainer.say(f"profile of steps {self.first}..{self.last} written to {out}")
+
+    def close(self, trainer: Trainer) -> None:
+        if self.prof is not None:  # the run ended inside the window: keep what was recorded
+            self._write(trainer)
 
 
 class Validation(Callback):

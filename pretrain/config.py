@@ -112,6 +112,14 @@ class TrainerConfig:
     device: str = "auto"  # auto: cuda when present, else cpu
     nan_policy: str = "stop"  # stop: save what can be saved and fail; skip: drop the update
     max_skipped_steps: int = 10  # with nan_policy=skip: stop after this many skipped steps
+    # When the loss and gradient norm are read on the host: step (every step, so a non-finite
+    # step is skipped or stopped before its update) or log (only at log steps: no host
+    # synchronisation inside the steps between, what a GPU run wants; a non-finite value found
+    # at a log step stops the run without saving, since earlier steps may have applied it).
+    nan_check: str = "step"
+    # Steps to record with the torch profiler, e.g. [5, 8]: steps 5..8 (1-based, inclusive) go to
+    # RUN_DIR/profile/trace.json (chrome://tracing, Perfetto) and top_kernels.txt. Empty: off.
+    profile_steps: list[int] = field(default_factory=list)
     peak_flops: float = 0.0  # peak FLOP/s of one device for MFU; 0 = from the device table
     tensorboard: bool = True  # write RUN_DIR/tensorboard (a dependency; false turns it off)
     dry_run: bool = False  # validate, print the plan and the checkpoint series, then exit
@@ -158,6 +166,20 @@ class TrainerConfig:
         need(
             self.peak_flops >= 0,
             f"trainer.peak_flops={self.peak_flops} must be >= 0 (0 = from the table)",
+        )
+        need(
+            self.nan_check in ("step", "log"),
+            f"trainer.nan_check={self.nan_check!r} is not step or log",
+        )
+        need(
+            self.nan_check == "step" or self.nan_policy == "stop",
+            "trainer.nan_policy=skip needs trainer.nan_check=step (a step can only be skipped "
+            "if its loss is read before its update)",
+        )
+        p = list(self.profile_steps)
+        need(
+            not p or (len(p) == 2 and 1 <= p[0] <= p[1]),
+            f"trainer.profile_steps={p} must be [first, last] with 1 <= first <= last, or []",
         )
 
 

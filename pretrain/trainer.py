@@ -31,12 +31,14 @@ from model_zoo.counting import count_parameters, training_flops_per_token
 from parallel.engine import build_engine
 from parallel.env import destroy_distributed, discover_env, init_distributed, resolve_device_type
 from parallel.layout import Layout, build_mesh, resolve_layout
+from parallel.parallelize import check_gpu_features
 from pretrain.callbacks import (
     Callback,
     FullCheckpoint,
     Metrics,
     OrderLog,
     PreemptionStop,
+    Profiler,
     SeriesCheckpoint,
     Validation,
 )
@@ -141,7 +143,7 @@ class Trainer:
         preempted_at (the step a preemption stopped at, else None)."""
         env = discover_env()
         self.env, self.rank0 = env, env.rank == 0
-        layout = plan(self.run, env.world_size)
+        layout = self.layout = plan(self.run, env.world_size)
         resume_path = self._preflight()
         device = self._init_process_group(env)
         try:
@@ -164,22 +166,28 @@ class Trainer:
         self.fire("on_batch", batch, rng)
         lr = lr_at(self.step + 1, o.lr, self.run.schedule, t.max_steps)
         set_lr(self.optimizers, lr)
+        # trainer.nan_check=log: loss and norm stay on the device between log steps (no stall)
+        sync = t.nan_check == "step" or self.is_log_step(self.step + 1)
         loss = self.engine.forward_backward(
             batch["inputs"],
             batch["labels"],
             batch.get("position_ids"),
             document_ids=batch["document_ids"] if self.run.data.intra_doc_mask else None,
+            sync=sync,
         )
-        gnorm = self.engine.clip_grad_norm(o.grad_clip if o.grad_clip > 0 else math.inf)
-        if not (math.isfinite(loss) and math.isfinite(gnorm)):
+        gnorm = self.engine.clip_grad_norm(o.grad_clip if o.grad_clip > 0 else math.inf, sync)
+        if sync and not (math.isfinite(loss) and math.isfinite(gnorm)):
             self._non_finite(loss, gnorm, batch, rng)
             return
         for opt in self.optimizers:
             opt.step()
+        self.engine.after_optimizer_step_fp8()
         self.engine.zero_grad()
         self.step += 1
         load = self.engine.after_optimizer_step(log_load=self.is_log_step(self.step))
         self.losses[self.step] = loss
+        if sync:  # the device-held losses of the steps since the last read, as floats now
+            self.losses.update({k: float(v) for k, v in self.losses.items() if torch.is_tensor(v)})
         self.out = StepOutput(self.step, loss, gnorm, lr, batch, rng, load)
         self.fire("on_step_end")
 
@@ -188,6 +196,15 @@ class Trainer:
         good state (the bad update was not applied) so the run can be inspected or resumed."""
         t = self.run.trainer
         self.engine.zero_grad()
+        if t.nan_check == "log":
+            self.stop_reason = "diverged"
+            raise TrainingDiverged(
+                f"loss {loss} / grad norm {gnorm} at step {self.step + 1}; stopped "
+                f"(trainer.nan_check=log: the steps since the last log step may have applied "
+                f"non-finite updates, so this state is not saved; the last full checkpoint in "
+                f"{self.run_dir / 'checkpoints'} is). Rerun from it with trainer.nan_check=step "
+                "to find the step"
+            )
         what = (
             f"loss {loss} / grad norm {gnorm} at step {self.step + 1} "
             f"(samples {rng[0]}..{rng[1] - 1})"
@@ -268,6 +285,8 @@ class Trainer:
         device_type = resolve_device_type(
             self.run.parallel.device if t.device == "auto" else t.device
         )
+        # what this hardware / layout cannot run (FP8 experts, float8 all-gather, flex on CPU)
+        check_gpu_features(self.run.model, self.run.parallel, self.layout, device_type)
         if env.launcher == "single":
             # A world of one still gets a process group (the engine and DCP run the same code as
             # on many ranks); a free port keeps concurrent single-process runs from colliding.
@@ -293,6 +312,7 @@ class Trainer:
             self.engine.dp_rank,
             self.engine.dp_size,
             reset_positions=run.data.reset_position_ids,
+            pin_memory=device.type == "cuda",  # with the engine's non-blocking copies
         )
         # Slurm's USR1/TERM or a stop file: every rank agrees on a step, checkpoints it, leaves.
         self.preemption = Preemption(env.rank, env.world_size, device, log=self.say)
@@ -364,6 +384,8 @@ class Trainer:
             FullCheckpoint(),
             PreemptionStop(self.preemption),
         ]
+        if t.profile_steps:
+            callbacks.append(Profiler(*t.profile_steps))
         return callbacks
 
     def _teardown(self) -> None:

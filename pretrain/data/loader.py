@@ -209,6 +209,7 @@ class DataLoader:
         dp_size: int,
         reset_positions: bool = False,
         consumed_samples: int = 0,
+        pin_memory: bool = False,
     ):
         if global_batch % dp_size:
             raise ConfigError(
@@ -219,12 +220,16 @@ class DataLoader:
         self.local = global_batch // dp_size
         self.reset_positions = reset_positions
         self.consumed = consumed_samples
+        # Page-locked batches (on CUDA): the engine's copy to the GPU is then asynchronous
+        self.pin_memory = pin_memory
 
     def next_batch(self) -> tuple[dict[str, torch.Tensor], tuple[int, int]]:
         """This rank's slice of the next global batch, and the global sample range it belongs to."""
         start = self.consumed
         lo = start + self.dp_rank * self.local
         batch = batch_tensors(self.order.samples(lo, lo + self.local), self.reset_positions)
+        if self.pin_memory:
+            batch = {k: v.pin_memory() for k, v in batch.items()}
         self.consumed += self.global_batch
         return batch, (start, start + self.global_batch)
 

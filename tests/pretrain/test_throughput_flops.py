@@ -1,0 +1,81 @@
+"""The FLOP accounting of benchmarks/train_throughput.py (the numerator of its MFU) against hand
+counts from the published architectures, and the benchmark itself on CPU (a tiny model).
+
+Convention (stated by the benchmark): training FLOPs per token = 6 x (active non-embedding
+parameters + the output projection) + attention score and value matmuls counted in full, not
+halved for causality: 3 (forward + backward) x 2 x seq x (qk_dim + v_dim) per head and layer.
+"""
+
+import json
+
+from benchmarks.train_throughput import flops_accounting, main
+from model_zoo.zoo import get_model_config
+
+
+def test_llama_3_1_8b_at_seq_8192():
+    """Llama-3.1-8B (Meta's config.json): d 4096, 32 layers, 32 query / 8 KV heads of 128,
+    SwiGLU hidden 14336, vocabulary 128256, untied output, RMSNorm weights."""
+    d, layers, heads, kv, hd, ffn, vocab, seq = 4096, 32, 32, 8, 128, 14336, 128256, 8192
+    attention_weights = d * heads * hd * 2 + d * kv * hd * 2  # wq, wo; wk, wv
+    per_layer = attention_weights + 3 * d * ffn + 2 * d  # + w1, w2, w3 and two norms
+    non_embedding = layers * per_layer + d + vocab * d  # + final norm + output layer
+    assert non_embedding + vocab * d == 8_030_261_248  # Meta's published count, "8B"
+    matmul = 6 * non_embedding
+    attention = 3 * 2 * seq * (hd + hd) * heads * layers
+    got = flops_accounting(get_model_config("llama3.1-8b"), seq)
+    assert got["matmul_flops_per_token"] == matmul == 45_029_548_032
+    assert got["attention_flops_per_token"] == attention == 12_884_901_888
+    assert got["flops_per_token"] == matmul + attention
+
+
+def test_deepseek_v3_active_parameters_and_mla():
+    """DeepSeek-V3 (its config.json): d 7168, 61 layers, the first 3 dense (hidden 18432), then
+    MoE: 256 routed experts of hidden 2048, top 8, one shared expert, a 256 x 7168 router.
+    MLA with 128 heads: q_lora 1536, kv_lora 512, qk_nope 128 + qk_rope 64, v 128. Vocabulary
+    129280, untied. The paper's figures: 671B total, 37B activated per token."""
+    d, layers, dense_layers, vocab, seq = 7168, 61, 3, 129280, 4096
+    heads, q_lora, kv_lora, nope, rope, v = 128, 1536, 512, 128, 64, 128
+    mla = (
+        d * q_lora  # wq_a
+        + q_lora  # q latent norm
+        + q_lora * heads * (nope + rope)  # wq_b
+        + d * (kv_lora + rope)  # wkv_a: latent and the shared rope key
+        + kv_lora  # kv latent norm
+        + kv_lora * heads * (nope + v)  # wkv_b
+        + heads * v * d  # wo
+    )
+    expert = 3 * d * 2048
+    moe_layers = layers - dense_layers
+    total = (
+        2 * vocab * d  # embedding and output
+        + d  # final norm
+        + layers * (mla + 2 * d)
+        + dense_layers * 3 * d * 18432
+        + moe_layers * (256 * expert + expert + 256 * d)  # routed, shared, router
+    )
+    active_non_embedding = total - vocab * d - moe_layers * (256 - 8) * expert
+    assert round(total / 1e9) == 671 and 37e9 < active_non_embedding + vocab * d < 38e9
+    matmul = 6 * active_non_embedding  # the output layer is among them (untied)
+    attention = 3 * 2 * seq * ((nope + rope) + v) * heads * layers
+    got = flops_accounting(get_model_config("deepseek-v3"), seq)
+    assert got["total_parameters"] == total
+    assert got["active_parameters"] == active_non_embedding + vocab * d
+    assert got["matmul_flops_per_token"] == matmul
+    assert got["attention_flops_per_token"] == attention
+    assert got["flops_per_token"] == matmul + attention
+
+
+def test_benchmark_runs_on_cpu(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    main(
+        ["--model", "llama3-tiny", "--seq-len", "64", "--warmup", "1", "--steps", "2"]
+        + ["--precision", "fp32", "--gemm-size", "256", "--json", str(out)]
+    )
+    result = json.loads(out.read_text())
+    flops = flops_accounting(get_model_config("llama3-tiny"), 64)["flops_per_token"]
+    assert result["tokens_per_s_per_device"] > 0 and result["gemm_bf16_tflops"] > 0
+    tflops = result["tokens_per_s_per_device"] * flops / 1e12
+    assert abs(result["tflops_per_device"] - tflops) <= 1e-9 * tflops
+    assert result["mfu"] is None  # no datasheet peak for a CPU: not made up
+    assert result["mfu_vs_gemm"] == result["tflops_per_device"] / result["gemm_bf16_tflops"]
+    assert "tok/s/device" in capsys.readouterr().out
