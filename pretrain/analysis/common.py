@@ -174,12 +174,17 @@ def write_table(rows: list[dict[str, Any]], csv_path: Path, jsonl_path: Path | N
     cols: list[str] = []
     for r in rows:
         cols += [k for k, v in r.items() if k not in cols and not isinstance(v, (list, dict))]
-    with open(csv_path, "w", newline="") as fh:
+    # written aside and renamed: Slurm array tasks rewrite the same table concurrently
+    tmp = csv_path.with_suffix(f".tmp{os.getpid()}")
+    with open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
+    os.replace(tmp, csv_path)
     if jsonl_path is not None:
-        jsonl_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tmp = jsonl_path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, jsonl_path)
 
 
 def progress(items: Iterable, total: int, desc: str) -> Iterator:
@@ -193,8 +198,10 @@ def progress(items: Iterable, total: int, desc: str) -> Iterator:
 def save_figure(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=100)
     plt.close(fig)
+    os.replace(tmp, path)  # concurrent writers (array tasks) never leave half a PNG
     return path
 
 

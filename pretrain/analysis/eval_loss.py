@@ -151,7 +151,8 @@ def run_eval(args: argparse.Namespace) -> tuple[list[dict], list[str], int, Path
     out = out_dir_for(args.run, "eval", args.out)
     results = StepResults(out)
     k, n = shard_of(args.shard)
-    todo = [c for c in ckpts[k::n] if not results.done(c.step)]
+    share = ckpts[k::n]
+    todo = [c for c in share if not results.done(c.step)]
     if dist.is_initialized():
         dist.barrier()  # every rank listed the same finished steps before rank 0 adds any
     evalset = build_evalset(args, ckpts)
@@ -160,7 +161,7 @@ def run_eval(args: argparse.Namespace) -> tuple[list[dict], list[str], int, Path
         rec = evaluate_checkpoint(load_model(c), evalset, args.micro_batch, args.per_position)
         if rank0:
             results.write(c.step, {"tokens": c.tokens, **rec})
-    return results.rows(), evalset.names, len(ckpts) - len(todo), out
+    return results.rows(), evalset.names, (len(todo), len(share) - len(todo)), out
 
 
 def main(args: argparse.Namespace) -> int:
@@ -171,7 +172,7 @@ def main(args: argparse.Namespace) -> int:
     if env.world_size > 1:
         init_distributed(env, "cpu")
     try:
-        rows, names, skipped, out = run_eval(args)
+        rows, names, (evaluated, skipped), out = run_eval(args)
     finally:
         destroy_distributed()
     if env.rank != 0:
@@ -185,8 +186,8 @@ def main(args: argparse.Namespace) -> int:
     last = rows[-1]
     losses = ", ".join(f"{n} {last[f'loss/{n}']:.4f} (ppl {last[f'ppl/{n}']:.2f})" for n in names)
     print(
-        f"eval: {len(rows)} checkpoints in {out / 'eval.csv'} ({skipped} already done); "
-        f"step {last['step']}: {losses}; plot {png}"
+        f"eval: {evaluated} checkpoints evaluated, {skipped} already done; {len(rows)} in "
+        f"{out / 'eval.csv'}; step {last['step']}: {losses}; plot {png}"
     )
     return 0
 

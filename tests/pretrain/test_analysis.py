@@ -67,7 +67,7 @@ def test_eval_equals_the_validation_loss_training_logged(suite, capsys):
     run, val = suite["run"], suite["val"]
     args = ["analyze", "eval", "--run", str(run), "--data", val, "--max-tokens", "2048"]
     assert main([*args, "--per-position"]) == 0
-    assert f"{len(SERIES)} checkpoints" in capsys.readouterr().out
+    assert f"eval: {len(SERIES)} checkpoints evaluated, 0 already done" in capsys.readouterr().out
     out = run / "analysis" / "eval"
     with open(out / "eval.csv", newline="") as fh:
         rows = {int(r["step"]): r for r in csv.DictReader(fh)}
@@ -85,7 +85,7 @@ def test_eval_equals_the_validation_loss_training_logged(suite, capsys):
     # resumable: a second invocation finds every step done and rewrites nothing
     before = {p.name: p.stat().st_mtime_ns for p in (out / "steps").iterdir()}
     assert main(args) == 0
-    assert f"({len(SERIES)} already done)" in capsys.readouterr().out
+    assert f"eval: 0 checkpoints evaluated, {len(SERIES)} already done" in capsys.readouterr().out
     assert before == {p.name: p.stat().st_mtime_ns for p in (out / "steps").iterdir()}
 
 
