@@ -10,12 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
+from pathlib import Path
 
 from tqdm import tqdm
 
 from model_zoo.config import ConfigError
+from model_zoo.counting import count_parameters
 from parallel.planner.hardware import GPUS, get_gpu
 from parallel.planner.search import PlannedLayout, plan
+from parallel.planner.validate import TOLERANCE, compare, launch_validation
 from pretrain.config import compose_config
 
 GIB = 2**30
@@ -41,6 +45,17 @@ def _args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--top", type=int, default=10, help="rows of the table (default 10)")
     ap.add_argument("--json", action="store_true", help="print every layout as JSON")
     ap.add_argument("--launch", action="store_true", help="pretrain launch the best layout")
+    ap.add_argument(
+        "--validate",
+        type=int,
+        nargs="?",
+        const=3,
+        default=0,
+        metavar="K",
+        help="run one real step of the K best layouts (default 3) here with gloo processes "
+        "(a tiny model, nodes x gpus-per-node <= 8 ranks) and print estimate vs measurement "
+        "per rank",
+    )
     args = ap.parse_intermixed_args(argv)
     if args.nodes < 1 or args.gpus_per_node < 1:
         raise ConfigError("--nodes and --gpus-per-node must be >= 1")
@@ -96,6 +111,8 @@ def main(argv: list[str]) -> int:
         print(f"no layout fits {world} x {gpu.name}; the smallest needs {best.total / GIB:.1f} GiB")
         return 1
     print("best layout overrides: " + " ".join(best.overrides()))
+    if args.validate:
+        return _validate(args, run, ranked[: args.validate])
     if args.launch:
         from pretrain.launch import main as launch_main  # the launcher only when asked
 
@@ -110,3 +127,64 @@ def main(argv: list[str]) -> int:
             ]
         )
     return 0
+
+
+MAX_VALIDATION_RANKS = 8
+MAX_VALIDATION_PARAMS = 50_000_000
+
+
+def _validate(args, run, layouts: list[PlannedLayout]) -> int:
+    """One real step of each layout on this machine; a table of estimate vs measurement."""
+    world = args.nodes * args.gpus_per_node
+    n_params = count_parameters(run.model).total
+    if world > MAX_VALIDATION_RANKS or n_params > MAX_VALIDATION_PARAMS:
+        raise ConfigError(
+            f"--validate runs every rank on this machine: it needs at most "
+            f"{MAX_VALIDATION_RANKS} ranks (got {world}) and a tiny model (got "
+            f"{n_params / 1e6:.0f}M parameters); use e.g. model=llama3-tiny --nodes 1 "
+            "--gpus-per-node 4"
+        )
+    runs = [
+        dict(
+            model=run.model.name,
+            n_layers=run.model.n_layers,
+            global_batch_size=run.trainer.global_batch_size,
+            micro_batch_size=p.layout.micro_batch_size,
+            seq_len=run.trainer.seq_len,
+            parallel=_validation_parallel(p),
+        )
+        for p in layouts
+    ]
+    with tempfile.TemporaryDirectory(prefix="plan-validate-") as tmp:
+        results = launch_validation(world, runs, Path(tmp))
+    all_ok = True
+    for spec, measured in zip(runs, results):
+        print(f"\nvalidation of {' '.join(f'{k}={v}' for k, v in spec['parallel'].items())}:")
+        print(f"  rank {'what':<12} {'estimate':>12} {'measured':>12}  error  within")
+        for row in compare(spec, measured):
+            tol = TOLERANCE[row["what"]]
+            all_ok &= row["ok"]
+            print(
+                f"  {row['rank']:>4} {row['what']:<12} {row['estimate']:>12} "
+                f"{row['measured']:>12} {row['rel_error'] * 100:5.1f}%  "
+                f"{'yes' if row['ok'] else 'NO'} ({tol * 100:.0f}%)"
+            )
+    return 0 if all_ok else 1
+
+
+def _validation_parallel(p: PlannedLayout) -> dict:
+    """The layout's parallel settings for a CPU run: FP8 recipes need a GPU, so they are run
+    as bf16 (the same sharding, bytes and collectives; only the linear kernels differ)."""
+    lay = p.layout
+    out = dict(
+        tp=lay.tp,
+        pp=lay.pp,
+        dp_shard=lay.dp_shard,
+        dp_replicate=lay.dp_replicate,
+        ep=lay.ep,
+        pp_schedule=lay.pp_schedule,
+        activation_checkpointing=lay.activation_checkpointing,
+        ac_every_n=lay.ac_every_n,
+        precision="bf16" if lay.precision.startswith("fp8") else lay.precision,
+    )
+    return out

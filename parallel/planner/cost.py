@@ -120,12 +120,24 @@ def _simulate(layout: Layout, fwd: dict[int, float], bwd: dict[int, float]) -> f
     return max(clock.values())
 
 
+_COUNTS: dict[str, tuple] = {}
+
+
+def model_counts(cfg: ModelConfig, seq: int):
+    """(ParameterCount, training FLOPs per token), counted once per model and seq_len (counting
+    builds the model on the meta device)."""
+    key = f"{cfg!r}/{seq}"
+    if key not in _COUNTS:
+        count = count_parameters(cfg)
+        _COUNTS[key] = (count, training_flops_per_token(cfg, seq, count))
+    return _COUNTS[key]
+
+
 def step_time(
     cfg: ModelConfig, layout: Layout, gpu: GPUSpec, gpus_per_node: int, efficiency: float
 ) -> StepTime:
-    count = count_parameters(cfg)
     seq, mbs = layout.seq_len, layout.micro_batch_size
-    per_token = training_flops_per_token(cfg, seq, count)
+    count, per_token = model_counts(cfg, seq)
     output_flops = 6 * cfg.padded_vocab_size * cfg.d_model
     layer_flops = (per_token - output_flops) / cfg.n_layers
     attention_share = 12 * cfg.n_heads * cfg.dim_per_head * seq / max(layer_flops, 1)

@@ -25,13 +25,19 @@ and loss gives the stage's fixed part; the peak above what is kept is the transi
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
+import json
 import math
+import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed._tools.mem_tracker import MemTracker
+from torch.distributed.pipelining._backward import stage_backward_input, stage_backward_weight
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.placement_types import Shard, _StridedShard
 from torch.testing._internal.distributed.fake_pg import FakeStore
@@ -69,6 +75,13 @@ def representative_layers(cfg: ModelConfig) -> dict[str, int]:
     for i, kind in enumerate(layer_kinds(cfg)):
         reps.setdefault(kind, i)
     return reps
+
+
+def _shallow(cfg: ModelConfig, layer_ids) -> ModelConfig:
+    """The config with only as many layers as the highest id kept needs: building the layers
+    after it on the meta device would only be pruned again (names and kinds are unchanged)."""
+    deepest = max([*layer_ids, *representative_layers(cfg).values()])
+    return replace(cfg, n_layers=deepest + 1)
 
 
 def _prune(model, layer_ids, first: bool, last: bool) -> None:
@@ -118,7 +131,7 @@ def _canonical(layout_key: tuple) -> ParallelConfig:
 
 
 _RULES: dict[tuple, dict] = {}
-_PROBES: dict[tuple, tuple[int, int]] = {}
+_PROBES: dict[tuple, tuple] = {}
 
 
 def _param_rules_cached(cfg: ModelConfig, layout_key: tuple) -> dict[str, ParamRule]:
@@ -136,8 +149,9 @@ def _extract_rules(cfg: ModelConfig, layout_key: tuple) -> dict[str, ParamRule]:
     layout = resolve_layout(pcfg, world, cfg, dp, 1, seq)
     with fake_world(world):
         mesh = build_mesh(layout, "cpu")
-        model = build_model(cfg, device="meta")
-        _prune(model, sorted(representative_layers(cfg).values()), True, True)
+        keep = sorted(representative_layers(cfg).values())
+        model = build_model(_shallow(cfg, keep), device="meta")
+        _prune(model, keep, True, True)
         parallelize.parallelize_part(model, cfg, layout, mesh)
         rules = {}
         for name, p in model.named_parameters():
@@ -279,29 +293,95 @@ def probe(
     seq: int,
     checkpointed: bool,
     dtype: torch.dtype,
-) -> tuple[int, int]:
-    """(bytes kept after the forward, peak bytes during forward + backward) of one micro-batch
+) -> tuple[int, int, int]:
+    """(bytes kept after the forward, peak bytes during forward + backward, bytes held after the
+    input-gradient half of a split backward) of one micro-batch
     through a stage holding `layer_ids`, measured on fake tensors (cached)."""
     key = (repr(cfg), layer_ids, first, last, tp, mbs, seq, checkpointed, dtype)
     if key not in _PROBES:
-        _PROBES[key] = _run_probe(cfg, layer_ids, first, last, tp, mbs, seq, checkpointed, dtype)
+        disk = _disk_key(key)
+        cached = _load_disk_cache().get(disk)
+        if cached is None:
+            cached = _run_probe(cfg, layer_ids, first, last, tp, mbs, seq, checkpointed, dtype)
+            _store_disk_cache(disk, cached)
+        _PROBES[key] = tuple(cached)
     return _PROBES[key]
 
 
-def _run_probe(cfg, layer_ids, first, last, tp, mbs, seq, checkpointed, dtype) -> tuple[int, int]:
+# Probes are cached on disk too (a few seconds each for a large model): keyed by the probe, the
+# torch version and the source of the code that decides what is saved for backward, so a change
+# to the model or the parallelize functions measures again. PRETRAIN_PLAN_CACHE=0 disables it.
+_CODE = (
+    "model_zoo",
+    "parallel/parallelize.py",
+    "parallel/expert_parallel.py",
+    "parallel/planner/memory.py",
+)
+_DISK: dict | None = None
+
+
+def _cache_path() -> Path | None:
+    if os.environ.get("PRETRAIN_PLAN_CACHE", "1") == "0":
+        return None
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "pretrain" / "plan-probes.json"
+
+
+@functools.cache
+def _code_digest() -> str:
+    root = Path(__file__).resolve().parents[2]
+    h = hashlib.sha256(torch.__version__.encode())
+    for rel in _CODE:
+        path = root / rel
+        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _disk_key(key: tuple) -> str:
+    return hashlib.sha256(f"{_code_digest()}/{key!r}".encode()).hexdigest()
+
+
+def _load_disk_cache() -> dict:
+    global _DISK
+    if _DISK is None:
+        path = _cache_path()
+        try:
+            _DISK = json.loads(path.read_text()) if path and path.exists() else {}
+        except (OSError, ValueError):
+            _DISK = {}  # an unreadable cache is measured again
+    return _DISK
+
+
+def _store_disk_cache(key: str, value) -> None:
+    cache = _load_disk_cache()
+    cache[key] = list(value)
+    path = _cache_path()
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache))
+        tmp.replace(path)
+    except OSError:
+        pass  # a read-only home: the planner still works, it measures every time
+
+
+def _run_probe(cfg, layer_ids, first, last, tp, mbs, seq, checkpointed, dtype) -> tuple:
     from torch._subclasses.fake_tensor import FakeTensorMode  # private module: keep it local
 
     pcfg = ParallelConfig(tp=tp, activation_checkpointing="full" if checkpointed else "none")
     layout = resolve_layout(pcfg, tp, cfg, mbs, mbs, seq)
     with fake_world(tp):
         mesh = build_mesh(layout, "cpu")
-        model = build_model(cfg, device="meta")
+        model = build_model(_shallow(cfg, layer_ids), device="meta")
         _prune(model, layer_ids, first, last)
         # the compute dtype FSDP2's mixed precision would cast the parameters to (no FSDP here)
         model.to(dtype)
         parallelize.parallelize_part(model, cfg, layout, mesh)
         with FakeTensorMode(allow_non_fake_inputs=True):
-            return _measure(model, cfg, first, last, tp, mbs, seq, dtype)
+            return _measure(model, cfg, first, last, tp, mbs, seq, dtype, checkpointed)
 
 
 def _balanced_dispatch(moe):
@@ -323,7 +403,7 @@ def _balanced_dispatch(moe):
     return dispatch
 
 
-def _measure(model, cfg, first, last, tp, mbs, seq, dtype) -> tuple[int, int]:
+def _measure(model, cfg, first, last, tp, mbs, seq, dtype, checkpointed) -> tuple[int, int, int]:
     from model_zoo.moe import moe_layers
 
     for _, moe in moe_layers(model):
@@ -335,34 +415,50 @@ def _measure(model, cfg, first, last, tp, mbs, seq, dtype) -> tuple[int, int]:
         if first:
             inputs = torch.randint(0, cfg.vocab_size, (mbs, seq))
         else:
-            inputs = torch.randn(mbs, seq // tp, cfg.d_model, dtype=dtype, requires_grad=True)
+            leaf = torch.randn(mbs, seq // tp, cfg.d_model, dtype=dtype, requires_grad=True)
+            # not a leaf: MemTracker hooks module inputs, and autograd.grad (the zero-bubble
+            # split below) refuses hooked leaves
+            inputs = leaf.clone()
         labels = torch.randint(0, cfg.vocab_size, (mbs, seq))
         tracker = MemTracker()
         tracker.track_external(model)
-        with tracker:
+        ctx = contextlib.nullcontext()
+        if tp > 1 and last:
+            from torch.distributed.tensor.parallel import loss_parallel
+
+            ctx = loss_parallel()
+        with tracker, ctx:
             out = model(inputs, position_ids=positions)
             kept = _activation_bytes(tracker.get_tracker_snapshot("current"))
             if last:
-                ctx = contextlib.nullcontext()
-                if tp > 1:
-                    from torch.distributed.tensor.parallel import loss_parallel
-
-                    ctx = loss_parallel()
-                with ctx:
-                    loss = F.cross_entropy(
-                        out.flatten(0, 1).float(), labels.flatten(), reduction="sum"
-                    )
-                    loss.backward()
+                root = F.cross_entropy(out.flatten(0, 1).float(), labels.flatten(), reduction="sum")
+                grads = None
             else:
-                out.backward(torch.ones_like(out))
+                root, grads = out, [torch.ones_like(out)]
+            after_input_grad = kept
+            groups = None
+            # the zero-bubble split, with torch's own functions: input gradients first (what the
+            # weight gradients still need stays alive), weight gradients later. Not for the first
+            # stage (no input gradient), nor under tp > 1 (autograd.grad cannot stop at DTensor
+            # leaves) or checkpointing (recomputation inside autograd.grad): there the whole
+            # forward counts as held until the weight-gradient half (an upper bound).
+            if not (first or tp > 1 or checkpointed):
+                _, groups = stage_backward_input([root], grads, [inputs], model.parameters())
+                after_input_grad = _activation_bytes(tracker.get_tracker_snapshot("current"))
+                stage_backward_weight(model.parameters(), groups)
+            else:
+                torch.autograd.backward([root], grads)
             peak = _activation_bytes(tracker.get_tracker_snapshot("peak"))
-    return kept, peak
+    return kept, peak, after_input_grad
 
 
 @dataclass(frozen=True)
 class StageActivations:
     kept: int  # bytes one micro-batch keeps from its forward until its backward
     transient: int  # extra bytes at the peak of one micro-batch's forward + backward
+    # bytes it still holds between a zero-bubble schedule's input-gradient and weight-gradient
+    # halves (the linear layers' inputs and output gradients the weight gradients need)
+    after_input_grad: int = 0
 
 
 class ActivationModel:
@@ -374,51 +470,54 @@ class ActivationModel:
         self.cfg, self.tp, self.seq, self.dtype = cfg, tp, seq, dtype
         self.reps = representative_layers(cfg)
         self.kinds = layer_kinds(cfg)
-        self._layer: dict[tuple[str, bool], tuple[int, int]] = {}
-        self._base: dict[tuple[bool, bool], tuple[int, int]] = {}
+        self._layer: dict[tuple[str, bool], tuple] = {}
+        self._base: dict[tuple[bool, bool], tuple] = {}
 
     def _probe(self, ids, first, last, ckpt):
         return probe(self.cfg, tuple(ids), first, last, self.tp, 1, self.seq, ckpt, self.dtype)
 
-    def layer(self, kind: str, ckpt: bool) -> tuple[int, int]:
-        """(kept, peak) of one layer of `kind`, from probes with one and two such layers."""
+    def layer(self, kind: str, ckpt: bool) -> tuple[int, int, int]:
+        """(kept, peak, held after the input gradient) of one layer of `kind`: the difference
+        between probes with two and one such layers (the peak of the one-layer probe)."""
         key = (kind, ckpt)
         if key not in self._layer:
             ids = [i for i, k in enumerate(self.kinds) if k == kind]
             one = self._probe(ids[:1], False, False, ckpt)
             if len(ids) > 1:
                 two = self._probe(ids[:2], False, False, ckpt)
-                kept = two[0] - one[0]
+                self._layer[key] = (two[0] - one[0], one[1], two[2] - one[2])
             else:
-                kept = one[0]
-            self._layer[key] = (kept, one[1])
+                self._layer[key] = tuple(one)
         return self._layer[key]
 
-    def base(self, first: bool, last: bool) -> tuple[int, int]:
-        """(kept, peak) of a stage's embeddings / norm + output + loss without its layers."""
+    def base(self, first: bool, last: bool) -> tuple[int, int, int]:
+        """(kept, peak, held after the input gradient) of a stage's embeddings / norm + output
+        + loss without its layers."""
         key = (first, last)
         if key not in self._base:
             if not (first or last):
-                self._base[key] = (0, 0)
+                self._base[key] = (0, 0, 0)
             else:
                 kind, lid = next(iter(self.reps.items()))
-                kept, peak = self._probe([lid], first, last, False)
-                self._base[key] = (kept - self.layer(kind, False)[0], peak)
+                kept, peak, after = self._probe([lid], first, last, False)
+                lk, _, la = self.layer(kind, False)
+                self._base[key] = (kept - lk, peak, after - la)
         return self._base[key]
 
     def stage(self, layout: Layout, stage: int) -> StageActivations:
         first, last = stage == 0, stage == layout.n_stages - 1
-        kept, peak = self.base(first, last)
+        kept, peak, after = self.base(first, last)
         transient = peak - kept if (first or last) else 0
         for lid in layout.stage_layers[stage]:
             ckpt = layout.activation_checkpointing == "full" or (
                 layout.activation_checkpointing == "selective" and lid % layout.ac_every_n == 0
             )
-            k, p = self.layer(self.kinds[lid], ckpt)
+            k, p, a = self.layer(self.kinds[lid], ckpt)
             kept += k
+            after += a
             transient = max(transient, p - k)
         mbs = layout.micro_batch_size
-        return StageActivations(kept * mbs, max(transient, 0) * mbs)
+        return StageActivations(kept * mbs, max(transient, 0) * mbs, max(after, 0) * mbs)
 
 
 def in_flight_peak(layout: Layout, pp_rank: int, acts: dict[int, StageActivations]) -> int:
@@ -429,16 +528,20 @@ def in_flight_peak(layout: Layout, pp_rank: int, acts: dict[int, StageActivation
         a = acts[0]
         return a.kept + a.transient  # gradient accumulation: one micro-batch at a time
     order = layout.schedule.action_order(layout.pp, layout.virtual_stages, layout.n_microbatches)
-    live: dict[int, int] = {s: 0 for s in layout.stages_of_rank(pp_rank)}
-    split = {a.stage for a in order[pp_rank] if a.kind == "W"}
+    live = dict.fromkeys(layout.stages_of_rank(pp_rank), 0)  # forward done, no backward yet
+    halfway = dict.fromkeys(live, 0)  # input gradient done, weight gradient not yet
     peak = 0
     for a in order[pp_rank]:
         if a.kind == "F":
             live[a.stage] += 1
-        held = sum(n * acts[s].kept for s, n in live.items())
+        held = sum(live[s] * acts[s].kept + halfway[s] * acts[s].after_input_grad for s in live)
         peak = max(peak, held + acts[a.stage].transient)
-        if a.kind == "W" or (a.kind == "B" and a.stage not in split):
+        if a.kind in ("B", "I"):
             live[a.stage] -= 1
+        if a.kind == "I":
+            halfway[a.stage] += 1
+        if a.kind == "W":
+            halfway[a.stage] -= 1
     return peak
 
 

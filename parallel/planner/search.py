@@ -20,10 +20,9 @@ import itertools
 from dataclasses import dataclass, field
 
 from model_zoo.config import ConfigError, ModelConfig
-from model_zoo.counting import count_parameters, training_flops_per_token
 from parallel.config import ParallelConfig
 from parallel.layout import Layout, check_layout
-from parallel.planner.cost import StepTime, step_time
+from parallel.planner.cost import StepTime, model_counts, step_time
 from parallel.planner.hardware import GPUSpec
 from parallel.planner.memory import (
     ActivationModel,
@@ -194,11 +193,7 @@ def evaluate(
     t = step_time(cfg, layout, gpu, gpus_per_node, efficiency)
     tokens = layout.global_batch_size * layout.seq_len
     tps = tokens / t.total / layout.world_size
-    mfu = (
-        tps
-        * training_flops_per_token(cfg, layout.seq_len, count_parameters(cfg))
-        / (gpu.bf16_tflops * 1e12)
-    )
+    mfu = tps * model_counts(cfg, layout.seq_len)[1] / (gpu.bf16_tflops * 1e12)
     return PlannedLayout(
         pcfg,
         layout,

@@ -1,0 +1,127 @@
+"""Bytes each rank's collectives move in one `engine.forward_backward`, by kind.
+
+The volume of a collective is the full buffer it moves (all-gather: its output, reduce-scatter:
+its input, all-reduce: its tensor, all-to-all: its input, send / receive: the tensor), the same
+definition `validate.CollectiveCounter` measures with. Per micro-batch of m sequences of length
+s, A = m x s x d_model x (compute bytes) is one activation:
+
+  tp    per layer, forward: 2 all-gathers (attention / MLP inputs back to the full sequence) and
+        2 reduce-scatters (their outputs back to sequence shards), backward the same: 8A. Embedding (vocab-
+        parallel, reduce-scatter to the sequence) and output layer (all-gather of its input): 2A
+        each. Recomputed layers run the forward's collectives again up to the last tensor backward
+        needs (torch's checkpoint stops early: the final reduce-scatter is skipped): +3A. Replicated KV heads add the all-reduce of the k and v gradients.
+  pp    per micro-batch, each stage boundary that crosses to another rank: the activation
+        (A / tp) forward and its gradient backward, counted on the sending and receiving rank.
+  fsdp  per block (each layer, and the stage root: embeddings, final norm, output) the all-gather
+        of its tp-local parameters in the compute dtype, padded by FSDP2 to equal shards, and the
+        reduce-scatter of the gradients in fp32. Without a pipeline blocks are re-sharded after
+        forward, so each micro-batch gathers twice and reduce-scatters once; under a pipeline the
+        schedule gathers once and reduce-scatters once per step (no re-shard, no sync between
+        micro-batches). HSDP all-reduces the fp32 gradient shards over dp_replicate as often.
+        Routed experts under ep > 1 are their own FSDP unit over dp_shard.
+  ep    per MoE layer and micro-batch: the per-expert counts (int64) and the routed tokens
+        (m x s x top_k rows) there and back, forward and backward; balanced routing is assumed
+        for what a rank receives.
+  other the engine's token-count and loss all-reduces (8 bytes each).
+"""
+
+from __future__ import annotations
+
+import math
+
+from model_zoo.config import ModelConfig
+from parallel.layout import Layout
+from parallel.planner.memory import (
+    COMPUTE_BYTES,
+    F32,
+    FSDP_AXES,
+    axis_sizes,
+    layer_kinds,
+    param_rules,
+    rank_coords,
+    stage_param_names,
+)
+
+
+def _padded_unsharded(rule, sizes: dict[str, int]) -> int:
+    """The all-gather output FSDP2 allocates for one parameter: dim 0 padded to a multiple of
+    the shard count, of the tp/ep-local tensor."""
+    tp_local = rule.tp_local_numel(sizes)
+    fsdp = [(a, d) for a, d in rule.splits if a in FSDP_AXES]
+    if not fsdp:
+        return 0
+    n = math.prod(sizes[a] for a, _ in fsdp)
+    local_shape = list(rule.shape)
+    for axis, dim in rule.splits:
+        if axis in FSDP_AXES:
+            continue
+        local_shape[dim] = math.ceil(local_shape[dim] / sizes[axis])
+    dim0 = local_shape[0]
+    rest = tp_local // dim0 if dim0 else 0
+    return math.ceil(dim0 / n) * n * rest
+
+
+def _ckpt(layout: Layout, lid: int) -> bool:
+    mode = layout.activation_checkpointing
+    return mode == "full" or (mode == "selective" and lid % layout.ac_every_n == 0)
+
+
+def collective_bytes(cfg: ModelConfig, layout: Layout, rank: int) -> dict[str, int]:
+    sizes, coords = axis_sizes(layout), rank_coords(layout, rank)
+    cbytes = COMPUTE_BYTES[layout.precision]
+    n_mb, tp = layout.n_microbatches, layout.tp
+    act = layout.micro_batch_size * layout.seq_len * cfg.d_model * cbytes
+    stages = layout.stages_of_rank(coords["pp"])
+    kinds = layer_kinds(cfg)
+    out = {"tp": 0, "pp": 0, "fsdp": 0, "dp_replicate": 0, "ep": 0, "other": 16}
+    # ---- tensor parallel --------------------------------------------------------------------
+    if tp > 1:
+        for sid in stages:
+            per_mb = 0
+            for lid in layout.stage_layers[sid]:
+                # recomputation stops at the last tensor backward needs: the block's final
+                # reduce-scatter is not run again (torch's non-reentrant checkpoint)
+                per_mb += 8 * act + (3 * act if _ckpt(layout, lid) else 0)
+                if not cfg.mla.enabled and cfg.kv_heads % tp:
+                    kv = layout.micro_batch_size * layout.seq_len * cfg.kv_heads * cfg.dim_per_head
+                    per_mb += 2 * kv * cbytes
+            if sid == 0:
+                per_mb += 2 * act
+            if sid == layout.n_stages - 1:
+                per_mb += 2 * act
+            out["tp"] += per_mb * n_mb
+    # ---- pipeline ---------------------------------------------------------------------------
+    if layout.pp > 1:
+        owner = {s: r for r in range(layout.pp) for s in layout.stages_of_rank(r)}
+        for sid in stages:
+            for nb in (sid - 1, sid + 1):
+                if 0 <= nb < layout.n_stages and owner[nb] != coords["pp"]:
+                    out["pp"] += 2 * (act // tp) * n_mb
+    # ---- FSDP / HSDP ------------------------------------------------------------------------
+    fsdp = layout.dp > 1 or layout.precision != "fp32"
+    if fsdp:
+        rules = param_rules(cfg, layout)
+        gathers, syncs = (2 * n_mb, n_mb) if layout.pp == 1 else (1, 1)
+        for sid in stages:
+            for _, rep in stage_param_names(cfg, layout, sid, rules):
+                rule = rules[rep]
+                full = _padded_unsharded(rule, sizes)
+                n = math.prod(sizes[a] for a, _ in rule.splits if a in FSDP_AXES)
+                if full == 0 or n == 1:
+                    continue  # a one-rank FSDP group moves nothing
+                out["fsdp"] += gathers * full * cbytes + syncs * full * F32
+                if layout.dp_replicate > 1:  # the padded fp32 shard, all-reduced
+                    out["dp_replicate"] += syncs * (full // n) * F32
+    # ---- expert parallel --------------------------------------------------------------------
+    if layout.ep > 1:
+        tokens = layout.micro_batch_size * layout.seq_len * cfg.moe.top_k
+        routed = tokens * cfg.d_model * cbytes
+        for sid in stages:
+            n_moe = sum(kinds[lid] == "moe" for lid in layout.stage_layers[sid])
+            ckpt_moe = sum(
+                kinds[lid] == "moe" and _ckpt(layout, lid) for lid in layout.stage_layers[sid]
+            )
+            counts = 8 * cfg.moe.n_experts
+            # forward: counts + tokens out + results back; backward: the two reversed
+            out["ep"] += n_mb * (n_moe * (counts + 4 * routed) + ckpt_moe * (counts + 2 * routed))
+    return out
