@@ -349,3 +349,64 @@ def test_qwen3_tp2_and_pp2(tmp_path):
     ]
     for r in launch(2, spec("qwen3-tiny", runs, overrides=untied), tmp_path):
         check_parity(r, ref)
+
+
+def test_flex_attention_tp2_pp2(tmp_path, monkeypatch):
+    """FlexAttention block masks from document ids with a sliding window of 8 under TP2 (each
+    rank holds half the heads) and PP2 (each stage builds its own mask) give the single-process
+    dense-mask result, forward only: torch 2.13's FlexAttention has no backward on CPU. And the
+    sliding window trains under TP2 and PP2 (1F1B) as in one process (the dense mask, the CPU
+    kernel). One launch of 2 ranks (tests/parallel/attention_worker.py)."""
+    import torch
+    import torch.nn.functional as F
+
+    from model_zoo.model import build_model
+    from tests.parallel import parallel_harness
+    from tests.parallel.parallel_harness import packed_ids, text_batches
+
+    monkeypatch.setattr(parallel_harness, "WORKER", "tests.parallel.attention_worker")
+    flex, window = {"attention_kernel": "flex"}, {"sliding_window": 8}
+    runs = [
+        {
+            "name": "TP2 flex window",
+            "parallel": {"tp": 2},
+            "mode": "forward",
+            "model_overrides": {**flex, **window},
+        },
+        {
+            "name": "PP2 flex window",
+            "parallel": {"pp": 2},
+            "mode": "forward",
+            "model_overrides": {**flex, **window},
+        },
+        {
+            "name": "TP2 window",
+            "parallel": {"tp": 2},
+            "mode": "train",
+            "steps": 3,
+            "model_overrides": window,
+        },
+        {
+            "name": "PP2 window",
+            "parallel": {"pp": 2},
+            "mode": "train",
+            "steps": 3,
+            "model_overrides": window,
+        },
+    ]
+    results = launch(
+        2, spec("llama3-tiny", runs, overrides={"n_layers": 4}, seed=PACKED_SEED), tmp_path
+    )
+    batch = text_batches(1, GBS, SEQ)[0]
+    doc, pos = packed_ids(batch[:, :-1])
+    model = build_model(dataclasses.replace(dense_cfg(), **window), seed=PACKED_SEED)
+    for r in results[:2]:
+        with torch.no_grad():
+            logits = model(batch[:, :-1], position_ids=pos, document_ids=doc)
+        ref = float(F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), reduction="sum"))
+        print(f"{r['name']:<20} forward CE sum relative difference {rel(r['sum'], ref):.1e}")
+        assert rel(r["sum"], ref) < TOL, (r["name"], r["sum"], ref)
+    cfg = dataclasses.replace(dense_cfg(), **window)
+    ref = stable_reference_run(cfg, 3, GBS, SEQ, packed=True, seed=PACKED_SEED)
+    for r in results[2:]:
+        check_parity(r, ref, steps=3)
