@@ -7,9 +7,18 @@ halved for causality: 3 (forward + backward) x 2 x seq x (qk_dim + v_dim) per he
 """
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
+
+from benchmarks import acceptance_summary, gpu_checks
 from benchmarks.train_throughput import flops_accounting, main
 from model_zoo.zoo import get_model_config
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_llama_3_1_8b_at_seq_8192():
@@ -79,3 +88,41 @@ def test_benchmark_runs_on_cpu(tmp_path, capsys):
     assert result["mfu"] is None  # no datasheet peak for a CPU: not made up
     assert result["mfu_vs_gemm"] == result["tflops_per_device"] / result["gemm_bf16_tflops"]
     assert "tok/s/device" in capsys.readouterr().out
+
+
+def test_acceptance_script_without_cuda_and_its_summary(tmp_path):
+    """gpu_acceptance.sh cannot run here: it says so and exits 2 before running anything. Its
+    plain-Python parts run: gpu_checks' argument parsing and CUDA refusal, and the summary
+    writer on real throughput results (this CPU's, of the tiny model) with the other checks
+    missing, which it reports as not run rather than guessing."""
+    script = ROOT / "benchmarks" / "gpu_acceptance.sh"
+    done = subprocess.run(
+        ["bash", str(script), str(tmp_path / "acc")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    assert done.returncode == 2 and "needs a CUDA GPU" in done.stderr
+    assert not (tmp_path / "acc").exists()
+    assert gpu_checks.parse_args(["fp8-loss"]).steps == 50
+    assert gpu_checks.parse_args(["parity"]).steps == 10
+    with pytest.raises(SystemExit) as err:
+        gpu_checks.main(["parity"])
+    assert err.value.code == 2
+    out = tmp_path / "out"
+    out.mkdir()
+    main(
+        ["--model", "llama3-tiny", "--seq-len", "64", "--warmup", "1", "--steps", "2"]
+        + ["--precision", "bf16", "--gemm-size", "256", "--json", str(out / "throughput_bf16.json")]
+    )
+    acceptance_summary.main([str(out)])
+    summary = json.loads((out / "summary.json").read_text())
+    bf16 = summary["throughput"]["bf16"]
+    assert bf16 == json.loads((out / "throughput_bf16.json").read_text())
+    assert summary["throughput"]["fp8"] is None and summary["fp8_speedup"] is None
+    assert summary["goals"]["parity on CUDA"] is None  # not run, not guessed
+    assert summary["goals"]["bf16 MFU above 55%"] is None  # no datasheet peak for a CPU
+    table = (out / "summary.md").read_text()
+    assert f"| {bf16['tokens_per_s_per_device']:,.0f} |" in table
+    assert "FP8 / bf16 tokens/s: not run" in table
+    assert "| parity on CUDA | not run |" in table

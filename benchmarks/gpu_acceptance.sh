@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The GPU path in one command, on one H100/H200, in under 8 minutes:
+#   1. the parity tests' single-device cases on CUDA/NCCL against the CPU reference
+#      (dense Llama, packed documents through FlexAttention, DeepSeek-V3 MoE + MLA);
+#   2. 50 steps of a small model in bf16 and in FP8 (tensorwise, rowwise): FP8's last loss
+#      within 1% of bf16's;
+#   3. throughput of OLMo2-1B at seq 4096, bf16 and FP8 (tensorwise, torchtitan's auto-filter),
+#      torch.compile on: tokens/s, TFLOP/s, MFU against the datasheet peak and a bf16 GEMM;
+#   4. OUT/summary.json and OUT/summary.md (the table for docs/benchmarks.md).
+#
+#   benchmarks/gpu_acceptance.sh [OUT_DIR]     (default: acceptance-<date>; PYTHON=... to choose)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=.venv/bin/python
+else PY=python; fi
+OUT=${1:-acceptance-$(date -u +%Y%m%d-%H%M%S)}
+
+# one interpreter start: 3 = no torch there, 1 = torch without a CUDA device
+"$PY" -c "
+import sys
+try:
+    import torch
+except ImportError:
+    sys.exit(3)
+sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null
+case $? in
+    0) ;;
+    3) echo "gpu_acceptance.sh: $PY cannot import torch; set PYTHON to the project's" \
+            "interpreter" >&2
+       exit 2 ;;
+    *) echo "gpu_acceptance.sh: needs a CUDA GPU (one H100/H200); torch.cuda.is_available()" \
+            "is False here, so nothing was run" >&2
+       exit 2 ;;
+esac
+mkdir -p "$OUT"
+start=$SECONDS
+failed=0
+step() {  # name, command...: run it, keep its log, remember a failure and go on
+    local name=$1
+    shift
+    echo "== $name ($((SECONDS - start)) s)"
+    "$@" 2>&1 | tee "$OUT/$name.log" || failed=1
+}
+step parity "$PY" benchmarks/gpu_checks.py parity --json "$OUT/parity.json"
+step fp8_loss "$PY" benchmarks/gpu_checks.py fp8-loss --steps 50 --json "$OUT/fp8_loss.json"
+for precision in bf16 fp8_tensorwise; do
+    step "throughput_$precision" "$PY" benchmarks/train_throughput.py --model olmo2-1b \
+        --seq-len 4096 --micro-batch 2 --precision "$precision" --fp8-filter auto --compile \
+        --warmup 5 --steps 15 --json "$OUT/throughput_$precision.json"
+done
+"$PY" benchmarks/acceptance_summary.py "$OUT"
+echo "gpu_acceptance.sh: $((SECONDS - start)) s; results in $OUT"
+exit $failed
