@@ -22,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on cluster nodes
 
 import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from model_zoo.config import ConfigError  # noqa: E402
@@ -211,6 +212,19 @@ def x_of(ckpt_or_row, x: str = "tokens") -> float:
     value = get("tokens") if x == "tokens" else None
     value = get("step") if value is None else value
     return max(float(value), 1.0)
+
+
+def resolve_device(name: str) -> str:
+    """auto: the GPU of this process (LOCAL_RANK under torchrun) when there is one, else cpu."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda: no GPU visible here; use --device cpu")
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
+    if name != "cpu":
+        raise ConfigError(f"--device {name!r} is not auto, cpu or cuda")
+    return name
 
 
 def out_dir_for(run_or_root: str | Path, command: str, out: str | None) -> Path:

@@ -39,6 +39,7 @@ from pretrain.analysis.common import (
     load_run,
     out_dir_for,
     progress,
+    resolve_device,
     save_figure,
     write_table,
     x_of,
@@ -86,11 +87,12 @@ def loss_by_position(model, windows: torch.Tensor, micro_batch: int) -> torch.Te
     """Sum over windows of the token cross-entropy at each position (seq_len,), float64; its
     total equals `loss_on_windows`' sum (checked in the tests)."""
     total = torch.zeros(windows.shape[1] - 1, dtype=torch.float64)
+    device = next(model.parameters()).device
     for start in range(0, windows.shape[0], micro_batch):
-        chunk = windows[start : start + micro_batch]
+        chunk = windows[start : start + micro_batch].to(device)
         logits = model(chunk[:, :-1]).float()
         ce = F.cross_entropy(logits.transpose(1, 2), chunk[:, 1:], reduction="none")
-        total += ce.sum(0).double()
+        total += ce.sum(0).double().cpu()
     return total
 
 
@@ -157,8 +159,10 @@ def run_eval(args: argparse.Namespace) -> tuple[list[dict], list[str], int, Path
         dist.barrier()  # every rank listed the same finished steps before rank 0 adds any
     evalset = build_evalset(args, ckpts)
     rank0 = not dist.is_initialized() or dist.get_rank() == 0
+    device = resolve_device(args.device)
     for c in progress(todo, len(todo), "eval"):
-        rec = evaluate_checkpoint(load_model(c), evalset, args.micro_batch, args.per_position)
+        model = load_model(c, device)
+        rec = evaluate_checkpoint(model, evalset, args.micro_batch, args.per_position)
         if rank0:
             results.write(c.step, {"tokens": c.tokens, **rec})
     return results.rows(), evalset.names, (len(todo), len(share) - len(todo)), out
@@ -214,4 +218,5 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--out", help="output folder (default RUN/analysis/eval)")
     p.add_argument("--verify", default="size", choices=["size", "checksum"])
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda")
     p.set_defaults(func=main)

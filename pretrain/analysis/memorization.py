@@ -32,6 +32,7 @@ from pretrain.analysis.common import (
     out_dir_for,
     progress,
     read_order_log,
+    resolve_device,
     save_figure,
     write_table,
 )
@@ -140,10 +141,11 @@ def main(args: argparse.Namespace) -> int:
             "give a new --out or delete it"
         )
     saved.write_text(json.dumps(drawn))
-    tokens = torch.from_numpy(seqs["tokens"])
+    device = resolve_device(args.device)
+    tokens = torch.from_numpy(seqs["tokens"]).to(device)
     todo = [c for c in ckpts if not results.done(c.step)]
     for c in progress(todo, len(todo), "memorization"):
-        match = greedy_match(load_model(c), tokens, args.prompt)
+        match = greedy_match(load_model(c, device), tokens, args.prompt).cpu()
         memorized = match.all(dim=1).tolist()
         score = match.float().mean(dim=1).tolist()
         row = summarize(c.step, c.tokens, memorized, score, seqs["trained_step"])
@@ -172,4 +174,5 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output folder (default RUN/analysis/memorization)")
     p.add_argument("--verify", default="size", choices=["size", "checksum"])
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda")
     p.set_defaults(func=main)
