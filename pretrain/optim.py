@@ -45,6 +45,20 @@ def decay_split(part: nn.Module, no_decay: list[str]) -> tuple[list, list, list[
     return decay, nodecay, names
 
 
+def foreach_compatible(params: list) -> list[list]:
+    """Split parameters into lists that one multi-tensor (foreach/fused) kernel can update.
+
+    Under TP a model part mixes DTensors with plain tensors (MLA's low-rank projections, KV heads
+    replicated when tp > n_kv_heads) and DTensors on different meshes (experts on ep x tp); torch's
+    foreach ops refuse such a mix ("got mixed torch.Tensor and DTensor"). AdamW's update is
+    elementwise, so splitting a group changes no number."""
+    kinds: dict[tuple, list] = {}
+    for p in params:
+        mesh = getattr(p, "device_mesh", None)
+        kinds.setdefault((mesh is not None, id(mesh)), []).append(p)
+    return list(kinds.values())
+
+
 def build_optimizers(
     model_parts: list[nn.Module], ocfg, device: torch.device
 ) -> list[torch.optim.Optimizer]:
@@ -53,12 +67,9 @@ def build_optimizers(
     for part in model_parts:
         decay, nodecay, _ = decay_split(part, ocfg.no_decay)
         groups = [
-            g
-            for g in (
-                {"params": decay, "weight_decay": ocfg.weight_decay},
-                {"params": nodecay, "weight_decay": 0.0},
-            )
-            if g["params"]
+            {"params": same_kind, "weight_decay": wd}
+            for params, wd in ((decay, ocfg.weight_decay), (nodecay, 0.0))
+            for same_kind in foreach_compatible(params)
         ]
         kwargs = dict(lr=ocfg.lr, betas=(ocfg.beta1, ocfg.beta2), eps=ocfg.eps)
         # fused=True is torch's single-kernel AdamW (CUDA); foreach is the fast path elsewhere.
