@@ -17,7 +17,7 @@ product below) and as one more argument to ActivationModel (seq / cp per rank).
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from model_zoo.config import ConfigError, ModelConfig
 from parallel.config import ParallelConfig
@@ -25,6 +25,7 @@ from parallel.layout import Layout, check_layout
 from parallel.planner.cost import StepTime, model_counts, step_time
 from parallel.planner.hardware import GPUSpec
 from parallel.planner.memory import (
+    COMPUTE_BYTES,
     ActivationModel,
     compute_dtype,
     in_flight_peak,
@@ -153,6 +154,31 @@ def candidates(
                             continue
 
 
+_STATIC: dict[tuple, object] = {}
+
+
+def _static(cfg: ModelConfig, layout: Layout, rank: int):
+    """static_memory, shared by layouts that differ only in micro-batch size and checkpointing
+    (which change activations, not shards)."""
+    key = (
+        repr(cfg),
+        layout.world_size,
+        layout.tp,
+        layout.pp,
+        layout.dp_shard,
+        layout.dp_replicate,
+        layout.ep,
+        layout.pp_schedule if layout.pp > 1 else "",
+        layout.virtual_stages,
+        layout.precision == "fp32",
+        COMPUTE_BYTES[layout.precision],
+        rank,
+    )
+    if key not in _STATIC:
+        _STATIC[key] = static_memory(cfg, layout, rank)
+    return _STATIC[key]
+
+
 def evaluate(
     cfg: ModelConfig,
     pcfg: ParallelConfig,
@@ -173,7 +199,7 @@ def evaluate(
     )
     per_rank = []
     for rank in ranks:
-        st = static_memory(cfg, layout, rank)
+        st = _static(cfg, layout, rank)
         pp_rank = rank // (layout.world_size // layout.pp)
         act = in_flight_peak(layout, pp_rank, stage_acts)
         tensors = st.params + st.grads + st.optimizer + st.comm_buffers + act
@@ -233,10 +259,31 @@ def plan(
         )
     models: dict[tuple, ActivationModel] = {}
     out = []
+    fp8_twin: dict[tuple, PlannedLayout] = {}
     for pcfg, layout in progress(cands) if progress else cands:
+        if layout.precision.startswith("fp8"):
+            # the two FP8 recipes shard, store and move the same bytes and the cost model gives
+            # them the same speed: evaluate one, copy it for the other
+            twin_key = (
+                pcfg.tp,
+                pcfg.pp,
+                pcfg.ep,
+                pcfg.dp_replicate,
+                pcfg.dp_shard,
+                pcfg.pp_schedule,
+                layout.micro_batch_size,
+                pcfg.activation_checkpointing,
+            )
+            twin = fp8_twin.get(twin_key)
+            if twin is not None:
+                out.append(replace(twin, pcfg=pcfg, layout=layout))
+                continue
         key = (layout.tp, compute_dtype(layout.precision))
         if key not in models:
             models[key] = ActivationModel(cfg, layout.tp, seq, key[1])
-        out.append(evaluate(cfg, pcfg, layout, gpu, gpus_per_node, efficiency, models[key]))
+        planned = evaluate(cfg, pcfg, layout, gpu, gpus_per_node, efficiency, models[key])
+        if layout.precision.startswith("fp8"):
+            fp8_twin[twin_key] = planned
+        out.append(planned)
     out.sort(key=lambda p: (not p.fits, -p.tokens_per_s_per_gpu if p.fits else p.total))
     return out
