@@ -79,6 +79,8 @@ def main(argv: list[str]) -> int:
     args = _args(argv)
     run = compose_config(args.overrides)
     gpu = get_gpu(args.gpu, args.gpu_set)
+    if args.validate:
+        _check_validation(args, run)
     bar = lambda items: tqdm(items, desc="layouts", unit="layout", file=sys.stderr)  # noqa: E731
     ranked = plan(
         run.model,
@@ -133,8 +135,8 @@ MAX_VALIDATION_RANKS = 8
 MAX_VALIDATION_PARAMS = 50_000_000
 
 
-def _validate(args, run, layouts: list[PlannedLayout]) -> int:
-    """One real step of each layout on this machine; a table of estimate vs measurement."""
+def _check_validation(args, run) -> None:
+    """--validate runs every rank here: refuse, before planning, what this machine cannot run."""
     world = args.nodes * args.gpus_per_node
     n_params = count_parameters(run.model).total
     if world > MAX_VALIDATION_RANKS or n_params > MAX_VALIDATION_PARAMS:
@@ -144,7 +146,13 @@ def _validate(args, run, layouts: list[PlannedLayout]) -> int:
             f"{n_params / 1e6:.0f}M parameters); use e.g. model=llama3-tiny --nodes 1 "
             "--gpus-per-node 4"
         )
-    runs = [
+
+
+def _validate(args, run, layouts: list[PlannedLayout]) -> int:
+    """One real step of each layout on this machine; a table of estimate vs measurement."""
+    world = args.nodes * args.gpus_per_node
+    runs = []
+    for spec in (
         dict(
             model=run.model.name,
             n_layers=run.model.n_layers,
@@ -154,7 +162,9 @@ def _validate(args, run, layouts: list[PlannedLayout]) -> int:
             parallel=_validation_parallel(p),
         )
         for p in layouts
-    ]
+    ):
+        if spec not in runs:  # FP8 twins run as the same bf16 layout: once
+            runs.append(spec)
     with tempfile.TemporaryDirectory(prefix="plan-validate-") as tmp:
         results = launch_validation(world, runs, Path(tmp))
     all_ok = True
@@ -184,7 +194,8 @@ def _validation_parallel(p: PlannedLayout) -> dict:
         ep=lay.ep,
         pp_schedule=lay.pp_schedule,
         activation_checkpointing=lay.activation_checkpointing,
-        ac_every_n=lay.ac_every_n,
         precision="bf16" if lay.precision.startswith("fp8") else lay.precision,
     )
+    if lay.activation_checkpointing == "selective":
+        out["ac_every_n"] = lay.ac_every_n
     return out

@@ -122,6 +122,13 @@ def test_cli_rejects_an_unknown_gpu(capsys):
     assert "--gpu 'X100' is not one of H100" in capsys.readouterr().err
 
 
+def test_cli_validate_refuses_what_this_machine_cannot_run(capsys):
+    argv = ["plan", "model=llama3.1-8b", "--nodes", "2", "--gpus-per-node", "8", "--gpu", "H100"]
+    assert cli_main([*argv, "--validate"]) == 2
+    err = capsys.readouterr().err
+    assert "--validate runs every rank on this machine" in err and "got 16" in err
+
+
 # ---- estimate vs one real step (gloo processes) ---------------------------------------------
 BASE = dict(model="llama3-tiny", n_layers=4, global_batch_size=8, micro_batch_size=1, seq_len=32)
 # The issue asks for 15% on activations. Measured (docs/parallel.md, "Validation"): within 15%
