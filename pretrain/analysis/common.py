@@ -188,12 +188,10 @@ def write_table(rows: list[dict[str, Any]], csv_path: Path, jsonl_path: Path | N
         os.replace(tmp, jsonl_path)
 
 
-def progress(items: Iterable, total: int, desc: str) -> Iterator:
+def progress(items: Iterable, total: int, desc: str, unit: str = "ckpt") -> Iterator:
     """A tqdm bar (count, rate, ETA) on stderr; silent on ranks other than 0."""
     rank = int(os.environ.get("RANK", "0"))
-    return iter(
-        tqdm(items, total=total, desc=desc, unit="ckpt", file=sys.stderr, disable=rank != 0)
-    )
+    return iter(tqdm(items, total=total, desc=desc, unit=unit, file=sys.stderr, disable=rank != 0))
 
 
 def save_figure(fig, path: Path) -> Path:

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import NullFormatter
 
 from model_zoo.config import ConfigError
 from model_zoo.counting import training_flops_per_token
@@ -28,14 +29,25 @@ PANELS = (
 )
 
 
-def run_points(run_dir: Path) -> list[dict]:
+def run_labels(runs: list[str]) -> list[str]:
+    """Each run's folder name; parent/name where two runs share a name."""
+    names = [Path(r).name for r in runs]
+    if len(set(names)) == len(names):
+        return names
+    names = [f"{Path(r).resolve().parent.name}/{Path(r).name}" for r in runs]
+    if len(set(names)) != len(names):
+        raise ConfigError("two of the runs have the same folder and parent names; rename one")
+    return names
+
+
+def run_points(run_dir: Path, label: str | None = None) -> list[dict]:
     """(run, step, tokens, flops, metric, value) of one run's metrics.jsonl."""
     run = load_run(run_dir)
     per_token = training_flops_per_token(run.model, run.trainer.seq_len)
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: {run_dir} logged no metrics")
-    label = run_dir.name
+    label = label or run_dir.name
     out = []
     for line in path.read_text().splitlines():
         if not line.strip():
@@ -76,8 +88,9 @@ def plot(points: list[dict], x: str, path: Path) -> Path:
         ax.set_title(title)
         ax.set_xscale("log" if x != "step" else "linear")
         ax.set_xlabel({"step": "step", "tokens": "tokens seen", "flops": "training FLOPs"}[x])
-        if metric in ("loss", "eval", "grad_norm"):
+        if metric == "grad_norm":
             ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a log axis overlap
         if ax.lines:
             ax.legend(fontsize=7)
     return save_figure(fig, path)
@@ -85,17 +98,16 @@ def plot(points: list[dict], x: str, path: Path) -> Path:
 
 def main(args: argparse.Namespace) -> int:
     x = {"steps": "step", "tokens": "tokens", "flops": "flops"}[args.x]
-    points = [p for r in args.runs for p in run_points(Path(r))]
-    if len({Path(r).name for r in args.runs}) != len(args.runs):
-        raise ConfigError("run folders with the same name cannot be told apart; rename one")
+    labels = run_labels(args.runs)
+    points = [p for r, label in zip(args.runs, labels) for p in run_points(Path(r), label)]
     out = Path(args.out)
     write_table(points, out / "compare.csv")
     png = plot(points, x, out / "compare.png")
     finals = []
-    for r in args.runs:
-        losses = [p for p in points if p["run"] == Path(r).name and p["metric"] == "loss"]
+    for label in labels:
+        losses = [p for p in points if p["run"] == label and p["metric"] == "loss"]
         if losses:
-            finals.append(f"{Path(r).name} {losses[-1]['value']:.4f} at step {losses[-1]['step']}")
+            finals.append(f"{label} {losses[-1]['value']:.4f} at step {losses[-1]['step']}")
     print(f"compare {len(args.runs)} runs (x: {args.x}); last training loss: {'; '.join(finals)}")
     print(f"table {out / 'compare.csv'}, plot {png}")
     return 0

@@ -126,7 +126,7 @@ def bootstrap(n, d, loss, resamples: int, fit: Fit, seed: int = 0) -> dict[str, 
     starts from the full fit: a resample's minimum lies near it)."""
     rng = np.random.default_rng(seed)
     fits = []
-    for _ in progress(range(resamples), resamples, "bootstrap"):
+    for _ in progress(range(resamples), resamples, "bootstrap", unit="fit"):
         idx = rng.integers(0, len(n), len(n))
         fits.append(asdict(fit_points(n[idx], d[idx], loss[idx], 0, extra_start=_theta(fit))))
     out = {}
