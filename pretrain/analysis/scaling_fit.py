@@ -26,6 +26,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import logsumexp
+from threadpoolctl import threadpool_limits
 
 from model_zoo.config import ConfigError
 from model_zoo.counting import count_parameters
@@ -80,7 +81,10 @@ def _lbfgs(theta0, args):
     # scipy's stopping rule is relative to max(|f|, 1): with f ~ 1e-4 (Huber at delta 1e-3) the
     # default stops far from the minimum, so it is made strict here
     opts = {"ftol": 1e-15, "gtol": 1e-10, "maxiter": 1000}
-    res = minimize(_objective, theta0, args=args, jac=True, method="L-BFGS-B", options=opts)
+    # L-BFGS-B calls scipy's bundled OpenBLAS for 5x5 algebra: with a thread per core it
+    # thrashes (60x slower measured on 2 busy cores), so one BLAS thread
+    with threadpool_limits(1):
+        res = minimize(_objective, theta0, args=args, jac=True, method="L-BFGS-B", options=opts)
     return res.fun, res.x
 
 
