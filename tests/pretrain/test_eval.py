@@ -208,3 +208,20 @@ def test_forward_only_path_of_multi_stage_pipelines(tmp_path):
         assert rel(total, ref_total) < 1e-5, (result["name"], total, ref_total)
         assert max(rel(a, b) for a, b in zip(result["losses"], ref["losses"])) < 1e-5
         assert max_rel_param_diff(result["params"], ref["params"]) < 1e-5, result["name"]
+
+
+def test_validation_leaves_moe_routing_counters_alone(tmp_path, data):
+    """DeepSeek-V3's aux-loss-free balancing updates router biases from the step's tokens per
+    expert; validation routes tokens too, and the engine restores the counters after it, so the
+    losses and the logged expert load are bitwise those of the run without validation."""
+    extra = {"model": "deepseek-v3-tiny", "model.moe.bias_update_speed": 0.05}
+    runs = {}
+    for name, ev in (
+        ("plain", {}),
+        ("eval", {"eval.paths": f"[{data['en']}]", "eval.interval": 1}),
+    ):
+        ov = tiny_overrides(tmp_path / name, data["train"], steps=4, **extra, **ev)
+        runs[name] = train(compose_config(ov), log=lambda *_: None)
+    assert runs["eval"]["losses"] == runs["plain"]["losses"]
+    loads = {n: [m["expert_load"] for m in read_metrics(tmp_path / n) if "loss" in m] for n in runs}
+    assert loads["eval"] == loads["plain"] and loads["plain"][0] != loads["plain"][-1]
