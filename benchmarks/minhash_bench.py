@@ -175,8 +175,8 @@ def main() -> None:
     texts = corpus(a.docs, a.words, a.planted)
     mb = sum(len(t.encode()) for t in texts) / 1e6
     print(
-        f"## MinHash at scale: {len(texts):,} documents ({mb:.1f} MB; windows of {a.words} words "
-        f"of the man pages, {a.planted:.0%} planted near-duplicates), one process each"
+        f"## MinHash at scale: {len(texts):,} documents ({mb:.1f} MB; {a.words} words, "
+        f"six snippets of the man pages each, {a.planted:.0%} planted near-duplicates), one process each"
     )
     ref, ref_canon = datatrove(texts)
     our, our_canon = ours(texts)
