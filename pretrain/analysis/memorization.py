@@ -100,8 +100,7 @@ def summarize(step: int, tokens: int | None, memorized, score, trained_step) -> 
     for lo, hi in AGE_BUCKETS:
         age = step - trained
         sel = seen & (age >= lo) & (age <= (hi if hi is not None else age.max()))
-        if sel.any():
-            row[_bucket_name(lo, hi)] = float(memorized[sel].mean())
+        row[_bucket_name(lo, hi)] = float(memorized[sel].mean()) if sel.any() else None
     return row
 
 
@@ -110,8 +109,8 @@ def plot(rows: list[dict], path: Path) -> Path:
     steps = [max(r["step"], 1) for r in rows]
     ax.plot(steps, [r["memorized"] or 0 for r in rows], "k-o", ms=3, label="all seen")
     names = [_bucket_name(lo, hi) for lo, hi in AGE_BUCKETS]
-    for name in [n for n in names if any(n in r for r in rows)]:
-        pts = [(max(r["step"], 1), r[name]) for r in rows if name in r]
+    for name in [n for n in names if any(r.get(n) is not None for r in rows)]:
+        pts = [(max(r["step"], 1), r[name]) for r in rows if r.get(name) is not None]
         ax.plot(*zip(*pts), "-", lw=1, label=name)
     unseen = [
         (max(r["step"], 1), r["memorized_unseen"])
