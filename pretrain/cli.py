@@ -201,7 +201,11 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "launch": (cmd_launch, "render slurm/train.sbatch, check the layout, submit (sbatch)"),
     "schedule": (cmd_schedule, "print a checkpoint-series schedule and its disk space"),
     "plan": (cmd_plan, "rank parallel layouts by memory per GPU and estimated speed"),
-    "analyze": (cmd_analyze, "look back into a run: the batch of a step, the checkpoint index"),
+    "analyze": (
+        cmd_analyze,
+        "look back into a run: a step's batch, the series' eval loss, memorization, weights, "
+        "run comparison, scaling fit, HTML report",
+    ),
 }
 
 
