@@ -3,13 +3,16 @@ URL dedup, and the paragraph Bloom filter against its configured false-positive 
 
 from __future__ import annotations
 
+import gzip
+import json
 import random
 
 import numpy as np
 import pytest
 import xxhash
 
-from data_pipeline.config import bloom_size
+from data_pipeline.cli import main
+from data_pipeline.config import bloom_size, compose_pipeline
 from data_pipeline.dedup import (
     BloomFilter,
     DatatroveMinHasher,
@@ -20,7 +23,9 @@ from data_pipeline.dedup import (
     first_occurrence_dups,
     normalize_words,
 )
-from tests.data_pipeline.helpers import edit_words, load_samples
+from data_pipeline.mixer import Mixer
+from data_pipeline.taggers import TaggerSet
+from tests.data_pipeline.helpers import edit_words, load_samples, write_jsonl_gz
 
 
 def _jaccard(a: str, b: str, n: int = 5) -> float:
@@ -135,3 +140,45 @@ def test_datatrove_reading_signatures_equal_datatrove(samples_en):
     assert len(ours.shingles("too short")) == 0
     keys = ours.band_keys(np.stack([ours.signature("too short"), ours.signature(docs[0]["text"])]))
     assert (keys[0] == 0).all() and (keys[1] != 0).all()  # no signature: never in a bucket
+
+
+def test_fineweb_preset_end_to_end_removes_planted_near_duplicates(tmp_path, samples_en):
+    """The fineweb preset through the CLI: its 64-bit (datatrove) signatures across two shards find
+    near-copies of pages its filters keep; C4's dropped lines are deleted from the mix."""
+    cfg = compose_pipeline(["output.dir=/tmp/unused", "input.paths=[/dev/null]"], "fineweb")
+    tags, mixer = TaggerSet(cfg.taggers), Mixer(cfg.mixer)
+
+    def kept(d: dict) -> bool:
+        attrs = {k: v for group in tags(d).values() for k, v in group.items()}
+        return mixer.decide(d, attrs)[2] == ""
+
+    pages = [d for d in samples_en if kept(d)][:12]
+    assert len(pages) == 12
+    rng = random.Random(3)
+    copies = [
+        {**d, "id": d["id"] + "-copy", "text": edit_words(d["text"], rng, 0.01)} for d in pages[:4]
+    ]
+    (tmp_path / "in").mkdir()
+    write_jsonl_gz(tmp_path / "in" / "a.jsonl.gz", pages)
+    write_jsonl_gz(tmp_path / "in" / "b.jsonl.gz", copies)
+    out = tmp_path / "out"
+    rc = main(
+        [
+            "pipeline=fineweb",
+            f"input.paths=[{tmp_path}/in/*.jsonl.gz]",
+            f"output.dir={out}",
+            "executor.workers=1",
+            "executor.progress=false",
+            "tokenizer.train.vocab_size=400",
+        ]
+    )
+    assert rc == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["accounting"]["balanced"] is True and rep["kept_docs"] == 12
+    removed = []
+    for f in sorted((out / "removed").glob("*.jsonl.gz")):
+        with gzip.open(f, "rt") as fh:
+            removed += [json.loads(line) for line in fh]
+    assert sorted(r["id"] for r in removed) == sorted(c["id"] for c in copies)
+    assert sum(r["reason"] == "minhash_duplicate" for r in removed) >= 3
+    assert rep["replacements"].get("c4_dropped_line", 0) > 0
