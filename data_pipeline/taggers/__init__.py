@@ -16,7 +16,6 @@ from dataclasses import fields
 from fnmatch import fnmatchcase
 
 from ..config import TaggersConfig
-from . import content, lang, quality, sampling  # noqa: F401  (each registers its tagger)
 from .base import TAGGERS, Attrs, DocView, Tagger, paragraph_spans, release_memory, whole
 from .content import ContentTagger, badwords_for, blocked_host, load_blocklist
 from .lang import LangTagger, fasttext_batch, fasttext_scores

@@ -160,6 +160,24 @@ def dolma_ngram_fracs(ids, lens, n_max, out_top, out_dup, char_count):
             out_dup[n] = dup / max(tot, 1)
 
 
+@numba.njit(cache=True)
+def sentence_starts(ids, is_punct, sent_punct):
+    """spaCy's Sentencizer.predict (spacy/pipeline/sentencizer.pyx) on a token sequence: one
+    sentence, plus one at each token that is neither punctuation nor sentence-final after a
+    sentence-final token."""
+    if len(ids) == 0:
+        return 0
+    count, seen = 1, False
+    for i in range(len(ids)):
+        t = ids[i]
+        if seen and not is_punct[t] and not sent_punct[t]:
+            count += 1
+            seen = False
+        elif sent_punct[t]:
+            seen = True
+    return count
+
+
 def warm_up() -> None:
     """Compile (or load from numba's cache) every kernel once."""
     ids = np.arange(6, dtype=np.int64) % 3
@@ -168,6 +186,8 @@ def warm_up() -> None:
     datatrove_dup_ngram_chars(ids, lens, lens.astype(np.uint64), lens.astype(np.uint64), 2)
     top, dup = np.full(11, -1.0), np.full(11, -1.0)
     dolma_ngram_fracs(ids, lens, 10, top, dup, 6)
+    flags = np.zeros(3, dtype=np.bool_)
+    sentence_starts(ids, flags, flags)
 
 
 @numba.njit(cache=True)

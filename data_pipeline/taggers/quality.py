@@ -23,8 +23,17 @@ from statistics import median
 import numpy as np
 
 from ..config import QualityTaggerConfig
-from . import kernels
 from .base import Attrs, DocView, Tagger, as_view, register, whole
+from .content import RESOURCES  # the bundled LDNOOBW lists
+from .kernels import (
+    any_phrase,
+    code_points,
+    datatrove_dup_ngram_chars,
+    datatrove_top_ngram_chars,
+    dolma_ngram_fracs,
+    phrase_table,
+    warm_up,
+)
 from .words import sentence_count, terminal_punctuation
 
 # ---------------------------------------------------------------- datatrove (FineWeb)
@@ -75,12 +84,12 @@ def datatrove_repetition(view: DocView) -> dict[str, float]:
     ids, t = view.spacy_ids, view.vocab.table
     lens = t.length
     for k in (2, 3, 4):
-        top = kernels.datatrove_top_ngram_chars(ids, lens, k)
+        top = datatrove_top_ngram_chars(ids, lens, k)
         # overlapping occurrences are counted (:49-54), so the reference's ratio can pass 1 (1.78
         # on one word repeated); a fraction is clipped at 1, which decides the same below 1
         out[f"top_{k}gram_char_frac"] = min(1.0, top / n) if top >= 0 else 0.0
     for k in range(5, 11):
-        dup = kernels.datatrove_dup_ngram_chars(ids, lens, t.chash, t.cpow, k)
+        dup = datatrove_dup_ngram_chars(ids, lens, t.chash, t.cpow, k)
         out[f"dup_{k}gram_char_frac"] = dup / n
     return out
 
@@ -133,7 +142,7 @@ def datatrove_c4(view: DocView, cfg: QualityTaggerConfig) -> tuple[dict[str, flo
         start, pos = pos, pos + len(raw)
         line = raw.strip()
         words = line.split()
-        if any(len(w) > cfg.c4_max_word_length for w in words):  # :99
+        if words and max(map(len, words)) > cfg.c4_max_word_length:  # :99
             drop.append([start, pos, 1.0])
             continue
         if cfg.c4_remove_citations:  # :103
@@ -218,7 +227,7 @@ def dolma_gopher(view: DocView) -> dict[str, float]:
         "required_word_count": float(t.required[ids].sum()),  # occurrences (gopher.py:158)
     }
     top, dup = np.full(11, -1.0), np.full(11, -1.0)
-    kernels.dolma_ngram_fracs(ids, lens, 10, top, dup, char_count)
+    dolma_ngram_fracs(ids, lens, 10, top, dup, char_count)
     for k in (2, 3, 4):
         if top[k] >= 0:
             # overlapping occurrences: can pass 1 in dolma too; clipped (same decisions below 1)
@@ -260,10 +269,7 @@ def dolma_c4(view: DocView, naughty: tuple[frozenset[str], tuple]) -> Attrs:
     out: Attrs = {
         "has_naughty_word": whole(
             text,
-            float(
-                any(w in words_set for w in low_words)
-                or kernels.any_phrase(kernels.code_points(low), *phrases)
-            ),
+            float(any(w in words_set for w in low_words) or any_phrase(code_points(low), *phrases)),
         ),
         "has_javascript": whole(text, float("javascript" in low_words)),
         "has_lorem_ipsum": whole(text, float("lorem ipsum" in low)),
@@ -336,8 +342,6 @@ _DOLMA_C4 = [
 def _dolma_naughty() -> tuple[frozenset[str], tuple]:
     """The English list dolma's c4 tagger reads (dolma/taggers/c4.py:11-13), from the installed
     dolma package when it is there, else the bundled LDNOOBW English list."""
-    from .content import RESOURCES  # the bundled lists (content.py owns them)
-
     try:
         import dolma.taggers.c4 as dc4  # optional: only for the exact list dolma ships
 
@@ -346,8 +350,8 @@ def _dolma_naughty() -> tuple[frozenset[str], tuple]:
         entries = json.loads((RESOURCES / "badwords" / "en.json").read_text(encoding="utf-8"))
         words = frozenset(w for w in entries if " " not in w)
         phrases = sorted(w for w in entries if " " in w)
-    # every dolma phrase holds a space (c4.py:13): kernels.any_phrase anchors on spaces
-    return words, kernels.phrase_table([p for p in phrases if " " in p])
+    # every dolma phrase holds a space (c4.py:13): any_phrase anchors on spaces
+    return words, phrase_table([p for p in phrases if " " in p])
 
 
 @register("quality")
@@ -356,7 +360,7 @@ class QualityTagger(Tagger):
 
     def __init__(self, cfg: QualityTaggerConfig):
         self.cfg = cfg
-        kernels.warm_up()
+        warm_up()
         self._naughty = _dolma_naughty() if cfg.reading == "dolma" and cfg.c4 else None
 
     @staticmethod
