@@ -459,6 +459,10 @@ class StageActivations:
     # bytes it still holds between a zero-bubble schedule's input-gradient and weight-gradient
     # halves (the linear layers' inputs and output gradients the weight gradients need)
     after_input_grad: int = 0
+    # bytes of one micro-batch's output the pipeline schedule keeps until the step ends: the
+    # engine's schedule.step() returns the merged outputs (torch's return_outputs=True default),
+    # so the last stage holds every micro-batch's logits
+    output_kept: int = 0
 
 
 class ActivationModel:
@@ -491,8 +495,8 @@ class ActivationModel:
         return self._layer[key]
 
     def base(self, first: bool, last: bool) -> tuple[int, int, int]:
-        """(kept, peak, held after the input gradient) of a stage's embeddings / norm + output
-        + loss without its layers."""
+        """(kept, transient, held after the input gradient) of a stage's embeddings / norm +
+        output + loss without its layers."""
         key = (first, last)
         if key not in self._base:
             if not (first or last):
@@ -501,13 +505,13 @@ class ActivationModel:
                 kind, lid = next(iter(self.reps.items()))
                 kept, peak, after = self._probe([lid], first, last, False)
                 lk, _, la = self.layer(kind, False)
-                self._base[key] = (kept - lk, peak, after - la)
+                # the transient is the probe's own (peak over what that probe keeps)
+                self._base[key] = (kept - lk, peak - kept, after - la)
         return self._base[key]
 
     def stage(self, layout: Layout, stage: int) -> StageActivations:
         first, last = stage == 0, stage == layout.n_stages - 1
-        kept, peak, after = self.base(first, last)
-        transient = peak - kept if (first or last) else 0
+        kept, transient, after = self.base(first, last)
         for lid in layout.stage_layers[stage]:
             ckpt = layout.activation_checkpointing == "full" or (
                 layout.activation_checkpointing == "selective" and lid % layout.ac_every_n == 0
@@ -517,7 +521,13 @@ class ActivationModel:
             after += a
             transient = max(transient, p - k)
         mbs = layout.micro_batch_size
-        return StageActivations(kept * mbs, max(transient, 0) * mbs, max(after, 0) * mbs)
+        logits = 0
+        if last and layout.pp > 1:
+            vocab = self.cfg.padded_vocab_size // self.tp
+            logits = mbs * self.seq * vocab * torch.empty(0, dtype=self.dtype).element_size()
+        return StageActivations(
+            kept * mbs, max(transient, 0) * mbs, max(after, 0) * mbs, output_kept=logits
+        )
 
 
 def in_flight_peak(layout: Layout, pp_rank: int, acts: dict[int, StageActivations]) -> int:
@@ -530,11 +540,18 @@ def in_flight_peak(layout: Layout, pp_rank: int, acts: dict[int, StageActivation
     order = layout.schedule.action_order(layout.pp, layout.virtual_stages, layout.n_microbatches)
     live = dict.fromkeys(layout.stages_of_rank(pp_rank), 0)  # forward done, no backward yet
     halfway = dict.fromkeys(live, 0)  # input gradient done, weight gradient not yet
+    outputs = dict.fromkeys(live, 0)  # forwards done: their outputs kept until the step ends
     peak = 0
     for a in order[pp_rank]:
         if a.kind == "F":
             live[a.stage] += 1
-        held = sum(live[s] * acts[s].kept + halfway[s] * acts[s].after_input_grad for s in live)
+            outputs[a.stage] += 1
+        held = sum(
+            live[s] * acts[s].kept
+            + halfway[s] * acts[s].after_input_grad
+            + outputs[s] * acts[s].output_kept
+            for s in live
+        )
         peak = max(peak, held + acts[a.stage].transient)
         if a.kind in ("B", "I"):
             live[a.stage] -= 1

@@ -24,7 +24,6 @@ import socket
 import subprocess
 import sys
 import time
-import weakref
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import torch
 import torch.distributed as dist
 from torch._C._distributed_c10d import ProcessGroup
 from torch.distributed.tensor import DTensor
+from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from model_zoo.zoo import get_model_config
@@ -152,26 +152,40 @@ def _inside_fsdp() -> bool:
     return False
 
 
+def _storage_ptr(t: torch.Tensor) -> int | None:
+    if isinstance(t, DTensor):
+        t = t._local_tensor
+    try:
+        return t.untyped_storage().data_ptr()
+    except RuntimeError:
+        return None
+
+
 class LiveBytes(TorchDispatchMode):
     """Every storage created by an op while active, with when it was created and freed (op
     counter), so the peak can be taken afterwards excluding storages that turned out to be
-    parameter gradients. Storages are watched with weakref.finalize, as torch's MemTracker does;
+    parameter gradients. Storages are watched through StorageWeakRef (the C++ storage, not a
+    Python wrapper, which dies at once), checked after every op, as torch's MemTracker does;
     written here because MemTracker refuses modules that run more than once in a tracked region
     (gradient accumulation, every pipeline schedule)."""
 
     def __init__(self):
         super().__init__()
         self.clock = 0
-        self.events: dict[int, list] = {}  # id -> [data_ptr, nbytes, created, freed or None]
-        self._seen: set[int] = set()
-        self.fsdp_inputs: set[int] = set()
+        self.events: list[list] = []  # [data_ptr, nbytes, created, freed or None]
+        self._live: dict[int, tuple[int, StorageWeakRef]] = {}  # data_ptr -> (event, ref)
+        self.fsdp_inputs: set[int] = set()  # events FSDP copied into its reduce-scatter
 
-    def _freed(self, key: int) -> None:
-        self.events[key][3] = self.clock
+    def _expire(self) -> None:
+        for ptr, (key, ref) in list(self._live.items()):
+            if ref.expired():
+                self.events[key][3] = self.clock
+                del self._live[ptr]
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         self.clock += 1
+        self._expire()
         if _inside_fsdp():
             # FSDP's own buffers (unsharded parameters, all-gather / reduce-scatter buffers)
             # are communication buffers, not activations; so are the unsharded gradients
@@ -179,8 +193,16 @@ class LiveBytes(TorchDispatchMode):
             if func._opname in ("_chunk_cat", "cat"):
                 for t in args[0] if isinstance(args[0], (list, tuple)) else []:
                     if isinstance(t, torch.Tensor) and not isinstance(t, DTensor):
-                        self.fsdp_inputs.add(t.untyped_storage().data_ptr())
+                        entry = self._live.get(t.untyped_storage().data_ptr())
+                        if entry is not None:
+                            self.fsdp_inputs.add(entry[0])
             return out
+        # views (t, view, slice, ...) share an input's storage: nothing new was allocated
+        inputs = {
+            _storage_ptr(t)
+            for t in torch.utils._pytree.tree_leaves((args, kwargs))
+            if isinstance(t, torch.Tensor)
+        }
         for t in out if isinstance(out, (list, tuple)) else [out]:
             if isinstance(t, DTensor):  # its local ops run below this mode: count the shard
                 t = t._local_tensor
@@ -189,20 +211,22 @@ class LiveBytes(TorchDispatchMode):
             try:
                 st = t.untyped_storage()
                 ptr = st.data_ptr()
-            except RuntimeError:  # a tensor subclass wrapper (DTensor): its local part is seen
+            except RuntimeError:  # a tensor subclass wrapper: its local part is seen
                 continue
-            key = id(st)
-            if key in self._seen:
+            if ptr == 0 or ptr in self._live or ptr in inputs:
                 continue
-            self._seen.add(key)
-            self.events[key] = [ptr, st.nbytes(), self.clock, None]
-            weakref.finalize(st, self._freed, key)
+            self._live[ptr] = (len(self.events), StorageWeakRef(st))
+            self.events.append([ptr, st.nbytes(), self.clock, None])
         return out
 
-    def peak(self, exclude_ptrs: set[int]) -> int:
+    def peak(self, gradient_ptrs: set[int]) -> int:
+        """Peak live bytes, without the storages still alive at the end that are parameter
+        gradients (matched by data pointer among the live ones only: a freed activation's
+        address may have been reused) and without what FSDP reduce-scattered."""
+        self._expire()
         deltas: dict[int, int] = {}
-        for ptr, n, start, end in self.events.values():
-            if ptr in exclude_ptrs or n == 0:
+        for key, (ptr, n, start, end) in enumerate(self.events):
+            if n == 0 or key in self.fsdp_inputs or (end is None and ptr in gradient_ptrs):
                 continue
             deltas[start] = deltas.get(start, 0) + n
             if end is not None:
@@ -268,8 +292,7 @@ def _one_layout(run: dict, world: int, rank: int) -> dict:
                 gc.enable()
             grads = [p.grad for p in engine.parameters() if p.grad is not None]
             grads = [g.to_local() if isinstance(g, DTensor) else g for g in grads]
-            exclude = {g.untyped_storage().data_ptr() for g in grads} | live.fsdp_inputs
-            result["activations"] = live.peak(exclude)
+            result["activations"] = live.peak({g.untyped_storage().data_ptr() for g in grads})
             result["fwd_bwd_collectives"] = dict(counter.bytes)
             result["grads"] = _local_bytes(grads)
             result["grad_detail"] = {
