@@ -41,13 +41,13 @@ step() {  # name, command...: run it, keep its log, remember a failure and go on
     echo "== $name ($((SECONDS - start)) s)"
     "$@" 2>&1 | tee "$OUT/$name.log" || failed=1
 }
-step parity "$PY" benchmarks/gpu_checks.py parity --json "$OUT/parity.json"
-step fp8_loss "$PY" benchmarks/gpu_checks.py fp8-loss --steps 50 --json "$OUT/fp8_loss.json"
+step parity "$PY" -m benchmarks.gpu_checks parity --json "$OUT/parity.json"
+step fp8_loss "$PY" -m benchmarks.gpu_checks fp8-loss --steps 50 --json "$OUT/fp8_loss.json"
 for precision in bf16 fp8_tensorwise; do
-    step "throughput_$precision" "$PY" benchmarks/train_throughput.py --model olmo2-1b \
+    step "throughput_$precision" "$PY" -m benchmarks.train_throughput --model olmo2-1b \
         --seq-len 4096 --micro-batch 2 --precision "$precision" --fp8-filter auto --compile \
         --warmup 5 --steps 15 --json "$OUT/throughput_$precision.json"
 done
-"$PY" benchmarks/acceptance_summary.py "$OUT"
+"$PY" -m benchmarks.acceptance_summary "$OUT"
 echo "gpu_acceptance.sh: $((SECONDS - start)) s; results in $OUT"
 exit $failed

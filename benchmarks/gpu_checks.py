@@ -10,8 +10,8 @@ fp8-loss: a small Llama-shaped model trained N steps (default 50) on that text i
           fp8_tensorwise / fp8_rowwise; the loss at the last step of each FP8 recipe relative to
           bf16's (the issue asks for within 1%).
 
-    python benchmarks/gpu_checks.py parity --json parity.json
-    python benchmarks/gpu_checks.py fp8-loss --steps 50 --json fp8_loss.json
+    python -m benchmarks.gpu_checks parity --json parity.json      (from the repository root)
+    python -m benchmarks.gpu_checks fp8-loss --steps 50 --json fp8_loss.json
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from parallel.config import ParallelConfig
 from parallel.engine import build_engine
 from parallel.env import destroy_distributed, discover_env, init_distributed
 from parallel.layout import build_mesh, resolve_layout
+from pretrain.trainer import free_port
 from tests.parallel.parallel_harness import (
     build_optimizers,
     max_rel_param_diff,
@@ -136,7 +137,10 @@ def main(argv=None) -> None:
         raise SystemExit(2)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    device = init_distributed(discover_env(), "cuda")
+    env = discover_env()
+    if env.launcher == "single":  # as the trainer: a free port, so concurrent runs never collide
+        env.master_port = free_port()
+    device = init_distributed(env, "cuda")
     try:
         result = (parity if args.check == "parity" else fp8_loss)(device, args.steps)
     finally:

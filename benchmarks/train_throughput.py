@@ -46,6 +46,7 @@ from parallel.parallelize import check_gpu_features
 from pretrain.config import OptimizerConfig
 from pretrain.metrics import device_peak_flops
 from pretrain.optim import build_optimizers
+from pretrain.trainer import free_port
 
 FP8_PEAK_FACTOR = 2.0  # Hopper/Ada datasheets: dense FP8 peak = 2 x dense bf16 peak
 
@@ -129,6 +130,8 @@ def build(args, env, device):
 
 def run(args) -> dict:
     env = discover_env()
+    if env.launcher == "single":  # as the trainer: a free port, so concurrent runs never collide
+        env.master_port = free_port()
     device = init_distributed(env, resolve_device_type(args.device))
     try:
         cfg, layout, engine, optimizers = build(args, env, device)

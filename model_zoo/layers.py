@@ -8,6 +8,7 @@ layers <- mla, moe <- model.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -149,13 +150,17 @@ def sdpa(q, k, v, attn_mask=None, scale: float | None = None) -> torch.Tensor:
     if isinstance(attn_mask, BlockMask):
         # Eager flex_attention is a reference implementation (it materialises the scores);
         # the fused kernel comes from torch.compile, which is what torchtitan does as well.
-        run = _compiled_flex_attention if q.is_cuda else flex_attention
+        run = _compiled_flex_attention() if q.is_cuda else flex_attention
         return run(q, k, v, block_mask=attn_mask, scale=scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
 
 
-# Compiled once per process; torch.compile is lazy, so nothing is compiled until a CUDA call.
-_compiled_flex_attention = torch.compile(flex_attention, dynamic=False)
+@functools.cache
+def _compiled_flex_attention():
+    """flex_attention through torch.compile, made on the first CUDA call (once per process):
+    building it at import would load the compiler stack into every process that imports the
+    zoo."""
+    return torch.compile(flex_attention, dynamic=False)
 
 
 def document_attention_mask(document_ids: torch.Tensor, sliding_window: int = 0) -> torch.Tensor:

@@ -129,6 +129,7 @@ class Trainer:
         self.run, self.user_callbacks, self.log = run, list(callbacks), log
         self.run_dir = Path(run.run_dir)
         self.step, self.skipped, self.losses = 0, 0, {}
+        self._unread: list[int] = []  # steps whose loss is still a device tensor (nan_check=log)
         self.out: StepOutput | None = None
         self.stop_reason: str | None = None
         self.callbacks: list[Callback] = []
@@ -186,8 +187,11 @@ class Trainer:
         self.step += 1
         load = self.engine.after_optimizer_step(log_load=self.is_log_step(self.step))
         self.losses[self.step] = loss
-        if sync:  # the device-held losses of the steps since the last read, as floats now
-            self.losses.update({k: float(v) for k, v in self.losses.items() if torch.is_tensor(v)})
+        if not sync:
+            self._unread.append(self.step)
+        elif self._unread:  # the device-held losses of the steps since the last read, as floats
+            self.losses.update({k: float(self.losses[k]) for k in self._unread})
+            self._unread = []
         self.out = StepOutput(self.step, loss, gnorm, lr, batch, rng, load)
         self.fire("on_step_end")
 
