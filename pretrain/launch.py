@@ -121,28 +121,8 @@ def _time_seconds(time: str) -> int | None:
     return parts[0] * 3600 + parts[1] * 60 + parts[2]
 
 
-def render(spec: LaunchSpec, run=None, layout=None, template: Path = TEMPLATE) -> tuple[str, Path]:
-    """The sbatch script for this launch, and the run folder."""
-    if run is None:
-        run, layout = check(spec)
-    run_dir = Path(run.run_dir).expanduser().resolve()
-    secs = _time_seconds(spec.time)
-    if secs is not None and spec.signal_seconds >= secs:
-        raise ConfigError(
-            f"--signal-seconds={spec.signal_seconds} is not shorter than --time="
-            f"{spec.time}: the job would be told to stop at once; lower it"
-        )
-    text = template.read_text()
-    if HEADER_END not in text or SETTINGS_MARK not in text:
-        raise ConfigError(
-            f"{template} lacks the markers {HEADER_END!r} / {SETTINGS_MARK!r} that "
-            "pretrain launch fills in; restore it from the repository"
-        )
-    head, _, rest = text.partition(HEADER_END)
-    head_lines = head.splitlines()
-    first_sbatch = next(i for i, l in enumerate(head_lines) if l.startswith("#SBATCH"))
-    comments = head_lines[:first_sbatch]
-
+def _sbatch_options(spec: LaunchSpec, run, run_dir: Path) -> list[str]:
+    """The #SBATCH options of the job: shape, time, the USR1 warning, logs in the run folder."""
     tasks_per_node = spec.procs if spec.launcher == "srun" else 1
     logs = run_dir / "logs"
     name = spec.job_name or f"pretrain-{run.model.name}"
@@ -168,6 +148,32 @@ def render(spec: LaunchSpec, run=None, layout=None, template: Path = TEMPLATE) -
     if spec.account:
         sb.append(f"--account={spec.account}")
     sb += [a if a.startswith("-") else f"--{a}" for a in spec.extra_sbatch]
+    return sb
+
+
+def render(spec: LaunchSpec, run=None, layout=None, template: Path = TEMPLATE) -> tuple[str, Path]:
+    """The sbatch script for this launch, and the run folder."""
+    if run is None:
+        run, layout = check(spec)
+    run_dir = Path(run.run_dir).expanduser().resolve()
+    secs = _time_seconds(spec.time)
+    if secs is not None and spec.signal_seconds >= secs:
+        raise ConfigError(
+            f"--signal-seconds={spec.signal_seconds} is not shorter than --time="
+            f"{spec.time}: the job would be told to stop at once; lower it"
+        )
+    text = template.read_text()
+    if HEADER_END not in text or SETTINGS_MARK not in text:
+        raise ConfigError(
+            f"{template} lacks the markers {HEADER_END!r} / {SETTINGS_MARK!r} that "
+            "pretrain launch fills in; restore it from the repository"
+        )
+    head, _, rest = text.partition(HEADER_END)
+    head_lines = head.splitlines()
+    first_sbatch = next(i for i, l in enumerate(head_lines) if l.startswith("#SBATCH"))
+    comments = head_lines[:first_sbatch]
+
+    sb = _sbatch_options(spec, run, run_dir)
 
     overrides = _with_run_dir(_with_resume(spec.overrides), run_dir)
     settings = [
@@ -207,7 +213,7 @@ def submit(script: str, run_dir: Path, sbatch: str = "sbatch") -> str:
     return job
 
 
-def main(argv: list[str]) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="pretrain launch",
         description="Render slurm/train.sbatch for a run, validate the parallel layout for "
@@ -251,8 +257,11 @@ def main(argv: list[str]) -> int:
         help="an extra #SBATCH option, e.g. --sbatch=--exclusive (repeatable)",
     )
     ap.add_argument("--dry-run", action="store_true", help="print the script, submit nothing")
-    args = ap.parse_intermixed_args(argv)
-    spec = LaunchSpec(
+    return ap
+
+
+def _spec(args: argparse.Namespace) -> LaunchSpec:
+    return LaunchSpec(
         overrides=args.overrides,
         nodes=args.nodes,
         gpus_per_node=args.gpus_per_node,
@@ -267,28 +276,39 @@ def main(argv: list[str]) -> int:
         python=args.python,
         extra_sbatch=args.extra_sbatch,
     )
-    run, layout = check(spec)
-    no_data = (
-        "data.paths is empty; give tokenized shards on a filesystem every node "
-        "sees, e.g. data.paths=[/shared/tokens/train] (written by `pretrain data`)"
+
+
+NO_DATA = (
+    "data.paths is empty; give tokenized shards on a filesystem every node "
+    "sees, e.g. data.paths=[/shared/tokens/train] (written by `pretrain data`)"
+)
+
+
+def _print_dry_run(spec: LaunchSpec, run, layout, script: str) -> None:
+    """A dry run is for checking a plan (a recipe on N nodes) before the data exists."""
+    print(script, end="")
+    print(
+        "\n".join(f"# {line}" for line in describe_plan(run, layout).splitlines()),
+        file=sys.stderr,
     )
+    if not run.data.paths:
+        print(f"# note: {NO_DATA}", file=sys.stderr)
+    print(
+        f"# dry run: {spec.nodes} nodes x {spec.procs} = {spec.world_size} ranks; layout "
+        f"{layout.describe()}; nothing submitted",
+        file=sys.stderr,
+    )
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_intermixed_args(argv)
+    spec = _spec(args)
+    run, layout = check(spec)
     if not run.data.paths and not args.dry_run:
-        raise ConfigError(no_data)
+        raise ConfigError(NO_DATA)
     script, run_dir = render(spec, run, layout)
     if args.dry_run:
-        # A dry run is for checking a plan (a recipe on N nodes) before the data exists.
-        print(script, end="")
-        print(
-            "\n".join(f"# {line}" for line in describe_plan(run, layout).splitlines()),
-            file=sys.stderr,
-        )
-        if not run.data.paths:
-            print(f"# note: {no_data}", file=sys.stderr)
-        print(
-            f"# dry run: {spec.nodes} nodes x {spec.procs} = {spec.world_size} ranks; layout "
-            f"{layout.describe()}; nothing submitted",
-            file=sys.stderr,
-        )
+        _print_dry_run(spec, run, layout, script)
         return 0
     try:
         job = submit(script, run_dir)
