@@ -22,6 +22,8 @@ from datetime import datetime
 from pathlib import Path
 
 from model_zoo.config import ConfigError
+from parallel.layout import resolve_layout
+from pretrain.config import compose_config
 from pretrain.train import describe_plan
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,9 +75,6 @@ def _with_run_dir(overrides: list[str], run_dir: Path) -> list[str]:
 def check(spec: LaunchSpec):
     """Compose the run config and validate its layout for nodes x procs ranks, exactly as the
     engine will (`resolve_layout` is what `pretrain train` calls before creating any process group)."""
-    from parallel.layout import resolve_layout
-    from pretrain.config import compose_config
-
     if spec.nodes < 1:
         raise ConfigError(f"--nodes={spec.nodes}: must be at least 1")
     if spec.procs < 1:
