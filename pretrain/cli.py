@@ -9,6 +9,10 @@
 
 Subcommands take Hydra overrides (`key=value`) after their own options. Configuration errors are
 reported in one line naming the problem and exit with status 2 before anything is built.
+
+Each subcommand imports its module when it runs: `pretrain zoo` or `pretrain config --help` answer
+in a second instead of loading torch.distributed, transformers, megatron-core and the data
+pipeline's spaCy/numba for every command.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+
+from tqdm import tqdm
 
 from model_zoo.config import ConfigError
 from model_zoo.hf import architectures as hf_architectures
@@ -110,7 +116,8 @@ def cmd_export_hf(argv: list[str]) -> int:
     if args.step is not None or args.all:
         steps = None if args.all else [args.step]
         for step, out in export_run_steps(args.checkpoint, args.out, steps, **kw):
-            print(f"wrote Hugging Face model of step {step}: {out}", flush=True)
+            tqdm.write(f"wrote Hugging Face model of step {step}: {out}")  # above the bar
+            sys.stdout.flush()
         return 0
     out = export_checkpoint_to_hf(args.checkpoint, args.out, **kw)
     print(f"wrote Hugging Face model {out}")

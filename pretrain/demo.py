@@ -1,18 +1,24 @@
 """`make demo`: the main job end to end on the bundled real text (Debian man pages).
 
 1. `pretrain data pipeline=dolma`: language ID, quality and content filters, dedup, mixing, a BPE
-   tokenizer and Megatron shards with their metadata.json; report and chart.
+   tokenizer (1,024 tokens: llama3-tiny's own vocabulary size) and Megatron shards with their
+   metadata.json; report and chart.
 2. `pretrain train` under torchrun over 4 local processes with tensor parallel 2 x data parallel
    2 (gloo on CPU; on a GPU machine the GPUs, as many ranks as GPUs up to 4): llama3-tiny, whose
    vocabulary and document separator come from the data, with a dense checkpoint series and
    validation on held-out documents (another shard of the pipeline's output) during training.
-3. `pretrain analyze`: the series index and the exact batch of one step.
-4. `pretrain export-hf RUN --step N`: a series checkpoint as a Hugging Face folder, loaded by
+3. `pretrain analyze series` and `batch`: the series index and the exact batch of one step.
+4. `pretrain analyze eval`, `memorization`, `weights`, `report`: held-out loss of every series
+   checkpoint, Pythia's memorization of training sequences, per-parameter weight change, and one
+   HTML page of the run with every plot.
+5. `pretrain export-hf RUN --step N`: a series checkpoint as a Hugging Face folder, loaded by
    transformers: its loss on the batch of step N+1 equals the loss training logged there, its
-   logits match ours, and greedy decoding gives the same tokens in both; then it generates.
+   logits match ours, and greedy decoding gives the same tokens in both; then it generates from
+   a line of real man-page text, shown as text and as tokens.
 
-Each step prints one line: what was done and where its output is. The commands' own output is in
-OUT/logs/, known third-party warnings in OUT/logs/warnings.log. Results: OUT/demo_results.json.
+Each step prints one line: what was done, where its output is and how long it took. The commands'
+own output is in OUT/logs/, known third-party warnings in OUT/logs/warnings.log. Results and step
+times: OUT/demo_results.json.
 """
 
 from __future__ import annotations
@@ -30,7 +36,11 @@ from pretrain.quiet import route_known_warnings
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data_pipeline" / "samples"
 STEPS = 40
-PROMPT = "The ls command lists"
+# The opening of every page in the sample's English part (gcloud's manual): real text whose
+# continuation a 40-step model can have learned (the page structure, not yet facts).
+PROMPT = "NAME\n       gcloud"
+STEP_COUNT = 5
+EVAL_TOKENS = 8192  # held-out tokens per evaluation (128 windows of 64)
 
 
 def log(msg: str) -> None:
@@ -51,14 +61,20 @@ def run_command(args: list[str], log_file: Path, env: dict, nproc: int = 1) -> N
     if done.returncode != 0:
         tail = log_file.read_text().splitlines()[-15:]
         raise SystemExit(
-            f"demo: `pretrain {args[0]}` failed; {log_file} ends with:\n" + "\n".join(tail)
+            f"demo: `pretrain {' '.join(args[:2])}` failed; {log_file} ends with:\n"
+            + "\n".join(tail)
         )
+
+
+def last_line(log_file: Path) -> str:
+    """The command's own summary line (the last one it printed)."""
+    return next(x for x in reversed(log_file.read_text().splitlines()) if x.strip())
 
 
 def layout_for_machine() -> tuple[int, list[str], str]:
     """Ranks and parallel settings: TP2 x DP2 over 4 processes on CPU or 4+ GPUs, fewer GPUs
     get one rank each (TP over two of them)."""
-    import torch
+    import torch  # heavy: only this step needs it
 
     gpus = torch.cuda.device_count()
     if gpus == 0 or gpus >= 4:
@@ -70,13 +86,14 @@ def layout_for_machine() -> tuple[int, list[str], str]:
 
 def split_shards(tokens: Path) -> tuple[str, str]:
     """Training shard and held-out shard: the two largest shards of the pipeline's output (from
-    its metadata.json), so validation reads documents training never sees."""
+    its metadata.json), the two halves of the English pages (`input.task_bytes` below splits
+    that file into two ingest tasks), so validation reads like documents training never sees."""
     meta = json.loads((tokens / "metadata.json").read_text())
     shards = sorted(meta["shards"], key=lambda s: -s["tokens"])
     return str(tokens / shards[0]["path"]), str(tokens / shards[1]["path"])
 
 
-def step_data(out: Path, env: dict) -> Path:
+def step_data(out: Path, env: dict) -> tuple[Path, str]:
     data = out / "data"
     run_command(
         [
@@ -84,21 +101,22 @@ def step_data(out: Path, env: dict) -> Path:
             "pipeline=dolma",
             f"input.paths=[{SAMPLES}/manpages_*.jsonl.gz]",
             f"output.dir={data}",
+            "tokenizer.train.vocab_size=1024",  # the tiny model's size: it learns context sooner
+            "input.task_bytes=200000",  # the English file (0.4 MB) in two shards: train, held out
         ],  # fmt: skip
         out / "logs" / "data.log",
         env,
     )
     report = json.loads((data / "report.json").read_text())
     meta = json.loads((data / "tokens" / "metadata.json").read_text())
-    log(
-        f"1/4 data: {meta['documents']} of {report.get('input_records', '?')} documents kept, "
+    return data / "tokens", (
+        f"data: {meta['documents']} of {report['input_docs']} documents kept, "
         f"{meta['tokens']:,} tokens of a {meta['tokenizer']['vocab_size']}-token BPE -> "
         f"{data / 'tokens'} (report {data / 'report.txt'}, chart {data / 'report.png'})"
     )
-    return data / "tokens"
 
 
-def step_train(out: Path, tokens: Path, env: dict) -> Path:
+def step_train(out: Path, tokens: Path, env: dict) -> tuple[Path, str]:
     run_dir = out / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     nproc, layout, where = layout_for_machine()
@@ -106,49 +124,83 @@ def step_train(out: Path, tokens: Path, env: dict) -> Path:
     args = [
         "train", "model=llama3-tiny", *layout,
         f"data.paths=[{train_shard}]", f"eval.paths=[{heldout}]", "eval.names=[heldout]",
-        "eval.interval=10", "trainer.seq_len=64", "trainer.global_batch_size=16",
-        "trainer.micro_batch_size=4", f"trainer.max_steps={STEPS}", "trainer.log_interval=1",
-        "optim.lr=3e-3", "schedule.warmup_steps=5", "checkpoint.series=first+log2:32+every:10",
+        f"eval.max_tokens={EVAL_TOKENS}", "eval.interval=10", "trainer.seq_len=64", "trainer.global_batch_size=64",
+        "trainer.micro_batch_size=16", f"trainer.max_steps={STEPS}", "trainer.log_interval=1",
+        "optim.lr=1e-2", "schedule.warmup_steps=5", "checkpoint.series=first+log2:32+every:10",
         "checkpoint.series_dtype=float32", "checkpoint.interval=20", f"run_dir={run_dir}",
     ]  # fmt: skip
     run_command(args, out / "logs" / "train.log", env, nproc=nproc)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = {r["step"]: r["loss"] for r in rows if "loss" in r}
-    evals = [r for r in rows if any(k.startswith("eval") for k in r)]
-    val = ""
-    if evals:
-        key = next(k for k in evals[-1] if k.startswith("eval") and "loss" in k)
-        val = f"; held-out {key} {evals[0][key]:.3f} -> {evals[-1][key]:.3f}"
-    log(
-        f"2/4 train: llama3-tiny on {where}, {' '.join(layout)}, {STEPS} steps, loss "
-        f"{losses[1]:.3f} -> {losses[STEPS]:.3f}{val} -> {run_dir} (log {out / 'logs/train.log'})"
+    val = [r["eval/heldout/loss"] for r in rows if "eval/heldout/loss" in r]
+    return run_dir, (
+        f"train: llama3-tiny on {where}, {' '.join(layout)}, {STEPS} steps of 64 x 64 tokens, "
+        f"loss {losses[1]:.3f} -> {losses[STEPS]:.3f}; held-out loss {val[0]:.3f} -> "
+        f"{val[-1]:.3f} ({len(val)} evaluations) -> {run_dir} (log {out / 'logs/train.log'})"
     )
-    return run_dir
 
 
-def step_analyze(out: Path, run_dir: Path, env: dict) -> tuple[list[int], int, Path]:
+def step_series_batch(out: Path, run_dir: Path, env: dict) -> tuple[list[int], int, Path, str]:
     """The series index, and the batch of the step after the last series step inside the run
     (rebuilt from the data order and checked against the hash training logged)."""
     from pretrain.checkpoint import read_index
 
-    run_command(["analyze", "series", "--run", str(run_dir)], out / "logs" / "analyze.log", env)
+    run_command(["analyze", "series", "--run", str(run_dir)], out / "logs" / "series.log", env)
     series = sorted(e["step"] for e in read_index(run_dir) if e["kind"] == "weights")
     step = max(s for s in series if s < STEPS)  # its next step was trained and logged
     npz = out / f"batch_step{step + 1}.npz"
     run_command(
         ["analyze", "batch", "--run", str(run_dir), "--step", str(step + 1), "--out", str(npz)],
-        out / "logs" / "analyze_batch.log",
+        out / "logs" / "batch.log",
         env,
     )
-    log(
-        f"3/4 analyze: {len(series)} series checkpoints {series}; the batch of step {step + 1} "
-        f"rebuilt and checked against training's hash -> {npz}"
+    return (
+        series,
+        step,
+        npz,
+        (
+            f"analyze series/batch: {len(series)} series checkpoints {series}; the batch of step "
+            f"{step + 1} rebuilt and checked against training's hash -> {npz}"
+        ),
     )
-    return series, step, npz
 
 
-def step_export(out: Path, run_dir: Path, tokens: Path, step: int, npz: Path, env: dict) -> dict:
-    import numpy as np
+def step_analyses(out: Path, run_dir: Path, tokens: Path, env: dict) -> tuple[Path, str]:
+    """Held-out loss across the series, memorization, weight change and the HTML report; each
+    command's own summary line goes to its log, the figures are read back from the tables."""
+    logs = out / "logs"
+    _, heldout = split_shards(tokens)
+    run_command(
+        ["analyze", "eval", str(run_dir), "--data", heldout, "--max-tokens", str(EVAL_TOKENS)],
+        logs / "eval.log",
+        env,
+    )
+    run_command(
+        ["analyze", "memorization", "--run", str(run_dir), "--samples", "64"],
+        logs / "memorization.log",
+        env,
+    )
+    run_command(["analyze", "weights", "--run", str(run_dir)], logs / "weights.log", env)
+    run_command(["analyze", "report", "--run", str(run_dir)], logs / "report.log", env)
+    analysis = run_dir / "analysis"
+    evals = [json.loads(x) for x in (analysis / "eval/eval.jsonl").read_text().splitlines()]
+    key = next(k for k in evals[0] if k.startswith("loss/"))
+    best = min(evals, key=lambda r: r[key])
+    mem_rows = (analysis / "memorization" / "memorization.jsonl").read_text().splitlines()
+    mem = [json.loads(x) for x in mem_rows]
+    return analysis, (
+        f"analyze eval/memorization/weights/report: held-out loss at {len(evals)} checkpoints, "
+        f"lowest {best[key]:.3f} at step {best['step']}; "
+        f"{(mem[-1]['memorized'] or 0):.0%} of 64 training sequences memorized at step "
+        f"{mem[-1]['step']}; plots {analysis}/{{eval,memorization,weights}}/*.png; "
+        f"page {analysis / 'report.html'}"
+    )
+
+
+def step_export(
+    out: Path, run_dir: Path, tokens: Path, step: int, npz: Path, env: dict
+) -> tuple[dict, str]:
+    import numpy as np  # heavy: numpy, torch and transformers are needed by this step only
     import torch
     import torch.nn.functional as F
     import transformers
@@ -157,20 +209,11 @@ def step_export(out: Path, run_dir: Path, tokens: Path, step: int, npz: Path, en
 
     hf_root = out / "hf"
     run_command(
-        [
-            "export-hf",
-            str(run_dir),
-            "--step",
-            str(step),
-            "--out",
-            str(hf_root),
-            "--tokenizer",
-            str(tokens / "tokenizer"),
-            "--overwrite",
-        ],  # fmt: skip
+        ["export-hf", str(run_dir), "--step", str(step), "--out", str(hf_root),
+         "--tokenizer", str(tokens / "tokenizer"), "--overwrite"],
         out / "logs" / "export.log",
         env,
-    )
+    )  # fmt: skip
     hf_dir = hf_root / f"step{step}"
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -190,22 +233,41 @@ def step_export(out: Path, run_dir: Path, tokens: Path, step: int, npz: Path, en
         for _ in range(16):  # greedy without a KV cache: exactly what our logits say
             nxt = ours(mine)[:, -1, : theirs.shape[-1]].argmax(-1, keepdim=True)
             mine = torch.cat([mine, nxt], dim=1)
-    same = torch.equal(gen, mine)
-    log(
-        f"4/4 export: step {step} -> {hf_dir} ({type(model).__name__}); transformers' loss on "
-        f"the batch of step {step + 1} {loss:.5f} vs logged {logged:.5f}; max |logit diff| "
-        f"{diff:.1e}; greedy tokens identical: {same}; it generates {tok.decode(gen[0])!r}"
-    )
-    return {
+        torch.manual_seed(0)  # a sample shows more of what was learned than greedy's loop
+        sampled = model.generate(
+            prompt, max_new_tokens=24, do_sample=True, top_k=20, pad_token_id=0
+        )
+    new = gen[0, prompt.shape[1] :]
+    result = {
         "exported_step": step,
         "hf_dir": str(hf_dir),
         "hf_class": type(model).__name__,
         "hf_loss_on_next_batch": loss,
         "logged_loss_next_step": logged,
         "max_abs_logit_diff": diff,
-        "generation_identical": same,
-        "generated": tok.decode(gen[0]),
+        "generation_identical": torch.equal(gen, mine),
+        "prompt": PROMPT,
+        "generated": tok.decode(new),
+        "generated_tokens": tok.convert_ids_to_tokens(new.tolist()),
+        "sampled_top_k20_seed0": tok.decode(sampled[0, prompt.shape[1] :]),
     }
+    return result, (
+        f"export: step {step} -> {hf_dir} ({type(model).__name__}); transformers' loss on "
+        f"the batch of step {step + 1} {loss:.5f} vs logged {logged:.5f}; max |logit diff| "
+        f"{diff:.1e}; greedy tokens identical: {result['generation_identical']}; "
+        f"greedy {PROMPT!r} -> {result['generated']!r} (tokens "
+        f"{' '.join(result['generated_tokens'])}); sampled (top-k 20) -> "
+        f"{result['sampled_top_k20_seed0']!r}"
+    )
+
+
+def timed(step: int, seconds: dict, name: str, fn, *args):
+    """Run one demo step, print its line with the time it took, record the time."""
+    start = time.time()
+    *values, line = fn(*args)
+    seconds[name] = round(time.time() - start, 1)
+    log(f"{step}/{STEP_COUNT} {line} [{seconds[name]:.0f} s]")
+    return values[0] if len(values) == 1 else values
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,16 +287,17 @@ def main(argv: list[str] | None = None) -> int:
     }
     os.environ["PRETRAIN_WARNINGS_LOG"] = env["PRETRAIN_WARNINGS_LOG"]
     route_known_warnings()
-    start = time.time()
-    tokens = step_data(out, env)
-    run_dir = step_train(out, tokens, env)
-    series, step, npz = step_analyze(out, run_dir, env)
-    result = step_export(out, run_dir, tokens, step, npz, env)
+    start, seconds = time.time(), {}
+    tokens = timed(1, seconds, "data", step_data, out, env)
+    run_dir = timed(2, seconds, "train", step_train, out, tokens, env)
+    series, step, npz = timed(3, seconds, "series_batch", step_series_batch, out, run_dir, env)
+    timed(4, seconds, "analyze", step_analyses, out, run_dir, tokens, env)
+    result = timed(5, seconds, "export", step_export, out, run_dir, tokens, step, npz, env)
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in metrics if "loss" in r]
     result.update(
         first_loss=losses[0], final_loss=losses[-1], series_steps=series, steps=STEPS,
-        seconds=round(time.time() - start, 1),
+        step_seconds=seconds, seconds=round(time.time() - start, 1),
     )  # fmt: skip
     (out / "demo_results.json").write_text(json.dumps(result, indent=2))
     ok = (

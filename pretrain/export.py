@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+
+from tqdm import tqdm
 
 from model_zoo.hf import export_hf, import_hf
 from pretrain.checkpoint import check_checkpoint, load_weights, read_index, save_weights
@@ -80,7 +83,10 @@ def export_run_steps(
                 f"{', '.join(map(str, sorted(by_step)))}"
             )
         check_checkpoint(run_dir / by_step[step]["path"], verify)
-    for step in wanted:
+    # A bar with rate and ETA when there are several (--all); callers print with tqdm.write.
+    bar = tqdm(wanted, desc="export-hf", unit="ckpt", file=sys.stderr, disable=len(wanted) < 2)
+    for step in bar:
+        bar.set_postfix_str(f"step {step}")
         model = load_weights(run_dir / by_step[step]["path"], verify="size")
         out = export_hf(model.cfg, model.state_dict(), out_root / f"step{step}", **kw)
         yield step, out

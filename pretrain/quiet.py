@@ -53,8 +53,8 @@ def route_known_warnings() -> None:
 
 
 class _ToLogFile(logging.Filter):
-    """Known library log lines (torchao's optional-kernel loads, torch's pytree deprecations)
-    to the warnings log instead of the console."""
+    """Known library log lines (torchao's optional-kernel loads, torch's pytree deprecations,
+    DTensor's redistribute remark) to the warnings log instead of the console."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
@@ -67,7 +67,13 @@ class _ToLogFile(logging.Filter):
         return False
 
 
-QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
+QUIET_LOGGERS = (
+    "torchao",
+    "torch.utils._pytree",
+    # DTensor's note that a norm over a 2-D mesh takes two all-reduces (the grad norm under
+    # TP x FSDP): a performance remark about torch's own collectives, once per rank
+    "torch.distributed.tensor._redistribute",
+)
 
 
 def route_known_logs() -> None:
