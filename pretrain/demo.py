@@ -17,8 +17,9 @@
    a line of real man-page text, shown as text and as tokens.
 
 Each step prints one line: what was done, where its output is and how long it took. The commands'
-own output is in OUT/logs/, known third-party warnings in OUT/logs/warnings.log. Results and step
-times: OUT/demo_results.json.
+own output is in OUT/logs/, known third-party warnings in OUT/logs/warnings.log (torch, torchao
+and transformers are imported inside the steps, after `route_known_warnings()` has run, so their
+import-time warnings go there too). Results and step times: OUT/demo_results.json.
 """
 
 from __future__ import annotations
@@ -66,15 +67,10 @@ def run_command(args: list[str], log_file: Path, env: dict, nproc: int = 1) -> N
         )
 
 
-def last_line(log_file: Path) -> str:
-    """The command's own summary line (the last one it printed)."""
-    return next(x for x in reversed(log_file.read_text().splitlines()) if x.strip())
-
-
 def layout_for_machine() -> tuple[int, list[str], str]:
     """Ranks and parallel settings: TP2 x DP2 over 4 processes on CPU or 4+ GPUs, fewer GPUs
     get one rank each (TP over two of them)."""
-    import torch  # heavy: only this step needs it
+    import torch  # heavy; imported after main() routed the known warnings (see the docstring)
 
     gpus = torch.cuda.device_count()
     if gpus == 0 or gpus >= 4:
@@ -143,7 +139,7 @@ def step_train(out: Path, tokens: Path, env: dict) -> tuple[Path, str]:
 def step_series_batch(out: Path, run_dir: Path, env: dict) -> tuple[list[int], int, Path, str]:
     """The series index, and the batch of the step after the last series step inside the run
     (rebuilt from the data order and checked against the hash training logged)."""
-    from pretrain.checkpoint import read_index
+    from pretrain.checkpoint import read_index  # imports torch: after the warnings are routed
 
     run_command(["analyze", "series", "--run", str(run_dir)], out / "logs" / "series.log", env)
     series = sorted(e["step"] for e in read_index(run_dir) if e["kind"] == "weights")
@@ -197,12 +193,45 @@ def step_analyses(out: Path, run_dir: Path, tokens: Path, env: dict) -> tuple[Pa
     )
 
 
+def transformers_checks(model, tok, ours, batch, logged: float) -> dict:
+    """transformers' model against ours on a step's batch (loss, logits) and on greedy decoding
+    of PROMPT; then a seeded sample."""
+    import torch  # heavy, and imported only after main() routed the known warnings
+    import torch.nn.functional as F
+
+    prompt = torch.tensor([tok(PROMPT)["input_ids"]])
+    with torch.no_grad():
+        theirs = model(batch[:, :-1]).logits
+        diff = (theirs - ours(batch[:, :-1])[..., : theirs.shape[-1]]).abs().max().item()
+        loss = F.cross_entropy(theirs.flatten(0, 1), batch[:, 1:].flatten()).item()
+        gen = model.generate(prompt, max_new_tokens=16, do_sample=False, pad_token_id=0)
+        mine = prompt
+        for _ in range(16):  # greedy without a KV cache: exactly what our logits say
+            nxt = ours(mine)[:, -1, : theirs.shape[-1]].argmax(-1, keepdim=True)
+            mine = torch.cat([mine, nxt], dim=1)
+        torch.manual_seed(0)  # a sample shows more of what was learned than greedy's loop
+        sampled = model.generate(
+            prompt, max_new_tokens=24, do_sample=True, top_k=20, pad_token_id=0
+        )
+    new = gen[0, prompt.shape[1] :]
+    return {
+        "hf_loss_on_next_batch": loss,
+        "logged_loss_next_step": logged,
+        "max_abs_logit_diff": diff,
+        "generation_identical": torch.equal(gen, mine),
+        "prompt": PROMPT,
+        "generated": tok.decode(new),
+        "generated_tokens": tok.convert_ids_to_tokens(new.tolist()),
+        "sampled_top_k20_seed0": tok.decode(sampled[0, prompt.shape[1] :]),
+    }
+
+
 def step_export(
     out: Path, run_dir: Path, tokens: Path, step: int, npz: Path, env: dict
 ) -> tuple[dict, str]:
-    import numpy as np  # heavy: numpy, torch and transformers are needed by this step only
+    # heavy, and imported only after main() routed the known third-party warnings to the log
+    import numpy as np
     import torch
-    import torch.nn.functional as F
     import transformers
 
     from pretrain.checkpoint import load_weights
@@ -223,41 +252,19 @@ def step_export(
     batch = torch.from_numpy(np.load(npz)["tokens"].astype(np.int64))
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     logged = next(r["loss"] for r in rows if r.get("step") == step + 1 and "loss" in r)
-    prompt = torch.tensor([tok(PROMPT)["input_ids"]])
-    with torch.no_grad():
-        theirs = model(batch[:, :-1]).logits
-        diff = (theirs - ours(batch[:, :-1])[..., : theirs.shape[-1]]).abs().max().item()
-        loss = F.cross_entropy(theirs.flatten(0, 1), batch[:, 1:].flatten()).item()
-        gen = model.generate(prompt, max_new_tokens=16, do_sample=False, pad_token_id=0)
-        mine = prompt
-        for _ in range(16):  # greedy without a KV cache: exactly what our logits say
-            nxt = ours(mine)[:, -1, : theirs.shape[-1]].argmax(-1, keepdim=True)
-            mine = torch.cat([mine, nxt], dim=1)
-        torch.manual_seed(0)  # a sample shows more of what was learned than greedy's loop
-        sampled = model.generate(
-            prompt, max_new_tokens=24, do_sample=True, top_k=20, pad_token_id=0
-        )
-    new = gen[0, prompt.shape[1] :]
     result = {
         "exported_step": step,
         "hf_dir": str(hf_dir),
         "hf_class": type(model).__name__,
-        "hf_loss_on_next_batch": loss,
-        "logged_loss_next_step": logged,
-        "max_abs_logit_diff": diff,
-        "generation_identical": torch.equal(gen, mine),
-        "prompt": PROMPT,
-        "generated": tok.decode(new),
-        "generated_tokens": tok.convert_ids_to_tokens(new.tolist()),
-        "sampled_top_k20_seed0": tok.decode(sampled[0, prompt.shape[1] :]),
+        **transformers_checks(model, tok, ours, batch, logged),
     }
     return result, (
         f"export: step {step} -> {hf_dir} ({type(model).__name__}); transformers' loss on "
-        f"the batch of step {step + 1} {loss:.5f} vs logged {logged:.5f}; max |logit diff| "
-        f"{diff:.1e}; greedy tokens identical: {result['generation_identical']}; "
-        f"greedy {PROMPT!r} -> {result['generated']!r} (tokens "
-        f"{' '.join(result['generated_tokens'])}); sampled (top-k 20) -> "
-        f"{result['sampled_top_k20_seed0']!r}"
+        f"the batch of step {step + 1} {result['hf_loss_on_next_batch']:.5f} vs logged "
+        f"{logged:.5f}; max |logit diff| {result['max_abs_logit_diff']:.1e}; greedy tokens "
+        f"identical: {result['generation_identical']}; greedy {PROMPT!r} -> "
+        f"{result['generated']!r} (tokens {' '.join(result['generated_tokens'])}); sampled "
+        f"(top-k 20) -> {result['sampled_top_k20_seed0']!r}"
     )
 
 
