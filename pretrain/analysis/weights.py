@@ -51,7 +51,8 @@ def heat_map(rows: list[dict], path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(12, 0.22 * len(names) + 2.5), sharey=True)
     panels = (
         (norm, "parameter norm", "viridis"),
-        (np.log10(change), "log10 relative change", "magma"),
+        # an unchanged parameter (relative change 0) is drawn as missing, not as -inf
+        (np.log10(np.where(change > 0, change, np.nan)), "log10 relative change", "magma"),
     )
     for ax, (values, title, cmap) in zip(axes, panels):
         im = ax.imshow(values, aspect="auto", cmap=cmap, interpolation="nearest")
