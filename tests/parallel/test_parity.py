@@ -23,10 +23,18 @@ def dense_cfg():
     return dataclasses.replace(get_model_config("llama3-tiny"), n_layers=4)
 
 
+# The dense reference's seed. Since the harness builds pretrain.optim's optimizer (foreach AdamW,
+# as `pretrain train` does), seed 0 is no longer a calm yardstick: one process alone (one thread,
+# as in the suite) moves its parameters by 2.8e-6 after 20 steps when only the batch is
+# accumulated in micro-batches. stable_reference_run's probe, largest of loss / grad-norm / params:
+# seed 1 1.6e-5, 2 4.9e-6, 3 2.0e-6, 4 3.3e-6, 6 7.3e-7, 7 1.4e-6.
+DENSE_SEED = 6
+
+
 @pytest.fixture(scope="module")
 def dense_ref():
     """20 steps (the precision runs); parity runs compare with its first 10."""
-    return stable_reference_run(dense_cfg(), 20, GBS, SEQ, snapshot_steps=(STEPS,))
+    return stable_reference_run(dense_cfg(), 20, GBS, SEQ, seed=DENSE_SEED, snapshot_steps=(STEPS,))
 
 
 # The MoE + MLA model's seed: with 0 (and 1, 5), one process alone drifts past 1e-5 when only its
@@ -77,7 +85,9 @@ def test_dense_tp2_pp2_schedules_and_dcp(tmp_path, dense_ref):
             "parallel": {"pp": 2, "activation_checkpointing": "selective", "ac_every_n": 2},
         },
     ]
-    results = launch(2, spec("llama3-tiny", runs, overrides={"n_layers": 4}), tmp_path)
+    results = launch(
+        2, spec("llama3-tiny", runs, overrides={"n_layers": 4}, seed=DENSE_SEED), tmp_path
+    )
     for r in results[:4] + results[5:]:
         check_parity(r, dense_ref)
     # rank 0 holds stages 0 (layers 0,1) of the 1F1B pipeline: all recomputed / every 2nd
@@ -101,6 +111,7 @@ def test_kv_heads_replicated_when_tp_exceeds_them(tmp_path, dense_ref):
             "llama3-tiny",
             [{"name": "TP4 (KV heads x2)", "parallel": {"tp": 4}}],
             overrides={"n_layers": 4},
+            seed=DENSE_SEED,
         ),
         tmp_path / "llama",
     )[0]
@@ -161,14 +172,16 @@ def test_dense_fsdp_dp4_and_hsdp(tmp_path, dense_ref):
         {"name": "FSDP2 DP4", "parallel": {"dp_shard": 4}},
         {"name": "HSDP 2x2", "parallel": {"dp_replicate": 2, "dp_shard": 2}},
     ]
-    for r in launch(4, spec("llama3-tiny", runs, overrides={"n_layers": 4}), tmp_path):
+    for r in launch(
+        4, spec("llama3-tiny", runs, overrides={"n_layers": 4}, seed=DENSE_SEED), tmp_path
+    ):
         check_parity(r, dense_ref)
 
 
 def test_dense_3d(tmp_path, dense_ref):
     """TP2 x PP2 x DP2 (8 ranks)."""
     runs = [{"name": "TP2xPP2xDP2 fp32", "parallel": {"tp": 2, "pp": 2}}]
-    res = launch(8, spec("llama3-tiny", runs, overrides={"n_layers": 4}), tmp_path)
+    res = launch(8, spec("llama3-tiny", runs, overrides={"n_layers": 4}, seed=DENSE_SEED), tmp_path)
     check_parity(res[0], dense_ref)
 
 
@@ -176,7 +189,9 @@ def single_process(tmp_path, precisions):
     """The single-process run of each precision: the engine on one rank (bf16/fp8 use the same
     FSDP2 mixed-precision policy there as on many ranks)."""
     runs = [{"name": f"single {p}", "parallel": {"precision": p}, "steps": 20} for p in precisions]
-    return launch(1, spec("llama3-tiny", runs, overrides={"n_layers": 4}), tmp_path)
+    return launch(
+        1, spec("llama3-tiny", runs, overrides={"n_layers": 4}, seed=DENSE_SEED), tmp_path
+    )
 
 
 def test_precisions_pp2(tmp_path, dense_ref):
@@ -186,7 +201,9 @@ def test_precisions_pp2(tmp_path, dense_ref):
     runs = [
         {"name": f"PP2 {p}", "parallel": {"pp": 2, "precision": p}, "steps": 20} for p in precisions
     ]
-    par = launch(2, spec("llama3-tiny", runs, overrides={"n_layers": 4}), tmp_path / "w2")
+    par = launch(
+        2, spec("llama3-tiny", runs, overrides={"n_layers": 4}, seed=DENSE_SEED), tmp_path / "w2"
+    )
     single = single_process(tmp_path / "w1", precisions)
     for prec, p, s in zip(precisions, par, single):
         check_precision(p, s, dense_ref, TRACK_TOL[prec])
@@ -224,7 +241,9 @@ def test_precision_3d(tmp_path, dense_ref, precision):
             "parallel": {"tp": 2, "pp": 2, "precision": precision},
         }
     ]
-    par = launch(8, spec("llama3-tiny", runs, overrides={"n_layers": 4}), tmp_path / "w8")[0]
+    par = launch(
+        8, spec("llama3-tiny", runs, overrides={"n_layers": 4}, seed=DENSE_SEED), tmp_path / "w8"
+    )[0]
     check_precision(
         par, single_process(tmp_path / "w1", [precision])[0], dense_ref, TRACK_TOL[precision]
     )
@@ -235,7 +254,10 @@ def test_compile_dp2(tmp_path, dense_ref):
     """Per-block torch.compile (inductor, CPU) under FSDP2 DP2 still matches one process."""
     runs = [{"name": "DP2 compile", "parallel": {"compile": True}}]
     check_parity(
-        launch(2, spec("llama3-tiny", runs, overrides={"n_layers": 4}), tmp_path)[0], dense_ref
+        launch(2, spec("llama3-tiny", runs, overrides={"n_layers": 4}, seed=DENSE_SEED), tmp_path)[
+            0
+        ],
+        dense_ref,
     )
 
 
