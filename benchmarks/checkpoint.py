@@ -47,12 +47,12 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     from parallel.engine import build_engine
-    from parallel.env import DistEnv, destroy_distributed, init_distributed
+    from parallel.env import DistEnv, destroy_distributed, free_port, init_distributed
     from parallel.layout import build_mesh
     from pretrain.checkpoint import CheckpointManager, full_dir
     from pretrain.config import compose_config
     from pretrain.optim import build_optimizers
-    from pretrain.train import _free_port, plan
+    from pretrain.train import plan
 
     run = compose_config(
         [
@@ -72,7 +72,7 @@ def main() -> int:
         ]
     )
     layout = plan(run, 1)
-    device = init_distributed(DistEnv(master_port=_free_port()), "cpu")
+    device = init_distributed(DistEnv(master_port=free_port()), "cpu")
     tmp = Path(tempfile.mkdtemp(prefix="ckpt_bench_"))
     try:
         engine = build_engine(

@@ -27,9 +27,8 @@ import torch
 from model_zoo.zoo import get_model_config
 from parallel.config import ParallelConfig
 from parallel.engine import build_engine
-from parallel.env import destroy_distributed, discover_env, init_distributed
+from parallel.env import destroy_distributed, discover_env, free_port, init_distributed
 from parallel.layout import build_mesh, resolve_layout
-from pretrain.trainer import free_port
 from tests.parallel.parallel_harness import (
     build_optimizers,
     max_rel_param_diff,

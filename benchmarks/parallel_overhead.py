@@ -16,13 +16,14 @@ import argparse
 import dataclasses
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from parallel.env import free_port, local_rank_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,29 +115,14 @@ def _text(steps: int, gbs: int, seq: int):
     return torch.tensor(list(buf[:need]), dtype=torch.long).view(steps, gbs, seq + 1)
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_layout(name: str, args) -> float:
     world = LAYOUTS[name][0]
-    port = _port()
+    port = free_port()
     procs = []
     with tempfile.TemporaryDirectory() as tmp:
         for rank in range(world):
-            env = dict(
-                os.environ,
-                RANK=str(rank),
-                WORLD_SIZE=str(world),
-                LOCAL_RANK=str(rank),
-                LOCAL_WORLD_SIZE=str(world),
-                MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=str(port),
-                OMP_NUM_THREADS="1",
-                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-            )
+            env = local_rank_env(rank, world, port)
+            env["PYTHONPATH"] = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
             cmd = [sys.executable, __file__, "--worker", name] + _passthrough(args)
             log = open(Path(tmp) / f"rank{rank}.log", "w+")
             procs.append(

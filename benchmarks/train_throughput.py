@@ -40,13 +40,18 @@ from model_zoo.counting import count_parameters, training_flops_per_token
 from model_zoo.zoo import get_model_config, zoo_names
 from parallel.config import ParallelConfig
 from parallel.engine import build_engine
-from parallel.env import destroy_distributed, discover_env, init_distributed, resolve_device_type
+from parallel.env import (
+    destroy_distributed,
+    discover_env,
+    free_port,
+    init_distributed,
+    resolve_device_type,
+)
 from parallel.layout import build_mesh, resolve_layout
 from parallel.parallelize import check_gpu_features
 from pretrain.config import OptimizerConfig
 from pretrain.metrics import device_peak_flops
 from pretrain.optim import build_optimizers
-from pretrain.trainer import free_port
 
 FP8_PEAK_FACTOR = 2.0  # Hopper/Ada datasheets: dense FP8 peak = 2 x dense bf16 peak
 

@@ -38,6 +38,28 @@ class DistEnv:
     launcher: str = "single"
 
 
+def free_port() -> int:
+    """A TCP port free on loopback now, for a local rendezvous (tests, benchmarks, one node)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def local_rank_env(rank: int, world_size: int, port: int, base: dict | None = None) -> dict:
+    """The environment torchrun would give rank `rank` of `world_size` processes on this machine
+    (one intra-op thread each: the local runs share the machine's cores)."""
+    return dict(
+        os.environ if base is None else base,
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS="1",
+    )
+
+
 def expand_nodelist(nodelist: str) -> list[str]:
     """Expand a Slurm hostlist expression ("n[01-03,7],gpu5") without Slurm's tools."""
     hosts: list[str] = []

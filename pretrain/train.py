@@ -16,9 +16,7 @@ from parallel.env import discover_env
 from pretrain.callbacks import Callback
 from pretrain.config import RunConfig, compose_config
 from pretrain.series import series_steps
-from pretrain.trainer import Trainer, TrainingDiverged, describe_plan, free_port, plan
-
-_free_port = free_port  # the name benchmarks/checkpoint.py imports
+from pretrain.trainer import Trainer, TrainingDiverged, describe_plan, plan
 
 __all__ = ["Trainer", "TrainingDiverged", "describe_plan", "main_train", "plan", "train"]
 

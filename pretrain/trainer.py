@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,13 @@ import torch.distributed as dist
 from model_zoo.config import ConfigError
 from model_zoo.counting import count_parameters, training_flops_per_token
 from parallel.engine import build_engine
-from parallel.env import destroy_distributed, discover_env, init_distributed, resolve_device_type
+from parallel.env import (
+    destroy_distributed,
+    discover_env,
+    free_port,
+    init_distributed,
+    resolve_device_type,
+)
 from parallel.layout import Layout, build_mesh, resolve_layout
 from parallel.parallelize import check_gpu_features
 from pretrain.callbacks import (
@@ -60,12 +65,6 @@ from pretrain.series import format_bytes, retained_full_steps, series_steps
 
 class TrainingDiverged(RuntimeError):
     """A NaN/inf loss or gradient norm stopped the run (trainer.nan_policy=stop)."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def plan(run: RunConfig, world_size: int) -> Layout:

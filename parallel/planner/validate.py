@@ -20,7 +20,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -37,7 +36,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from model_zoo.zoo import get_model_config
 from parallel.config import ParallelConfig
 from parallel.engine import build_engine
-from parallel.env import destroy_distributed, discover_env, init_distributed
+from parallel.env import (
+    destroy_distributed,
+    discover_env,
+    free_port,
+    init_distributed,
+    local_rank_env,
+)
 from parallel.layout import build_mesh, resolve_layout
 from parallel.planner.comm import collective_bytes
 from parallel.planner.memory import (
@@ -326,31 +331,16 @@ def worker_main(spec_path: str, out_dir: str) -> None:
         destroy_distributed()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch_validation(world: int, runs: list[dict], out_dir: Path, timeout: float = 600):
     """Run `runs` (all of world size `world`) in one launch of `world` gloo processes; returns
     results[run][rank]."""
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = out_dir / "spec.json"
     spec.write_text(json.dumps({"runs": runs}))
-    port = _free_port()
+    port = free_port()
     procs = []
     for rank in range(world):
-        env = dict(
-            os.environ,
-            RANK=str(rank),
-            WORLD_SIZE=str(world),
-            LOCAL_RANK=str(rank),
-            LOCAL_WORLD_SIZE=str(world),
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-            OMP_NUM_THREADS="1",
-        )
+        env = local_rank_env(rank, world, port)
         log = open(out_dir / f"rank{rank}.log", "w")
         procs.append(
             subprocess.Popen(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from parallel.env import free_port, local_rank_env
 from pretrain.config import OptimizerConfig
 from pretrain.evaluation import loss_on_windows
 from pretrain.optim import build_optimizers as pretrain_optimizers
@@ -149,12 +149,6 @@ def stable_reference_run(
     return ref
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(world_size: int, spec: dict, out_dir: Path, timeout: float = 400) -> list[dict]:
     """Run parallel_worker.py on `world_size` ranks with torchrun's environment variables and
     return one result per run of the spec (written by rank 0). Fails on any non-zero exit; as
@@ -183,20 +177,11 @@ def launch(world_size: int, spec: dict, out_dir: Path, timeout: float = 400) -> 
 
 
 def _run_ranks(world_size: int, spec_path: Path, out_dir: Path, timeout: float) -> list:
-    port = _free_port()
+    port = free_port()
     procs, logs = [], []
     for rank in range(world_size):
-        env = dict(
-            os.environ,
-            RANK=str(rank),
-            WORLD_SIZE=str(world_size),
-            LOCAL_RANK=str(rank),
-            LOCAL_WORLD_SIZE=str(world_size),
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-            OMP_NUM_THREADS="1",
-            PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        )
+        env = local_rank_env(rank, world_size, port)
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
         logs.append(open(out_dir / f"rank{rank}.log", "w"))
         procs.append(
             subprocess.Popen(

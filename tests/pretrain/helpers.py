@@ -8,12 +8,13 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from parallel.env import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "data_pipeline" / "samples" / "manpages_en.jsonl.gz"
@@ -82,12 +83,6 @@ def tiny_overrides(run_dir: Path, data: list[str], steps: int = 6, **extra) -> l
     }
     o.update(extra)
     return [f"{k}={v}" for k, v in o.items()]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_cli(args: list[str], nproc: int = 1, timeout: int = 240, env_extra: dict | None = None):
