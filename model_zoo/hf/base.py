@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from model_zoo.config import ConfigError, ModelConfig, RopeScalingConfig
+from model_zoo.config import ConfigError, InitConfig, ModelConfig, RopeScalingConfig
 
 Tensor = torch.Tensor
 
@@ -233,6 +233,35 @@ class DecoderLayoutAdapter(HFAdapter):
         "attention_norm": "input_layernorm",
         "ffn_norm": "post_attention_layernorm",
     }
+
+    def decoder_config_from_hf(self, hf: dict[str, Any], **switches: Any) -> ModelConfig:
+        """The fields every config.json of this layout spells the same way (shape, SwiGLU,
+        RMSNorm, attention bias, RoPE theta, tying, init std, special tokens); `switches` are the
+        family's own (norm placement, QK-norm, head_dim, ...) and win over the defaults here."""
+        theta, _, _ = rope_from_hf(hf)
+        n_heads = hf["num_attention_heads"]
+        fields: dict[str, Any] = dict(
+            name=hf.get("_name_or_path") or f"{self.family}-imported",
+            family=self.family,
+            vocab_size=hf["vocab_size"],
+            d_model=hf["hidden_size"],
+            n_layers=hf["num_hidden_layers"],
+            n_heads=n_heads,
+            n_kv_heads=hf.get("num_key_value_heads", n_heads),
+            ffn_hidden_size=hf["intermediate_size"],
+            activation="swiglu",
+            norm="rmsnorm",
+            norm_eps=hf.get("rms_norm_eps", 1e-6),
+            qkv_bias=hf.get("attention_bias", False),
+            attn_out_bias=hf.get("attention_bias", False),
+            rope_theta=theta,
+            max_seq_len=hf.get("max_position_embeddings", 2048),
+            tie_embeddings=hf.get("tie_word_embeddings", False),
+            init=InitConfig(std=hf.get("initializer_range", 0.02)),
+            bos_token_id=first_token_id(hf.get("bos_token_id")),
+            eos_token_id=first_token_id(hf.get("eos_token_id")),
+        )
+        return ModelConfig(**{**fields, **switches})
 
     def to_hf_state_dict(self, cfg, sd):
         out = rename(sd, self.TOP, {**self.LAYER, **self.NORMS}, "layers.", "model.layers.")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from model_zoo.config import InitConfig, ModelConfig
+from model_zoo.config import InitConfig
 from model_zoo.families import register_family
 from model_zoo.hf.base import (
     ATTN_BIAS_SAME,
@@ -17,9 +17,7 @@ from model_zoo.hf.base import (
     DecoderLayoutAdapter,
     Requirement,
     common_hf_config,
-    first_token_id,
     qk_norm_is,
-    rope_from_hf,
 )
 
 
@@ -66,28 +64,9 @@ class Olmo2Adapter(DecoderLayoutAdapter):
         return hf
 
     def from_hf_config(self, hf):
-        theta, _, _ = rope_from_hf(hf)
-        n_heads = hf["num_attention_heads"]
-        return ModelConfig(
-            name=hf.get("_name_or_path") or f"{self.family}-imported",
-            family=self.family,
-            vocab_size=hf["vocab_size"],
-            d_model=hf["hidden_size"],
-            n_layers=hf["num_hidden_layers"],
-            n_heads=n_heads,
-            n_kv_heads=hf.get("num_key_value_heads", n_heads),
-            ffn_hidden_size=hf["intermediate_size"],
-            activation="swiglu",
-            norm="rmsnorm",
-            norm_eps=hf.get("rms_norm_eps", 1e-6),
+        return self.decoder_config_from_hf(
+            hf,
             norm_position="post",
             qk_norm="full",
-            qkv_bias=hf.get("attention_bias", False),
-            attn_out_bias=hf.get("attention_bias", False),
-            rope_theta=theta,
-            max_seq_len=hf.get("max_position_embeddings", 2048),
-            tie_embeddings=hf.get("tie_word_embeddings", False),
             init=InitConfig(std=hf.get("initializer_range", 0.02), output_scheme="same"),
-            bos_token_id=first_token_id(hf.get("bos_token_id")),
-            eos_token_id=first_token_id(hf.get("eos_token_id")),
         )
