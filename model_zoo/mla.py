@@ -16,6 +16,18 @@ from model_zoo.config import ModelConfig
 from model_zoo.layers import RMSNorm, apply_rope, apply_rope_interleaved, sdpa, yarn_mscale
 
 
+class AttentionKernel(nn.Module):
+    """The attention kernel of every attention module (`sdpa`: causal, with the forward's mask),
+    as a module of its own so that parallel/ can wrap it (context parallel's all-to-all runs
+    around it) without touching the projections. No parameters: names and checkpoints are those
+    of the model without it. Defined here, not in model.py, because model.py imports this file.
+
+    q, k, v: [batch, heads, seq, head_dim] -> [batch, heads, seq, v_head_dim]."""
+
+    def forward(self, q, k, v, attn_mask=None, scale: float | None = None) -> torch.Tensor:
+        return sdpa(q, k, v, attn_mask, scale=scale)
+
+
 class MLAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -36,6 +48,7 @@ class MLAttention(nn.Module):
             a.kv_lora_rank, n_heads * (a.qk_nope_head_dim + a.v_head_dim), bias=False
         )
         self.wo = nn.Linear(n_heads * a.v_head_dim, cfg.d_model, bias=cfg.attn_out_bias)
+        self.kernel = AttentionKernel()
         self.softmax_scale = self.qk_head_dim**-0.5
         rs = cfg.rope_scaling
         if rs.type == "yarn" and rs.mscale_all_dim:
@@ -60,5 +73,5 @@ class MLAttention(nn.Module):
         q = torch.cat((q_nope, q_rope), dim=-1)
         k = torch.cat((k_nope, k_rope.expand(-1, -1, heads, -1)), dim=-1)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        out = sdpa(q, k, v, attn_mask, scale=self.softmax_scale)
+        out = self.kernel(q, k, v, attn_mask, self.softmax_scale)
         return self.wo(out.transpose(1, 2).reshape(bsz, seq, -1))

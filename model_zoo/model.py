@@ -28,9 +28,8 @@ from model_zoo.layers import (
     build_norm,
     rope_attention_factor,
     rope_inverse_frequencies,
-    sdpa,
 )
-from model_zoo.mla import MLAttention
+from model_zoo.mla import AttentionKernel, MLAttention
 from model_zoo.moe import GroupedExperts, MoE, TopKRouter
 
 
@@ -48,6 +47,7 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.d_model, kv_dim, bias=cfg.qkv_bias)
         self.wv = nn.Linear(cfg.d_model, kv_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(q_dim, cfg.d_model, bias=cfg.attn_out_bias)
+        self.kernel = AttentionKernel()
         self.qk_norm = cfg.qk_norm
         if cfg.qk_norm == "full":  # OLMo-2: one RMSNorm over all heads of q, one over all of k
             self.q_norm, self.k_norm = build_norm(cfg, q_dim), build_norm(cfg, kv_dim)
@@ -81,7 +81,7 @@ class Attention(nn.Module):
         if n_rep > 1:  # explicit repeat: works for every SDPA backend and under DTensor
             k = k.repeat_interleave(n_rep, dim=1)
             v = v.repeat_interleave(n_rep, dim=1)
-        out = sdpa(q, k, v, attn_mask)
+        out = self.kernel(q, k, v, attn_mask)
         return self.wo(out.transpose(1, 2).reshape(bsz, seq, -1))
 
 

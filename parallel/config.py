@@ -17,6 +17,7 @@ PRECISIONS = ("fp32", "bf16", "fp8_tensorwise", "fp8_rowwise")
 AC_MODES = ("none", "full", "selective")
 DEVICES = ("auto", "cpu", "cuda")
 FP8_FILTERS = ("divisible", "auto")
+CP_STYLES = ("alltoall", "ring")
 
 
 @dataclass
@@ -31,6 +32,14 @@ class ParallelConfig:
     # Expert parallel is its own mesh axis (world = pp * dp_replicate * dp_shard * ep * tp); dense
     # parameters treat it as more data-parallel sharding, experts are split over it.
     ep: int = 1
+    # Context parallel: the sequence of every sample split over cp ranks (world = pp *
+    # dp_replicate * dp_shard * ep * cp * tp). CP ranks hold the same weights and see different
+    # tokens of the same batch, so FSDP shards dense parameters over dp_shard x ep x cp.
+    cp: int = 1
+    # alltoall: DeepSpeed-Ulysses (all-to-all from sequence- to head-sharded q/k/v around the
+    # attention kernel; any backend; query heads after TP divisible by cp) | ring: torch's
+    # context_parallel (ring attention, K/V passed around the cp ranks; CUDA only, plain causal).
+    cp_style: str = "alltoall"
     # fp32 | bf16 (bf16 compute, fp32 master weights and gradient reduction) | fp8_tensorwise |
     # fp8_rowwise (torchao float8 linears, everything else as bf16).
     precision: str = "fp32"
@@ -73,10 +82,11 @@ class ParallelConfig:
             ("activation_checkpointing", AC_MODES),
             ("device", DEVICES),
             ("fp8_filter", FP8_FILTERS),
+            ("cp_style", CP_STYLES),
         ):
             value = getattr(self, key)
             need(value in allowed, f"parallel.{key}={value!r} is not one of {', '.join(allowed)}")
-        for key in ("tp", "pp", "dp_replicate", "ep"):
+        for key in ("tp", "pp", "dp_replicate", "ep", "cp"):
             need(getattr(self, key) >= 1, f"parallel.{key}={getattr(self, key)} must be >= 1")
         need(
             self.dp_shard >= 1 or self.dp_shard == -1,
@@ -94,4 +104,14 @@ class ParallelConfig:
             f"parallel.fp8_moe_experts=true needs parallel.precision=fp8_tensorwise or "
             f"fp8_rowwise (got {self.precision})",
         )
+        need(
+            not (self.cp_style == "ring" and self.cp > 1 and self.device == "cpu"),
+            RING_NEEDS_CUDA,
+        )
         return self
+
+
+RING_NEEDS_CUDA = (
+    "parallel.cp_style=ring needs CUDA: torch's context_parallel has no CPU sharding strategy "
+    "for SDPA; use parallel.cp_style=alltoall"
+)

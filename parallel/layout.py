@@ -6,9 +6,10 @@ instead of failing minutes later inside a collective on hundreds of GPUs.
 
 Mesh axes and how expert parallel composes with them
 -----------------------------------------------------
-The device mesh has five named axes, outermost first: ``pp, dp_replicate, dp_shard, ep, tp`` and
-world_size = pp * dp_replicate * dp_shard * ep * tp. tp is innermost so that tensor-parallel
-collectives (the most frequent) stay inside a node; pp is outermost (point-to-point only).
+The device mesh has six named axes, outermost first: ``pp, dp_replicate, dp_shard, ep, cp, tp``
+and world_size = pp * dp_replicate * dp_shard * ep * cp * tp. tp is innermost so that
+tensor-parallel collectives (the most frequent) stay inside a node; cp next to it (an all-to-all or
+a ring of K/V blocks in every attention layer); pp is outermost (point-to-point only).
 
 `ep` is a data-parallel axis for everything but the routed experts. This is torchtitan's design
 ("ep borrows from dp_shard"), only spelled so that every axis is a factor of the world size:
@@ -19,6 +20,14 @@ torchtitan's dp_shard=4, ep=2 is our dp_shard=2, ep=2.
     over ``dp_shard`` only, and tensor-parallel over ``tp`` inside each expert (ETP = TP);
   * every rank of (dp_replicate, dp_shard, ep) reads a different slice of the batch:
     data-parallel degree dp = dp_replicate * dp_shard * ep.
+
+`cp` (context parallel) splits each sequence: the cp ranks of one data-parallel rank receive the
+same batch and each keeps 2 of its 2*cp sequence chunks (parallel/context_parallel.py). They hold
+the same weights and see different tokens, so for FSDP cp is one more sharding axis, as
+torchtitan's dp_shard_cp: dense parameters are sharded over ``(dp_shard, ep, cp)``
+("dp_shard_ep_cp"), routed experts over ``(dp_shard, cp)`` ("dp_shard_cp"); token counts and
+losses are summed over ``(dp_replicate, dp_shard, ep, cp)`` ("dp_cp"). cp is not part of "dp":
+the data loader and the batch arithmetic do not see it.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from model_zoo.config import ConfigError, ModelConfig, need
 from parallel.config import ParallelConfig
 from parallel.schedules import PipelineSchedule, get_schedule
 
-MESH_AXES = ("pp", "dp_replicate", "dp_shard", "ep", "tp")
+MESH_AXES = ("pp", "dp_replicate", "dp_shard", "ep", "cp", "tp")
 
 
 @dataclass
@@ -56,6 +65,8 @@ class Layout:
     ac_every_n: int = 1
     compile: bool = False
     device: str = "auto"
+    cp: int = 1
+    cp_style: str = "alltoall"
 
     @property
     def dp(self) -> int:
@@ -78,7 +89,8 @@ class Layout:
     def describe(self) -> str:
         return (
             f"pp={self.pp} dp_replicate={self.dp_replicate} dp_shard={self.dp_shard} "
-            f"ep={self.ep} tp={self.tp} (world {self.world_size}); "
+            f"ep={self.ep} cp={self.cp}{f' ({self.cp_style})' if self.cp > 1 else ''} "
+            f"tp={self.tp} (world {self.world_size}); "
             f"{self.n_microbatches} micro-batches of {self.micro_batch_size} x {self.seq_len} "
             f"per dp rank; precision {self.precision}"
         )
@@ -115,22 +127,24 @@ def _check(
     """Resolve and check; raise ConfigError(reason) without suggestions."""
     need(world_size >= 1, f"world_size={world_size} must be >= 1")
     _check_fields(pcfg)
-    fixed = pcfg.tp * pcfg.pp * pcfg.dp_replicate * pcfg.ep
+    fixed = pcfg.tp * pcfg.pp * pcfg.dp_replicate * pcfg.ep * pcfg.cp
+    with_cp = "*cp" if pcfg.cp > 1 else ""  # cp named only where it is used
     if pcfg.dp_shard == -1:
         need(
             world_size % fixed == 0,
-            f"world_size={world_size} is not divisible by tp*pp*dp_replicate*ep={fixed}, so "
-            "dp_shard=-1 has no integer value",
+            f"world_size={world_size} is not divisible by tp*pp*dp_replicate*ep{with_cp}={fixed}, "
+            "so dp_shard=-1 has no integer value",
         )
         dp_shard = world_size // fixed
     else:
         dp_shard = pcfg.dp_shard
+        cp_term = f"*{pcfg.cp}" if pcfg.cp > 1 else ""
         need(
             fixed * dp_shard == world_size,
-            f"tp*pp*dp_replicate*dp_shard*ep = {pcfg.tp}*{pcfg.pp}*{pcfg.dp_replicate}*"
-            f"{dp_shard}*{pcfg.ep} = {fixed * dp_shard} != world_size={world_size}",
+            f"tp*pp*dp_replicate*dp_shard*ep{with_cp} = {pcfg.tp}*{pcfg.pp}*{pcfg.dp_replicate}*"
+            f"{dp_shard}*{pcfg.ep}{cp_term} = {fixed * dp_shard} != world_size={world_size}",
         )
-    tp, pp, ep = pcfg.tp, pcfg.pp, pcfg.ep
+    tp, pp, ep, cp = pcfg.tp, pcfg.pp, pcfg.ep, pcfg.cp
     name = f"model '{model_cfg.name}'"
 
     # ---- tensor parallel: every sharded dimension must split evenly -------------------------
@@ -165,9 +179,15 @@ def _check(
             f"set model.pad_vocab_multiple to a multiple of {tp}",
         )
         # sequence parallel splits the sequence between the tp ranks outside attention/MLP
-        need(
-            seq_len % tp == 0, f"seq_len={seq_len} is not divisible by tp={tp} (sequence parallel)"
-        )
+        # (under cp, each cp rank's share of it: _check_cp)
+        if cp == 1:
+            need(
+                seq_len % tp == 0,
+                f"seq_len={seq_len} is not divisible by tp={tp} (sequence parallel)",
+            )
+    # ---- context parallel ----------------------------------------------------------------------
+    if cp > 1:
+        _check_cp(pcfg, model_cfg, seq_len, name)
     # ---- expert parallel -----------------------------------------------------------------------
     n_exp = _n_experts(model_cfg)
     if ep > 1:
@@ -265,7 +285,44 @@ def _check(
         ac_every_n=pcfg.ac_every_n,
         compile=pcfg.compile,
         device=pcfg.device,
+        cp=cp,
+        cp_style=pcfg.cp_style,
     )
+
+
+def _check_cp(pcfg: ParallelConfig, model_cfg: ModelConfig, seq_len: int, name: str) -> None:
+    """Context parallel: the sequence splits into 2*cp chunks, rank r keeping chunks r and
+    2cp-1-r (so every rank does the same causal work, and both styles give a rank the same
+    tokens); alltoall also splits the query heads left after tp over cp."""
+    cp, tp = pcfg.cp, pcfg.tp
+    need(
+        seq_len % (2 * cp) == 0,
+        f"seq_len={seq_len} is not divisible by 2 x cp={2 * cp} (the load-balanced causal split "
+        f"gives cp rank r chunks r and {2 * cp - 1}-r of {2 * cp})",
+    )
+    local = seq_len // cp
+    need(
+        local % tp == 0,
+        f"seq_len={seq_len} over cp={cp} leaves {local} tokens per cp rank, not divisible by "
+        f"tp={tp} (sequence parallel splits each cp rank's tokens over tp)",
+    )
+    if pcfg.cp_style == "alltoall":
+        heads = model_cfg.n_heads // tp
+        need(
+            heads % cp == 0,
+            f"{name}: {heads} query heads per tp rank (n_heads={model_cfg.n_heads} / tp={tp}) are "
+            f"not divisible by cp={cp}: parallel.cp_style=alltoall gives each cp rank heads/cp of "
+            f"them (GQA's KV heads are repeated to the query heads before the all-to-all, so only "
+            f"the query heads must divide); use a cp that divides {heads}, or "
+            f"parallel.cp_style=ring on CUDA",
+        )
+    else:
+        need(
+            model_cfg.sliding_window == 0,
+            f"{name} has sliding_window={model_cfg.sliding_window}: parallel.cp_style=ring runs "
+            f"torch's ring attention, plain causal only (no mask reaches its kernel); use "
+            f"parallel.cp_style=alltoall",
+        )
 
 
 def check_layout(
@@ -278,31 +335,29 @@ def check_layout(
 
 def _suggest(pcfg: ParallelConfig, world_size: int, model_cfg, gbs, mbs, seq_len) -> str:
     """The valid layout closest (in log2 distance of the axis sizes) to the requested one."""
-    want = {k: max(1, getattr(pcfg, k)) for k in ("tp", "pp", "dp_replicate", "ep")}
+    want = {k: max(1, getattr(pcfg, k)) for k in ("tp", "pp", "dp_replicate", "ep", "cp")}
     best = None
-    for tp in _divisors(world_size):
-        for pp in _divisors(world_size // tp):
-            for ep in _divisors(world_size // (tp * pp)):
-                for rep in _divisors(world_size // (tp * pp * ep)):
-                    shard = world_size // (tp * pp * ep * rep)
-                    cand = replace(
-                        pcfg,
-                        tp=tp,
-                        pp=pp,
-                        ep=ep,
-                        dp_replicate=rep,
-                        dp_shard=shard,
-                        pp_split=[] if pp != pcfg.pp else list(pcfg.pp_split),
-                    )
-                    try:
-                        _check(cand, world_size, model_cfg, gbs, mbs, seq_len)
-                    except ConfigError:
-                        continue
-                    d = sum(abs(math.log2(getattr(cand, k) / want[k])) for k in want)
-                    if pcfg.dp_shard > 0:
-                        d += abs(math.log2(shard / pcfg.dp_shard))
-                    if best is None or d < best[0]:
-                        best = (d, cand)
+    for tp, pp, ep, cp, rep in _axis_sizes(world_size):
+        shard = world_size // (tp * pp * ep * cp * rep)
+        cand = replace(
+            pcfg,
+            tp=tp,
+            pp=pp,
+            ep=ep,
+            cp=cp,
+            dp_replicate=rep,
+            dp_shard=shard,
+            pp_split=[] if pp != pcfg.pp else list(pcfg.pp_split),
+        )
+        try:
+            _check(cand, world_size, model_cfg, gbs, mbs, seq_len)
+        except ConfigError:
+            continue
+        d = sum(abs(math.log2(getattr(cand, k) / want[k])) for k in want)
+        if pcfg.dp_shard > 0:
+            d += abs(math.log2(shard / pcfg.dp_shard))
+        if best is None or d < best[0]:
+            best = (d, cand)
     if best is None:
         return (
             f"no layout of {world_size} ranks fits global_batch_size={gbs}, "
@@ -312,8 +367,19 @@ def _suggest(pcfg: ParallelConfig, world_size: int, model_cfg, gbs, mbs, seq_len
     return (
         f"a valid layout for world_size={world_size}: parallel.tp={c.tp} parallel.pp={c.pp} "
         f"parallel.dp_replicate={c.dp_replicate} parallel.dp_shard={c.dp_shard} "
-        f"parallel.ep={c.ep}"
+        f"parallel.ep={c.ep}" + (f" parallel.cp={c.cp}" if c.cp > 1 or pcfg.cp > 1 else "")
     )
+
+
+def _axis_sizes(world_size: int):
+    """Every (tp, pp, ep, cp, dp_replicate) whose product divides world_size (dp_shard takes
+    the rest)."""
+    for tp in _divisors(world_size):
+        for pp in _divisors(world_size // tp):
+            for ep in _divisors(world_size // (tp * pp)):
+                for cp in _divisors(world_size // (tp * pp * ep)):
+                    for rep in _divisors(world_size // (tp * pp * ep * cp)):
+                        yield tp, pp, ep, cp, rep
 
 
 def resolve_layout(
@@ -339,17 +405,21 @@ def resolve_layout(
 
 
 def build_mesh(layout: Layout, device_type: str = "cpu"):
-    """The DeviceMesh over (pp, dp_replicate, dp_shard, ep, tp), plus two flattened meshes:
-    "dp" = (dp_replicate, dp_shard, ep), all data-parallel ranks (the data loader's rank and the
-    token-count reduction), and "dp_shard_ep" = (dp_shard, ep), over which FSDP shards dense
-    parameters.
+    """The DeviceMesh over (pp, dp_replicate, dp_shard, ep, cp, tp), plus flattened meshes:
+    "dp" = (dp_replicate, dp_shard, ep), all data-parallel ranks (the data loader's rank);
+    "dp_shard_ep" = (dp_shard, ep), over which FSDP shards dense parameters without cp;
+    "dp_cp" = dp and cp, over which token counts are summed; "dp_shard_ep_cp" and "dp_shard_cp",
+    the FSDP meshes of dense parameters and routed experts under cp (see the module doc).
 
-    Needs the default process group. All five axes exist even when of size 1, so code can always
+    Needs the default process group. All six axes exist even when of size 1, so code can always
     ask for mesh["tp"] etc."""
     from torch.distributed.device_mesh import init_device_mesh
 
-    shape = (layout.pp, layout.dp_replicate, layout.dp_shard, layout.ep, layout.tp)
+    shape = (layout.pp, layout.dp_replicate, layout.dp_shard, layout.ep, layout.cp, layout.tp)
     mesh = init_device_mesh(device_type, shape, mesh_dim_names=MESH_AXES)
     mesh["dp_replicate", "dp_shard", "ep"]._flatten("dp")
     mesh["dp_shard", "ep"]._flatten("dp_shard_ep")
+    mesh["dp_replicate", "dp_shard", "ep", "cp"]._flatten("dp_cp")
+    mesh["dp_shard", "ep", "cp"]._flatten("dp_shard_ep_cp")
+    mesh["dp_shard", "cp"]._flatten("dp_shard_cp")
     return mesh
