@@ -31,14 +31,15 @@ context. CUDA only: on CPU torch has no sharding strategy for the CPU flash kern
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor.experimental import context_parallel
 
 from model_zoo.config import ConfigError
 
 DEEPSPEED_MISSING = (
-    "parallel.cp_style=alltoall needs DeepSpeed's Ulysses layer: pip install deepspeed==0.19.8 "
-    "(or pip install -e '.[cp]')"
+    "parallel.cp_style=alltoall needs DeepSpeed's Ulysses layer, which is not installed: "
+    "pip install deepspeed==0.19.8"
 )
 
 
@@ -85,6 +86,17 @@ def _distributed_attention_class():
     except ImportError:
         raise ConfigError(DEEPSPEED_MISSING) from None
     return DistributedAttention
+
+
+def _attach_deepspeed_comm() -> None:
+    """DeepSpeed's collectives go through its own communication backend object: point it at
+    the process group that already exists (nothing is initialised twice; gloo or nccl)."""
+    import deepspeed.comm  # heavy optional dependency, see _distributed_attention_class
+
+    if not deepspeed.comm.is_initialized():
+        deepspeed.comm.init_distributed(
+            dist_backend=dist.get_backend(), auto_mpi_discovery=False, verbose=False
+        )
 
 
 def check_deepspeed() -> None:
@@ -138,6 +150,7 @@ class UlyssesAttention(nn.Module):
 def apply_ulysses(model: nn.Module, cp_mesh) -> None:
     """Wrap the attention kernel of every block of this stage (dense, GQA or MLA attention)."""
     group, cp = cp_mesh.get_group(), cp_mesh.size()
+    _attach_deepspeed_comm()
     for block in model.layers.values():
         attn = block.attention
         attn.kernel = UlyssesAttention(attn.kernel, group, cp)

@@ -19,6 +19,12 @@ Loss normalisation: each micro-batch contributes sum(token CE) / N where N is th
 tokens in the GLOBAL batch (all data-parallel ranks, all micro-batches), and data-parallel gradient
 reduction sums instead of averaging. Gradients are then exactly those of the mean token
 cross-entropy over the global batch, whatever the layout or the number of micro-batches.
+
+Context parallel (parallel/context_parallel.py): the cp ranks of a data-parallel rank get the same
+batch from the loader; the engine keeps this cp rank's load-balanced part of the inputs, labels
+and position ids (RoPE follows the shard), while document ids stay whole, since the model builds
+the intra-document mask for the full sequence that attention sees. Token counts are summed over
+the data-parallel and cp ranks ("dp_cp"); each cp rank's loss is its tokens' share.
 """
 
 from __future__ import annotations
@@ -48,11 +54,11 @@ from torch.distributed.pipelining.schedules import (
 from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.distributed.tensor.parallel import loss_parallel
 
-from model_zoo.config import ModelConfig
+from model_zoo.config import ConfigError, ModelConfig
 from model_zoo.model import Transformer, build_model
 from model_zoo.moe import expert_load, moe_layers, set_aux_loss_scale, update_expert_biases
-from parallel import parallelize
-from parallel.config import ParallelConfig
+from parallel import context_parallel, parallelize
+from parallel.config import RING_NEEDS_CUDA, ParallelConfig
 from parallel.layout import Layout
 
 IGNORE_INDEX = -100
@@ -88,6 +94,10 @@ class Engine:
         self._pp_rank = mesh["pp"].get_local_rank()
         self._dp_group = mesh["dp"].get_group()
         self._pp_group = mesh["pp"].get_group()
+        self._cp_mesh = mesh["cp"]
+        self._cp_rank = mesh["cp"].get_local_rank()
+        # token counts and routing statistics: every rank that holds other tokens of the batch
+        self._tokens_group = mesh["dp_cp"].get_group()
         self.holds_last_stage = any(s.is_last for s in stages)
         self.holds_first_stage = any(s.is_first for s in stages)
         self._denominator = 1.0  # label tokens of the global batch, set per step
@@ -126,15 +136,16 @@ class Engine:
         Each dp rank routes its own slice of the batch, so its counts cover only that slice; the
         load metric and DeepSeek-V3's bias update need the global batch's counts (as one process
         would see them), and with per-rank counts the replicated router biases would drift apart
-        between ranks. tp ranks route the same tokens and pp ranks hold other layers: neither is
-        summed. One all-reduce for all layers of this rank's stages."""
-        if self.layout.dp == 1:
+        between ranks. cp ranks route other tokens of the same sequences: summed with dp. tp
+        ranks route the same tokens and pp ranks hold other layers: neither is summed. One
+        all-reduce for all layers of this rank's stages."""
+        if self.layout.dp == 1 and self.layout.cp == 1:
             return
         counts = [m.tokens_per_expert for part in self.model_parts for _, m in moe_layers(part)]
         if not counts:
             return
         flat = torch.cat([c.reshape(-1) for c in counts])
-        dist.all_reduce(flat, group=self._dp_group)
+        dist.all_reduce(flat, group=self._tokens_group)
         for c, summed in zip(counts, flat.split([c.numel() for c in counts])):
             c.copy_(summed.view_as(c))
 
@@ -252,8 +263,9 @@ class Engine:
         kwargs = {"position_ids": position_ids.to(self.device, non_blocking=True)}
         if document_ids is not None:
             kwargs["document_ids"] = document_ids.to(self.device, non_blocking=True)
-        n_tokens = (labels != IGNORE_INDEX).sum().to(torch.float64)
-        dist.all_reduce(n_tokens, group=self._dp_group)
+        inputs, labels, kwargs = self._context_shard(inputs, labels, kwargs)
+        n_tokens = (self._local_labels(labels) != IGNORE_INDEX).sum().to(torch.float64)
+        dist.all_reduce(n_tokens, group=self._tokens_group)
         # Kept on the device (no host read before the forward); float32 like the loss it
         # divides, so the quotient is the one a Python float divisor gives (exact integers).
         self._denominator = n_tokens.clamp(min=1.0).to(torch.float32)
@@ -262,21 +274,24 @@ class Engine:
         micro_sequences = (
             lay.micro_batch_size if lay.pp == 1 else inputs.shape[0] // lay.n_microbatches
         )
+        local_seq = inputs.shape[1] // (lay.cp if self._ring else 1)  # this cp rank's tokens
         for part in self.model_parts:
-            set_aux_loss_scale(part, micro_sequences * inputs.shape[1] / self._denominator)
+            set_aux_loss_scale(part, micro_sequences * local_seq / self._denominator)
 
         local_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         with self._loss_context():
             if lay.pp > 1:
-                local_loss += self._run_schedule(self._schedule.step, inputs, labels, kwargs)
+                with self._ring_context(inputs, labels, kwargs) as (inputs, labels, kwargs):
+                    local_loss += self._run_schedule(self._schedule.step, inputs, labels, kwargs)
             else:
                 model = self.model_parts[0]
                 mbs = lay.micro_batch_size
                 for start in range(0, inputs.shape[0], mbs):
                     sl = slice(start, start + mbs)
-                    logits = model(inputs[sl], **{k: v[sl] for k, v in kwargs.items()})
-                    loss = self._loss_fn(logits, labels[sl])
-                    loss.backward()
+                    micro = {k: v[sl] for k, v in kwargs.items()}
+                    with self._ring_context(inputs[sl], labels[sl], micro) as (x, y, micro):
+                        loss = self._loss_fn(model(x, **micro), y)
+                        loss.backward()
                     local_loss += _to_local_scalar(loss.detach())
         # Each (data-parallel rank, last stage) contributes once: tp ranks hold the same value.
         if not (self.holds_last_stage and self._tp_rank == 0):
@@ -299,6 +314,7 @@ class Engine:
             )
         inputs, labels = inputs.to(self.device), labels.to(self.device)
         pos = torch.arange(inputs.shape[1], device=self.device).expand_as(inputs)
+        inputs, labels, kwargs = self._context_shard(inputs, labels, {"position_ids": pos})
         counters = [
             (m.tokens_per_expert, m.tokens_per_expert.clone())
             for part in self.model_parts
@@ -308,30 +324,76 @@ class Engine:
         local = torch.zeros((), dtype=torch.float64, device=self.device)
         try:
             with self._loss_context():
-                local += self._forward_only(inputs, labels, pos)
+                local += self._forward_only(inputs, labels, kwargs)
         finally:
             self._denominator = saved
             for live, before in counters:
                 live.copy_(before)
         if not (self.holds_last_stage and self._tp_rank == 0):
             local.zero_()
-        n_tokens = (labels != IGNORE_INDEX).sum().to(torch.float64)
-        dist.all_reduce(n_tokens, group=self._dp_group)
+        n_tokens = (self._local_labels(labels) != IGNORE_INDEX).sum().to(torch.float64)
+        dist.all_reduce(n_tokens, group=self._tokens_group)
         dist.all_reduce(local)
         return float(local.item()), int(n_tokens.item())
 
-    def _forward_only(self, inputs, labels, position_ids) -> torch.Tensor:
+    def _forward_only(self, inputs, labels, kwargs: dict) -> torch.Tensor:
         """Sum of this rank's micro-batch losses (only the last stage holds any)."""
-        kwargs = {"position_ids": position_ids}
         if self.layout.pp > 1:
-            return self._run_schedule(self._eval_schedule().eval, inputs, labels, kwargs)
+            with self._ring_context(inputs, labels, kwargs) as (inputs, labels, kwargs):
+                return self._run_schedule(self._eval_schedule().eval, inputs, labels, kwargs)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         model, mbs = self.model_parts[0], self.layout.micro_batch_size
         for start in range(0, inputs.shape[0], mbs):
             sl = slice(start, start + mbs)
-            logits = model(inputs[sl], position_ids=position_ids[sl])
-            total += _to_local_scalar(self._loss_fn(logits, labels[sl]))
+            micro = {k: v[sl] for k, v in kwargs.items()}
+            with self._ring_context(inputs[sl], labels[sl], micro) as (x, y, micro):
+                total += _to_local_scalar(self._loss_fn(model(x, **micro), y))
         return total
+
+    # ---- context parallel -----------------------------------------------------------------------
+    @property
+    def _ring(self) -> bool:
+        return self.layout.cp > 1 and self.layout.cp_style == "ring"
+
+    def _context_shard(self, inputs, labels, kwargs: dict):
+        """This cp rank's tokens (alltoall: sliced here; ring: inside _ring_context, by torch).
+        Document ids stay whole: the model builds the mask of the full sequence from their
+        length. A sliding window without document ids gets all-zero ones (one document) for
+        the same reason: the model's mask must span the whole sequence."""
+        lay = self.layout
+        if lay.cp == 1:
+            return inputs, labels, kwargs
+        if self._ring:
+            if "document_ids" in kwargs:
+                raise ConfigError(
+                    "parallel.cp_style=ring runs torch's ring attention, plain causal only: the "
+                    "intra-document mask (data.intra_doc_mask=true) cannot reach its kernel; use "
+                    "parallel.cp_style=alltoall"
+                )
+            return inputs, labels, kwargs
+        if "document_ids" not in kwargs and self.model_cfg.sliding_window > 0:
+            kwargs["document_ids"] = torch.zeros_like(inputs)
+        shard = lambda t: context_parallel.shard_sequence(t, lay.cp, self._cp_rank)  # noqa: E731
+        kwargs = {k: v if k == "document_ids" else shard(v) for k, v in kwargs.items()}
+        return shard(inputs), shard(labels), kwargs
+
+    def _local_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """The labels this cp rank computes the loss of (ring: the part torch will keep)."""
+        if self._ring:
+            return context_parallel.shard_sequence(labels, self.layout.cp, self._cp_rank)
+        return labels
+
+    @contextlib.contextmanager
+    def _ring_context(self, inputs, labels, kwargs: dict):
+        """Under the ring style, (inputs, labels, kwargs) sharded by torch's context_parallel
+        (copies: it shards its buffers in place), with SDPA as ring attention inside; else the
+        arguments as they are."""
+        if not self._ring:
+            yield inputs, labels, kwargs
+            return
+        buffers = [inputs.clone(), labels.clone(), kwargs["position_ids"].clone()]
+        with context_parallel.ring_context(self._cp_mesh, buffers):
+            yield buffers[0], buffers[1], {"position_ids": buffers[2]}
 
     def _run_schedule(self, run, inputs, labels, kwargs: dict) -> torch.Tensor:
         """One pass of the pipeline schedule (`run` is its step or its forward-only eval): the
@@ -489,6 +551,8 @@ def build_engine(
 ) -> Engine:
     """Build the parallel model for this rank and return the Engine (collective: all ranks)."""
     device = torch.device(device)
+    if layout.cp > 1 and layout.cp_style == "ring" and device.type != "cuda":
+        raise ConfigError(RING_NEEDS_CUDA)
     meta_model = build_model(model_cfg, device="meta")
     if layout.precision.startswith("fp8"):
         parallelize.convert_fp8(

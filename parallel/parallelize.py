@@ -24,6 +24,8 @@ from torch.distributed.tensor.parallel import (
 
 from model_zoo.config import ModelConfig, need
 from model_zoo.moe import GroupedExperts
+from parallel import context_parallel
+from parallel.config import RING_NEEDS_CUDA
 from parallel.layout import Layout
 
 # ------------------------------------------------------------------------------------------------
@@ -154,6 +156,10 @@ def check_gpu_features(cfg: ModelConfig, pcfg, layout: Layout, device_type: str)
             f"parallel.fp8_fsdp_all_gather=true needs FSDP sharding (parallel.dp_shard > 1, got "
             f"{layout.dp_shard}): with one shard there is no all-gather to shrink",
         )
+    if layout.cp > 1 and layout.cp_style == "ring":
+        need(device_type == "cuda", RING_NEEDS_CUDA)
+    if layout.cp > 1 and layout.cp_style == "alltoall":
+        context_parallel.check_deepspeed()
     if device_type != "cuda":
         need(
             cfg.attention_kernel != "flex",
@@ -429,10 +435,13 @@ def apply_compile(model: nn.Module) -> None:
 
 
 def _fsdp_mesh(mesh, layout: Layout):
-    """HSDP when dp_replicate > 1 (replicate over the first dim, shard over the second)."""
+    """HSDP when dp_replicate > 1 (replicate over the first dim, shard over the second). Under
+    context parallel the cp ranks hold the same weights and see other tokens: one more sharding
+    axis (torchtitan's dp_shard_cp), whose reduce-scatter also sums their gradients."""
+    shard = "dp_shard_ep_cp" if layout.cp > 1 else "dp_shard_ep"
     if layout.dp_replicate > 1:
-        return mesh["dp_replicate", "dp_shard_ep"]
-    return mesh["dp_shard_ep"]
+        return mesh["dp_replicate", shard]
+    return mesh[shard]
 
 
 def apply_fsdp(model: nn.Module, mesh, layout: Layout) -> None:
@@ -454,9 +463,9 @@ def apply_fsdp(model: nn.Module, mesh, layout: Layout) -> None:
     if layout.ep > 1:
         # Experts are already split over ep; FSDP shards them over the remaining data-parallel
         # ranks only (dp_shard, replicated over dp_replicate), in their own FSDP group.
-        expert_mesh = (
-            mesh["dp_replicate", "dp_shard"] if layout.dp_replicate > 1 else mesh["dp_shard"]
-        )
+        # (and over cp, whose ranks route other tokens through the same experts)
+        shard = "dp_shard_cp" if layout.cp > 1 else "dp_shard"
+        expert_mesh = mesh["dp_replicate", shard] if layout.dp_replicate > 1 else mesh[shard]
         for block in model.layers.values():
             if hasattr(block, "moe"):
                 fully_shard(
@@ -484,10 +493,14 @@ def parallelize_part(model: nn.Module, cfg: ModelConfig, layout: Layout, mesh) -
         from parallel.expert_parallel import apply_expert_tp
 
         apply_expert_tp(model, mesh["tp"])
+    if layout.cp > 1 and layout.cp_style == "alltoall":
+        # ring needs nothing here: the engine runs each step inside torch's context_parallel
+        context_parallel.apply_ulysses(model, mesh["cp"])
     apply_ac(model, layout.activation_checkpointing, layout.ac_every_n)
     if layout.compile:
         apply_compile(model)
     # FSDP also when dp == 1 in bf16/fp8, so a single process runs the same mixed precision
-    # (fp32 master weights, bf16 compute) as the sharded runs it is compared with.
-    if layout.dp > 1 or layout.precision != "fp32":
+    # (fp32 master weights, bf16 compute) as the sharded runs it is compared with; and under
+    # cp, whose ranks' gradients FSDP's reduce-scatter sums.
+    if layout.dp > 1 or layout.cp > 1 or layout.precision != "fp32":
         apply_fsdp(model, mesh, layout)

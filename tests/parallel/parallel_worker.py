@@ -3,7 +3,8 @@
 Spec (JSON): {"model": zoo name, "model_overrides": {...}, "steps", "global_batch",
 "micro_batch", "seq_len", "lr", "runs": [{"name", "parallel": {ParallelConfig fields},
 optional "steps", "seed", "dcp_save": true, "dcp_load": <index of an earlier run>,
-"packed": true (lines are documents: document ids + restarting position ids)}]}.
+"packed": true (lines are documents: document ids + restarting position ids), "model" and
+"model_overrides" (this run's model instead of the spec's)}]}.
 All runs share one process group; each builds its own mesh and engine. Rank 0 writes
 run<i>.pt with the loss and grad norm of every step and the gathered final parameters.
 dcp_save writes the final model with torch.distributed.checkpoint to <out>/dcp<i>; dcp_load
@@ -42,12 +43,14 @@ def main() -> None:
     out = Path(sys.argv[2])
     env = discover_env()
     device = init_distributed(env, "cpu", timeout_s=120)
-    cfg = dataclasses.replace(get_model_config(spec["model"]), **spec.get("model_overrides", {}))
     gbs, mbs, seq = spec["global_batch"], spec["micro_batch"], spec["seq_len"]
     data = text_batches(max(r.get("steps", spec["steps"]) for r in spec["runs"]), gbs, seq)
     try:
         for i, run in enumerate(spec["runs"]):
             t0 = time.time()
+            model = run.get("model", spec["model"])
+            overrides = run.get("model_overrides", spec.get("model_overrides", {}))
+            cfg = dataclasses.replace(get_model_config(model), **overrides)
             pcfg = ParallelConfig(**run["parallel"])
             layout = resolve_layout(pcfg, env.world_size, cfg, gbs, mbs, seq)
             mesh = build_mesh(layout, "cpu")

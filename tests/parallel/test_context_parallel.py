@@ -106,3 +106,26 @@ def test_split_is_torchs_head_tail_load_balancer():
         # keeps rows [r*seq/cp, (r+1)*seq/cp)
         indices = _HeadTailLoadBalancer(seq, cp, torch.device("cpu"))._generate_indices()[0]
         assert torch.equal(indices, gathered_positions(seq, cp))
+
+
+def test_missing_deepspeed_and_ring_off_cuda_are_one_line_config_errors(monkeypatch):
+    """Checked before the process group (the trainer calls check_gpu_features first)."""
+    import sys
+
+    from parallel.parallelize import check_gpu_features
+
+    cfg = llama()
+    alltoall = ParallelConfig(cp=2)
+    layout = resolve_layout(alltoall, 2, cfg, 8, 1, 32)
+    check_gpu_features(cfg, alltoall, layout, "cpu")  # installed: passes
+    monkeypatch.setitem(sys.modules, "deepspeed.sequence.layer", None)  # import fails
+    with pytest.raises(ConfigError) as err:
+        check_gpu_features(cfg, alltoall, layout, "cpu")
+    assert str(err.value) == (
+        "parallel.cp_style=alltoall needs DeepSpeed's Ulysses layer, which is not installed: "
+        "pip install deepspeed==0.19.8"
+    )
+    ring = ParallelConfig(cp=2, cp_style="ring")  # device=auto resolved to cpu on this machine
+    layout = resolve_layout(ring, 2, cfg, 8, 1, 32)
+    with pytest.raises(ConfigError, match="^parallel.cp_style=ring needs CUDA: torch's"):
+        check_gpu_features(cfg, ring, layout, "cpu")

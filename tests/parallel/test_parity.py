@@ -146,14 +146,19 @@ def test_kv_heads_replicated_when_tp_exceeds_them(tmp_path, dense_ref):
 PACKED_SEED = 1
 
 
-def test_packed_documents_tp2_pp2(tmp_path):
+@pytest.fixture(scope="module")
+def packed_ref():
+    return stable_reference_run(dense_cfg(), STEPS, GBS, SEQ, packed=True, seed=PACKED_SEED)
+
+
+def test_packed_documents_tp2_pp2(tmp_path, packed_ref):
     """Packed documents (each line of text is one): restarting position ids and the model's
     intra-document mask pass through sequence parallel and the pipeline unchanged."""
     from tests.parallel.parallel_harness import packed_ids, text_batches
 
     doc, _ = packed_ids(text_batches(1, GBS, SEQ)[0, :, :-1])
     assert doc.max() > 0  # the data really has several documents per row
-    ref = stable_reference_run(dense_cfg(), STEPS, GBS, SEQ, packed=True, seed=PACKED_SEED)
+    ref = packed_ref
     runs = [
         {"name": "TP2 packed", "parallel": {"tp": 2}, "packed": True},
         {
@@ -464,3 +469,52 @@ def test_flex_attention_tp2_pp2(tmp_path, monkeypatch):
     ref = stable_reference_run(cfg, 3, GBS, SEQ, packed=True, seed=PACKED_SEED)
     for r in results[2:]:
         check_parity(r, ref, steps=3)
+
+
+# ------------------------------------------------------------------------------------------------
+# Context parallel (alltoall: DeepSpeed-Ulysses over gloo). The ring style cannot run on CPU; its
+# parity case is in benchmarks/gpu_acceptance.sh.
+# ------------------------------------------------------------------------------------------------
+def test_context_parallel_cp2_dense_moe_packed_and_dcp(
+    tmp_path, dense_ref, deepseek_ref, packed_ref
+):
+    """CP2 (each rank holds chunks r and 3-r of the sequence) for the dense GQA model, for the
+    MoE + MLA model, and for packed documents under the intra-document mask (document ids whole,
+    positions of the shard); the CP2 checkpoint loads under TP2 with equal weights. One launch
+    of 2 ranks."""
+    deepseek = {"model": "deepseek-v2-lite-tiny", "model_overrides": {}, "seed": MOE_SEED}
+    runs = [
+        {"name": "CP2", "parallel": {"cp": 2}, "dcp_save": True},
+        {"name": "CP2 packed", "parallel": {"cp": 2}, "packed": True, "seed": PACKED_SEED},
+        {"name": "MoE+MLA CP2", "parallel": {"cp": 2}, **deepseek},
+        {"name": "TP2 <- DCP(CP2)", "parallel": {"tp": 2}, "steps": 0, "seed": 7, "dcp_load": 0},
+    ]
+    results = launch(
+        2, spec("llama3-tiny", runs, overrides={"n_layers": 4}, seed=DENSE_SEED), tmp_path
+    )
+    check_parity(results[0], dense_ref)
+    check_parity(results[1], packed_ref)
+    check_parity(results[2], deepseek_ref)
+    assert "cp=2 (alltoall)" in results[0]["layout"]
+    saved, loaded = results[0]["params"], results[3]["params"]
+    assert set(loaded) == set(saved)
+    for k, v in saved.items():
+        assert (loaded[k] == v).all(), k
+
+
+def test_context_parallel_composed_with_tp_pp_fsdp(tmp_path, dense_ref):
+    """CP2 x TP2 (sequence parallel inside each cp rank's tokens, heads split over tp, then
+    over cp), CP2 x PP2 (1F1B) and CP2 x FSDP DP2 (dense weights sharded over dp_shard x cp) for
+    the dense GQA model. One launch of 4 ranks."""
+    runs = [
+        {"name": "CP2xTP2", "parallel": {"cp": 2, "tp": 2}},
+        {"name": "CP2xPP2", "parallel": {"cp": 2, "pp": 2}},
+        {"name": "CP2xDP2", "parallel": {"cp": 2, "dp_shard": 2}},
+    ]
+    results = launch(
+        4, spec("llama3-tiny", runs, overrides={"n_layers": 4}, seed=DENSE_SEED), tmp_path
+    )
+    for r in results:
+        check_parity(r, dense_ref)
+    # FSDP over dp_shard x cp = 4 shards of the dense weights: 16 of wq's 64 rows on rank 0
+    assert results[2]["local_shapes"]["layers.0.attention.wq.weight"] == (16, 64)
