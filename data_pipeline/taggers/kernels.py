@@ -188,6 +188,10 @@ def warm_up() -> None:
     dolma_ngram_fracs(ids, lens, 10, top, dup, 6)
     flags = np.zeros(3, dtype=np.bool_)
     sentence_starts(ids, flags, flags)
+    one = np.ones(6, dtype=np.int64)
+    line_sentence_starts(ids, np.full(2, 3, np.int64), ids, one, ids, flags, flags)
+    h = np.zeros(3, dtype=np.uint64)
+    token_hashes(code_points("abc"), lens, h, h.copy())
 
 
 @numba.njit(cache=True)
@@ -230,3 +234,51 @@ def phrase_table(phrases: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 def code_points(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+@numba.njit(cache=True)
+def token_hashes(cps, lens, out_hash, out_pow):
+    """Polynomial hash (base 0x100000001B3, mod 2^64) of each token's code points and base^length:
+    `cps` holds the tokens one after the other, `lens` their lengths."""
+    base = np.uint64(0x100000001B3)
+    pos = 0
+    for k in range(len(lens)):
+        h = np.uint64(0)
+        p = np.uint64(1)
+        for j in range(lens[k]):
+            h = h * base + np.uint64(cps[pos + j])
+            p = p * base
+        out_hash[k] = h
+        out_pow[k] = p
+        pos += lens[k]
+
+
+@numba.njit(cache=True)
+def line_sentence_starts(cids, line_parts, start, count, flat, is_punct, sent_punct):
+    """sentence_starts summed over lines, each line its own spaCy doc: line l is the next
+    `line_parts[l]` entries of `cids`, a chunk id (its tokens `flat[start[c] : start[c] +
+    count[c]]`) or -1 for a whitespace token (neither punctuation nor sentence-final)."""
+    total = 0
+    k = 0
+    for l in range(len(line_parts)):
+        n, seen = 0, False
+        for _ in range(line_parts[l]):
+            c = cids[k]
+            k += 1
+            if c < 0:
+                if n == 0 or seen:
+                    n += 1
+                    seen = False
+                continue
+            for j in range(start[c], start[c] + count[c]):
+                t = flat[j]
+                if n == 0:
+                    n = 1
+                    seen = sent_punct[t]
+                elif seen and not is_punct[t] and not sent_punct[t]:
+                    n += 1
+                    seen = False
+                elif sent_punct[t]:
+                    seen = True
+        total += n
+    return total

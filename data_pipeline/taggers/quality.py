@@ -34,7 +34,7 @@ from .kernels import (
     phrase_table,
     warm_up,
 )
-from .words import sentence_count, terminal_punctuation
+from .words import sentence_counts, terminal_punctuation
 
 # ---------------------------------------------------------------- datatrove (FineWeb)
 
@@ -134,7 +134,6 @@ def datatrove_c4(view: DocView, cfg: QualityTaggerConfig) -> tuple[dict[str, flo
     text = view.text
     kept: list[str] = []
     drop: list[list] = []
-    sentences = 0
     lorem = curly = 0.0
     pos = 0
     # str.splitlines() as the reference (:89); offsets advance over each line and its break
@@ -145,7 +144,7 @@ def datatrove_c4(view: DocView, cfg: QualityTaggerConfig) -> tuple[dict[str, flo
         if words and max(map(len, words)) > cfg.c4_max_word_length:  # :99
             drop.append([start, pos, 1.0])
             continue
-        if cfg.c4_remove_citations:  # :103
+        if cfg.c4_remove_citations and "[" in line:  # :103 (every pattern starts with "[")
             line = _CITATION.sub("", line)
         if cfg.c4_filter_no_terminal_punct and (  # :106
             not line.endswith(_C4_END) or line.endswith("...")
@@ -168,9 +167,10 @@ def datatrove_c4(view: DocView, cfg: QualityTaggerConfig) -> tuple[dict[str, flo
         if any(p in low for p in _POLICY):  # :125
             drop.append([start, pos, 1.0])
             continue
-        sentences += sentence_count(view.vocab, line)  # :129, spaCy's sentencizer per line
         kept.append(line)
     n_lines = len(kept) + len(drop)
+    # :129, spaCy's sentencizer on each kept line, all lines in one compiled pass
+    sentences = sentence_counts(view.vocab, kept)
     stats = {
         "kept_sentences": float(sentences),
         "lorem_ipsum": lorem,
@@ -188,7 +188,7 @@ def datatrove_fineweb(view: DocView, text: str, cfg: QualityTaggerConfig) -> dic
         return {"empty": 1.0}
     stop = terminal_punctuation()
     body = len(text) - text.count("\n")  # len(text.replace("\n", "")) (:46)
-    words = len(view.vocab.words(text.split())) if text is not view.text else len(view.spacy_ids)
+    words = view.vocab.word_count(text.split()) if text is not view.text else len(view.spacy_ids)
     return {
         "empty": 0.0,
         "line_punct_frac": sum(1 for line in lines if line.endswith(stop)) / n,  # :38
