@@ -129,3 +129,30 @@ def test_missing_deepspeed_and_ring_off_cuda_are_one_line_config_errors(monkeypa
     layout = resolve_layout(ring, 2, cfg, 8, 1, 32)
     with pytest.raises(ConfigError, match="^parallel.cp_style=ring needs CUDA: torch's"):
         check_gpu_features(cfg, ring, layout, "cpu")
+
+
+def test_pretrain_launch_accepts_cp_and_checks_it_before_submitting(tmp_path, capsys):
+    """`pretrain launch --dry-run`: cp counts in the world size (2 nodes x 2 ranks = cp 2 x
+    dp_shard 2), a cp the layout cannot take is rejected with exit 2 and a layout that fits, and
+    ring with the intra-document mask is refused before anything is submitted."""
+    from pretrain.cli import main
+    from tests.pretrain.helpers import documents, tiny_overrides, write_megatron
+
+    write_megatron(str(tmp_path / "tok/en/man"), documents(20, max_bytes=800), per_shard=25)
+    ov = tiny_overrides(tmp_path / "r", [str(tmp_path / "tok/en")], steps=4)
+    alloc = ["--nodes", "2", "--procs-per-node", "2", "--dry-run"]
+    assert main(["launch", *ov, "parallel.cp=2", *alloc]) == 0
+    script = capsys.readouterr().out
+    assert "dp_shard=2 ep=1 cp=2 (alltoall) tp=1 (world 4)" in script
+    assert main(["launch", *ov, "parallel.cp=4", "parallel.tp=2", *alloc]) == 2
+    assert "not divisible by tp*pp*dp_replicate*ep*cp=8" in capsys.readouterr().err
+    assert main(["launch", *ov, "parallel.cp=4", "trainer.seq_len=36", *alloc]) == 2
+    err = capsys.readouterr().err
+    assert "seq_len=36 is not divisible by 2 x cp=8" in err, err
+    fits = err.split("a valid layout for world_size=4: ")[1].split()
+    assert "parallel.cp=2" in fits
+    assert main(["launch", *ov, "trainer.seq_len=36", *fits, *alloc]) == 0
+    capsys.readouterr()
+    ring = ["parallel.cp=2", "parallel.cp_style=ring", "data.intra_doc_mask=true"]
+    assert main(["launch", *ov, *ring, *alloc]) == 2
+    assert "data.intra_doc_mask=true cannot reach its kernel" in capsys.readouterr().err
