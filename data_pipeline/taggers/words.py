@@ -134,6 +134,10 @@ class FastSplit:
       `suffix_search(c[len(a):])` exactly `b` (or nothing),
     - `w` itself is one token: not a special case, and no prefix, suffix, infix or URL
       pattern matches it.
+    spaCy's special-case matcher (`_apply_special_cases`) only rewrites a matched span whose
+    text is a key of the rules; within the chunk those spans are `c`, `aw`, `wb` or one token, so
+    the claim holds in any context (a match across chunks holds a space, and the only keys with
+    whitespace are whitespace alone).
     spaCy's lexeme flag IS_PUNCT (all characters of Unicode category P, spacy/lang/lex_attrs.py)
     is False for `w` (letters are category L) and is read from spaCy's vocabulary for `a`, `b`.
     Every other chunk goes to spaCy. tests/data_pipeline/test_taggers.py checks the claim against
