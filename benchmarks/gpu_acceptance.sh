@@ -6,7 +6,11 @@
 #      within 1% of bf16's;
 #   3. throughput of OLMo2-1B at seq 4096, bf16 and FP8 (tensorwise, torchtitan's auto-filter),
 #      torch.compile on: tokens/s, TFLOP/s, MFU against the datasheet peak and a bf16 GEMM;
-#   4. OUT/summary.json and OUT/summary.md (the table for docs/benchmarks.md).
+#   4. OUT/summary.json and OUT/summary.md (the table for docs/benchmarks.md);
+#   5. with >= 2 GPUs only: context parallel cp=2 in both styles (ring: torch's context_parallel,
+#      which has no CPU path; alltoall: DeepSpeed-Ulysses over NCCL) against the CPU reference
+#      (about 1 minute). One GPU holds one cp shard, so a 1-GPU run checks cp=1 only (step 1)
+#      and says that it skipped this step.
 #
 #   benchmarks/gpu_acceptance.sh [OUT_DIR]     (default: acceptance-<date>; PYTHON=... to choose)
 set -uo pipefail
@@ -48,6 +52,14 @@ for precision in bf16 fp8_tensorwise; do
         --seq-len 4096 --micro-batch 2 --precision "$precision" --fp8-filter auto --compile \
         --warmup 5 --steps 15 --json "$OUT/throughput_$precision.json"
 done
+gpus=$("$PY" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+if [ "$gpus" -ge 2 ]; then
+    step cp_parity "$PY" -m torch.distributed.run --nproc-per-node=2 -m benchmarks.cp_ring_parity \
+        --json "$OUT/cp_parity.json"
+else
+    echo "== cp_parity skipped: context parallel (parallel.cp_style=ring) needs 2 GPUs for cp=2;" \
+        "this machine has $gpus, so only cp=1 was checked (parity step)"
+fi
 "$PY" -m benchmarks.acceptance_summary "$OUT"
 echo "gpu_acceptance.sh: $((SECONDS - start)) s; results in $OUT"
 exit $failed
