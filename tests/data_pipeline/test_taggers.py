@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from data_pipeline.config import ContentTaggerConfig, LangTaggerConfig, QualityTaggerConfig
-from data_pipeline.taggers import ContentTagger, LangTagger, QualityTagger, fasttext_scores
+from data_pipeline.taggers import (
+    ContentTagger,
+    LangTagger,
+    QualityTagger,
+    fasttext_batch,
+    fasttext_scores,
+)
 from tests.data_pipeline.helpers import load_samples
 
 
@@ -29,6 +35,27 @@ def test_language_id_on_man_pages(lang, min_acc):
     docs = load_samples(lang)
     hits = sum(fasttext_scores(d["text"], k=1)[0][0] == lang for d in docs)
     assert hits / len(docs) >= min_acc, (lang, hits)
+
+
+def test_fasttext_batch_equals_one_predict_per_text():
+    """All documents and paragraphs of three languages in one batched call: the same labels and
+    the same probabilities as fastText's own one-line `predict` on each text."""
+    from data_pipeline.taggers import paragraph_spans
+    from data_pipeline.taggers.lang import _fasttext_model
+
+    texts = []
+    for lang in ("en", "ja", "ru"):
+        for d in load_samples(lang)[:40]:
+            texts += [d["text"]] + [d["text"][s:e] for s, e in paragraph_spans(d["text"])]
+    f = _fasttext_model("").f
+    one_by_one = [
+        [
+            (lab[9:], min(1.0, p))
+            for p, lab in f.predict(t.replace("\n", " ") + "\n", 3, 0.0, "strict")
+        ]
+        for t in texts
+    ]
+    assert fasttext_batch(texts, k=3) == one_by_one
 
 
 def test_language_attributes_doc_paragraph_and_cld2():
