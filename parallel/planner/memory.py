@@ -36,14 +36,17 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.distributed._tools.mem_tracker import MemTracker
 from torch.distributed.pipelining._backward import stage_backward_input, stage_backward_weight
 from torch.distributed.tensor import DTensor
+from torch.distributed.tensor.parallel import loss_parallel
 from torch.distributed.tensor.placement_types import Shard, _StridedShard
+from torch.multiprocessing.reductions import StorageWeakRef
 from torch.testing._internal.distributed.fake_pg import FakeStore
+from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 
 from model_zoo.config import ModelConfig
 from model_zoo.model import build_model
+from model_zoo.moe import moe_layers
 from parallel import parallelize
 from parallel.config import ParallelConfig
 from parallel.layout import Layout, build_mesh, resolve_layout
@@ -255,11 +258,13 @@ def static_memory(cfg: ModelConfig, layout: Layout, rank: int) -> StaticMemory:
     if fsdp and unsharded:
         cbytes = COMPUTE_BYTES[layout.precision]
         biggest = max(unsharded.values())
-        if layout.pp > 1:  # reshard_after_forward=False: the stage stays unsharded all step
-            buffers = sum(unsharded.values()) * cbytes
-        else:  # the block being computed and the one prefetched
-            buffers = 2 * biggest * cbytes
-        buffers += biggest * (cbytes + F32)  # unsharded gradients before the reduce-scatter
+        if layout.pp > 1:
+            # reshard_after_forward=False: the stage stays unsharded all step, and its unsharded
+            # gradients accumulate over the micro-batches until the one reduce-scatter (measured
+            # in the validation: every block's compute-dtype gradients live to the step's end)
+            buffers = 2 * sum(unsharded.values()) * cbytes + biggest * F32
+        else:  # the block being computed and the one prefetched, one block's gradients
+            buffers = 2 * biggest * cbytes + biggest * (cbytes + F32)
     return StaticMemory(
         params=numel * F32,
         grads=numel * F32,
@@ -272,15 +277,114 @@ def static_memory(cfg: ModelConfig, layout: Layout, rank: int) -> StaticMemory:
 # ------------------------------------------------------------------------------------------------
 # Activations
 # ------------------------------------------------------------------------------------------------
-def _activation_bytes(snapshot: dict) -> int:
-    """Everything in a MemTracker snapshot that is not a parameter, gradient, buffer or optimizer
-    state: activations, temporaries (and autograd's other tensors)."""
-    total = 0
-    for dev in snapshot.values():
-        for k, v in dev.items():
-            if k != "Total" and getattr(k, "name", "") in ("ACT", "TEMP", "OTH"):
-                total += v
-    return total
+class LiveStorage(TorchDispatchMode):
+    """Every storage an op creates while active, with when it was created and freed (an op
+    counter), so that the bytes live at any point, and the peak without storages that turned
+    out to be parameter gradients, can be taken afterwards. The one instrument of the probes
+    (fake tensors) and of the validation's real runs (`validate.LiveBytes` adds FSDP's buffers
+    to what it leaves out), so estimate and measurement count the same things.
+
+    Storages are keyed by the C++ storage itself (`_cdata`) and watched through StorageWeakRef
+    (a Python storage wrapper dies at once; data pointers are all 0 under FakeTensorMode and
+    get reused in real runs), checked after every op as torch's MemTracker does. Written here
+    because MemTracker refuses modules that run more than once in a tracked region (gradient
+    accumulation, pipeline schedules) and, on fake DTensors, reports peaks 1.5-2.5x what the
+    same ops allocate on real tensors (the tp > 1 over-count this replaced). Views (an output
+    sharing an input's storage) allocate nothing and are not counted."""
+
+    def __init__(self):
+        super().__init__()
+        self.clock = 0
+        self.events: list[list] = []  # [nbytes, created, freed or None]
+        self._live: dict[int, tuple[int, StorageWeakRef]] = {}  # storage key -> (event, ref)
+        self.ignored_events: set[int] = set()
+
+    @staticmethod
+    def plain_tensors(t: torch.Tensor) -> list[torch.Tensor]:
+        """The tensors that own storage behind `t`: a wrapper subclass (DTensor's local shard,
+        the AsyncCollectiveTensor a functional collective returns) by its inner tensors, whose
+        ops run below this mode and whose storages are the real ones."""
+        if is_traceable_wrapper_subclass(t):
+            attrs, _ = t.__tensor_flatten__()
+            inner = [getattr(t, a) for a in attrs]
+            return [
+                x
+                for i in inner
+                if isinstance(i, torch.Tensor)
+                for x in LiveStorage.plain_tensors(i)
+            ]
+        return [t]
+
+    def event_of(self, t: torch.Tensor) -> int | None:
+        for x in self.plain_tensors(t):
+            entry = self._live.get(x.untyped_storage()._cdata)
+            if entry is not None:
+                return entry[0]
+        return None
+
+    def _expire(self) -> None:
+        for key, (event, ref) in list(self._live.items()):
+            if ref.expired():
+                self.events[event][2] = self.clock
+                del self._live[key]
+
+    def skip(self, func, args) -> bool:
+        """Whether the outputs of this op are left out (a subclass hook)."""
+        return False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.clock += 1
+        self._expire()
+        if self.skip(func, args):
+            return out
+        inputs = {
+            x.untyped_storage()._cdata
+            for t in torch.utils._pytree.tree_leaves((args, kwargs))
+            if isinstance(t, torch.Tensor)
+            for x in self.plain_tensors(t)
+        }
+        for t in out if isinstance(out, (list, tuple)) else [out]:
+            if not isinstance(t, torch.Tensor) or t.device.type == "meta":
+                continue
+            for x in self.plain_tensors(t):
+                st = x.untyped_storage()
+                key = st._cdata
+                if key in self._live or key in inputs or st.nbytes() == 0:
+                    continue
+                self._live[key] = (len(self.events), StorageWeakRef(st))
+                self.events.append([st.nbytes(), self.clock, None])
+        return out
+
+    def live_bytes(self) -> int:
+        """Bytes of the counted storages alive now."""
+        self._expire()
+        return sum(
+            self.events[e][0] for e, _ in self._live.values() if e not in self.ignored_events
+        )
+
+    def peak(self, gradients=()) -> int:
+        """Peak live bytes, without the storages of `gradients` (the parameters' .grad after
+        backward: matched among the storages alive now, so a freed activation whose memory a
+        gradient reused is still counted) and the ignored events."""
+        self._expire()
+        left_out = set(self.ignored_events)
+        for g in gradients:
+            event = self.event_of(g)
+            if event is not None:
+                left_out.add(event)
+        deltas: dict[int, int] = {}
+        for event, (n, start, end) in enumerate(self.events):
+            if event in left_out:
+                continue
+            deltas[start] = deltas.get(start, 0) + n
+            if end is not None:
+                deltas[end] = deltas.get(end, 0) - n
+        live = best = 0
+        for t in sorted(deltas):
+            live += deltas[t]
+            best = max(best, live)
+        return best
 
 
 def probe(
@@ -293,9 +397,10 @@ def probe(
     seq: int,
     checkpointed: bool,
     dtype: torch.dtype,
-) -> tuple[int, int, int]:
-    """(bytes kept after the forward, peak bytes during forward + backward, bytes held after the
-    input-gradient half of a split backward) of one micro-batch
+) -> tuple[int, int, int, int]:
+    """(bytes kept after the forward, peak bytes during forward + full backward, bytes held after
+    the input-gradient half of a zero-bubble split backward, peak bytes of forward + split
+    backward) of one micro-batch
     through a stage holding `layer_ids`, measured on fake tensors (cached)."""
     key = (repr(cfg), layer_ids, first, last, tp, mbs, seq, checkpointed, dtype)
     if key not in _PROBES:
@@ -403,53 +508,55 @@ def _balanced_dispatch(moe):
     return dispatch
 
 
-def _measure(model, cfg, first, last, tp, mbs, seq, dtype, checkpointed) -> tuple[int, int, int]:
-    from model_zoo.moe import moe_layers
-
+def _measure(model, cfg, first, last, tp, mbs, seq, dtype, checkpointed) -> tuple:
     for _, moe in moe_layers(model):
         moe.dispatch = _balanced_dispatch(moe)
-    if True:
-        model.to_empty(device="cpu")
-        model.init_buffers()
-        positions = torch.arange(seq).expand(mbs, seq)
-        if first:
-            inputs = torch.randint(0, cfg.vocab_size, (mbs, seq))
-        else:
-            leaf = torch.randn(mbs, seq // tp, cfg.d_model, dtype=dtype, requires_grad=True)
-            # not a leaf: MemTracker hooks module inputs, and autograd.grad (the zero-bubble
-            # split below) refuses hooked leaves
-            inputs = leaf.clone()
-        labels = torch.randint(0, cfg.vocab_size, (mbs, seq))
-        tracker = MemTracker()
-        tracker.track_external(model)
-        ctx = contextlib.nullcontext()
-        if tp > 1 and last:
-            from torch.distributed.tensor.parallel import loss_parallel
+    model.to_empty(device="cpu")
+    model.init_buffers()
+    positions = torch.arange(seq).expand(mbs, seq)
+    if first:
+        inputs = torch.randint(0, cfg.vocab_size, (mbs, seq))
+    else:
+        # not a leaf, like the activation a pipeline stage receives and hands to autograd.grad
+        leaf = torch.randn(mbs, seq // tp, cfg.d_model, dtype=dtype, requires_grad=True)
+        inputs = leaf.clone()
+    labels = torch.randint(0, cfg.vocab_size, (mbs, seq))
+    # vocab-parallel cross-entropy on the DTensor logits, as the engine computes the loss
+    ctx = loss_parallel() if tp > 1 and last else contextlib.nullcontext()
 
-            ctx = loss_parallel()
-        with tracker, ctx:
-            out = model(inputs, position_ids=positions)
-            kept = _activation_bytes(tracker.get_tracker_snapshot("current"))
-            if last:
-                root = F.cross_entropy(out.flatten(0, 1).float(), labels.flatten(), reduction="sum")
-                grads = None
-            else:
-                root, grads = out, [torch.ones_like(out)]
-            after_input_grad = kept
-            groups = None
-            # the zero-bubble split, with torch's own functions: input gradients first (what the
-            # weight gradients still need stays alive), weight gradients later. Not for the first
-            # stage (no input gradient), nor under tp > 1 (autograd.grad cannot stop at DTensor
-            # leaves) or checkpointing (recomputation inside autograd.grad): there the whole
-            # forward counts as held until the weight-gradient half (an upper bound).
-            if not (first or tp > 1 or checkpointed):
-                _, groups = stage_backward_input([root], grads, [inputs], model.parameters())
-                after_input_grad = _activation_bytes(tracker.get_tracker_snapshot("current"))
-                stage_backward_weight(model.parameters(), groups)
-            else:
-                torch.autograd.backward([root], grads)
-            peak = _activation_bytes(tracker.get_tracker_snapshot("peak"))
-    return kept, peak, after_input_grad
+    def forward(tracker):
+        out = model(inputs, position_ids=positions)
+        if last:
+            loss = F.cross_entropy(out.flatten(0, 1).float(), labels.flatten(), reduction="sum")
+            return out, loss, None, tracker.live_bytes()
+        return out, out, [torch.ones_like(out)], tracker.live_bytes()
+
+    def peak(tracker) -> int:
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        for p in model.parameters():
+            p.grad = None
+        return tracker.peak(grads)
+
+    # one micro-batch's forward and full backward (what 1F1B and gradient accumulation run)
+    with LiveStorage() as tracker, ctx:
+        out, root, grads, kept = forward(tracker)
+        torch.autograd.backward([root], grads)
+    full_peak = peak(tracker)
+    del out, root, grads
+    # the zero-bubble split, with torch's own functions: input gradients first (what the
+    # weight gradients still need stays alive), weight gradients later. Not for the first
+    # stage (no input gradient), nor under tp > 1 (autograd.grad cannot stop at DTensor
+    # leaves) or checkpointing (recomputation inside autograd.grad): there the whole forward
+    # counts as held until the weight-gradient half (an upper bound) and the split's peak is
+    # the full backward's.
+    if first or tp > 1 or checkpointed:
+        return kept, full_peak, kept, full_peak
+    with LiveStorage() as tracker, ctx:
+        out, root, grads, _ = forward(tracker)
+        _, groups = stage_backward_input([root], grads, [inputs], model.parameters())
+        after_input_grad = tracker.live_bytes()
+        stage_backward_weight(model.parameters(), groups)
+    return kept, full_peak, after_input_grad, peak(tracker)
 
 
 @dataclass(frozen=True)
@@ -459,10 +566,20 @@ class StageActivations:
     # bytes it still holds between a zero-bubble schedule's input-gradient and weight-gradient
     # halves (the linear layers' inputs and output gradients the weight gradients need)
     after_input_grad: int = 0
+    # the transient of the input- and weight-gradient halves: the input half keeps what the
+    # weight half needs, so its peak is higher than a full backward's
+    split_transient: int = 0
     # bytes of one micro-batch's output the pipeline schedule keeps until the step ends: the
     # engine's schedule.step() returns the merged outputs (torch's return_outputs=True default),
     # so the last stage holds every micro-batch's logits
     output_kept: int = 0
+    # bytes of the activation (forward) and of its gradient (backward) a micro-batch hands to
+    # the next / previous stage, held until the step ends under a multi-stage schedule: torch's
+    # _PipelineScheduleRuntime waits for all its sends at the end of the step (the send works
+    # hold their tensors), and a same-rank hand-over stays in the receiving stage's per
+    # micro-batch receive slot (set_local_fwd_input / set_local_bwd_input)
+    handed_out: int = 0
+    handed_back: int = 0
 
 
 class ActivationModel:
@@ -480,54 +597,90 @@ class ActivationModel:
     def _probe(self, ids, first, last, ckpt):
         return probe(self.cfg, tuple(ids), first, last, self.tp, 1, self.seq, ckpt, self.dtype)
 
-    def layer(self, kind: str, ckpt: bool) -> tuple[int, int, int]:
-        """(kept, peak, held after the input gradient) of one layer of `kind`: the difference
-        between probes with two and one such layers (the peak of the one-layer probe)."""
+    def layer(self, kind: str, ckpt: bool) -> tuple[int, int, int, int]:
+        """(kept, peak, held after the input gradient, peak of the split backward) of one layer
+        of `kind`: kept and held are the difference between probes with two and one such
+        layers, the peaks the one-layer probe's."""
         key = (kind, ckpt)
         if key not in self._layer:
             ids = [i for i, k in enumerate(self.kinds) if k == kind]
             one = self._probe(ids[:1], False, False, ckpt)
             if len(ids) > 1:
                 two = self._probe(ids[:2], False, False, ckpt)
-                self._layer[key] = (two[0] - one[0], one[1], two[2] - one[2])
+                self._layer[key] = (two[0] - one[0], one[1], two[2] - one[2], one[3])
             else:
                 self._layer[key] = tuple(one)
         return self._layer[key]
 
-    def base(self, first: bool, last: bool) -> tuple[int, int, int]:
-        """(kept, transient, held after the input gradient) of a stage's embeddings / norm +
-        output + loss without its layers."""
+    def base(self, first: bool, last: bool) -> tuple[int, int, int, int]:
+        """(kept, transient, held after the input gradient, transient of the split backward)
+        of a stage's embeddings / norm + output + loss without its layers."""
         key = (first, last)
         if key not in self._base:
             if not (first or last):
-                self._base[key] = (0, 0, 0)
+                self._base[key] = (0, 0, 0, 0)
             else:
                 kind, lid = next(iter(self.reps.items()))
-                kept, peak, after = self._probe([lid], first, last, False)
-                lk, _, la = self.layer(kind, False)
-                # the transient is the probe's own (peak over what that probe keeps)
-                self._base[key] = (kept - lk, peak - kept, after - la)
+                kept, peak, after, split_peak = self._probe([lid], first, last, False)
+                lk, _, la, _ = self.layer(kind, False)
+                # the transients are the probe's own (peak over what that probe keeps)
+                self._base[key] = (kept - lk, peak - kept, after - la, split_peak - kept)
         return self._base[key]
 
     def stage(self, layout: Layout, stage: int) -> StageActivations:
+        """One stage's figures, composed from its blocks: every block of a kind keeps the same
+        bytes, so a stage keeps the fixed part plus the sum over its layers, and its transient
+        is the largest of its parts' (tested against a probe of the whole stage)."""
         first, last = stage == 0, stage == layout.n_stages - 1
-        kept, transient, after = self.base(first, last)
+        kept, transient, after, split = self.base(first, last)
         for lid in layout.stage_layers[stage]:
             ckpt = layout.activation_checkpointing == "full" or (
                 layout.activation_checkpointing == "selective" and lid % layout.ac_every_n == 0
             )
-            k, p, a = self.layer(self.kinds[lid], ckpt)
+            k, p, a, sp = self.layer(self.kinds[lid], ckpt)
             kept += k
             after += a
             transient = max(transient, p - k)
+            split = max(split, sp - k)
         mbs = layout.micro_batch_size
-        logits = 0
+        elem = torch.empty(0, dtype=self.dtype).element_size()
+        logits = handed = 0
         if last and layout.pp > 1:
-            vocab = self.cfg.padded_vocab_size // self.tp
-            logits = mbs * self.seq * vocab * torch.empty(0, dtype=self.dtype).element_size()
+            logits = mbs * self.seq * (self.cfg.padded_vocab_size // self.tp) * elem
+        if layout.pp > 1 and layout.schedule.multi_stage:
+            handed = boundary_bytes(self.cfg, layout, self.dtype)
         return StageActivations(
-            kept * mbs, max(transient, 0) * mbs, max(after, 0) * mbs, output_kept=logits
+            kept * mbs,
+            max(transient, 0) * mbs,
+            max(after, 0) * mbs,
+            split_transient=max(split, 0) * mbs,
+            output_kept=logits,
+            handed_out=0 if last else handed,
+            handed_back=0 if first else handed,
         )
+
+
+def boundary_bytes(cfg: ModelConfig, layout: Layout, dtype: torch.dtype) -> int:
+    """One micro-batch's activation at a stage boundary: [mbs, seq / tp, d_model], what the
+    pipeline sends (the local shard of the sequence-parallel hidden state)."""
+    elem = torch.empty(0, dtype=dtype).element_size()
+    return layout.micro_batch_size * (layout.seq_len // layout.tp) * cfg.d_model * elem
+
+
+def pipeline_receive_buffers(cfg: ModelConfig, layout: Layout, pp_rank: int) -> int:
+    """Bytes of the receive buffers torch's pipeline stages allocate once, one per micro-batch
+    and boundary with another rank (activations from the previous stage, gradients from the
+    next), kept for the whole run: memory the step uses but does not allocate."""
+    if layout.pp == 1:
+        return 0
+    one = boundary_bytes(cfg, layout, compute_dtype(layout.precision))
+    owner = {s: r for r in range(layout.pp) for s in layout.stages_of_rank(r)}
+    total = 0
+    for sid in layout.stages_of_rank(pp_rank):
+        for nb in (sid - 1, sid + 1):
+            if 0 <= nb < layout.n_stages and owner[nb] != pp_rank:
+                total += layout.n_microbatches * one
+    return total
 
 
 def in_flight_peak(layout: Layout, pp_rank: int, acts: dict[int, StageActivations]) -> int:
@@ -541,6 +694,8 @@ def in_flight_peak(layout: Layout, pp_rank: int, acts: dict[int, StageActivation
     live = dict.fromkeys(layout.stages_of_rank(pp_rank), 0)  # forward done, no backward yet
     halfway = dict.fromkeys(live, 0)  # input gradient done, weight gradient not yet
     outputs = dict.fromkeys(live, 0)  # forwards done: their outputs kept until the step ends
+    out_done = dict.fromkeys(live, 0)  # backward done: its handed-out activation still held
+    grad_done = dict.fromkeys(live, 0)  # input gradient done: the gradient handed back held
     peak = 0
     for a in order[pp_rank]:
         if a.kind == "F":
@@ -550,15 +705,21 @@ def in_flight_peak(layout: Layout, pp_rank: int, acts: dict[int, StageActivation
             live[s] * acts[s].kept
             + halfway[s] * acts[s].after_input_grad
             + outputs[s] * acts[s].output_kept
+            + out_done[s] * acts[s].handed_out
+            + grad_done[s] * acts[s].handed_back
             for s in live
         )
-        peak = max(peak, held + acts[a.stage].transient)
+        op = acts[a.stage]
+        peak = max(peak, held + (op.split_transient if a.kind in ("I", "W") else op.transient))
         if a.kind in ("B", "I"):
             live[a.stage] -= 1
+            grad_done[a.stage] += 1
         if a.kind == "I":
             halfway[a.stage] += 1
         if a.kind == "W":
             halfway[a.stage] -= 1
+        if a.kind in ("B", "W"):  # the stage output is no longer needed by its backward
+            out_done[a.stage] += 1
     return peak
 
 

@@ -29,6 +29,7 @@ from parallel.planner.memory import (
     ActivationModel,
     compute_dtype,
     in_flight_peak,
+    pipeline_receive_buffers,
     static_memory,
 )
 from parallel.schedules import SCHEDULES
@@ -202,7 +203,8 @@ def evaluate(
         st = _static(cfg, layout, rank)
         pp_rank = rank // (layout.world_size // layout.pp)
         act = in_flight_peak(layout, pp_rank, stage_acts)
-        tensors = st.params + st.grads + st.optimizer + st.comm_buffers + act
+        buffers = st.comm_buffers + pipeline_receive_buffers(cfg, layout, pp_rank)
+        tensors = st.params + st.grads + st.optimizer + buffers + act
         total = int(tensors * (1 + FRAGMENTATION)) + RUNTIME_BYTES
         per_rank.append(
             dict(
@@ -211,7 +213,7 @@ def evaluate(
                 grads=st.grads,
                 optimizer=st.optimizer,
                 activations=act,
-                comm_buffers=st.comm_buffers,
+                comm_buffers=buffers,
                 total=total,
             )
         )

@@ -5,8 +5,9 @@ Measured per rank, on the second step (the first one initialises FSDP's lazy sta
 pipeline's shape inference):
   * parameter / gradient / optimizer bytes: the local shards (`to_local()`) of the engine's
     parameters, their gradients after backward, and AdamW's state tensors after `step()`;
-  * peak activation bytes: torch's MemTracker over the forward-backward, everything that is not a
-    parameter, gradient, buffer or optimizer state (the same definition the probes use);
+  * peak activation bytes: the live storages every op creates during the forward-backward,
+    without parameter gradients and FSDP's own buffers (`memory.LiveStorage`, the instrument
+    the planner's probes measure with on fake tensors);
   * bytes moved by collectives: a TorchDispatchMode that sees every c10d and functional collective
     (FSDP's, DTensor's, the pipeline's sends/receives, the engine's all-reduces) and adds up the
     buffer each one moves, by the mesh axis of its group.
@@ -30,7 +31,6 @@ import torch
 import torch.distributed as dist
 from torch._C._distributed_c10d import ProcessGroup
 from torch.distributed.tensor import DTensor
-from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from model_zoo.zoo import get_model_config
@@ -47,6 +47,7 @@ from parallel.layout import build_mesh, resolve_layout
 from parallel.planner.comm import collective_bytes
 from parallel.planner.memory import (
     ActivationModel,
+    LiveStorage,
     compute_dtype,
     in_flight_peak,
     rank_coords,
@@ -157,90 +158,25 @@ def _inside_fsdp() -> bool:
     return False
 
 
-def _storage_ptr(t: torch.Tensor) -> int | None:
-    if isinstance(t, DTensor):
-        t = t._local_tensor
-    try:
-        return t.untyped_storage().data_ptr()
-    except RuntimeError:
-        return None
+class LiveBytes(LiveStorage):
+    """The probes' instrument (`memory.LiveStorage`) over a real step, leaving out FSDP's own
+    buffers (its unsharded parameters, all-gather and reduce-scatter buffers: what its code
+    allocates) and the unsharded gradients it reduces: every storage FSDP's code reads during
+    backward (the cast to the reduce dtype, the copy into the reduce-scatter input, the
+    accumulation over micro-batches) is a gradient of its unsharded parameters. Under a
+    pipeline those accumulate over the step's micro-batches before the one reduce-scatter; the
+    planner counts them with FSDP's buffers, not with the activations."""
 
-
-class LiveBytes(TorchDispatchMode):
-    """Every storage created by an op while active, with when it was created and freed (op
-    counter), so the peak can be taken afterwards excluding storages that turned out to be
-    parameter gradients. Storages are watched through StorageWeakRef (the C++ storage, not a
-    Python wrapper, which dies at once), checked after every op, as torch's MemTracker does;
-    written here because MemTracker refuses modules that run more than once in a tracked region
-    (gradient accumulation, every pipeline schedule)."""
-
-    def __init__(self):
-        super().__init__()
-        self.clock = 0
-        self.events: list[list] = []  # [data_ptr, nbytes, created, freed or None]
-        self._live: dict[int, tuple[int, StorageWeakRef]] = {}  # data_ptr -> (event, ref)
-        self.fsdp_inputs: set[int] = set()  # events FSDP copied into its reduce-scatter
-
-    def _expire(self) -> None:
-        for ptr, (key, ref) in list(self._live.items()):
-            if ref.expired():
-                self.events[key][3] = self.clock
-                del self._live[ptr]
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        self.clock += 1
-        self._expire()
-        if _inside_fsdp():
-            # FSDP's own buffers (unsharded parameters, all-gather / reduce-scatter buffers)
-            # are communication buffers, not activations; so are the unsharded gradients
-            # autograd produced that FSDP copies into its reduce-scatter input
-            if func._opname in ("_chunk_cat", "cat"):
-                for t in args[0] if isinstance(args[0], (list, tuple)) else []:
-                    if isinstance(t, torch.Tensor) and not isinstance(t, DTensor):
-                        entry = self._live.get(t.untyped_storage().data_ptr())
-                        if entry is not None:
-                            self.fsdp_inputs.add(entry[0])
-            return out
-        # views (t, view, slice, ...) share an input's storage: nothing new was allocated
-        inputs = {
-            _storage_ptr(t)
-            for t in torch.utils._pytree.tree_leaves((args, kwargs))
-            if isinstance(t, torch.Tensor)
-        }
-        for t in out if isinstance(out, (list, tuple)) else [out]:
-            if isinstance(t, DTensor):  # its local ops run below this mode: count the shard
-                t = t._local_tensor
-            if not isinstance(t, torch.Tensor) or t.device.type == "meta":
-                continue
-            try:
-                st = t.untyped_storage()
-                ptr = st.data_ptr()
-            except RuntimeError:  # a tensor subclass wrapper: its local part is seen
-                continue
-            if ptr == 0 or ptr in self._live or ptr in inputs:
-                continue
-            self._live[ptr] = (len(self.events), StorageWeakRef(st))
-            self.events.append([ptr, st.nbytes(), self.clock, None])
-        return out
-
-    def peak(self, gradient_ptrs: set[int]) -> int:
-        """Peak live bytes, without the storages still alive at the end that are parameter
-        gradients (matched by data pointer among the live ones only: a freed activation's
-        address may have been reused) and without what FSDP reduce-scattered."""
-        self._expire()
-        deltas: dict[int, int] = {}
-        for key, (ptr, n, start, end) in enumerate(self.events):
-            if n == 0 or key in self.fsdp_inputs or (end is None and ptr in gradient_ptrs):
-                continue
-            deltas[start] = deltas.get(start, 0) + n
-            if end is not None:
-                deltas[end] = deltas.get(end, 0) - n
-        live = best = 0
-        for t in sorted(deltas):
-            live += deltas[t]
-            best = max(best, live)
-        return best
+    def skip(self, func, args) -> bool:
+        if not _inside_fsdp():
+            return False
+        if torch._C._current_graph_task_id() != -1:  # inside autograd's backward
+            for t in torch.utils._pytree.tree_leaves(args):
+                if isinstance(t, torch.Tensor):
+                    event = self.event_of(t)
+                    if event is not None:
+                        self.ignored_events.add(event)
+        return True
 
 
 def _local_bytes(tensors) -> int:
@@ -250,15 +186,6 @@ def _local_bytes(tensors) -> int:
             continue
         t = t.to_local() if isinstance(t, DTensor) else t
         total += t.numel() * t.element_size()
-    return total
-
-
-def _activation_bytes(snapshot: dict) -> int:
-    total = 0
-    for dev in snapshot.values():
-        for k, v in dev.items():
-            if k != "Total" and getattr(k, "name", "") in ("ACT", "TEMP", "OTH"):
-                total += v
     return total
 
 
@@ -297,7 +224,7 @@ def _one_layout(run: dict, world: int, rank: int) -> dict:
                 gc.enable()
             grads = [p.grad for p in engine.parameters() if p.grad is not None]
             grads = [g.to_local() if isinstance(g, DTensor) else g for g in grads]
-            result["activations"] = live.peak({g.untyped_storage().data_ptr() for g in grads})
+            result["activations"] = live.peak(grads)
             result["fwd_bwd_collectives"] = dict(counter.bytes)
             result["grads"] = _local_bytes(grads)
             result["grad_detail"] = {
