@@ -111,12 +111,13 @@ class WhitespaceVocab:
 
     def encode(self, words: list[str]) -> np.ndarray:
         ids = self.ids
-        get, add = ids.get, self._add
-        return np.fromiter(
-            ((i if (i := get(w)) is not None else add(w)) for w in words),
-            dtype=np.int64,
-            count=len(words),
-        )
+        out = list(map(ids.get, words))
+        if None in out:
+            for w in dict.fromkeys(words):
+                if w not in ids:
+                    self._add(w)
+            out = list(map(ids.__getitem__, words))
+        return np.array(out, dtype=np.int64)
 
     def maybe_reset(self) -> None:
         if len(self.ids) > self.MAX:

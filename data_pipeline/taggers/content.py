@@ -14,6 +14,7 @@ import ipaddress
 import json
 import re
 from functools import lru_cache
+from itertools import islice
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -57,19 +58,31 @@ class BadWords:
             toks = tuple(_TOKEN.findall(w))
             if toks:
                 self.phrases.setdefault(toks[0], []).append(toks)
+        self.starts = frozenset(self.single) | frozenset(self.phrases)  # where a match can begin
 
     def spans(self, text: str) -> Spans:
         if self.regex is not None:
             return [[m.start(), m.end(), 1.0] for m in self.regex.finditer(text)]
-        toks = [(m.start(), m.end(), m.group().lower()) for m in _TOKEN.finditer(text)]
-        out: Spans = []
-        for i, (s, e, w) in enumerate(toks):
-            if w in self.single:
-                out.append([s, e, 1.0])
-            for ph in self.phrases.get(w, ()):
-                if tuple(t[2] for t in toks[i : i + len(ph)]) == ph:
-                    out.append([s, toks[i + len(ph) - 1][1], 1.0])
-        return out
+        # the tokens as strings in one C call; match objects (offsets) only for the tokens a span
+        # needs, reached by skipping the others inside the iterator
+        low = list(map(str.lower, _TOKEN.findall(text)))
+        starts, single, phrases = self.starts, self.single, self.phrases
+        found: list[tuple[int, int]] = []  # (first token, last token) of each span, in order
+        for i in [i for i, w in enumerate(low) if w in starts]:
+            w = low[i]
+            if w in single:
+                found.append((i, i))
+            for ph in phrases.get(w, ()):
+                if tuple(low[i : i + len(ph)]) == ph:
+                    found.append((i, i + len(ph) - 1))
+        if not found:
+            return []
+        where: dict[int, tuple[int, int]] = {}
+        it, prev = _TOKEN.finditer(text), -1
+        for j in sorted({j for pair in found for j in pair}):
+            m = next(islice(it, j - prev - 1, None))
+            where[j], prev = m.span(), j
+        return [[where[a][0], where[b][1], 1.0] for a, b in found]
 
 
 @lru_cache(maxsize=64)
@@ -122,17 +135,37 @@ def _public_ip(s: str) -> bool:
         return False
 
 
+# Necessary conditions, each a plain scan that runs ~10x faster than the pattern it guards (a pattern
+# that opens with a lookbehind is tried at every position): a text without it has no match.
+# PHONE's first branch ends in \d{3}[ .-]\d{4}, its second starts with "+" and a digit; an IPv4
+# address (both readings: four 1-3 digit groups) holds digit "." group "." group "." digit.
+_MAY_PHONE = re.compile(r"\d\d\d[ .\-]\d\d\d\d")
+_MAY_PHONE_INTL = re.compile(r"\+\d")
+_MAY_IPV4 = re.compile(r"\d\.\d{1,3}\.\d{1,3}\.\d")
+
+
+def _may_phone(text: str) -> bool:
+    return _MAY_PHONE.search(text) is not None or (
+        "+" in text and _MAY_PHONE_INTL.search(text) is not None
+    )
+
+
+def _spans(rx: re.Pattern, text: str, may: bool) -> Spans:
+    return [[m.start(), m.end(), 1.0] for m in rx.finditer(text)] if may else []
+
+
 def pii_spans(text: str, reading: str) -> dict[str, Spans]:
+    has_at = "@" in text  # every e-mail pattern needs one
+    may_ip = _MAY_IPV4.search(text) is not None
     if reading == "datatrove":
         return {
-            "email": [[m.start(), m.end(), 1.0] for m in DT_EMAIL.finditer(text)],
-            "ip": [
-                [m.start(), m.end(), 1.0] for m in DT_IP.finditer(text) if _public_ip(m.group())
-            ],
+            "email": _spans(DT_EMAIL, text, has_at),
+            "ip": [s for s in _spans(DT_IP, text, may_ip) if _public_ip(text[s[0] : s[1]])],
         }
     return {
-        kind: [[m.start(), m.end(), 1.0] for m in rx.finditer(text)]
-        for kind, rx in (("email", EMAIL), ("phone", PHONE), ("ip", IPV4))
+        "email": _spans(EMAIL, text, has_at),
+        "phone": _spans(PHONE, text, _may_phone(text)),
+        "ip": _spans(IPV4, text, may_ip),
     }
 
 

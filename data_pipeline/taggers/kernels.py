@@ -195,16 +195,23 @@ def warm_up() -> None:
 
 
 @numba.njit(cache=True)
-def any_phrase(text, flat, starts, spaces):
+def any_phrase(text, flat, starts, spaces, pairs):
     """Whether any phrase occurs in `text` as a substring (`phrase in text`, dolma c4.py:64).
 
     Texts and phrases are UTF-32 code point arrays; phrases are concatenated in `flat` with their
     start offsets (`starts`, one more than phrases) and the index of their first space in
     `spaces`. Every phrase holds a space, so a match puts that space on a space of the text: only
-    those anchors are tried, with a one-character test before the full comparison."""
+    those anchors are tried, and only where the characters on both sides of the space are a pair
+    some phrase has there (`pairs`, a bit per hashed pair; all set if a phrase starts or ends with
+    its space), before the full comparison."""
     n = len(text)
+    mask = len(pairs) - 1
     for p in range(n):
         if text[p] != 32:
+            continue
+        left = text[p - 1] if p > 0 else 0
+        right = text[p + 1] if p + 1 < n else 0
+        if not pairs[(left * 31 + right) & mask]:
             continue
         for k in range(len(starts) - 1):
             a, b, s = starts[k], starts[k + 1], spaces[k]
@@ -223,13 +230,22 @@ def any_phrase(text, flat, starts, spaces):
     return False
 
 
-def phrase_table(phrases: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(flat code points, start offsets, first-space index) of phrases that each contain a space."""
+def phrase_table(
+    phrases: list[str],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(flat code points, start offsets, first-space index, pair bits) of phrases that each
+    contain a space."""
     flat = np.frombuffer("".join(phrases).encode("utf-32-le"), dtype=np.uint32).copy()
     starts = np.zeros(len(phrases) + 1, dtype=np.int64)
     starts[1:] = np.cumsum([len(p) for p in phrases])
     spaces = np.array([p.index(" ") for p in phrases], dtype=np.int64)
-    return flat, starts, spaces
+    pairs = np.zeros(4096, dtype=np.bool_)
+    for p, s in zip(phrases, spaces):
+        if s == 0 or s + 1 == len(p):  # nothing on one side: every space is an anchor
+            pairs[:] = True
+            break
+        pairs[(ord(p[s - 1]) * 31 + ord(p[s + 1])) & 4095] = True
+    return flat, starts, spaces, pairs
 
 
 def code_points(text: str) -> np.ndarray:

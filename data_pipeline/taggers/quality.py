@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from statistics import median
 
 import numpy as np
@@ -246,9 +247,7 @@ def dolma_gopher(view: DocView) -> dict[str, float]:
     out["fraction_of_lines_ending_with_ellipsis"] = (
         sum(1 for line in lines if line.endswith("\u2026")) / n_lines
     )
-    counts: dict[str, int] = {}
-    for line in lines:
-        counts[line] = counts.get(line, 0) + 1
+    counts = Counter(lines)
     out["fraction_of_duplicate_lines"] = sum(c for c in counts.values() if c > 1) / n_lines
     out["fraction_of_characters_in_duplicate_lines"] = sum(
         len(line) * c for line, c in counts.items() if c > 1
@@ -269,7 +268,7 @@ def dolma_c4(view: DocView, naughty: tuple[frozenset[str], tuple]) -> Attrs:
     out: Attrs = {
         "has_naughty_word": whole(
             text,
-            float(any(w in words_set for w in low_words) or any_phrase(code_points(low), *phrases)),
+            float(not words_set.isdisjoint(low_words) or any_phrase(code_points(low), *phrases)),
         ),
         "has_javascript": whole(text, float("javascript" in low_words)),
         "has_lorem_ipsum": whole(text, float("lorem ipsum" in low)),
@@ -277,14 +276,19 @@ def dolma_c4(view: DocView, naughty: tuple[frozenset[str], tuple]) -> Attrs:
     }
     no_punct, few_words = [], []
     lines = text.split("\n")
+    # a line's lower-cased form is its piece of the lower-cased text (lower() keeps newlines)
+    low_lines = low.split("\n")
+    if len(low_lines) != len(lines):  # never seen; the per-line reading then
+        low_lines = [line.lower() for line in lines]
     offset = 0
     last = len(lines) - 1
-    for k, original in enumerate(lines):
+    ends = (".", "?", "!", '"')
+    for k, (original, line) in enumerate(zip(lines, low_lines)):
         end = offset + len(original) + (1 if k < last else 0)
-        line = original.lower().strip()
-        if not line.endswith((".", "?", "!", '"')):
+        line = line.strip()
+        if not line.endswith(ends):
             no_punct.append([offset, end, 1.0])
-        if len(line.split()) < 3:
+        if len(line.split(maxsplit=2)) < 3:
             few_words.append([offset, end, 1.0])
         offset = end
     out["lines_with_no_ending_punctuation"] = no_punct
