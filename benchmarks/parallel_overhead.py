@@ -46,6 +46,12 @@ LAYOUTS = {
     "moe-single": (1, {}, MOE),
     "moe-EP2": (2, {"ep": 2}, MOE),
     "moe-EP2xTP2": (4, {"ep": 2, "tp": 2}, MOE),
+    # context parallel (alltoall: DeepSpeed-Ulysses; the ring style needs CUDA)
+    "CP2": (2, {"cp": 2}, DENSE),
+    "CP2xTP2": (4, {"cp": 2, "tp": 2}, DENSE),
+    "CP2xDP2": (4, {"cp": 2, "dp_shard": 2}, DENSE),
+    "CP4": (4, {"cp": 4}, DENSE),
+    "moe-CP2": (2, {"cp": 2}, MOE),
 }
 BASELINE = {
     "single-bf16": "single-bf16",
@@ -53,6 +59,7 @@ BASELINE = {
     "moe-single": "moe-single",
     "moe-EP2": "moe-single",
     "moe-EP2xTP2": "moe-single",
+    "moe-CP2": "moe-single",
 }
 
 
