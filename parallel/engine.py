@@ -293,6 +293,7 @@ class Engine:
                         loss = self._loss_fn(model(x, **micro), y)
                         loss.backward()
                     local_loss += _to_local_scalar(loss.detach())
+        self._sum_expert_grads_over_cp()
         # Each (data-parallel rank, last stage) contributes once: tp ranks hold the same value.
         if not (self.holds_last_stage and self._tp_rank == 0):
             local_loss.zero_()
@@ -376,6 +377,26 @@ class Engine:
         shard = lambda t: context_parallel.shard_sequence(t, lay.cp, self._cp_rank)  # noqa: E731
         kwargs = {k: v if k == "document_ids" else shard(v) for k, v in kwargs.items()}
         return shard(inputs), shard(labels), kwargs
+
+    @torch.no_grad()
+    def _sum_expert_grads_over_cp(self) -> None:
+        """ep > 1 with cp > 1: the routed experts are FSDP-sharded over dp_shard only (see
+        parallel/layout.py), so the cp ranks' gradients of the same expert shard are summed
+        here, after backward (one all-reduce of all expert gradients of this rank's stages)."""
+        if self.layout.cp == 1 or self.layout.ep == 1:
+            return
+        grads = [
+            p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
+            for part in self.model_parts
+            for _, m in moe_layers(part)
+            for p in m.experts.parameters()
+            if p.grad is not None
+        ]
+        if grads:
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            dist.all_reduce(flat, group=self._cp_mesh.get_group())
+            for g, summed in zip(grads, flat.split([g.numel() for g in grads])):
+                g.copy_(summed.view_as(g))
 
     def _local_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """The labels this cp rank computes the loss of (ring: the part torch will keep)."""

@@ -25,9 +25,11 @@ torchtitan's dp_shard=4, ep=2 is our dp_shard=2, ep=2.
 same batch and each keeps 2 of its 2*cp sequence chunks (parallel/context_parallel.py). They hold
 the same weights and see different tokens, so for FSDP cp is one more sharding axis, as
 torchtitan's dp_shard_cp: dense parameters are sharded over ``(dp_shard, ep, cp)``
-("dp_shard_ep_cp"), routed experts over ``(dp_shard, cp)`` ("dp_shard_cp"); token counts and
-losses are summed over ``(dp_replicate, dp_shard, ep, cp)`` ("dp_cp"). cp is not part of "dp":
-the data loader and the batch arithmetic do not see it.
+("dp_shard_ep_cp"); token counts and losses are summed over ``(dp_replicate, dp_shard, ep, cp)``
+("dp_cp"). cp is not part of "dp": the data loader and the batch arithmetic do not see it.
+Routed experts under ep > 1 stay sharded over dp_shard only, and the engine sums their gradients
+over cp: an FSDP mesh over (dp_shard, cp) would put the ep axis between its dimensions, and
+DTensor composes meshes only in ascending axis order.
 """
 
 from __future__ import annotations
@@ -408,8 +410,8 @@ def build_mesh(layout: Layout, device_type: str = "cpu"):
     """The DeviceMesh over (pp, dp_replicate, dp_shard, ep, cp, tp), plus flattened meshes:
     "dp" = (dp_replicate, dp_shard, ep), all data-parallel ranks (the data loader's rank);
     "dp_shard_ep" = (dp_shard, ep), over which FSDP shards dense parameters without cp;
-    "dp_cp" = dp and cp, over which token counts are summed; "dp_shard_ep_cp" and "dp_shard_cp",
-    the FSDP meshes of dense parameters and routed experts under cp (see the module doc).
+    "dp_cp" = dp and cp, over which token counts are summed; "dp_shard_ep_cp", the FSDP mesh of
+    dense parameters under cp (see the module doc).
 
     Needs the default process group. All six axes exist even when of size 1, so code can always
     ask for mesh["tp"] etc."""
@@ -421,5 +423,4 @@ def build_mesh(layout: Layout, device_type: str = "cpu"):
     mesh["dp_shard", "ep"]._flatten("dp_shard_ep")
     mesh["dp_replicate", "dp_shard", "ep", "cp"]._flatten("dp_cp")
     mesh["dp_shard", "ep", "cp"]._flatten("dp_shard_ep_cp")
-    mesh["dp_shard", "cp"]._flatten("dp_shard_cp")
     return mesh

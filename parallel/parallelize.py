@@ -463,9 +463,10 @@ def apply_fsdp(model: nn.Module, mesh, layout: Layout) -> None:
     if layout.ep > 1:
         # Experts are already split over ep; FSDP shards them over the remaining data-parallel
         # ranks only (dp_shard, replicated over dp_replicate), in their own FSDP group.
-        # (and over cp, whose ranks route other tokens through the same experts)
-        shard = "dp_shard_cp" if layout.cp > 1 else "dp_shard"
-        expert_mesh = mesh["dp_replicate", shard] if layout.dp_replicate > 1 else mesh[shard]
+        # Not over cp (see parallel/layout.py): the engine sums their gradients over cp.
+        expert_mesh = (
+            mesh["dp_replicate", "dp_shard"] if layout.dp_replicate > 1 else mesh["dp_shard"]
+        )
         for block in model.layers.values():
             if hasattr(block, "moe"):
                 fully_shard(

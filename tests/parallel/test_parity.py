@@ -494,6 +494,13 @@ def test_context_parallel_cp2_dense_moe_packed_and_dcp(
         {"name": "CP2 packed", "parallel": {"cp": 2}, "packed": True, "seed": PACKED_SEED},
         {"name": "MoE+MLA CP2", "parallel": {"cp": 2}, **deepseek},
         {"name": "TP2 <- DCP(CP2)", "parallel": {"tp": 2}, "steps": 0, "seed": 7, "dcp_load": 0},
+        {
+            "name": "CP2 sliding window",
+            "parallel": {"cp": 2},
+            "steps": 3,
+            "seed": PACKED_SEED,
+            "model_overrides": {"n_layers": 4, "sliding_window": 8},
+        },
     ]
     results = launch(
         2, spec("llama3-tiny", runs, overrides={"n_layers": 4}, seed=DENSE_SEED), tmp_path
@@ -501,6 +508,9 @@ def test_context_parallel_cp2_dense_moe_packed_and_dcp(
     check_parity(results[0], dense_ref)
     check_parity(results[1], packed_ref)
     check_parity(results[2], deepseek_ref)
+    # no document ids: the engine gives the window's mask one document spanning the sequence
+    window_cfg = dataclasses.replace(dense_cfg(), sliding_window=8)
+    check_parity(results[4], stable_reference_run(window_cfg, 3, GBS, SEQ, seed=PACKED_SEED), 3)
     assert "cp=2 (alltoall)" in results[0]["layout"]
     saved, loaded = results[0]["params"], results[3]["params"]
     assert set(loaded) == set(saved)
@@ -521,19 +531,30 @@ def test_context_parallel_cp2_dense_moe_packed_and_dcp(
     assert rel(cp_sum, ref_sum) < TOL, (cp_sum, ref_sum)
 
 
-def test_context_parallel_composed_with_tp_pp_fsdp(tmp_path, dense_ref):
+def test_context_parallel_composed_with_tp_pp_fsdp(tmp_path, dense_ref, deepseek_ref):
     """CP2 x TP2 (sequence parallel inside each cp rank's tokens, heads split over tp, then
     over cp), CP2 x PP2 (1F1B) and CP2 x FSDP DP2 (dense weights sharded over dp_shard x cp) for
-    the dense GQA model. One launch of 4 ranks."""
+    the dense GQA model; CP2 x EP2 for the MoE + MLA model (routed experts split over ep,
+    their gradients summed over cp). One launch of 4 ranks."""
     runs = [
         {"name": "CP2xTP2", "parallel": {"cp": 2, "tp": 2}},
         {"name": "CP2xPP2", "parallel": {"cp": 2, "pp": 2}},
         {"name": "CP2xDP2", "parallel": {"cp": 2, "dp_shard": 2}},
+        {
+            "name": "MoE+MLA CP2xEP2",
+            "parallel": {"cp": 2, "ep": 2},
+            "model": "deepseek-v2-lite-tiny",
+            "model_overrides": {},
+            "seed": MOE_SEED,
+        },
     ]
     results = launch(
         4, spec("llama3-tiny", runs, overrides={"n_layers": 4}, seed=DENSE_SEED), tmp_path
     )
-    for r in results:
+    for r in results[:3]:
         check_parity(r, dense_ref)
+    check_parity(results[3], deepseek_ref)
+    # experts: 4 of 8 per ep rank, replicated over cp (their gradients summed by the engine)
+    assert results[3]["local_shapes"]["layers.1.moe.experts.w1"] == (4, 32, 64)
     # FSDP over dp_shard x cp = 4 shards of the dense weights: 16 of wq's 64 rows on rank 0
     assert results[2]["local_shapes"]["layers.0.attention.wq.weight"] == (16, 64)
