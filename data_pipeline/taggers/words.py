@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from re import _constants as _C  # the stdlib's regex parser: which characters an affix can
+from re import _parser  # start or end with, read off spaCy's own compiled patterns
 
 import numpy as np
 
@@ -120,90 +122,219 @@ class TokenTable:
             setattr(self, name, b)
 
 
+def _edge_ranges(seq, last: bool) -> list[tuple[int, int]] | None:
+    """Code point ranges the first (or last) character of any match of a parsed regex sequence
+    lies in; None where that cannot be read off (categories such as \\w, negated sets, an element
+    that can be empty): the caller then always runs the regex."""
+    items = list(seq)
+    for op, av in reversed(items) if last else items:
+        if op in (_C.ASSERT, _C.ASSERT_NOT, _C.AT):  # zero-width: the match's edge is further in
+            continue
+        if op is _C.LITERAL:
+            return [(av, av)]
+        if op is _C.IN:
+            out = []
+            for kind, val in av:
+                if kind is _C.LITERAL:
+                    out.append((val, val))
+                elif kind is _C.RANGE:
+                    out.append(val)
+                else:  # NEGATE, CATEGORY, ...
+                    return None
+            return out
+        if op is _C.BRANCH:
+            out = []
+            for branch in av[1]:
+                r = _edge_ranges(branch, last)
+                if r is None:
+                    return None
+                out += r
+            return out
+        if op is _C.SUBPATTERN:
+            _group, add_flags, del_flags, inner = av
+            if add_flags or del_flags or inner.getwidth()[0] == 0:
+                return None
+            return _edge_ranges(inner, last)
+        if op in (_C.MAX_REPEAT, _C.MIN_REPEAT, _C.POSSESSIVE_REPEAT):
+            lo, _hi, inner = av
+            return _edge_ranges(inner, last) if lo > 0 else None
+        return None
+    return None
+
+
+def _edge_class(compiled: re.Pattern | None, last: bool) -> re.Pattern | None:
+    """One character class holding every character that can start (or end) a match of
+    `compiled`, a `|` of alternatives as spaCy compiles its affix lists; None if not readable."""
+    if compiled is None or compiled.flags & (re.IGNORECASE | re.VERBOSE):
+        return None
+    tree = _parser.parse(compiled.pattern, compiled.flags)
+    if tree.getwidth()[0] == 0:  # some alternative matches the empty string
+        return None
+    ranges = _edge_ranges(tree, last)
+    if ranges is None:
+        return None
+    body = "".join(
+        re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}"
+        for a, b in ranges
+    )
+    return re.compile(f"[{body}]")
+
+
+def _suffix_window(nlp) -> tuple[int, re.Pattern, re.Pattern | None] | None:
+    """spaCy's suffix regex split into its alternatives of bounded width (and that width) and
+    those of unbounded width, if the tokenizer's pattern is exactly spaCy's join of the language's
+    suffix list (`"|".join(piece + "$")`, spacy/util.py compile_suffix_regex); else None."""
+    compiled = getattr(nlp.tokenizer.suffix_search, "__self__", None)
+    pieces = [p for p in nlp.Defaults.suffixes or () if p.strip()]
+    if compiled is None or not pieces or "|".join(p + "$" for p in pieces) != compiled.pattern:
+        return None
+    bounded, unbounded, width = [], [], 0
+    for p in pieces:
+        hi = _parser.parse(p + "$", compiled.flags).getwidth()[1]
+        if hi >= _C.MAXREPEAT:
+            unbounded.append(p + "$")
+        else:
+            bounded.append(p + "$")
+            width = max(width, hi)
+    if not bounded:
+        return None
+    return (
+        width,
+        re.compile("|".join(bounded), compiled.flags),
+        re.compile("|".join(unbounded), compiled.flags) if unbounded else None,
+    )
+
+
 class FastSplit:
-    """The spaCy tokens of a chunk that spaCy's own tables settle without running spaCy.
+    """spaCy's tokens of a whitespace chunk, from spaCy's own tables without running spaCy.
 
-    A chunk is `[a] w [b]`: `w` letters only (str.isalpha), `a` and `b` at most one character
-    each. Walking spaCy's `_split_affixes` / `_attach_tokens` (spacy/tokenizer.pyx) on it, the
-    tokens are `[a, w, b]` exactly when
-    - the tokenizer has no `token_match` (the blank English one has none; else no fast path),
-    - none of `c`, `c` without `a`, `c` without `b` is a special case (`tokenizer.rules`: this
-      also keeps out every special-case phrase the `_special_matcher` could merge, since its
-      patterns are those keys' own tokens),
-    - `prefix_search(c)` matches exactly `a` (or nothing when there is no `a`) and
-      `suffix_search(c[len(a):])` exactly `b` (or nothing),
-    - `w` itself is one token: not a special case, and no prefix, suffix, infix or URL
-      pattern matches it.
-    spaCy's special-case matcher (`_apply_special_cases`) only rewrites a matched span whose
-    text is a key of the rules; within the chunk those spans are `c`, `aw`, `wb` or one token, so
-    the claim holds in any context (a match across chunks holds a space, and the only keys with
-    whitespace are whitespace alone).
-    spaCy's lexeme flag IS_PUNCT (all characters of Unicode category P, spacy/lang/lex_attrs.py)
-    is False for `w` (letters are category L) and is read from spaCy's vocabulary for `a`, `b`.
-    Every other chunk goes to spaCy. tests/data_pipeline/test_taggers.py checks the claim against
-    spaCy on every distinct chunk of the bundled samples and on a list of tricky chunks."""
+    spaCy tokenises a chunk `c` (spacy/tokenizer.pyx, `_split_affixes` then `_attach_tokens`) by
+    peeling prefixes (`prefix_search`) and suffixes (`suffix_search`) off until none matches, then
+    cutting what is left at its infixes (`infix_finditer`) unless `url_match` takes it whole; its
+    special cases (`tokenizer.rules`: contractions with and without apostrophe such as "don't",
+    "dont", "cannot", "gonna", abbreviations, emoticons) interrupt that at any step, and its
+    special-case matcher (`_apply_special_cases`) then merges token runs whose text is a rule key.
+    `split` walks the same steps with the same regexes and gives up (returns None: spaCy decides)
+    wherever a special case could take part:
+    - the tokenizer has a `token_match` (the blank English one has none);
+    - `c`, or any string the walk reaches, is a key of the rules;
+    - the text of any run of consecutive result tokens is a key of the rules (a matcher span in
+      the chunk). A span across chunks holds a space and the only keys with whitespace are
+      whitespace alone, so no context outside the chunk can change a claimed result.
+    IS_PUNCT is spaCy's own lexeme attribute function (`vocab.lex_attr_getters[IS_PUNCT]`, which
+    `Vocab._new_lexeme` applies), called on the token string. tests/data_pipeline/test_taggers.py
+    checks every claim against spaCy on every distinct chunk of the bundled samples (13 languages)
+    and on a list of tricky chunks."""
 
-    def __init__(self, nlp) -> None:
+    def __init__(self, nlp, is_punct_attr: int) -> None:
         tk = nlp.tokenizer
         self.enabled = tk.token_match is None
         self.rules = frozenset(tk.rules)
-        self.prefix = tk.prefix_search
-        self.suffix = tk.suffix_search
-        self.infix = tk.infix_finditer
-        self.url = tk.url_match
-        self.vocab = nlp.vocab
-        self._word: dict[str, bool] = {}  # w -> "one token equal to itself"
-        self._punct: dict[str, bool] = {}
+        self.prefix = tk.prefix_search or (lambda s: None)
+        self.suffix = tk.suffix_search or (lambda s: None)
+        self.infix = tk.infix_finditer or (lambda s: iter(()))
+        self.url = tk.url_match or (lambda s: None)
+        self.is_punct = nlp.vocab.lex_attr_getters[is_punct_attr]
+        # a chunk whose last character no suffix can end with has no suffix, one without a
+        # character any infix can start with has no infix: two quick tests before the regexes
+        # (spaCy's suffix and infix searches try every position of the string)
+        self._suffix_end = _edge_class(getattr(tk.suffix_search, "__self__", None), last=True)
+        self._infix_start = _edge_class(getattr(tk.infix_finditer, "__self__", None), last=False)
+        self._window = _suffix_window(nlp)
 
-    def one_token(self, w: str) -> bool:
-        ok = self._word.get(w)
-        if ok is None:
-            ok = (
-                w not in self.rules
-                and self.prefix(w) is None
-                and self.suffix(w) is None
-                and next(self.infix(w), None) is None
-                and (self.url is None or self.url(w) is None)
-            )
-            self._word[w] = ok
-        return ok
+    def _suffix_len(self, string: str) -> int:
+        """find_suffix: the length of the leftmost suffix match (every alternative ends at `$`)."""
+        end, n = self._suffix_end, len(string)
+        if not n or (end is not None and end.match(string, n - 1) is None):
+            return 0
+        if self._window is None:
+            m = self.suffix(string)
+            return m.end() - m.start() if m is not None else 0
+        # alternatives of at most `width` characters start in the last `width` positions (a
+        # search from there still sees the characters before it in lookbehinds); the few of
+        # unbounded width (a run of dots) are searched on the whole string
+        width, bounded, unbounded = self._window
+        starts = []
+        m = bounded.search(string, max(0, n - width))
+        if m is not None:
+            starts.append(m.start())
+        if unbounded is not None:
+            m = unbounded.search(string)
+            if m is not None:
+                starts.append(m.start())
+        return n - min(starts) if starts else 0
 
-    def is_punct(self, ch: str) -> bool:
-        p = self._punct.get(ch)
-        if p is None:
-            p = self._punct[ch] = bool(self.vocab[ch].is_punct)
-        return p
+    def _affixes(self, string: str) -> tuple[list[str], str, list[str]] | None:
+        """`_split_affixes`: (prefixes, what is left, suffixes), None on a special case."""
+        rules, prefixes, suffixes = self.rules, [], []
+        last = 0
+        while string and len(string) != last:
+            if string in rules:
+                return None
+            last = len(string)
+            m = self.prefix(string)
+            pre_len = m.end() - m.start() if m is not None else 0
+            if pre_len and string[pre_len:] in rules:
+                return None
+            suf_len = self._suffix_len(string[pre_len:])
+            if suf_len and string[:-suf_len] in rules:
+                return None
+            if pre_len and suf_len and pre_len + suf_len <= len(string):
+                prefixes.append(string[:pre_len])
+                suffixes.append(string[-suf_len:])
+                string = string[pre_len:-suf_len]
+            elif pre_len:
+                prefixes.append(string[:pre_len])
+                string = string[pre_len:]
+            elif suf_len:
+                suffixes.append(string[-suf_len:])
+                string = string[:-suf_len]
+        if string in rules:
+            return None
+        return prefixes, string, suffixes
+
+    def _infixes(self, string: str) -> list[str]:
+        """`_attach_tokens` on the middle: whole if a URL or without infixes, else cut."""
+        if self.url(string) is not None:
+            return [string]
+        if self._infix_start is not None and self._infix_start.search(string) is None:
+            return [string]
+        out: list[str] = []
+        start = 0
+        for m in self.infix(string):
+            i0, i1 = m.start(), m.end()
+            if i0 == 0:  # an infix at the very start is skipped (start_before_infixes)
+                continue
+            if i0 != start:
+                out.append(string[start:i0])
+            if i0 != i1:
+                out.append(string[i0:i1])
+            start = i1
+        if string[start:]:
+            out.append(string[start:])
+        return out
 
     def split(self, c: str) -> tuple[str, ...] | None:
-        """The tokens of chunk `c` if they are settled here, else None (spaCy decides)."""
+        """The tokens of chunk `c` if spaCy's tables settle them here, else None."""
         if not self.enabled or c in self.rules:
             return None
-        if c.isalpha():
-            return (c,) if self.one_token(c) else None
-        n = len(c)
-        if n < 2:
+        parts = self._affixes(c)
+        if parts is None:
             return None
-        if c[1:].isalpha():
-            pre, suf = 1, 0
-        elif c[:-1].isalpha():
-            pre, suf = 0, 1
-        elif n > 2 and c[1:-1].isalpha():
-            pre, suf = 1, 1
-        else:
-            return None
-        m = self.prefix(c)
-        if (m.end() if m is not None else 0) != pre:
-            return None
-        rest = c[pre:]
-        m = self.suffix(rest)
-        if (len(m.group()) if m is not None else 0) != suf:
-            return None
-        w = c[pre : n - suf]
-        if (pre and c[1:] in self.rules) or (suf and c[:-1] in self.rules):
-            return None
-        if not self.one_token(w):
-            return None
-        return ((c[0],) if pre else ()) + (w,) + ((c[-1],) if suf else ())
+        prefixes, middle, suffixes = parts
+        toks = prefixes + (self._infixes(middle) if middle else []) + suffixes[::-1]
+        n = len(toks)
+        if n > 1:
+            rules = self.rules
+            for i in range(n):  # the matcher's spans (single tokens: keys were checked, or one
+                acc = toks[i]  # character, which no special case can change)
+                if acc in rules and len(acc) > 1:
+                    return None
+                for j in range(i + 1, n):
+                    acc += toks[j]
+                    if acc in rules:
+                        return None
+        return tuple(toks)
 
 
 class ChunkVocab:
@@ -292,16 +423,16 @@ class ChunkVocab:
             from spacy.pipeline.sentencizer import Sentencizer  # part of spaCy, loaded above
 
             self._sent_chars = frozenset(Sentencizer.default_punct_chars)
-            self._fast = FastSplit(nlp)
+            self._fast = FastSplit(nlp, IS_PUNCT)
         fast = self._fast
-        split = fast.split
-        settled = [split(c) for c in missing]
+        settled = [fast.split(c) for c in missing]
+        is_punct = fast.is_punct
         punct: dict[str, bool] = {}
         for toks in settled:
-            if toks is not None and len(toks) > 1:
-                for tok in (toks[0], toks[-1]):
-                    if len(tok) == 1 and not tok.isalpha():
-                        punct[tok] = fast.is_punct(tok)
+            if toks is not None:
+                for tok in toks:
+                    if tok not in punct:
+                        punct[tok] = bool(is_punct(tok))
         rest = [c for c, toks in zip(missing, settled) if toks is None]
         if rest:
             joined = " ".join(rest)

@@ -82,7 +82,11 @@ TRICKY_CHUNKS = (
     "'hello' \"hello\" «bonjour» ¿qué? ¡hola! 「日本」 日本。 日本、 （日本） Ελλάδα. ÄÖÜ, straße) "
     "ǅemal ǅ. US$ $hello hello$ 10km km. °C C. § §1 #hello hello# @hello hello@ *hello hello* "
     "www.example.com http://x.org mailto:a@b.c hello/world hello\\world [hello] hello] {hello} "
-    "x x. x, (x) xx. ll. a.m. p.m. o.O O.o"
+    "x x. x, (x) xx. ll. a.m. p.m. o.O O.o hello-dont hello-cannot (dont) dont. dont, "
+    "Administrator's users' e.g., (e.g. U.S.A. http://x.org/a-b --foo=bar a/b 1,000 $100 100$ "
+    "3.14 3,14 x-ray- -x- … ' '' \" (( )) (-: -- --- -> <- => <= &amp; C++ c# F# .NET node.js "
+    "a.b.c a...b a--b a—b a–b 日本語テキスト Ελληνικά ١٢٣ ½ ² x² °F 5°C 5° #1 @user ㅋㅋ "
+    "can't. (can't) don't, 'tis 'twas n't 'd 'll 've 're 'm s' Y'all. ¯\\(ツ)/¯ 10:30 10.30pm 5km."
 ).split()
 
 
@@ -104,6 +108,7 @@ def test_fast_split_gives_spacys_tokens_on_every_sample_chunk():
     (space-joined unseen chunks: spaCy's special-case matcher is context-dependent on rare chunks,
     e.g. `--filter="zone:(` ends in ":(" alone and in ":" "(" inside one long text here)."""
     import spacy  # heavy optional import, only for this test's reference
+    from spacy.attrs import IS_PUNCT
 
     from data_pipeline.taggers.words import ChunkVocab, FastSplit
 
@@ -114,7 +119,7 @@ def test_fast_split_gives_spacys_tokens_on_every_sample_chunk():
             + TRICKY_CHUNKS
         )
     )
-    fast = FastSplit(nlp)
+    fast = FastSplit(nlp, IS_PUNCT)
     for special in ("dont", "cannot", "gonna", "Cannot", "Mr.", "e.g.", ":)", "a.m."):
         assert fast.split(special) is None, special
     split = {c: fast.split(c) for c in chunks}
