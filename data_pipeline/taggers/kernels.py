@@ -160,24 +160,6 @@ def dolma_ngram_fracs(ids, lens, n_max, out_top, out_dup, char_count):
             out_dup[n] = dup / max(tot, 1)
 
 
-@numba.njit(cache=True)
-def sentence_starts(ids, is_punct, sent_punct):
-    """spaCy's Sentencizer.predict (spacy/pipeline/sentencizer.pyx) on a token sequence: one
-    sentence, plus one at each token that is neither punctuation nor sentence-final after a
-    sentence-final token."""
-    if len(ids) == 0:
-        return 0
-    count, seen = 1, False
-    for i in range(len(ids)):
-        t = ids[i]
-        if seen and not is_punct[t] and not sent_punct[t]:
-            count += 1
-            seen = False
-        elif sent_punct[t]:
-            seen = True
-    return count
-
-
 def warm_up() -> None:
     """Compile (or load from numba's cache) every kernel once."""
     ids = np.arange(6, dtype=np.int64) % 3
@@ -187,9 +169,9 @@ def warm_up() -> None:
     top, dup = np.full(11, -1.0), np.full(11, -1.0)
     dolma_ngram_fracs(ids, lens, 10, top, dup, 6)
     flags = np.zeros(3, dtype=np.bool_)
-    sentence_starts(ids, flags, flags)
     one = np.ones(6, dtype=np.int64)
-    line_sentence_starts(ids, np.full(2, 3, np.int64), ids, one, ids, flags, flags)
+    ws = np.zeros(6, dtype=np.bool_)
+    line_sentence_starts(ids, ws, np.full(2, 3, np.int64), ids, one, ids, flags, flags)
     h = np.zeros(3, dtype=np.uint64)
     token_hashes(code_points("abc"), lens, h, h.copy())
 
@@ -270,22 +252,17 @@ def token_hashes(cps, lens, out_hash, out_pow):
 
 
 @numba.njit(cache=True)
-def line_sentence_starts(cids, line_parts, start, count, flat, is_punct, sent_punct):
-    """sentence_starts summed over lines, each line its own spaCy doc: line l is the next
-    `line_parts[l]` entries of `cids`, a chunk id (its tokens `flat[start[c] : start[c] +
-    count[c]]`) or -1 for a whitespace token (neither punctuation nor sentence-final)."""
+def line_sentence_starts(cids, ws_after, line_chunks, start, count, flat, is_punct, sent_punct):
+    """spaCy's Sentencizer over lines (words.sentence_counts), each line its own doc: line l is the next
+    `line_chunks[l]` chunk ids of `cids` (chunk c's tokens are `flat[start[c] : start[c] +
+    count[c]]`), a chunk with `ws_after` set followed by a whitespace token (neither punctuation
+    nor sentence-final)."""
     total = 0
     k = 0
-    for l in range(len(line_parts)):
+    for l in range(len(line_chunks)):
         n, seen = 0, False
-        for _ in range(line_parts[l]):
+        for _ in range(line_chunks[l]):
             c = cids[k]
-            k += 1
-            if c < 0:
-                if n == 0 or seen:
-                    n += 1
-                    seen = False
-                continue
             for j in range(start[c], start[c] + count[c]):
                 t = flat[j]
                 if n == 0:
@@ -296,5 +273,9 @@ def line_sentence_starts(cids, line_parts, start, count, flat, is_punct, sent_pu
                     seen = False
                 elif sent_punct[t]:
                     seen = True
+            if ws_after[k] and seen:
+                n += 1
+                seen = False
+            k += 1
         total += n
     return total

@@ -134,6 +134,7 @@ def datatrove_c4(view: DocView, cfg: QualityTaggerConfig) -> tuple[dict[str, flo
     the page measurements, the dropped lines as spans, and the text the filter hands on."""
     text = view.text
     kept: list[str] = []
+    kept_words: list[list[str]] = []
     drop: list[list] = []
     lorem = curly = 0.0
     pos = 0
@@ -142,11 +143,15 @@ def datatrove_c4(view: DocView, cfg: QualityTaggerConfig) -> tuple[dict[str, flo
         start, pos = pos, pos + len(raw)
         line = raw.strip()
         words = line.split()
-        if words and max(map(len, words)) > cfg.c4_max_word_length:  # :99
+        # :99 (no word is longer than its line)
+        if len(line) > cfg.c4_max_word_length and max(map(len, words)) > cfg.c4_max_word_length:
             drop.append([start, pos, 1.0])
             continue
+        line_words = words
         if cfg.c4_remove_citations and "[" in line:  # :103 (every pattern starts with "[")
-            line = _CITATION.sub("", line)
+            cut = _CITATION.sub("", line)
+            if cut != line:
+                line, line_words = cut, cut.split()
         if cfg.c4_filter_no_terminal_punct and (  # :106
             not line.endswith(_C4_END) or line.endswith("...")
         ):
@@ -169,9 +174,10 @@ def datatrove_c4(view: DocView, cfg: QualityTaggerConfig) -> tuple[dict[str, flo
             drop.append([start, pos, 1.0])
             continue
         kept.append(line)
+        kept_words.append(line_words)
     n_lines = len(kept) + len(drop)
     # :129, spaCy's sentencizer on each kept line, all lines in one compiled pass
-    sentences = sentence_counts(view.vocab, kept)
+    sentences = sentence_counts(view.vocab, kept, kept_words)
     stats = {
         "kept_sentences": float(sentences),
         "lorem_ipsum": lorem,

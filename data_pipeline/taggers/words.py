@@ -29,7 +29,7 @@ from re import _parser  # start or end with, read off spaCy's own compiled patte
 
 import numpy as np
 
-from .kernels import code_points, line_sentence_starts, sentence_starts, token_hashes
+from .kernels import code_points, line_sentence_starts, token_hashes
 from .punctuation import PUNCTUATION_SET, TERMINAL_PUNCTUATION
 
 # spaCy is the reference's tokenizer; importing it costs ~1 s, so it loads on first use (taggers
@@ -501,39 +501,34 @@ class ChunkVocab:
             self.reset()
 
 
-def sentence_counts(vocab: ChunkVocab, lines: list[str]) -> int:
-    """`sentence_count` summed over `lines`, in one pass: the lines' chunks go to the memo in one
-    call and one compiled loop walks them (a whitespace token is chunk id -1)."""
-    parts: list[str | None] = []
+def sentence_counts(
+    vocab: ChunkVocab, lines: list[str], words_of: list[list[str]] | None = None
+) -> int:
+    """Sentences spaCy's Sentencizer (spacy/pipeline/sentencizer.pyx, `predict`) finds in each of
+    the stripped `lines` (each its own doc, their `split()` in `words_of` when the caller has it),
+    summed: a new sentence starts at the first token that is neither punctuation nor
+    sentence-final after a sentence-final token. Between two chunks spaCy makes a whitespace token
+    (not punctuation) of any gap other than one single space, so it can start a sentence too. All
+    chunks go to the memo in one call and one compiled loop walks them."""
+    chunks: list[str] = []
     sizes: list[int] = []
-    for line in lines:
-        chunks = line.split()
-        if " ".join(chunks) == line:  # single spaces only (most lines): no whitespace tokens
-            parts.extend(chunks)
-            sizes.append(len(chunks))
-            continue
-        n = len(parts)
-        for m in _RUNS.finditer(line):
-            run = m.group()
-            if not run[0].isspace():
-                parts.append(run)
-            elif not (m.start() > 0 and run == " "):
-                parts.append(None)
-        sizes.append(len(parts) - n)
-    if not parts:
+    gaps: list[tuple[int, list[bool]]] = []  # (first chunk, whitespace token after each chunk)
+    for k, line in enumerate(lines):
+        words = words_of[k] if words_of is not None else line.split()
+        if " ".join(words) != line:  # not single spaces only: some gap is a token
+            gaps.append((len(chunks), [g != " " for g in _GAPS.findall(line)]))
+        chunks.extend(words)
+        sizes.append(len(words))
+    if not chunks:
         return 0
-    words = [p for p in parts if p is not None]
-    cids = np.full(len(parts), -1, dtype=np.int64)
-    if words:
-        known = vocab.chunk_index(words)
-        if len(words) == len(parts):
-            cids = known
-        else:
-            cids[np.fromiter((p is not None for p in parts), np.bool_, len(parts))] = known
+    ws_after = np.zeros(len(chunks), dtype=np.bool_)
+    for first, flags in gaps:
+        ws_after[first : first + len(flags)] = flags
     t = vocab.table
     return int(
         line_sentence_starts(
-            cids,
+            vocab.chunk_index(chunks),
+            ws_after,
             np.array(sizes, dtype=np.int64),
             vocab._start,
             vocab._count,
@@ -544,39 +539,4 @@ def sentence_counts(vocab: ChunkVocab, lines: list[str]) -> int:
     )
 
 
-def sentence_count(vocab: ChunkVocab, line: str) -> int:
-    """Sentences spaCy's Sentencizer finds in one line (spacy/pipeline/sentencizer.pyx, `predict`):
-    a new sentence starts at the first token that is neither punctuation nor a sentence-final
-    character after a sentence-final character. A whitespace run other than one single space is a
-    token of its own in spaCy (not punctuation), so it can start a sentence too."""
-    chunks = line.split()
-    if " ".join(chunks) == line:  # single spaces only (most lines): no whitespace tokens
-        if not chunks:
-            return 0
-        t = vocab.table
-        return int(sentence_starts(vocab.words(chunks), t.is_punct, t.sent_punct))
-    parts: list[str | None] = []  # chunks, None for a whitespace token
-    for m in _RUNS.finditer(line):
-        run = m.group()
-        if not run[0].isspace():
-            parts.append(run)
-        elif not (m.start() > 0 and run == " "):
-            parts.append(None)
-    if not parts:
-        return 0
-    vocab.words([p for p in parts if p is not None])  # fills the memo
-    t = vocab.table
-    count, seen_period = 1, False
-    for p in parts:
-        for tid in (-1,) if p is None else vocab.chunk_tokens(p).tolist():
-            punct = tid >= 0 and bool(t.is_punct[tid])
-            final = tid >= 0 and bool(t.sent_punct[tid])
-            if seen_period and not punct and not final:
-                count += 1
-                seen_period = False
-            elif final:
-                seen_period = True
-    return count
-
-
-_RUNS = re.compile(r"\s+|\S+")
+_GAPS = re.compile(r"\s+")

@@ -323,6 +323,23 @@ def test_spacy_words_equal_datatrove_split(docs, memo_words):
         assert [word_of[i] for i in doc_ids] == memo_words(d["text"]), d["id"]
 
 
+def test_sentence_counts_equal_datatrove_per_line(docs):
+    """C4's sentence count (c4_filters.py:129, `split_into_sentences` per kept line) against ours,
+    line by line on stripped lines of every tenth page, lines with runs of spaces and tabs (a
+    whitespace token in spaCy) included."""
+    from data_pipeline.taggers.words import ChunkVocab, sentence_counts
+
+    vocab = ChunkVocab()
+    lines = [s for d in docs[::10] for raw in d["text"].splitlines() if (s := raw.strip())]
+    assert sum(" ".join(s.split()) != s for s in lines) > 100  # the irregular gaps are there
+    for line in lines:
+        assert sentence_counts(vocab, [line]) == len(dt_text.split_into_sentences(line)), line
+    chunks = [line.split() for line in lines]
+    assert sentence_counts(vocab, lines, chunks) == sum(
+        sentence_counts(vocab, [line]) for line in lines
+    )
+
+
 def test_punctuation_sets_equal_datatrove():
     ours = our_punctuation
     assert ours.PUNCTUATION == dt_text.PUNCTUATION
