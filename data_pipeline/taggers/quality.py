@@ -40,7 +40,7 @@ from .words import sentence_counts, terminal_punctuation
 # ---------------------------------------------------------------- datatrove (FineWeb)
 
 _PARA_SPLIT = re.compile(r"\n{2,}")  # gopher_repetition_filter.py:106
-_LINE_SPLIT = re.compile("\n+")  # gopher_repetition_filter.py:107
+# gopher_repetition_filter.py:107 splits lines with re.split("\\n+"): _newline_runs_split below
 # c4_filters.py:14-24
 _CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
 _C4_END = (".", "?", "!", '"', "'")
@@ -52,6 +52,7 @@ _POLICY = (
     "use of cookies",
     "use cookies",
 )
+_POLICY_ANY = re.compile("|".join(map(re.escape, _POLICY)))  # "some substring occurs"
 
 
 def _duplicates(parts: list[str]) -> tuple[int, int]:
@@ -67,13 +68,22 @@ def _duplicates(parts: list[str]) -> tuple[int, int]:
     return dup, chars
 
 
+def _newline_runs_split(text: str) -> list[str]:
+    """re.split("\\n+", text) with str.split: the empty pieces between newlines dropped, the
+    first and last kept (empty when the text starts or ends with a newline)."""
+    parts = text.split("\n")
+    if len(parts) < 3:
+        return parts
+    return [parts[0], *filter(None, parts[1:-1]), parts[-1]]
+
+
 def datatrove_repetition(view: DocView) -> dict[str, float]:
     """GopherRepetitionFilter.filter (gopher_repetition_filter.py:110-144), every ratio it tests."""
     text = view.text
     n = max(1, len(text))  # an empty text fails the filter ("empty"): see `empty`
     paras = _PARA_SPLIT.split(text.strip())
     p_dup, p_chars = _duplicates(paras)
-    lines = _LINE_SPLIT.split(text)
+    lines = _newline_runs_split(text)
     l_dup, l_chars = _duplicates(lines)
     out = {
         "empty": float(not text),
@@ -170,7 +180,7 @@ def datatrove_c4(view: DocView, cfg: QualityTaggerConfig) -> tuple[dict[str, flo
         if "{" in line:  # :122: the page is dropped, the reference stops here
             curly = 1.0
             break
-        if any(p in low for p in _POLICY):  # :125
+        if _POLICY_ANY.search(low) is not None:  # :125, `any(p in line_l for p in ...)`
             drop.append([start, pos, 1.0])
             continue
         kept.append(line)
@@ -245,7 +255,7 @@ def dolma_gopher(view: DocView) -> dict[str, float]:
     # gopher_v2 (gopher.py:228-233): ignore_empty_lines=True, lines split at runs of newlines
     # (gopher.py:178). gopher_v1 splits at every newline, so each blank line counts as a duplicate
     # line: on the English man pages it removed 105 of 120 documents for duplicate lines.
-    lines = _LINE_SPLIT.split(text)
+    lines = _newline_runs_split(text)
     n_lines = max(len(lines), 1)
     out["fraction_of_lines_starting_with_bullet_point"] = (
         sum(1 for line in lines if line.startswith(_BULLETS)) / n_lines
