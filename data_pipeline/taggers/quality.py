@@ -124,13 +124,9 @@ def datatrove_quality(view: DocView) -> dict[str, float]:
         "hash_word_ratio": text.count("#") / denom,
         "ellipsis_word_ratio": (text.count("...") + text.count("\u2026")) / denom,
         # :100-111: str.splitlines(), bullets "•" and "-" only
-        "bullet_line_frac": sum(
-            s.lstrip().startswith("\u2022") or s.lstrip().startswith("-") for s in lines
-        )
+        "bullet_line_frac": sum(1 for s in lines if s.lstrip().startswith(("\u2022", "-")))
         / n_lines,
-        "ellipsis_line_frac": sum(
-            s.rstrip().endswith("...") or s.rstrip().endswith("\u2026") for s in lines
-        )
+        "ellipsis_line_frac": sum(1 for s in lines if s.rstrip().endswith(("...", "\u2026")))
         / n_lines,
         # :114-119: over all spaCy words, punctuation included
         "alpha_word_frac": int(t.alpha[ids].sum()) / denom,
