@@ -94,28 +94,31 @@ class WhitespaceVocab:
             np.zeros(cap, np.bool_),
         )
 
-    def _add(self, w: str) -> int:
-        i = self.ids[w] = len(self.ids)
+    def _add(self, words: list[str]) -> None:
+        """Ids and properties for new distinct words, all at once."""
+        i0 = len(self.ids)
+        for k, w in enumerate(words):
+            self.ids[w] = i0 + k
+        n = i0 + len(words)
         t = self.table
-        if i >= len(t.length):
+        if n > len(t.length):
+            size = max(n, 2 * len(t.length))
             for name in ("length", "alpha", "symbol", "required"):
                 a = getattr(t, name)
-                b = np.zeros(2 * len(a), dtype=a.dtype)
+                b = np.zeros(size, dtype=a.dtype)
                 b[: len(a)] = a
                 setattr(t, name, b)
-        t.length[i] = len(w)
-        t.alpha[i] = any(c.isalpha() for c in w)
-        t.symbol[i] = "#" in w or "\u2026" in w
-        t.required[i] = w in _REQUIRED
-        return i
+        sl = slice(i0, n)
+        t.length[sl] = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+        t.alpha[sl] = [w.isalpha() or any(map(str.isalpha, w)) for w in words]
+        t.symbol[sl] = ["#" in w or "\u2026" in w for w in words]
+        t.required[sl] = [w in _REQUIRED for w in words]
 
     def encode(self, words: list[str]) -> np.ndarray:
         ids = self.ids
         out = list(map(ids.get, words))
         if None in out:
-            for w in dict.fromkeys(words):
-                if w not in ids:
-                    self._add(w)
+            self._add([w for w in dict.fromkeys(words) if w not in ids])
             out = list(map(ids.__getitem__, words))
         return np.array(out, dtype=np.int64)
 
