@@ -300,7 +300,7 @@ def dolma_c4(view: DocView, naughty: tuple[frozenset[str], tuple]) -> Attrs:
         line = line.strip()
         if not line.endswith(ends):
             no_punct.append([offset, end, 1.0])
-        if len(line.split(maxsplit=2)) < 3:
+        if len(line.split(None, 2)) < 3:
             few_words.append([offset, end, 1.0])
         offset = end
     out["lines_with_no_ending_punctuation"] = no_punct

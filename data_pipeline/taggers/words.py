@@ -318,6 +318,15 @@ class FastSplit:
         """The tokens of chunk `c` if spaCy's tables settle them here, else None."""
         if not self.enabled or c in self.rules:
             return None
+        # the common case in one go: no infix, no prefix, no suffix: one token, itself
+        inf = self._infix_start
+        if (
+            inf is not None
+            and inf.search(c) is None
+            and self.prefix(c) is None
+            and self._suffix_len(c) == 0
+        ):
+            return (c,)
         parts = self._affixes(c)
         if parts is None:
             return None
