@@ -90,13 +90,26 @@ def _distributed_attention_class():
 
 def _attach_deepspeed_comm() -> None:
     """DeepSpeed's collectives go through its own communication backend object: point it at
-    the process group that already exists (nothing is initialised twice; gloo or nccl)."""
-    import deepspeed.comm  # heavy optional dependency, see _distributed_attention_class
+    the process group that already exists (nothing is initialised twice; gloo or nccl).
 
-    if not deepspeed.comm.is_initialized():
-        deepspeed.comm.init_distributed(
-            dist_backend=dist.get_backend(), auto_mpi_discovery=False, verbose=False
-        )
+    On the CPU accelerator that object also builds DeepSpeed's shared-memory all-reduce op, a C++
+    extension JIT-compiled on first use (measured: 29 s, and it needs a C++ compiler), after
+    probing every op's compatibility with compiler subprocesses. Ulysses uses none of it (its
+    all-to-all is torch.distributed's), so the op is marked unavailable in deepspeed.ops' cache of
+    compatible ops, which DeepSpeed fills lazily and keeps as one dict; only when nothing has
+    filled it yet, so a process that uses other DeepSpeed ops keeps its own answers."""
+    import deepspeed.comm  # heavy optional dependency, see _distributed_attention_class
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    if deepspeed.comm.is_initialized():
+        return
+    shm = get_accelerator().create_op_builder("ShareMemCommBuilder")  # None on CUDA
+    if shm is not None and "__compatible_ops__" not in vars(deepspeed.ops):
+        deepspeed.ops.__compatible_ops__ = {shm.NAME: False}
+    deepspeed.comm.init_distributed(
+        dist_backend=dist.get_backend(), auto_mpi_discovery=False, verbose=False
+    )
 
 
 def check_deepspeed() -> None:
