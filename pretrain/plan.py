@@ -67,10 +67,13 @@ def _args(argv: list[str]) -> argparse.Namespace:
 def _row(i: int, p: PlannedLayout) -> str:
     lay = p.layout
     sched = lay.pp_schedule if lay.pp > 1 else "-"
+    cp = f"{lay.cp}{'a' if lay.cp_style == 'alltoall' else 'r'}" if lay.cp > 1 else "1"
+    # memory of a layout whose parameters alone do not fit: a lower bound (activations not probed)
+    gib = f"{'>' if not p.activations_measured else ''}{p.total / GIB:.1f}"
     return (
-        f"{i:>3} {lay.tp:>3} {lay.pp:>3} {lay.dp_shard:>5} {lay.dp_replicate:>4} {lay.ep:>3} "
-        f"{sched:<16} {lay.micro_batch_size:>3} {lay.activation_checkpointing:<9} "
-        f"{lay.precision:<14} {p.total / GIB:>8.1f} {'yes' if p.fits else 'no':<4} "
+        f"{i:>3} {lay.tp:>3} {cp:>3} {lay.pp:>3} {lay.dp_shard:>5} {lay.dp_replicate:>4} "
+        f"{lay.ep:>3} {sched:<16} {lay.micro_batch_size:>3} {lay.activation_checkpointing:<9} "
+        f"{lay.precision:<14} {gib:>8} {'yes' if p.fits else 'no':<4} "
         f"{p.tokens_per_s_per_gpu:>9.0f} {p.mfu * 100:>5.1f} {p.time.dominant}"
     )
 
@@ -103,8 +106,8 @@ def main(argv: list[str]) -> int:
         f"{sum(p.fits for p in ranked)} fit"
     )
     print(
-        "  #  tp  pp shard  rep  ep schedule         mbs ac        precision      GiB/GPU fits"
-        "  tok/s/GPU   MFU dominant"
+        "  #  tp  cp  pp shard  rep  ep schedule         mbs ac        precision      GiB/GPU "
+        "fits  tok/s/GPU   MFU dominant   (cp: a = alltoall, r = ring; >: a lower bound)"
     )
     for i, p in enumerate(ranked[: args.top], 1):
         print(_row(i, p))
@@ -192,6 +195,8 @@ def _validation_parallel(p: PlannedLayout) -> dict:
         dp_shard=lay.dp_shard,
         dp_replicate=lay.dp_replicate,
         ep=lay.ep,
+        cp=lay.cp,
+        cp_style=lay.cp_style,
         pp_schedule=lay.pp_schedule,
         activation_checkpointing=lay.activation_checkpointing,
         precision="bf16" if lay.precision.startswith("fp8") else lay.precision,

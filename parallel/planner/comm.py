@@ -70,10 +70,11 @@ def collective_bytes(cfg: ModelConfig, layout: Layout, rank: int) -> dict[str, i
     sizes, coords = axis_sizes(layout), rank_coords(layout, rank)
     cbytes = COMPUTE_BYTES[layout.precision]
     n_mb, tp = layout.n_microbatches, layout.tp
-    act = layout.micro_batch_size * layout.seq_len * cfg.d_model * cbytes
+    tokens = layout.micro_batch_size * layout.seq_len // layout.cp  # this cp rank's
+    act = tokens * cfg.d_model * cbytes
     stages = layout.stages_of_rank(coords["pp"])
     kinds = layer_kinds(cfg)
-    out = {"tp": 0, "pp": 0, "fsdp": 0, "dp_replicate": 0, "ep": 0, "other": 16}
+    out = {"tp": 0, "pp": 0, "fsdp": 0, "dp_replicate": 0, "ep": 0, "cp": 0, "other": 16}
     # ---- tensor parallel --------------------------------------------------------------------
     if tp > 1:
         for sid in stages:
@@ -83,7 +84,7 @@ def collective_bytes(cfg: ModelConfig, layout: Layout, rank: int) -> dict[str, i
                 # reduce-scatter is not run again (torch's non-reentrant checkpoint)
                 per_mb += 8 * act + (3 * act if _ckpt(layout, lid) else 0)
                 if not cfg.mla.enabled and cfg.kv_heads % tp:
-                    kv = layout.micro_batch_size * layout.seq_len * cfg.kv_heads * cfg.dim_per_head
+                    kv = tokens * cfg.kv_heads * cfg.dim_per_head
                     per_mb += 2 * kv * cbytes
             if sid == 0:
                 per_mb += 2 * act
@@ -98,7 +99,7 @@ def collective_bytes(cfg: ModelConfig, layout: Layout, rank: int) -> dict[str, i
                 if 0 <= nb < layout.n_stages and owner[nb] != coords["pp"]:
                     out["pp"] += 2 * (act // tp) * n_mb
     # ---- FSDP / HSDP ------------------------------------------------------------------------
-    fsdp = layout.dp > 1 or layout.precision != "fp32"
+    fsdp = layout.dp > 1 or layout.cp > 1 or layout.precision != "fp32"
     if fsdp:
         rules = param_rules(cfg, layout)
         gathers, syncs = (2 * n_mb, n_mb) if layout.pp == 1 else (1, 1)
@@ -114,8 +115,7 @@ def collective_bytes(cfg: ModelConfig, layout: Layout, rank: int) -> dict[str, i
                     out["dp_replicate"] += syncs * (full // n) * F32
     # ---- expert parallel --------------------------------------------------------------------
     if layout.ep > 1:
-        tokens = layout.micro_batch_size * layout.seq_len * cfg.moe.top_k
-        routed = tokens * cfg.d_model * cbytes
+        routed = tokens * cfg.moe.top_k * cfg.d_model * cbytes
         for sid in stages:
             n_moe = sum(kinds[lid] == "moe" for lid in layout.stage_layers[sid])
             ckpt_moe = sum(
@@ -124,4 +124,35 @@ def collective_bytes(cfg: ModelConfig, layout: Layout, rank: int) -> dict[str, i
             counts = 8 * cfg.moe.n_experts
             # forward: counts + tokens out + results back; backward: the two reversed
             out["ep"] += n_mb * (n_moe * (counts + 4 * routed) + ckpt_moe * (counts + 2 * routed))
+    # ---- context parallel -------------------------------------------------------------------
+    if layout.cp > 1:
+        for sid in stages:
+            for lid in layout.stage_layers[sid]:
+                out["cp"] += n_mb * cp_layer_bytes(cfg, layout, recomputed=_ckpt(layout, lid))
     return out
+
+
+def cp_layer_bytes(cfg: ModelConfig, layout: Layout, recomputed: bool) -> int:
+    """Bytes one rank's context-parallel collectives move in one attention layer's forward and
+    backward of a micro-batch (a recomputed layer runs its forward's again).
+
+    alltoall (DeepSpeed-Ulysses): forward, q, k and v (GQA's KV heads repeated to the query
+      heads) go from [seq/cp tokens, heads/tp] to [seq tokens, heads/tp/cp] and the attention
+      output back: four all-to-alls whose input is this rank's [seq/cp, heads/tp] slice of each;
+      backward the same four for the gradients.
+    ring: forward, each rank passes its K and V chunk [seq/cp, kv_heads/tp] on cp-1 times;
+      backward, K and V go round again with their gradients (4 tensors, cp-1 hops)."""
+    cp, tp = layout.cp, layout.tp
+    tokens = layout.micro_batch_size * layout.seq_len // cp
+    cbytes = COMPUTE_BYTES[layout.precision]
+    if cfg.mla.enabled:
+        qk = cfg.mla.qk_nope_head_dim + cfg.mla.qk_rope_head_dim
+        v, kv_heads = cfg.mla.v_head_dim, cfg.n_heads  # MLA expands K/V per query head
+    else:
+        qk = v = cfg.dim_per_head
+        kv_heads = cfg.kv_heads
+    if layout.cp_style == "alltoall":
+        per_pass = tokens * (cfg.n_heads // tp) * (2 * qk + 2 * v) * cbytes  # q, k, v, output
+        return per_pass * (2 + (1 if recomputed else 0))
+    kv = tokens * max(kv_heads // tp, 1) * (qk + v) * cbytes
+    return (cp - 1) * kv * (1 + 2 + (1 if recomputed else 0))

@@ -25,14 +25,16 @@ from dataclasses import dataclass
 from model_zoo.config import ModelConfig
 from model_zoo.counting import count_parameters, training_flops_per_token
 from parallel.layout import Layout
+from parallel.planner.comm import cp_layer_bytes
 from parallel.planner.hardware import GPUSpec
+from parallel.planner.memory import config_key
 
 # FP8 matmuls reach a smaller share of their (2x) peak than bf16 ones, and the recipes add casts
 # and scale computations: 0.65 makes FP8 linears 1.3x faster than bf16 ones on H100
 # (1979 x 0.65 / 989), torchtitan's measured end-to-end gain for Llama-3.1-8B on 8 H100
 # (8,532 vs 6,667 tok/s/GPU, compiled, float8 vs bf16).
 FP8_EFFICIENCY_RATIO = 0.65
-AXES_INNER_FIRST = ("tp", "ep", "dp_shard", "dp_replicate", "pp")
+AXES_INNER_FIRST = ("tp", "cp", "ep", "dp_shard", "dp_replicate", "pp")
 
 
 def group_bandwidth(layout: Layout, axes: tuple[str, ...], gpu: GPUSpec, gpus_per_node: int):
@@ -55,12 +57,13 @@ class StepTime:
     ep_comm: float
     pp_comm: float
     fsdp_exposed: float
+    cp_comm: float = 0.0  # not overlapped with attention (both styles wait for their K/V)
 
     @property
     def total(self) -> float:
-        return (
-            self.compute + self.bubble + self.tp_comm + self.ep_comm + self.pp_comm
-        ) + self.fsdp_exposed
+        return (self.compute + self.bubble + self.tp_comm + self.ep_comm + self.pp_comm) + (
+            self.fsdp_exposed + self.cp_comm
+        )
 
     @property
     def dominant(self) -> str:
@@ -71,6 +74,7 @@ class StepTime:
             "ep comm": self.ep_comm,
             "pp comm": self.pp_comm,
             "fsdp comm": self.fsdp_exposed,
+            "cp comm": self.cp_comm,
         }
         return max(terms, key=terms.get)
 
@@ -126,12 +130,13 @@ def _simulate(layout: Layout, fwd: dict[int, float], bwd: dict[int, float]) -> f
 
 
 _COUNTS: dict[str, tuple] = {}
+_MAKESPANS: dict[tuple, float] = {}
 
 
 def model_counts(cfg: ModelConfig, seq: int):
     """(ParameterCount, training FLOPs per token), counted once per model and seq_len (counting
     builds the model on the meta device)."""
-    key = f"{cfg!r}/{seq}"
+    key = f"{config_key(cfg)}/{seq}"
     if key not in _COUNTS:
         count = count_parameters(cfg)
         _COUNTS[key] = (count, training_flops_per_token(cfg, seq, count))
@@ -155,7 +160,7 @@ def step_time(
             return flops / bf16
         return flops * linear_share / fp8 + flops * (1 - linear_share) / bf16
 
-    tokens_mb = mbs * seq
+    tokens_mb = mbs * seq // layout.cp  # a cp rank computes its share of every sequence
     tp = layout.tp
     fwd, bwd = {}, {}
     for sid, layers in enumerate(layout.stage_layers):
@@ -174,7 +179,15 @@ def step_time(
         fwd[sid], bwd[sid] = f, 2 * f + recompute
     compute = sum(fwd[s] + bwd[s] for s in layout.stages_of_rank(0)) * layout.n_microbatches
     if layout.pp > 1:
-        makespan = _simulate(layout, fwd, bwd)
+        # the makespan scales with the op times: one simulation per schedule shape and ratio
+        # of stage times, shared by layouts differing in micro-batch size, tp, dp or ep
+        unit = fwd[0] or 1.0
+        key = (layout.pp_schedule, layout.pp, layout.virtual_stages, layout.n_microbatches)
+        key += tuple(float(f"{t / unit:.9g}") for t in (*fwd.values(), *bwd.values()))
+        if key not in _MAKESPANS:
+            scaled = {s: t / unit for s, t in fwd.items()}, {s: t / unit for s, t in bwd.items()}
+            _MAKESPANS[key] = _simulate(layout, *scaled)
+        makespan = _MAKESPANS[key] * unit
         slowest = (
             max(sum(fwd[s] + bwd[s] for s in layout.stages_of_rank(r)) for r in range(layout.pp))
             * layout.n_microbatches
@@ -202,17 +215,31 @@ def step_time(
         pp_bw, _ = group_bandwidth(layout, ("pp",), gpu, gpus_per_node)
         sends = 2 * layout.virtual_stages * layout.n_microbatches
         pp_comm = sends * act_bytes / tp / pp_bw
+    cp_comm = 0.0
+    if layout.cp > 1:
+        cp_bw, _ = group_bandwidth(layout, ("cp",), gpu, gpus_per_node)
+        per_mb = sum(
+            cp_layer_bytes(cfg, layout, recomputed=_recomputed(layout, lid))
+            for s in layout.stages_of_rank(0)
+            for lid in layout.stage_layers[s]
+        )
+        cp_comm = per_mb * _ring(layout.cp) / cp_bw * layout.n_microbatches
     fsdp_exposed = 0.0
-    if layout.dp > 1:
+    if layout.dp * layout.cp > 1:
         stage_params = count.total / layout.pp / tp
-        dp_bw, _ = group_bandwidth(layout, ("dp_shard", "ep"), gpu, gpus_per_node)
+        dp_bw, _ = group_bandwidth(layout, ("dp_shard", "ep", "cp"), gpu, gpus_per_node)
         gathers = 1 if layout.pp > 1 else 2
         cbytes = 4 if layout.precision == "fp32" else 2
-        n = layout.dp_shard * layout.ep
+        n = layout.dp_shard * layout.ep * layout.cp
         vol = stage_params * _ring(n) * (gathers * cbytes + 4)
         t = vol / dp_bw
         if layout.dp_replicate > 1:
             rep_bw, _ = group_bandwidth(layout, ("dp_replicate",), gpu, gpus_per_node)
             t += 2 * 4 * stage_params / n * _ring(layout.dp_replicate) / rep_bw
         fsdp_exposed = max(0.0, t - compute)
-    return StepTime(compute, bubble, tp_comm, ep_comm, pp_comm, fsdp_exposed)
+    return StepTime(compute, bubble, tp_comm, ep_comm, pp_comm, fsdp_exposed, cp_comm)
+
+
+def _recomputed(layout: Layout, lid: int) -> bool:
+    mode = layout.activation_checkpointing
+    return mode == "full" or (mode == "selective" and lid % layout.ac_every_n == 0)

@@ -33,6 +33,7 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -50,8 +51,9 @@ from model_zoo.moe import moe_layers
 from parallel import parallelize
 from parallel.config import ParallelConfig
 from parallel.layout import Layout, build_mesh, resolve_layout
+from parallel.schedules import SCHEDULES
 
-FSDP_AXES = ("dp_shard_ep", "dp_shard", "dp_replicate")
+FSDP_AXES = ("dp_shard_ep_cp", "dp_shard_cp", "dp_shard_ep", "dp_shard", "dp_replicate")
 F32 = 4
 COMPUTE_BYTES = {"fp32": 4, "bf16": 2, "fp8_tensorwise": 2, "fp8_rowwise": 2}
 
@@ -66,6 +68,19 @@ def fake_world(world_size: int):
         yield
     finally:
         dist.destroy_process_group()
+
+
+_CFG_KEYS: dict[int, tuple[ModelConfig, str]] = {}
+
+
+def config_key(cfg: ModelConfig) -> str:
+    """repr(cfg) (ModelConfig is a mutable, unhashable dataclass), computed once per config
+    object: the planner looks it up for every one of thousands of layouts. The config is kept
+    referenced so that its id is not reused by another object."""
+    entry = _CFG_KEYS.get(id(cfg))
+    if entry is None or entry[0] is not cfg:
+        entry = _CFG_KEYS[id(cfg)] = (cfg, repr(cfg))
+    return entry[1]
 
 
 def layer_kinds(cfg: ModelConfig) -> list[str]:
@@ -122,33 +137,39 @@ class ParamRule:
         return kept.local_numel(sizes, zero)
 
 
-def _canonical(layout_key: tuple) -> ParallelConfig:
-    tp, ep, rep, shard, fsdp = layout_key
+def _canonical(cfg: ModelConfig, layout_key: tuple) -> ParallelConfig:
+    """The smallest layout whose placements name the same axes and dims as the key's."""
+    tp, ep, rep, shard, fsdp, cp = layout_key
     return ParallelConfig(
         tp=tp,
-        ep=ep,
+        ep=2 if ep else 1,
         dp_replicate=2 if rep else 1,
         dp_shard=2 if shard else 1,
         precision="bf16" if fsdp else "fp32",
+        cp=2 if cp else 1,
+        # the style changes attention's kernel only, not a placement; ring needs no DeepSpeed
+        cp_style="alltoall" if cfg.sliding_window else "ring",
     )
 
 
 _RULES: dict[tuple, dict] = {}
+_RULE_REPS: dict[int, dict[str, int]] = {}  # id(rules) -> kind -> representative layer
 _PROBES: dict[tuple, tuple] = {}
 
 
 def _param_rules_cached(cfg: ModelConfig, layout_key: tuple) -> dict[str, ParamRule]:
-    key = (repr(cfg), layout_key)  # ModelConfig is a mutable (unhashable) dataclass
+    key = (config_key(cfg), layout_key)
     if key not in _RULES:
         _RULES[key] = _extract_rules(cfg, layout_key)
+        _RULE_REPS[id(_RULES[key])] = representative_layers(cfg)
     return _RULES[key]
 
 
 def _extract_rules(cfg: ModelConfig, layout_key: tuple) -> dict[str, ParamRule]:
-    pcfg = _canonical(layout_key)
-    world = pcfg.tp * pcfg.ep * pcfg.dp_replicate * pcfg.dp_shard
-    seq = math.lcm(pcfg.tp, 8)
-    dp = world // pcfg.tp
+    pcfg = _canonical(cfg, layout_key)
+    world = pcfg.tp * pcfg.ep * pcfg.dp_replicate * pcfg.dp_shard * pcfg.cp
+    seq = math.lcm(2 * pcfg.cp * pcfg.tp, 8)
+    dp = world // (pcfg.tp * pcfg.cp)
     layout = resolve_layout(pcfg, world, cfg, dp, 1, seq)
     with fake_world(world):
         mesh = build_mesh(layout, "cpu")
@@ -174,13 +195,14 @@ def _extract_rules(cfg: ModelConfig, layout_key: tuple) -> dict[str, ParamRule]:
 
 def param_rules(cfg: ModelConfig, layout: Layout) -> dict[str, ParamRule]:
     """Parameter name (with the representative layer id) -> its sharding rule under `layout`."""
-    fsdp = layout.dp > 1 or layout.precision != "fp32"
+    fsdp = layout.dp > 1 or layout.cp > 1 or layout.precision != "fp32"
     key = (
         layout.tp,
-        layout.ep,
+        layout.ep > 1,  # which axes split which dims; the sizes are applied per layout
         layout.dp_replicate > 1,
         layout.dp_shard > 1 or layout.ep > 1,
         fsdp,
+        layout.cp > 1,
     )
     # the replicated-KV-heads rule depends on tp vs n_kv_heads only, which the key's tp fixes
     return _param_rules_cached(cfg, key)
@@ -192,19 +214,25 @@ def axis_sizes(layout: Layout) -> dict[str, int]:
         "dp_replicate": layout.dp_replicate,
         "dp_shard": layout.dp_shard,
         "ep": layout.ep,
+        "cp": layout.cp,
         "tp": layout.tp,
         "dp_shard_ep": layout.dp_shard * layout.ep,
+        "dp_shard_ep_cp": layout.dp_shard * layout.ep * layout.cp,
+        "dp_shard_cp": layout.dp_shard * layout.cp,
     }
 
 
 def rank_coords(layout: Layout, rank: int) -> dict[str, int]:
-    """Mesh coordinates of a global rank (axes pp, dp_replicate, dp_shard, ep, tp, row-major)."""
+    """Mesh coordinates of a global rank (axes pp, dp_replicate, dp_shard, ep, cp, tp,
+    row-major) and on the flattened FSDP meshes (row-major over their axes)."""
     coords, rest = {}, rank
-    for axis in ("tp", "ep", "dp_shard", "dp_replicate", "pp"):
+    for axis in ("tp", "cp", "ep", "dp_shard", "dp_replicate", "pp"):
         size = getattr(layout, axis)
         coords[axis] = rest % size
         rest //= size
     coords["dp_shard_ep"] = coords["dp_shard"] * layout.ep + coords["ep"]
+    coords["dp_shard_ep_cp"] = coords["dp_shard_ep"] * layout.cp + coords["cp"]
+    coords["dp_shard_cp"] = coords["dp_shard"] * layout.cp + coords["cp"]
     return coords
 
 
@@ -231,6 +259,37 @@ def stage_param_names(
     return out
 
 
+_TOTALS: dict[tuple, dict] = {}
+
+
+def _group_totals(rules: dict[str, ParamRule], sizes: dict, coords: dict) -> dict[str, tuple]:
+    """(local numel, tensors, tp-local numel) of one layer of each kind, of the embeddings and
+    of the head (final norm + output layer) on a rank with these mesh coordinates: every layer
+    of a kind has the same parameters, so a stage's bytes are sums of these (cached: thousands
+    of layouts share a sharding)."""
+    key = (id(rules), tuple(sizes.items()), tuple((a, c) for a, c in coords.items() if a != "pp"))
+    if key not in _TOTALS:
+        kind_of = {f"layers.{i}.": k for k, i in _reps_of(rules).items()}
+        out: dict[str, list[int]] = {}
+        for name, rule in rules.items():
+            if name.startswith("layers."):
+                group = kind_of[".".join(name.split(".")[:2]) + "."]
+            elif name.startswith("tok_embeddings."):
+                group = "embeddings"
+            else:
+                group = "head"
+            t = out.setdefault(group, [0, 0, 0])
+            t[0] += rule.local_numel(sizes, coords)
+            t[1] += 1
+            t[2] += rule.tp_local_numel(sizes)
+        _TOTALS[key] = {g: tuple(v) for g, v in out.items()}
+    return _TOTALS[key]
+
+
+def _reps_of(rules: dict[str, ParamRule]) -> dict[str, int]:
+    return _RULE_REPS[id(rules)]
+
+
 @dataclass
 class StaticMemory:
     params: int
@@ -244,16 +303,20 @@ def static_memory(cfg: ModelConfig, layout: Layout, rank: int) -> StaticMemory:
     """Exact parameter, gradient and AdamW bytes of one rank, plus FSDP's unsharded buffers."""
     rules = param_rules(cfg, layout)
     sizes, coords = axis_sizes(layout), rank_coords(layout, rank)
+    totals = _group_totals(rules, sizes, coords)
+    kinds = layer_kinds(cfg)
     numel = n_tensors = 0
     unsharded: dict[str, int] = {}  # block key -> tp-local numel (FSDP all-gathers a block)
     for sid in layout.stages_of_rank(coords["pp"]):
-        for real, rep in stage_param_names(cfg, layout, sid, rules):
-            rule = rules[rep]
-            numel += rule.local_numel(sizes, coords)
-            n_tensors += 1
-            block = ".".join(real.split(".")[:2]) if real.startswith("layers.") else f"root{sid}"
-            unsharded[block] = unsharded.get(block, 0) + rule.tp_local_numel(sizes)
-    fsdp = layout.dp > 1 or layout.precision != "fp32"
+        first, last = sid == 0, sid == layout.n_stages - 1
+        parts = [(f"layers.{lid}", kinds[lid]) for lid in layout.stage_layers[sid]]
+        parts += [(f"root{sid}", g) for g, on in (("embeddings", first), ("head", last)) if on]
+        for block, group in parts:
+            n, count, tp_local = totals.get(group, (0, 0, 0))
+            numel += n
+            n_tensors += count
+            unsharded[block] = unsharded.get(block, 0) + tp_local
+    fsdp = layout.dp > 1 or layout.cp > 1 or layout.precision != "fp32"
     buffers = 0
     if fsdp and unsharded:
         cbytes = COMPUTE_BYTES[layout.precision]
@@ -397,17 +460,21 @@ def probe(
     seq: int,
     checkpointed: bool,
     dtype: torch.dtype,
-) -> tuple[int, int, int, int]:
-    """(bytes kept after the forward, peak bytes during forward + full backward, bytes held after
-    the input-gradient half of a zero-bubble split backward, peak bytes of forward + split
-    backward) of one micro-batch
-    through a stage holding `layer_ids`, measured on fake tensors (cached)."""
-    key = (repr(cfg), layer_ids, first, last, tp, mbs, seq, checkpointed, dtype)
+    split: bool = False,
+) -> tuple[int, ...]:
+    """One micro-batch through a stage holding `layer_ids`, measured on fake tensors (cached).
+
+    split=False, forward + full backward: (bytes live when the first layer starts, bytes kept
+    after the forward and loss, peak bytes, bytes of the stage's output tensor).
+    split=True, forward + torch's zero-bubble split backward: (bytes kept after the forward,
+    bytes held after the input-gradient half, peak bytes)."""
+    key = (config_key(cfg), layer_ids, first, last, tp, mbs, seq, checkpointed, dtype, split)
     if key not in _PROBES:
         disk = _disk_key(key)
         cached = _load_disk_cache().get(disk)
         if cached is None:
-            cached = _run_probe(cfg, layer_ids, first, last, tp, mbs, seq, checkpointed, dtype)
+            args = (cfg, layer_ids, first, last, tp, mbs, seq, checkpointed, dtype, split)
+            cached = _run_probe(*args)
             _store_disk_cache(disk, cached)
         _PROBES[key] = tuple(cached)
     return _PROBES[key]
@@ -473,7 +540,7 @@ def _store_disk_cache(key: str, value) -> None:
         pass  # a read-only home: the planner still works, it measures every time
 
 
-def _run_probe(cfg, layer_ids, first, last, tp, mbs, seq, checkpointed, dtype) -> tuple:
+def _run_probe(cfg, layer_ids, first, last, tp, mbs, seq, checkpointed, dtype, split) -> tuple:
     from torch._subclasses.fake_tensor import FakeTensorMode  # private module: keep it local
 
     pcfg = ParallelConfig(tp=tp, activation_checkpointing="full" if checkpointed else "none")
@@ -486,7 +553,8 @@ def _run_probe(cfg, layer_ids, first, last, tp, mbs, seq, checkpointed, dtype) -
         model.to(dtype)
         parallelize.parallelize_part(model, cfg, layout, mesh)
         with FakeTensorMode(allow_non_fake_inputs=True):
-            return _measure(model, cfg, first, last, tp, mbs, seq, dtype, checkpointed)
+            measure = _measure_split if split else _measure
+            return measure(model, cfg, first, last, tp, mbs, seq, dtype)
 
 
 def _balanced_dispatch(moe):
@@ -508,7 +576,7 @@ def _balanced_dispatch(moe):
     return dispatch
 
 
-def _measure(model, cfg, first, last, tp, mbs, seq, dtype, checkpointed) -> tuple:
+def _probe_inputs(model, cfg, first, tp, mbs, seq, dtype):
     for _, moe in moe_layers(model):
         moe.dispatch = _balanced_dispatch(moe)
     model.to_empty(device="cpu")
@@ -521,42 +589,64 @@ def _measure(model, cfg, first, last, tp, mbs, seq, dtype, checkpointed) -> tupl
         leaf = torch.randn(mbs, seq // tp, cfg.d_model, dtype=dtype, requires_grad=True)
         inputs = leaf.clone()
     labels = torch.randint(0, cfg.vocab_size, (mbs, seq))
+    return inputs, positions, labels
+
+
+def _forward(model, inputs, positions, labels, last: bool, tracker):
+    """The stage's forward (and loss on the last stage): (output, backward root, its grads)."""
+    out = model(inputs, position_ids=positions)
+    if last:
+        loss = F.cross_entropy(out.flatten(0, 1).float(), labels.flatten(), reduction="sum")
+        return out, loss, None
+    return out, out, [torch.ones_like(out)]
+
+
+def _peak_without_gradients(model, tracker) -> int:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    for p in model.parameters():
+        p.grad = None
+    return tracker.peak(grads)
+
+
+def _measure(model, cfg, first, last, tp, mbs, seq, dtype) -> tuple[int, int, int, int]:
+    """Forward + full backward (what 1F1B and gradient accumulation run): (bytes live when the
+    first layer starts, bytes kept after the forward and loss, peak bytes, bytes of the stage's
+    output tensor). The first figure splits what the stage keeps into what comes before its
+    layers (embeddings, the rotary tables every layer shares) and the rest; the last one is
+    the hidden state a layer hands on, which the next one does not necessarily keep (a bf16
+    input to RMSNorm is saved as its fp32 copy)."""
+    inputs, positions, labels = _probe_inputs(model, cfg, first, tp, mbs, seq, dtype)
+    marks = {}
+
+    def mark(*_):  # returns None: the block's inputs stay as they are
+        marks.setdefault("pre", t.live_bytes())
+
+    hook = next(iter(model.layers.values())).register_forward_pre_hook(mark)
     # vocab-parallel cross-entropy on the DTensor logits, as the engine computes the loss
     ctx = loss_parallel() if tp > 1 and last else contextlib.nullcontext()
-
-    def forward(tracker):
-        out = model(inputs, position_ids=positions)
-        if last:
-            loss = F.cross_entropy(out.flatten(0, 1).float(), labels.flatten(), reduction="sum")
-            return out, loss, None, tracker.live_bytes()
-        return out, out, [torch.ones_like(out)], tracker.live_bytes()
-
-    def peak(tracker) -> int:
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        for p in model.parameters():
-            p.grad = None
-        return tracker.peak(grads)
-
-    # one micro-batch's forward and full backward (what 1F1B and gradient accumulation run)
-    with LiveStorage() as tracker, ctx:
-        out, root, grads, kept = forward(tracker)
+    with LiveStorage() as t, ctx:
+        out, root, grads = _forward(model, inputs, positions, labels, last, t)
+        kept = t.live_bytes()
+        out_bytes = sum(x.untyped_storage().nbytes() for x in LiveStorage.plain_tensors(out))
         torch.autograd.backward([root], grads)
-    full_peak = peak(tracker)
-    del out, root, grads
-    # the zero-bubble split, with torch's own functions: input gradients first (what the
-    # weight gradients still need stays alive), weight gradients later. Not for the first
-    # stage (no input gradient), nor under tp > 1 (autograd.grad cannot stop at DTensor
-    # leaves) or checkpointing (recomputation inside autograd.grad): there the whole forward
-    # counts as held until the weight-gradient half (an upper bound) and the split's peak is
-    # the full backward's.
-    if first or tp > 1 or checkpointed:
-        return kept, full_peak, kept, full_peak
-    with LiveStorage() as tracker, ctx:
-        out, root, grads, _ = forward(tracker)
+    hook.remove()
+    return marks["pre"], kept, _peak_without_gradients(model, t), out_bytes
+
+
+def _measure_split(model, cfg, first, last, tp, mbs, seq, dtype) -> tuple[int, int, int]:
+    """Forward + the zero-bubble split with torch's own functions: input gradients first (what
+    the weight gradients still need stays alive), weight gradients later. Only where the engine
+    splits it: not on the first stage (no input gradient), nor under tp > 1 (autograd.grad
+    cannot stop at DTensor leaves) or checkpointing (recomputation inside autograd.grad); there
+    the planner holds the whole forward until the weight-gradient half (an upper bound)."""
+    inputs, positions, labels = _probe_inputs(model, cfg, first, tp, mbs, seq, dtype)
+    with LiveStorage() as t:
+        out, root, grads = _forward(model, inputs, positions, labels, last, t)
+        kept = t.live_bytes()
         _, groups = stage_backward_input([root], grads, [inputs], model.parameters())
-        after_input_grad = tracker.live_bytes()
+        after_input_grad = t.live_bytes()
         stage_backward_weight(model.parameters(), groups)
-    return kept, full_peak, after_input_grad, peak(tracker)
+    return kept, after_input_grad, _peak_without_gradients(model, t)
 
 
 @dataclass(frozen=True)
@@ -583,65 +673,132 @@ class StageActivations:
 
 
 class ActivationModel:
-    """Per-layer and fixed activation bytes of a model at one (tp, seq, dtype), measured with
-    `probe` at micro-batch 1 and scaled by the micro-batch size (every activation of a decoder
-    is per sequence; the validation measures the real run at the real micro-batch size)."""
+    """Activation bytes of a model at one (tp, seq per rank, dtype), composed from probes of
+    single blocks: every layer of a kind keeps the same bytes, so one probe per (layer kind,
+    checkpointing) gives a layer's figures, and one probe with embeddings, one layer and the
+    output layer + loss gives what a stage keeps before and after its layers. A stage is the
+    sum (its transient the largest of its parts'); `tests/parallel/test_planner.py` checks the
+    composition against a probe of the whole stage. Probed at micro-batch 1 and scaled by the
+    micro-batch size (every activation of a decoder is per sequence; the validation measures
+    the real run at the real micro-batch size). Under context parallelism `seq` is the
+    sequence a cp rank holds (seq_len / cp): every activation outside attention is per token,
+    and attention's own (q, k, v, output, softmax statistics) is the same product of tokens and
+    heads whether a rank holds seq/cp tokens of every head or, inside the all-to-all, every
+    token of heads/cp."""
 
     def __init__(self, cfg: ModelConfig, tp: int, seq: int, dtype: torch.dtype):
         self.cfg, self.tp, self.seq, self.dtype = cfg, tp, seq, dtype
         self.reps = representative_layers(cfg)
         self.kinds = layer_kinds(cfg)
-        self._layer: dict[tuple[str, bool], tuple] = {}
-        self._base: dict[tuple[bool, bool], tuple] = {}
+        self._memo: dict[tuple, tuple] = {}
 
-    def _probe(self, ids, first, last, ckpt):
-        return probe(self.cfg, tuple(ids), first, last, self.tp, 1, self.seq, ckpt, self.dtype)
+    def _probe(self, ids, first, last, ckpt, split=False):
+        args = (self.cfg, tuple(ids), first, last, self.tp, 1, self.seq, ckpt, self.dtype)
+        return probe(*args, split=split)
 
-    def layer(self, kind: str, ckpt: bool) -> tuple[int, int, int, int]:
-        """(kept, peak, held after the input gradient, peak of the split backward) of one layer
-        of `kind`: kept and held are the difference between probes with two and one such
-        layers, the peaks the one-layer probe's."""
-        key = (kind, ckpt)
-        if key not in self._layer:
+    def _cached(self, key, compute):
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def layer(self, kind: str, ckpt: bool) -> tuple[int, int]:
+        """(kept, transient) of one layer of `kind` inside a stack: what a one-layer probe keeps
+        beyond what was live before it and beyond its output (which the next layer, or the
+        stage's hand-over, accounts for), and the probe's peak over what it keeps."""
+
+        def compute():
+            pre, kept, peak, out = self._probe([self.reps[kind]], False, False, ckpt)
+            return kept - pre - out, peak - kept
+
+        return self._cached(("layer", kind, ckpt), compute)
+
+    def _middle(self) -> tuple[int, int]:
+        """(bytes a stage without embeddings holds before its first layer: the rotary tables
+        every layer reads, bytes of the hidden state a stage hands on)."""
+        kind, lid = next(iter(self.reps.items()))
+        pre, _, _, out = self._cached(("middle",), lambda: self._probe([lid], False, False, False))
+        return pre, out
+
+    def base(self, first: bool, last: bool) -> tuple[int, int]:
+        """(kept, transient) of a stage's fixed part: embeddings (first) / norm + output layer
+        + loss (last) or the stage output it hands on (not last), measured in one probe of
+        embeddings, one layer and the output layer."""
+
+        def compute():
+            kind, lid = next(iter(self.reps.items()))
+            pre, kept, peak, _ = self._probe([lid], True, True, False)
+            return pre, kept - pre - self.layer(kind, False)[0], peak - kept
+
+        emb, tail, loss_transient = self._cached(("base",), compute)
+        shared, hand_over = self._middle()
+        before = emb if first else shared
+        # the output layer + loss's transient is only the last stage's
+        return before + (tail if last else hand_over), (loss_transient if last else 0)
+
+    def released_before_layers(self, last: bool) -> int:
+        """Bytes of the last stage's tail (norm, output layer, logits, loss) its backward has
+        freed by the time the layers' backward (and a checkpointed layer's recomputation)
+        runs: a layer's transient comes on top of the stage's kept bytes without them."""
+        return self.base(False, True)[0] - self._middle()[0] if last else 0
+
+    def split(self, kind: str, first: bool, last: bool) -> tuple[int, int]:
+        """Under a zero-bubble schedule: (bytes one layer of `kind` holds between the input-
+        and weight-gradient halves, the split backward's transient), from split probes of one
+        and two layers; for the fixed part (first/last) the same from a one-layer probe with
+        it."""
+
+        def compute():
             ids = [i for i, k in enumerate(self.kinds) if k == kind]
-            one = self._probe(ids[:1], False, False, ckpt)
-            if len(ids) > 1:
-                two = self._probe(ids[:2], False, False, ckpt)
-                self._layer[key] = (two[0] - one[0], one[1], two[2] - one[2], one[3])
-            else:
-                self._layer[key] = tuple(one)
-        return self._layer[key]
+            one = self._probe(ids[:1], False, False, False, split=True)
+            if len(ids) == 1:
+                return one[1], one[2] - one[0]
+            two = self._probe(ids[:2], False, False, False, split=True)
+            return two[1] - one[1], one[2] - one[0]
 
-    def base(self, first: bool, last: bool) -> tuple[int, int, int, int]:
-        """(kept, transient, held after the input gradient, transient of the split backward)
-        of a stage's embeddings / norm + output + loss without its layers."""
-        key = (first, last)
-        if key not in self._base:
-            if not (first or last):
-                self._base[key] = (0, 0, 0, 0)
-            else:
-                kind, lid = next(iter(self.reps.items()))
-                kept, peak, after, split_peak = self._probe([lid], first, last, False)
-                lk, _, la, _ = self.layer(kind, False)
-                # the transients are the probe's own (peak over what that probe keeps)
-                self._base[key] = (kept - lk, peak - kept, after - la, split_peak - kept)
-        return self._base[key]
+        per_layer, transient = self._cached(("split", kind), compute)
+        if not last:
+            return per_layer, transient
+        kept, after, peak = self._cached(
+            ("split-last", kind),
+            lambda: self._probe([self.reps[kind]], False, True, False, split=True),
+        )
+        return after - per_layer, peak - kept
 
-    def stage(self, layout: Layout, stage: int) -> StageActivations:
-        """One stage's figures, composed from its blocks: every block of a kind keeps the same
-        bytes, so a stage keeps the fixed part plus the sum over its layers, and its transient
-        is the largest of its parts' (tested against a probe of the whole stage)."""
+    def splits(self, layout: Layout) -> bool:
+        """Whether some stage of the layout runs a split (zero-bubble) backward the probes can
+        follow: a zero-bubble schedule at tp=1 with layers not all checkpointed."""
+        return (
+            layout.pp > 1
+            and self.tp == 1
+            and layout.activation_checkpointing != "full"
+            and splits_backward(layout)
+        )
+
+    def stage(self, layout: Layout, stage: int, split: bool = True) -> StageActivations:
+        """One stage's figures, composed from its blocks; split=False leaves out what a
+        zero-bubble split backward holds beyond a full one (a lower bound, no split probes)."""
         first, last = stage == 0, stage == layout.n_stages - 1
-        kept, transient, after, split = self.base(first, last)
+        kept, transient = self.base(first, last)
+        released = self.released_before_layers(last)
+        ckpts = []
         for lid in layout.stage_layers[stage]:
             ckpt = layout.activation_checkpointing == "full" or (
                 layout.activation_checkpointing == "selective" and lid % layout.ac_every_n == 0
             )
-            k, p, a, sp = self.layer(self.kinds[lid], ckpt)
+            ckpts.append(ckpt)
+            k, t = self.layer(self.kinds[lid], ckpt)
             kept += k
-            after += a
-            transient = max(transient, p - k)
-            split = max(split, sp - k)
+            transient = max(transient, t - released)
+        after, split = kept, transient
+        if split and self.splits(layout) and not first and not any(ckpts):
+            kind0 = self.kinds[layout.stage_layers[stage][0]]
+            after, split = self.split(kind0, first, last) if last else (0, 0)
+            if not last:
+                after = sum(self._middle())
+            for lid in layout.stage_layers[stage]:
+                a, st = self.split(self.kinds[lid], False, False)
+                after += a
+                split = max(split, st)
         mbs = layout.micro_batch_size
         elem = torch.empty(0, dtype=self.dtype).element_size()
         logits = handed = 0
@@ -660,11 +817,18 @@ class ActivationModel:
         )
 
 
+def splits_backward(layout: Layout) -> bool:
+    """Whether the layout's schedule runs input- and weight-gradient halves (zero bubble)."""
+    order = layout.schedule.action_order(layout.pp, layout.virtual_stages, layout.n_microbatches)
+    return any(a.kind == "I" for a in order[0])
+
+
 def boundary_bytes(cfg: ModelConfig, layout: Layout, dtype: torch.dtype) -> int:
-    """One micro-batch's activation at a stage boundary: [mbs, seq / tp, d_model], what the
-    pipeline sends (the local shard of the sequence-parallel hidden state)."""
+    """One micro-batch's activation at a stage boundary: [mbs, seq / cp / tp, d_model], what
+    the pipeline sends (the local shard of the sequence-parallel hidden state)."""
     elem = torch.empty(0, dtype=dtype).element_size()
-    return layout.micro_batch_size * (layout.seq_len // layout.tp) * cfg.d_model * elem
+    tokens = layout.seq_len // layout.cp // layout.tp
+    return layout.micro_batch_size * tokens * cfg.d_model * elem
 
 
 def pipeline_receive_buffers(cfg: ModelConfig, layout: Layout, pp_rank: int) -> int:
@@ -674,13 +838,60 @@ def pipeline_receive_buffers(cfg: ModelConfig, layout: Layout, pp_rank: int) -> 
     if layout.pp == 1:
         return 0
     one = boundary_bytes(cfg, layout, compute_dtype(layout.precision))
-    owner = {s: r for r in range(layout.pp) for s in layout.stages_of_rank(r)}
-    total = 0
-    for sid in layout.stages_of_rank(pp_rank):
-        for nb in (sid - 1, sid + 1):
-            if 0 <= nb < layout.n_stages and owner[nb] != pp_rank:
-                total += layout.n_microbatches * one
-    return total
+    crossings = _remote_boundaries(layout.pp_schedule, layout.pp, layout.virtual_stages, pp_rank)
+    return crossings * layout.n_microbatches * one
+
+
+@functools.cache
+def _remote_boundaries(schedule: str, pp: int, v: int, pp_rank: int) -> int:
+    """Stage boundaries of one pp rank's stages whose other side is on another rank."""
+    sched = SCHEDULES[schedule]
+    owner = {s: r for r in range(pp) for s in sched.stages_of_rank(r, pp, v)}
+    return sum(
+        0 <= nb < pp * v and owner[nb] != pp_rank
+        for sid in sched.stages_of_rank(pp_rank, pp, v)
+        for nb in (sid - 1, sid + 1)
+    )
+
+
+_COUNT_FIELDS = ("kept", "after_input_grad", "output_kept", "handed_out", "handed_back")
+
+
+@functools.cache
+def _holding_counts(schedule: str, pp: int, v: int, n_mb: int, pp_rank: int):
+    """For every action of one pp rank's order: how many micro-batches each of its stages holds
+    in each state (the _COUNT_FIELDS of StageActivations) while it runs, which of the rank's
+    stages runs it and whether it is a half of a split backward. Depends on the schedule only,
+    so it is computed once and shared by every layout with that pipeline shape."""
+    sched = SCHEDULES[schedule]
+    local = sched.stages_of_rank(pp_rank, pp, v)
+    index = {s: i for i, s in enumerate(local)}
+    live = [0] * len(local)  # forward done, no backward yet
+    halfway = [0] * len(local)  # input gradient done, weight gradient not yet
+    outputs = [0] * len(local)  # forwards done: their outputs kept until the step ends
+    out_done = [0] * len(local)  # backward done: its handed-out activation still held
+    grad_done = [0] * len(local)  # input gradient done: the gradient handed back held
+    rows, stage_of, split = [], [], []
+    for a in sched.action_order(pp, v, n_mb)[pp_rank]:
+        i = index[a.stage]
+        if a.kind == "F":
+            live[i] += 1
+            outputs[i] += 1
+        rows.append(
+            [c[j] for j in range(len(local)) for c in (live, halfway, outputs, out_done, grad_done)]
+        )
+        stage_of.append(i)
+        split.append(a.kind in ("I", "W"))
+        if a.kind in ("B", "I"):
+            live[i] -= 1
+            grad_done[i] += 1
+        if a.kind == "I":
+            halfway[i] += 1
+        if a.kind == "W":
+            halfway[i] -= 1
+        if a.kind in ("B", "W"):  # the stage output is no longer needed by its backward
+            out_done[i] += 1
+    return local, np.array(rows, dtype=np.int64), np.array(stage_of), np.array(split)
 
 
 def in_flight_peak(layout: Layout, pp_rank: int, acts: dict[int, StageActivations]) -> int:
@@ -690,37 +901,14 @@ def in_flight_peak(layout: Layout, pp_rank: int, acts: dict[int, StageActivation
     if layout.pp == 1:
         a = acts[0]
         return a.kept + a.transient  # gradient accumulation: one micro-batch at a time
-    order = layout.schedule.action_order(layout.pp, layout.virtual_stages, layout.n_microbatches)
-    live = dict.fromkeys(layout.stages_of_rank(pp_rank), 0)  # forward done, no backward yet
-    halfway = dict.fromkeys(live, 0)  # input gradient done, weight gradient not yet
-    outputs = dict.fromkeys(live, 0)  # forwards done: their outputs kept until the step ends
-    out_done = dict.fromkeys(live, 0)  # backward done: its handed-out activation still held
-    grad_done = dict.fromkeys(live, 0)  # input gradient done: the gradient handed back held
-    peak = 0
-    for a in order[pp_rank]:
-        if a.kind == "F":
-            live[a.stage] += 1
-            outputs[a.stage] += 1
-        held = sum(
-            live[s] * acts[s].kept
-            + halfway[s] * acts[s].after_input_grad
-            + outputs[s] * acts[s].output_kept
-            + out_done[s] * acts[s].handed_out
-            + grad_done[s] * acts[s].handed_back
-            for s in live
-        )
-        op = acts[a.stage]
-        peak = max(peak, held + (op.split_transient if a.kind in ("I", "W") else op.transient))
-        if a.kind in ("B", "I"):
-            live[a.stage] -= 1
-            grad_done[a.stage] += 1
-        if a.kind == "I":
-            halfway[a.stage] += 1
-        if a.kind == "W":
-            halfway[a.stage] -= 1
-        if a.kind in ("B", "W"):  # the stage output is no longer needed by its backward
-            out_done[a.stage] += 1
-    return peak
+    local, counts, stage_of, split = _holding_counts(
+        layout.pp_schedule, layout.pp, layout.virtual_stages, layout.n_microbatches, pp_rank
+    )
+    values = np.array([getattr(acts[s], f) for s in local for f in _COUNT_FIELDS], dtype=np.int64)
+    transient = np.array([acts[s].transient for s in local], dtype=np.int64)[stage_of]
+    split_transient = np.array([acts[s].split_transient for s in local], dtype=np.int64)
+    transient = np.where(split, split_transient[stage_of], transient)
+    return int((counts @ values + transient).max())
 
 
 def compute_dtype(precision: str) -> torch.dtype:

@@ -20,7 +20,7 @@ import itertools
 from dataclasses import dataclass, field, replace
 
 from model_zoo.config import ConfigError, ModelConfig
-from parallel.config import ParallelConfig
+from parallel.config import CP_STYLES, ParallelConfig
 from parallel.layout import Layout, check_layout
 from parallel.planner.cost import StepTime, model_counts, step_time
 from parallel.planner.hardware import GPUSpec
@@ -28,6 +28,7 @@ from parallel.planner.memory import (
     COMPUTE_BYTES,
     ActivationModel,
     compute_dtype,
+    config_key,
     in_flight_peak,
     pipeline_receive_buffers,
     static_memory,
@@ -58,6 +59,7 @@ class PlannedLayout:
     tokens_per_s_per_gpu: float
     mfu: float
     per_rank: list[dict] = field(default_factory=list)
+    activations_measured: bool = True
 
     def overrides(self) -> list[str]:
         p, lay = self.pcfg, self.layout
@@ -67,12 +69,15 @@ class PlannedLayout:
             f"parallel.dp_shard={lay.dp_shard}",
             f"parallel.dp_replicate={p.dp_replicate}",
             f"parallel.ep={p.ep}",
+            f"parallel.cp={p.cp}",
             f"parallel.precision={p.precision}",
             f"parallel.activation_checkpointing={p.activation_checkpointing}",
             f"trainer.micro_batch_size={lay.micro_batch_size}",
         ]
         if p.pp > 1:
             out.append(f"parallel.pp_schedule={p.pp_schedule}")
+        if p.cp > 1:
+            out.append(f"parallel.cp_style={p.cp_style}")
         if p.activation_checkpointing == "selective":
             out.append(f"parallel.ac_every_n={p.ac_every_n}")
         return out
@@ -85,6 +90,8 @@ class PlannedLayout:
             "dp_shard": lay.dp_shard,
             "dp_replicate": lay.dp_replicate,
             "ep": lay.ep,
+            "cp": lay.cp,
+            "cp_style": lay.cp_style if lay.cp > 1 else None,
             "schedule": lay.pp_schedule if lay.pp > 1 else None,
             "virtual_stages": lay.virtual_stages,
             "micro_batch_size": lay.micro_batch_size,
@@ -100,6 +107,7 @@ class PlannedLayout:
                 "total": self.total,
             },
             "fits": self.fits,
+            "activations_measured": self.activations_measured,
             "tokens_per_s_per_gpu": self.tokens_per_s_per_gpu,
             "mfu": self.mfu,
             "dominant": self.time.dominant,
@@ -125,24 +133,28 @@ def candidates(
 ):
     """Every (ParallelConfig, Layout) the engine accepts, within the pruning above."""
     n_exp = cfg.moe.n_experts if cfg.moe.enabled else 0
-    for tp in _pow2_divisors(world, gpus_per_node):
-        for pp in _divisors(world // tp):
+    for tp, cp in _tp_cp(world, gpus_per_node):
+        for pp in _divisors(world // (tp * cp)):
             if pp > cfg.n_layers:
                 continue
-            for ep in [e for e in _divisors(world // (tp * pp)) if n_exp and n_exp % e == 0] or [1]:
-                rest = world // (tp * pp * ep)
+            free = world // (tp * cp * pp)
+            for ep in [e for e in _divisors(free) if n_exp and n_exp % e == 0] or [1]:
+                rest = free // ep
                 for rep in _divisors(rest):
                     shard = rest // rep
-                    if rep > 1 and shard * tp * ep < gpus_per_node:
+                    if rep > 1 and shard * tp * ep * cp < gpus_per_node:
                         continue  # HSDP within a node: pruned (see module doc)
                     scheds = list(SCHEDULES) if pp > 1 else [next(iter(SCHEDULES))]
-                    for sched, mbs, ac, prec in itertools.product(
-                        scheds, MICRO_BATCHES, AC_CHOICES, precisions
+                    styles = CP_STYLES if cp > 1 else CP_STYLES[:1]
+                    for sched, style, mbs, ac, prec in itertools.product(
+                        scheds, styles, MICRO_BATCHES, AC_CHOICES, precisions
                     ):
                         pcfg = ParallelConfig(
                             tp=tp,
                             pp=pp,
                             ep=ep,
+                            cp=cp,
+                            cp_style=style,
                             dp_replicate=rep,
                             dp_shard=shard,
                             pp_schedule=sched,
@@ -155,6 +167,16 @@ def candidates(
                             continue
 
 
+def _tp_cp(world: int, gpus_per_node: int) -> list[tuple[int, int]]:
+    """(tp, cp) pairs: powers of two, together within a node (cp sits next to tp in the mesh:
+    both move activations every layer)."""
+    return [
+        (tp, cp)
+        for tp in _pow2_divisors(world, gpus_per_node)
+        for cp in _pow2_divisors(world // tp, gpus_per_node // tp)
+    ]
+
+
 _STATIC: dict[tuple, object] = {}
 
 
@@ -162,13 +184,14 @@ def _static(cfg: ModelConfig, layout: Layout, rank: int):
     """static_memory, shared by layouts that differ only in micro-batch size and checkpointing
     (which change activations, not shards)."""
     key = (
-        repr(cfg),
+        config_key(cfg),
         layout.world_size,
         layout.tp,
         layout.pp,
         layout.dp_shard,
         layout.dp_replicate,
         layout.ep,
+        layout.cp,
         layout.pp_schedule if layout.pp > 1 else "",
         layout.virtual_stages,
         layout.precision == "fp32",
@@ -180,32 +203,14 @@ def _static(cfg: ModelConfig, layout: Layout, rank: int):
     return _STATIC[key]
 
 
-def evaluate(
-    cfg: ModelConfig,
-    pcfg: ParallelConfig,
-    layout: Layout,
-    gpu: GPUSpec,
-    gpus_per_node: int,
-    efficiency: float,
-    acts: ActivationModel,
-    all_ranks: bool = False,
-) -> PlannedLayout:
-    """Memory of the worst rank (every pp rank at dp/tp coordinate 0, where torch.chunk puts
-    the larger shards) and the step time."""
-    stage_acts = {s: acts.stage(layout, s) for s in range(layout.n_stages)}
-    ranks = (
-        range(layout.world_size)
-        if all_ranks
-        else [r * (layout.world_size // layout.pp) for r in range(layout.pp)]
-    )
+def _rank_memory(cfg, layout: Layout, stage_acts: dict, ranks) -> list[dict]:
     per_rank = []
     for rank in ranks:
         st = _static(cfg, layout, rank)
         pp_rank = rank // (layout.world_size // layout.pp)
-        act = in_flight_peak(layout, pp_rank, stage_acts)
+        act = in_flight_peak(layout, pp_rank, stage_acts) if stage_acts else 0
         buffers = st.comm_buffers + pipeline_receive_buffers(cfg, layout, pp_rank)
         tensors = st.params + st.grads + st.optimizer + buffers + act
-        total = int(tensors * (1 + FRAGMENTATION)) + RUNTIME_BYTES
         per_rank.append(
             dict(
                 rank=rank,
@@ -214,9 +219,43 @@ def evaluate(
                 optimizer=st.optimizer,
                 activations=act,
                 comm_buffers=buffers,
-                total=total,
+                total=int(tensors * (1 + FRAGMENTATION)) + RUNTIME_BYTES,
             )
         )
+    return per_rank
+
+
+def evaluate(
+    cfg: ModelConfig,
+    pcfg: ParallelConfig,
+    layout: Layout,
+    gpu: GPUSpec,
+    gpus_per_node: int,
+    efficiency: float,
+    acts: ActivationModel | None,
+    all_ranks: bool = False,
+) -> PlannedLayout:
+    """Memory of the worst rank (every pp rank at dp/tp coordinate 0, where torch.chunk puts
+    the larger shards) and the step time. acts=None: activations not measured (the layout's
+    parameters, gradients, optimizer state and buffers alone do not fit). A zero-bubble layout
+    is first estimated without what its split backward holds in addition (a lower bound); the
+    split probes run only if that lower bound fits."""
+    ranks = (
+        range(layout.world_size)
+        if all_ranks
+        else [r * (layout.world_size // layout.pp) for r in range(layout.pp)]
+    )
+    measured = acts is not None
+    stage_acts = {}
+    if acts is not None:
+        stage_acts = {s: acts.stage(layout, s, split=False) for s in range(layout.n_stages)}
+    per_rank = _rank_memory(cfg, layout, stage_acts, ranks)
+    if acts is not None and acts.splits(layout):
+        if max(r["total"] for r in per_rank) <= gpu.hbm_bytes or all_ranks:
+            stage_acts = {s: acts.stage(layout, s) for s in range(layout.n_stages)}
+            per_rank = _rank_memory(cfg, layout, stage_acts, ranks)
+        else:
+            measured = False  # does not fit even without the split's bytes
     worst = max(per_rank, key=lambda d: d["total"])
     t = step_time(cfg, layout, gpu, gpus_per_node, efficiency)
     tokens = layout.global_batch_size * layout.seq_len
@@ -231,12 +270,32 @@ def evaluate(
         worst["activations"],
         worst["comm_buffers"],
         worst["total"],
-        worst["total"] <= gpu.hbm_bytes,
+        worst["total"] <= gpu.hbm_bytes and measured,
         t,
         tps,
         mfu,
         per_rank,
+        activations_measured=measured,
     )
+
+
+def static_fits(cfg: ModelConfig, layout: Layout, gpu: GPUSpec) -> bool:
+    """Whether the bytes that do not depend on activations (parameters, gradients, optimizer
+    state, FSDP and pipeline buffers, the allowance) fit on the worst rank: the layouts whose
+    parameters alone cannot fit are ranked without probing their activations."""
+    for r in range(layout.pp):
+        rank = r * (layout.world_size // layout.pp)
+        st = _static(cfg, layout, rank)
+        buffers = st.comm_buffers + pipeline_receive_buffers(cfg, layout, r)
+        tensors = st.params + st.grads + st.optimizer + buffers
+        if int(tensors * (1 + FRAGMENTATION)) + RUNTIME_BYTES > gpu.hbm_bytes:
+            return False
+    return True
+
+
+def _acts_key(layout: Layout) -> tuple:
+    """What the activation probes depend on: tp, the compute dtype, the tokens per rank."""
+    return (layout.tp, compute_dtype(layout.precision), layout.seq_len // layout.cp)
 
 
 def plan(
@@ -259,6 +318,8 @@ def plan(
             f"no layout of {world} GPUs fits global_batch_size={gbs}, seq_len={seq} for "
             f"model '{cfg.name}'; change trainer.global_batch_size"
         )
+    # probe a (tp, compute dtype, tokens per rank) only if some layout of it can fit
+    probed = {_acts_key(layout) for _, layout in cands if static_fits(cfg, layout, gpu)}
     models: dict[tuple, ActivationModel] = {}
     out = []
     fp8_twin: dict[tuple, PlannedLayout] = {}
@@ -273,6 +334,8 @@ def plan(
                 pcfg.dp_replicate,
                 pcfg.dp_shard,
                 pcfg.pp_schedule,
+                pcfg.cp,
+                pcfg.cp_style,
                 layout.micro_batch_size,
                 pcfg.activation_checkpointing,
             )
@@ -280,10 +343,11 @@ def plan(
             if twin is not None:
                 out.append(replace(twin, pcfg=pcfg, layout=layout))
                 continue
-        key = (layout.tp, compute_dtype(layout.precision))
-        if key not in models:
-            models[key] = ActivationModel(cfg, layout.tp, seq, key[1])
-        planned = evaluate(cfg, pcfg, layout, gpu, gpus_per_node, efficiency, models[key])
+        key = _acts_key(layout)
+        if key in probed and key not in models:
+            models[key] = ActivationModel(cfg, layout.tp, key[2], key[1])
+        acts = models.get(key) if static_fits(cfg, layout, gpu) else None
+        planned = evaluate(cfg, pcfg, layout, gpu, gpus_per_node, efficiency, acts)
         if layout.precision.startswith("fp8"):
             fp8_twin[twin_key] = planned
         out.append(planned)

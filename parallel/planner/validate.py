@@ -299,7 +299,8 @@ def launch_validation(world: int, runs: list[dict], out_dir: Path, timeout: floa
 def estimate(cfg, layout, rank: int) -> dict:
     """The planner's figures for one rank, in the units `_one_layout` measures."""
     st = static_memory(cfg, layout, rank)
-    acts = ActivationModel(cfg, layout.tp, layout.seq_len, compute_dtype(layout.precision))
+    tokens = layout.seq_len // layout.cp  # a cp rank's share of each sequence
+    acts = ActivationModel(cfg, layout.tp, tokens, compute_dtype(layout.precision))
     stage_acts = {s: acts.stage(layout, s) for s in range(layout.n_stages)}
     pp_rank = rank_coords(layout, rank)["pp"]
     return {
