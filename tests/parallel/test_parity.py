@@ -558,3 +558,21 @@ def test_context_parallel_composed_with_tp_pp_fsdp(tmp_path, dense_ref, deepseek
     assert results[3]["local_shapes"]["layers.1.moe.experts.w1"] == (4, 32, 64)
     # FSDP over dp_shard x cp = 4 shards of the dense weights: 16 of wq's 64 rows on rank 0
     assert results[2]["local_shapes"]["layers.0.attention.wq.weight"] == (16, 64)
+
+
+@pytest.mark.slow
+def test_context_parallel_cp4_and_3d(tmp_path, dense_ref):
+    """CP4 (one query head per cp rank, 8 chunks of 4 tokens), and CP2 composed with all three
+    other axes at once: CP2 x TP2 x DP2 and CP2 x TP2 x PP2 (8 ranks). The default run covers each
+    composition pairwise (test_context_parallel_composed_with_tp_pp_fsdp)."""
+    model = {"overrides": {"n_layers": 4}, "seed": DENSE_SEED}
+    cp4 = launch(
+        4, spec("llama3-tiny", [{"name": "CP4", "parallel": {"cp": 4}}], **model), tmp_path / "w4"
+    )
+    check_parity(cp4[0], dense_ref)
+    runs = [
+        {"name": "CP2xTP2xDP2", "parallel": {"cp": 2, "tp": 2, "dp_shard": 2}},
+        {"name": "CP2xTP2xPP2", "parallel": {"cp": 2, "tp": 2, "pp": 2}},
+    ]
+    for r in launch(8, spec("llama3-tiny", runs, **model), tmp_path / "w8"):
+        check_parity(r, dense_ref)
