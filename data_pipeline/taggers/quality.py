@@ -39,7 +39,8 @@ from .words import sentence_counts, terminal_punctuation
 
 # ---------------------------------------------------------------- datatrove (FineWeb)
 
-_PARA_SPLIT = re.compile(r"\n{2,}")  # gopher_repetition_filter.py:106
+# gopher_repetition_filter.py:106 splits at "\\n{2,}"; "\\n\\n+" gives the same pieces, scanned faster
+_PARA_SPLIT = re.compile(r"\n\n+")
 # gopher_repetition_filter.py:107 splits lines with re.split("\\n+"): _newline_runs_split below
 # c4_filters.py:14-24
 _CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")

@@ -36,6 +36,8 @@ from .punctuation import PUNCTUATION_SET, TERMINAL_PUNCTUATION
 # that need no spaCy words, e.g. the Dolma reading, never pay for it)
 _NLP = None
 IDX = LENGTH = IS_PUNCT = 0  # spacy.attrs ids, set with _NLP
+_FAST: FastSplit | None = None
+_SENT_CHARS: frozenset[str] = frozenset()  # spaCy Sentencizer.default_punct_chars
 
 # datatrove/utils/text.py:13-181: PUNCTUATION_SET = PUNCTUATION | TERMINAL_PUNCTUATION
 _PUNCT_SET: frozenset[str] | None = None
@@ -49,15 +51,19 @@ MAX_CHUNKS = 1_000_000
 
 
 def _spacy():
-    global _NLP, _PUNCT_SET, _TERMINAL, IDX, LENGTH, IS_PUNCT
+    global _NLP, _PUNCT_SET, _TERMINAL, IDX, LENGTH, IS_PUNCT, _FAST, _SENT_CHARS
     if _NLP is None:
         import spacy  # heavy optional import (see above)
         from spacy import attrs
+        from spacy.pipeline.sentencizer import Sentencizer
 
         _NLP = spacy.blank("en")
         IDX, LENGTH, IS_PUNCT = attrs.IDX, attrs.LENGTH, attrs.IS_PUNCT
         _PUNCT_SET = PUNCTUATION_SET
         _TERMINAL = tuple(sorted(TERMINAL_PUNCTUATION))
+        # built once per process (it reads spaCy's compiled patterns), kept across memo resets
+        _FAST = FastSplit(_NLP, IS_PUNCT)
+        _SENT_CHARS = frozenset(Sentencizer.default_punct_chars)
     return _NLP
 
 
@@ -320,13 +326,12 @@ class FastSplit:
             return None
         # the common case in one go: no infix, no prefix, no suffix: one token, itself
         inf = self._infix_start
-        if (
-            inf is not None
-            and inf.search(c) is None
-            and self.prefix(c) is None
-            and self._suffix_len(c) == 0
-        ):
-            return (c,)
+        if inf is not None and inf.search(c) is None and self.prefix(c) is None:
+            end = self._suffix_end
+            if end is not None and end.match(c, len(c) - 1) is None:
+                return (c,)
+            if self._suffix_len(c) == 0:
+                return (c,)
         parts = self._affixes(c)
         if parts is None:
             return None
@@ -364,8 +369,6 @@ class ChunkVocab:
         self.ids: dict[str, int] = {}
         self.strings: list[str] = []  # id -> token
         self.table = TokenTable.empty()
-        self._fast: FastSplit | None = None
-        self._sent_chars: frozenset[str] | None = None
 
     def _add_tokens(self, toks: list[str], punct: list[bool]) -> None:
         """Give the new token strings ids and their properties, all at once."""
@@ -383,8 +386,8 @@ class ChunkVocab:
         t.non_symbol[sl] = [bool(tok.strip(chars)) for tok in toks]
         t.alpha[sl] = [tok.isalpha() or any(map(str.isalpha, tok)) for tok in toks]
         t.stop[sl] = [tok in STOP_WORDS for tok in toks]
-        sent = self._sent_chars
-        t.sent_punct[sl] = [tok in sent for tok in toks]  # type: ignore[operator]
+        sent = _SENT_CHARS
+        t.sent_punct[sl] = [tok in sent for tok in toks]
         t.is_punct[sl] = punct
         cps = code_points("".join(toks))
         lens = t.length[sl]
@@ -428,12 +431,7 @@ class ChunkVocab:
         in a single spaCy call (chunks joined by one space, which spaCy consumes as the previous
         token's trailing space), read back as arrays (offsets, lengths, IS_PUNCT)."""
         nlp = _spacy()
-        if self._fast is None:
-            from spacy.pipeline.sentencizer import Sentencizer  # part of spaCy, loaded above
-
-            self._sent_chars = frozenset(Sentencizer.default_punct_chars)
-            self._fast = FastSplit(nlp, IS_PUNCT)
-        fast = self._fast
+        fast: FastSplit = _FAST  # type: ignore[assignment]
         settled = [fast.split(c) for c in missing]
         is_punct = fast.is_punct
         punct: dict[str, bool] = {}
