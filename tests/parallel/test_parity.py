@@ -579,3 +579,13 @@ def test_context_parallel_cp4_and_3d(tmp_path, dense_ref):
     ]
     for r in launch(8, spec("llama3-tiny", runs, **model), tmp_path / "w8"):
         check_parity(r, dense_ref)
+
+
+@pytest.mark.slow
+def test_context_parallel_bf16(tmp_path, dense_ref):
+    """CP2 in bf16 (FSDP2 mixed precision over the cp ranks) tracks the single-process bf16 run
+    and stays within 2% of fp32, as the other layouts' precision runs (check_precision)."""
+    runs = [{"name": "CP2 bf16", "parallel": {"cp": 2, "precision": "bf16"}, "steps": 20}]
+    model = {"overrides": {"n_layers": 4}, "seed": DENSE_SEED}
+    par = launch(2, spec("llama3-tiny", runs, **model), tmp_path / "w2")[0]
+    check_precision(par, single_process(tmp_path / "w1", ["bf16"])[0], dense_ref, TRACK_TOL["bf16"])
