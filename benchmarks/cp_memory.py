@@ -7,8 +7,8 @@ each runs one forward and backward of one sequence under torch's MemTracker
 and files it as parameter, gradient, activation (kept for backward, or recomputed) or temporary
 (backward's transients). The table gives the largest rank's peak activation bytes and its ratio
 to cp=1 at the same length (ideal: 1/cp), and the peak of activations + temporaries (what the
-all-to-all buffers add to). The planner's fake-tensor tracker (parallel/planner/memory.py) is
-not used: it has no cp axis yet, and the all-to-all of real ranks is what is measured here.
+all-to-all buffers add to). Real ranks rather than the planner's fake-tensor probes
+(parallel/planner/memory.py): the all-to-all and its buffers are measured, not modelled.
 
     python benchmarks/cp_memory.py [--seq-lens 512,1024,2048,4096] [--cps 1,2,4]
 """
