@@ -324,14 +324,27 @@ class FastSplit:
         """The tokens of chunk `c` if spaCy's tables settle them here, else None."""
         if not self.enabled or c in self.rules:
             return None
-        # the common case in one go: no infix, no prefix, no suffix: one token, itself
+        # the two common cases in one go: no prefix and no infix, then either no suffix (one
+        # token, itself) or a one-character suffix off a word that has none ("word,")
         inf = self._infix_start
-        if inf is not None and inf.search(c) is None and self.prefix(c) is None:
-            end = self._suffix_end
-            if end is not None and end.match(c, len(c) - 1) is None:
-                return (c,)
-            if self._suffix_len(c) == 0:
-                return (c,)
+        if inf is not None and self.prefix(c) is None:
+            n = len(c)
+            if inf.search(c) is None:
+                end = self._suffix_end
+                if end is not None and end.match(c, n - 1) is None:
+                    return (c,)
+                suf = self._suffix_len(c)
+                if suf == 0:
+                    return (c,)
+            elif n > 1 and inf.search(c, 0, n - 1) is None:  # the only infix character is last
+                suf = self._suffix_len(c)
+            else:
+                suf = 0
+            if suf == 1 and n > 1:
+                w = c[:-1]
+                # w has no infix character, so it is one token whether url_match takes it or not
+                if w not in self.rules and self.prefix(w) is None and self._suffix_len(w) == 0:
+                    return (w, c[-1])
         parts = self._affixes(c)
         if parts is None:
             return None
