@@ -511,6 +511,11 @@ def validate_run_config(run: RunConfig) -> RunConfig:
     else:
         need(p.ep == 1, f"parallel.ep={p.ep} needs a mixture-of-experts model (this one is dense)")
     need(
+        not (p.cp > 1 and p.cp_style == "ring" and d.intra_doc_mask),
+        "parallel.cp_style=ring runs torch's ring attention, plain causal only: "
+        "data.intra_doc_mask=true cannot reach its kernel; use parallel.cp_style=alltoall",
+    )
+    need(
         run.resume == "none" or run.resume == "auto" or bool(run.resume),
         "resume must be none, auto, or a checkpoint folder",
     )

@@ -96,12 +96,6 @@ def check(spec: LaunchSpec):
     layout = resolve_layout(
         run.parallel, spec.world_size, run.model, t.global_batch_size, t.micro_batch_size, t.seq_len
     )
-    if layout.cp > 1 and layout.cp_style == "ring" and run.data.intra_doc_mask:
-        # the data switch lives outside the layout: checked here, before anything is submitted
-        raise ConfigError(
-            "parallel.cp_style=ring runs torch's ring attention, plain causal only: "
-            "data.intra_doc_mask=true cannot reach its kernel; use parallel.cp_style=alltoall"
-        )
     if t.device == "cuda" or run.parallel.device == "cuda":
         if not spec.gpus_per_node:
             raise ConfigError(

@@ -48,6 +48,10 @@ def test_overrides_select_zoo_model_and_edit_it():
         (["trainer.bogus=1"], "trainer.bogus"),
         (["model=olmo2-tiny", "model.rope_theta=-1"], "rope_theta=-1.0 must be positive"),
         (["parallel.tp=0"], "parallel.tp=0 must be >= 1"),
+        (
+            ["parallel.cp=2", "parallel.cp_style=ring", "data.intra_doc_mask=true"],
+            "data.intra_doc_mask=true cannot reach its kernel",
+        ),
     ],
 )
 def test_bad_configs_are_rejected_with_the_reason(overrides, message):
