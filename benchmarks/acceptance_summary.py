@@ -27,6 +27,7 @@ def summarize(out_dir: Path) -> dict:
     """Every figure and goal of the run in OUT_DIR (None where a step did not run)."""
     parity = _read(out_dir / "parity.json")
     fp8_loss = _read(out_dir / "fp8_loss.json")
+    cp_parity = _read(out_dir / "cp_parity.json")  # written only where >= 2 GPUs ran it
     runs = {k: _read(out_dir / name) for k, name in THROUGHPUT.items()}
     bf16, fp8 = runs["bf16"], runs["fp8"]
     speedup = (
@@ -35,6 +36,7 @@ def summarize(out_dir: Path) -> dict:
     goals = {
         "parity on CUDA": parity["pass"] if parity else None,
         "FP8 loss within 1% of bf16 at the last step": fp8_loss["pass"] if fp8_loss else None,
+        "context parallel cp=2 (ring, alltoall) on CUDA": cp_parity["pass"] if cp_parity else None,
         f"bf16 MFU above {MFU_GOAL:.0%}": (
             bf16["mfu"] > MFU_GOAL if bf16 and bf16.get("mfu") is not None else None
         ),
@@ -45,6 +47,7 @@ def summarize(out_dir: Path) -> dict:
     return {
         "parity": parity,
         "fp8_loss": fp8_loss,
+        "cp_parity": cp_parity,
         "throughput": runs,
         "fp8_speedup": speedup,
         "goals": goals,
@@ -76,6 +79,13 @@ def markdown(summary: dict) -> str:
                 f"{case['grad_norm']:.1e}, params {case['params']:.1e} (tolerance "
                 f"{case['tolerance']:.0e})"
             )
+    cp = summary.get("cp_parity")
+    for case in cp["cases"] if cp else []:
+        lines.append(
+            f"- parity {case['case']}: loss {case['loss']:.1e}, grad norm "
+            f"{case['grad_norm']:.1e}, params {case['params']:.1e} (tolerance "
+            f"{cp['tolerance']:.0e})"
+        )
     if summary["fp8_loss"]:
         f = summary["fp8_loss"]
         gaps = ", ".join(f"{k} {v:.2%}" for k, v in f["relative_to_bf16"].items())

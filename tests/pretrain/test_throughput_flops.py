@@ -126,3 +126,12 @@ def test_acceptance_script_without_cuda_and_its_summary(tmp_path):
     assert f"| {bf16['tokens_per_s_per_device']:,.0f} |" in table
     assert "FP8 / bf16 tokens/s: not run" in table
     assert "| parity on CUDA | not run |" in table
+    assert "| context parallel cp=2 (ring, alltoall) on CUDA | not run |" in table
+    # a 2-GPU run's cp parity file is read: its cases and its goal reach the summary
+    case = {"case": "cp=2 ring", "loss": 1e-7, "grad_norm": 2e-6, "params": 3e-6, "pass": False}
+    cp = {"check": "cp_parity", "tolerance": 1e-4, "cases": [case], "pass": False}
+    (out / "cp_parity.json").write_text(json.dumps(cp))
+    acceptance_summary.main([str(out)])
+    table = (out / "summary.md").read_text()
+    assert "- parity cp=2 ring: loss 1.0e-07, grad norm 2.0e-06, params 3.0e-06" in table
+    assert "| context parallel cp=2 (ring, alltoall) on CUDA | NO |" in table
