@@ -8,6 +8,8 @@ practice) kept in an open-addressing table of numpy arrays, so one pass is a tig
 
 from __future__ import annotations
 
+import re
+
 import numba
 import numpy as np
 
@@ -174,6 +176,7 @@ def warm_up() -> None:
     line_sentence_starts(ids, ws, np.full(2, 3, np.int64), ids, one, ids, flags, flags)
     h = np.zeros(3, dtype=np.uint64)
     token_hashes(code_points("abc"), lens, h, h.copy())
+    newline_line_stats(code_points("a b\n c"), space_table())
 
 
 @numba.njit(cache=True)
@@ -279,3 +282,49 @@ def line_sentence_starts(cids, ws_after, line_chunks, start, count, flat, is_pun
             k += 1
         total += n
     return total
+
+
+_SPACE_TABLE: np.ndarray | None = None
+
+
+def space_table() -> np.ndarray:
+    """is_space[code point] for every code point, as str.isspace() (and str.split(), str.strip())
+    read it: re's \\s on str patterns is the same test (Py_UNICODE_ISSPACE)."""
+    global _SPACE_TABLE
+    if _SPACE_TABLE is None:
+        every = "".join(map(chr, range(0x110000)))
+        table = np.zeros(0x110000, dtype=np.bool_)
+        table[[m.start() for m in re.finditer(r"\s", every)]] = True
+        _SPACE_TABLE = table
+    return _SPACE_TABLE
+
+
+@numba.njit(cache=True)
+def newline_line_stats(cp, is_space):
+    """Per line of text.split("\\n") (code points `cp`): start offset, end offset with its newline,
+    the last character that is not whitespace (-1 if none) and the number of whitespace words."""
+    n_lines = 1
+    for c in cp:
+        if c == 10:
+            n_lines += 1
+    starts = np.zeros(n_lines, dtype=np.int64)
+    ends = np.zeros(n_lines, dtype=np.int64)
+    last = np.full(n_lines, -1, dtype=np.int64)
+    words = np.zeros(n_lines, dtype=np.int64)
+    line, in_word = 0, False
+    for i in range(len(cp)):
+        c = cp[i]
+        if c == 10:
+            ends[line] = i + 1
+            line += 1
+            starts[line] = i + 1
+            in_word = False
+        elif is_space[c]:
+            in_word = False
+        else:
+            last[line] = c
+            if not in_word:
+                words[line] += 1
+                in_word = True
+    ends[line] = len(cp)
+    return starts, ends, last, words

@@ -32,7 +32,9 @@ from .kernels import (
     datatrove_dup_ngram_chars,
     datatrove_top_ngram_chars,
     dolma_ngram_fracs,
+    newline_line_stats,
     phrase_table,
+    space_table,
     warm_up,
 )
 from .words import sentence_counts, terminal_punctuation
@@ -216,6 +218,7 @@ def datatrove_fineweb(view: DocView, text: str, cfg: QualityTaggerConfig) -> dic
 # ---------------------------------------------------------------- dolma
 
 _BULLETS = ("*", "-")  # dolma/taggers/gopher.py:15
+_DOLMA_C4_END = np.array([ord(c) for c in '.?!"'])  # dolma/taggers/c4.py: line ends
 _SYMBOLS = ("#", "\u2026")  # gopher.py:14
 _REQUIRED = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})  # gopher.py:13
 
@@ -287,26 +290,18 @@ def dolma_c4(view: DocView, naughty: tuple[frozenset[str], tuple]) -> Attrs:
         "has_lorem_ipsum": whole(text, float("lorem ipsum" in low)),
         "has_curly_brace": whole(text, float("{" in low)),
     }
-    no_punct, few_words = [], []
-    lines = text.split("\n")
-    # a line's lower-cased form is its piece of the lower-cased text (lower() keeps newlines)
-    low_lines = low.split("\n")
-    if len(low_lines) != len(lines):  # never seen; the per-line reading then
-        low_lines = [line.lower() for line in lines]
-    offset = 0
-    last = len(lines) - 1
-    ends = (".", "?", "!", '"')
-    for k, (original, line) in enumerate(zip(lines, low_lines)):
-        end = offset + len(original) + (1 if k < last else 0)
-        line = line.strip()
-        if not line.endswith(ends):
-            no_punct.append([offset, end, 1.0])
-        if len(line.split(None, 2)) < 3:
-            few_words.append([offset, end, 1.0])
-        offset = end
-    out["lines_with_no_ending_punctuation"] = no_punct
-    out["lines_with_too_few_words"] = few_words
-    out["line_count"] = whole(text, float(len(lines)))
+    # per line (text.split("\n")): line.lower().strip() ends with one of . ? ! " exactly when the
+    # line's last non-whitespace character is one (lower() neither makes nor removes whitespace
+    # and keeps those four), and its split() has the words of the line itself: one compiled pass
+    starts, ends, last, words = newline_line_stats(code_points(text), space_table())
+    spans = list(zip(starts.tolist(), ends.tolist()))
+    punct = np.isin(last, _DOLMA_C4_END).tolist()
+    few = (words < 3).tolist()
+    out["lines_with_no_ending_punctuation"] = [
+        [a, b, 1.0] for (a, b), p in zip(spans, punct) if not p
+    ]
+    out["lines_with_too_few_words"] = [[a, b, 1.0] for (a, b), f in zip(spans, few) if f]
+    out["line_count"] = whole(text, float(len(spans)))
     return out
 
 
