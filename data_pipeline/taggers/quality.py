@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from statistics import median
 
 import numpy as np
 
@@ -218,7 +217,6 @@ def datatrove_fineweb(view: DocView, text: str, cfg: QualityTaggerConfig) -> dic
 # ---------------------------------------------------------------- dolma
 
 _BULLETS = ("*", "-")  # dolma/taggers/gopher.py:15
-_DOLMA_C4_END = np.array([ord(c) for c in '.?!"'])  # dolma/taggers/c4.py: line ends
 _SYMBOLS = ("#", "\u2026")  # gopher.py:14
 _REQUIRED = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})  # gopher.py:13
 
@@ -238,7 +236,8 @@ def dolma_gopher(view: DocView) -> dict[str, float]:
     out = {
         "character_count": float(len(text)),
         "word_count": float(n),
-        "median_word_length": float(median(wl.tolist())) if n else 0.0,
+        # statistics.median's value (middle, or the mean of the two middles, exact for ints)
+        "median_word_length": float(np.median(wl)) if n else 0.0,
         "symbol_to_word_ratio": int(t.symbol[ids].sum()) / max(n, 1),
         "fraction_of_words_with_alpha_character": int(t.alpha[ids].sum()) / max(n, 1),
         "required_word_count": float(t.required[ids].sum()),  # occurrences (gopher.py:158)
@@ -295,7 +294,7 @@ def dolma_c4(view: DocView, naughty: tuple[frozenset[str], tuple]) -> Attrs:
     # and keeps those four), and its split() has the words of the line itself: one compiled pass
     starts, ends, last, words = newline_line_stats(code_points(text), space_table())
     spans = list(zip(starts.tolist(), ends.tolist()))
-    punct = np.isin(last, _DOLMA_C4_END).tolist()
+    punct = ((last == 46) | (last == 63) | (last == 33) | (last == 34)).tolist()  # . ? ! "
     few = (words < 3).tolist()
     out["lines_with_no_ending_punctuation"] = [
         [a, b, 1.0] for (a, b), p in zip(spans, punct) if not p
