@@ -21,6 +21,8 @@ step by `update_expert_biases`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -144,6 +146,12 @@ class MoE(nn.Module):
         # Tokens routed to each expert since the last `reset_load` (for the bias update and the
         # per-layer expert-load metric). Not saved: it is a running statistic of the current step.
         self.register_buffer("tokens_per_expert", torch.zeros(m.n_experts), persistent=False)
+        # counts -> counts summed over every rank that holds other tokens of the same sequences
+        # (context parallel sets it: parallel/context_parallel.py). The switch loss multiplies
+        # the routed fraction by the mean router probability, so it is the one-process loss only
+        # when the fraction is the whole sequences' (Megatron reduces tokens_per_expert over its
+        # sequence-partition group for the same reason); None: the tokens here are the sequences.
+        self.reduce_routed_counts: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     # -- the four steps ---------------------------------------------------------------------
     def dispatch(self, x: torch.Tensor, expert_ids: torch.Tensor):
@@ -190,6 +198,8 @@ class MoE(nn.Module):
             if m.router == "sigmoid":  # DeepSeek-V3 normalises sigmoid scores per token
                 probs = probs / probs.sum(dim=-1, keepdim=True)
             # fraction of routed slots per expert (no gradient) x mean router probability
+            if self.reduce_routed_counts is not None:
+                counts = self.reduce_routed_counts(counts)
             load = counts.float() / counts.sum()
             loss = m.aux_loss_coef * m.n_experts * (load * probs.mean(dim=0)).sum()
         if m.z_loss_coef > 0:

@@ -36,6 +36,7 @@ from torch import nn
 from torch.distributed.tensor.experimental import context_parallel
 
 from model_zoo.config import ConfigError
+from model_zoo.moe import moe_layers
 
 DEEPSPEED_MISSING = (
     "parallel.cp_style=alltoall needs DeepSpeed's Ulysses layer, which is not installed: "
@@ -167,6 +168,23 @@ def apply_ulysses(model: nn.Module, cp_mesh) -> None:
     for block in model.layers.values():
         attn = block.attention
         attn.kernel = UlyssesAttention(attn.kernel, group, cp)
+
+
+def sum_routed_counts_over_cp(model: nn.Module, cp_mesh) -> None:
+    """Both styles: every MoE layer's switch balancing loss takes the routed fraction per expert
+    of the whole sequences, summed over the cp ranks that hold their other chunks (one small
+    all-reduce per MoE layer and micro-batch, no gradient). With it each rank's loss over its own
+    tokens, weighted by their share (set_aux_loss_scale), adds up to the one-process loss: the
+    fraction is the only factor that is not a sum over tokens. The router z-loss needs nothing."""
+    group = cp_mesh.get_group()
+
+    def summed(counts: torch.Tensor) -> torch.Tensor:
+        total = counts.clone()
+        dist.all_reduce(total, group=group)
+        return total
+
+    for _, moe in moe_layers(model):
+        moe.reduce_routed_counts = summed
 
 
 # ------------------------------------------------------------------------------------------------

@@ -494,6 +494,8 @@ def parallelize_part(model: nn.Module, cfg: ModelConfig, layout: Layout, mesh) -
         from parallel.expert_parallel import apply_expert_tp
 
         apply_expert_tp(model, mesh["tp"])
+    if layout.cp > 1:
+        context_parallel.sum_routed_counts_over_cp(model, mesh["cp"])
     if layout.cp > 1 and layout.cp_style == "alltoall":
         # ring needs nothing here: the engine runs each step inside torch's context_parallel
         context_parallel.apply_ulysses(model, mesh["cp"])

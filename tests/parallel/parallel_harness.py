@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from model_zoo.moe import set_aux_loss_scale
 from parallel.env import free_port, local_rank_env
 from pretrain.config import OptimizerConfig
 from pretrain.evaluation import loss_on_windows
@@ -91,6 +92,10 @@ def reference_run(
     (opt,) = build_optimizers([model], lr)
     data = text_batches(steps, global_batch, seq_len)
     micro = micro_batch or global_batch
+    # MoE balancing losses: each micro-batch's weighted by its share of the batch's tokens, the
+    # engine's definition (set_aux_loss_scale); it is a loss per micro-batch, so only a
+    # reference cut into the layout's micro-batches can match a layout that uses them
+    set_aux_loss_scale(model, micro / global_batch)
     losses, norms, snaps = [], [], {}
     for step in range(steps):
         loss_sum = 0.0

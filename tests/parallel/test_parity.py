@@ -11,7 +11,13 @@ import dataclasses
 import pytest
 
 from model_zoo.zoo import get_model_config
-from tests.parallel.parallel_harness import launch, max_rel_param_diff, rel, stable_reference_run
+from tests.parallel.parallel_harness import (
+    launch,
+    max_rel_param_diff,
+    reference_run,
+    rel,
+    stable_reference_run,
+)
 
 TOL = 1e-5
 STEPS = 10
@@ -40,6 +46,7 @@ def dense_ref():
 # The MoE + MLA model's seed: with 0 (and 1, 5), one process alone drifts past 1e-5 when only its
 # summation order changes (see stable_reference_run); 4 is calm for its 3- and 4-layer variants.
 MOE_SEED = 4
+OLMOE_SEED = 3
 
 
 def spec(model, runs, micro_batch=2, steps=STEPS, overrides=None, seed=0):
@@ -483,12 +490,12 @@ def test_context_parallel_cp2_dense_moe_packed_and_dcp(
     positions of the shard); its forward-only loss (Engine.eval_loss); the CP2 checkpoint loads
     under TP2 with equal weights. One launch of 2 ranks.
 
-    Not compared here: the MoE balancing losses (OLMoE-tiny's aux and z losses). Under cp, as
-    under dp, each rank's balancing loss covers the tokens it routes, weighted by their share of
-    the global batch (set_aux_loss_scale); the loss of a part is not the part of the loss, so no
-    layout that splits a micro-batch's tokens matches one process there: one process alone moves
-    its parameters by 0.16 (relative) when its batch is merely accumulated in micro-batches."""
+    OLMoE-tiny with its switch balancing loss and router z-loss: each cp rank's switch loss takes
+    the routed fraction summed over the cp group (sum_routed_counts_over_cp), so it matches one
+    process whose batch is accumulated in the same micro-batches (the switch loss of a
+    micro-batch is not a sum over its tokens: a different micro-batch size is another loss)."""
     deepseek = {"model": "deepseek-v2-lite-tiny", "model_overrides": {}, "seed": MOE_SEED}
+    olmoe = {"model": "olmoe-tiny", "model_overrides": {}, "seed": OLMOE_SEED}
     runs = [
         {"name": "CP2", "parallel": {"cp": 2}, "dcp_save": True, "eval": True},
         {"name": "CP2 packed", "parallel": {"cp": 2}, "packed": True, "seed": PACKED_SEED},
@@ -502,10 +509,15 @@ def test_context_parallel_cp2_dense_moe_packed_and_dcp(
             "seed": PACKED_SEED,
             "model_overrides": {"n_layers": 4, "sliding_window": 8},
         },
+        {"name": "OLMoE CP2 balancing losses", "parallel": {"cp": 2}, **olmoe},
     ]
     results = launch(
         2, spec("llama3-tiny", runs, overrides={"n_layers": 4}, seed=DENSE_SEED), tmp_path
     )
+    olmoe_cfg = get_model_config("olmoe-tiny")
+    assert olmoe_cfg.moe.aux_loss_coef > 0 and olmoe_cfg.moe.z_loss_coef > 0
+    olmoe_ref = reference_run(olmoe_cfg, STEPS, GBS, SEQ, seed=OLMOE_SEED, micro_batch=2)
+    check_parity(results[6], olmoe_ref)
     check_parity(results[0], dense_ref)
     check_parity(results[1], packed_ref)
     check_parity(results[2], deepseek_ref)
