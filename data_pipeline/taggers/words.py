@@ -186,7 +186,21 @@ def _edge_class(compiled: re.Pattern | None, last: bool) -> re.Pattern | None:
     return re.compile(f"[{body}]")
 
 
-def _suffix_window(nlp) -> tuple[int, re.Pattern, re.Pattern | None] | None:
+def _edge_chars(compiled: re.Pattern | None, last: bool) -> frozenset[str] | None:
+    """Those characters as a set (a membership test costs less than a regex call); None if they
+    cannot be read or are too many to hold."""
+    if compiled is None or compiled.flags & (re.IGNORECASE | re.VERBOSE):
+        return None
+    tree = _parser.parse(compiled.pattern, compiled.flags)
+    ranges = _edge_ranges(tree, last) if tree.getwidth()[0] > 0 else None
+    if ranges is None or sum(b - a + 1 for a, b in ranges) > 100_000:
+        return None
+    return frozenset(chr(c) for a, b in ranges for c in range(a, b + 1))
+
+
+def _suffix_window(
+    nlp,
+) -> tuple[int, re.Pattern, re.Pattern | None, frozenset[str] | None] | None:
     """spaCy's suffix regex split into its alternatives of bounded width (and that width) and
     those of unbounded width, if the tokenizer's pattern is exactly spaCy's join of the language's
     suffix list (`"|".join(piece + "$")`, spacy/util.py compile_suffix_regex); else None."""
@@ -204,10 +218,12 @@ def _suffix_window(nlp) -> tuple[int, re.Pattern, re.Pattern | None] | None:
             width = max(width, hi)
     if not bounded:
         return None
+    rest = re.compile("|".join(unbounded), compiled.flags) if unbounded else None
     return (
         width,
         re.compile("|".join(bounded), compiled.flags),
-        re.compile("|".join(unbounded), compiled.flags) if unbounded else None,
+        rest,
+        _edge_chars(rest, last=True),  # what they can end with (a run of dots: ".")
     )
 
 
@@ -247,11 +263,35 @@ class FastSplit:
         self._suffix_end = _edge_class(getattr(tk.suffix_search, "__self__", None), last=True)
         self._infix_start = _edge_class(getattr(tk.infix_finditer, "__self__", None), last=False)
         self._window = _suffix_window(nlp)
+        # the first and last characters as sets: a chunk whose first character no prefix can
+        # start with has no prefix (prefix_search is anchored at the start)
+        self._prefix_chars = _edge_chars(getattr(tk.prefix_search, "__self__", None), last=False)
+        self._suffix_chars = _edge_chars(getattr(tk.suffix_search, "__self__", None), last=True)
+        self._infix_chars = _edge_chars(getattr(tk.infix_finditer, "__self__", None), last=False)
+
+    def _no_infix_char(self, string: str) -> bool:
+        ic = self._infix_chars
+        if ic is not None:
+            return ic.isdisjoint(string)
+        return self._infix_start is not None and self._infix_start.search(string) is None
+
+    def _prefix_len(self, string: str) -> int:
+        """find_prefix: the length of the prefix match at the start."""
+        pc = self._prefix_chars
+        if not string or (pc is not None and string[0] not in pc):
+            return 0
+        m = self.prefix(string)
+        return m.end() - m.start() if m is not None else 0
 
     def _suffix_len(self, string: str) -> int:
         """find_suffix: the length of the leftmost suffix match (every alternative ends at `$`)."""
-        end, n = self._suffix_end, len(string)
-        if not n or (end is not None and end.match(string, n - 1) is None):
+        sc, n = self._suffix_chars, len(string)
+        if not n:
+            return 0
+        if sc is not None:
+            if string[-1] not in sc:
+                return 0
+        elif self._suffix_end is not None and self._suffix_end.match(string, n - 1) is None:
             return 0
         if self._window is None:
             m = self.suffix(string)
@@ -259,16 +299,14 @@ class FastSplit:
         # alternatives of at most `width` characters start in the last `width` positions (a
         # search from there still sees the characters before it in lookbehinds); the few of
         # unbounded width (a run of dots) are searched on the whole string
-        width, bounded, unbounded = self._window
-        starts = []
+        width, bounded, unbounded, unbounded_end = self._window
         m = bounded.search(string, max(0, n - width))
-        if m is not None:
-            starts.append(m.start())
-        if unbounded is not None:
+        start = m.start() if m is not None else n
+        if unbounded is not None and (unbounded_end is None or string[-1] in unbounded_end):
             m = unbounded.search(string)
             if m is not None:
-                starts.append(m.start())
-        return n - min(starts) if starts else 0
+                start = min(start, m.start())
+        return n - start
 
     def _affixes(self, string: str) -> tuple[list[str], str, list[str]] | None:
         """`_split_affixes`: (prefixes, what is left, suffixes), None on a special case."""
@@ -278,8 +316,7 @@ class FastSplit:
             if string in rules:
                 return None
             last = len(string)
-            m = self.prefix(string)
-            pre_len = m.end() - m.start() if m is not None else 0
+            pre_len = self._prefix_len(string)
             if pre_len and string[pre_len:] in rules:
                 return None
             suf_len = self._suffix_len(string[pre_len:])
@@ -303,7 +340,7 @@ class FastSplit:
         """`_attach_tokens` on the middle: whole if a URL or without infixes, else cut."""
         if self.url(string) is not None:
             return [string]
-        if self._infix_start is not None and self._infix_start.search(string) is None:
+        if self._no_infix_char(string):
             return [string]
         out: list[str] = []
         start = 0
@@ -326,24 +363,20 @@ class FastSplit:
             return None
         # the two common cases in one go: no prefix and no infix, then either no suffix (one
         # token, itself) or a one-character suffix off a word that has none ("word,")
-        inf = self._infix_start
-        if inf is not None and self.prefix(c) is None:
+        if self._prefix_len(c) == 0:
             n = len(c)
-            if inf.search(c) is None:
-                end = self._suffix_end
-                if end is not None and end.match(c, n - 1) is None:
-                    return (c,)
+            if self._no_infix_char(c):
                 suf = self._suffix_len(c)
                 if suf == 0:
                     return (c,)
-            elif n > 1 and inf.search(c, 0, n - 1) is None:  # the only infix character is last
+            elif n > 1 and self._no_infix_char(c[:-1]):  # the only infix character is last
                 suf = self._suffix_len(c)
             else:
                 suf = 0
             if suf == 1 and n > 1:
                 w = c[:-1]
                 # w has no infix character, so it is one token whether url_match takes it or not
-                if w not in self.rules and self.prefix(w) is None and self._suffix_len(w) == 0:
+                if w not in self.rules and self._prefix_len(w) == 0 and self._suffix_len(w) == 0:
                     return (w, c[-1])
         parts = self._affixes(c)
         if parts is None:
