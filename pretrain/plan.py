@@ -28,7 +28,8 @@ GIB = 2**30
 def _args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="pretrain plan",
-        description="Enumerate the layouts the engine accepts (tp within a node, pp x schedule, "
+        description="Enumerate the layouts the engine accepts (tp within a node, cp with tp "
+        "within a node from seq_len 8192 on with >= 2048 tokens per cp rank, pp x schedule, "
         "dp_shard/dp_replicate, ep, micro-batch 1-8, checkpointing none/selective/full, bf16/FP8), "
         "with exact parameter/gradient/optimizer bytes per GPU from the real parallelize "
         "functions, activations measured on fake tensors, and a step-time estimate; print the "

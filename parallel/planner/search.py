@@ -2,16 +2,20 @@
 
 Pruning (so every zoo model answers in seconds), stated in `pretrain plan --help`:
   * tp only within a node (tp <= gpus_per_node) and a power of two;
+  * cp a power of two with tp x cp within a node, from seq_len 8192 on and with at least 2048
+    tokens per cp rank, both styles (alltoall, ring);
   * micro-batch sizes 1, 2, 4, 8 (those dividing the per-rank batch);
   * pp only up to n_layers stages; Interleaved1F1B with 2 stages per rank;
   * selective checkpointing every 2nd layer (ac_every_n=2);
   * FP8 recipes only on GPUs with FP8 tensor cores;
   * dp_replicate > 1 only across nodes (dp_shard a multiple of gpus_per_node / (tp * ep ...)
     is not required; HSDP within a node is pruned: it only adds an all-reduce).
-Every surviving combination is checked by `resolve_layout` (the engine's own rules); activation
-probes are shared between layouts with the same tp, so the cost is a few probes per tp value.
-A context-parallel axis would enter here as one more factor of the world size (`cp` in the
-product below) and as one more argument to ActivationModel (seq / cp per rank).
+  * activations are not probed for a (tp, compute dtype, tokens per rank) none of whose layouts'
+    parameters, gradients, optimizer state and buffers alone fit (those layouts are listed with
+    that lower bound), nor a zero-bubble layout's split backward when its estimate without it does
+    not fit.
+Every surviving combination is checked by `check_layout` (the engine's own rules); activation
+probes are shared between layouts with the same (tp, dtype, seq_len / cp), a few probes each.
 """
 
 from __future__ import annotations
@@ -133,7 +137,7 @@ def candidates(
 ):
     """Every (ParallelConfig, Layout) the engine accepts, within the pruning above."""
     n_exp = cfg.moe.n_experts if cfg.moe.enabled else 0
-    for tp, cp in _tp_cp(world, gpus_per_node):
+    for tp, cp in _tp_cp(world, gpus_per_node, seq):
         for pp in _divisors(world // (tp * cp)):
             if pp > cfg.n_layers:
                 continue
@@ -167,13 +171,21 @@ def candidates(
                             continue
 
 
-def _tp_cp(world: int, gpus_per_node: int) -> list[tuple[int, int]]:
+# Context parallelism is for long sequences: it is tried from 8192 tokens on, and only as far as
+# each cp rank keeps at least 2048 of them (below that its per-layer all-to-all / ring costs more
+# than the activations it saves; every cp value is a separate set of activation probes).
+CP_MIN_SEQ = 8192
+CP_MIN_TOKENS_PER_RANK = 2048
+
+
+def _tp_cp(world: int, gpus_per_node: int, seq: int) -> list[tuple[int, int]]:
     """(tp, cp) pairs: powers of two, together within a node (cp sits next to tp in the mesh:
     both move activations every layer)."""
     return [
         (tp, cp)
         for tp in _pow2_divisors(world, gpus_per_node)
         for cp in _pow2_divisors(world // tp, gpus_per_node // tp)
+        if cp == 1 or (seq >= CP_MIN_SEQ and seq // cp >= CP_MIN_TOKENS_PER_RANK)
     ]
 
 
