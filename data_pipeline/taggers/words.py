@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from itertools import chain
 from re import _constants as _C  # the stdlib's regex parser: which characters an affix can
 from re import _parser  # start or end with, read off spaCy's own compiled patterns
 
@@ -440,27 +441,24 @@ class ChunkVocab:
         token_hashes(cps, lens, t.chash[sl], t.cpow[sl])
         t.n = n
 
-    def _store(self, chunk_tokens: list[tuple[str, ...]], missing: list[str], punct: dict) -> None:
-        """Ids for the tokens of each new chunk (new token strings get ids first)."""
+    def _store(
+        self, chunk_tokens: list[tuple[str, ...]], missing: list[str], spacy_punct: dict
+    ) -> None:
+        """Ids for the tokens of each new chunk (new token strings get ids first). IS_PUNCT: as
+        spaCy's doc said for the tokens it made, else spaCy's lexeme attribute function."""
         ids = self.ids
-        new: list[str] = []
-        new_punct: list[bool] = []
-        seen: set[str] = set()
-        for toks in chunk_tokens:
-            for tok in toks:
-                if tok not in ids and tok not in seen:
-                    seen.add(tok)
-                    new.append(tok)
-                    new_punct.append(punct.get(tok, False))
+        new = [t for t in dict.fromkeys(chain.from_iterable(chunk_tokens)) if t not in ids]
         if new:
-            self._add_tokens(new, new_punct)
+            is_punct = _FAST.is_punct  # type: ignore[union-attr]
+            flags = [spacy_punct[t] if t in spacy_punct else bool(is_punct(t)) for t in new]
+            self._add_tokens(new, flags)
         k0 = len(self.chunk_ids)
         m = len(missing)
         if k0 + m > len(self._start):
             size = max(k0 + m, 2 * len(self._start))
             self._start = np.resize(self._start, size)
             self._count = np.resize(self._count, size)
-        flat = [ids[tok] for toks in chunk_tokens for tok in toks]
+        flat = list(map(ids.__getitem__, chain.from_iterable(chunk_tokens)))
         counts = np.fromiter(map(len, chunk_tokens), dtype=np.int64, count=m)
         f0 = self._n_flat
         if f0 + len(flat) > len(self._flat):
@@ -469,23 +467,16 @@ class ChunkVocab:
         self._n_flat = f0 + len(flat)
         self._count[k0 : k0 + m] = counts
         self._start[k0 : k0 + m] = f0 + np.cumsum(counts) - counts
-        for k, c in enumerate(missing):
-            self.chunk_ids[c] = k0 + k
+        self.chunk_ids.update(zip(missing, range(k0, k0 + m)))
 
     def _fill(self, missing: list[str]) -> None:
         """Tokenise the unseen chunks of one document: those FastSplit settles directly, the rest
         in a single spaCy call (chunks joined by one space, which spaCy consumes as the previous
         token's trailing space), read back as arrays (offsets, lengths, IS_PUNCT)."""
         nlp = _spacy()
-        fast: FastSplit = _FAST  # type: ignore[assignment]
-        settled = [fast.split(c) for c in missing]
-        is_punct = fast.is_punct
+        split = _FAST.split  # type: ignore[union-attr]
+        settled = [split(c) for c in missing]
         punct: dict[str, bool] = {}
-        for toks in settled:
-            if toks is not None:
-                for tok in toks:
-                    if tok not in punct:
-                        punct[tok] = bool(is_punct(tok))
         rest = [c for c, toks in zip(missing, settled) if toks is None]
         if rest:
             joined = " ".join(rest)
@@ -499,8 +490,7 @@ class ChunkVocab:
                 tok = joined[idx : idx + n].strip()
                 if tok:  # datatrove's strip_strings drops whitespace tokens
                     per[k].append(tok)
-                    if p:
-                        punct[tok] = True
+                    punct[tok] = bool(p)
             it = iter(per)
             settled = [tuple(next(it)) if toks is None else toks for toks in settled]
         self._store(settled, missing, punct)  # type: ignore[arg-type]
