@@ -58,16 +58,12 @@ _POLICY_ANY = re.compile("|".join(map(re.escape, _POLICY)))  # "some substring o
 
 
 def _duplicates(parts: list[str]) -> tuple[int, int]:
-    """find_duplicates (gopher_repetition_filter.py:35-46): repeats and their characters."""
-    seen: set[str] = set()
-    dup = chars = 0
-    for p in parts:
-        if p in seen:
-            dup += 1
-            chars += len(p)
-        else:
-            seen.add(p)
-    return dup, chars
+    """find_duplicates (gopher_repetition_filter.py:35-46): repeats and their characters (every
+    occurrence after a part's first)."""
+    counts = Counter(parts)
+    if len(counts) == len(parts):
+        return 0, 0
+    return len(parts) - len(counts), sum(len(p) * (c - 1) for p, c in counts.items() if c > 1)
 
 
 def _newline_runs_split(text: str) -> list[str]:
@@ -137,9 +133,12 @@ def datatrove_quality(view: DocView) -> dict[str, float]:
     }
 
 
-def datatrove_c4(view: DocView, cfg: QualityTaggerConfig) -> tuple[dict[str, float], Attrs, str]:
+def datatrove_c4(
+    view: DocView, cfg: QualityTaggerConfig
+) -> tuple[dict[str, float], Attrs, str, int]:
     """C4QualityFilter.filter (c4_filters.py:88-136) with the line rules fixed at tagging time:
-    the page measurements, the dropped lines as spans, and the text the filter hands on."""
+    the page measurements, the dropped lines as spans, the text the filter hands on and its
+    number of spaCy words (the kept lines' words: the text is those lines joined)."""
     text = view.text
     kept: list[str] = []
     kept_words: list[list[str]] = []
@@ -185,17 +184,19 @@ def datatrove_c4(view: DocView, cfg: QualityTaggerConfig) -> tuple[dict[str, flo
         kept_words.append(line_words)
     n_lines = len(kept) + len(drop)
     # :129, spaCy's sentencizer on each kept line, all lines in one compiled pass
-    sentences = sentence_counts(view.vocab, kept, kept_words)
+    sentences, kept_tokens = sentence_counts(view.vocab, kept, kept_words)
     stats = {
         "kept_sentences": float(sentences),
         "lorem_ipsum": lorem,
         "curly_bracket": curly,
         "kept_line_frac": len(kept) / max(1, n_lines),
     }
-    return stats, {"drop_line": drop}, "\n".join(kept).strip()  # :135
+    return stats, {"drop_line": drop}, "\n".join(kept).strip(), kept_tokens  # :135
 
 
-def datatrove_fineweb(view: DocView, text: str, cfg: QualityTaggerConfig) -> dict[str, float]:
+def datatrove_fineweb(
+    view: DocView, text: str, cfg: QualityTaggerConfig, n_words: int | None = None
+) -> dict[str, float]:
     """FineWebQualityFilter.filter (fineweb_quality_filter.py:33-56) on `text` (after C4)."""
     lines = [line for line in text.split("\n") if line.strip() != ""]  # :34-35
     n = len(lines)
@@ -203,7 +204,12 @@ def datatrove_fineweb(view: DocView, text: str, cfg: QualityTaggerConfig) -> dic
         return {"empty": 1.0}
     stop = terminal_punctuation()
     body = len(text) - text.count("\n")  # len(text.replace("\n", "")) (:46)
-    words = view.vocab.word_count(text.split()) if text is not view.text else len(view.spacy_ids)
+    if n_words is not None:  # the caller counted them (C4's kept lines)
+        words = n_words
+    elif text is view.text:
+        words = len(view.spacy_ids)
+    else:
+        words = view.vocab.word_count(text.split())
     return {
         "empty": 0.0,
         "line_punct_frac": sum(1 for line in lines if line.endswith(stop)) / n,  # :38
@@ -406,11 +412,14 @@ class QualityTagger(Tagger):
         if cfg.gopher:
             put("gopher", datatrove_repetition(view))
             put("gopher", datatrove_quality(view))
-        after_c4 = text
+        after_c4, after_c4_words = text, None
         if cfg.c4:
-            stats, spans, after_c4 = datatrove_c4(view, cfg)
+            stats, spans, after_c4, after_c4_words = datatrove_c4(view, cfg)
             put("c4", stats)
             out[f"{pre}__c4__drop_line"] = spans["drop_line"]
         if cfg.fineweb:
-            put("fineweb", datatrove_fineweb(view, after_c4 if cfg.fineweb_after_c4 else text, cfg))
+            if cfg.fineweb_after_c4:
+                put("fineweb", datatrove_fineweb(view, after_c4, cfg, after_c4_words))
+            else:
+                put("fineweb", datatrove_fineweb(view, text, cfg))
         return out

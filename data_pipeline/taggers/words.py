@@ -546,8 +546,8 @@ class ChunkVocab:
 
 def sentence_counts(
     vocab: ChunkVocab, lines: list[str], words_of: list[list[str]] | None = None
-) -> int:
-    """Sentences spaCy's Sentencizer (spacy/pipeline/sentencizer.pyx, `predict`) finds in each of
+) -> tuple[int, int]:
+    """(sentences, spaCy tokens): the sentences spaCy's Sentencizer (spacy/pipeline/sentencizer.pyx, `predict`) finds in each of
     the stripped `lines` (each its own doc, their `split()` in `words_of` when the caller has it),
     summed: a new sentence starts at the first token that is neither punctuation nor
     sentence-final after a sentence-final token. Between two chunks spaCy makes a whitespace token
@@ -563,14 +563,15 @@ def sentence_counts(
         chunks.extend(words)
         sizes.append(len(words))
     if not chunks:
-        return 0
+        return 0, 0
+    cids = vocab.chunk_index(chunks)
     ws_after = np.zeros(len(chunks), dtype=np.bool_)
     for first, flags in gaps:
         ws_after[first : first + len(flags)] = flags
     t = vocab.table
-    return int(
+    sentences = int(
         line_sentence_starts(
-            vocab.chunk_index(chunks),
+            cids,
             ws_after,
             np.array(sizes, dtype=np.int64),
             vocab._start,
@@ -580,6 +581,7 @@ def sentence_counts(
             t.sent_punct,
         )
     )
+    return sentences, int(vocab._count[cids].sum())
 
 
 _GAPS = re.compile(r"\s+")
