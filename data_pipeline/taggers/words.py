@@ -450,7 +450,11 @@ class ChunkVocab:
         new = [t for t in dict.fromkeys(chain.from_iterable(chunk_tokens)) if t not in ids]
         if new:
             is_punct = _FAST.is_punct  # type: ignore[union-attr]
-            flags = [spacy_punct[t] if t in spacy_punct else bool(is_punct(t)) for t in new]
+            # IS_PUNCT needs every character in category P: a letter or digit first says False
+            flags = [
+                spacy_punct[t] if t in spacy_punct else (not t[0].isalnum() and bool(is_punct(t)))
+                for t in new
+            ]
             self._add_tokens(new, flags)
         k0 = len(self.chunk_ids)
         m = len(missing)
