@@ -149,8 +149,15 @@ class DocView:
         return self.text.split()
 
     @cached_property
+    def chunk_cids(self) -> np.ndarray:
+        """Ids of the whitespace chunks in the spaCy word memo (unseen chunks tokenised)."""
+        return self.vocab.chunk_index(self.chunks)
+
+    @cached_property
     def spacy_ids(self) -> np.ndarray:
-        return self.vocab.words(self.chunks)
+        if not self.chunks:
+            return np.zeros(0, dtype=np.int64)
+        return self.vocab.gather(self.chunk_cids)[0]
 
     @cached_property
     def chunk_ids(self) -> np.ndarray:

@@ -145,11 +145,16 @@ def datatrove_c4(
     drop: list[list] = []
     lorem = curly = 0.0
     pos = 0
+    # a line's words are the document's chunks from `chunk` on (str.splitlines() breaks lines only
+    # at whitespace): the kept lines' chunk ids are slices of the document's, unless a citation
+    # was cut out of one
+    chunk, kept_at, kept_len, cut_any = 0, [], [], False
     # str.splitlines() as the reference (:89); offsets advance over each line and its break
     for raw in text.splitlines(keepends=True):
         start, pos = pos, pos + len(raw)
         line = raw.strip()
         words = line.split()
+        first, chunk = chunk, chunk + len(words)
         # :99 (no word is longer than its line)
         if len(line) > cfg.c4_max_word_length and max(map(len, words)) > cfg.c4_max_word_length:
             drop.append([start, pos, 1.0])
@@ -158,7 +163,7 @@ def datatrove_c4(
         if cfg.c4_remove_citations and "[" in line:  # :103 (every pattern starts with "[")
             cut = _CITATION.sub("", line)
             if cut != line:
-                line, line_words = cut, cut.split()
+                line, line_words, cut_any = cut, cut.split(), True
         if cfg.c4_filter_no_terminal_punct and (  # :106
             not line.endswith(_C4_END) or line.endswith("...")
         ):
@@ -182,9 +187,16 @@ def datatrove_c4(
             continue
         kept.append(line)
         kept_words.append(line_words)
+        kept_at.append(first)
+        kept_len.append(len(words))
     n_lines = len(kept) + len(drop)
+    cids = None
+    if kept and not cut_any:
+        at, n = np.array(kept_at, dtype=np.int64), np.array(kept_len, dtype=np.int64)
+        idx = np.repeat(at - (np.cumsum(n) - n), n) + np.arange(int(n.sum()), dtype=np.int64)
+        cids = view.chunk_cids[idx]
     # :129, spaCy's sentencizer on each kept line, all lines in one compiled pass
-    sentences, kept_tokens = sentence_counts(view.vocab, kept, kept_words)
+    sentences, kept_tokens = sentence_counts(view.vocab, kept, kept_words, cids)
     stats = {
         "kept_sentences": float(sentences),
         "lorem_ipsum": lorem,

@@ -301,7 +301,7 @@ class FastSplit:
         # search from there still sees the characters before it in lookbehinds); the few of
         # unbounded width (a run of dots) are searched on the whole string
         width, bounded, unbounded, unbounded_end = self._window
-        m = bounded.search(string, max(0, n - width))
+        m = bounded.search(string, n - width if n > width else 0)
         start = m.start() if m is not None else n
         if unbounded is not None and (unbounded_end is None or string[-1] in unbounded_end):
             m = unbounded.search(string)
@@ -549,14 +549,18 @@ class ChunkVocab:
 
 
 def sentence_counts(
-    vocab: ChunkVocab, lines: list[str], words_of: list[list[str]] | None = None
+    vocab: ChunkVocab,
+    lines: list[str],
+    words_of: list[list[str]] | None = None,
+    cids: np.ndarray | None = None,
 ) -> tuple[int, int]:
-    """(sentences, spaCy tokens): the sentences spaCy's Sentencizer (spacy/pipeline/sentencizer.pyx, `predict`) finds in each of
-    the stripped `lines` (each its own doc, their `split()` in `words_of` when the caller has it),
-    summed: a new sentence starts at the first token that is neither punctuation nor
-    sentence-final after a sentence-final token. Between two chunks spaCy makes a whitespace token
-    (not punctuation) of any gap other than one single space, so it can start a sentence too. All
-    chunks go to the memo in one call and one compiled loop walks them."""
+    """(sentences, spaCy tokens) of the stripped `lines`, each its own doc: the sentences spaCy's
+    Sentencizer (spacy/pipeline/sentencizer.pyx, `predict`) finds, summed; a new sentence starts
+    at the first token that is neither punctuation nor sentence-final after a sentence-final
+    token. Between two chunks spaCy makes a whitespace token (not punctuation) of any gap other
+    than one single space, so it can start a sentence too. The lines' `split()` may come in
+    `words_of`, their chunk ids in `cids` (else looked up, all chunks in one call); one compiled
+    loop walks them."""
     chunks: list[str] = []
     sizes: list[int] = []
     gaps: list[tuple[int, list[bool]]] = []  # (first chunk, whitespace token after each chunk)
@@ -568,7 +572,8 @@ def sentence_counts(
         sizes.append(len(words))
     if not chunks:
         return 0, 0
-    cids = vocab.chunk_index(chunks)
+    if cids is None:
+        cids = vocab.chunk_index(chunks)
     ws_after = np.zeros(len(chunks), dtype=np.bool_)
     for first, flags in gaps:
         ws_after[first : first + len(flags)] = flags
