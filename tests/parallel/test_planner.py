@@ -16,7 +16,9 @@ from parallel import parallelize
 from parallel.config import ParallelConfig
 from parallel.engine import _prune_to_stage
 from parallel.layout import build_mesh, resolve_layout
+from parallel.planner.hardware import get_gpu
 from parallel.planner.memory import ActivationModel, probe, static_memory
+from parallel.planner.search import plan
 from parallel.planner.validate import compare, launch_validation
 from pretrain.cli import main as cli_main
 
@@ -57,6 +59,9 @@ LAYOUTS = [
     ("olmo2-tiny", ParallelConfig(tp=2, dp_shard=3), 6),  # uneven FSDP shards
     ("deepseek-v3-tiny", ParallelConfig(ep=2), 2),
     ("deepseek-v3-tiny", ParallelConfig(ep=2, tp=2, pp=2), 8),
+    # context parallel: FSDP shards over dp_shard x ep x cp, routed experts over dp_shard x cp
+    ("llama3-tiny", ParallelConfig(cp=2, cp_style="ring"), 4),
+    ("deepseek-v3-tiny", ParallelConfig(cp=2, ep=2, cp_style="ring"), 4),
 ]
 
 
@@ -126,6 +131,26 @@ def test_cli_ranks_layouts_and_prints_json(capsys):
     assert speeds == sorted(speeds, reverse=True)
 
 
+def test_plan_enumerates_context_parallel_with_activations_split_over_cp():
+    """From seq_len 8192 on the planner tries cp (both styles); a cp=2 rank holds about half the
+    activations of the same layout without cp (its share of every sequence), measured by the
+    probes at seq_len / cp."""
+    cfg = dataclasses.replace(get_model_config("llama3-tiny"), max_seq_len=8192)
+    ranked = plan(cfg, 1, 2, get_gpu("H100"), 4, 8192)
+    by_key = {
+        (p.layout.cp, p.layout.cp_style if p.layout.cp > 1 else "", p.layout.tp, p.layout.pp): p
+        for p in ranked
+        if p.layout.micro_batch_size == 1
+        and p.layout.activation_checkpointing == "none"
+        and p.layout.precision == "bf16"
+    }
+    assert (2, "alltoall", 1, 1) in by_key and (2, "ring", 1, 1) in by_key
+    with_cp, without = by_key[(2, "ring", 1, 1)], by_key[(1, "", 1, 1)]
+    assert with_cp.as_json()["cp"] == 2 and "parallel.cp=2" in with_cp.overrides()
+    assert 0.4 < with_cp.activations / without.activations < 0.6
+    assert with_cp.params == without.params  # sharded over dp_shard x cp = 2 either way
+
+
 def test_cli_rejects_an_unknown_gpu(capsys):
     rc = cli_main(["plan", "--nodes", "1", "--gpus-per-node", "8", "--gpu", "X100"])
     assert rc == 2
@@ -182,12 +207,13 @@ def test_estimates_match_one_real_step_on_two_ranks(tmp_path):
 
 @pytest.mark.slow
 def test_estimates_match_one_real_step_fsdp4_hsdp_and_cp(tmp_path):
-    """FSDP DP4, HSDP 2x2, and context parallel CP2 x DP2 (alltoall, the style that runs on
-    CPU; its ranks import DeepSpeed, which is why it is not in the default run)."""
+    """FSDP DP4, HSDP 2x2, and context parallel CP2 x DP2 and CP2 x TP2 (alltoall, the style
+    that runs on CPU; its ranks import DeepSpeed, which is why it is not in the default run)."""
     runs = [
         dict(BASE, parallel=dict(dp_shard=4, precision="bf16")),
         dict(BASE, parallel=dict(dp_replicate=2, dp_shard=2, precision="bf16")),
         dict(BASE, parallel=dict(cp=2, dp_shard=2, precision="bf16")),
+        dict(BASE, parallel=dict(cp=2, tp=2, precision="bf16")),
     ]
     _validate(4, runs, tmp_path)
 
