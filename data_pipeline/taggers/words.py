@@ -364,21 +364,29 @@ class FastSplit:
             return None
         # the two common cases in one go: no prefix and no infix, then either no suffix (one
         # token, itself) or a one-character suffix off a word that has none ("word,")
-        if self._prefix_len(c) == 0:
-            n = len(c)
-            if self._no_infix_char(c):
-                suf = self._suffix_len(c)
-                if suf == 0:
-                    return (c,)
-            elif n > 1 and self._no_infix_char(c[:-1]):  # the only infix character is last
-                suf = self._suffix_len(c)
-            else:
-                suf = 0
-            if suf == 1 and n > 1:
-                w = c[:-1]
-                # w has no infix character, so it is one token whether url_match takes it or not
-                if w not in self.rules and self._prefix_len(w) == 0 and self._suffix_len(w) == 0:
-                    return (w, c[-1])
+        pc, sc, ic = self._prefix_chars, self._suffix_chars, self._infix_chars
+        if pc is not None and sc is not None and ic is not None:
+            if c[0] not in pc or self.prefix(c) is None:
+                n = len(c)
+                if ic.isdisjoint(c):
+                    if c[-1] not in sc:
+                        return (c,)
+                    suf = self._suffix_len(c)
+                    if suf == 0:
+                        return (c,)
+                elif n > 1 and ic.isdisjoint(c[:-1]):  # the only infix character is last
+                    suf = self._suffix_len(c)
+                else:
+                    suf = 0
+                if suf == 1 and n > 1:
+                    w = c[:-1]
+                    # w has no infix character: one token whether url_match takes it or not
+                    if (
+                        w not in self.rules
+                        and (w[0] not in pc or self.prefix(w) is None)
+                        and self._suffix_len(w) == 0
+                    ):
+                        return (w, c[-1])
         parts = self._affixes(c)
         if parts is None:
             return None
