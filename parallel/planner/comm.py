@@ -3,7 +3,7 @@
 The volume of a collective is the full buffer it moves (all-gather: its output, reduce-scatter:
 its input, all-reduce: its tensor, all-to-all: its input, send / receive: the tensor), the same
 definition `validate.CollectiveCounter` measures with. Per micro-batch of m sequences of length
-s, A = m x s x d_model x (compute bytes) is one activation:
+s (s / cp per cp rank), A = m x s x d_model x (compute bytes) is one activation:
 
   tp    per layer, forward: 2 all-gathers (attention / MLP inputs back to the full sequence) and
         2 reduce-scatters (their outputs back to sequence shards), backward the same: 8A. Embedding (vocab-
@@ -22,6 +22,10 @@ s, A = m x s x d_model x (compute bytes) is one activation:
   ep    per MoE layer and micro-batch: the per-expert counts (int64) and the routed tokens
         (m x s x top_k rows) there and back, forward and backward; balanced routing is assumed
         for what a rank receives.
+  cp    per attention layer and micro-batch (`cp_layer_bytes`): alltoall, the all-to-alls of q, k,
+        v and the output forward and of their gradients backward; ring, K and V passed on cp-1
+        times forward and again with their gradients backward. Under cp every activation above
+        is a cp rank's share (seq_len / cp tokens), and FSDP's groups span dp_shard x ep x cp.
   other the engine's token-count and loss all-reduces (8 bytes each).
 """
 

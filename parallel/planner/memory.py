@@ -13,13 +13,15 @@ equal shards is not counted: it is what `DTensor.to_local()` holds).
   gradients:  fp32, the same shards
   optimizer:  AdamW's exp_avg and exp_avg_sq (fp32, same shards) + one fp32 step scalar per tensor
 
-Activations are measured, not modelled: a probe stage (the real Transformer pruned the way the
+Activations are measured, not modelled: probe stages (the real Transformer pruned the way the
 engine prunes a pipeline stage, tensor-parallelized on a fake group, activation checkpointing
-applied by `parallelize.apply_ac`) runs one forward and backward of a micro-batch under
-FakeTensorMode with torch's MemTracker. Probes with one and two layers of a kind give the bytes
-one layer keeps for backward (checkpointed or not); a probe with the embeddings / output layer
-and loss gives the stage's fixed part; the peak above what is kept is the transient. See
-`ActivationModel`.
+applied by `parallelize.apply_ac`) run one forward and backward of a micro-batch under
+FakeTensorMode, watched by `LiveStorage` (the instrument the validation measures real runs with).
+One probe per (layer kind, checkpointing) gives what a layer keeps for backward and its transient;
+one probe with the embeddings, a layer and the output layer + loss gives a stage's fixed parts;
+`ActivationModel` composes any stage from them, and `in_flight_peak` multiplies by the
+micro-batches the schedule keeps in flight. Under context parallelism the probes run at a cp
+rank's share of the sequence.
 """
 
 from __future__ import annotations
@@ -913,7 +915,3 @@ def in_flight_peak(layout: Layout, pp_rank: int, acts: dict[int, StageActivation
 
 def compute_dtype(precision: str) -> torch.dtype:
     return torch.float32 if precision == "fp32" else torch.bfloat16
-
-
-def with_sizes(layout: Layout, **kw) -> Layout:
-    return replace(layout, **kw)
