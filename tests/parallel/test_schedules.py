@@ -94,3 +94,28 @@ def test_a_new_schedule_is_one_registry_entry():
             register_schedule(gpipe)
     finally:
         del SCHEDULES["GPipe"]
+
+
+@pytest.mark.parametrize("pp, m", [(2, 4), (4, 8)])
+def test_order_without_the_comm_lowering_is_torchs_order(pp, m):
+    """action_order builds each multi-stage class without its send/recv lowering (the costly
+    last constructor step): the compute order must be the one the full class computes."""
+    from parallel.schedules import _PlaceholderStage
+
+    for sched in SCHEDULES.values():
+        if not sched.multi_stage:
+            continue
+        v = sched.default_virtual_stages
+        stages = [_PlaceholderStage(s, pp * v, pp, 0) for s in sched.stages_of_rank(0, pp, v)]
+        full = sched.torch_class(stages, m)
+        assert full.pipeline_order_with_comms  # the full class did lower its table
+        want = {
+            r: [(a.computation_type.name, a.stage_index, a.microbatch_index) for a in ops if a]
+            for r, ops in full.pipeline_order.items()
+        }
+        kind = {"F": "FORWARD", "B": "FULL_BACKWARD", "I": "BACKWARD_INPUT", "W": "BACKWARD_WEIGHT"}
+        got = {
+            r: [(kind[a.kind], a.stage, a.microbatch) for a in acts]
+            for r, acts in sched._action_order(pp, v, m).items()
+        }
+        assert got == {r: [w for w in ws if w[0] in kind.values()] for r, ws in want.items()}
