@@ -25,8 +25,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from itertools import chain
-from re import _constants as _C  # the stdlib's regex parser: which characters an affix can
-from re import _parser  # start or end with, read off spaCy's own compiled patterns
+
+try:  # the stdlib's regex parser: which characters an affix can start or end with, read off
+    from re import _constants as _C  # spaCy's own compiled patterns (Python 3.11+ names)
+    from re import _parser
+except ImportError:  # Python 3.10
+    import sre_constants as _C  # type: ignore[no-redef]
+    import sre_parse as _parser  # type: ignore[no-redef]
 
 import numpy as np
 
@@ -129,6 +134,13 @@ class TokenTable:
             setattr(self, name, b)
 
 
+_REPEATS = tuple(
+    getattr(_C, name)
+    for name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT")  # the last is Python 3.11+
+    if hasattr(_C, name)
+)
+
+
 def _edge_ranges(seq, last: bool) -> list[tuple[int, int]] | None:
     """Code point ranges the first (or last) character of any match of a parsed regex sequence
     lies in; None where that cannot be read off (categories such as \\w, negated sets, an element
@@ -162,7 +174,7 @@ def _edge_ranges(seq, last: bool) -> list[tuple[int, int]] | None:
             if add_flags or del_flags or inner.getwidth()[0] == 0:
                 return None
             return _edge_ranges(inner, last)
-        if op in (_C.MAX_REPEAT, _C.MIN_REPEAT, _C.POSSESSIVE_REPEAT):
+        if op in _REPEATS:
             lo, _hi, inner = av
             return _edge_ranges(inner, last) if lo > 0 else None
         return None
