@@ -207,14 +207,14 @@ def single_process(tmp_path, precisions):
 
 
 def test_precisions_pp2_fast(tmp_path, dense_ref):
-    """The default run's check of every precision path under a pipeline: bf16 over 20 steps, FP8
-    tensorwise and rowwise over their first 5 (each step of FP8 costs seconds on CPU: torch's
+    """The default run's check of every precision path under a pipeline: bf16 over 10 steps, FP8
+    tensorwise and rowwise over their first 3 (each step of FP8 costs seconds on CPU: torch's
     CPU `_scaled_mm` takes ~12 ms per call even for these 64-wide matrices), micro-batches of 4
     (half the FP8 matmul calls). Each tracks its single-process run and stays within 2% of fp32.
     test_precisions_pp2 (PARALLEL_SLOW=1) runs all three for the full 20 steps."""
     fp8 = ["fp8_tensorwise", "fp8_rowwise"]
-    runs = [{"name": "PP2 bf16", "parallel": {"pp": 2, "precision": "bf16"}, "steps": 20}]
-    runs += [{"name": f"PP2 {p}", "parallel": {"pp": 2, "precision": p}, "steps": 5} for p in fp8]
+    runs = [{"name": "PP2 bf16", "parallel": {"pp": 2, "precision": "bf16"}, "steps": 10}]
+    runs += [{"name": f"PP2 {p}", "parallel": {"pp": 2, "precision": p}, "steps": 3} for p in fp8]
     dense_spec = spec("llama3-tiny", runs, 4, overrides={"n_layers": 4}, seed=DENSE_SEED)
     par = launch(2, dense_spec, tmp_path / "w2")
     single = launch(
@@ -227,7 +227,7 @@ def test_precisions_pp2_fast(tmp_path, dense_ref):
     )
     for prec, p, s in zip(["bf16", *fp8], par, single):
         steps = len(p["losses"])
-        assert steps == (20 if prec == "bf16" else 5) == len(s["losses"])
+        assert steps == (10 if prec == "bf16" else 3) == len(s["losses"])
         track = max(rel(a, b) for a, b in zip(p["losses"], s["losses"]))
         vs_fp32 = max(rel(a, b) for a, b in zip(p["losses"], dense_ref["losses"][:steps]))
         print(f"{p['name']}: vs single process {track:.2e}, vs fp32 {vs_fp32:.2e} ({steps} steps)")
@@ -348,9 +348,12 @@ def test_moe_ep2_with_tp2_pp2_dp2(tmp_path, deepseek_ref):
     assert results[0]["local_shapes"]["layers.1.moe.experts.w2"] == (4, 64, 16)
 
 
+@pytest.mark.slow
 def test_moe_experts_split_over_ep_tp_and_dp(tmp_path, deepseek_ref):
     """8 ranks: experts split over ep, inside over tp, and FSDP-sharded over dp_shard (a 2-D
-    expert DTensor under FSDP2); EP2 x TP2 x PP2; and the 3-D layout without ep."""
+    expert DTensor under FSDP2); EP2 x TP2 x PP2; and the 3-D layout without ep. The default
+    run covers each pair (test_moe_ep2_with_tp2_pp2_dp2: EP2 x TP2, x PP2, x FSDP DP2, with the
+    expert shapes) and the 3-D dense layout (test_dense_3d); this 8-rank launch takes ~60 s."""
     runs = [
         {"name": "MoE+MLA EP2xTP2xDP2", "parallel": {"ep": 2, "tp": 2}},
         {"name": "MoE+MLA EP2xTP2xPP2", "parallel": {"ep": 2, "tp": 2, "pp": 2}},
