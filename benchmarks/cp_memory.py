@@ -19,14 +19,12 @@ import argparse
 import dataclasses
 import json
 import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from tqdm import tqdm
 
-from parallel.env import free_port, local_rank_env
+from parallel.env import run_local_ranks
 
 ROOT = Path(__file__).resolve().parents[1]
 # llama3-tiny (4 query / 2 KV heads, d_model 64) with room for long sequences
@@ -71,24 +69,10 @@ def worker(args) -> None:
 
 
 def run(seq_len: int, cp: int) -> dict:
-    port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        procs = []
-        for rank in range(cp):
-            env = local_rank_env(rank, cp, port)
-            env["PYTHONPATH"] = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
-            env["OMP_NUM_THREADS"] = "1"
-            log = open(Path(tmp) / f"rank{rank}.log", "w+")
-            cmd = [sys.executable, __file__, "--worker", "--seq-len", str(seq_len)]
-            procs.append(
-                (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log)
-            )
-        codes = [p.wait() for p, _ in procs]
-        logs = []
-        for _, log in procs:
-            log.seek(0)
-            logs.append(log.read())
-            log.close()
+    pythonpath = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    cmd = [sys.executable, __file__, "--worker", "--seq-len", str(seq_len)]
+    ranks = run_local_ranks(cmd, cp, {"PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1"})
+    codes, logs = [c for c, _ in ranks], [out for _, out in ranks]
     if any(codes):
         bad = next(i for i, c in enumerate(codes) if c)
         raise SystemExit(f"seq {seq_len} cp {cp}: exit codes {codes}\n{logs[bad][-3000:]}")

@@ -17,13 +17,11 @@ import dataclasses
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from parallel.env import free_port, local_rank_env
+from parallel.env import run_local_ranks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,23 +122,10 @@ def _text(steps: int, gbs: int, seq: int):
 
 def run_layout(name: str, args) -> float:
     world = LAYOUTS[name][0]
-    port = free_port()
-    procs = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for rank in range(world):
-            env = local_rank_env(rank, world, port)
-            env["PYTHONPATH"] = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
-            cmd = [sys.executable, __file__, "--worker", name] + _passthrough(args)
-            log = open(Path(tmp) / f"rank{rank}.log", "w+")
-            procs.append(
-                (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log)
-            )
-        codes = [p.wait() for p, _ in procs]
-        out = []
-        for _, log in procs:
-            log.seek(0)
-            out.append(log.read())
-            log.close()
+    pythonpath = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    cmd = [sys.executable, __file__, "--worker", name] + _passthrough(args)
+    ranks = run_local_ranks(cmd, world, {"PYTHONPATH": pythonpath})
+    codes, out = [c for c, _ in ranks], [o for _, o in ranks]
     if any(codes):
         raise SystemExit(
             f"{name}: exit codes {codes}\n{out[codes.index(next(c for c in codes if c))][-3000:]}"

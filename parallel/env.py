@@ -16,6 +16,7 @@ import re
 import shutil
 import socket
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -58,6 +59,29 @@ def local_rank_env(rank: int, world_size: int, port: int, base: dict | None = No
         MASTER_PORT=str(port),
         OMP_NUM_THREADS="1",
     )
+
+
+def run_local_ranks(
+    cmd: list[str], world_size: int, extra_env: dict | None = None
+) -> list[tuple[int, str]]:
+    """Run `cmd` as `world_size` ranks on this machine (the torchrun environment of each, one
+    free port) and wait for all: (exit code, combined stdout/stderr) per rank. Logs go through
+    temporary files, so a chatty rank cannot fill a pipe and stall the others."""
+    port, procs = free_port(), []
+    with tempfile.TemporaryDirectory() as tmp:
+        for rank in range(world_size):
+            env = {**local_rank_env(rank, world_size, port), **(extra_env or {})}
+            log = open(os.path.join(tmp, f"rank{rank}.log"), "w+")
+            procs.append(
+                (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log)
+            )
+        results = []
+        for proc, log in procs:
+            code = proc.wait()
+            log.seek(0)
+            results.append((code, log.read()))
+            log.close()
+    return results
 
 
 def expand_nodelist(nodelist: str) -> list[str]:
