@@ -177,6 +177,9 @@ def warm_up() -> None:
     h = np.zeros(3, dtype=np.uint64)
     token_hashes(code_points("abc"), lens, h, h.copy())
     newline_line_stats(code_points("a b\n c"), space_table())
+    counts = np.zeros(10, dtype=np.int64)
+    w = word_table(["b"])
+    dolma_gopher_stats(code_points("a b\n c"), space_table(), alpha_table(), *w, counts, top, dup)
 
 
 @numba.njit(cache=True)
@@ -328,3 +331,172 @@ def newline_line_stats(cp, is_space):
                 in_word = True
     ends[line] = len(cp)
     return starts, ends, last, words
+
+
+# ---------------------------------------------------------------- dolma reading
+
+_ALPHA_TABLE: np.ndarray | None = None
+
+
+def alpha_table() -> np.ndarray:
+    """is_alpha[code point] = chr(code point).isalpha(), for every code point."""
+    global _ALPHA_TABLE
+    if _ALPHA_TABLE is None:
+        every = "".join(map(chr, range(0x110000)))
+        _ALPHA_TABLE = np.fromiter(map(str.isalpha, every), dtype=np.bool_, count=len(every))
+    return _ALPHA_TABLE
+
+
+def word_table(words: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(flat code points, start offsets) of a few words, for an exact comparison in a kernel."""
+    flat = code_points("".join(words)).copy()
+    starts = np.zeros(len(words) + 1, dtype=np.int64)
+    starts[1:] = np.cumsum([len(w) for w in words])
+    return flat, starts
+
+
+@numba.njit(cache=True)
+def _is_word(cp, a, b, flat, starts):
+    """Whether cp[a:b] is one of the words of a `word_table`."""
+    for k in range(len(starts) - 1):
+        s, e = starts[k], starts[k + 1]
+        if e - s != b - a:
+            continue
+        ok = True
+        for j in range(b - a):
+            if cp[a + j] != flat[s + j]:
+                ok = False
+                break
+        if ok:
+            return True
+    return False
+
+
+@numba.njit(cache=True)
+def _text_hash(cp, a, b):
+    """Polynomial hash of cp[a:b] (code point + 1, so that NULs still change it)."""
+    h = np.uint64(0)
+    for j in range(a, b):
+        h = h * np.uint64(0x100000001B3) + np.uint64(cp[j] + 1)
+    return h
+
+
+@numba.njit(cache=True)
+def dolma_gopher_stats(cp, is_space, is_alpha, req_flat, req_starts, counts, top, dup):
+    """dolma's gopher get_attributes (dolma/taggers/gopher.py:139-201) with ignore_empty_lines over
+    the code points of a non-empty text, the whitespace words (text.split()) and the lines
+    (re.split("\\n+", text)) found in one pass each instead of as strings: words and lines are
+    compared by a 64-bit hash of their code points (as the n-grams are, see the module docstring).
+
+    counts gets [words, word characters, words with "#" or "…", words with a letter, required
+    words, lines, lines starting with "*" or "-", lines ending with "…", occurrences of repeated
+    lines, their characters]; top[n] / dup[n] the n-gram fractions as dolma_ngram_fracs writes
+    them. Returns the median word length (statistics.median: the middle or the mean of the two)."""
+    n = len(cp)
+    wh = np.empty(n // 2 + 1, dtype=np.uint64)
+    wl = np.empty(n // 2 + 1, dtype=np.int64)
+    m, chars, symbols, alphas, required = 0, 0, 0, 0, 0
+    i = 0
+    while i < n:
+        if is_space[cp[i]]:
+            i += 1
+            continue
+        a, alpha, symbol = i, False, False
+        while i < n and not is_space[cp[i]]:
+            c = cp[i]
+            alpha = alpha or is_alpha[c]
+            symbol = symbol or c == 35 or c == 0x2026
+            i += 1
+        wh[m] = _text_hash(cp, a, i)
+        wl[m] = i - a
+        chars += i - a
+        alphas += alpha
+        symbols += symbol
+        required += _is_word(cp, a, i, req_flat, req_starts)
+        m += 1
+    counts[0], counts[1], counts[2], counts[3], counts[4] = m, chars, symbols, alphas, required
+    median = 0.0
+    if m:
+        s = np.sort(wl[:m])
+        median = float(s[m // 2]) if m % 2 else (s[m // 2 - 1] + s[m // 2]) / 2.0
+    _hashed_ngram_fracs(wh[:m], wl[:m], top, dup, chars)
+    _line_stats(cp, counts)
+    return median
+
+
+@numba.njit(cache=True)
+def _hashed_ngram_fracs(wh, wl, top, dup, char_count):
+    """dolma_ngram_fracs over per-position word hashes and lengths, n = 2..10. The n-gram hash
+    at i folds in words i..i+n-1 one after the other, so each n extends the (n-1)-gram's state by
+    one word, as do the characters."""
+    g = np.full(len(wh), np.uint64(0xCBF29CE484222325))
+    chars = np.zeros(len(wh), dtype=np.int64)
+    for i in range(len(wh)):
+        g[i] = (g[i] ^ wh[i]) * np.uint64(0x100000001B3)
+        g[i] ^= g[i] >> np.uint64(29)
+        chars[i] = wl[i]
+    for n in range(2, 11):
+        m = len(wh) - n + 1
+        if m <= 0:
+            break
+        h = np.empty(m, dtype=np.uint64)
+        for i in range(m):  # positions i + n - 1 < len(wh): g[:m] stays the n-grams
+            x = (g[i] ^ wh[i + n - 1]) * np.uint64(0x100000001B3)
+            x ^= x >> np.uint64(29)
+            g[i] = x
+            chars[i] += wl[i + n - 1]
+            h[i] = _finish(x)
+        cnt, first, slot = _counts(h)
+        if n <= 4:
+            best_c, best_i = 0, 0
+            for i in range(m):
+                c = cnt[slot[i]]
+                if first[slot[i]] == i and c > best_c:  # ties keep the first (most_common)
+                    best_c, best_i = c, i
+            top[n] = best_c * chars[best_i] / max(char_count, 1)
+        else:
+            d, tot = 0, 0
+            for i in range(m):
+                tot += chars[i]
+                if cnt[slot[i]] > 1:
+                    d += chars[i]
+            dup[n] = d / max(tot, 1)
+
+
+@numba.njit(cache=True)
+def _line_stats(cp, counts):
+    """The line half of dolma_gopher_stats: re.split("\\n+") pieces (the first and the last may be
+    empty), bullets, ellipses, and the Counter of lines as a hash table."""
+    n = len(cp)
+    hs = np.empty(n + 1, dtype=np.uint64)
+    ls = np.empty(n + 1, dtype=np.int64)
+    k, a, bullets, ellipses = 0, 0, 0, 0
+    i = 0
+    while True:
+        if i == n or cp[i] == 10:
+            hs[k] = _finish(_text_hash(cp, a, i) ^ np.uint64(i - a))
+            ls[k] = i - a
+            if i > a:
+                bullets += cp[a] == 42 or cp[a] == 45
+                ellipses += cp[i - 1] == 0x2026
+            k += 1
+            if i == n:
+                break
+            while i < n and cp[i] == 10:
+                i += 1
+            a = i
+            continue
+        i += 1
+    cnt, first, slot = _counts(hs[:k])
+    dup_lines, dup_chars = 0, 0
+    for j in range(k):
+        if cnt[slot[j]] > 1:
+            dup_lines += 1
+            dup_chars += ls[j]
+    counts[5], counts[6], counts[7], counts[8], counts[9] = (
+        k,
+        bullets,
+        ellipses,
+        dup_lines,
+        dup_chars,
+    )

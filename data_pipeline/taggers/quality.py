@@ -26,15 +26,17 @@ from ..config import QualityTaggerConfig
 from .base import Attrs, DocView, Tagger, as_view, register, whole
 from .content import RESOURCES  # the bundled LDNOOBW lists
 from .kernels import (
+    alpha_table,
     any_phrase,
     code_points,
     datatrove_dup_ngram_chars,
     datatrove_top_ngram_chars,
-    dolma_ngram_fracs,
+    dolma_gopher_stats,
     newline_line_stats,
     phrase_table,
     space_table,
     warm_up,
+    word_table,
 )
 from .words import sentence_counts, terminal_punctuation
 
@@ -234,57 +236,48 @@ def datatrove_fineweb(
 
 # ---------------------------------------------------------------- dolma
 
-_BULLETS = ("*", "-")  # dolma/taggers/gopher.py:15
-_SYMBOLS = ("#", "\u2026")  # gopher.py:14
-_REQUIRED = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})  # gopher.py:13
+# the kernel's bullets "*" "-" and symbols "#" "\u2026": dolma/taggers/gopher.py:14-15
+_REQUIRED = ("the", "be", "to", "of", "and", "that", "have", "with")  # gopher.py:13
+_REQUIRED_TABLE = word_table(list(_REQUIRED))
 
 
 def dolma_gopher(view: DocView) -> dict[str, float]:
     """get_attributes of dolma's gopher_v2 tagger (dolma/taggers/gopher.py:139-201, 228-233):
-    whitespace words."""
+    whitespace words, lines split at runs of newlines, one compiled pass over the code points."""
     text = view.text
     if not text:
         return {"character_count": 0.0}
-    words = view.chunks
-    ids, t = view.chunk_ids, view.chunk_table
-    lens = t.length
-    wl = lens[ids]
-    char_count = int(wl.sum())
-    n = len(words)
+    counts = np.zeros(10, dtype=np.int64)
+    top, dup = np.full(11, -1.0), np.full(11, -1.0)
+    median = dolma_gopher_stats(
+        code_points(text), space_table(), alpha_table(), *_REQUIRED_TABLE, counts, top, dup
+    )
+    n, char_count, symbols, alphas, required, n_lines, bullets, ellipses, dup_lines, dup_chars = (
+        counts.tolist()
+    )
     out = {
         "character_count": float(len(text)),
         "word_count": float(n),
-        # statistics.median's value (middle, or the mean of the two middles, exact for ints)
-        "median_word_length": float(np.median(wl)) if n else 0.0,
-        "symbol_to_word_ratio": int(t.symbol[ids].sum()) / max(n, 1),
-        "fraction_of_words_with_alpha_character": int(t.alpha[ids].sum()) / max(n, 1),
-        "required_word_count": float(t.required[ids].sum()),  # occurrences (gopher.py:158)
+        "median_word_length": median,
+        "symbol_to_word_ratio": symbols / max(n, 1),
+        "fraction_of_words_with_alpha_character": alphas / max(n, 1),
+        "required_word_count": float(required),  # occurrences (gopher.py:158)
     }
-    top, dup = np.full(11, -1.0), np.full(11, -1.0)
-    dolma_ngram_fracs(ids, lens, 10, top, dup, char_count)
-    for k in (2, 3, 4):
-        if top[k] >= 0:
+    for k, v in zip((2, 3, 4), top[2:5].tolist()):
+        if v >= 0:
             # overlapping occurrences: can pass 1 in dolma too; clipped (same decisions below 1)
-            out[f"fraction_of_characters_in_most_common_{k}grams"] = min(1.0, float(top[k]))
-    for k in range(5, 11):
-        if dup[k] >= 0:
-            out[f"fraction_of_characters_in_duplicate_{k}grams"] = float(dup[k])
+            out[f"fraction_of_characters_in_most_common_{k}grams"] = min(1.0, v)
+    for k, v in zip(range(5, 11), dup[5:11].tolist()):
+        if v >= 0:
+            out[f"fraction_of_characters_in_duplicate_{k}grams"] = v
     # gopher_v2 (gopher.py:228-233): ignore_empty_lines=True, lines split at runs of newlines
     # (gopher.py:178). gopher_v1 splits at every newline, so each blank line counts as a duplicate
     # line: on the English man pages it removed 105 of 120 documents for duplicate lines.
-    lines = _newline_runs_split(text)
-    n_lines = max(len(lines), 1)
-    out["fraction_of_lines_starting_with_bullet_point"] = (
-        sum(1 for line in lines if line.startswith(_BULLETS)) / n_lines
-    )
-    out["fraction_of_lines_ending_with_ellipsis"] = (
-        sum(1 for line in lines if line.endswith("\u2026")) / n_lines
-    )
-    counts = Counter(lines)
-    out["fraction_of_duplicate_lines"] = sum(c for c in counts.values() if c > 1) / n_lines
-    out["fraction_of_characters_in_duplicate_lines"] = sum(
-        len(line) * c for line, c in counts.items() if c > 1
-    ) / max(char_count, 1)
+    n_lines = max(n_lines, 1)
+    out["fraction_of_lines_starting_with_bullet_point"] = bullets / n_lines
+    out["fraction_of_lines_ending_with_ellipsis"] = ellipses / n_lines
+    out["fraction_of_duplicate_lines"] = dup_lines / n_lines
+    out["fraction_of_characters_in_duplicate_lines"] = dup_chars / max(char_count, 1)
     return out
 
 
