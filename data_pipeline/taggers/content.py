@@ -18,9 +18,12 @@ from itertools import islice
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import numpy as np
+
 from ..config import ContentTaggerConfig
 from ..io import doc_url
 from .base import Attrs, Tagger, as_view, register, whole
+from .kernels import code_points, content_scan, space_table, token_tables, word_set
 
 Spans = list[list]
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
@@ -43,7 +46,8 @@ _NO_SPACES = ("ja", "zh", "th", "ko")
 
 class BadWords:
     """One language's list. Spaced languages: a set lookup per word and per phrase start (one regex
-    alternation over ~400 entries with word boundaries was 20x slower); unspaced ones: a regex."""
+    alternation over ~400 entries with word boundaries was 20x slower), the tokens and the lookup
+    of their lower case in the compiled `content_scan`; unspaced ones: a regex."""
 
     def __init__(self, entries: list[str], lang: str):
         words = {w.strip().lower() for w in entries if w.strip()}
@@ -59,10 +63,39 @@ class BadWords:
             if toks:
                 self.phrases.setdefault(toks[0], []).append(toks)
         self.starts = frozenset(self.single) | frozenset(self.phrases)  # where a match can begin
+        self.table = word_set(sorted(self.starts))
 
     def spans(self, text: str) -> Spans:
         if self.regex is not None:
             return [[m.start(), m.end(), 1.0] for m in self.regex.finditer(text)]
+        return self.scanned_spans(text, *scan(text, self)[2:])
+
+    def scanned_spans(
+        self, text: str, starts: np.ndarray, ends: np.ndarray, cand: np.ndarray, exact: bool
+    ) -> Spans:
+        """The spans from `content_scan`'s tokens and candidates (tokens whose lower case starts an
+        entry): each candidate's entries compared on the lower-cased tokens that follow it."""
+        if not exact:  # a token the kernel cannot lower-case (U+0130, capital sigma)
+            return self.python_spans(text)
+        if not len(cand):
+            return []
+        single, phrases, m = self.single, self.phrases, len(starts)
+        starts, ends = starts.tolist(), ends.tolist()
+        out: Spans = []
+        for i in cand.tolist():
+            w = text[starts[i] : ends[i]].lower()
+            if w in single:
+                out.append([starts[i], ends[i], 1.0])
+            for ph in phrases.get(w, ()):
+                j = i + len(ph)
+                if j <= m and all(
+                    text[starts[k] : ends[k]].lower() == t for k, t in zip(range(i, j), ph)
+                ):
+                    out.append([starts[i], ends[j - 1], 1.0])
+        return out
+
+    def python_spans(self, text: str) -> Spans:
+        """The same spans from re.findall and str.lower in Python."""
         # the tokens as strings in one C call; match objects (offsets) only for the tokens a span
         # needs, reached by skipping the others inside the iterator
         low = list(map(str.lower, _TOKEN.findall(text)))
@@ -83,6 +116,20 @@ class BadWords:
             m = next(islice(it, j - prev - 1, None))
             where[j], prev = m.span(), j
         return [[where[a][0], where[b][1], 1.0] for a, b in found]
+
+
+_NO_WORDS = (
+    np.zeros(0, np.uint64),
+    np.zeros(0, np.int64),
+    np.zeros(0, np.uint32),
+    np.zeros(1, np.int64),
+)
+
+
+def scan(text: str, bw: BadWords | None = None):
+    """content_scan of `text` with the word set of `bw` (none: PII flags and word count only)."""
+    table = bw.table if bw is not None and bw.regex is None else _NO_WORDS
+    return content_scan(code_points(text), space_table(), *token_tables(), *table)
 
 
 @lru_cache(maxsize=64)
@@ -135,28 +182,23 @@ def _public_ip(s: str) -> bool:
         return False
 
 
-# Necessary conditions, each a plain scan that runs ~10x faster than the pattern it guards (a pattern
-# that opens with a lookbehind is tried at every position): a text without it has no match.
-# PHONE's first branch ends in \d{3}[ .-]\d{4}, its second starts with "+" and a digit; an IPv4
-# address (both readings: four 1-3 digit groups) holds digit "." group "." group "." digit.
-_MAY_PHONE = re.compile(r"\d\d\d[ .\-]\d\d\d\d")
-_MAY_PHONE_INTL = re.compile(r"\+\d")
-_MAY_IPV4 = re.compile(r"\d\.\d{1,3}\.\d{1,3}\.\d")
-
-
-def _may_phone(text: str) -> bool:
-    return _MAY_PHONE.search(text) is not None or (
-        "+" in text and _MAY_PHONE_INTL.search(text) is not None
-    )
+# Necessary conditions, found by content_scan in its one pass over the text (a pattern that opens
+# with a lookbehind is tried at every position): a text without it has no match. PHONE's first
+# branch ends in \d{3}[ .-]\d{4} (flag bit 0), its second starts with "+" and a digit (bit 2); an
+# IPv4 address (both readings: four 1-3 digit groups) holds \d\.\d{1,3}\.\d{1,3}\.\d (bit 1).
+MAY_PHONE, MAY_IPV4, MAY_PHONE_INTL = 1, 2, 4
 
 
 def _spans(rx: re.Pattern, text: str, may: bool) -> Spans:
     return [[m.start(), m.end(), 1.0] for m in rx.finditer(text)] if may else []
 
 
-def pii_spans(text: str, reading: str) -> dict[str, Spans]:
+def pii_spans(text: str, reading: str, flags: int | None = None) -> dict[str, Spans]:
+    """The PII spans of a reading; `flags`: content_scan's PII flags of the text, if known."""
+    if flags is None:
+        flags = scan(text)[1]
     has_at = "@" in text  # every e-mail pattern needs one
-    may_ip = _MAY_IPV4.search(text) is not None
+    may_ip = bool(flags & MAY_IPV4)
     if reading == "datatrove":
         return {
             "email": _spans(DT_EMAIL, text, has_at),
@@ -164,7 +206,7 @@ def pii_spans(text: str, reading: str) -> dict[str, Spans]:
         }
     return {
         "email": _spans(EMAIL, text, has_at),
-        "phone": _spans(PHONE, text, _may_phone(text)),
+        "phone": _spans(PHONE, text, bool(flags & (MAY_PHONE | MAY_PHONE_INTL))),
         "ip": _spans(IPV4, text, may_ip),
     }
 
@@ -198,19 +240,28 @@ class ContentTagger(Tagger):
         cfg, text = self.cfg, view.text
         pre = cfg.name
         out: Attrs = {}
-        if cfg.pii:
-            for kind, spans in pii_spans(text, cfg.pii_reading).items():
-                if spans:
-                    out[f"{pre}__pii__{kind}"] = spans
-                out[f"{pre}__pii__{kind}_count"] = whole(text, float(len(spans)))
+        bw = None
         if cfg.badwords:
             bw = badwords_for(self.bw_dir, lang or cfg.badwords_default_lang) or badwords_for(
                 self.bw_dir, cfg.badwords_default_lang
             )
-            spans = bw.spans(text) if bw else []
+        if cfg.pii or cfg.badwords:  # one pass: word count, PII flags, bad-word candidates
+            n_words, flags, starts, ends, cand, exact = scan(text, bw)
+        if cfg.pii:
+            for kind, spans in pii_spans(text, cfg.pii_reading, flags).items():
+                if spans:
+                    out[f"{pre}__pii__{kind}"] = spans
+                out[f"{pre}__pii__{kind}_count"] = whole(text, float(len(spans)))
+        if cfg.badwords:
+            if bw is None:
+                spans = []
+            elif bw.regex is not None:
+                spans = bw.spans(text)
+            else:
+                spans = bw.scanned_spans(text, starts, ends, cand, exact)
             if spans:
                 out[f"{pre}__badwords__match"] = spans
-            n_words = max(1, len(view.chunks))
+            n_words = max(1, n_words)  # text.split()
             out[f"{pre}__badwords__count"] = whole(text, float(len(spans)))
             out[f"{pre}__badwords__word_frac"] = whole(text, len(spans) / n_words)
         blocked = False

@@ -180,6 +180,7 @@ def warm_up() -> None:
     counts = np.zeros(10, dtype=np.int64)
     w = word_table(["b"])
     dolma_gopher_stats(code_points("a b\n c"), space_table(), alpha_table(), *w, counts, top, dup)
+    content_scan(code_points("a-b 1.2.3.4"), space_table(), *token_tables(), *word_set(["b"]))
 
 
 @numba.njit(cache=True)
@@ -500,3 +501,164 @@ def _line_stats(cp, counts):
         dup_lines,
         dup_chars,
     )
+
+
+_TOKEN_TABLES: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+
+def token_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(is_token_char, is_digit, lower) per code point: re's [\\w'] and \\d on str patterns, and
+    str.lower() where it maps one character to one; -1 where it does not (U+0130 becomes two) and
+    for capital sigma (its lower case depends on the letters around it, Final_Sigma)."""
+    global _TOKEN_TABLES
+    if _TOKEN_TABLES is None:
+        every = "".join(map(chr, range(0x110000)))
+        tok = np.zeros(len(every), dtype=np.bool_)
+        tok[[m.start() for m in re.finditer(r"[\w']", every)]] = True
+        digit = np.zeros(len(every), dtype=np.bool_)
+        digit[[m.start() for m in re.finditer(r"\d", every)]] = True
+        lower = np.full(len(every), -1, dtype=np.int32)
+        for a in range(0, len(every), 4096):  # blocks whose lower case keeps their length map 1:1
+            block = every[a : a + 4096]
+            low = block.lower()
+            if len(low) == len(block):
+                lower[a : a + len(block)] = code_points(low)
+            else:
+                for j, c in enumerate(block):
+                    if len(c.lower()) == 1:
+                        lower[a + j] = ord(c.lower())
+        lower[0x3A3] = -1
+        _TOKEN_TABLES = tok, digit, lower
+    return _TOKEN_TABLES
+
+
+def word_set(words: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """An open-addressing set of words for `content_scan`: (hash keys, word index per slot, flat
+    code points, start offsets); the kernel compares the code points after a hash hit."""
+    flat, starts = word_table(words)
+    keys = np.zeros(max(16, 1 << (2 * len(words)).bit_length()), dtype=np.uint64)
+    index = np.zeros(len(keys), dtype=np.int64)
+    _fill_word_set(flat, starts, keys, index)
+    return keys, index, flat, starts
+
+
+@numba.njit(cache=True)
+def _fill_word_set(flat, starts, keys, index):
+    mask = len(keys) - 1
+    for k in range(len(starts) - 1):
+        h = _finish(_text_hash(flat, starts[k], starts[k + 1]))
+        s = np.int64(h & np.uint64(mask))
+        while keys[s] != 0:  # the same hash for two words: the next free slot (probed on)
+            s = (s + 1) & mask
+        keys[s], index[s] = h, k
+
+
+@numba.njit(cache=True)
+def _in_word_set(lowered, keys, index, flat, starts):
+    h = _finish(_text_hash(lowered, 0, len(lowered)))
+    mask = len(keys) - 1
+    s = np.int64(h & np.uint64(mask))
+    while keys[s] != 0:
+        if keys[s] == h:
+            k = index[s]
+            a, b = starts[k], starts[k + 1]
+            if b - a == len(lowered):
+                same = True
+                for j in range(b - a):
+                    if lowered[j] != flat[a + j]:
+                        same = False
+                        break
+                if same:
+                    return True
+        s = (s + 1) & mask
+    return False
+
+
+@numba.njit(cache=True)
+def _digits_dot(cp, q, is_digit):
+    """Position after \\d{1,3}\\. at q, or -1 (four digits never make the group: the fourth is no
+    dot)."""
+    k = 0
+    while k < 3 and q + k < len(cp) and is_digit[cp[q + k]]:
+        k += 1
+    if k == 0 or q + k >= len(cp) or cp[q + k] != 46:
+        return -1
+    return q + k + 1
+
+
+@numba.njit(cache=True)
+def content_scan(cp, is_space, is_tok, is_digit, lower, keys, index, flat, starts):
+    """One pass of the content tagger over a text's code points.
+
+    Returns (whitespace words, PII flags, token starts, token ends, candidate tokens, exact):
+    the tokens are re.findall("[\\w']+(?:-[\\w']+)*") of the text (maximal runs of [\\w'] chars,
+    joined by single hyphens followed by one; the greedy match the pattern makes), the candidates
+    the indices of those whose str.lower() is in the word set, `exact` False where a token holds a
+    character without a one-to-one lower case (then the caller lowers in Python). PII flags: bit 0
+    \\d\\d\\d[ .-]\\d\\d\\d\\d occurs, bit 1 \\d\\.\\d{1,3}\\.\\d{1,3}\\.\\d occurs, bit 2 "+" then a digit
+    occurs (the necessary conditions of the phone and IPv4 patterns in content.py)."""
+    n = len(cp)
+    words, in_word, flags = 0, False, 0
+    for i in range(n):
+        c = cp[i]
+        if is_space[c]:
+            in_word = False
+        elif not in_word:
+            words += 1
+            in_word = True
+        if not is_digit[c]:
+            continue
+        if (
+            flags & 1 == 0
+            and i + 7 < n
+            and is_digit[cp[i + 1]]
+            and is_digit[cp[i + 2]]
+            and (cp[i + 3] == 32 or cp[i + 3] == 46 or cp[i + 3] == 45)
+            and is_digit[cp[i + 4]]
+            and is_digit[cp[i + 5]]
+            and is_digit[cp[i + 6]]
+            and is_digit[cp[i + 7]]
+        ):
+            flags |= 1
+        if flags & 2 == 0 and i + 1 < n and cp[i + 1] == 46:
+            q = _digits_dot(cp, i + 2, is_digit)
+            if q >= 0:
+                q = _digits_dot(cp, q, is_digit)
+            if q >= 0 and q < n and is_digit[cp[q]]:
+                flags |= 2
+        if flags & 4 == 0 and i > 0 and cp[i - 1] == 43:
+            flags |= 4
+    tok_start = np.empty(n // 2 + 1, dtype=np.int64)
+    tok_end = np.empty(n // 2 + 1, dtype=np.int64)
+    cand = np.empty(n // 2 + 1, dtype=np.int64)
+    lowered = np.empty(n, dtype=np.int64)
+    m, nc, exact = 0, 0, True
+    i = 0
+    while i < n:
+        if not is_tok[cp[i]]:
+            i += 1
+            continue
+        a = i
+        while True:
+            while i < n and is_tok[cp[i]]:
+                i += 1
+            if i + 1 < n and cp[i] == 45 and is_tok[cp[i + 1]]:
+                i += 1
+                continue
+            break
+        tok_start[m], tok_end[m] = a, i
+        if len(keys):
+            ok = True
+            for j in range(a, i):
+                lc = lower[cp[j]]
+                if lc < 0:
+                    ok = False
+                    break
+                lowered[j - a] = lc
+            if not ok:
+                exact = False
+            elif _in_word_set(lowered[: i - a], keys, index, flat, starts):
+                cand[nc] = m
+                nc += 1
+        m += 1
+    return words, flags, tok_start[:m], tok_end[:m], cand[:nc], exact

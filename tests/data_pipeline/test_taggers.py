@@ -11,6 +11,7 @@ from data_pipeline.taggers import (
     ContentTagger,
     LangTagger,
     QualityTagger,
+    badwords_for,
     fasttext_batch,
     fasttext_scores,
 )
@@ -206,3 +207,42 @@ def test_pii_badwords_and_blocklist(tmp_path):
     assert a["content__url__blocked"][0][2] == 1.0
     b = t({"id": "2", "text": "Du Arschloch!", "url": "https://good.example/"}, lang="en")
     assert "content__badwords__match" not in b and b["content__url__blocked"][0][2] == 0.0
+
+
+def test_content_scan_equals_the_regex_reading_on_every_sample():
+    """The compiled content pass against the Python it replaces, on all 600 man pages and on text
+    full of list entries in other cases: bad-word spans as re.findall + str.lower find them (each
+    page with its language's list and the English one), the word count as text.split() gives it,
+    the PII flags as the necessary-condition patterns find them."""
+    import json
+    import re
+
+    from data_pipeline.taggers.content import MAY_IPV4, MAY_PHONE, MAY_PHONE_INTL, RESOURCES, scan
+
+    folder = str(RESOURCES / "badwords")
+    en = badwords_for(folder, "en")
+    entries = json.loads((RESOURCES / "badwords" / "en.json").read_text(encoding="utf-8"))
+    crafted = [
+        " ".join(w.upper() for w in entries) + " - ".join(w.title() for w in entries),
+        "İstanbul ASS ΣΟΦΟΣ ass, blow-job's 'cock' cock-up rim-job x-- -ass- a'ss 2 Girls 1 cup",
+    ]
+    crafted.append(crafted[1].split(" ", 1)[1].replace("ΣΟΦΟΣ", "σοφος"))  # no fallback to Python
+    may = {
+        MAY_PHONE: re.compile(r"\d\d\d[ .\-]\d\d\d\d"),
+        MAY_IPV4: re.compile(r"\d\.\d{1,3}\.\d{1,3}\.\d"),
+        MAY_PHONE_INTL: re.compile(r"\+\d"),
+    }
+    matched = 0
+    for lang in ("en", "de", "fr", "es", "it", "nl", "pl", "pt", "ru", "sv", "uk", "ja", "zh_CN"):
+        own = badwords_for(folder, lang)
+        for text in [d["text"] for d in load_samples(lang)] + crafted:
+            for bw in {id(b): b for b in (en, own) if b is not None and b.regex is None}.values():
+                n_words, flags, starts, ends, cand, exact = scan(text, bw)
+                spans = bw.scanned_spans(text, starts, ends, cand, exact)
+                assert spans == bw.python_spans(text), (lang, text[:80])
+                matched += len(spans)
+            assert n_words == len(text.split())
+            assert {bit: bool(flags & bit) for bit in may} == {
+                bit: rx.search(text) is not None for bit, rx in may.items()
+            }
+    assert matched > 2 * len(entries)  # the crafted texts match (both paths, every entry)
