@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from itertools import chain
+from itertools import repeat
 
 try:  # the stdlib's regex parser: which characters an affix can start or end with, read off
     from re import _constants as _C  # spaCy's own compiled patterns (Python 3.11+ names)
@@ -35,6 +35,7 @@ except ImportError:  # Python 3.10
 
 import numpy as np
 
+from .affixes import Tables, build_tables, split_chunks
 from .kernels import code_points, line_sentence_starts, token_hashes
 from .punctuation import PUNCTUATION_SET, TERMINAL_PUNCTUATION
 
@@ -43,6 +44,7 @@ from .punctuation import PUNCTUATION_SET, TERMINAL_PUNCTUATION
 _NLP = None
 IDX = LENGTH = IS_PUNCT = 0  # spacy.attrs ids, set with _NLP
 _FAST: FastSplit | None = None
+_TABLES: Tables | None = None  # spaCy's affix patterns compiled (affixes.py); None: FastSplit only
 _SENT_CHARS: frozenset[str] = frozenset()  # spaCy Sentencizer.default_punct_chars
 
 # datatrove/utils/text.py:13-181: PUNCTUATION_SET = PUNCTUATION | TERMINAL_PUNCTUATION
@@ -57,7 +59,7 @@ MAX_CHUNKS = 1_000_000
 
 
 def _spacy():
-    global _NLP, _PUNCT_SET, _TERMINAL, IDX, LENGTH, IS_PUNCT, _FAST, _SENT_CHARS
+    global _NLP, _PUNCT_SET, _TERMINAL, IDX, LENGTH, IS_PUNCT, _FAST, _SENT_CHARS, _TABLES
     if _NLP is None:
         import spacy  # heavy optional import (see above)
         from spacy import attrs
@@ -69,6 +71,7 @@ def _spacy():
         _TERMINAL = tuple(sorted(TERMINAL_PUNCTUATION))
         # built once per process (it reads spaCy's compiled patterns), kept across memo resets
         _FAST = FastSplit(_NLP, IS_PUNCT)
+        _TABLES = build_tables(_NLP)
         _SENT_CHARS = frozenset(Sentencizer.default_punct_chars)
     return _NLP
 
@@ -462,12 +465,13 @@ class ChunkVocab:
         t.n = n
 
     def _store(
-        self, chunk_tokens: list[tuple[str, ...]], missing: list[str], spacy_punct: dict
+        self, tokens: list[str], counts: list[int], chunks: list[str], spacy_punct: dict
     ) -> None:
-        """Ids for the tokens of each new chunk (new token strings get ids first). IS_PUNCT: as
-        spaCy's doc said for the tokens it made, else spaCy's lexeme attribute function."""
+        """Ids for new chunks whose tokens are `tokens`, `counts[k]` for chunks[k], one after the
+        other (new token strings get ids first). IS_PUNCT: as spaCy's doc said for the tokens it
+        made, else spaCy's lexeme attribute function."""
         ids = self.ids
-        new = [t for t in dict.fromkeys(chain.from_iterable(chunk_tokens)) if t not in ids]
+        new = [t for t in dict.fromkeys(tokens) if t not in ids]
         if new:
             is_punct = _FAST.is_punct  # type: ignore[union-attr]
             # IS_PUNCT needs every character in category P: a letter or digit first says False
@@ -477,31 +481,47 @@ class ChunkVocab:
             ]
             self._add_tokens(new, flags)
         k0 = len(self.chunk_ids)
-        m = len(missing)
+        m = len(chunks)
         if k0 + m > len(self._start):
             size = max(k0 + m, 2 * len(self._start))
             self._start = np.resize(self._start, size)
             self._count = np.resize(self._count, size)
-        flat = list(map(ids.__getitem__, chain.from_iterable(chunk_tokens)))
-        counts = np.fromiter(map(len, chunk_tokens), dtype=np.int64, count=m)
+        flat = list(map(ids.__getitem__, tokens))
+        n = np.array(counts, dtype=np.int64)
         f0 = self._n_flat
         if f0 + len(flat) > len(self._flat):
             self._flat = np.resize(self._flat, max(f0 + len(flat), 2 * len(self._flat)))
         self._flat[f0 : f0 + len(flat)] = flat
         self._n_flat = f0 + len(flat)
-        self._count[k0 : k0 + m] = counts
-        self._start[k0 : k0 + m] = f0 + np.cumsum(counts) - counts
-        self.chunk_ids.update(zip(missing, range(k0, k0 + m)))
+        self._count[k0 : k0 + m] = n
+        self._start[k0 : k0 + m] = f0 + np.cumsum(n) - n
+        self.chunk_ids.update(zip(chunks, range(k0, k0 + m)))
 
     def _fill(self, missing: list[str]) -> None:
-        """Tokenise the unseen chunks of one document: those FastSplit settles directly, the rest
-        in a single spaCy call (chunks joined by one space, which spaCy consumes as the previous
-        token's trailing space), read back as arrays (offsets, lengths, IS_PUNCT)."""
+        """Tokenise the unseen chunks of one document: the compiled affix walk (affixes.py) settles
+        most in one call, FastSplit those it leaves (infix splits of URLs, possible special cases),
+        the rest go to a single spaCy call (chunks joined by one space, which spaCy consumes as
+        the previous token's trailing space), read back as arrays (offsets, lengths, IS_PUNCT).
+        Chunk ids follow the order they are stored in (settled ones first)."""
         nlp = _spacy()
-        split = _FAST.split  # type: ignore[union-attr]
-        settled = [split(c) for c in missing]
+        fast = _FAST
+        if _TABLES is not None:
+            tokens, counts, settled = split_chunks(_TABLES, missing, fast.url)  # type: ignore[union-attr]
+            done = [c for c, ok in zip(missing, settled) if ok]
+            counts = [n for n in counts if n]
+            left = [c for c, ok in zip(missing, settled) if not ok]
+        else:
+            tokens, counts, done, left = [], [], [], missing
+        rest = []
+        for c in left:
+            toks = fast.split(c)  # type: ignore[union-attr]
+            if toks is None:
+                rest.append(c)
+            else:
+                done.append(c)
+                tokens.extend(toks)
+                counts.append(len(toks))
         punct: dict[str, bool] = {}
-        rest = [c for c, toks in zip(missing, settled) if toks is None]
         if rest:
             joined = " ".join(rest)
             doc = nlp.tokenizer(joined)
@@ -515,18 +535,21 @@ class ChunkVocab:
                 if tok:  # datatrove's strip_strings drops whitespace tokens
                     per[k].append(tok)
                     punct[tok] = bool(p)
-            it = iter(per)
-            settled = [tuple(next(it)) if toks is None else toks for toks in settled]
-        self._store(settled, missing, punct)  # type: ignore[arg-type]
+            for c, toks in zip(rest, per):
+                done.append(c)
+                tokens.extend(toks)
+                counts.append(len(toks))
+        self._store(tokens, counts, done, punct)
 
     def chunk_index(self, chunks: list[str]) -> np.ndarray:
         """Chunk ids of `chunks`, tokenising the unseen ones first."""
-        get = self.chunk_ids.get
-        cids = list(map(get, chunks))
-        if None in cids:
-            self._fill([c for c in dict.fromkeys(chunks) if c not in self.chunk_ids])
-            cids = list(map(self.chunk_ids.__getitem__, chunks))
-        return np.array(cids, dtype=np.int64)
+        ids = self.chunk_ids
+        cids = np.fromiter(map(ids.get, chunks, repeat(-1)), dtype=np.int64, count=len(chunks))
+        unseen = np.flatnonzero(cids < 0).tolist()
+        if unseen:  # look up again only where the memo had nothing
+            self._fill(list(dict.fromkeys([chunks[i] for i in unseen])))
+            cids[unseen] = [ids[chunks[i]] for i in unseen]
+        return cids
 
     def gather(self, cids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(token ids, tokens per chunk) of a chunk id sequence."""

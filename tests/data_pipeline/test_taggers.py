@@ -145,6 +145,77 @@ def test_fast_split_gives_spacys_tokens_on_every_sample_chunk():
     assert claimed > 0.5 * len(chunks), (claimed, len(chunks))
 
 
+@pytest.mark.parametrize("lang", ["en", "de", "ru"])
+def test_compiled_affix_walk_gives_spacys_tokens_on_every_sample_chunk(lang):
+    """affixes.py compiles spaCy's prefix, suffix and infix patterns into programs for one numba
+    loop: every chunk it settles gets exactly the tokens of spaCy's tokenizer on that chunk alone,
+    for English (the datatrove reading's) and two languages with other affix lists and special
+    cases; the chunks it leaves (possible special cases, URLs with an infix) are few."""
+    import spacy  # heavy optional import, only for this test's reference
+
+    from data_pipeline.taggers.affixes import build_tables, split_chunks
+
+    nlp = spacy.blank(lang)
+    tables = build_tables(nlp)
+    assert tables is not None, "the patterns left the compiled subset: every chunk goes to Python"
+    chunks = list(
+        dict.fromkeys(
+            [c for lg in SAMPLE_LANGS for d in load_samples(lg) for c in d["text"].split()]
+            + TRICKY_CHUNKS
+        )
+    )
+    tokens, counts, settled = split_chunks(tables, chunks, nlp.tokenizer.url_match)
+    it = iter(tokens)
+    for c, n, ok in zip(chunks, counts, settled):
+        got = [next(it) for _ in range(n)]
+        if ok:
+            assert got == [t.text for t in nlp.tokenizer(c)], c
+    assert sum(settled) > 0.98 * len(chunks), (sum(settled), len(chunks))
+    for special in ("dont", "Mr.", ":)") if lang == "en" else ():
+        assert not split_chunks(tables, [special], nlp.tokenizer.url_match)[2][0], special
+
+
+def test_compiled_affix_walk_follows_re_on_random_strings():
+    """The programs keep Python re's semantics where they matter: ordered alternatives (a prefix
+    is the first that matches, not the longest), the leftmost-starting suffix, greedy runs,
+    fixed repeats, lookbehinds and lookaheads that stop at the substring's edges, a negative
+    lookahead, an infix at the start consumed and skipped. Random strings over a small alphabet,
+    against spaCy's tokenizer with these patterns; a pattern outside the subset is refused."""
+    import random
+    import re
+
+    import spacy  # heavy optional import, only for this test's reference
+    from spacy.util import compile_infix_regex, compile_prefix_regex, compile_suffix_regex
+
+    from data_pipeline.taggers.affixes import _C, _Reader, build_tables, read_programs, split_chunks
+
+    nlp = spacy.blank("en")
+    tk = nlp.tokenizer
+    tk.rules = {"ab.": [{"ORTH": "ab."}]}
+    tk.prefix_search = compile_prefix_regex([r"\.\.+", "a", "ab", r"\+(?![0-9])", "x{2}"]).search
+    tk.suffix_search = compile_suffix_regex(
+        [r"(?<=[0-9])km", "m", r"\.\.+", "'s", "(?<=b)c", r"(?<=a)\."]
+    ).search
+    tk.infix_finditer = compile_infix_regex([r"(?<=[a-z])-(?=[a-z])", "--", r"\.\.+", "k"]).finditer
+    tables = build_tables(nlp)
+    assert tables is not None
+    rng = random.Random(0)
+    chunks = list(
+        dict.fromkeys(
+            "".join(rng.choices("ab.+-1'skmcx", k=rng.randint(1, 9))) for _ in range(6000)
+        )
+    )
+    tokens, counts, settled = split_chunks(tables, chunks, tk.url_match)
+    it = iter(tokens)
+    for c, n, ok in zip(chunks, counts, settled):
+        got = [next(it) for _ in range(n)]
+        if ok:
+            assert got == [t.text for t in tk(c)], c
+    assert sum(settled) > 0.8 * len(chunks), (sum(settled), len(chunks))
+    for outside in (r"(?<=\w)x$", r"[^a]x$", r"x??$", r"(?i)x$"):
+        assert read_programs(re.compile(outside), _Reader(), _C.AT_END) is None, outside
+
+
 def test_gopher_statistics_by_hand():
     """datatrove's reading (spaCy words) on a text counted by hand."""
     text = "the cat sat on the mat\nthe cat sat on the mat\n# heading ...\n- item one\n"
