@@ -129,39 +129,6 @@ def datatrove_dup_ngram_chars(ids, lens, chash, cpow, n):
     return total
 
 
-@numba.njit(cache=True)
-def dolma_ngram_fracs(ids, lens, n_max, out_top, out_dup, char_count):
-    """dolma/taggers/gopher.py:160-175 for n = 2..n_max: most common 2/3/4-gram characters times
-    count over all word characters; for n >= 5, characters of the n-grams occurring more than once
-    (every occurrence) over the characters of all n-grams. Entries stay -1 where the document has
-    no n-gram of that size (dolma then writes no attribute)."""
-    for n in range(2, n_max + 1):
-        h = _ngram_hashes(ids, n)
-        if len(h) == 0:
-            continue
-        cnt, first, slot = _counts(h)
-        chars = np.zeros(len(h), dtype=np.int64)
-        for i in range(len(h)):
-            c = 0
-            for j in range(n):
-                c += lens[ids[i + j]]
-            chars[i] = c
-        if n <= 4:
-            best_c, best_i = 0, 0
-            for i in range(len(h)):
-                c = cnt[slot[i]]
-                if first[slot[i]] == i and c > best_c:
-                    best_c, best_i = c, i
-            out_top[n] = best_c * chars[best_i] / max(char_count, 1)
-        else:
-            dup, tot = 0, 0
-            for i in range(len(h)):
-                tot += chars[i]
-                if cnt[slot[i]] > 1:
-                    dup += chars[i]
-            out_dup[n] = dup / max(tot, 1)
-
-
 def warm_up() -> None:
     """Compile (or load from numba's cache) every kernel once."""
     ids = np.arange(6, dtype=np.int64) % 3
@@ -169,7 +136,6 @@ def warm_up() -> None:
     datatrove_top_ngram_chars(ids, lens, 2)
     datatrove_dup_ngram_chars(ids, lens, lens.astype(np.uint64), lens.astype(np.uint64), 2)
     top, dup = np.full(11, -1.0), np.full(11, -1.0)
-    dolma_ngram_fracs(ids, lens, 10, top, dup, 6)
     flags = np.zeros(3, dtype=np.bool_)
     one = np.ones(6, dtype=np.int64)
     ws = np.zeros(6, dtype=np.bool_)
@@ -181,60 +147,8 @@ def warm_up() -> None:
     w = word_table(["b"])
     dolma_gopher_stats(code_points("a b\n c"), space_table(), alpha_table(), *w, counts, top, dup)
     content_scan(code_points("a-b 1.2.3.4"), space_table(), *token_tables(), *word_set(["b"]))
-
-
-@numba.njit(cache=True)
-def any_phrase(text, flat, starts, spaces, pairs):
-    """Whether any phrase occurs in `text` as a substring (`phrase in text`, dolma c4.py:64).
-
-    Texts and phrases are UTF-32 code point arrays; phrases are concatenated in `flat` with their
-    start offsets (`starts`, one more than phrases) and the index of their first space in
-    `spaces`. Every phrase holds a space, so a match puts that space on a space of the text: only
-    those anchors are tried, and only where the characters on both sides of the space are a pair
-    some phrase has there (`pairs`, a bit per hashed pair; all set if a phrase starts or ends with
-    its space), before the full comparison."""
-    n = len(text)
-    mask = len(pairs) - 1
-    for p in range(n):
-        if text[p] != 32:
-            continue
-        left = text[p - 1] if p > 0 else 0
-        right = text[p + 1] if p + 1 < n else 0
-        if not pairs[(left * 31 + right) & mask]:
-            continue
-        for k in range(len(starts) - 1):
-            a, b, s = starts[k], starts[k + 1], spaces[k]
-            lo = p - s
-            if lo < 0 or lo + (b - a) > n:
-                continue
-            if s + 1 < b - a and text[p + 1] != flat[a + s + 1]:
-                continue
-            ok = True
-            for j in range(b - a):
-                if text[lo + j] != flat[a + j]:
-                    ok = False
-                    break
-            if ok:
-                return True
-    return False
-
-
-def phrase_table(
-    phrases: list[str],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(flat code points, start offsets, first-space index, pair bits) of phrases that each
-    contain a space."""
-    flat = np.frombuffer("".join(phrases).encode("utf-32-le"), dtype=np.uint32).copy()
-    starts = np.zeros(len(phrases) + 1, dtype=np.int64)
-    starts[1:] = np.cumsum([len(p) for p in phrases])
-    spaces = np.array([p.index(" ") for p in phrases], dtype=np.int64)
-    pairs = np.zeros(4096, dtype=np.bool_)
-    for p, s in zip(phrases, spaces):
-        if s == 0 or s + 1 == len(p):  # nothing on one side: every space is an anchor
-            pairs[:] = True
-            break
-        pairs[(ord(p[s - 1]) * 31 + ord(p[s + 1])) & 4095] = True
-    return flat, starts, spaces, pairs
+    ph = phrase_index(["a b"], [1])
+    dolma_c4_flags(code_points("a b"), token_tables()[2], space_table(), word_set(["b"]), lens, ph)
 
 
 def code_points(text: str) -> np.ndarray:
@@ -360,17 +274,20 @@ def word_table(words: list[str]) -> tuple[np.ndarray, np.ndarray]:
 def _is_word(cp, a, b, flat, starts):
     """Whether cp[a:b] is one of the words of a `word_table`."""
     for k in range(len(starts) - 1):
-        s, e = starts[k], starts[k + 1]
-        if e - s != b - a:
-            continue
-        ok = True
-        for j in range(b - a):
-            if cp[a + j] != flat[s + j]:
-                ok = False
-                break
-        if ok:
+        if _same(cp, a, b, flat, starts[k], starts[k + 1]):
             return True
     return False
+
+
+@numba.njit(cache=True)
+def _same(cp, a, b, flat, s, e):
+    """cp[a:b] == flat[s:e]"""
+    if e - s != b - a:
+        return False
+    for j in range(b - a):
+        if cp[a + j] != flat[s + j]:
+            return False
+    return True
 
 
 @numba.njit(cache=True)
@@ -391,8 +308,8 @@ def dolma_gopher_stats(cp, is_space, is_alpha, req_flat, req_starts, counts, top
 
     counts gets [words, word characters, words with "#" or "…", words with a letter, required
     words, lines, lines starting with "*" or "-", lines ending with "…", occurrences of repeated
-    lines, their characters]; top[n] / dup[n] the n-gram fractions as dolma_ngram_fracs writes
-    them. Returns the median word length (statistics.median: the middle or the mean of the two)."""
+    lines, their characters]; top[n] / dup[n] the n-gram fractions (_hashed_ngram_fracs). Returns
+    the median word length (statistics.median: the middle or the mean of the two)."""
     n = len(cp)
     wh = np.empty(n // 2 + 1, dtype=np.uint64)
     wl = np.empty(n // 2 + 1, dtype=np.int64)
@@ -427,9 +344,13 @@ def dolma_gopher_stats(cp, is_space, is_alpha, req_flat, req_starts, counts, top
 
 @numba.njit(cache=True)
 def _hashed_ngram_fracs(wh, wl, top, dup, char_count):
-    """dolma_ngram_fracs over per-position word hashes and lengths, n = 2..10. The n-gram hash
-    at i folds in words i..i+n-1 one after the other, so each n extends the (n-1)-gram's state by
-    one word, as do the characters."""
+    """dolma/taggers/gopher.py:160-175 for n = 2..10 over per-position word hashes and lengths:
+    most common 2/3/4-gram characters times count over all word characters (ties: the n-gram seen
+    first, as Counter.most_common); for n >= 5, characters of the n-grams occurring more than once
+    (every occurrence) over the characters of all n-grams. Entries stay -1 where the document has
+    no n-gram of that size (dolma then writes no attribute). The n-gram hash at i folds in words
+    i..i+n-1 one after the other, so each n extends the (n-1)-gram's state by one word, as do
+    the characters."""
     g = np.full(len(wh), np.uint64(0xCBF29CE484222325))
     chars = np.zeros(len(wh), dtype=np.int64)
     for i in range(len(wh)):
@@ -554,24 +475,18 @@ def _fill_word_set(flat, starts, keys, index):
 
 
 @numba.njit(cache=True)
-def _in_word_set(lowered, keys, index, flat, starts):
-    h = _finish(_text_hash(lowered, 0, len(lowered)))
+def _find_word(cp, a, b, keys, index, flat, starts):
+    """The index of cp[a:b] in a `word_set`, -1 if it is none of its words."""
+    h = _finish(_text_hash(cp, a, b))
     mask = len(keys) - 1
     s = np.int64(h & np.uint64(mask))
     while keys[s] != 0:
         if keys[s] == h:
             k = index[s]
-            a, b = starts[k], starts[k + 1]
-            if b - a == len(lowered):
-                same = True
-                for j in range(b - a):
-                    if lowered[j] != flat[a + j]:
-                        same = False
-                        break
-                if same:
-                    return True
+            if _same(cp, a, b, flat, starts[k], starts[k + 1]):
+                return k
         s = (s + 1) & mask
-    return False
+    return -1
 
 
 @numba.njit(cache=True)
@@ -657,8 +572,113 @@ def content_scan(cp, is_space, is_tok, is_digit, lower, keys, index, flat, start
                 lowered[j - a] = lc
             if not ok:
                 exact = False
-            elif _in_word_set(lowered[: i - a], keys, index, flat, starts):
+            elif _find_word(lowered, 0, i - a, keys, index, flat, starts) >= 0:
                 cand[nc] = m
                 nc += 1
         m += 1
     return words, flags, tok_start[:m], tok_end[:m], cand[:nc], exact
+
+
+@numba.njit(cache=True)
+def dolma_c4_flags(cp, lower, is_space, words, word_bits, phrases):
+    """c4_v1's page flags (dolma/taggers/c4.py:63-70) over the lower-cased text: the OR of
+    `word_bits[k]` for each whitespace word that is word k of the `words` word set and of the bits
+    of the phrases (phrase_index) that occur, and bit 3 where "{" occurs. -1 where a character has
+    no one-to-one lower case (token_tables): then the caller lowers in Python."""
+    n = len(cp)
+    low = np.empty(n, dtype=np.uint32)
+    for i in range(n):
+        c = lower[cp[i]]
+        if c < 0:
+            return -1
+        low[i] = c
+    keys, index, flat, starts = words
+    flags = 0
+    i = 0
+    while i < n:
+        if is_space[low[i]]:
+            i += 1
+            continue
+        a = i
+        while i < n and not is_space[low[i]]:
+            if low[i] == 123:
+                flags |= 8
+            i += 1
+        k = _find_word(low, a, i, keys, index, flat, starts)
+        if k >= 0:
+            flags |= word_bits[k]
+    return flags | find_phrases(low, *phrases)
+
+
+def phrase_index(phrases: list[str], bits: list[int]) -> tuple[np.ndarray, ...]:
+    """Phrases that each hold a space, indexed by the two characters around their first space:
+    (flat code points, start offsets, first-space index, bits of each phrase, hashed pair keys,
+    bucket of each slot, bucket offsets, phrase of each bucket entry, phrases with the space at an
+    edge). `find_phrases` looks up the characters around each space of a text and compares only
+    the phrases of that pair."""
+    flat, starts = word_table(phrases)
+    spaces = np.array([p.index(" ") for p in phrases], dtype=np.int64)
+    buckets: dict[tuple[int, int], list[int]] = {}
+    edge = []
+    for k, (p, s) in enumerate(zip(phrases, spaces.tolist())):
+        if s == 0 or s + 1 == len(p):
+            edge.append(k)
+        else:
+            buckets.setdefault((ord(p[s - 1]), ord(p[s + 1])), []).append(k)
+    size = max(64, 1 << (4 * len(buckets)).bit_length())
+    keys = np.zeros(size, dtype=np.int64)  # left * 0x110000 + right + 1 (0: an empty slot)
+    slot_bucket = np.zeros(size, dtype=np.int64)
+    offsets, members = [0], []
+    for b, ((left, right), ks) in enumerate(buckets.items()):
+        s = (left * 31 + right) & (size - 1)
+        while keys[s]:
+            s = (s + 1) & (size - 1)
+        keys[s], slot_bucket[s] = left * 0x110000 + right + 1, b
+        members += ks
+        offsets.append(len(members))
+    ints = [np.array(x, dtype=np.int64) for x in (bits, offsets, members, edge)]
+    return flat, starts, spaces, ints[0], keys, slot_bucket, ints[1], ints[2], ints[3]
+
+
+@numba.njit(cache=True)
+def find_phrases(text, flat, starts, spaces, bits, keys, slot_bucket, offsets, members, edge):
+    """The OR of the bits of the phrases of a `phrase_index` that occur in `text` (code points)
+    as substrings: a match puts a phrase's first space on a space of the text, with the same
+    characters on both sides."""
+    n, size = len(text), len(keys)
+    every, found = 0, 0
+    for k in range(len(bits)):
+        every |= bits[k]
+    for p in range(n):
+        if text[p] != 32:
+            continue
+        for k in edge:
+            if _phrase_at(text, p, k, flat, starts, spaces):
+                found |= bits[k]
+        if 0 < p < n - 1:
+            left, right = np.int64(text[p - 1]), np.int64(text[p + 1])
+            s = (left * 31 + right) & (size - 1)
+            while keys[s]:
+                if keys[s] == left * 0x110000 + right + 1:
+                    b = slot_bucket[s]
+                    for j in range(offsets[b], offsets[b + 1]):
+                        if _phrase_at(text, p, members[j], flat, starts, spaces):
+                            found |= bits[members[j]]
+                    break
+                s = (s + 1) & (size - 1)
+        if found == every:
+            break
+    return found
+
+
+@numba.njit(cache=True)
+def _phrase_at(text, p, k, flat, starts, spaces):
+    """Whether phrase k occurs in `text` with its first space at position p."""
+    a, b = starts[k], starts[k + 1]
+    lo = p - spaces[k]
+    if lo < 0 or lo + (b - a) > len(text):
+        return False
+    for j in range(b - a):
+        if text[lo + j] != flat[a + j]:
+            return False
+    return True

@@ -27,15 +27,17 @@ from .base import Attrs, DocView, Tagger, as_view, register, whole
 from .content import RESOURCES  # the bundled LDNOOBW lists
 from .kernels import (
     alpha_table,
-    any_phrase,
     code_points,
     datatrove_dup_ngram_chars,
     datatrove_top_ngram_chars,
+    dolma_c4_flags,
     dolma_gopher_stats,
     newline_line_stats,
-    phrase_table,
+    phrase_index,
     space_table,
+    token_tables,
     warm_up,
+    word_set,
     word_table,
 )
 from .words import sentence_counts, terminal_punctuation
@@ -281,29 +283,30 @@ def dolma_gopher(view: DocView) -> dict[str, float]:
     return out
 
 
-def dolma_c4(view: DocView, naughty: tuple[frozenset[str], tuple]) -> Attrs:
+def dolma_c4(view: DocView, naughty: DolmaNaughty) -> Attrs:
     """get_attributes of c4_v1 (dolma/taggers/c4.py:44-76): line spans and page flags.
 
     The reference tests every line; its page flags are "some line has ...", and no word or phrase
     it looks for contains a newline, so they are tested once on the whole lower-cased text (the
-    words of all lines are the whitespace words of the text; a compiled scan finds any phrase)."""
+    words of all lines are the whitespace words of the text): one compiled pass lower-cases it
+    and tests them all, unless a character needs Python's lower() (token_tables)."""
     text = view.text
-    words_set, phrases = naughty
-    low = text.lower()
-    low_words = low.split()
+    cp = code_points(text)
+    flags = dolma_c4_flags(
+        cp, token_tables()[2], space_table(), naughty.words, naughty.word_bits, naughty.phrases
+    )
+    if flags < 0:
+        flags = naughty.python_flags(text)
     out: Attrs = {
-        "has_naughty_word": whole(
-            text,
-            float(not words_set.isdisjoint(low_words) or any_phrase(code_points(low), *phrases)),
-        ),
-        "has_javascript": whole(text, float("javascript" in low_words)),
-        "has_lorem_ipsum": whole(text, float("lorem ipsum" in low)),
-        "has_curly_brace": whole(text, float("{" in low)),
+        "has_naughty_word": whole(text, float(flags & 1)),
+        "has_javascript": whole(text, float(flags >> 1 & 1)),
+        "has_lorem_ipsum": whole(text, float(flags >> 2 & 1)),
+        "has_curly_brace": whole(text, float(flags >> 3 & 1)),
     }
     # per line (text.split("\n")): line.lower().strip() ends with one of . ? ! " exactly when the
     # line's last non-whitespace character is one (lower() neither makes nor removes whitespace
     # and keeps those four), and its split() has the words of the line itself: one compiled pass
-    starts, ends, last, words = newline_line_stats(code_points(text), space_table())
+    starts, ends, last, words = newline_line_stats(cp, space_table())
     spans = list(zip(starts.tolist(), ends.tolist()))
     punct = ((last == 46) | (last == 63) | (last == 33) | (last == 34)).tolist()  # . ? ! "
     few = (words < 3).tolist()
@@ -361,7 +364,34 @@ _DOLMA_C4 = [
 ]
 
 
-def _dolma_naughty() -> tuple[frozenset[str], tuple]:
+class DolmaNaughty:
+    """What c4_v1's page flags look for (c4.py:63-70), as `dolma_c4_flags` reads it: a word set of
+    the naughty words and "javascript" with each word's flag bits (1 naughty, 2 javascript) and a
+    phrase index of the naughty phrases (bit 1) and "lorem ipsum" (bit 4)."""
+
+    def __init__(self, words: frozenset[str], phrases: list[str]):
+        self.words_set, self.phrase_list = words, phrases
+        listed = sorted(words - {"javascript"}) + ["javascript"]
+        self.words = word_set(listed)
+        self.word_bits = np.array([1] * (len(listed) - 1) + [2 | ("javascript" in words)])
+        self.phrases = phrase_index(phrases + ["lorem ipsum"], [1] * len(phrases) + [4])
+
+    def python_flags(self, text: str) -> int:
+        """The same flags from str.lower() and str.split() in Python."""
+        low = text.lower()
+        low_words = low.split()
+        naughty = not self.words_set.isdisjoint(low_words) or any(
+            p in low for p in self.phrase_list
+        )
+        return (
+            naughty
+            | ("javascript" in low_words) << 1
+            | ("lorem ipsum" in low) << 2
+            | ("{" in low) << 3
+        )
+
+
+def _dolma_naughty() -> DolmaNaughty:
     """The English list dolma's c4 tagger reads (dolma/taggers/c4.py:11-13), from the installed
     dolma package when it is there, else the bundled LDNOOBW English list."""
     try:
@@ -372,8 +402,8 @@ def _dolma_naughty() -> tuple[frozenset[str], tuple]:
         entries = json.loads((RESOURCES / "badwords" / "en.json").read_text(encoding="utf-8"))
         words = frozenset(w for w in entries if " " not in w)
         phrases = sorted(w for w in entries if " " in w)
-    # every dolma phrase holds a space (c4.py:13): any_phrase anchors on spaces
-    return words, phrase_table([p for p in phrases if " " in p])
+    # every dolma phrase holds a space (c4.py:13): find_phrases anchors on spaces
+    return DolmaNaughty(words, [p for p in phrases if " " in p])
 
 
 @register("quality")

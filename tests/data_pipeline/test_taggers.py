@@ -317,3 +317,29 @@ def test_content_scan_equals_the_regex_reading_on_every_sample():
                 bit: rx.search(text) is not None for bit, rx in may.items()
             }
     assert matched > 2 * len(entries)  # the crafted texts match (both paths, every entry)
+
+
+def test_dolma_c4_flags_equal_the_python_reading():
+    """c4_v1's page flags from the compiled pass against str.lower / str.split / `in` on the
+    English and Russian man pages and on texts holding the words and phrases in other cases."""
+    from data_pipeline.taggers.kernels import code_points, dolma_c4_flags, space_table, token_tables
+    from data_pipeline.taggers.quality import _dolma_naughty
+
+    naughty = _dolma_naughty()
+
+    def flags(text: str) -> int:
+        tables = (naughty.words, naughty.word_bits, naughty.phrases)
+        return dolma_c4_flags(code_points(text), token_tables()[2], space_table(), *tables)
+
+    crafted = [
+        "A " + " x ".join(sorted(naughty.words_set)).upper() + " y",
+        " . ".join(p.title() for p in naughty.phrase_list),
+        "Use JavaScript\n{ LOREM Ipsum }",
+        "javascript: lorem  ipsum",
+    ]
+    seen = 0
+    for text in [d["text"] for lang in ("en", "ru") for d in load_samples(lang)] + crafted:
+        assert flags(text) == naughty.python_flags(text), text[:80]
+        seen |= flags(text)
+    assert seen == 15  # every flag set somewhere
+    assert flags("ΟΔΟΣ lorem ipsum") == -1  # capital sigma: lowered in Python
