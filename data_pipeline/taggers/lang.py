@@ -42,13 +42,16 @@ def fasttext_batch(
     if not texts:
         return []
     f = _fasttext_model(model_path).f
-    lines = [t.replace("\n", " ") + "\n" for t in texts]
-    return [[(lab[9:], min(1.0, p)) for p, lab in top] for top in _predict_lines(f, lines, k)]
+    labels, probs = _predict_lines(f, [t.replace("\n", " ") + "\n" for t in texts], k)
+    return [
+        [(lab[9:], min(1.0, float(p))) for lab, p in zip(labs, ps)]
+        for labs, ps in zip(labels, probs)
+    ]
 
 
-def _predict_lines(f, lines: list[str], k: int) -> list[list[tuple[float, str]]]:
-    """(probability, "__label__xx") pairs of each line. fasttext-wheel's and fasttext-numpy2-wheel's
-    `multilinePredict` returns (labels, probabilities) for all lines in one C++ loop, the same
+def _predict_lines(f, lines: list[str], k: int) -> tuple[list[list[str]], list]:
+    """("__label__xx" labels, probabilities) of each line. fasttext-wheel's and
+    fasttext-numpy2-wheel's `multilinePredict` returns them for all lines in one C++ loop, the same
     values as one `predict` per line (float32 probabilities either way); fasttext-predict's
     returns labels only, so there each line goes to `predict`."""
     if _MULTILINE.get(id(f), True):
@@ -58,9 +61,10 @@ def _predict_lines(f, lines: list[str], k: int) -> list[list[tuple[float, str]]]
             out = None
         if isinstance(out, tuple) and len(out) == 2 and len(out[1]) == len(lines):
             _MULTILINE[id(f)] = True
-            return [list(zip(map(float, probs), labels)) for labels, probs in zip(*out)]
+            return out
         _MULTILINE[id(f)] = False
-    return [f.predict(line, k, 0.0, "strict") for line in lines]
+    tops = [f.predict(line, k, 0.0, "strict") for line in lines]
+    return [[lab for _, lab in top] for top in tops], [[p for p, _ in top] for top in tops]
 
 
 _MULTILINE: dict[int, bool] = {}  # id(binding) -> whether its multilinePredict gives probabilities
@@ -74,12 +78,25 @@ def fasttext_scores(
     return fasttext_batch([text], model_path, k)[0]
 
 
+_FT_DELIMITERS = " \t\n\r\v\f\0"  # where fastText splits words (Dictionary::readWord)
+
+
 @register("lang")
 class LangTagger(Tagger):
+    """fastText on the document and its paragraphs. A paragraph's prediction depends on its text
+    alone (fastText reads each line on its own: its words, their character n-grams, the EOS
+    token), so a paragraph text predicted before, in this document or an earlier one, is not
+    predicted again: its (language, score) comes from a memo (bounded like the word memos); and the
+    paragraph of a document that is one paragraph with only fastText's word delimiters around it
+    has the same words, so the same prediction, as the document."""
+
     config_type = LangTaggerConfig
+    MEMO_CHARS = 32_000_000  # paragraph characters held before the memo starts again
 
     def __init__(self, cfg: LangTaggerConfig):
         self.cfg = cfg
+        self.memo: dict[str, tuple[str, float] | None] = {}
+        self.memo_chars = 0
 
     @staticmethod
     def emits(cfg: LangTaggerConfig) -> list[str]:
@@ -93,21 +110,50 @@ class LangTagger(Tagger):
     def __call__(self, view: DocView, context: dict | None = None) -> Attrs:
         view = as_view(view)
         cfg, text = self.cfg, view.text
-        doc_text = text[: cfg.max_chars] if cfg.max_chars else text
+        # newlines to spaces as datatrove reads the text (lid.py:54): once for the document and
+        # its paragraphs, whose offsets stay the same
+        flat = text.replace("\n", " ")
+        doc_line = (flat[: cfg.max_chars] if cfg.max_chars else flat) + "\n"
         paras = view.paragraphs if cfg.paragraphs else []
-        preds = fasttext_batch(
-            [doc_text] + [text[s:e] for s, e in paras], cfg.model_path, max(cfg.top_k, 1)
-        )
+        para_lines = [flat[s:e] + "\n" for s, e in paras]
+        memo, lines = self.memo, [doc_line]
+        new: dict[str, int] = {}  # paragraph texts not in the memo -> their index in `lines`
+        s0, e0 = paras[0] if len(paras) == 1 else (0, 0)
+        if (  # one paragraph with only delimiters around it, the document not cut
+            len(paras) == 1
+            and not text[:s0].strip(_FT_DELIMITERS)
+            and not text[e0:].strip(_FT_DELIMITERS)
+            and (not cfg.max_chars or len(text) <= cfg.max_chars)
+        ):
+            if para_lines[0] not in memo:
+                new[para_lines[0]] = 0  # the document's prediction
+        else:
+            for line in para_lines:
+                if line not in memo and line not in new:
+                    new[line] = len(lines)
+                    lines.append(line)
+        labels, probs = _predict_lines(_fasttext_model(cfg.model_path).f, lines, max(cfg.top_k, 1))
         out: Attrs = {}
-        for lang, score in preds[0][: cfg.top_k]:
+        for lab, p in zip(labels[0][: cfg.top_k], probs[0][: cfg.top_k]):
+            score = min(1.0, float(p))
             if score >= cfg.min_score:
-                out[f"{cfg.name}__ft__lang__{lang}"] = whole(text, score)
-        for (s, e), top in zip(paras, preds[1:]):
-            if top:
-                lang, score = top[0]
-                out.setdefault(f"{cfg.name}__ft_paragraph__lang__{lang}", []).append(
-                    [s, e, round(score, 4)]
-                )
+                out[f"{cfg.name}__ft__lang__{lab[9:]}"] = whole(text, score)
+        for line, i in new.items():
+            top = labels[i]
+            memo[line] = (top[0][9:], round(min(1.0, float(probs[i][0])), 4)) if top else None
+            self.memo_chars += len(line)
+        pre = f"{cfg.name}__ft_paragraph__lang__"
+        for (s, e), line in zip(paras, para_lines):
+            top = memo[line]
+            if top is not None:
+                out.setdefault(pre + top[0], []).append([s, e, top[1]])
+        if self.memo_chars > self.MEMO_CHARS:
+            memo.clear()
+            self.memo_chars = 0
+        return self._cld2(text, out)
+
+    def _cld2(self, text: str, out: Attrs) -> Attrs:
+        cfg = self.cfg
         if cfg.cld2:
             import pycld2  # optional second detector (taggers.lang.cld2=true)
 

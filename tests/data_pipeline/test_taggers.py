@@ -71,6 +71,45 @@ def test_language_attributes_doc_paragraph_and_cld2():
     assert any(k.startswith("langid__cld2__lang__") for k in attrs)
 
 
+def test_language_tagger_skips_only_predictions_it_already_has(monkeypatch):
+    """The language tagger's shortcuts (a paragraph text predicted before comes from its memo; a
+    one-paragraph document's paragraph gets the document's prediction when only fastText's
+    delimiters surround it) against predicting the document and every paragraph, on man pages of
+    three languages in one run (translations keep English paragraphs) and on texts made for the
+    one-paragraph rule (a no-break space is no fastText delimiter: predicted on its own)."""
+    from data_pipeline.taggers import lang as lang_module
+    from data_pipeline.taggers import paragraph_spans
+
+    def every_text(text: str) -> dict:
+        spans = paragraph_spans(text)
+        preds = fasttext_batch([text] + [text[s:e] for s, e in spans], k=3)
+        out = {f"langid__ft__lang__{la}": [[0, len(text), p]] for la, p in preds[0] if p >= 0.01}
+        for (s, e), top in zip(spans, preds[1:]):
+            key = f"langid__ft_paragraph__lang__{top[0][0]}"
+            out.setdefault(key, []).append([s, e, round(top[0][1], 4)])
+        return out
+
+    texts = [d["text"] for lang in ("en", "de", "ru") for d in load_samples(lang)[:40]]
+    texts += [
+        "Ein kurzer Absatz auf Deutsch, der allein steht.",
+        "\n\n \t\r Ein kurzer Absatz auf Deutsch, der allein steht.\n\n",
+        "\u00a0\n\nNoch ein kurzer Absatz, auch allein.",
+        "Same paragraph twice.\n\nSame paragraph twice.\n\nEin anderer Absatz.",
+    ]
+    expected = [every_text(t) for t in texts]
+    sent, real = [], lang_module._predict_lines
+    monkeypatch.setattr(
+        lang_module, "_predict_lines", lambda f, ls, k: sent.extend(ls) or real(f, ls, k)
+    )
+    tagger = LangTagger(LangTaggerConfig())
+    assert [tagger({"id": str(i), "text": t}) for i, t in enumerate(texts)] == expected
+    every = sum(1 + len(paragraph_spans(t)) for t in texts)
+    assert len(sent) < 0.9 * every  # the shortcuts apply
+    assert sent.count(texts[-4] + "\n") == 1  # the one-paragraph document: predicted once
+    tagger.MEMO_CHARS = 1000  # a memo that starts again every few documents: the same attributes
+    assert [tagger({"id": str(i), "text": t}) for i, t in enumerate(texts)] == expected
+
+
 SAMPLE_LANGS = ["en", "de", "fr", "es", "it", "nl", "pl", "pt", "ru", "sv", "uk", "ja", "zh_CN"]
 # special cases without an apostrophe, abbreviations, emoticons, affixes on both sides, units,
 # URLs, hyphens, non-Latin scripts: chunks where a shortcut past spaCy would most likely go wrong
