@@ -151,7 +151,7 @@ class DocView:
     @cached_property
     def chunk_cids(self) -> np.ndarray:
         """Ids of the whitespace chunks in the spaCy word memo (unseen chunks tokenised)."""
-        return self.vocab.chunk_index(self.chunks)
+        return self.vocab.index_text(self.text)  # aligned with self.chunks (text.split())
 
     @cached_property
     def spacy_ids(self) -> np.ndarray:

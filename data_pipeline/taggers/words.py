@@ -23,8 +23,6 @@ operations and the n-gram statistics compiled loops over ids (kernels.py).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from itertools import repeat
 
 try:  # the stdlib's regex parser: which characters an affix can start or end with, read off
     from re import _constants as _C  # spaCy's own compiled patterns (Python 3.11+ names)
@@ -35,8 +33,9 @@ except ImportError:  # Python 3.10
 
 import numpy as np
 
-from .affixes import Tables, build_tables, split_chunks
-from .kernels import code_points, line_sentence_starts, token_hashes
+from .affixes import Tables, build_tables
+from .chunk_memo import MemoState, add_chunks, char_flags, index_chunks
+from .kernels import code_points, line_sentence_starts
 from .punctuation import PUNCTUATION_SET, TERMINAL_PUNCTUATION
 
 # spaCy is the reference's tokenizer; importing it costs ~1 s, so it loads on first use (taggers
@@ -46,11 +45,13 @@ IDX = LENGTH = IS_PUNCT = 0  # spacy.attrs ids, set with _NLP
 _FAST: FastSplit | None = None
 _TABLES: Tables | None = None  # spaCy's affix patterns compiled (affixes.py); None: FastSplit only
 _SENT_CHARS: frozenset[str] = frozenset()  # spaCy Sentencizer.default_punct_chars
+# what the compiled memo reads (chunk_memo.py): the walk's tables, per code point flags, the stop
+# words and the characters a URL needs, as arrays; set with _NLP
+_MEMO_ARGS: tuple = ()
 
 # datatrove/utils/text.py:13-181: PUNCTUATION_SET = PUNCTUATION | TERMINAL_PUNCTUATION
 _PUNCT_SET: frozenset[str] | None = None
 _TERMINAL: tuple[str, ...] | None = None
-_PUNCT_CHARS = "".join(sorted(PUNCTUATION_SET))
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
 
 # Bound on the memo (distinct chunks). Past it the memo and the ids start afresh between two
@@ -60,9 +61,11 @@ MAX_CHUNKS = 1_000_000
 
 def _spacy():
     global _NLP, _PUNCT_SET, _TERMINAL, IDX, LENGTH, IS_PUNCT, _FAST, _SENT_CHARS, _TABLES
+    global _MEMO_ARGS
     if _NLP is None:
         import spacy  # heavy optional import (see above)
         from spacy import attrs
+        from spacy.lang.lex_attrs import is_punct
         from spacy.pipeline.sentencizer import Sentencizer
 
         _NLP = spacy.blank("en")
@@ -73,7 +76,35 @@ def _spacy():
         _FAST = FastSplit(_NLP, IS_PUNCT)
         _TABLES = build_tables(_NLP)
         _SENT_CHARS = frozenset(Sentencizer.default_punct_chars)
+        # the memo computes IS_PUNCT and the sentencizer flag per code point: spaCy's own rules
+        if _NLP.vocab.lex_attr_getters[IS_PUNCT] is not is_punct or any(
+            len(c) != 1 for c in _SENT_CHARS
+        ):
+            raise RuntimeError(
+                "this spaCy's IS_PUNCT getter or Sentencizer punctuation differs from the one the "
+                "word memo reproduces (spacy/lang/lex_attrs.py is_punct, single characters)"
+            )
+        t = _TABLES
+        walk = (t.ints, t.bits, t.gate, t.rules) if t is not None else _NO_WALK
+        stop = sorted(STOP_WORDS)
+        _MEMO_ARGS = (
+            walk,
+            t is not None,
+            char_flags(PUNCTUATION_SET, _SENT_CHARS),
+            code_points("".join(stop)).copy(),
+            np.cumsum([0] + [len(w) for w in stop], dtype=np.int64),
+            np.array(sorted(map(ord, t.url_needs if t is not None else ())), dtype=np.uint32),
+        )
     return _NLP
+
+
+# typed placeholders where spaCy's patterns are not compiled (every unseen chunk goes to Python)
+_NO_WALK = (
+    np.zeros(16, np.int64),
+    np.zeros((1, 1), np.bool_),
+    np.zeros((3, 1), np.bool_),
+    np.zeros(0, np.uint64),
+)
 
 
 def punctuation_set() -> frozenset[str]:
@@ -84,57 +115,6 @@ def punctuation_set() -> frozenset[str]:
 def terminal_punctuation() -> tuple[str, ...]:
     _spacy()
     return _TERMINAL  # type: ignore[return-value]
-
-
-@dataclass
-class TokenTable:
-    """Growing per-id property arrays (ids are dense, 0..n-1)."""
-
-    length: np.ndarray
-    non_symbol: np.ndarray  # any character outside datatrove's PUNCTUATION_SET
-    alpha: np.ndarray  # any character with str.isalpha()
-    stop: np.ndarray  # one of Gopher's eight stop words (case-sensitive, as datatrove)
-    sent_punct: np.ndarray  # in spaCy Sentencizer.default_punct_chars
-    is_punct: np.ndarray  # spaCy's lexeme IS_PUNCT
-    # polynomial hash of the token's characters and base^length (mod 2^64): the hash of a
-    # concatenation folds from its parts (datatrove compares "".join(n-gram) strings)
-    chash: np.ndarray
-    cpow: np.ndarray
-    n: int = 0
-
-    @classmethod
-    def empty(cls, cap: int = 1 << 14) -> TokenTable:
-        z = lambda dt: np.zeros(cap, dtype=dt)  # noqa: E731
-        return cls(
-            z(np.int64),
-            z(np.bool_),
-            z(np.bool_),
-            z(np.bool_),
-            z(np.bool_),
-            z(np.bool_),
-            z(np.uint64),
-            z(np.uint64),
-        )
-
-    def grow(self, need: int) -> None:
-        cap = len(self.length)
-        if need <= cap:
-            return
-        new = max(need, 2 * cap)
-        for name in (
-            "length",
-            "non_symbol",
-            "alpha",
-            "stop",
-            "sent_punct",
-            "is_punct",
-            "chash",
-            "cpow",
-        ):
-            a = getattr(self, name)
-            b = np.zeros(new, dtype=a.dtype)
-            b[: len(a)] = a
-            setattr(self, name, b)
 
 
 _REPEATS = tuple(
@@ -422,145 +402,124 @@ class FastSplit:
 
 
 class ChunkVocab:
-    """Memo of whitespace chunk -> spaCy token ids, and token string -> id with properties.
+    """Memo of whitespace chunk -> spaCy token ids, token id -> properties and string.
 
-    A chunk's tokens are a slice of one flat id array (`_flat[_start[k] : _start[k] + _count[k]]`
-    for chunk id k), so the words of a document are one numpy gather over its chunk ids."""
+    The tables are compiled (chunk_memo.py): a document's chunks are looked up, and the unseen
+    ones the affix walk settles are tokenised and stored, in one call; the rest (FastSplit, then
+    one spaCy call) are stored after. A chunk's tokens are a slice of one flat id array
+    (`_flat[_start[k] : _start[k] + _count[k]]` for chunk id k), so the words of a document are
+    one numpy gather over its chunk ids; `table` holds the per-token property arrays."""
 
     def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
-        self.chunk_ids: dict[str, int] = {}
-        self._start = np.zeros(1 << 14, dtype=np.int64)
-        self._count = np.zeros(1 << 14, dtype=np.int64)
-        self._flat = np.zeros(1 << 15, dtype=np.int64)
-        self._n_flat = 0
-        self.ids: dict[str, int] = {}
-        self.strings: list[str] = []  # id -> token
-        self.table = TokenTable.empty()
+        self.state = MemoState.empty()
+        self._strings: list[str] = []
 
-    def _add_tokens(self, toks: list[str], punct: list[bool]) -> None:
-        """Give the new token strings ids and their properties, all at once."""
-        i0 = len(self.strings)
-        for k, tok in enumerate(toks):
-            self.ids[tok] = i0 + k
-        self.strings.extend(toks)
-        t = self.table
-        n = i0 + len(toks)
-        t.grow(n)
-        sl = slice(i0, n)
-        t.length[sl] = np.fromiter(map(len, toks), dtype=np.int64, count=len(toks))
-        # a character outside the set survives str.strip(set): "any character not punctuation"
-        chars = _PUNCT_CHARS
-        t.non_symbol[sl] = [bool(tok.strip(chars)) for tok in toks]
-        t.alpha[sl] = [tok.isalpha() or any(map(str.isalpha, tok)) for tok in toks]
-        t.stop[sl] = [tok in STOP_WORDS for tok in toks]
-        sent = _SENT_CHARS
-        t.sent_punct[sl] = [tok in sent for tok in toks]
-        t.is_punct[sl] = punct
-        cps = code_points("".join(toks))
-        lens = t.length[sl]
-        token_hashes(cps, lens, t.chash[sl], t.cpow[sl])
-        t.n = n
+    @property
+    def table(self) -> MemoState:
+        return self.state
 
-    def _store(
-        self, tokens: list[str], counts: list[int], chunks: list[str], spacy_punct: dict
-    ) -> None:
-        """Ids for new chunks whose tokens are `tokens`, `counts[k]` for chunks[k], one after the
-        other (new token strings get ids first). IS_PUNCT: as spaCy's doc said for the tokens it
-        made, else spaCy's lexeme attribute function."""
-        ids = self.ids
-        new = [t for t in dict.fromkeys(tokens) if t not in ids]
-        if new:
-            is_punct = _FAST.is_punct  # type: ignore[union-attr]
-            # IS_PUNCT needs every character in category P: a letter or digit first says False
-            flags = [
-                spacy_punct[t] if t in spacy_punct else (not t[0].isalnum() and bool(is_punct(t)))
-                for t in new
-            ]
-            self._add_tokens(new, flags)
-        k0 = len(self.chunk_ids)
-        m = len(chunks)
-        if k0 + m > len(self._start):
-            size = max(k0 + m, 2 * len(self._start))
-            self._start = np.resize(self._start, size)
-            self._count = np.resize(self._count, size)
-        flat = list(map(ids.__getitem__, tokens))
-        n = np.array(counts, dtype=np.int64)
-        f0 = self._n_flat
-        if f0 + len(flat) > len(self._flat):
-            self._flat = np.resize(self._flat, max(f0 + len(flat), 2 * len(self._flat)))
-        self._flat[f0 : f0 + len(flat)] = flat
-        self._n_flat = f0 + len(flat)
-        self._count[k0 : k0 + m] = n
-        self._start[k0 : k0 + m] = f0 + np.cumsum(n) - n
-        self.chunk_ids.update(zip(chunks, range(k0, k0 + m)))
+    @property
+    def _start(self) -> np.ndarray:
+        return self.state.start
 
-    def _fill(self, missing: list[str]) -> None:
-        """Tokenise the unseen chunks of one document: the compiled affix walk (affixes.py) settles
-        most in one call, FastSplit those it leaves (infix splits of URLs, possible special cases),
-        the rest go to a single spaCy call (chunks joined by one space, which spaCy consumes as
-        the previous token's trailing space), read back as arrays (offsets, lengths, IS_PUNCT).
-        Chunk ids follow the order they are stored in (settled ones first)."""
+    @property
+    def _count(self) -> np.ndarray:
+        return self.state.count
+
+    @property
+    def _flat(self) -> np.ndarray:
+        return self.state.flat
+
+    @property
+    def n_chunks(self) -> int:
+        return int(self.state.n[0])
+
+    @property
+    def strings(self) -> list[str]:
+        """id -> token string, decoded from the stored code points on demand."""
+        st, have = self.state, len(self._strings)
+        n = int(st.n[1])
+        if have < n:
+            at, ln = st.tok_at[have:n], st.length[have:n]
+            pos = np.repeat(at - (np.cumsum(ln) - ln), ln) + np.arange(int(ln.sum()))
+            text = st.ccp[pos].tobytes().decode("utf-32-le", "surrogatepass")
+            ends = np.cumsum(ln).tolist()
+            self._strings += [text[a:b] for a, b in zip([0, *ends[:-1]], ends)]
+        return self._strings
+
+    def index_text(self, text: str) -> np.ndarray:
+        """Chunk ids of text.split(), tokenising the unseen chunks first."""
         nlp = _spacy()
-        fast = _FAST
-        if _TABLES is not None:
-            tokens, counts, settled = split_chunks(_TABLES, missing, fast.url)  # type: ignore[union-attr]
-            done = [c for c, ok in zip(missing, settled) if ok]
-            counts = [n for n in counts if n]
-            left = [c for c, ok in zip(missing, settled) if not ok]
-        else:
-            tokens, counts, done, left = [], [], [], missing
-        rest = []
-        for c in left:
-            toks = fast.split(c)  # type: ignore[union-attr]
-            if toks is None:
-                rest.append(c)
-            else:
-                done.append(c)
-                tokens.extend(toks)
-                counts.append(len(toks))
-        punct: dict[str, bool] = {}
+        cp = code_points(text)
+        st = self.state
+        st.reserve(len(cp), len(cp))
+        walk, on, flags, stop_cp, stop_off, url_need = _MEMO_ARGS
+        cids, spans = index_chunks(cp, st.as_tuple(), walk, on, flags, stop_cp, stop_off, url_need)
+        unseen = np.flatnonzero(cids < 0).tolist()
+        if unseen:
+            chunks = [text[a:b] for a, b in spans[unseen].tolist()]
+            ids = self._tokenise(nlp, list(dict.fromkeys(chunks)))
+            cids[unseen] = [ids[c] for c in chunks]
+        return cids
+
+    def _tokenise(self, nlp, chunks: list[str]) -> dict[str, int]:
+        """Store chunks the compiled walk left: FastSplit's tokens, else one spaCy call over all
+        (chunks joined by one space, which spaCy consumes as the previous token's trailing space,
+        read back as arrays of offsets and lengths). Their ids."""
+        settled = [_FAST.split(c) for c in chunks]  # type: ignore[union-attr]
+        rest = [c for c, toks in zip(chunks, settled) if toks is None]
         if rest:
             joined = " ".join(rest)
-            doc = nlp.tokenizer(joined)
-            arr = doc.to_array([IDX, LENGTH, IS_PUNCT])
+            arr = nlp.tokenizer(joined).to_array([IDX, LENGTH])
             lens = np.fromiter(map(len, rest), dtype=np.int64, count=len(rest))
             ends = np.cumsum(lens + 1) - 1  # end offset of each chunk in `joined`
             owner = np.searchsorted(ends, arr[:, 0], side="right").tolist()
             per: list[list[str]] = [[] for _ in rest]
-            for (idx, n, p), k in zip(arr.tolist(), owner):
+            for (idx, n), k in zip(arr.tolist(), owner):
                 tok = joined[idx : idx + n].strip()
                 if tok:  # datatrove's strip_strings drops whitespace tokens
                     per[k].append(tok)
-                    punct[tok] = bool(p)
-            for c, toks in zip(rest, per):
-                done.append(c)
-                tokens.extend(toks)
-                counts.append(len(toks))
-        self._store(tokens, counts, done, punct)
+            it = iter(per)
+            settled = [tuple(next(it)) if toks is None else toks for toks in settled]
+        for c, toks in zip(chunks, settled):
+            if "".join(toks) != c:  # type: ignore[arg-type]
+                raise RuntimeError(f"spaCy's tokens of {c!r} do not spell it: {toks}")
+        tokens = [t for toks in settled for t in toks]  # type: ignore[union-attr]
+        st = self.state
+        st.reserve(len(chunks), sum(map(len, chunks)))
+        _, _, flags, stop_cp, stop_off, _ = _MEMO_ARGS
+        ids = add_chunks(
+            code_points("".join(chunks)),
+            np.fromiter(map(len, chunks), dtype=np.int64, count=len(chunks)),
+            np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens)),
+            np.fromiter(map(len, settled), dtype=np.int64, count=len(chunks)),  # type: ignore[arg-type]
+            st.as_tuple(),
+            flags,
+            stop_cp,
+            stop_off,
+        )
+        return dict(zip(chunks, ids.tolist()))
 
     def chunk_index(self, chunks: list[str]) -> np.ndarray:
-        """Chunk ids of `chunks`, tokenising the unseen ones first."""
-        ids = self.chunk_ids
-        cids = np.fromiter(map(ids.get, chunks, repeat(-1)), dtype=np.int64, count=len(chunks))
-        unseen = np.flatnonzero(cids < 0).tolist()
-        if unseen:  # look up again only where the memo had nothing
-            self._fill(list(dict.fromkeys([chunks[i] for i in unseen])))
-            cids[unseen] = [ids[chunks[i]] for i in unseen]
+        """Chunk ids of `chunks` (whitespace-free strings), tokenising the unseen ones first."""
+        cids = self.index_text(" ".join(chunks))
+        if len(cids) != len(chunks):
+            raise ValueError("chunk_index takes whitespace-free chunks (text.split())")
         return cids
 
     def gather(self, cids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(token ids, tokens per chunk) of a chunk id sequence."""
-        counts = self._count[cids]
+        st = self.state
+        counts = st.count[cids]
         total = int(counts.sum())
         if total == 0:
             return np.zeros(0, dtype=np.int64), counts
-        starts = self._start[cids]
         offsets = np.cumsum(counts) - counts
-        pos = np.repeat(starts - offsets, counts) + np.arange(total, dtype=np.int64)
-        return self._flat[pos], counts
+        pos = np.repeat(st.start[cids] - offsets, counts) + np.arange(total, dtype=np.int64)
+        return st.flat[pos], counts
 
     def words(self, chunks: list[str]) -> np.ndarray:
         """spaCy token ids of a text given its whitespace chunks (`text.split()`)."""
@@ -578,16 +537,16 @@ class ChunkVocab:
         """How many spaCy tokens the chunks make."""
         if not chunks:
             return 0
-        return int(self._count[self.chunk_index(chunks)].sum())
+        return int(self.state.count[self.chunk_index(chunks)].sum())
 
     def chunk_tokens(self, chunk: str) -> np.ndarray:
-        """Token ids of one chunk already in the memo."""
-        k = self.chunk_ids[chunk]
-        s = self._start[k]
-        return self._flat[s : s + self._count[k]]
+        """Token ids of one chunk."""
+        k = int(self.chunk_index([chunk])[0])
+        s = self.state.start[k]
+        return self.state.flat[s : s + self.state.count[k]]
 
     def maybe_reset(self) -> None:
-        if len(self.chunk_ids) > MAX_CHUNKS:
+        if self.n_chunks > MAX_CHUNKS:
             self.reset()
 
 
