@@ -348,40 +348,66 @@ def _hashed_ngram_fracs(wh, wl, top, dup, char_count):
     most common 2/3/4-gram characters times count over all word characters (ties: the n-gram seen
     first, as Counter.most_common); for n >= 5, characters of the n-grams occurring more than once
     (every occurrence) over the characters of all n-grams. Entries stay -1 where the document has
-    no n-gram of that size (dolma then writes no attribute). The n-gram hash at i folds in words
-    i..i+n-1 one after the other, so each n extends the (n-1)-gram's state by one word, as do
-    the characters."""
-    g = np.full(len(wh), np.uint64(0xCBF29CE484222325))
-    chars = np.zeros(len(wh), dtype=np.int64)
-    for i in range(len(wh)):
+    no n-gram of that size (dolma then writes no attribute).
+
+    An n-gram that repeats is made of two (n-1)-grams that repeat (at i and at i + 1), so only
+    those positions are counted for n (every occurrence of a repeated n-gram is one of them); an
+    n-gram elsewhere occurs once. The n-gram hash at i folds in words i..i+n-1 one after the
+    other, so each n extends the (n-1)-gram's state at i by one word."""
+    m1 = len(wh)
+    if m1 < 2:
+        return
+    prefix = np.zeros(m1 + 1, dtype=np.int64)  # characters of words i..j-1: prefix[j] - prefix[i]
+    for i in range(m1):
+        prefix[i + 1] = prefix[i] + wl[i]
+    g = np.full(m1, np.uint64(0xCBF29CE484222325))
+    h = np.empty(m1, dtype=np.uint64)
+    for i in range(m1):
         g[i] = (g[i] ^ wh[i]) * np.uint64(0x100000001B3)
         g[i] ^= g[i] >> np.uint64(29)
-        chars[i] = wl[i]
+        h[i] = _finish(wh[i])
+    cnt, first, slot = _counts(h)
+    rep = np.zeros(m1 + 1, dtype=np.bool_)  # the (n-1)-gram at i occurs more than once
+    for i in range(m1):
+        rep[i] = cnt[slot[i]] > 1
+    pos = np.arange(m1)
     for n in range(2, 11):
-        m = len(wh) - n + 1
+        m = m1 - n + 1
         if m <= 0:
             break
-        h = np.empty(m, dtype=np.uint64)
-        for i in range(m):  # positions i + n - 1 < len(wh): g[:m] stays the n-grams
+        k = 0
+        for j in range(len(pos)):
+            i = pos[j]
+            if i < m and rep[i] and rep[i + 1]:
+                pos[k] = i
+                k += 1
+        pos = pos[:k]
+        for j in range(k):
+            i = pos[j]
             x = (g[i] ^ wh[i + n - 1]) * np.uint64(0x100000001B3)
             x ^= x >> np.uint64(29)
             g[i] = x
-            chars[i] += wl[i + n - 1]
-            h[i] = _finish(x)
-        cnt, first, slot = _counts(h)
+            h[j] = _finish(x)
+        cnt, first, slot = _counts(h[:k])
+        rep[:] = False
+        for j in range(k):
+            rep[pos[j]] = cnt[slot[j]] > 1
         if n <= 4:
-            best_c, best_i = 0, 0
-            for i in range(m):
-                c = cnt[slot[i]]
-                if first[slot[i]] == i and c > best_c:  # ties keep the first (most_common)
-                    best_c, best_i = c, i
-            top[n] = best_c * chars[best_i] / max(char_count, 1)
+            best_c, best_i = 1, 0  # every n-gram once: the first
+            for j in range(k):
+                c = cnt[slot[j]]
+                if first[slot[j]] == j and c > best_c:  # first occurrences in order
+                    best_c, best_i = c, pos[j]
+            chars = prefix[best_i + n] - prefix[best_i]
+            top[n] = best_c * chars / max(char_count, 1)
         else:
-            d, tot = 0, 0
+            d = 0
+            for j in range(k):
+                if cnt[slot[j]] > 1:
+                    d += prefix[pos[j] + n] - prefix[pos[j]]
+            tot = 0  # characters of all n-grams: word i counted once per n-gram holding it
             for i in range(m):
-                tot += chars[i]
-                if cnt[slot[i]] > 1:
-                    d += chars[i]
+                tot += prefix[i + n] - prefix[i]
             dup[n] = d / max(tot, 1)
 
 
