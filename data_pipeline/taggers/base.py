@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..config import TaggersConfig
+from .kernels import code_points, space_table, splitlines_words
 from .words import ChunkVocab
 
 Spans = list[list]
@@ -155,9 +156,21 @@ class DocView:
 
     @cached_property
     def spacy_ids(self) -> np.ndarray:
-        if not self.chunks:
+        cids = self.chunk_cids
+        if not len(cids):
             return np.zeros(0, dtype=np.int64)
-        return self.vocab.gather(self.chunk_cids)[0]
+        return self.vocab.gather(cids)[0]
+
+    @cached_property
+    def cps(self) -> np.ndarray:
+        """The text as UTF-32 code points (what the compiled kernels read)."""
+        return code_points(self.text)
+
+    @cached_property
+    def lines(self) -> tuple[np.ndarray, ...]:
+        """str.splitlines()'s lines as kernels.splitlines_words gives them: (offsets [line, start
+        end stripped-start stripped-end], words, longest word, holds "{", gap token per word)."""
+        return splitlines_words(self.cps, space_table())
 
     @cached_property
     def chunk_ids(self) -> np.ndarray:

@@ -1,6 +1,12 @@
-"""The word memo's compiled half: whitespace chunk -> spaCy token ids, in numba hash tables.
+"""The compiled half of spaCy's words: the affix walk's kernel and the word memo's hash tables.
 
-A document's chunks are found, hashed and looked up in one compiled pass over its code points;
+The walk: affixes.py reads spaCy's prefix, suffix and infix patterns into fixed-width programs
+packed in `Tables`; `_walk` runs them on one chunk (`split_chunks` on a list of chunks).
+All numba code that calls into the walk lives in this file: numba's on-disk cache is keyed on
+the file of each function only, so a kernel calling a jitted function of another module would
+keep a stale copy of it after that module changes.
+
+The memo: whitespace chunk -> spaCy token ids. A document's chunks are found, hashed and looked up in one compiled pass over its code points;
 an unseen chunk goes through the compiled affix walk (affixes.py) and its tokens are interned
 (token -> id, with the per-token properties the quality statistics read) in the same pass, so
 Python sees only the chunks the walk leaves (about 1%: possible special cases, URLs). Keys are
@@ -20,10 +26,344 @@ from dataclasses import dataclass, fields
 import numba
 import numpy as np
 
-from .affixes import _walk  # the compiled affix walk (same tables as split_chunks)
+# classes as a bitmap below this code point (Latin to CJK punctuation), ranges above
+_SMALL = 0x3100
+_BASE = 0x100000001B3  # polynomial hash base (mod 2^64), as kernels.token_hashes
 
-_BASE = 0x100000001B3  # polynomial hash base (mod 2^64), as kernels.token_hashes and affixes
 
+@dataclass
+class Tables:
+    """The programs of the three patterns, packed for the kernel: numba passes every array
+    argument with a reference count update (~11 ns each, measured), so the integer tables are one
+    array `ints` whose header holds where each part starts (see _H_* below)."""
+
+    ints: np.ndarray  # int64: header, then the parts
+    bits: np.ndarray  # [class, code point < _SMALL] membership
+    gate: np.ndarray  # [3, 0x110000] bool: can start (prefix, infix) / end (suffix) a match
+    rules: np.ndarray  # sorted hashes of tokenizer.rules keys
+    url_needs: frozenset[str]  # characters every url_match match contains
+
+
+# ints header: where each part starts. Parts: class k's ranges are (lo, hi) pairs
+# RANGES[2 * CLS_OFF[k] :: 2] up to CLS_OFF[k + 1]; program r is the row
+# PROG[_ROW * r :] = width, run class (-1: none), run min, first of its classes in SEQ, its
+# checks CHK[c0:c1) as (offset, class) pairs, its forbid groups GRP[g0:g1) as CHK ranges;
+# STARTS[2 * kind] = first program of the kind, number of programs; a match starting (prefix,
+# infix) or ending (suffix) with c < _SMALL can only come from the programs
+# CAND[CAND_OFF[kind * (_SMALL + 1) + c] : ... + c + 1]
+_H_CLS_OFF, _H_RANGES, _H_PROG, _H_SEQ, _H_CHK, _H_GRP, _H_STARTS, _H_CAND_OFF, _H_CAND = range(9)
+_H_N_RULES = 9  # rules holds every key's hash (sorted), then those of keys whose rule is not
+# the key itself as one token (sorted): only those can change a single token the walk made
+_HEADER = 10
+_ROW = 8
+
+
+# ---------------------------------------------------------------- the kernel
+# Helpers take the packed arrays (I: Tables.ints, bits, gate) and scalars: few array arguments
+# per call (see Tables).
+
+
+@numba.njit(cache=True)
+def _in_big(I, k, c):
+    """Whether code point c >= _SMALL is in class k: binary search over its sorted ranges."""
+    rng = I[_H_RANGES]
+    a, b = I[I[_H_CLS_OFF] + k], I[I[_H_CLS_OFF] + k + 1]
+    while a < b:
+        m = (a + b) // 2
+        if I[rng + 2 * m + 1] < c:
+            a = m + 1
+        elif I[rng + 2 * m] > c:
+            b = m
+        else:
+            return True
+    return False
+
+
+@numba.njit(cache=True)
+def _match(I, bits, cp, lo, hi, p, r):
+    """End of program r's match starting at p inside cp[lo:hi], or -1."""
+    row = I[_H_PROG] + _ROW * r
+    w, run, run_min = I[row], I[row + 1], I[row + 2]
+    if p + w > hi:
+        return -1
+    seq = I[_H_SEQ] + I[row + 3]
+    for k in range(w):
+        cls, c = I[seq + k], cp[p + k]
+        if not (bits[cls, c] if c < _SMALL else _in_big(I, cls, c)):
+            return -1
+    chk = I[_H_CHK]
+    for j in range(I[row + 4], I[row + 5]):  # lookarounds that must hold
+        q, cls = p + I[chk + 2 * j], I[chk + 2 * j + 1]
+        if q < lo or q >= hi:
+            return -1
+        c = cp[q]
+        if not (bits[cls, c] if c < _SMALL else _in_big(I, cls, c)):
+            return -1
+    grp = I[_H_GRP]
+    for g in range(I[row + 6], I[row + 7]):  # negative lookarounds: none may hold
+        hit = True
+        for j in range(I[grp + 2 * g], I[grp + 2 * g + 1]):
+            q, cls = p + I[chk + 2 * j], I[chk + 2 * j + 1]
+            if q < lo or q >= hi:
+                hit = False
+                break
+            c = cp[q]
+            if not (bits[cls, c] if c < _SMALL else _in_big(I, cls, c)):
+                hit = False
+                break
+        if hit:
+            return -1
+    e = p + w
+    if run >= 0:
+        n = 0
+        while e < hi and (bits[run, cp[e]] if cp[e] < _SMALL else _in_big(I, run, cp[e])):
+            e += 1
+            n += 1
+        if n < run_min:
+            return -1
+    return e
+
+
+@numba.njit(cache=True)
+def _cands(I, kind, c):
+    """Candidate range for a match with edge character c: into CAND below _SMALL (then
+    `_prog_at` reads the program id there), else every program of the kind."""
+    if c < _SMALL:
+        at = I[_H_CAND_OFF] + kind * (_SMALL + 1) + c
+        return I[at], I[at + 1]
+    first = I[I[_H_STARTS] + 2 * kind]
+    return first, first + I[I[_H_STARTS] + 2 * kind + 1]
+
+
+@numba.njit(cache=True)
+def _prefix_len(I, bits, gate, cp, lo, hi):
+    """find_prefix: the first alternative (in order) matching at the start."""
+    if lo >= hi or not gate[0, cp[lo]]:
+        return 0
+    c = cp[lo]
+    a, b = _cands(I, 0, c)
+    for i in range(a, b):
+        e = _match(I, bits, cp, lo, hi, lo, I[I[_H_CAND] + i] if c < _SMALL else i)
+        if e >= 0:
+            return e - lo
+    return 0
+
+
+@numba.njit(cache=True)
+def _suffix_len(I, bits, gate, cp, lo, hi):
+    """find_suffix: the leftmost-starting match ending at the end."""
+    if lo >= hi or not gate[1, cp[hi - 1]]:
+        return 0
+    c = cp[hi - 1]
+    best = hi
+    a, b = _cands(I, 1, c)
+    for i in range(a, b):
+        r = I[I[_H_CAND] + i] if c < _SMALL else i
+        row = I[_H_PROG] + _ROW * r
+        w = I[row]
+        if I[row + 1] < 0:
+            p = hi - w
+            if lo <= p < best and _match(I, bits, cp, lo, hi, p, r) == hi:
+                best = p
+        else:  # a run: the leftmost start whose greedy run reaches the end
+            p = lo
+            while p + w + I[row + 2] <= hi and p < best:
+                if _match(I, bits, cp, lo, hi, p, r) == hi:
+                    best = p
+                    break
+                p += 1
+    return hi - best
+
+
+@numba.njit(cache=True)
+def _infix_split(I, bits, gate, cp, lo, hi, ends, t):
+    """_attach_tokens' infix split of cp[lo:hi] as finditer gives it: token ends (relative to
+    ends' chunk base, as ends[t:] holds them) written from ends[t]; returns the new token count. A
+    match at the very start is consumed and skipped (spaCy's start_before_infixes); the scan
+    resumes at each match's end (no program matches the empty string)."""
+    base = ends[0]  # caller's chunk start
+    start, p = lo, lo
+    while p < hi:
+        c = cp[p]
+        e = -1
+        if gate[2, c]:
+            a, b = _cands(I, 2, c)
+            for i in range(a, b):
+                e = _match(I, bits, cp, lo, hi, p, I[I[_H_CAND] + i] if c < _SMALL else i)
+                if e >= 0:
+                    break
+        if e < 0:
+            p += 1
+            continue
+        if p != lo:
+            if p != start:
+                ends[t] = p - base
+                t += 1
+            ends[t] = e - base
+            t += 1
+            start = e
+        p = e
+    if start < hi:
+        ends[t] = hi - base
+        t += 1
+    return t
+
+
+@numba.njit(cache=True)
+def _in_rules(rules, lo, hi, hsh, pw, a, b):
+    """Whether the chunk's characters [a, b) hash to a key among rules[lo:hi] (sorted)."""
+    h = hsh[b] - hsh[a] * pw[b - a]
+    i = lo + np.searchsorted(rules[lo:hi], h)
+    return i < hi and rules[i] == h
+
+
+@numba.njit(cache=True)
+def _matcher_hit(rules, n_all, hsh, pw, toks, t):
+    """spaCy's special-case matcher could change tokens toks[1 : t + 1] (their end offsets,
+    toks[0] the chunk start 0): some run of two or more of them spells a rule key, or a single
+    one (of two or more characters) a key whose rule is not that token itself."""
+    for i in range(t if t > 1 else 0):
+        for j in range(i, t):
+            s_i, e_j = toks[i], toks[j + 1]
+            if j > i:
+                if _in_rules(rules, 0, n_all, hsh, pw, s_i, e_j):
+                    return True
+            elif e_j - s_i > 1 and _in_rules(rules, n_all, len(rules), hsh, pw, s_i, e_j):
+                return True
+    return False
+
+
+@numba.njit(cache=True)
+def _walk(I, bits, gate, rules, cp, c0, c1, hsh, pw, bounds, toks, url_toks):
+    """_split_affixes then _attach_tokens on chunk cp[c0:c1]. Returns the number of tokens t (their
+    end offsets in toks[1 : t + 1], toks[0] = 0) and, where the middle has an infix split, the
+    middle's bounds (else -1, -1): spaCy keeps the middle whole if url_match takes it, which the
+    caller decides. -1 tokens: a special case could take part. `bounds` is scratch (prefix ends
+    from the front, suffix starts from the back), `url_toks` the tokens with the middle whole."""
+    n_all = I[_H_N_RULES]
+    a, b, last = c0, c1, -1
+    n_pre, n_suf = 0, 0
+    while b > a and b - a != last:
+        if _in_rules(rules, 0, n_all, hsh, pw, a - c0, b - c0):
+            return -1, -1, -1
+        last = b - a
+        pre = _prefix_len(I, bits, gate, cp, a, b)
+        if pre and _in_rules(rules, 0, n_all, hsh, pw, a + pre - c0, b - c0):
+            return -1, -1, -1
+        suf = _suffix_len(I, bits, gate, cp, a + pre, b)
+        if suf and _in_rules(rules, 0, n_all, hsh, pw, a - c0, b - suf - c0):
+            return -1, -1, -1
+        if pre:
+            a += pre
+            bounds[n_pre] = a
+            n_pre += 1
+        if suf:  # computed on what follows the prefix, so both always fit
+            b -= suf
+            n_suf += 1
+            bounds[len(bounds) - n_suf] = b
+    if b > a and _in_rules(rules, 0, n_all, hsh, pw, a - c0, b - c0):
+        return -1, -1, -1
+    # tokens (offsets from c0): the prefixes, the middle (cut at its infixes), the suffixes
+    # innermost first; suffix j (0: outermost) ends where suffix j - 1 starts
+    toks[0] = c0  # _infix_split reads the base here
+    t = 1
+    for j in range(n_pre):
+        toks[t] = bounds[j] - c0
+        t += 1
+    t_mid = t
+    if b > a:
+        t = _infix_split(I, bits, gate, cp, a, b, toks, t)
+    split = t - t_mid > 1
+    for j in range(n_suf - 1, -1, -1):
+        toks[t] = (bounds[len(bounds) - j] if j > 0 else c1) - c0
+        t += 1
+    toks[0] = 0
+    t -= 1
+    if _matcher_hit(rules, n_all, hsh, pw, toks, t):
+        return -1, -1, -1
+    if not split:
+        return t, -1, -1
+    u = 0  # the same with the middle whole (url_match), checked by the matcher too
+    for j in range(t_mid):
+        url_toks[u] = toks[j]
+        u += 1
+    url_toks[u] = b - c0
+    u += 1
+    for j in range(t + 1):
+        if toks[j] > b - c0:
+            url_toks[u] = toks[j]
+            u += 1
+    if _matcher_hit(rules, n_all, hsh, pw, url_toks, u - 1):
+        return -1, -1, -1
+    return t, a - c0, b - c0
+
+
+@numba.njit(cache=True)
+def split_batch(I, bits, gate, rules, cp, offsets):
+    """Chunk k is cp[offsets[k]:offsets[k + 1]]. Returns tokens per chunk (-1: undecided), token
+    end offsets within the chunk (chunk k's at ends[offsets[k]:]) and, per chunk, the middle's
+    bounds where it has an infix split (-1 else; url_match keeps it whole)."""
+    n_chunks = len(offsets) - 1
+    ntok = np.full(n_chunks, -1, dtype=np.int64)
+    ends = np.zeros(len(cp), dtype=np.int64)
+    mid = np.full((n_chunks, 2), -1, dtype=np.int64)
+    base = np.uint64(_BASE)
+    longest = 0
+    for k in range(n_chunks):
+        longest = max(longest, offsets[k + 1] - offsets[k])
+    hsh = np.zeros(longest + 1, dtype=np.uint64)  # polynomial hashes of the chunk's prefixes
+    pw = np.ones(longest + 1, dtype=np.uint64)
+    for i in range(longest):
+        pw[i + 1] = pw[i] * base
+    bounds = np.zeros(2 * longest + 2, dtype=np.int64)
+    toks = np.zeros(longest + 2, dtype=np.int64)
+    url_toks = np.zeros(longest + 2, dtype=np.int64)
+    for k in range(n_chunks):
+        c0, c1 = offsets[k], offsets[k + 1]
+        for i in range(c1 - c0):
+            hsh[i + 1] = hsh[i] * base + np.uint64(cp[c0 + i])
+        t, m0, m1 = _walk(I, bits, gate, rules, cp, c0, c1, hsh, pw, bounds, toks, url_toks)
+        ntok[k] = t
+        for j in range(t if t > 0 else 0):
+            ends[c0 + j] = toks[j + 1]
+        mid[k, 0], mid[k, 1] = m0, m1
+    return ntok, ends, mid
+
+
+def split_chunks(
+    tables: Tables, chunks: list[str], url_match
+) -> tuple[list[str], list[int], list[bool]]:
+    """spaCy's tokens of the chunks the walk settles: (their tokens one after the other, tokens
+    per chunk, 0 for the others; whether chunk k is settled). `url_match` is the tokenizer's: a
+    middle with an infix split that it matches stays whole in spaCy, so that chunk is left to the
+    caller (rare: a URL with a hyphen)."""
+    joined = "".join(chunks)
+    cp = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    offsets = np.zeros(len(chunks) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, chunks), dtype=np.int64, count=len(chunks)), out=offsets[1:])
+    t = tables
+    ntok, ends, mid = split_batch(t.ints, t.bits, t.gate, t.rules, cp, offsets)
+    at = offsets[:-1]
+    need = t.url_needs
+    split_mids = np.flatnonzero(mid[:, 0] >= 0)
+    for k, a, b in zip(split_mids.tolist(), *(at[split_mids] + mid[split_mids].T).tolist()):
+        middle = joined[a:b]
+        if need.issubset(middle) and url_match(middle) is not None:
+            ntok[k] = -1
+    n = np.maximum(ntok, 0)
+    first = np.cumsum(n) - n  # each chunk's first token in the flat order
+    total = int(n.sum())
+    slot = np.repeat(at - first, n) + np.arange(total, dtype=np.int64)  # token i: ends[slot[i]]
+    tok_end = np.repeat(at, n) + ends[slot]
+    tok_start = np.empty(total, dtype=np.int64)
+    tok_start[1:] = tok_end[:-1]
+    has = n > 0
+    tok_start[first[has]] = at[has]
+    tokens = [joined[a:b] for a, b in zip(tok_start.tolist(), tok_end.tolist())]
+    return tokens, n.tolist(), has.tolist()
+
+
+# ---------------------------------------------------------------- the memo
 # per code point flags (char_flags): what the token properties read
 ALPHA, PUNCT_SET, CATEGORY_P, SENT_PUNCT, SPACE = 1, 2, 4, 8, 16
 

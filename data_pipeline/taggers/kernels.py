@@ -142,7 +142,8 @@ def warm_up() -> None:
     line_sentence_starts(ids, ws, np.full(2, 3, np.int64), ids, one, ids, flags, flags)
     h = np.zeros(3, dtype=np.uint64)
     token_hashes(code_points("abc"), lens, h, h.copy())
-    newline_line_stats(code_points("a b\n c"), space_table())
+    dolma_c4_lines(code_points("a b\n c"), space_table())
+    splitlines_words(code_points("a  b\r\n c{"), space_table())
     counts = np.zeros(10, dtype=np.int64)
     w = word_table(["b"])
     dolma_gopher_stats(code_points("a b\n c"), space_table(), alpha_table(), *w, counts, top, dup)
@@ -218,34 +219,77 @@ def space_table() -> np.ndarray:
 
 
 @numba.njit(cache=True)
-def newline_line_stats(cp, is_space):
-    """Per line of text.split("\\n") (code points `cp`): start offset, end offset with its newline,
-    the last character that is not whitespace (-1 if none) and the number of whitespace words."""
-    n_lines = 1
-    for c in cp:
-        if c == 10:
-            n_lines += 1
-    starts = np.zeros(n_lines, dtype=np.int64)
-    ends = np.zeros(n_lines, dtype=np.int64)
-    last = np.full(n_lines, -1, dtype=np.int64)
-    words = np.zeros(n_lines, dtype=np.int64)
-    line, in_word = 0, False
-    for i in range(len(cp)):
+def _is_line_break(c):
+    """str.splitlines() breaks: \n \r \v \f \x1c \x1d \x1e \x85 \u2028 \u2029 (\r\n is one)."""
+    return (10 <= c <= 13) or (28 <= c <= 30) or c == 0x85 or c == 0x2028 or c == 0x2029
+
+
+@numba.njit(cache=True)
+def splitlines_words(cp, is_space):
+    """Per line of str.splitlines(keepends=True) (code points `cp`): its start and end offsets (the
+    break included), the offsets of its stripped text, its number of whitespace words, its
+    longest word and whether it holds "{"; per whitespace word of the text (text.split()'s order),
+    whether the gap to the next word of the same line is anything but one space (spaCy makes a
+    whitespace token of such a gap)."""
+    n = len(cp)
+    n_lines, n_words, inside = 0, 0, False
+    i = 0
+    while i < n:  # count lines and words first
         c = cp[i]
-        if c == 10:
-            ends[line] = i + 1
+        if _is_line_break(c):
+            n_lines += 1
+            inside = False
+            i += 2 if c == 13 and i + 1 < n and cp[i + 1] == 10 else 1
+            continue
+        if is_space[c]:
+            inside = False
+        elif not inside:
+            n_words += 1
+            inside = True
+        i += 1
+    last_open = n > 0 and not _is_line_break(cp[n - 1])
+    n_lines += 1 if last_open else 0
+    line_at = np.zeros((n_lines, 4), dtype=np.int64)  # start, end, stripped start, stripped end
+    words = np.zeros(n_lines, dtype=np.int64)
+    longest = np.zeros(n_lines, dtype=np.int64)
+    curly = np.zeros(n_lines, dtype=np.bool_)
+    gap_token = np.zeros(n_words, dtype=np.bool_)
+    line, k, i = 0, -1, 0
+    inside, word_at, gap, gap_spaces = False, 0, 0, True
+    while i <= n:
+        c = cp[i] if i < n else 10
+        brk = i == n or _is_line_break(c)
+        if inside and (brk or is_space[c]):  # a word ends
+            longest[line] = max(longest[line], i - word_at)
+            line_at[line, 3] = i
+            inside, gap, gap_spaces = False, 0, True
+        if brk:
+            if i == n and not last_open:
+                break
+            end = i + (2 if c == 13 and i + 1 < n and cp[i + 1] == 10 else 1)
+            line_at[line, 1] = min(end, n)
+            if words[line] == 0:
+                line_at[line, 2] = line_at[line, 3] = line_at[line, 0]
             line += 1
-            starts[line] = i + 1
-            in_word = False
-        elif is_space[c]:
-            in_word = False
-        else:
-            last[line] = c
-            if not in_word:
-                words[line] += 1
-                in_word = True
-    ends[line] = len(cp)
-    return starts, ends, last, words
+            if line < n_lines:
+                line_at[line, 0] = end
+            i = end
+            continue
+        if is_space[c]:
+            gap += 1
+            gap_spaces &= c == 32
+        elif not inside:
+            k += 1
+            if words[line] == 0:
+                line_at[line, 2] = i
+            else:
+                gap_token[k - 1] = not (gap == 1 and gap_spaces)
+            words[line] += 1
+            inside, word_at = True, i
+        if c == 123:
+            curly[line] = True
+        i += 1
+    return line_at, words, longest, curly, gap_token
 
 
 # ---------------------------------------------------------------- dolma reading
@@ -708,3 +752,39 @@ def _phrase_at(text, p, k, flat, starts, spaces):
         if text[lo + j] != flat[a + j]:
             return False
     return True
+
+
+@numba.njit(cache=True)
+def dolma_c4_lines(cp, is_space):
+    """c4_v1's line spans (dolma/taggers/c4.py:50-62) over the lines of text.split("\\n"), each
+    with its newline: (line count, starts and ends of the lines whose last character other than
+    whitespace is not one of . ? ! ", starts and ends of the lines with fewer than 3 whitespace
+    words). line.lower().strip() ends with one of those four exactly when its last character
+    other than whitespace is one (lower() neither makes nor removes whitespace and keeps them)."""
+    n = len(cp)
+    punct_s = np.empty(n + 1, dtype=np.int64)
+    punct_e = np.empty(n + 1, dtype=np.int64)
+    few_s = np.empty(n + 1, dtype=np.int64)
+    few_e = np.empty(n + 1, dtype=np.int64)
+    lines, k1, k2 = 0, 0, 0
+    a, last, words, in_word = 0, -1, 0, False
+    for i in range(n + 1):
+        c = cp[i] if i < n else 10
+        if c == 10:
+            e = i + 1 if i < n else n
+            if not (last == 46 or last == 63 or last == 33 or last == 34):
+                punct_s[k1], punct_e[k1] = a, e
+                k1 += 1
+            if words < 3:
+                few_s[k2], few_e[k2] = a, e
+                k2 += 1
+            lines += 1
+            a, last, words, in_word = i + 1, -1, 0, False
+        elif is_space[c]:
+            in_word = False
+        else:
+            last = c
+            if not in_word:
+                words += 1
+                in_word = True
+    return lines, punct_s[:k1], punct_e[:k1], few_s[:k2], few_e[:k2]

@@ -31,8 +31,8 @@ from .kernels import (
     datatrove_dup_ngram_chars,
     datatrove_top_ngram_chars,
     dolma_c4_flags,
+    dolma_c4_lines,
     dolma_gopher_stats,
-    newline_line_stats,
     phrase_index,
     space_table,
     token_tables,
@@ -40,7 +40,7 @@ from .kernels import (
     word_set,
     word_table,
 )
-from .words import sentence_counts, terminal_punctuation
+from .words import sentence_counts, sentence_counts_of, terminal_punctuation
 
 # ---------------------------------------------------------------- datatrove (FineWeb)
 
@@ -115,8 +115,17 @@ def datatrove_quality(view: DocView) -> dict[str, float]:
     n_non_symbol = int(non_symbol.sum())
     # np.mean of integer lengths is their exact sum over the count (as the reference computes)
     mean_len = float(t.length[ids][non_symbol].sum()) / n_non_symbol if n_non_symbol else 0.0
-    lines = text.splitlines()
-    n_lines = max(1, len(lines))
+    # :100-111 on str.splitlines()'s lines, bullets "•" and "-" only: the first and last
+    # characters of each stripped line (view.lines), an empty one neither
+    line_at, words = view.lines[0], view.lines[1]
+    n_lines = max(1, len(line_at))
+    cp = view.cps
+    a, b = line_at[words > 0, 2], line_at[words > 0, 3]
+    first, last = cp[a], cp[b - 1]
+    bullets = int(np.count_nonzero((first == 0x2022) | (first == 45)))
+    dots = (b - a >= 3) & (last == 46) & (cp[np.maximum(b - 2, 0)] == 46)
+    dots &= cp[np.maximum(b - 3, 0)] == 46
+    ellipses = int(np.count_nonzero((last == 0x2026) | dots))
     denom = max(1, n_words)
     return {
         # gopher_quality_filter.py:75-82: words with a non-punctuation character
@@ -125,11 +134,8 @@ def datatrove_quality(view: DocView) -> dict[str, float]:
         # :92-95: "#" and the ellipsis are two separate rules, not a sum
         "hash_word_ratio": text.count("#") / denom,
         "ellipsis_word_ratio": (text.count("...") + text.count("\u2026")) / denom,
-        # :100-111: str.splitlines(), bullets "•" and "-" only
-        "bullet_line_frac": sum(1 for s in lines if s.lstrip().startswith(("\u2022", "-")))
-        / n_lines,
-        "ellipsis_line_frac": sum(1 for s in lines if s.rstrip().endswith(("...", "\u2026")))
-        / n_lines,
+        "bullet_line_frac": bullets / n_lines,
+        "ellipsis_line_frac": ellipses / n_lines,
         # :114-119: over all spaCy words, punctuation included
         "alpha_word_frac": int(t.alpha[ids].sum()) / denom,
         # :122: distinct stop words (a set intersection), case-sensitive
@@ -139,11 +145,18 @@ def datatrove_quality(view: DocView) -> dict[str, float]:
 
 def datatrove_c4(
     view: DocView, cfg: QualityTaggerConfig
-) -> tuple[dict[str, float], Attrs, str, int]:
+) -> tuple[dict[str, float], Attrs, str, int, tuple[list[str], np.ndarray] | None]:
     """C4QualityFilter.filter (c4_filters.py:88-136) with the line rules fixed at tagging time:
     the page measurements, the dropped lines as spans, the text the filter hands on and its
-    number of spaCy words (the kept lines' words: the text is those lines joined)."""
+    number of spaCy words (the kept lines' words: the text is those lines joined), and the kept
+    lines with their offsets where the compiled way ran."""
     text = view.text
+    if not (
+        cfg.c4_filter_no_terminal_punct
+        or (cfg.c4_remove_citations and "[" in text and _CITATION.search(text))
+        or _C4_PAGE_WORDS.search(text.lower())
+    ):
+        return _c4_lines_compiled(view, cfg)
     kept: list[str] = []
     kept_words: list[list[str]] = []
     drop: list[list] = []
@@ -207,13 +220,59 @@ def datatrove_c4(
         "curly_bracket": curly,
         "kept_line_frac": len(kept) / max(1, n_lines),
     }
-    return stats, {"drop_line": drop}, "\n".join(kept).strip(), kept_tokens  # :135
+    return stats, {"drop_line": drop}, "\n".join(kept).strip(), kept_tokens, None  # :135
+
+
+# a line holding one of these (lower-cased) goes a way of its own in C4 (:115-126); a page without
+# any goes the compiled way. None spans a line break, so "some line has it" implies the whole
+# lower-cased text has it.
+_C4_PAGE_WORDS = re.compile("|".join(map(re.escape, ("lorem ipsum", "javascript", *_POLICY))))
+
+
+def _c4_lines_compiled(
+    view: DocView, cfg: QualityTaggerConfig
+) -> tuple[dict[str, float], Attrs, str, int, tuple[list[str], np.ndarray]]:
+    """datatrove_c4 on a page without citations, "lorem ipsum", "javascript" or a policy phrase
+    and with the terminal-punctuation rule off (FineWeb's settings): then a line is dropped for a
+    word longer than c4_max_word_length or fewer than c4_min_words_per_line words, else kept,
+    and the first kept-to-be line holding "{" drops the page and ends the walk. Per-line facts
+    from one compiled pass (kernels.splitlines_words, str.splitlines() and str.strip() as the
+    reference)."""
+    text = view.text
+    line_at, words, longest, curly, gap_token = view.lines
+    drop = (longest > cfg.c4_max_word_length) | (words < cfg.c4_min_words_per_line)
+    stops = np.flatnonzero(~drop & curly)
+    end = int(stops[0]) if len(stops) else len(drop)  # lines the reference walks before "{"
+    drop, words = drop[:end], words[:end]
+    keep = ~drop
+    first = np.cumsum(words) - words  # each line's first chunk in text.split()
+    at, n = first[keep], words[keep]
+    idx = np.repeat(at - (np.cumsum(n) - n), n) + np.arange(int(n.sum()), dtype=np.int64)
+    sentences, kept_tokens = sentence_counts_of(view.vocab, view.chunk_cids[idx], gap_token[idx], n)
+    kept_at = line_at[:end][keep, 2:]
+    kept = [text[a:b] for a, b in kept_at.tolist()]
+    n_kept = len(kept)
+    stats = {
+        "kept_sentences": float(sentences),
+        "lorem_ipsum": 0.0,
+        "curly_bracket": float(len(stops) > 0),
+        "kept_line_frac": n_kept / max(1, end),
+    }
+    spans = [[a, b, 1.0] for a, b in line_at[:end][drop, :2].tolist()]
+    return stats, {"drop_line": spans}, "\n".join(kept), kept_tokens, (kept, kept_at)
 
 
 def datatrove_fineweb(
-    view: DocView, text: str, cfg: QualityTaggerConfig, n_words: int | None = None
+    view: DocView,
+    text: str,
+    cfg: QualityTaggerConfig,
+    n_words: int | None = None,
+    kept: tuple[list[str], np.ndarray] | None = None,
 ) -> dict[str, float]:
-    """FineWebQualityFilter.filter (fineweb_quality_filter.py:33-56) on `text` (after C4)."""
+    """FineWebQualityFilter.filter (fineweb_quality_filter.py:33-56) on `text` (after C4; its
+    lines and their offsets in `kept` when C4 gave them)."""
+    if kept is not None and n_words is not None:
+        return _fineweb_on_kept(view, cfg, n_words, *kept)
     lines = [line for line in text.split("\n") if line.strip() != ""]  # :34-35
     n = len(lines)
     if n == 0:
@@ -233,6 +292,34 @@ def datatrove_fineweb(
         / n,  # :42
         "dup_line_char_frac": _duplicates(lines)[1] / max(1, body),  # :46
         "newline_word_ratio": text.count("\n") / max(1, words),  # :51-53, the "list" rule
+    }
+
+
+_TERMINAL_CP: np.ndarray | None = None
+
+
+def _fineweb_on_kept(
+    view: DocView, cfg: QualityTaggerConfig, n_words: int, lines: list[str], at: np.ndarray
+) -> dict[str, float]:
+    """datatrove_fineweb on the text C4 kept, read off its lines (`lines`, their offsets `at` in
+    the document): the text is those lines joined by newlines, none empty nor holding a newline,
+    so its non-empty lines are `lines` and its newlines one fewer; every terminal punctuation mark
+    is one character, so a line ends with one when its last character is one."""
+    global _TERMINAL_CP
+    n = len(lines)
+    if n == 0:
+        return {"empty": 1.0}
+    if _TERMINAL_CP is None:
+        table = np.zeros(0x110000, dtype=np.bool_)
+        table[[ord(c) for c in terminal_punctuation()]] = True
+        _TERMINAL_CP = table
+    a, b = at[:, 0], at[:, 1]
+    return {
+        "empty": 0.0,
+        "line_punct_frac": int(np.count_nonzero(_TERMINAL_CP[view.cps[b - 1]])) / n,  # :38
+        "short_line_frac": int(np.count_nonzero(b - a <= cfg.fineweb_short_line_chars)) / n,
+        "dup_line_char_frac": _duplicates(lines)[1] / max(1, int((b - a).sum())),  # :46
+        "newline_word_ratio": (n - 1) / max(1, n_words),  # :51-53, the "list" rule
     }
 
 
@@ -303,18 +390,14 @@ def dolma_c4(view: DocView, naughty: DolmaNaughty) -> Attrs:
         "has_lorem_ipsum": whole(text, float(flags >> 2 & 1)),
         "has_curly_brace": whole(text, float(flags >> 3 & 1)),
     }
-    # per line (text.split("\n")): line.lower().strip() ends with one of . ? ! " exactly when the
-    # line's last non-whitespace character is one (lower() neither makes nor removes whitespace
-    # and keeps those four), and its split() has the words of the line itself: one compiled pass
-    starts, ends, last, words = newline_line_stats(cp, space_table())
-    spans = list(zip(starts.tolist(), ends.tolist()))
-    punct = ((last == 46) | (last == 63) | (last == 33) | (last == 34)).tolist()  # . ? ! "
-    few = (words < 3).tolist()
+    # per line (text.split("\n")): the spans of the lines without ending punctuation and of the
+    # lines with too few words, from one compiled pass
+    lines, punct_s, punct_e, few_s, few_e = dolma_c4_lines(cp, space_table())
     out["lines_with_no_ending_punctuation"] = [
-        [a, b, 1.0] for (a, b), p in zip(spans, punct) if not p
+        [a, b, 1.0] for a, b in zip(punct_s.tolist(), punct_e.tolist())
     ]
-    out["lines_with_too_few_words"] = [[a, b, 1.0] for (a, b), f in zip(spans, few) if f]
-    out["line_count"] = whole(text, float(len(spans)))
+    out["lines_with_too_few_words"] = [[a, b, 1.0] for a, b in zip(few_s.tolist(), few_e.tolist())]
+    out["line_count"] = whole(text, float(lines))
     return out
 
 
@@ -447,14 +530,14 @@ class QualityTagger(Tagger):
         if cfg.gopher:
             put("gopher", datatrove_repetition(view))
             put("gopher", datatrove_quality(view))
-        after_c4, after_c4_words = text, None
+        after_c4, after_c4_words, kept = text, None, None
         if cfg.c4:
-            stats, spans, after_c4, after_c4_words = datatrove_c4(view, cfg)
+            stats, spans, after_c4, after_c4_words, kept = datatrove_c4(view, cfg)
             put("c4", stats)
             out[f"{pre}__c4__drop_line"] = spans["drop_line"]
         if cfg.fineweb:
             if cfg.fineweb_after_c4:
-                put("fineweb", datatrove_fineweb(view, after_c4, cfg, after_c4_words))
+                put("fineweb", datatrove_fineweb(view, after_c4, cfg, after_c4_words, kept))
             else:
                 put("fineweb", datatrove_fineweb(view, text, cfg))
         return out

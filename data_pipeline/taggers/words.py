@@ -33,8 +33,8 @@ except ImportError:  # Python 3.10
 
 import numpy as np
 
-from .affixes import Tables, build_tables
-from .chunk_memo import MemoState, add_chunks, char_flags, index_chunks
+from .affixes import build_tables
+from .chunk_memo import MemoState, Tables, add_chunks, char_flags, index_chunks
 from .kernels import code_points, line_sentence_starts
 from .punctuation import PUNCTUATION_SET, TERMINAL_PUNCTUATION
 
@@ -579,20 +579,19 @@ def sentence_counts(
     ws_after = np.zeros(len(chunks), dtype=np.bool_)
     for first, flags in gaps:
         ws_after[first : first + len(flags)] = flags
-    t = vocab.table
-    sentences = int(
-        line_sentence_starts(
-            cids,
-            ws_after,
-            np.array(sizes, dtype=np.int64),
-            vocab._start,
-            vocab._count,
-            vocab._flat,
-            t.is_punct,
-            t.sent_punct,
-        )
+    return sentence_counts_of(vocab, cids, ws_after, np.array(sizes, dtype=np.int64))
+
+
+def sentence_counts_of(
+    vocab: ChunkVocab, cids: np.ndarray, ws_after: np.ndarray, sizes: np.ndarray
+) -> tuple[int, int]:
+    """sentence_counts from the lines' chunk ids (line l: the next sizes[l]) and, per chunk,
+    whether a gap other than one space follows it inside its line."""
+    st = vocab.state
+    sentences = line_sentence_starts(
+        cids, ws_after, sizes, st.start, st.count, st.flat, st.is_punct, st.sent_punct
     )
-    return sentences, int(vocab._count[cids].sum())
+    return int(sentences), int(st.count[cids].sum())
 
 
 _GAPS = re.compile(r"\s+")

@@ -192,7 +192,8 @@ def test_compiled_affix_walk_gives_spacys_tokens_on_every_sample_chunk(lang):
     cases; the chunks it leaves (possible special cases, URLs with an infix) are few."""
     import spacy  # heavy optional import, only for this test's reference
 
-    from data_pipeline.taggers.affixes import build_tables, split_chunks
+    from data_pipeline.taggers.affixes import build_tables
+    from data_pipeline.taggers.chunk_memo import split_chunks
 
     nlp = spacy.blank(lang)
     tables = build_tables(nlp)
@@ -226,7 +227,8 @@ def test_compiled_affix_walk_follows_re_on_random_strings():
     import spacy  # heavy optional import, only for this test's reference
     from spacy.util import compile_infix_regex, compile_prefix_regex, compile_suffix_regex
 
-    from data_pipeline.taggers.affixes import _C, _Reader, build_tables, read_programs, split_chunks
+    from data_pipeline.taggers.affixes import _C, _Reader, build_tables, read_programs
+    from data_pipeline.taggers.chunk_memo import split_chunks
 
     nlp = spacy.blank("en")
     tk = nlp.tokenizer
