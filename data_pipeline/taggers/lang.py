@@ -95,7 +95,7 @@ class LangTagger(Tagger):
 
     def __init__(self, cfg: LangTaggerConfig):
         self.cfg = cfg
-        self.memo: dict[str, tuple[str, float] | None] = {}
+        self.memo: dict[str, tuple[str, float] | None] = {}  # text -> (attribute, score)
         self.memo_chars = 0
 
     @staticmethod
@@ -110,12 +110,10 @@ class LangTagger(Tagger):
     def __call__(self, view: DocView, context: dict | None = None) -> Attrs:
         view = as_view(view)
         cfg, text = self.cfg, view.text
-        # newlines to spaces as datatrove reads the text (lid.py:54): once for the document and
-        # its paragraphs, whose offsets stay the same
-        flat = text.replace("\n", " ")
-        doc_line = (flat[: cfg.max_chars] if cfg.max_chars else flat) + "\n"
+        # newlines to spaces as datatrove reads the text (lid.py:54)
+        doc_line = (text[: cfg.max_chars] if cfg.max_chars else text).replace("\n", " ") + "\n"
         paras = view.paragraphs if cfg.paragraphs else []
-        para_lines = [flat[s:e] + "\n" for s, e in paras]
+        texts = [text[s:e] for s, e in paras]  # the memo's keys
         memo, lines = self.memo, [doc_line]
         new: dict[str, int] = {}  # paragraph texts not in the memo -> their index in `lines`
         s0, e0 = paras[0] if len(paras) == 1 else (0, 0)
@@ -125,28 +123,32 @@ class LangTagger(Tagger):
             and not text[e0:].strip(_FT_DELIMITERS)
             and (not cfg.max_chars or len(text) <= cfg.max_chars)
         ):
-            if para_lines[0] not in memo:
-                new[para_lines[0]] = 0  # the document's prediction
+            if texts[0] not in memo:
+                new[texts[0]] = 0  # the document's prediction
         else:
-            for line in para_lines:
-                if line not in memo and line not in new:
-                    new[line] = len(lines)
-                    lines.append(line)
+            for t in texts:
+                if t not in memo and t not in new:
+                    new[t] = len(lines)
+                    lines.append(t.replace("\n", " ") + "\n")
         labels, probs = _predict_lines(_fasttext_model(cfg.model_path).f, lines, max(cfg.top_k, 1))
         out: Attrs = {}
         for lab, p in zip(labels[0][: cfg.top_k], probs[0][: cfg.top_k]):
             score = min(1.0, float(p))
             if score >= cfg.min_score:
                 out[f"{cfg.name}__ft__lang__{lab[9:]}"] = whole(text, score)
-        for line, i in new.items():
-            top = labels[i]
-            memo[line] = (top[0][9:], round(min(1.0, float(probs[i][0])), 4)) if top else None
-            self.memo_chars += len(line)
         pre = f"{cfg.name}__ft_paragraph__lang__"
-        for (s, e), line in zip(paras, para_lines):
-            top = memo[line]
+        for t, i in new.items():
+            top = labels[i]
+            memo[t] = (pre + top[0][9:], round(min(1.0, float(probs[i][0])), 4)) if top else None
+            self.memo_chars += len(t)
+        for (s, e), t in zip(paras, texts):
+            top = memo[t]
             if top is not None:
-                out.setdefault(pre + top[0], []).append([s, e, top[1]])
+                name, score = top
+                if name in out:
+                    out[name].append([s, e, score])
+                else:
+                    out[name] = [[s, e, score]]
         if self.memo_chars > self.MEMO_CHARS:
             memo.clear()
             self.memo_chars = 0
