@@ -13,9 +13,9 @@ Python sees only the chunks the walk leaves (about 1%: possible special cases, U
 64-bit hashes, and every hit is confirmed by comparing the code points with the stored chunk or
 token: a collision costs a probe, never a wrong id.
 
-State is a set of numpy arrays owned by `words.ChunkVocab` (`MemoState`), grown by Python before
-each call to what the call can add at most (a document of n code points adds at most n chunks,
-n tokens and n code points), so the kernels write in place and never allocate state.
+State is a set of numpy arrays owned by `words.ChunkVocab` (`MemoState`) that the kernels fill in
+place: a kernel stops at the first chunk the arrays have no room for, Python grows them (doubling)
+and calls again from there, so memory follows what is stored, whatever the document's size.
 """
 
 from __future__ import annotations
@@ -578,21 +578,20 @@ def _find_chunk(keys, vals, ccp, cp_at, cp_len, cp, a, b, key):
     return -1, s
 
 
+# a chunk longer than this goes to Python (FastSplit, spaCy): the walk's scratch stays small
+MAX_WALK = 1 << 16
+
+
 @numba.njit(cache=True)
-def index_chunks(cp, S, W, walk, flags, stop_cp, stop_off, url_need):
-    """Chunk ids of the whitespace chunks of cp (as str.split() cuts them), adding the unseen ones
-    the affix walk settles (if `walk`; W = affixes Tables: ints, bits, gate, rules). Returns
-    (ids, -1 where Python must tokenise; the chunks' start and end offsets)."""
-    m = 0
-    inside = False
-    for i in range(len(cp)):  # count the chunks first
+def chunk_spans(cp, flags):
+    """(start, end) of each whitespace chunk of cp, as str.split() cuts them."""
+    m, inside = 0, False
+    for i in range(len(cp)):  # count first
         sp = (flags[cp[i]] & SPACE) != 0
         if not sp and not inside:
             m += 1
         inside = not sp
-    cids = np.full(m, -1, dtype=np.int64)
     spans = np.zeros((m, 2), dtype=np.int64)
-    longest = 0
     k, i, n = 0, 0, len(cp)
     while i < n:
         if (flags[cp[i]] & SPACE) != 0:
@@ -602,9 +601,21 @@ def index_chunks(cp, S, W, walk, flags, stop_cp, stop_off, url_need):
         while j < n and (flags[cp[j]] & SPACE) == 0:
             j += 1
         spans[k, 0], spans[k, 1] = i, j
-        longest = max(longest, j - i)
         k += 1
         i = j
+    return spans
+
+
+@numba.njit(cache=True)
+def index_chunks(cp, spans, k0, cids, S, W, walk, flags, stop_cp, stop_off, url_need):
+    """Chunk ids of the chunks spans[k0:] of cp into cids, adding the unseen ones the affix walk
+    settles (if `walk`; W = Tables' ints, bits, gate, rules); -1 stays where Python must
+    tokenise. Returns where it stopped: len(spans), or the first chunk S has no room for (the
+    caller grows S and calls again from there)."""
+    m = len(spans)
+    longest = 0
+    for k in range(k0, m):
+        longest = max(longest, min(spans[k, 1] - spans[k, 0], MAX_WALK))
     base = np.uint64(_BASE)
     hsh = np.zeros(longest + 1, dtype=np.uint64)  # prefix hashes of the chunk (rules lookups)
     pw = np.ones(longest + 1, dtype=np.uint64)
@@ -614,10 +625,12 @@ def index_chunks(cp, S, W, walk, flags, stop_cp, stop_off, url_need):
     toks = np.zeros(longest + 2, dtype=np.int64)
     url_toks = np.zeros(longest + 2, dtype=np.int64)
     I, bits, gate, rules = W
-    keys, vals, ccp, cp_at, cp_len = S[1], S[2], S[3], S[4], S[5]
+    n, keys, vals, ccp, cp_at, cp_len, flat, tkeys = S[0], S[1], S[2], S[3], S[4], S[5], S[8], S[9]
     mask = np.uint64(len(keys) - 1)
-    for k in range(m):
+    for k in range(k0, m):
         a, b = spans[k, 0], spans[k, 1]
+        if b - a > MAX_WALK:
+            continue
         for i in range(b - a):
             hsh[i + 1] = hsh[i] * base + np.uint64(cp[a + i])
         key = _key(hsh[b - a], b - a)
@@ -638,6 +651,16 @@ def index_chunks(cp, S, W, walk, flags, stop_cp, stop_off, url_need):
         if cid >= 0 or not walk:
             cids[k] = cid
             continue
+        room = (
+            n[0] < len(cp_at)
+            and 2 * (n[0] + 1) <= len(keys)
+            and n[2] + (b - a) <= len(ccp)
+            and n[3] + (b - a) <= len(flat)
+            and n[1] + (b - a) <= len(S[11])
+            and 2 * (n[1] + (b - a)) <= len(tkeys)
+        )
+        if not room:
+            return k
         t, m0, m1 = _walk(I, bits, gate, rules, cp, a, b, hsh, pw, bounds, toks, url_toks)
         if t > 0 and m0 >= 0:  # a middle with an infix split: spaCy's url_match may keep it
             found = 0  # whole, which needs every character of url_need (else Python decides)
@@ -650,7 +673,7 @@ def index_chunks(cp, S, W, walk, flags, stop_cp, stop_off, url_need):
                 t = -1
         if t > 0:
             cids[k] = _add_chunk(S, cp, a, b, key, slot, toks, t, flags, stop_cp, stop_off)
-    return cids, spans
+    return m
 
 
 @numba.njit(cache=True)

@@ -34,7 +34,7 @@ except ImportError:  # Python 3.10
 import numpy as np
 
 from .affixes import build_tables
-from .chunk_memo import MemoState, Tables, add_chunks, char_flags, index_chunks
+from .chunk_memo import MemoState, Tables, add_chunks, char_flags, chunk_spans, index_chunks
 from .kernels import code_points, line_sentence_starts
 from .punctuation import PUNCTUATION_SET, TERMINAL_PUNCTUATION
 
@@ -57,6 +57,8 @@ STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
 # Bound on the memo (distinct chunks). Past it the memo and the ids start afresh between two
 # documents: memory stays bounded on any corpus (about 200 bytes per entry: ~200 MB at 1M).
 MAX_CHUNKS = 1_000_000
+# room the memo's arrays get ahead of a document (chunks, code points): more only as it fills them
+SLACK = (1 << 14, 1 << 16)
 
 
 def _spacy():
@@ -455,9 +457,16 @@ class ChunkVocab:
         nlp = _spacy()
         cp = code_points(text)
         st = self.state
-        st.reserve(len(cp), len(cp))
         walk, on, flags, stop_cp, stop_off, url_need = _MEMO_ARGS
-        cids, spans = index_chunks(cp, st.as_tuple(), walk, on, flags, stop_cp, stop_off, url_need)
+        spans = chunk_spans(cp, flags)
+        cids = np.full(len(spans), -1, dtype=np.int64)
+        k = 0
+        while k < len(spans):  # the kernel stops where the memo's arrays are full: grow, go on
+            st.reserve(min(len(spans) - k, SLACK[0]), min(len(cp) - int(spans[k, 0]), SLACK[1]))
+            st.reserve(1, int(spans[k, 1] - spans[k, 0]))
+            k = index_chunks(
+                cp, spans, k, cids, st.as_tuple(), walk, on, flags, stop_cp, stop_off, url_need
+            )
         unseen = np.flatnonzero(cids < 0).tolist()
         if unseen:
             chunks = [text[a:b] for a, b in spans[unseen].tolist()]

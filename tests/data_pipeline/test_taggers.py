@@ -257,6 +257,38 @@ def test_compiled_affix_walk_follows_re_on_random_strings():
         assert read_programs(re.compile(outside), _Reader(), _C.AT_END) is None, outside
 
 
+def test_word_memo_grows_in_steps_and_resets():
+    """The compiled memo stops where its arrays are full and is grown and called again: a page of
+    30,000 distinct words from an empty memo gives the same tokens as spaCy over it, the arrays
+    end near what they hold (not the page's worst case), a chunk longer than the walk takes goes
+    the Python way, and past MAX_CHUNKS the memo restarts between documents."""
+    import spacy  # heavy optional import, only for this test's reference
+
+    from data_pipeline.taggers import chunk_memo, words
+
+    text = " ".join(f"w{i}, x-{i}." for i in range(15_000)) + " " + "a" * (chunk_memo.MAX_WALK + 5)
+    vocab = words.ChunkVocab()
+    ids = vocab.words(text.split())
+    ref = [t.text for t in spacy.blank("en").tokenizer(text)]
+    assert [vocab.strings[i] for i in ids.tolist()] == ref
+    st = vocab.state
+    n_chunks, n_tokens, n_cp, _ = st.n.tolist()
+    assert n_chunks == 30_001
+    slack_chunks, slack_cps = words.SLACK  # doubling, plus the room reserved ahead
+    assert len(st.cp_at) <= 2 * (n_chunks + slack_chunks) and len(st.ccp) <= 2 * (n_cp + slack_cps)
+    assert len(st.tok_at) <= 2 * (n_tokens + slack_cps) and len(st.tok_keys) <= 4 * len(st.tok_at)
+    assert len(st.tok_at) < len(text) // 2  # far below one token per code point
+    old = words.MAX_CHUNKS
+    try:
+        words.MAX_CHUNKS = 1000
+        vocab.maybe_reset()
+        assert vocab.n_chunks == 0 and vocab.strings == []
+        again = [vocab.strings[i] for i in vocab.words(["w1,", "x-1."]).tolist()]
+        assert again == [t.text for t in spacy.blank("en").tokenizer("w1, x-1.")]
+    finally:
+        words.MAX_CHUNKS = old
+
+
 def test_gopher_statistics_by_hand():
     """datatrove's reading (spaCy words) on a text counted by hand."""
     text = "the cat sat on the mat\nthe cat sat on the mat\n# heading ...\n- item one\n"
