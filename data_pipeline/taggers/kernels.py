@@ -129,6 +129,50 @@ def datatrove_dup_ngram_chars(ids, lens, chash, cpow, n):
     return total
 
 
+@numba.njit(cache=True)
+def datatrove_gopher_stats(ids, length, non_symbol, alpha, stop, chash, cpow, cp, line_at, words):
+    """What GopherRepetitionFilter and GopherQualityFilter read off the spaCy words (token ids
+    `ids` with per-id properties) and off str.splitlines()'s lines (kernels.splitlines_words:
+    `line_at` offsets, `words` per line), in one call: [words with a non-punctuation character,
+    their total length, words with a letter, distinct stop words, top 2/3/4-gram characters (-1:
+    no n-gram), duplicate 5..10-gram characters, lines starting with a bullet, lines ending with
+    an ellipsis]."""
+    out = np.zeros(15, dtype=np.int64)
+    seen = np.full(8, -1, dtype=np.int64)  # the distinct stop word ids (eight stop words)
+    n_seen = 0
+    for t in ids:
+        if non_symbol[t]:
+            out[0] += 1
+            out[1] += length[t]
+        if alpha[t]:
+            out[2] += 1
+        if stop[t]:
+            new = True
+            for j in range(n_seen):
+                if seen[j] == t:
+                    new = False
+                    break
+            if new and n_seen < 8:
+                seen[n_seen] = t
+                n_seen += 1
+    out[3] = n_seen
+    for k in range(2, 5):
+        out[2 + k] = datatrove_top_ngram_chars(ids, length, k)
+    for k in range(5, 11):
+        out[2 + k] = datatrove_dup_ngram_chars(ids, length, chash, cpow, k)
+    for line in range(len(words)):  # gopher_quality_filter.py:100-111, stripped lines
+        if words[line] == 0:
+            continue
+        a, b = line_at[line, 2], line_at[line, 3]
+        if cp[a] == 0x2022 or cp[a] == 45:  # "•", "-"
+            out[13] += 1
+        if cp[b - 1] == 0x2026 or (
+            b - a >= 3 and cp[b - 1] == 46 and cp[b - 2] == 46 and cp[b - 3] == 46
+        ):
+            out[14] += 1
+    return out
+
+
 def warm_up() -> None:
     """Compile (or load from numba's cache) every kernel once."""
     ids = np.arange(6, dtype=np.int64) % 3
@@ -143,7 +187,11 @@ def warm_up() -> None:
     h = np.zeros(3, dtype=np.uint64)
     token_hashes(code_points("abc"), lens, h, h.copy())
     dolma_c4_lines(code_points("a b\n c"), space_table())
-    splitlines_words(code_points("a  b\r\n c{"), space_table())
+    lines = splitlines_words(code_points("a  b\r\n c{"), space_table())
+    u = lens.astype(np.uint64)
+    datatrove_gopher_stats(
+        ids, lens, flags, flags, flags, u, u, code_points("a  b\r\n c{"), *lines[:2]
+    )
     counts = np.zeros(10, dtype=np.int64)
     w = word_table(["b"])
     dolma_gopher_stats(code_points("a b\n c"), space_table(), alpha_table(), *w, counts, top, dup)

@@ -28,8 +28,7 @@ from .content import RESOURCES  # the bundled LDNOOBW lists
 from .kernels import (
     alpha_table,
     code_points,
-    datatrove_dup_ngram_chars,
-    datatrove_top_ngram_chars,
+    datatrove_gopher_stats,
     dolma_c4_flags,
     dolma_c4_lines,
     dolma_gopher_stats,
@@ -79,8 +78,18 @@ def _newline_runs_split(text: str) -> list[str]:
     return [parts[0], *filter(None, parts[1:-1]), parts[-1]]
 
 
-def datatrove_repetition(view: DocView) -> dict[str, float]:
-    """GopherRepetitionFilter.filter (gopher_repetition_filter.py:110-144), every ratio it tests."""
+def gopher_word_stats(view: DocView) -> np.ndarray:
+    """kernels.datatrove_gopher_stats of the document (spaCy words, splitlines' lines)."""
+    t, line_at, words = view.vocab.table, view.lines[0], view.lines[1]
+    return datatrove_gopher_stats(
+        view.spacy_ids, t.length, t.non_symbol, t.alpha, t.stop, t.chash, t.cpow, view.cps,
+        line_at, words,
+    )  # fmt: skip
+
+
+def datatrove_repetition(view: DocView, stats: np.ndarray | None = None) -> dict[str, float]:
+    """GopherRepetitionFilter.filter (gopher_repetition_filter.py:110-144), every ratio it tests
+    (`stats`: gopher_word_stats, if the caller has them)."""
     text = view.text
     n = max(1, len(text))  # an empty text fails the filter ("empty"): see `empty`
     paras = _PARA_SPLIT.split(text.strip())
@@ -94,52 +103,39 @@ def datatrove_repetition(view: DocView) -> dict[str, float]:
         "dup_line_frac": l_dup / len(lines),
         "dup_line_char_frac": l_chars / n,
     }
-    ids, t = view.spacy_ids, view.vocab.table
-    lens = t.length
-    for k in (2, 3, 4):
-        top = datatrove_top_ngram_chars(ids, lens, k)
+    st = (gopher_word_stats(view) if stats is None else stats).tolist()
+    for k in (2, 3, 4):  # gopher_repetition_filter.py:49-54, top n-gram characters x count
+        top = st[2 + k]
         # overlapping occurrences are counted (:49-54), so the reference's ratio can pass 1 (1.78
         # on one word repeated); a fraction is clipped at 1, which decides the same below 1
         out[f"top_{k}gram_char_frac"] = min(1.0, top / n) if top >= 0 else 0.0
-    for k in range(5, 11):
-        dup = datatrove_dup_ngram_chars(ids, lens, t.chash, t.cpow, k)
-        out[f"dup_{k}gram_char_frac"] = dup / n
+    for k in range(5, 11):  # :57-70, find_all_duplicate
+        out[f"dup_{k}gram_char_frac"] = st[2 + k] / n
     return out
 
 
-def datatrove_quality(view: DocView) -> dict[str, float]:
+def datatrove_quality(view: DocView, stats: np.ndarray | None = None) -> dict[str, float]:
     """GopherQualityFilter.filter (gopher_quality_filter.py:61-125)."""
-    text, ids, t = view.text, view.spacy_ids, view.vocab.table
-    n_words = len(ids)
-    non_symbol = t.non_symbol[ids]
-    n_non_symbol = int(non_symbol.sum())
-    # np.mean of integer lengths is their exact sum over the count (as the reference computes)
-    mean_len = float(t.length[ids][non_symbol].sum()) / n_non_symbol if n_non_symbol else 0.0
-    # :100-111 on str.splitlines()'s lines, bullets "•" and "-" only: the first and last
-    # characters of each stripped line (view.lines), an empty one neither
-    line_at, words = view.lines[0], view.lines[1]
-    n_lines = max(1, len(line_at))
-    cp = view.cps
-    a, b = line_at[words > 0, 2], line_at[words > 0, 3]
-    first, last = cp[a], cp[b - 1]
-    bullets = int(np.count_nonzero((first == 0x2022) | (first == 45)))
-    dots = (b - a >= 3) & (last == 46) & (cp[np.maximum(b - 2, 0)] == 46)
-    dots &= cp[np.maximum(b - 3, 0)] == 46
-    ellipses = int(np.count_nonzero((last == 0x2026) | dots))
+    text, n_words = view.text, len(view.spacy_ids)
+    st = (gopher_word_stats(view) if stats is None else stats).tolist()
+    n_non_symbol, len_non_symbol, n_alpha, n_stop = st[:4]
+    n_lines = max(1, len(view.lines[0]))
     denom = max(1, n_words)
     return {
         # gopher_quality_filter.py:75-82: words with a non-punctuation character
         "word_count": float(n_non_symbol),
-        "mean_word_length": mean_len,
+        # np.mean of integer lengths is their exact sum over the count (as the reference computes)
+        "mean_word_length": len_non_symbol / n_non_symbol if n_non_symbol else 0.0,
         # :92-95: "#" and the ellipsis are two separate rules, not a sum
         "hash_word_ratio": text.count("#") / denom,
         "ellipsis_word_ratio": (text.count("...") + text.count("\u2026")) / denom,
-        "bullet_line_frac": bullets / n_lines,
-        "ellipsis_line_frac": ellipses / n_lines,
+        # :100-111 on str.splitlines()'s stripped lines, bullets "•" and "-" only
+        "bullet_line_frac": st[13] / n_lines,
+        "ellipsis_line_frac": st[14] / n_lines,
         # :114-119: over all spaCy words, punctuation included
-        "alpha_word_frac": int(t.alpha[ids].sum()) / denom,
+        "alpha_word_frac": n_alpha / denom,
         # :122: distinct stop words (a set intersection), case-sensitive
-        "stop_word_count": float(len(np.unique(ids[t.stop[ids]]))),
+        "stop_word_count": float(n_stop),
     }
 
 
@@ -528,8 +524,9 @@ class QualityTagger(Tagger):
                     out[f"{pre}__c4__{k}"] = v
             return out
         if cfg.gopher:
-            put("gopher", datatrove_repetition(view))
-            put("gopher", datatrove_quality(view))
+            stats = gopher_word_stats(view)
+            put("gopher", datatrove_repetition(view, stats))
+            put("gopher", datatrove_quality(view, stats))
         after_c4, after_c4_words, kept = text, None, None
         if cfg.c4:
             stats, spans, after_c4, after_c4_words, kept = datatrove_c4(view, cfg)
