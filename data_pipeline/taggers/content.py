@@ -55,6 +55,10 @@ class BadWords:
         if lang in _NO_SPACES:
             alt = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
             self.regex = re.compile(f"(?:{alt})", re.IGNORECASE)
+            # where a match can start: a character class of the entries' first characters, with
+            # the same flag (re lower-cases the text character for both and adds the same case
+            # equivalents), so it accepts every position where an entry's first character does
+            self.first = re.compile(f"[{''.join(sorted({re.escape(w[0]) for w in words}))}]", re.I)
             return
         self.single = {w for w in words if len(_TOKEN.findall(w)) == 1 and _TOKEN.fullmatch(w)}
         self.phrases: dict[str, list[tuple[str, ...]]] = {}
@@ -67,8 +71,24 @@ class BadWords:
 
     def spans(self, text: str) -> Spans:
         if self.regex is not None:
-            return [[m.start(), m.end(), 1.0] for m in self.regex.finditer(text)]
+            return self.regex_spans(text)
         return self.scanned_spans(text, *scan(text, self)[2:])
+
+    def regex_spans(self, text: str) -> Spans:
+        """self.regex.finditer's matches, the pattern tried only where an entry can start (a
+        position-by-position search tries the ~200 alternatives at every character: ~7x slower
+        on Japanese man pages): finditer tries each position from the left and goes on after a
+        match (never empty), as this loop does, skipping positions no entry starts at."""
+        out: Spans = []
+        search, match, pos = self.first.search, self.regex.match, 0
+        while (c := search(text, pos)) is not None:
+            m = match(text, c.start())
+            if m is None:
+                pos = c.start() + 1
+            else:
+                out.append([m.start(), m.end(), 1.0])
+                pos = m.end()
+        return out
 
     def scanned_spans(
         self, text: str, starts: np.ndarray, ends: np.ndarray, cand: np.ndarray, exact: bool

@@ -416,3 +416,26 @@ def test_dolma_c4_flags_equal_the_python_reading():
         seen |= flags(text)
     assert seen == 15  # every flag set somewhere
     assert flags("ΟΔΟΣ lorem ipsum") == -1  # capital sigma: lowered in Python
+
+
+def test_unspaced_badwords_prefilter_equals_the_full_regex_scan():
+    """Japanese, Chinese, Thai, Korean lists: the pattern tried only where an entry can start
+    gives finditer's matches, on the Japanese, Chinese and some English man pages and on the
+    entries themselves in other cases, run together."""
+    import json
+
+    from data_pipeline.taggers.content import RESOURCES
+
+    folder = RESOURCES / "badwords"
+    pages = [d["text"] for lang in ("ja", "zh_CN") for d in load_samples(lang)]
+    pages += [d["text"] for d in load_samples("en")[:20]]
+    found = 0
+    for lang in ("ja", "zh", "th", "ko"):
+        bw = badwords_for(str(folder), lang)
+        entries = json.loads((folder / f"{lang}.json").read_text(encoding="utf-8"))
+        crafted = ["".join(e.upper() for e in entries), " x".join(e.title() for e in entries)]
+        for text in pages + crafted:
+            spans = bw.regex_spans(text)
+            assert spans == [[m.start(), m.end(), 1.0] for m in bw.regex.finditer(text)]
+            found += len(spans)
+    assert found > 200
