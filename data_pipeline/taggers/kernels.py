@@ -173,6 +173,52 @@ def datatrove_gopher_stats(ids, length, non_symbol, alpha, stop, chash, cpow, cp
     return out
 
 
+@numba.njit(cache=True)
+def datatrove_c4_lines(
+    words, longest, curly, max_word, min_words, cids, gap_token, start, count, flat, is_punct,
+    sent_punct,
+):  # fmt: skip
+    """C4QualityFilter's line walk (c4_filters.py:88-136) where only three rules can apply (see
+    quality._c4_lines_compiled): a line is dropped for a word longer than `max_word` or fewer than
+    `min_words` words, else kept, and the first line to keep holding "{" ends the walk. Per line of
+    kernels.splitlines_words (`words`, `longest`, `curly`); `cids` are the document's chunk ids
+    (text.split()) and `gap_token` their gaps. Returns (lines walked, whether "{" ended it, which
+    of them are kept, the kept lines' sentences as spaCy's Sentencizer counts them per line,
+    their spaCy tokens)."""
+    n_lines = len(words)
+    keep = np.zeros(n_lines, dtype=np.bool_)
+    end, hit, chunk, sentences, tokens = n_lines, False, 0, 0, 0
+    for line in range(n_lines):
+        w = words[line]
+        if longest[line] > max_word or w < min_words:
+            chunk += w
+            continue
+        if curly[line]:
+            end, hit = line, True
+            break
+        keep[line] = True
+        n, seen = 0, False  # line_sentence_starts on this line's chunks
+        for k in range(chunk, chunk + w):
+            c = cids[k]
+            tokens += count[c]
+            for j in range(start[c], start[c] + count[c]):
+                t = flat[j]
+                if n == 0:
+                    n = 1
+                    seen = sent_punct[t]
+                elif seen and not is_punct[t] and not sent_punct[t]:
+                    n += 1
+                    seen = False
+                elif sent_punct[t]:
+                    seen = True
+            if k < chunk + w - 1 and gap_token[k] and seen:
+                n += 1
+                seen = False
+        sentences += n
+        chunk += w
+    return end, hit, keep[:end], sentences, tokens
+
+
 def warm_up() -> None:
     """Compile (or load from numba's cache) every kernel once."""
     ids = np.arange(6, dtype=np.int64) % 3
@@ -192,6 +238,7 @@ def warm_up() -> None:
     datatrove_gopher_stats(
         ids, lens, flags, flags, flags, u, u, code_points("a  b\r\n c{"), *lines[:2]
     )
+    datatrove_c4_lines(lens, lens, flags, 9, 1, ids, ws, ids, one, ids, flags, flags)
     counts = np.zeros(10, dtype=np.int64)
     w = word_table(["b"])
     dolma_gopher_stats(code_points("a b\n c"), space_table(), alpha_table(), *w, counts, top, dup)
@@ -623,15 +670,19 @@ def _digits_dot(cp, q, is_digit):
 def content_scan(cp, is_space, is_tok, is_digit, lower, keys, index, flat, starts):
     """One pass of the content tagger over a text's code points.
 
-    Returns (whitespace words, PII flags, token starts, token ends, candidate tokens, exact):
-    the tokens are re.findall("[\\w']+(?:-[\\w']+)*") of the text (maximal runs of [\\w'] chars,
+    Returns (whitespace words, PII flags, token starts, token ends, candidate tokens, exact,
+    phone starts): the tokens are re.findall("[\\w']+(?:-[\\w']+)*") of the text (maximal runs of [\\w'] chars,
     joined by single hyphens followed by one; the greedy match the pattern makes), the candidates
     the indices of those whose str.lower() is in the word set, `exact` False where a token holds a
     character without a one-to-one lower case (then the caller lowers in Python). PII flags: bit 0
     \\d\\d\\d[ .-]\\d\\d\\d\\d occurs, bit 1 \\d\\.\\d{1,3}\\.\\d{1,3}\\.\\d occurs, bit 2 "+" then a digit
-    occurs (the necessary conditions of the phone and IPv4 patterns in content.py)."""
+    occurs (the necessary conditions of the phone and IPv4 patterns in content.py). Phone starts:
+    where a match of content.PHONE can begin, in order: each "+" before a digit (its second
+    branch starts there) and the 11 to 19 positions before the end of each \\d\\d\\d[ .-]\\d\\d\\d\\d
+    (every match of its first branch ends in one and is 11 to 19 characters long)."""
     n = len(cp)
     words, in_word, flags = 0, False, 0
+    may_start = np.zeros(n + 1, dtype=np.bool_)
     for i in range(n):
         c = cp[i]
         if is_space[c]:
@@ -642,8 +693,7 @@ def content_scan(cp, is_space, is_tok, is_digit, lower, keys, index, flat, start
         if not is_digit[c]:
             continue
         if (
-            flags & 1 == 0
-            and i + 7 < n
+            i + 7 < n
             and is_digit[cp[i + 1]]
             and is_digit[cp[i + 2]]
             and (cp[i + 3] == 32 or cp[i + 3] == 46 or cp[i + 3] == 45)
@@ -653,14 +703,16 @@ def content_scan(cp, is_space, is_tok, is_digit, lower, keys, index, flat, start
             and is_digit[cp[i + 7]]
         ):
             flags |= 1
+            may_start[max(0, i - 11) : max(0, i - 2)] = True  # a match ending at i + 8
         if flags & 2 == 0 and i + 1 < n and cp[i + 1] == 46:
             q = _digits_dot(cp, i + 2, is_digit)
             if q >= 0:
                 q = _digits_dot(cp, q, is_digit)
             if q >= 0 and q < n and is_digit[cp[q]]:
                 flags |= 2
-        if flags & 4 == 0 and i > 0 and cp[i - 1] == 43:
+        if i > 0 and cp[i - 1] == 43:
             flags |= 4
+            may_start[i - 1] = True
     tok_start = np.empty(n // 2 + 1, dtype=np.int64)
     tok_end = np.empty(n // 2 + 1, dtype=np.int64)
     cand = np.empty(n // 2 + 1, dtype=np.int64)
@@ -694,7 +746,7 @@ def content_scan(cp, is_space, is_tok, is_digit, lower, keys, index, flat, start
                 cand[nc] = m
                 nc += 1
         m += 1
-    return words, flags, tok_start[:m], tok_end[:m], cand[:nc], exact
+    return words, flags, tok_start[:m], tok_end[:m], cand[:nc], exact, np.flatnonzero(may_start)
 
 
 @numba.njit(cache=True)

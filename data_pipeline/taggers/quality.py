@@ -28,6 +28,7 @@ from .content import RESOURCES  # the bundled LDNOOBW lists
 from .kernels import (
     alpha_table,
     code_points,
+    datatrove_c4_lines,
     datatrove_gopher_stats,
     dolma_c4_flags,
     dolma_c4_lines,
@@ -39,7 +40,7 @@ from .kernels import (
     word_set,
     word_table,
 )
-from .words import sentence_counts, sentence_counts_of, terminal_punctuation
+from .words import sentence_counts, terminal_punctuation
 
 # ---------------------------------------------------------------- datatrove (FineWeb)
 
@@ -147,10 +148,11 @@ def datatrove_c4(
     number of spaCy words (the kept lines' words: the text is those lines joined), and the kept
     lines with their offsets where the compiled way ran."""
     text = view.text
+    low = text.lower()
     if not (
         cfg.c4_filter_no_terminal_punct
         or (cfg.c4_remove_citations and "[" in text and _CITATION.search(text))
-        or _C4_PAGE_WORDS.search(text.lower())
+        or any(w in low for w in _C4_PAGE_WORDS)
     ):
         return _c4_lines_compiled(view, cfg)
     kept: list[str] = []
@@ -222,7 +224,7 @@ def datatrove_c4(
 # a line holding one of these (lower-cased) goes a way of its own in C4 (:115-126); a page without
 # any goes the compiled way. None spans a line break, so "some line has it" implies the whole
 # lower-cased text has it.
-_C4_PAGE_WORDS = re.compile("|".join(map(re.escape, ("lorem ipsum", "javascript", *_POLICY))))
+_C4_PAGE_WORDS = ("lorem ipsum", "javascript", *_POLICY)
 
 
 def _c4_lines_compiled(
@@ -236,25 +238,21 @@ def _c4_lines_compiled(
     reference)."""
     text = view.text
     line_at, words, longest, curly, gap_token = view.lines
-    drop = (longest > cfg.c4_max_word_length) | (words < cfg.c4_min_words_per_line)
-    stops = np.flatnonzero(~drop & curly)
-    end = int(stops[0]) if len(stops) else len(drop)  # lines the reference walks before "{"
-    drop, words = drop[:end], words[:end]
-    keep = ~drop
-    first = np.cumsum(words) - words  # each line's first chunk in text.split()
-    at, n = first[keep], words[keep]
-    idx = np.repeat(at - (np.cumsum(n) - n), n) + np.arange(int(n.sum()), dtype=np.int64)
-    sentences, kept_tokens = sentence_counts_of(view.vocab, view.chunk_cids[idx], gap_token[idx], n)
-    kept_at = line_at[:end][keep, 2:]
+    st = view.vocab.state
+    end, hit, keep, sentences, kept_tokens = datatrove_c4_lines(
+        words, longest, curly, cfg.c4_max_word_length, cfg.c4_min_words_per_line,
+        view.chunk_cids, gap_token, st.start, st.count, st.flat, st.is_punct, st.sent_punct,
+    )  # fmt: skip
+    walked = line_at[:end]
+    kept_at = walked[keep, 2:]
     kept = [text[a:b] for a, b in kept_at.tolist()]
-    n_kept = len(kept)
     stats = {
         "kept_sentences": float(sentences),
         "lorem_ipsum": 0.0,
-        "curly_bracket": float(len(stops) > 0),
-        "kept_line_frac": n_kept / max(1, end),
+        "curly_bracket": float(hit),
+        "kept_line_frac": len(kept) / max(1, end),
     }
-    spans = [[a, b, 1.0] for a, b in line_at[:end][drop, :2].tolist()]
+    spans = [[a, b, 1.0] for a, b in walked[~keep, :2].tolist()]
     return stats, {"drop_line": spans}, "\n".join(kept), kept_tokens, (kept, kept_at)
 
 
