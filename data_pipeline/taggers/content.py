@@ -72,7 +72,7 @@ class BadWords:
     def spans(self, text: str) -> Spans:
         if self.regex is not None:
             return self.regex_spans(text)
-        return self.scanned_spans(text, *scan(text, self)[2:])
+        return self.scanned_spans(text, *scan(text, self)[2:6])
 
     def regex_spans(self, text: str) -> Spans:
         """self.regex.finditer's matches, the pattern tried only where an entry can start (a
@@ -146,10 +146,12 @@ _NO_WORDS = (
 )
 
 
-def scan(text: str, bw: BadWords | None = None):
-    """content_scan of `text` with the word set of `bw` (none: PII flags and word count only)."""
+def scan(text: str, bw: BadWords | None = None, cps: np.ndarray | None = None):
+    """content_scan of `text` (`cps`: its code points, if known) with the word set of `bw` (none:
+    PII flags and word count only)."""
     table = bw.table if bw is not None and bw.regex is None else _NO_WORDS
-    return content_scan(code_points(text), space_table(), *token_tables(), *table)
+    cps = code_points(text) if cps is None else cps
+    return content_scan(cps, space_table(), *token_tables(), *table)
 
 
 @lru_cache(maxsize=64)
@@ -213,10 +215,45 @@ def _spans(rx: re.Pattern, text: str, may: bool) -> Spans:
     return [[m.start(), m.end(), 1.0] for m in rx.finditer(text)] if may else []
 
 
-def pii_spans(text: str, reading: str, flags: int | None = None) -> dict[str, Spans]:
-    """The PII spans of a reading; `flags`: content_scan's PII flags of the text, if known."""
-    if flags is None:
-        flags = scan(text)[1]
+def _email_spans(text: str) -> Spans:
+    """EMAIL.finditer's matches, the pattern tried once per "@": a match holds one "@" (neither
+    part's characters include it) and, as its local part runs up to the "@", it matches from
+    every start in that run or from none; finditer's leftmost start is the run's first character
+    (or where its scan resumed, after the previous match)."""
+    out: Spans = []
+    pos, at = 0, text.find("@")
+    while at >= 0:
+        start = at
+        while start > pos and text[start - 1] in _EMAIL_LOCAL:
+            start -= 1
+        m = EMAIL.match(text, start) if start < at else None
+        if m is not None:
+            out.append([start, m.end(), 1.0])
+            pos = m.end()
+        at = text.find("@", max(at + 1, pos))
+    return out
+
+
+_EMAIL_LOCAL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._%+-")
+
+
+def _phone_spans(text: str, may_start) -> Spans:
+    """PHONE.finditer's matches, the pattern tried only at content_scan's phone starts (where a
+    match can begin), from the left, going on after each match as finditer does."""
+    out: Spans = []
+    pos, match = 0, PHONE.match
+    for p in may_start.tolist():
+        if p >= pos and (m := match(text, p)) is not None:
+            out.append([p, m.end(), 1.0])
+            pos = m.end()
+    return out
+
+
+def pii_spans(text: str, reading: str, scanned: tuple | None = None) -> dict[str, Spans]:
+    """The PII spans of a reading; `scanned`: content_scan's result for the text, if known."""
+    if scanned is None:
+        scanned = scan(text)
+    flags = scanned[1]
     has_at = "@" in text  # every e-mail pattern needs one
     may_ip = bool(flags & MAY_IPV4)
     if reading == "datatrove":
@@ -225,8 +262,8 @@ def pii_spans(text: str, reading: str, flags: int | None = None) -> dict[str, Sp
             "ip": [s for s in _spans(DT_IP, text, may_ip) if _public_ip(text[s[0] : s[1]])],
         }
     return {
-        "email": _spans(EMAIL, text, has_at),
-        "phone": _spans(PHONE, text, bool(flags & (MAY_PHONE | MAY_PHONE_INTL))),
+        "email": _email_spans(text) if has_at else [],
+        "phone": _phone_spans(text, scanned[6]) if flags & (MAY_PHONE | MAY_PHONE_INTL) else [],
         "ip": _spans(IPV4, text, may_ip),
     }
 
@@ -266,9 +303,10 @@ class ContentTagger(Tagger):
                 self.bw_dir, cfg.badwords_default_lang
             )
         if cfg.pii or cfg.badwords:  # one pass: word count, PII flags, bad-word candidates
-            n_words, flags, starts, ends, cand, exact = scan(text, bw)
+            scanned = scan(text, bw, view.cps)
+            n_words, _, starts, ends, cand, exact, _ = scanned
         if cfg.pii:
-            for kind, spans in pii_spans(text, cfg.pii_reading, flags).items():
+            for kind, spans in pii_spans(text, cfg.pii_reading, scanned).items():
                 if spans:
                     out[f"{pre}__pii__{kind}"] = spans
                 out[f"{pre}__pii__{kind}_count"] = whole(text, float(len(spans)))

@@ -27,7 +27,6 @@ from .base import Attrs, DocView, Tagger, as_view, register, whole
 from .content import RESOURCES  # the bundled LDNOOBW lists
 from .kernels import (
     alpha_table,
-    code_points,
     datatrove_c4_lines,
     datatrove_gopher_stats,
     dolma_c4_flags,
@@ -333,7 +332,7 @@ def dolma_gopher(view: DocView) -> dict[str, float]:
     counts = np.zeros(10, dtype=np.int64)
     top, dup = np.full(11, -1.0), np.full(11, -1.0)
     median = dolma_gopher_stats(
-        code_points(text), space_table(), alpha_table(), *_REQUIRED_TABLE, counts, top, dup
+        view.cps, space_table(), alpha_table(), *_REQUIRED_TABLE, counts, top, dup
     )
     n, char_count, symbols, alphas, required, n_lines, bullets, ellipses, dup_lines, dup_chars = (
         counts.tolist()
@@ -372,7 +371,7 @@ def dolma_c4(view: DocView, naughty: DolmaNaughty) -> Attrs:
     words of all lines are the whitespace words of the text): one compiled pass lower-cases it
     and tests them all, unless a character needs Python's lower() (token_tables)."""
     text = view.text
-    cp = code_points(text)
+    cp = view.cps
     flags = dolma_c4_flags(
         cp, token_tables()[2], space_table(), naughty.words, naughty.word_bits, naughty.phrases
     )

@@ -381,7 +381,7 @@ def test_content_scan_equals_the_regex_reading_on_every_sample():
         own = badwords_for(folder, lang)
         for text in [d["text"] for d in load_samples(lang)] + crafted:
             for bw in {id(b): b for b in (en, own) if b is not None and b.regex is None}.values():
-                n_words, flags, starts, ends, cand, exact = scan(text, bw)
+                n_words, flags, starts, ends, cand, exact, _ = scan(text, bw)
                 spans = bw.scanned_spans(text, starts, ends, cand, exact)
                 assert spans == bw.python_spans(text), (lang, text[:80])
                 matched += len(spans)
@@ -439,3 +439,24 @@ def test_unspaced_badwords_prefilter_equals_the_full_regex_scan():
             assert spans == [[m.start(), m.end(), 1.0] for m in bw.regex.finditer(text)]
             found += len(spans)
     assert found > 200
+
+
+def test_pii_spans_tried_at_their_possible_starts_equal_finditer():
+    """Dolma's e-mail and phone patterns tried once per "@" and at content_scan's phone starts
+    against finditer over the whole text: every sample page and random strings of digits,
+    separators, letters, "+", "(", ")" and "@"."""
+    import random
+
+    from data_pipeline.taggers.content import EMAIL, PHONE, pii_spans
+
+    rng = random.Random(0)
+    pieces = list("0123456789") * 3 + list(" .-+()@ab_%\n") + ["x.org", "a.b", "555 123 4567"]
+    texts = [d["text"] for lang in SAMPLE_LANGS for d in load_samples(lang)]
+    texts += ["".join(rng.choices(pieces, k=rng.randint(0, 60))) for _ in range(3000)]
+    found = {"email": 0, "phone": 0}
+    for text in texts:
+        got = pii_spans(text, "dolma")
+        for kind, rx in (("email", EMAIL), ("phone", PHONE)):
+            assert got[kind] == [[m.start(), m.end(), 1.0] for m in rx.finditer(text)], text
+            found[kind] += len(got[kind])
+    assert min(found.values()) > 100, found
