@@ -1,5 +1,4 @@
-"""spaCy's affix walk compiled: its prefix, suffix and infix patterns as fixed-width programs that
-one numba loop runs over every unseen chunk of a batch.
+"""spaCy's affix patterns read into fixed-width programs for the compiled walk (chunk_memo.py).
 
 `FastSplit` (words.py) walks spaCy's `_split_affixes` with spaCy's own regexes, one Python call per
 chunk (about 5 us). Here each pattern is read once into linear *programs* (its alternatives with
@@ -7,15 +6,18 @@ every branch expanded, in the pattern's order): a fixed sequence of character cl
 trailing run of one class (`\\.\\.+`), and lookbehind / lookahead checks at fixed offsets. That is
 the whole subset spaCy's affix lists use (literals, classes of literals and ranges, fixed lookbehinds
 and lookaheads, `(?!...)`, one `+`); a pattern holding anything else (`\\w`, a negated class, a
-lazy repeat, flags) is not compiled and every chunk then goes the Python way.
+lazy repeat, flags) is not compiled and every chunk then goes the Python way. `build_tables` packs
+the programs, per-character candidate lists and the hashes of the special-case keys into
+`chunk_memo.Tables`.
 
-`split_batch` gives, per chunk, spaCy's tokens as end offsets, or "undecided" where the Python path
-must look: a special case could take part (any string the walk reaches, or any run of result
-tokens, is a key of `tokenizer.rules`, compared by a 64-bit hash: a collision only sends a chunk
-to the Python path), or the middle has an infix match past its start (spaCy's `url_match` decides
-there). The semantics follow Python's `re` on the substring the walk holds: a prefix is the first
-alternative matching at the start, a suffix the leftmost-starting match ending at the end, the
-infix scan finditer's left-to-right first matches; lookarounds never see past the substring.
+The kernel (`chunk_memo._walk`, `split_chunks`) gives, per chunk, spaCy's tokens or "undecided"
+where the Python path must look: a special case could take part (any string the walk reaches, any
+run of two or more result tokens, or a single token whose rule is not the token itself, is a key of
+`tokenizer.rules`, compared by a 64-bit hash: a collision only sends a chunk to the Python path),
+or a middle with an infix split could be a URL (spaCy's `url_match` decides there). The semantics
+follow Python's `re` on the substring the walk holds: a prefix is the first alternative matching
+at the start, a suffix the leftmost-starting match ending at the end, the infix scan finditer's
+left-to-right first matches; lookarounds never see past the substring.
 tests/data_pipeline/test_taggers.py checks every decided chunk against spaCy itself.
 """
 

@@ -10,14 +10,16 @@ Two tokenisations are needed because the references disagree on what a word is:
 spaCy's tokenizer cuts the text at whitespace first and tokenises every whitespace-free chunk on its
 own (prefixes, suffixes, infixes, special cases: `spacy/tokenizer.pyx`, `_tokenize_affixes`), so the
 tokens of a document are the concatenation of the tokens of its chunks. `ChunkVocab` memoises that:
-each distinct chunk is tokenised by spaCy once (many unseen chunks of a document in one call), then
-every later occurrence is a dict lookup. The result is exactly spaCy's token list (checked against
-datatrove's own `split_into_words` in tests/data_pipeline/test_agreement.py) at a fraction of the
-cost, because datatrove runs the whole spaCy pipeline three times per document.
+each distinct chunk is tokenised once, by spaCy's affix walk compiled from spaCy's own patterns
+(affixes.py, chunk_memo.py), else by `FastSplit` (the same walk in Python, with `url_match`), else
+by spaCy itself (special cases; many chunks of a document in one call); every later occurrence is a
+lookup in the compiled memo. The result is exactly spaCy's token list (checked against datatrove's
+own `split_into_words` in tests/data_pipeline/test_agreement.py) at a fraction of the cost, because
+datatrove runs the whole spaCy pipeline three times per document.
 
 Tokens become integer ids with per-id properties in numpy arrays (length, "has a non-punctuation
-character", "has a letter", stop word, sentencizer flags), so the per-word statistics are array
-operations and the n-gram statistics compiled loops over ids (kernels.py).
+character", "has a letter", stop word, sentencizer flags, a hash of the characters), so the
+per-word and n-gram statistics are compiled loops over ids (kernels.py).
 """
 
 from __future__ import annotations
