@@ -74,9 +74,10 @@ def test_language_attributes_doc_paragraph_and_cld2():
 def test_language_tagger_skips_only_predictions_it_already_has(monkeypatch):
     """The language tagger's shortcuts (a paragraph text predicted before comes from its memo; a
     one-paragraph document's paragraph gets the document's prediction when only fastText's
-    delimiters surround it) against predicting the document and every paragraph, on man pages of
-    three languages in one run (translations keep English paragraphs) and on texts made for the
-    one-paragraph rule (a no-break space is no fastText delimiter: predicted on its own)."""
+    delimiters surround it; paragraphs predicted top-2, ties again top-3) against predicting the
+    document and every paragraph top-3, on man pages of three languages in one run
+    (translations keep English paragraphs) and on texts made for the one-paragraph rule (a
+    no-break space is no fastText delimiter: predicted on its own)."""
     from data_pipeline.taggers import lang as lang_module
     from data_pipeline.taggers import paragraph_spans
 
@@ -108,6 +109,15 @@ def test_language_tagger_skips_only_predictions_it_already_has(monkeypatch):
     assert sent.count(texts[-4] + "\n") == 1  # the one-paragraph document: predicted once
     tagger.MEMO_CHARS = 1000  # a memo that starts again every few documents: the same attributes
     assert [tagger({"id": str(i), "text": t}) for i, t in enumerate(texts)] == expected
+
+    def tied(f, ls, k):  # every top-2 prediction made a tie broken the other way: all redone
+        labels, probs = real(f, ls, k)
+        if k != 2:
+            return labels, probs
+        return [lab[::-1] for lab in labels], [np.array([p[0], p[0]]) for p in probs]
+
+    monkeypatch.setattr(lang_module, "_predict_lines", tied)
+    assert [LangTagger(LangTaggerConfig())({"text": t}) for t in texts[:20]] == expected[:20]
 
 
 SAMPLE_LANGS = ["en", "de", "fr", "es", "it", "nl", "pl", "pt", "ru", "sv", "uk", "ja", "zh_CN"]
