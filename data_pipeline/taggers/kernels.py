@@ -671,15 +671,16 @@ def content_scan(cp, is_space, is_tok, is_digit, lower, keys, index, flat, start
     """One pass of the content tagger over a text's code points.
 
     Returns (whitespace words, PII flags, token starts, token ends, candidate tokens, exact,
-    phone starts): the tokens are re.findall("[\\w']+(?:-[\\w']+)*") of the text (maximal runs of [\\w'] chars,
-    joined by single hyphens followed by one; the greedy match the pattern makes), the candidates
-    the indices of those whose str.lower() is in the word set, `exact` False where a token holds a
-    character without a one-to-one lower case (then the caller lowers in Python). PII flags: bit 0
-    \\d\\d\\d[ .-]\\d\\d\\d\\d occurs, bit 1 \\d\\.\\d{1,3}\\.\\d{1,3}\\.\\d occurs, bit 2 "+" then a digit
-    occurs (the necessary conditions of the phone and IPv4 patterns in content.py). Phone starts:
-    where a match of content.PHONE can begin, in order: each "+" before a digit (its second
-    branch starts there) and the 11 to 19 positions before the end of each \\d\\d\\d[ .-]\\d\\d\\d\\d
-    (every match of its first branch ends in one and is 11 to 19 characters long)."""
+    phone starts). The tokens are re.findall("[\\w']+(?:-[\\w']+)*") of the text (maximal runs
+    of [\\w'] chars, joined by single hyphens followed by one; the greedy match the pattern
+    makes), the candidates the indices of those whose str.lower() is in the word set, `exact`
+    False where a token holds a character without a one-to-one lower case (then the caller
+    lowers in Python). PII flags: bit 0 \\d\\d\\d[ .-]\\d\\d\\d\\d occurs, bit 1
+    \\d\\.\\d{1,3}\\.\\d{1,3}\\.\\d occurs, bit 2 "+" then a digit occurs (the necessary conditions
+    of the phone and IPv4 patterns in content.py). Phone starts: where a match of content.PHONE
+    can begin, in order: each "+" before a digit (its second branch starts there) and the 11 to
+    19 positions before the end of each \\d\\d\\d[ .-]\\d\\d\\d\\d (every match of its first branch
+    ends in one and is 11 to 19 characters long)."""
     n = len(cp)
     words, in_word, flags = 0, False, 0
     may_start = np.zeros(n + 1, dtype=np.bool_)

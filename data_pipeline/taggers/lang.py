@@ -72,20 +72,27 @@ _MULTILINE: dict[int, bool] = {}  # id(binding) -> whether its multilinePredict 
 
 def _first_of_top(f, lines: list[str], k: int) -> tuple[list[list[str]], list]:
     """Predictions whose first (label, probability) is that of a top-k prediction of each line,
-    from a top-2 one (lid.176's hierarchical softmax prunes more of its tree for 2 than for 3,
-    ~10% of fastText's time on paragraphs): both walks reach the leaf of highest score (a leaf
-    scores no more than any node above it, and a node is cut only below the k-th best leaf so
-    far) and compute its score alike, so where the first probability is above the second that
-    leaf is the only one on top and both put it first; an equal second (a possible tie, which
-    fastText breaks by its heap order) is predicted again with k."""
+    from a top-2 one where that is provably the same (lid.176's hierarchical softmax prunes more
+    of its tree for 2 than for 3: ~10% of fastText's time on paragraphs).
+
+    fastText's walk (loss.cc HierarchicalSoftmaxLoss::dfs) adds log(p + 1e-5) per level, which
+    is at most ~1.1e-5 above 0 with float rounding, so a leaf scores at most D = 175 levels x
+    1.1e-5 above any node over it (176 labels: depth <= 175); a node is cut when its score is
+    below the k-th best leaf found so far, the threshold cut is the same for every k. If the
+    best leaf M (of the tree left by the threshold) were cut in the top-2 walk, two leaves above
+    score(M) - D were found, so its first two scores would be less than D apart; if it were cut
+    in the top-k walk, k leaves other than M scored above score(M) - D, and the top-2 walk either
+    found one (second score within D of M's) or cut it (second score within 2D). So a top-2
+    first probability above 1.01 x the second (scores >= 2D apart, with margin) is M, the top-k
+    walk's first too, with the same score; other lines are predicted again with k."""
     if k <= 2:
         return _predict_lines(f, lines, k)
     labels, probs = _predict_lines(f, lines, 2)
-    tied = [i for i, p in enumerate(probs) if len(p) > 1 and p[0] == p[1]]
-    if tied:
+    close = [i for i, p in enumerate(probs) if len(p) > 1 and p[0] <= 1.01 * p[1]]
+    if close:
         labels, probs = list(labels), list(probs)
-        again = _predict_lines(f, [lines[i] for i in tied], k)
-        for i, lab, p in zip(tied, *again):
+        again = _predict_lines(f, [lines[i] for i in close], k)
+        for i, lab, p in zip(close, *again):
             labels[i], probs[i] = lab, p
     return labels, probs
 

@@ -74,9 +74,9 @@ def test_language_attributes_doc_paragraph_and_cld2():
 def test_language_tagger_skips_only_predictions_it_already_has(monkeypatch):
     """The language tagger's shortcuts (a paragraph text predicted before comes from its memo; a
     one-paragraph document's paragraph gets the document's prediction when only fastText's
-    delimiters surround it; paragraphs predicted top-2, ties again top-3) against predicting the
-    document and every paragraph top-3, on man pages of three languages in one run
-    (translations keep English paragraphs) and on texts made for the one-paragraph rule (a
+    delimiters surround it; paragraphs predicted top-2, close calls again top-3) against
+    predicting the document and every paragraph top-3, on man pages of three languages in one
+    run (translations keep English paragraphs) and on texts made for the one-paragraph rule (a
     no-break space is no fastText delimiter: predicted on its own)."""
     from data_pipeline.taggers import lang as lang_module
     from data_pipeline.taggers import paragraph_spans
