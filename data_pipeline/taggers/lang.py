@@ -118,7 +118,7 @@ class LangTagger(Tagger):
     has the same words, so the same prediction, as the document."""
 
     config_type = LangTaggerConfig
-    MEMO_CHARS = 32_000_000  # paragraph characters held before the memo starts again
+    MEMO_CHARS = 8_000_000  # paragraph characters held before the memo starts again (~40 MB)
 
     def __init__(self, cfg: LangTaggerConfig):
         self.cfg = cfg
