@@ -122,7 +122,11 @@ class LangTagger(Tagger):
 
     def __init__(self, cfg: LangTaggerConfig):
         self.cfg = cfg
-        self.memo: dict[str, tuple[str, float] | None] = {}  # text -> (attribute, score)
+        # text -> its attribute ("" where fastText gave no label) and score: strings and floats,
+        # which the garbage collector does not track (a tuple per entry would be scanned by
+        # every full collection)
+        self.memo: dict[str, str] = {}
+        self.scores: dict[str, float] = {}
         self.memo_chars = 0
 
     @staticmethod
@@ -168,20 +172,22 @@ class LangTagger(Tagger):
             if score >= cfg.min_score:
                 out[f"{cfg.name}__ft__lang__{lab[9:]}"] = whole(text, score)
         pre = f"{cfg.name}__ft_paragraph__lang__"
+        scores = self.scores
         for t, i in new.items():
             top = labels[i]
-            memo[t] = (pre + top[0][9:], round(min(1.0, float(probs[i][0])), 4)) if top else None
+            memo[t] = pre + top[0][9:] if top else ""
+            scores[t] = round(min(1.0, float(probs[i][0])), 4) if top else 0.0
             self.memo_chars += len(t)
         for (s, e), t in zip(paras, texts):
-            top = memo[t]
-            if top is not None:
-                name, score = top
+            name = memo[t]
+            if name:
                 if name in out:
-                    out[name].append([s, e, score])
+                    out[name].append([s, e, scores[t]])
                 else:
-                    out[name] = [[s, e, score]]
+                    out[name] = [[s, e, scores[t]]]
         if self.memo_chars > self.MEMO_CHARS:
             memo.clear()
+            scores.clear()
             self.memo_chars = 0
         return self._cld2(text, out)
 
