@@ -46,8 +46,17 @@ def _corpus() -> list[dict]:
     return [d for lang in LANGS for d in load(lang)]
 
 
+def _first_pages() -> list[dict]:
+    """One page of each language: what a worker has tagged before the timing starts (its kernels
+    loaded, its model read, its allocator warm), never the pages' words or paragraphs (the memos
+    are emptied after)."""
+    return [load(lang)[0] for lang in LANGS]
+
+
 def _datatrove_quality(docs: list[dict], warm: list[dict] = ()) -> tuple[float, int]:
-    """datatrove 0.10.1's four filters chained as FineWeb chains them; (seconds, kept)."""
+    """datatrove 0.10.1's four filters chained as FineWeb chains them; (seconds, kept). Before
+    timing they see the first pages (spaCy loaded) and the `warm` pages (spaCy's own caches of
+    lexemes and tokenizer see them first)."""
     from datatrove.data import Document
     from datatrove.pipeline.filters import (
         C4QualityFilter,
@@ -62,8 +71,7 @@ def _datatrove_quality(docs: list[dict], warm: list[dict] = ()) -> tuple[float, 
         C4QualityFilter(filter_no_terminal_punct=False),
         FineWebQualityFilter(),
     ]
-    chain[0].filter(Document(text=docs[0]["text"], id="warm"))  # spaCy loaded before timing
-    for d in warm:  # spaCy's own caches (lexemes, tokenizer) see the warm-up pages first
+    for d in [*_first_pages(), *warm]:
         doc = Document(text=d["text"], id=d["id"])
         all(f.filter(doc) is True for f in chain)
     kept = 0
@@ -76,23 +84,32 @@ def _datatrove_quality(docs: list[dict], warm: list[dict] = ()) -> tuple[float, 
     return _clock() - t0, kept
 
 
-def _ours(
-    preset: str, docs: list[dict], quality_only: bool, warm: list[dict] = ()
-) -> tuple[float, int]:
-    """Our taggers of a preset plus its mixer rules, one pass; the word memo starts empty (every
-    chunk new, as in a fresh worker) or after the `warm` pages; (seconds, kept)."""
+def _taggers(preset: str, quality_only: bool):
     from data_pipeline.config import compose_pipeline
     from data_pipeline.mixer import Mixer
-    from data_pipeline.taggers import TaggerSet, base
+    from data_pipeline.taggers import TaggerSet
 
     cfg = compose_pipeline(["output.dir=/tmp/unused", f"input.paths=[{SAMPLES}/*.gz]"], preset)
     tags = TaggerSet(cfg.taggers)
     if quality_only:
         tags.taggers = {"quality": tags.taggers["quality"]}
-    mixer = Mixer(cfg.mixer)
-    tags({"id": "warm", "text": "Warm up the kernels and spaCy. " * 20})
+    return tags, Mixer(cfg.mixer)
+
+
+def _ours(
+    preset: str, docs: list[dict], quality_only: bool, warm: list[dict] = ()
+) -> tuple[float, int]:
+    """Our taggers of a preset plus its mixer rules, one pass; (seconds, kept). A first tagger set
+    tags the first pages (untimed, once per worker process); the timed one is new, its word memos
+    emptied, so every chunk and paragraph is new to it (as in a fresh worker), or it has tagged the
+    `warm` pages first."""
+    from data_pipeline.taggers import base
+
+    first, _ = _taggers(preset, quality_only)
+    for d in _first_pages():
+        first(d)
+    tags, mixer = _taggers(preset, quality_only)
     base.SPACY_VOCAB.reset()
-    base.WS_VOCAB.reset()
     for d in warm:
         tags(d)
     kept = 0

@@ -11,7 +11,7 @@ language the language tagger found).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from functools import cached_property
 from typing import Any, ClassVar
 
@@ -67,73 +67,10 @@ def register(group: str):
 # ---------------------------------------------------------------- the shared split
 
 
-@dataclass
-class WordTable:
-    """Per-id properties of whitespace words (Dolma's reading)."""
-
-    length: np.ndarray
-    alpha: np.ndarray
-    symbol: np.ndarray  # contains "#" or "…" (dolma/taggers/gopher.py:14, 152)
-    required: np.ndarray  # one of the eight required English words (gopher.py:13, 158)
-
-
-class WhitespaceVocab:
-    """Memo of whitespace word -> id with its properties (bounded like ChunkVocab)."""
-
-    MAX = 1_000_000
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.ids: dict[str, int] = {}
-        cap = 1 << 14
-        self.table = WordTable(
-            np.zeros(cap, np.int64),
-            np.zeros(cap, np.bool_),
-            np.zeros(cap, np.bool_),
-            np.zeros(cap, np.bool_),
-        )
-
-    def _add(self, words: list[str]) -> None:
-        """Ids and properties for new distinct words, all at once."""
-        i0 = len(self.ids)
-        for k, w in enumerate(words):
-            self.ids[w] = i0 + k
-        n = i0 + len(words)
-        t = self.table
-        if n > len(t.length):
-            size = max(n, 2 * len(t.length))
-            for name in ("length", "alpha", "symbol", "required"):
-                a = getattr(t, name)
-                b = np.zeros(size, dtype=a.dtype)
-                b[: len(a)] = a
-                setattr(t, name, b)
-        sl = slice(i0, n)
-        t.length[sl] = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
-        t.alpha[sl] = [w.isalpha() or any(map(str.isalpha, w)) for w in words]
-        t.symbol[sl] = ["#" in w or "\u2026" in w for w in words]
-        t.required[sl] = [w in _REQUIRED for w in words]
-
-    def encode(self, words: list[str]) -> np.ndarray:
-        ids = self.ids
-        out = list(map(ids.get, words))
-        if None in out:
-            self._add([w for w in dict.fromkeys(words) if w not in ids])
-            out = list(map(ids.__getitem__, words))
-        return np.array(out, dtype=np.int64)
-
-    def maybe_reset(self) -> None:
-        if len(self.ids) > self.MAX:
-            self.reset()
-
-
-_REQUIRED = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
 _PARA = re.compile(r"\n\s*\n")
 
 # One memo per process: the tag task handles one shard after another in the same process.
 SPACY_VOCAB = ChunkVocab()
-WS_VOCAB = WhitespaceVocab()
 
 
 class DocView:
@@ -173,14 +110,6 @@ class DocView:
         return splitlines_words(self.cps, space_table())
 
     @cached_property
-    def chunk_ids(self) -> np.ndarray:
-        return WS_VOCAB.encode(self.chunks)
-
-    @property
-    def chunk_table(self) -> WordTable:
-        return WS_VOCAB.table
-
-    @cached_property
     def paragraphs(self) -> list[tuple[int, int]]:
         return paragraph_spans(self.text)
 
@@ -200,4 +129,3 @@ def paragraph_spans(text: str) -> list[tuple[int, int]]:
 def release_memory() -> None:
     """Between documents: restart the memos once they pass their bound."""
     SPACY_VOCAB.maybe_reset()
-    WS_VOCAB.maybe_reset()
