@@ -475,7 +475,8 @@ def rehash(keys, vals, size):
 
 @numba.njit(cache=True)
 def _key(h, n):
-    """splitmix64's finaliser of a polynomial hash and the length, low bit set (0: empty slot)."""
+    """splitmix64's finaliser of a polynomial hash and the length, low bit set (0: empty slot).
+    (kernels._finish mixes the same way; not imported: numba's cache would not see it change.)"""
     h ^= np.uint64(n) * np.uint64(0x9E3779B97F4A7C15)
     h ^= h >> np.uint64(30)
     h *= np.uint64(0xBF58476D1CE4E5B9)

@@ -197,24 +197,11 @@ def datatrove_c4_lines(
             end, hit = line, True
             break
         keep[line] = True
-        n, seen = 0, False  # line_sentence_starts on this line's chunks
         for k in range(chunk, chunk + w):
-            c = cids[k]
-            tokens += count[c]
-            for j in range(start[c], start[c] + count[c]):
-                t = flat[j]
-                if n == 0:
-                    n = 1
-                    seen = sent_punct[t]
-                elif seen and not is_punct[t] and not sent_punct[t]:
-                    n += 1
-                    seen = False
-                elif sent_punct[t]:
-                    seen = True
-            if k < chunk + w - 1 and gap_token[k] and seen:
-                n += 1
-                seen = False
-        sentences += n
+            tokens += count[cids[k]]
+        sentences += _line_sentences(
+            cids, chunk, w, gap_token, start, count, flat, is_punct, sent_punct
+        )
         chunk += w
     return end, hit, keep[:end], sentences, tokens
 
@@ -269,32 +256,39 @@ def token_hashes(cps, lens, out_hash, out_pow):
 
 
 @numba.njit(cache=True)
-def line_sentence_starts(cids, ws_after, line_chunks, start, count, flat, is_punct, sent_punct):
-    """spaCy's Sentencizer over lines (words.sentence_counts), each line its own doc: line l is the next
-    `line_chunks[l]` chunk ids of `cids` (chunk c's tokens are `flat[start[c] : start[c] +
-    count[c]]`), a chunk with `ws_after` set followed by a whitespace token (neither punctuation
-    nor sentence-final)."""
-    total = 0
-    k = 0
-    for l in range(len(line_chunks)):
-        n, seen = 0, False
-        for _ in range(line_chunks[l]):
-            c = cids[k]
-            for j in range(start[c], start[c] + count[c]):
-                t = flat[j]
-                if n == 0:
-                    n = 1
-                    seen = sent_punct[t]
-                elif seen and not is_punct[t] and not sent_punct[t]:
-                    n += 1
-                    seen = False
-                elif sent_punct[t]:
-                    seen = True
-            if ws_after[k] and seen:
+def _line_sentences(cids, k0, w, ws_after, start, count, flat, is_punct, sent_punct):
+    """spaCy's Sentencizer (spacy/pipeline/sentencizer.pyx, `predict`) on one line, its own doc:
+    the w chunk ids cids[k0:] (chunk c's tokens are `flat[start[c] : start[c] + count[c]]`), a
+    chunk with `ws_after` set followed by a whitespace token (neither punctuation nor
+    sentence-final). A sentence starts at the first token, and at the first token that is neither
+    punctuation nor sentence-final after a sentence-final one."""
+    n, seen = 0, False
+    for k in range(k0, k0 + w):
+        c = cids[k]
+        for j in range(start[c], start[c] + count[c]):
+            t = flat[j]
+            if n == 0:
+                n = 1
+                seen = sent_punct[t]
+            elif seen and not is_punct[t] and not sent_punct[t]:
                 n += 1
                 seen = False
-            k += 1
-        total += n
+            elif sent_punct[t]:
+                seen = True
+        if ws_after[k] and seen:
+            n += 1
+            seen = False
+    return n
+
+
+@numba.njit(cache=True)
+def line_sentence_starts(cids, ws_after, line_chunks, start, count, flat, is_punct, sent_punct):
+    """_line_sentences summed over lines (words.sentence_counts): line l is the next
+    `line_chunks[l]` chunk ids of `cids`."""
+    total, k = 0, 0
+    for w in line_chunks:
+        total += _line_sentences(cids, k, w, ws_after, start, count, flat, is_punct, sent_punct)
+        k += w
     return total
 
 
