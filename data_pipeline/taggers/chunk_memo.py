@@ -28,7 +28,7 @@ import numpy as np
 
 # classes as a bitmap below this code point (Latin to CJK punctuation), ranges above
 _SMALL = 0x3100
-_BASE = 0x100000001B3  # polynomial hash base (mod 2^64), as kernels.token_hashes
+_BASE = 0x100000001B3  # polynomial hash base (mod 2^64) of chunks, tokens and rule keys
 
 
 @dataclass

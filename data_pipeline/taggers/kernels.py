@@ -217,8 +217,6 @@ def warm_up() -> None:
     one = np.ones(6, dtype=np.int64)
     ws = np.zeros(6, dtype=np.bool_)
     line_sentence_starts(ids, ws, np.full(2, 3, np.int64), ids, one, ids, flags, flags)
-    h = np.zeros(3, dtype=np.uint64)
-    token_hashes(code_points("abc"), lens, h, h.copy())
     dolma_c4_lines(code_points("a b\n c"), space_table())
     lines = splitlines_words(code_points("a  b\r\n c{"), space_table())
     u = lens.astype(np.uint64)
@@ -236,23 +234,6 @@ def warm_up() -> None:
 
 def code_points(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-
-
-@numba.njit(cache=True)
-def token_hashes(cps, lens, out_hash, out_pow):
-    """Polynomial hash (base 0x100000001B3, mod 2^64) of each token's code points and base^length:
-    `cps` holds the tokens one after the other, `lens` their lengths."""
-    base = np.uint64(0x100000001B3)
-    pos = 0
-    for k in range(len(lens)):
-        h = np.uint64(0)
-        p = np.uint64(1)
-        for j in range(lens[k]):
-            h = h * base + np.uint64(cps[pos + j])
-            p = p * base
-        out_hash[k] = h
-        out_pow[k] = p
-        pos += lens[k]
 
 
 @numba.njit(cache=True)

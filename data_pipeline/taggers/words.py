@@ -51,8 +51,7 @@ _SENT_CHARS: frozenset[str] = frozenset()  # spaCy Sentencizer.default_punct_cha
 # words and the characters a URL needs, as arrays; set with _NLP
 _MEMO_ARGS: tuple = ()
 
-# datatrove/utils/text.py:13-181: PUNCTUATION_SET = PUNCTUATION | TERMINAL_PUNCTUATION
-_PUNCT_SET: frozenset[str] | None = None
+# datatrove/utils/text.py:13-181: TERMINAL_PUNCTUATION (FineWeb's line_punct rule), set with _NLP
 _TERMINAL: tuple[str, ...] | None = None
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
 
@@ -64,7 +63,7 @@ SLACK = (1 << 14, 1 << 16)
 
 
 def _spacy():
-    global _NLP, _PUNCT_SET, _TERMINAL, IDX, LENGTH, IS_PUNCT, _FAST, _SENT_CHARS, _TABLES
+    global _NLP, _TERMINAL, IDX, LENGTH, IS_PUNCT, _FAST, _SENT_CHARS, _TABLES
     global _MEMO_ARGS
     if _NLP is None:
         import spacy  # heavy optional import (see above)
@@ -74,7 +73,6 @@ def _spacy():
 
         _NLP = spacy.blank("en")
         IDX, LENGTH, IS_PUNCT = attrs.IDX, attrs.LENGTH, attrs.IS_PUNCT
-        _PUNCT_SET = PUNCTUATION_SET
         _TERMINAL = tuple(sorted(TERMINAL_PUNCTUATION))
         # built once per process (it reads spaCy's compiled patterns), kept across memo resets
         _FAST = FastSplit(_NLP, IS_PUNCT)
@@ -109,11 +107,6 @@ _NO_WALK = (
     np.zeros((3, 1), np.bool_),
     np.zeros(0, np.uint64),
 )
-
-
-def punctuation_set() -> frozenset[str]:
-    _spacy()
-    return _PUNCT_SET  # type: ignore[return-value]
 
 
 def terminal_punctuation() -> tuple[str, ...]:
@@ -537,12 +530,6 @@ class ChunkVocab:
         if not chunks:
             return np.zeros(0, dtype=np.int64)
         return self.gather(self.chunk_index(chunks))[0]
-
-    def words_and_counts(self, chunks: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids and the number of tokens of each chunk."""
-        if not chunks:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        return self.gather(self.chunk_index(chunks))
 
     def word_count(self, chunks: list[str]) -> int:
         """How many spaCy tokens the chunks make."""
