@@ -6,10 +6,15 @@ every rank in the same order):
 
     on_fit_start(trainer)            weights are set up (fresh, resumed or initialised), step known
     on_batch(trainer, batch, rng)    this rank's batch of step trainer.step + 1, before forward
+    on_before_update(trainer, loss, grad_norm, batch, rng)   step trainer.step + 1's loss and
+                                     norm (floats), before its optimizer step; only where they
+                                     are read (every step, or log steps under nan_check=log)
     on_step_end(trainer)             after the optimizer step: trainer.step, trainer.out hold it
     on_step_skipped(trainer, batch, rng)   a non-finite step dropped (trainer.nan_policy=skip)
     on_eval(trainer, results)        validation results {source: EvalResult} of trainer.step
     on_checkpoint(trainer, kind, step)     a series ("weights") or "full" checkpoint was written
+    on_rollback(trainer, step)       the state was returned to `step` (spike.action=rollback);
+                                     the steps after it will be trained again
     on_stop(trainer)                 the loop ended (last step, a stop request, or divergence)
     close(trainer)                   always, also after an exception: release files
 
@@ -45,6 +50,11 @@ class Callback:
     def on_batch(self, trainer: Trainer, batch: dict, sample_range: tuple[int, int]) -> None:
         pass
 
+    def on_before_update(
+        self, trainer: Trainer, loss: float, grad_norm: float, batch: dict, sample_range
+    ) -> None:
+        pass
+
     def on_step_end(self, trainer: Trainer) -> None:
         pass
 
@@ -55,6 +65,9 @@ class Callback:
         pass
 
     def on_checkpoint(self, trainer: Trainer, kind: str, step: int) -> None:
+        pass
+
+    def on_rollback(self, trainer: Trainer, step: int) -> None:
         pass
 
     def on_stop(self, trainer: Trainer) -> None:
@@ -76,6 +89,7 @@ def checkpoint_meta(trainer: Trainer) -> dict:
             "lr": lr_at(max(step, 1), run.optim.lr, run.schedule, run.trainer.max_steps),
         },
         "seed": run.trainer.seed,
+        **({"spike": trainer.spikes.state_dict()} if trainer.spikes is not None else {}),
     }
 
 
@@ -98,7 +112,7 @@ class OrderLog(Callback):
             truncate_order_log(path, trainer.step)
         self.fh = open(path, "a")
 
-    def _write(self, step: int, rng, batch: dict, skipped: bool = False) -> None:
+    def _write(self, step: int, rng, batch: dict, skipped: bool = False, jumped=None) -> None:
         if self.fh is None:
             return
         rec = {
@@ -109,14 +123,21 @@ class OrderLog(Callback):
         }
         if skipped:
             rec["skipped"] = True
+        if jumped:  # spike rollback: these samples of the order were skipped before this batch
+            rec["skipped_samples"] = list(jumped)
         self.fh.write(json.dumps(rec) + "\n")
         self.fh.flush()
 
     def on_step_end(self, trainer: Trainer) -> None:
-        self._write(trainer.step, trainer.out.sample_range, trainer.out.batch)
+        out = trainer.out
+        self._write(out.step, out.sample_range, out.batch, jumped=trainer.loader.jumped)
 
     def on_step_skipped(self, trainer: Trainer, batch: dict, sample_range) -> None:
-        self._write(trainer.step, sample_range, batch, skipped=True)
+        self._write(trainer.step, sample_range, batch, skipped=True, jumped=trainer.loader.jumped)
+
+    def on_rollback(self, trainer: Trainer, step: int) -> None:
+        if self.fh is not None:  # the steps after `step` will be consumed again (or skipped)
+            truncate_order_log(trainer.run_dir / "data_order.jsonl", step)
 
     def close(self, trainer: Trainer) -> None:
         if self.fh is not None:
@@ -171,6 +192,8 @@ class Metrics(Callback):
             # read here, at a log step (under trainer.nan_check=log the others are on the device)
             "loss_avg": sum(float(x) for x, _ in self.window) / len(self.window),
         }
+        if out.source_loss:  # a mixture: the step's training loss per source (SpikeDetector)
+            values.update({f"loss/{name}": v for name, v in out.source_loss.items()})
         self.logger.log(step, values, extra, evals=self.pending_eval)
         self.pending_eval = None
         self.window = []
@@ -190,6 +213,10 @@ class Metrics(Callback):
 
     def on_checkpoint(self, trainer: Trainer, kind: str, step: int) -> None:
         self.logger.reset_window()  # tokens/s measures training; saves are checkpoint_stall_s
+
+    def on_rollback(self, trainer: Trainer, step: int) -> None:
+        self.window = []  # loss_avg: only steps of the trajectory kept
+        self.logger.reset_window()
 
     def close(self, trainer: Trainer) -> None:
         self.logger.close()
@@ -243,6 +270,10 @@ class FullCheckpoint(Callback):
         c, step, last = trainer.run.checkpoint, trainer.step, trainer.run.trainer.max_steps
         if (c.interval and step % c.interval == 0) or step == last:
             self.save(trainer, async_save=c.async_save and step != last)
+
+    def on_rollback(self, trainer: Trainer, step: int) -> None:
+        if self.last_full > step:  # checkpoints past `step` were discarded with the rollback
+            self.last_full = -1
 
     def on_stop(self, trainer: Trainer) -> None:
         if trainer.step != self.last_full:

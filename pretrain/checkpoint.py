@@ -123,6 +123,21 @@ def read_checkpoint_config(ckpt_dir: str | Path) -> ModelConfig:
     return model_config_from_dict(load_yaml(config_path)["model"])
 
 
+def stored_param_dtype(ckpt_dir: str | Path) -> torch.dtype:
+    """float64 for a checkpoint of a float64 run (parallel.precision=fp64, or a float64 series),
+    so its single-device model computes as the run did; float32 otherwise (bf16/fp16 series are
+    widened, as before)."""
+    meta_path, config_path = Path(ckpt_dir) / "meta.json", Path(ckpt_dir) / "config.yaml"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if meta.get("dtype") == "float64":
+        return torch.float64
+    if meta.get("kind") == "full" and config_path.exists():
+        run = load_yaml(config_path)
+        if (run.get("parallel") or {}).get("precision") == "fp64":
+            return torch.float64
+    return torch.float32
+
+
 def load_model_state(
     ckpt_dir: str | Path, state: dict[str, torch.Tensor], process_group=None
 ) -> dict[str, torch.Tensor]:
@@ -143,7 +158,7 @@ def load_weights(ckpt_dir: str | Path, device: str = "cpu", verify: str = "size"
     layout), checked against its manifest first."""
     ckpt_dir = check_checkpoint(ckpt_dir, verify)
     cfg = read_checkpoint_config(ckpt_dir)
-    model = build_model(cfg, device="meta")
+    model = build_model(cfg, device="meta").to(stored_param_dtype(ckpt_dir))
     model.to_empty(device=device)
     model.reset_rope_tables()
     model.load_state_dict(load_model_state(ckpt_dir, model.state_dict()))
@@ -272,6 +287,23 @@ def read_index(run_dir: Path) -> list[dict]:
     if not p.exists():
         return []
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def drop_checkpoints_after(run_dir: Path, step: int) -> list[str]:
+    """Delete the full and series checkpoints of steps after `step` (a spike rollback abandons
+    that trajectory: resume=auto and the analyses must not find them); returns their paths.
+    Rank 0 only, with no save in flight."""
+    run_dir = Path(run_dir)
+    entries, dropped = read_index(run_dir), []
+    for e in entries:
+        if e["step"] > step:
+            shutil.rmtree(run_dir / e["path"], ignore_errors=True)
+            dropped.append(e["path"])
+    for s, path in list_full_checkpoints(run_dir):  # also any not (yet) in the index
+        if s > step and path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+    _write_index(run_dir, [e for e in entries if e["step"] <= step])
+    return dropped
 
 
 def _write_index(run_dir: Path, entries: list[dict]) -> None:

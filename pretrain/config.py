@@ -297,6 +297,55 @@ class MetricsConfig:
 
 
 @dataclass
+class SpikeConfig:
+    """Loss-spike detection, explanation, and rollback (pretrain/spikes.py, docs/training.md)."""
+
+    enabled: bool = True  # robust z-scores of the loss and grad norm at every step read
+    window: int = 100  # trailing steps whose median and MAD are the reference
+    min_steps: int = 8  # steps in the window before any step can be flagged
+    # z > 6 under a Gaussian tail: ~1e-9 false alarms per step, ~1.4e-4 over 143k steps
+    z: float = 6.0
+    signal: str = "loss"  # what flags a spike: loss, grad_norm, or either
+    action: str = "log"  # log: record it; rollback: back to a saved state, skip its batches
+    skip_batches: int = 1  # with rollback: batches of the data order skipped from the spiking one
+    max_rollbacks: int = 3  # with rollback: a spike after this many rollbacks stops the run
+    snapshot_interval: int = 0  # with rollback: host-memory copy of the state every N steps
+    top: int = 8  # sequences and documents listed per spike (top offenders first)
+
+    def validate(self, checkpoint_interval: int) -> None:
+        need(self.window >= 3, f"spike.window={self.window} must be >= 3")
+        need(
+            1 <= self.min_steps <= self.window,
+            f"spike.min_steps={self.min_steps} must be in [1, spike.window={self.window}]",
+        )
+        need(self.z > 0, f"spike.z={self.z} must be positive")
+        need(
+            self.signal in ("loss", "grad_norm", "either"),
+            f"spike.signal={self.signal!r} is not loss, grad_norm or either",
+        )
+        need(
+            self.action in ("log", "rollback"),
+            f"spike.action={self.action!r} is not log or rollback",
+        )
+        need(self.skip_batches >= 1, f"spike.skip_batches={self.skip_batches} must be >= 1")
+        need(self.max_rollbacks >= 1, f"spike.max_rollbacks={self.max_rollbacks} must be >= 1")
+        need(
+            self.snapshot_interval >= 0,
+            f"spike.snapshot_interval={self.snapshot_interval} must be >= 0 (0 = none)",
+        )
+        need(self.top >= 1, f"spike.top={self.top} must be >= 1")
+        need(
+            self.action != "rollback" or self.enabled,
+            "spike.action=rollback needs spike.enabled=true",
+        )
+        need(
+            self.action != "rollback" or checkpoint_interval > 0 or self.snapshot_interval > 0,
+            "spike.action=rollback needs a state to return to: set checkpoint.interval or "
+            "spike.snapshot_interval",
+        )
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
@@ -307,6 +356,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    spike: SpikeConfig = field(default_factory=SpikeConfig)
     run_dir: str = "runs/default"
     # none: start fresh (refuses a run_dir that has checkpoints); auto: the latest complete full
     # checkpoint of run_dir if any, else fresh; or a path to one full checkpoint folder.
@@ -315,7 +365,7 @@ class RunConfig:
 
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
 NO_DECAY_RULES = ("norm", "bias", "embedding")
-SERIES_DTYPES = ("float32", "bfloat16", "float16")
+SERIES_DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 
 def config_dir() -> Path:
@@ -495,6 +545,7 @@ def validate_run_config(run: RunConfig) -> RunConfig:
     d.validate()
     run.eval.validate()
     run.metrics.validate()
+    run.spike.validate(run.checkpoint.interval)
     need(
         t.seq_len <= model.max_seq_len,
         f"trainer.seq_len={t.seq_len} exceeds model.max_seq_len={model.max_seq_len}; "
@@ -563,6 +614,7 @@ __all__ = [
     "DataConfig",
     "EvalConfig",
     "MetricsConfig",
+    "SpikeConfig",
     "compose_config",
     "validate_run_config",
     "to_yaml",

@@ -16,6 +16,7 @@ from parallel.env import discover_env
 from pretrain.callbacks import Callback
 from pretrain.config import RunConfig, compose_config
 from pretrain.series import series_steps
+from pretrain.spikes import SpikeStop
 from pretrain.trainer import Trainer, TrainingDiverged, describe_plan, plan
 
 __all__ = ["Trainer", "TrainingDiverged", "describe_plan", "main_train", "plan", "train"]
@@ -60,7 +61,7 @@ def main_train(argv: list[str]) -> int:
         )
     try:
         out = train(run)
-    except TrainingDiverged as err:
+    except (TrainingDiverged, SpikeStop) as err:
         print(f"pretrain train: {err}", file=sys.stderr)
         return 1
     if out.get("preempted_at") is not None:  # not "done": the run continues after a requeue

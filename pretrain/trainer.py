@@ -61,6 +61,7 @@ from pretrain.metrics import MetricsLogger, device_peak_flops, wandb_available
 from pretrain.optim import build_optimizers, lr_at, set_lr
 from pretrain.preemption import Preemption
 from pretrain.series import format_bytes, retained_full_steps, series_steps
+from pretrain.spikes import SpikeDetector
 
 
 class TrainingDiverged(RuntimeError):
@@ -112,12 +113,14 @@ class StepOutput:
     batch: dict
     sample_range: tuple[int, int]
     expert_load: dict | None = None
+    source_loss: dict | None = None  # {source: training loss} at log steps of a mixture
 
 
 class Trainer:
     """See the module docstring. Attributes the callbacks read: run, run_dir, rank0, step,
     out (StepOutput of the last step), engine, optimizers, loader, order, ckpt,
-    metrics_logger, tokens_per_step, skipped, losses, stop_reason."""
+    metrics_logger, tokens_per_step, skipped, losses, stop_reason, spikes (the SpikeDetector or
+    None), resume_meta (meta.json of the checkpoint resumed from, else None)."""
 
     def __init__(
         self,
@@ -136,6 +139,9 @@ class Trainer:
         self.ckpt = self.engine = self.preemption = self.metrics_logger = None
         self.tokens_per_step = run.trainer.global_batch_size * run.trainer.seq_len
         self.evalset: EvalSet | None = None
+        self.spikes: SpikeDetector | None = None
+        self.resume_meta: dict | None = None
+        self.step_aborted = False  # set by a callback that restored an earlier state
 
     # ---- the algorithm ----------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -179,6 +185,11 @@ class Trainer:
         if sync and not (math.isfinite(loss) and math.isfinite(gnorm)):
             self._non_finite(loss, gnorm, batch, rng)
             return
+        if sync:  # loss and norm are floats here: callbacks may act before the update
+            self.fire("on_before_update", loss, gnorm, batch, rng)
+            if self.step_aborted:  # e.g. a spike rollback: the state is now an earlier step's
+                self.step_aborted = False
+                return
         for opt in self.optimizers:
             opt.step()
         self.engine.after_optimizer_step_fp8()
@@ -242,6 +253,14 @@ class Trainer:
 
     def is_log_step(self, step: int) -> bool:
         return step % self.run.trainer.log_interval == 0 or step == self.run.trainer.max_steps
+
+    def rewind(self, step: int) -> None:
+        """A callback restored the state after `step` (spike.action=rollback): the current step
+        is abandoned and the losses of the steps after `step` forgotten."""
+        self.losses = {k: float(v) for k, v in self.losses.items() if k <= step}
+        self._unread = []
+        self.step = step
+        self.step_aborted = True
 
     def say(self, msg: str) -> None:
         if self.rank0:
@@ -347,7 +366,7 @@ class Trainer:
 
     def _resume(self, path: Path) -> None:
         t = self.run.trainer
-        meta = self.ckpt.load_full(path, self.engine, self.optimizers)
+        meta = self.resume_meta = self.ckpt.load_full(path, self.engine, self.optimizers)
         self.step = int(meta["step"])
         self.loader.load_state_dict(meta["data"])
         if meta["data"]["global_batch"] != t.global_batch_size:
@@ -380,6 +399,9 @@ class Trainer:
             wandb_cfg=run.metrics if run.metrics.wandb else None,
         )
         callbacks: list[Callback] = [Validation(self.evalset, series)] if self.evalset else []
+        if run.spike.enabled:  # before Metrics: its per-source losses join the step's record
+            self.spikes = SpikeDetector(run.spike)
+            callbacks.append(self.spikes)
         callbacks += [
             Metrics(self.metrics_logger),
             OrderLog(),

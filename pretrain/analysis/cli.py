@@ -5,6 +5,7 @@
     eval --run DIR --data PATHS     held-out loss of every checkpoint (also HF stepN folders)
     memorization --run DIR          Pythia's memorization of training sequences per checkpoint
     compare RUN...                  training/validation loss, grad norm, LR of several runs
+    spikes --run DIR                the run's loss spikes and the documents of their batches
     scaling-fit --points CSV        L(N, D) = E + A/N^alpha + B/D^beta, Chinchilla approach 3
     weights --run DIR               per-layer norms and relative change, as a heat map
     report --run DIR                one self-contained HTML page for the run
@@ -25,6 +26,7 @@ from pretrain.analysis import (
     memorization,
     report,
     scaling_fit,
+    spikes,
     weights,
 )
 
@@ -37,7 +39,7 @@ def main(argv: list[str]) -> int:
     )
     sub = ap.add_subparsers(dest="what", required=True)
     batch.add_parsers(sub)
-    for module in (eval_loss, memorization, compare, scaling_fit, weights, report):
+    for module in (eval_loss, memorization, compare, scaling_fit, weights, spikes, report):
         module.add_parser(sub)
     args = ap.parse_args(argv)
     return int(args.func(args) or 0)

@@ -5,7 +5,8 @@ losses `eval/<source>/loss` the trainer logged) and overlays them: compare.png h
 for training loss, validation loss, grad norm and LR. The x axis is the step, the tokens seen, or
 the training FLOPs (tokens x model_zoo's training FLOPs per token of that run's model), which
 puts a suite of sizes on one compute axis. compare.csv holds every plotted point (run, step,
-tokens, flops, metric, value).
+tokens, flops, metric, value). A run's loss spikes (RUN/spikes.jsonl) are marked on its training
+loss and grad norm curves (red x; metrics `spike/loss`, `spike/grad_norm` in the table).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from matplotlib.ticker import NullFormatter
 from model_zoo.config import ConfigError
 from model_zoo.counting import training_flops_per_token
 from pretrain.analysis.common import load_run, save_figure, write_table
+from pretrain.analysis.spikes import read_spikes
 
 PANELS = (
     ("loss", "training loss"),
@@ -63,6 +65,11 @@ def run_points(run_dir: Path, label: str | None = None) -> list[dict]:
             )
             if wanted and isinstance(value, (int, float)):
                 out.append({**base, "metric": key, "value": float(value)})
+    for s in read_spikes(run_dir):
+        tokens = s["step"] * run.trainer.global_batch_size * run.trainer.seq_len
+        base = {"run": label, "step": s["step"], "tokens": tokens, "flops": tokens * per_token}
+        for key in ("loss", "grad_norm"):
+            out.append({**base, "metric": f"spike/{key}", "value": float(s[key])})
     return out
 
 
@@ -85,6 +92,10 @@ def plot(points: list[dict], x: str, path: Path) -> Path:
                     ms=3,
                     label=name,
                 )
+            key = f"spike/{metric}"
+            spk = [(p[x], p["value"]) for p in points if p["run"] == run and p["metric"] == key]
+            if spk:
+                ax.plot(*zip(*spk), "x", color="red", ms=7, mew=2, label=f"{run} spike")
         ax.set_title(title)
         ax.set_xscale("log" if x != "step" else "linear")
         ax.set_xlabel({"step": "step", "tokens": "tokens seen", "flops": "training FLOPs"}[x])

@@ -2,8 +2,8 @@
 
 The page (DIR/analysis/report.html, PNGs embedded as data URIs so it can be mailed or archived
 alone) holds: the resolved config, a summary of the data provenance (data_order.json: sources,
-files, documents, tokens, mixture), the training and validation curves, the checkpoint series
-table, and every analysis output found under DIR/analysis (each command's PNG and the first rows
+files, documents, tokens, mixture), the training and validation curves (loss spikes marked), the
+loss spikes with the documents of their batches (RUN/spikes.jsonl), the checkpoint series table, and every analysis output found under DIR/analysis (each command's PNG and the first rows
 of its CSV).
 """
 
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pretrain.analysis import compare
 from pretrain.analysis.common import load_run
+from pretrain.analysis.spikes import read_spikes
 from pretrain.checkpoint import read_index
 from pretrain.series import format_bytes
 
@@ -53,6 +54,22 @@ def provenance(run_dir: Path) -> str:
     ]
     table = _table(["source", "documents", "tokens", "files", "weight"], rows)
     return f"<p>seed {fp['seed']}, seq_len {fp['seq_len']}, shuffle {fp['shuffle']}</p>{table}"
+
+
+def spikes_table(run_dir: Path) -> str:
+    spikes = read_spikes(run_dir)
+    if not spikes:
+        return "<p>none flagged (RUN/spikes.jsonl)</p>"
+    rows = []
+    for s in spikes:
+        d = (s.get("documents") or [{}])[0]
+        top = f"{d['source']} doc {d['doc']} ({Path(d['file']).name}#{d['index']})" if d else ""
+        z = f"{s['z_loss']:.1f}" if s.get("z_loss") is not None else "n/a"
+        act = s["action"] + (f" to {s['rollback_to']}" if s.get("rollback_to") is not None else "")
+        rows.append([s["step"], f"{s['previous_loss']:.4f}", f"{s['loss']:.4f}", z,
+                     f"{s['grad_norm']:.3g}", act, top])  # fmt: skip
+    header = ["step", "loss before", "loss", "z", "grad norm", "action", "top document"]
+    return _table(header, rows)
 
 
 def series_table(run_dir: Path) -> str:
@@ -92,6 +109,8 @@ def main(args: argparse.Namespace) -> int:
         f"{run.trainer.global_batch_size} x {run.trainer.seq_len} tokens</p>",
         "<h2>Loss and validation curves</h2>",
         _img(curves),
+        "<h2>Loss spikes</h2>",
+        spikes_table(run_dir),
         "<h2>Data provenance</h2>",
         provenance(run_dir),
         "<h2>Checkpoint series</h2>",

@@ -13,7 +13,9 @@ Sample k of the run (k = 0, 1, 2, ...) is fixed by (seed, data, seq_len) alone:
    Megatron). Each epoch visits the samples in an order permuted by (seed, source, epoch).
 3. Step s (1-based) of the run consumes global samples [start_s, start_s + global_batch) where
    start_s is the running count of consumed samples; a data-parallel rank reads only its
-   contiguous slice of that range. The split into ranks and micro-batches therefore never changes
+   contiguous slice of that range. Ranges of samples can be skipped (a spike rollback's
+   `spike.skip_batches`): a batch that would start inside one starts at its end instead; the
+   ranges are part of the loader's state, so they hold after a resume. The split into ranks and micro-batches therefore never changes
    which samples form a global batch, and resuming at a recorded sample count is exact.
 
 Nothing here depends on the process layout; `pretrain analyze batch` calls the same functions.
@@ -222,22 +224,40 @@ class DataLoader:
         self.consumed = consumed_samples
         # Page-locked batches (on CUDA): the engine's copy to the GPU is then asynchronous
         self.pin_memory = pin_memory
+        self.skips: list[tuple[int, int]] = []  # [start, end) sample ranges never consumed
+        self.jumped: tuple[int, int] | None = None  # the range skipped before the last batch
+
+    def add_skip(self, start: int, end: int) -> None:
+        if (start, end) not in self.skips:
+            self.skips = sorted([*self.skips, (start, end)])
 
     def next_batch(self) -> tuple[dict[str, torch.Tensor], tuple[int, int]]:
         """This rank's slice of the next global batch, and the global sample range it belongs to."""
-        start = self.consumed
+        start, self.jumped = self.consumed, None
+        moved = True
+        while moved:  # ranges may touch: skip them all
+            moved = False
+            for a, b in self.skips:
+                if a <= start < b:
+                    start, moved = b, True
+        if start != self.consumed:
+            self.jumped = (self.consumed, start)
         lo = start + self.dp_rank * self.local
         batch = batch_tensors(self.order.samples(lo, lo + self.local), self.reset_positions)
         if self.pin_memory:
             batch = {k: v.pin_memory() for k, v in batch.items()}
-        self.consumed += self.global_batch
+        self.consumed = start + self.global_batch
         return batch, (start, start + self.global_batch)
 
     def state_dict(self) -> dict:
-        return {"consumed_samples": self.consumed, "global_batch": self.global_batch}
+        out = {"consumed_samples": self.consumed, "global_batch": self.global_batch}
+        if self.skips:
+            out["skips"] = [list(r) for r in self.skips]
+        return out
 
     def load_state_dict(self, state: dict) -> None:
         self.consumed = int(state["consumed_samples"])
+        self.skips = sorted((int(a), int(b)) for a, b in state.get("skips", []))
 
 
 def global_batch(
