@@ -7,6 +7,11 @@
    2 (gloo on CPU; on a GPU machine the GPUs, as many ranks as GPUs up to 4): llama3-tiny, whose
    vocabulary and document separator come from the data, with a dense checkpoint series and
    validation on held-out documents (another shard of the pipeline's output) during training.
+   The trainer's spike detector flags the run's loss spike (step 11 on the CPU run: every
+   sequence of its batch is far above step 10's loss, so the weights after step 10's update at
+   the peak LR broke, not one document) with the documents of its batch: one console line here,
+   RUN/spikes.jsonl, and `pretrain analyze spikes` in step 4 (its table and plot join the
+   report, whose curves mark the spike).
 3. `pretrain analyze series` and `batch`: the series index and the exact batch of one step.
 4. `pretrain analyze eval`, `memorization`, `weights`, `report`: held-out loss of every series
    checkpoint, Pythia's memorization of training sequences, per-parameter weight change, and one
@@ -177,6 +182,7 @@ def step_analyses(out: Path, run_dir: Path, tokens: Path, env: dict) -> tuple[Pa
         env,
     )
     run_command(["analyze", "weights", "--run", str(run_dir)], logs / "weights.log", env)
+    run_command(["analyze", "spikes", "--run", str(run_dir)], logs / "spikes.log", env)
     run_command(["analyze", "report", "--run", str(run_dir)], logs / "report.log", env)
     analysis = run_dir / "analysis"
     evals = [json.loads(x) for x in (analysis / "eval/eval.jsonl").read_text().splitlines()]
@@ -268,6 +274,33 @@ def step_export(
     )
 
 
+def spike_lines(run_dir: Path) -> tuple[list[dict], list[str]]:
+    """The run's spikes (RUN/spikes.jsonl) and one line for each: step, loss and grad norm before
+    and at it, z-scores, and the document of its batch that explains most of the jump."""
+    path = run_dir / "spikes.jsonl"
+    spikes = [json.loads(x) for x in path.read_text().splitlines() if x] if path.exists() else []
+    lines = []
+    for s in spikes:
+        d, (lo, _, hi) = s["documents"][0], s["sequence_loss_range"]
+        n, above = s["n_sequences"], s["sequences_above_previous"]
+        why = (
+            f"all {n} sequences of its batch lose {lo:.2f}..{hi:.2f}, above step "
+            f"{s['step'] - 1}'s {s['previous_loss']:.2f}: the weights broke (step "
+            f"{s['step'] - 1}'s update), not one document"
+            if above == n
+            else f"{above} of {n} sequences above step {s['step'] - 1}'s loss"
+        )
+        lines.append(
+            f"spike at step {s['step']}: loss {s['previous_loss']:.3f} -> {s['loss']:.3f} "
+            f"(z {s['z_loss']:.1f}), grad norm {s['previous_grad_norm']:.2f} -> "
+            f"{s['grad_norm']:.2f} (z {s['z_grad_norm']:.1f}) at lr {s['lr']:.2g}; {why}; top "
+            f"document {d['source']} doc {d['doc']} ({Path(d['file']).name}#{d['index']}, "
+            f"{d['tokens']} tokens, loss {d['loss']:.2f}); {s['action']} -> {path}, table "
+            f"`pretrain analyze spikes --run {run_dir}`"
+        )
+    return spikes, lines or [f"no loss spike flagged ({path} is empty)"]
+
+
 def timed(step: int, seconds: dict, name: str, fn, *args):
     """Run one demo step, print its line with the time it took, record the time."""
     start = time.time()
@@ -297,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     start, seconds = time.time(), {}
     tokens = timed(1, seconds, "data", step_data, out, env)
     run_dir = timed(2, seconds, "train", step_train, out, tokens, env)
+    spikes, lines = spike_lines(run_dir)
+    for line in lines:
+        log(f"   {line}")
     series, step, npz = timed(3, seconds, "series_batch", step_series_batch, out, run_dir, env)
     timed(4, seconds, "analyze", step_analyses, out, run_dir, tokens, env)
     result = timed(5, seconds, "export", step_export, out, run_dir, tokens, step, npz, env)
@@ -305,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     result.update(
         first_loss=losses[0], final_loss=losses[-1], series_steps=series, steps=STEPS,
         step_seconds=seconds, seconds=round(time.time() - start, 1),
+        spikes=[{k: s[k] for k in ("step", "loss", "z_loss", "grad_norm", "z_grad_norm")}
+                | {"top_documents": s["documents"][:3]} for s in spikes],
     )  # fmt: skip
     (out / "demo_results.json").write_text(json.dumps(result, indent=2))
     ok = (

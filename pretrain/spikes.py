@@ -408,6 +408,11 @@ class SpikeDetector(Callback):
         sequences.sort(key=lambda r: -r["loss"])
         return {
             "batch_loss": float(rows[:, 0].sum() / max(rows[:, 1].sum(), 1)),
+            # how broad the jump is: a batch whose every sequence is above the last step's loss
+            # points at the weights (the previous update), a few high ones at their documents
+            "sequence_loss_range": [float(x) for x in np.quantile(seq_loss, [0, 0.5, 1])],
+            "sequences_above_previous": int((seq_loss > base).sum()),
+            "n_sequences": len(samples),
             "document_loss": "tokens" if tokens is not None else "max over its sequences",
             "sequences": sequences[:top],
             "documents": documents[:top],
@@ -428,6 +433,12 @@ class SpikeDetector(Callback):
             if doc
             else ""
         )
+        spread = (
+            f"; {rec['sequences_above_previous']}/{rec['n_sequences']} sequences above the "
+            "last step's loss"
+            if "n_sequences" in rec
+            else ""
+        )
         act = (
             f"rolled back to step {rec['rollback_to']} and skipped samples "
             f"{rec['skipped_samples'][0]}..{rec['skipped_samples'][1] - 1} "
@@ -438,7 +449,8 @@ class SpikeDetector(Callback):
         trainer.say(
             f"spike at step {rec['step']}: loss {rec['previous_loss']:.4f} -> {rec['loss']:.4f} "
             f"(z {zl}), grad norm {rec['previous_grad_norm']:.3g} -> {rec['grad_norm']:.3g} "
-            f"(z {gz}), lr {rec['lr']:.3g}{who}; {act} -> {trainer.run_dir / 'spikes.jsonl'}"
+            f"(z {gz}), lr {rec['lr']:.3g}{spread}{who}; {act} -> "
+            f"{trainer.run_dir / 'spikes.jsonl'}"
         )
 
     # ---- rollback --------------------------------------------------------------------------------

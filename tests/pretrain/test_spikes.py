@@ -255,6 +255,21 @@ def test_snapshot_rollback_stopped_and_resumed_is_bitwise_the_same(runs):
     ]
 
 
+def test_found_at_a_later_log_step_under_nan_check_log_the_same_run(runs):
+    """trainer.nan_check=log, log_interval=5: the spikes of step 12 are scored at step 15 (the
+    steps between trained on the damaged weights), the rollback discards them: the same run."""
+    ov = runs["ov"](
+        "nan_log",
+        [runs["paths"]["one"]],
+        **runs["rollback_cfg"],
+        **{"trainer.nan_check": "log", "trainer.log_interval": 5},
+    )
+    out = Trainer(compose_config(ov), log=quiet).fit()
+    assert out["losses"] == runs["rollback"]["losses"]
+    recs = spikes(runs["dir"] / "nan_log")
+    assert [(r["step"], r["rollback_to"]) for r in recs] == [(P, 10)] * len(recs) and recs
+
+
 def test_a_spike_after_max_rollbacks_stops_the_run(runs):
     # skipping one batch leaves the second planted one: a second spike, past max_rollbacks=1
     ov = runs["ov"](
