@@ -294,7 +294,7 @@ class SpikeDetector(Callback):
         med = sigma = math.nan
         if len(self.loss) >= c.min_steps:
             z_loss, med, sigma = robust_z(self.loss, loss)
-            z_gnorm, gmed, gsigma = robust_z(self.log_gnorm, lg)
+            z_gnorm = robust_z(self.log_gnorm, lg)[0]
         over = {
             "loss": z_loss is not None and z_loss > c.z,
             "grad_norm": z_gnorm is not None and z_gnorm > c.z,
@@ -342,6 +342,8 @@ class SpikeDetector(Callback):
         rec["ranks_agree"] = all(r == mine for r in ranks)
         rec["ranks"] = len(ranks)
         self._write(trainer, rec)
+        if not rec["ranks_agree"]:  # the ranks' states would now differ: nothing sane follows
+            raise SpikeStop(f"spike at step {step}: the ranks decided differently: {ranks}")
         return c.action == "rollback"
 
     def _per_source(self, trainer: Trainer, step: int, rng) -> dict[str, float]:

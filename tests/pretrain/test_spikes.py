@@ -125,6 +125,7 @@ def runs(tmp_path_factory):
         "mix",
         [paths["mix"], paths["fr"]],
         **{"data.mix_block": GB, "checkpoint.series": f"'steps:[{P - 1}]'"},
+        **{"trainer.tensorboard": "true"},
         **{"checkpoint.series_dtype": "float32"},
     )
     out["mix"] = Trainer(compose_config(mix_ov), log=quiet).fit()
@@ -193,6 +194,16 @@ def test_per_source_training_loss_is_a_plain_forward_of_the_weights(runs):
     assert rec["loss/en"] - prev["loss/en"] > 10 * abs(rec["loss/fr"] - prev["loss/fr"])
     # sources weighted by their tokens (4 sequences each) give the step's loss, float32 bound
     assert abs((rec["loss/en"] + rec["loss/fr"]) / 2 - rec["loss"]) <= 256 * 2**-24 * rec["loss"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(d / "tensorboard"))
+    acc.Reload()
+    logged = {m["step"]: m for m in read_metrics(d) if "loss" in m}
+    for name in ("en", "fr"):
+        tb = {e.step: e.value for e in acc.Scalars(f"train/loss/{name}")}
+        assert sorted(tb) == sorted(logged)  # every log step
+        for step, value in tb.items():  # TensorBoard stores float32
+            assert value == pytest.approx(logged[step][f"loss/{name}"], rel=2**-23)
 
 
 def test_rollback_skips_the_planted_batches_and_is_the_unpoisoned_run(runs):
