@@ -7,9 +7,9 @@
    2 (gloo on CPU; on a GPU machine the GPUs, as many ranks as GPUs up to 4): llama3-tiny, whose
    vocabulary and document separator come from the data, with a dense checkpoint series and
    validation on held-out documents (another shard of the pipeline's output) during training.
-   The trainer's spike detector flags the run's loss spike (step 11 on the CPU run: every
-   sequence of its batch is far above step 10's loss, so the weights after step 10's update at
-   the peak LR broke, not one document) with the documents of its batch: one console line here,
+   The trainer's spike detector flags the run's loss spike (step 11 on the CPU run: 61 of its
+   64 sequences are above step 10's loss, median 8.8 against 5.97, so the weights broke with
+   step 10's update at the peak LR, not a few documents) with its batch: one console line here,
    RUN/spikes.jsonl, and `pretrain analyze spikes` in step 4 (its table and plot join the
    report, whose curves mark the spike).
 3. `pretrain analyze series` and `batch`: the series index and the exact batch of one step.
@@ -281,14 +281,15 @@ def spike_lines(run_dir: Path) -> tuple[list[dict], list[str]]:
     spikes = [json.loads(x) for x in path.read_text().splitlines() if x] if path.exists() else []
     lines = []
     for s in spikes:
-        d, (lo, _, hi) = s["documents"][0], s["sequence_loss_range"]
+        d, (lo, med, hi) = s["documents"][0], s["sequence_loss_range"]
         n, above = s["n_sequences"], s["sequences_above_previous"]
+        # most sequences above the last loss: the weights broke (the previous update); a few:
+        # their documents
+        whose = f"the weights', from step {s['step'] - 1}'s update"
         why = (
-            f"all {n} sequences of its batch lose {lo:.2f}..{hi:.2f}, above step "
-            f"{s['step'] - 1}'s {s['previous_loss']:.2f}: the weights broke (step "
-            f"{s['step'] - 1}'s update), not one document"
-            if above == n
-            else f"{above} of {n} sequences above step {s['step'] - 1}'s loss"
+            f"{above} of its {n} sequences above step {s['step'] - 1}'s "
+            f"{s['previous_loss']:.2f} (per-sequence loss {lo:.2f}, median {med:.2f}, max "
+            f"{hi:.2f}): {whose if med > s['previous_loss'] else 'a few documents'}"
         )
         lines.append(
             f"spike at step {s['step']}: loss {s['previous_loss']:.3f} -> {s['loss']:.3f} "

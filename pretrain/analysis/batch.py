@@ -64,6 +64,8 @@ def batch_of_step(run_dir: Path, step: int) -> dict:
         "sources": [src.name for src in order.sources],
         "order": order,
         "skipped": bool(rec.get("skipped", False)),
+        # a spike rollback's skip (spike.skip_batches) of these samples just before this step
+        "skipped_before": rec.get("skipped_samples"),
     }
 
 
@@ -86,6 +88,9 @@ def cmd_batch(args) -> int:
         f"({len(out['samples'])} sequences of {out['tokens'].shape[1]} tokens)"
         f"{' [update skipped: non-finite loss]' if out['skipped'] else ''}; hash verified"
     )
+    if out["skipped_before"]:
+        a, b = out["skipped_before"]
+        print(f"  samples {a}..{b - 1} of the order were skipped before it (spike rollback)")
     for i in range(min(args.show, len(out["samples"]))):
         s = int(out["source"][i])
         docs = out["doc_ids"][i]

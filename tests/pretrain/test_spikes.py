@@ -206,7 +206,7 @@ def test_per_source_training_loss_is_a_plain_forward_of_the_weights(runs):
             assert value == pytest.approx(logged[step][f"loss/{name}"], rel=2**-23)
 
 
-def test_rollback_skips_the_planted_batches_and_is_the_unpoisoned_run(runs):
+def test_rollback_skips_the_planted_batches_and_is_the_unpoisoned_run(runs, capsys):
     """The unpoisoned run has the same settings (rollback on): the batch that follows the planted
     ones is a hard one of its own (a gcloud page's capitals, z ~6.5 at step P), which both runs
     flag and skip alike; every other step is the same computation on the same tokens."""
@@ -239,6 +239,13 @@ def test_rollback_skips_the_planted_batches_and_is_the_unpoisoned_run(runs):
     assert torch.equal(torch.from_numpy(got["tokens"][:, :-1]), runs["seen"].inputs[P])
     assert np.array_equal(got["tokens"], batch_of_step(clean, P)["tokens"])
     assert not set(got["doc_ids"].ravel().tolist()) & set(runs["one_ids"])
+    from pretrain.cli import main
+
+    assert main(["analyze", "batch", "--run", str(d), "--step", str(P), "--show", "0"]) == 0
+    a, b = order[P - 1]["samples"]
+    shown = capsys.readouterr().out
+    assert f"step {P}: global samples {a}..{b - 1}" in shown
+    assert f"samples {GB * (P - 1)}..{a - 1} of the order were skipped before it" in shown
     # the series steps are the ones asked for, and hold the unpoisoned run's weights
     assert sorted(e["step"] for e in read_index(d) if e["kind"] == "weights") == [11, 12]
     a, b = load_weights(d / "series/step12"), load_weights(clean / "series/step12")
