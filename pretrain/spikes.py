@@ -361,7 +361,8 @@ class SpikeDetector(Callback):
         chunks, (a, b) = self.stash.get(step, []), rng
         seq_len = trainer.run.trainer.seq_len
         rows = self.recorder.rows(chunks, b - a).numpy()
-        tokens = self.recorder.tokens(chunks, b - a, seq_len) if chunks else None
+        # every rank joins both gathers (a pipeline's first stages recorded nothing)
+        tokens = self.recorder.tokens(chunks, b - a, seq_len)
         if not trainer.rank0:
             return {}
         order, top = trainer.order, self.cfg.top
