@@ -285,11 +285,15 @@ def spike_lines(run_dir: Path) -> tuple[list[dict], list[str]]:
         n, above = s["n_sequences"], s["sequences_above_previous"]
         # most sequences above the last loss: the weights broke (the previous update); a few:
         # their documents
-        whose = f"the weights', from step {s['step'] - 1}'s update"
+        whose = (
+            f"the jump is the weights' (step {s['step'] - 1}'s update), not a few documents'"
+            if med > s["previous_loss"]
+            else "the jump is a few documents'"
+        )
         why = (
             f"{above} of its {n} sequences above step {s['step'] - 1}'s "
             f"{s['previous_loss']:.2f} (per-sequence loss {lo:.2f}, median {med:.2f}, max "
-            f"{hi:.2f}): {whose if med > s['previous_loss'] else 'a few documents'}"
+            f"{hi:.2f}): {whose}"
         )
         lines.append(
             f"spike at step {s['step']}: loss {s['previous_loss']:.3f} -> {s['loss']:.3f} "

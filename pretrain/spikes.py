@@ -463,8 +463,9 @@ class SpikeDetector(Callback):
         trainer.engine.zero_grad()
         trainer.stop_reason = "spike"
         trainer.fire("on_stop")  # the last good state (step - 1) is saved
+        z = f"{rec['z_loss']:.1f}" if rec["z_loss"] is not None else "n/a"
         raise SpikeStop(
-            f"spike at step {step} (loss {rec['loss']:.4f}, z {rec['z_loss']}): {why}; stopped "
+            f"spike at step {step} (loss {rec['loss']:.4f}, z {z}): {why}; stopped "
             f"at step {trainer.step}, saved in {trainer.run_dir / 'checkpoints'}. Its data: "
             f"`pretrain analyze spikes --run {trainer.run_dir}`; raise spike.max_rollbacks or "
             "spike.skip_batches, or lower optim.lr"
