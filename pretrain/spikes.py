@@ -447,6 +447,8 @@ class SpikeDetector(Callback):
             f"{rec['skipped_samples'][0]}..{rec['skipped_samples'][1] - 1} "
             f"(rollback {rec['rollback']}/{self.cfg.max_rollbacks})"
             if "rollback_to" in rec
+            else "the run stops"
+            if rec["action"] == "stop"
             else "logged (spike.action=log)"
         )
         trainer.say(

@@ -296,8 +296,11 @@ def test_a_spike_after_max_rollbacks_stops_the_run(runs):
         [runs["paths"]["one"]],
         **{"spike.action": "rollback", "spike.skip_batches": 1, "spike.max_rollbacks": 1},
     )
+    lines: list[str] = []
     with pytest.raises(SpikeStop, match=r"1 rollbacks already \(spike.max_rollbacks\)"):
-        Trainer(compose_config(ov), log=quiet).fit()
+        Trainer(compose_config(ov), log=lines.append).fit()
+    said = [line for line in lines if line.startswith("spike at step")]
+    assert "rolled back to step 10" in said[0] and "the run stops" in said[1]
     recs = spikes(runs["dir"] / "stop")
     assert [(r["step"], r["action"]) for r in recs] == [(P, "rollback"), (P, "stop")]
     assert max(e["step"] for e in read_index(runs["dir"] / "stop")) == P - 1  # last good state
