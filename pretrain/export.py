@@ -1,4 +1,8 @@
-"""`pretrain import-hf` and `pretrain export-hf`: Hugging Face folders <-> checkpoints of ours."""
+"""`pretrain import-hf` and `pretrain export-hf`: Hugging Face folders <-> checkpoints of ours.
+
+An exported folder carries the run's tokenizer (the one its token data names, or `--tokenizer`)
+with its special tokens named consistently with config.json (pretrain/tokenizer.py), so
+transformers' AutoTokenizer and lm-eval's `hf` model read it as they read a published model."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from tqdm import tqdm
 from model_zoo.hf import export_hf, import_hf
 from pretrain.checkpoint import check_checkpoint, load_weights, read_index, save_weights
 from pretrain.config import RunConfig
+from pretrain.tokenizer import checkpoint_tokenizer, write_tokenizer_folder
 
 
 def import_hf_to_checkpoint(
@@ -43,15 +48,27 @@ def export_checkpoint_to_hf(
 ) -> Path:
     # a series (weights) or a full training checkpoint, checked against its manifest
     model = load_weights(ckpt_dir, verify=verify)
-    return export_hf(
+    out = export_hf(
         model.cfg,
         model.state_dict(),
         out_dir,
         dtype=dtype,
-        tokenizer=tokenizer,
         overwrite=overwrite,
         max_shard_bytes=max_shard_bytes,
     )
+    _write_tokenizer(ckpt_dir, out, model.cfg, tokenizer)
+    return out
+
+
+def _write_tokenizer(ckpt_dir, out: Path, cfg, tokenizer: str | None) -> None:
+    """The given tokenizer, else the run's (from its data's metadata.json); nothing when the run
+    read raw shards without metadata and none was given."""
+    found = checkpoint_tokenizer(ckpt_dir)
+    if tokenizer is None and found is None:
+        return
+    same = found is not None and (tokenizer is None or Path(tokenizer).resolve() == found.path)
+    pad_id = found.pad_id if same else None  # the data's pad id belongs to its own tokenizer
+    write_tokenizer_folder(tokenizer or found.path, out, cfg, pad_id)
 
 
 def export_run_steps(
@@ -87,6 +104,7 @@ def export_run_steps(
     bar = tqdm(wanted, desc="export-hf", unit="ckpt", file=sys.stderr, disable=len(wanted) < 2)
     for step in bar:
         bar.set_postfix_str(f"step {step}")
-        model = load_weights(run_dir / by_step[step]["path"], verify="size")
-        out = export_hf(model.cfg, model.state_dict(), out_root / f"step{step}", **kw)
+        out = export_checkpoint_to_hf(
+            run_dir / by_step[step]["path"], out_root / f"step{step}", verify="size", **kw
+        )
         yield step, out

@@ -67,7 +67,9 @@ def _write_safetensors(sd: dict[str, torch.Tensor], out_dir: Path, max_shard_byt
     return len(shards)
 
 
-def _copy_tokenizer(tokenizer: Path, out_dir: Path, cfg: ModelConfig) -> None:
+def copy_tokenizer(tokenizer: Path, out_dir: Path, cfg: ModelConfig) -> None:
+    """The tokenizer file, or a folder's tokenizer files, into out_dir (the special tokens are
+    named by pretrain/tokenizer.py, which knows the run's ids)."""
     tokenizer = Path(tokenizer)
     if tokenizer.is_file():
         shutil.copy2(tokenizer, out_dir / tokenizer.name)
@@ -118,7 +120,7 @@ def export_hf(
         generation["eos_token_id"] = cfg.eos_token_id
     (out_dir / "generation_config.json").write_text(json.dumps(generation, indent=2))
     if tokenizer is not None:
-        _copy_tokenizer(Path(tokenizer), out_dir, cfg)
+        copy_tokenizer(Path(tokenizer), out_dir, cfg)
     return out_dir
 
 

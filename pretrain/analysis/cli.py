@@ -4,6 +4,7 @@
     series --run DIR                the run's checkpoints (the index)
     eval --run DIR --data PATHS     held-out loss of every checkpoint (also HF stepN folders)
     memorization --run DIR          Pythia's memorization of training sequences per checkpoint
+    downstream --run DIR --tasks T  lm-eval benchmark accuracy per checkpoint (also HF folders)
     compare RUN...                  training/validation loss, grad norm, LR of several runs
     spikes --run DIR                the run's loss spikes and the documents of their batches
     scaling-fit --points CSV        L(N, D) = E + A/N^alpha + B/D^beta, Chinchilla approach 3
@@ -22,6 +23,7 @@ import argparse
 from pretrain.analysis import (
     batch,
     compare,
+    downstream,
     eval_loss,
     memorization,
     report,
@@ -39,7 +41,16 @@ def main(argv: list[str]) -> int:
     )
     sub = ap.add_subparsers(dest="what", required=True)
     batch.add_parsers(sub)
-    for module in (eval_loss, memorization, compare, scaling_fit, weights, spikes, report):
+    for module in (
+        eval_loss,
+        memorization,
+        downstream,
+        compare,
+        scaling_fit,
+        weights,
+        spikes,
+        report,
+    ):
         module.add_parser(sub)
     args = ap.parse_args(argv)
     return int(args.func(args) or 0)
