@@ -20,6 +20,7 @@ from matplotlib.ticker import NullFormatter
 
 from model_zoo.config import ConfigError
 from model_zoo.counting import training_flops_per_token
+from pretrain.analysis import downstream
 from pretrain.analysis.common import load_run, save_figure, write_table
 from pretrain.analysis.spikes import read_spikes
 
@@ -114,6 +115,9 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     write_table(points, out / "compare.csv")
     png = plot(points, x, out / "compare.png")
+    # benchmark curves of the runs that have `analyze downstream` results, overlaid per task
+    x_down = "steps" if x == "step" else "tokens"
+    downstream_pngs = downstream.overlay_runs([Path(r) for r in args.runs], labels, out, x_down)
     finals = []
     for label in labels:
         losses = [p for p in points if p["run"] == label and p["metric"] == "loss"]
@@ -121,6 +125,8 @@ def main(args: argparse.Namespace) -> int:
             finals.append(f"{label} {losses[-1]['value']:.4f} at step {losses[-1]['step']}")
     print(f"compare {len(args.runs)} runs (x: {args.x}); last training loss: {'; '.join(finals)}")
     print(f"table {out / 'compare.csv'}, plot {png}")
+    if downstream_pngs:
+        print(f"downstream: {', '.join(str(p) for p in downstream_pngs)}")
     return 0
 
 

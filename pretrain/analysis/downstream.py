@@ -223,6 +223,40 @@ def plot_task(rows: list[dict], task: str, path: Path, x: str) -> Path:
     return save_figure(fig, path)
 
 
+def overlay_runs(runs: list[Path], labels: list[str], out: Path, x: str = "tokens") -> list[Path]:
+    """`analyze compare`: for every task the runs have in RUN/analysis/downstream, one PNG with
+    each run's curve per metric (value +- stderr); nothing when no run has downstream results."""
+    rows = []
+    for run, label in zip(runs, labels):
+        path = Path(run) / "analysis" / "downstream" / "downstream.jsonl"
+        if path.exists():
+            rows += [{**json.loads(line), "run": label} for line in path.read_text().splitlines()]
+    pngs = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        mine = [r for r in rows if r["task"] == task]
+        metrics = list(dict.fromkeys(r["metric"] for r in mine))
+        fig, axes = plt.subplots(
+            1, len(metrics), figsize=(4.2 * len(metrics) + 1, 3.8), squeeze=False
+        )
+        for ax, metric in zip(axes[0], metrics):
+            for label in dict.fromkeys(r["run"] for r in mine):
+                pts = sorted(
+                    (x_of(r, x), r["value"], r["stderr"] or 0.0)
+                    for r in mine
+                    if r["metric"] == metric and r["run"] == label
+                )
+                xs, ys, es = zip(*pts)
+                ax.plot(xs, ys, "-o", ms=3, label=label)
+                lo, hi = [y - e for y, e in zip(ys, es)], [y + e for y, e in zip(ys, es)]
+                ax.fill_between(xs, lo, hi, alpha=0.2)
+            ax.set_xscale("log")
+            ax.set_xlabel("tokens seen (log)" if x == "tokens" else "step (log)")
+            ax.set_title(f"{task}: {metric}", fontsize=9)
+            ax.legend(fontsize=7)
+        pngs.append(save_figure(fig, out / f"compare_downstream_{task}.png"))
+    return pngs
+
+
 def _quiet_lm_eval() -> None:
     for name in ("lm-eval", "lm_eval", "datasets"):
         logging.getLogger(name).setLevel(logging.ERROR)

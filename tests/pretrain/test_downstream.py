@@ -90,9 +90,9 @@ def both(suite):
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    out = suite["dir"] / "ours"
+    out = suite["run"] / "analysis" / "downstream"  # the default: report and compare find it
     args = ["analyze", "downstream", "--run", str(suite["run"]), "--tasks", ",".join(TASKS)]
-    args += ["--include-path", str(suite["tasks"]), "--out", str(out), "--limit", str(LIMIT)]
+    args += ["--include-path", str(suite["tasks"]), "--limit", str(LIMIT)]
     args += ["--dtype", "float64", "--log-samples", "--steps", f"steps:[0,{STEPS}]"]
     assert main(args) == 0
     # lm-eval's own model and evaluator on the exported folder, unpatched; the context length
@@ -184,3 +184,16 @@ def test_pythia_preset_is_the_papers_suite_under_lm_evals_names():
         *("lambada_openai", "piqa", "winogrande", "arc_easy", "arc_challenge", "sciq"),
         *("logiqa", "wsc"),
     ]
+
+
+def test_report_shows_and_compare_overlays_the_downstream_plots(both, suite, tmp_path, capsys):
+    run = suite["run"]
+    assert main(["analyze", "report", "--run", str(run)]) == 0
+    page = (run / "analysis" / "report.html").read_text()
+    assert "<h3>downstream</h3>" in page and "downstream.csv" in page
+    for task in TASKS:
+        assert f'alt="downstream_{task}.png"' in page
+    assert main(["analyze", "compare", str(run), "--out", str(tmp_path)]) == 0
+    assert "downstream: " in capsys.readouterr().out
+    for task in TASKS:
+        png_is_a_plot(tmp_path / f"compare_downstream_{task}.png")
