@@ -41,7 +41,7 @@ def worker(args) -> None:
     from parallel.engine import build_engine
     from parallel.env import destroy_distributed, discover_env, init_distributed
     from parallel.layout import build_mesh, resolve_layout
-    from tests.parallel.parallel_harness import text_batches
+    from pretrain.parity.harness import text_batches
 
     env = discover_env()
     device = init_distributed(env, "cpu", timeout_s=600)

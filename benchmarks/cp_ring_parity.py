@@ -26,7 +26,7 @@ from parallel.config import ParallelConfig
 from parallel.engine import build_engine
 from parallel.env import destroy_distributed, discover_env, init_distributed
 from parallel.layout import build_mesh, resolve_layout
-from tests.parallel.parallel_harness import (
+from pretrain.parity.harness import (
     build_optimizers,
     max_rel_param_diff,
     reference_run,
@@ -79,7 +79,11 @@ def main(argv=None) -> None:
     cfg = dataclasses.replace(get_model_config("llama3-tiny"), n_layers=4)
     cases = []
     try:
-        ref = reference_run(cfg, args.steps, GBS, SEQ, seed=SEED) if env.rank == 0 else None
+        ref = (
+            reference_run(cfg, args.steps, GBS, SEQ, seed=SEED, precision="fp32")
+            if env.rank == 0
+            else None
+        )
         for style in STYLES:
             got = cp_run(cfg, style, env.world_size, args.steps, device)
             if env.rank != 0:

@@ -15,13 +15,11 @@ ratio to bf16's, measured in the same run.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-# The parity tests' harness launches the engine's worker processes and reads their results.
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "parallel")]
+# The parity harness launches the engine's worker processes and reads their results.
+from pretrain.parity.harness import launch, rel
 
 PRECISIONS = ("bf16", "fp8_tensorwise", "fp8_rowwise")
 
@@ -30,7 +28,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--steps", type=int, default=20)
     args = ap.parse_args()
-    from parallel_harness import launch, rel
 
     floors = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,12 +19,19 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex
 from model_zoo.config import ModelConfig
 
 
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """`x` in the precision a reduction should run in: fp32 for bf16/fp32 (as Hugging Face casts
+    with `.float()`), float64 left as it is, so a float64 model (parallel.precision=fp64, the
+    layout-parity checks) never rounds through fp32 anywhere."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 # ---------------------------------------------------------------------------------------------
 # Norms
 # ---------------------------------------------------------------------------------------------
 class RMSNorm(nn.Module):
-    """RMSNorm computed in fp32 and cast back, as the Hugging Face Llama/OLMo-2 code does
-    (torch's fused `F.rms_norm` on the fp32 copy: same math, one kernel)."""
+    """RMSNorm computed in fp32 (float64 for a float64 model) and cast back, as the Hugging Face
+    Llama/OLMo-2 code does (torch's fused `F.rms_norm` on the upcast copy: same math, one kernel)."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -32,7 +39,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
+        return F.rms_norm(upcast(x), (x.shape[-1],), upcast(self.weight), self.eps).to(x.dtype)
 
 
 def build_norm(cfg: ModelConfig, dim: int) -> nn.Module:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model_zoo.config import ModelConfig, MoEConfig
-from model_zoo.layers import FeedForward
+from model_zoo.layers import FeedForward, upcast
 
 
 class AuxLossInjector(torch.autograd.Function):
@@ -62,7 +62,7 @@ class TopKRouter(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (tokens, d) -> (weights (tokens, k), expert ids (tokens, k), router logits fp32)."""
         cfg = self.cfg
-        logits = F.linear(x.float(), self.gate.weight.float())
+        logits = F.linear(upcast(x), upcast(self.gate.weight))
         scores = logits.sigmoid() if cfg.router == "sigmoid" else logits.softmax(dim=-1)
         choice = scores + self.expert_bias  # the bias steers selection, never the weights
         if cfg.n_group > 1:
@@ -167,10 +167,11 @@ class MoE(nn.Module):
     ) -> torch.Tensor:
         """Weight each expert output and add it back at its token's position."""
         w = weights.reshape(-1)[order].unsqueeze(-1)
+        contribution = upcast(expert_out * w)
         out = torch.zeros(
-            n_tokens, expert_out.shape[-1], dtype=torch.float32, device=expert_out.device
+            n_tokens, expert_out.shape[-1], dtype=contribution.dtype, device=expert_out.device
         )
-        out.index_add_(0, order // self.cfg.top_k, (expert_out * w).float())
+        out.index_add_(0, order // self.cfg.top_k, contribution)
         return out.to(expert_out.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

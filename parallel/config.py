@@ -10,10 +10,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from model_zoo.errors import need
 from parallel.schedules import DEFAULT_SCHEDULE, schedule_names
 
-PRECISIONS = ("fp32", "bf16", "fp8_tensorwise", "fp8_rowwise")
+PRECISIONS = ("fp32", "bf16", "fp8_tensorwise", "fp8_rowwise", "fp64")
+# Precisions whose parameters are also the compute dtype (no FSDP2 mixed-precision cast).
+FULL_PRECISIONS = ("fp32", "fp64")
+
+
+def param_dtype(precision: str) -> torch.dtype:
+    """The dtype of the parameters (the optimizer's master copy) under `precision`."""
+    return torch.float64 if precision == "fp64" else torch.float32
+
+
 AC_MODES = ("none", "full", "selective")
 DEVICES = ("auto", "cpu", "cuda")
 FP8_FILTERS = ("divisible", "auto")
@@ -41,7 +52,9 @@ class ParallelConfig:
     # context_parallel (ring attention, K/V passed around the cp ranks; CUDA only, plain causal).
     cp_style: str = "alltoall"
     # fp32 | bf16 (bf16 compute, fp32 master weights and gradient reduction) | fp8_tensorwise |
-    # fp8_rowwise (torchao float8 linears, everything else as bf16).
+    # fp8_rowwise (torchao float8 linears, everything else as bf16) | fp64 (float64 weights,
+    # compute and reductions: rounding ~1e-16, so a layout can be checked against one process at
+    # ~1e-10 whatever the CPU; the parity tests' precision, slow and never meant for training).
     precision: str = "fp32"
     # Which nn.Linear become float8 under fp8_*: divisible (every one whose dims are multiples of
     # 16) or auto (torchtitan's auto-filter: also leave in bf16 those too small to gain, by

@@ -55,10 +55,11 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.distributed.tensor.parallel import loss_parallel
 
 from model_zoo.config import ConfigError, ModelConfig
+from model_zoo.layers import upcast
 from model_zoo.model import Transformer, build_model
 from model_zoo.moe import expert_load, moe_layers, set_aux_loss_scale, update_expert_biases
 from parallel import context_parallel, parallelize
-from parallel.config import RING_NEEDS_CUDA, ParallelConfig
+from parallel.config import RING_NEEDS_CUDA, ParallelConfig, param_dtype
 from parallel.layout import Layout
 
 IGNORE_INDEX = -100
@@ -223,7 +224,7 @@ class Engine:
     def _loss_fn(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Sum of token CE of this micro-batch over the global token count (see module doc)."""
         loss = F.cross_entropy(
-            logits.flatten(0, 1).float(),
+            upcast(logits.flatten(0, 1)),
             labels.flatten(0, 1),
             reduction="sum",
             ignore_index=IGNORE_INDEX,
@@ -492,7 +493,10 @@ class Engine:
             dist.all_reduce(total_sq, group=self._pp_group)
         total = total_sq.sqrt()
         for params in groups.values():
-            torch.nn.utils.clip_grads_with_norm_(params, max_norm, total.float(), foreach=True)
+            # the norm in the gradients' own dtype (fp32, or float64 under fp64), as
+            # torch.nn.utils.clip_grad_norm_ in one process computes it
+            norm = total.to(params[0].grad.dtype)
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=True)
         return float(total.item()) if sync else total
 
     # ---- state dicts --------------------------------------------------------------------------
@@ -516,11 +520,12 @@ class Engine:
 
     @torch.no_grad()
     def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """Every parameter as a full CPU tensor, on every rank (collective; for tests/export)."""
+        """Every parameter as a full CPU tensor (fp32, float64 under fp64), on every rank
+        (collective; for tests/export)."""
         local = {}
         for name, p in self.named_parameters():
             t = p.full_tensor() if isinstance(p, DTensor) else p
-            local[name] = t.detach().float().cpu().clone()
+            local[name] = upcast(t.detach()).cpu().clone()
         return self.gather_over_pp(local)
 
 
@@ -574,7 +579,7 @@ def build_engine(
     device = torch.device(device)
     if layout.cp > 1 and layout.cp_style == "ring" and device.type != "cuda":
         raise ConfigError(RING_NEEDS_CUDA)
-    meta_model = build_model(model_cfg, device="meta")
+    meta_model = build_model(model_cfg, device="meta").to(param_dtype(layout.precision))
     if layout.precision.startswith("fp8"):
         parallelize.convert_fp8(
             meta_model,

@@ -25,7 +25,7 @@ from torch.distributed.tensor.parallel import (
 from model_zoo.config import ModelConfig, need
 from model_zoo.moe import GroupedExperts
 from parallel import context_parallel
-from parallel.config import RING_NEEDS_CUDA
+from parallel.config import FULL_PRECISIONS, RING_NEEDS_CUDA, param_dtype
 from parallel.layout import Layout
 
 # ------------------------------------------------------------------------------------------------
@@ -452,8 +452,9 @@ def apply_fsdp(model: nn.Module, mesh, layout: Layout) -> None:
     the loss is already normalised by the global token count (see engine.py)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    if layout.precision == "fp32":
-        mp = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
+    if layout.precision in FULL_PRECISIONS:
+        dtype = param_dtype(layout.precision)
+        mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=dtype)
     else:
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     dp_mesh = _fsdp_mesh(mesh, layout)
@@ -505,5 +506,5 @@ def parallelize_part(model: nn.Module, cfg: ModelConfig, layout: Layout, mesh) -
     # FSDP also when dp == 1 in bf16/fp8, so a single process runs the same mixed precision
     # (fp32 master weights, bf16 compute) as the sharded runs it is compared with; and under
     # cp, whose ranks' gradients FSDP's reduce-scatter sums.
-    if layout.dp > 1 or layout.cp > 1 or layout.precision != "fp32":
+    if layout.dp > 1 or layout.cp > 1 or layout.precision not in FULL_PRECISIONS:
         apply_fsdp(model, mesh, layout)

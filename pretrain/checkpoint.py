@@ -128,7 +128,11 @@ def stored_param_dtype(ckpt_dir: str | Path) -> torch.dtype:
     so its single-device model computes as the run did; float32 otherwise (bf16/fp16 series are
     widened, as before)."""
     meta_path, config_path = Path(ckpt_dir) / "meta.json", Path(ckpt_dir) / "config.yaml"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    try:
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    except ValueError:
+        # a damaged meta.json is check_checkpoint's to refuse, in one line, not this helper's
+        meta = {}
     if meta.get("dtype") == "float64":
         return torch.float64
     if meta.get("kind") == "full" and config_path.exists():

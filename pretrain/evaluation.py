@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from model_zoo.config import ConfigError
+from model_zoo.layers import upcast
 from pretrain.data.loader import resolve_eos, resolve_npy_dtype
 from pretrain.data.sources import open_source
 
@@ -184,7 +185,7 @@ def loss_on_windows(model, windows: torch.Tensor, micro_batch: int = 8) -> tuple
             inputs, labels = chunk[:, :-1], chunk[:, 1:]
             logits = _logits(model(inputs))
             loss = F.cross_entropy(
-                logits.flatten(0, 1).float(),
+                upcast(logits.flatten(0, 1)),
                 labels.flatten(),
                 reduction="sum",
                 ignore_index=IGNORE_INDEX,

@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 
 from model_zoo.config import ModelConfig
+from parallel.config import FULL_PRECISIONS
 from parallel.layout import Layout
 from parallel.planner.memory import (
     COMPUTE_BYTES,
@@ -103,7 +104,7 @@ def collective_bytes(cfg: ModelConfig, layout: Layout, rank: int) -> dict[str, i
                 if 0 <= nb < layout.n_stages and owner[nb] != coords["pp"]:
                     out["pp"] += 2 * (act // tp) * n_mb
     # ---- FSDP / HSDP ------------------------------------------------------------------------
-    fsdp = layout.dp > 1 or layout.cp > 1 or layout.precision != "fp32"
+    fsdp = layout.dp > 1 or layout.cp > 1 or layout.precision not in FULL_PRECISIONS
     if fsdp:
         rules = param_rules(cfg, layout)
         gathers, syncs = (2 * n_mb, n_mb) if layout.pp == 1 else (1, 1)

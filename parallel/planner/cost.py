@@ -27,7 +27,7 @@ from model_zoo.counting import count_parameters, training_flops_per_token
 from parallel.layout import Layout
 from parallel.planner.comm import cp_layer_bytes
 from parallel.planner.hardware import GPUSpec
-from parallel.planner.memory import config_key
+from parallel.planner.memory import COMPUTE_BYTES, config_key
 
 # FP8 matmuls reach a smaller share of their (2x) peak than bf16 ones, and the recipes add casts
 # and scale computations: 0.65 makes FP8 linears 1.3x faster than bf16 ones on H100
@@ -196,7 +196,7 @@ def step_time(
         bubble = max(0.0, makespan - slowest)
     else:
         bubble = 0.0
-    act_bytes = tokens_mb * cfg.d_model * (4 if layout.precision == "fp32" else 2)
+    act_bytes = tokens_mb * cfg.d_model * COMPUTE_BYTES[layout.precision]
     layers_per_rank = sum(len(layout.stage_layers[s]) for s in layout.stages_of_rank(0))
     tp_bw, _ = group_bandwidth(layout, ("tp",), gpu, gpus_per_node)
     tp_comm = 8 * act_bytes * _ring(tp) / tp_bw * layers_per_rank * layout.n_microbatches
@@ -229,7 +229,7 @@ def step_time(
         stage_params = count.total / layout.pp / tp
         dp_bw, _ = group_bandwidth(layout, ("dp_shard", "ep", "cp"), gpu, gpus_per_node)
         gathers = 1 if layout.pp > 1 else 2
-        cbytes = 4 if layout.precision == "fp32" else 2
+        cbytes = COMPUTE_BYTES[layout.precision]
         n = layout.dp_shard * layout.ep * layout.cp
         vol = stage_params * _ring(n) * (gathers * cbytes + 4)
         t = vol / dp_bw

@@ -51,13 +51,13 @@ from model_zoo.config import ModelConfig
 from model_zoo.model import build_model
 from model_zoo.moe import moe_layers
 from parallel import parallelize
-from parallel.config import ParallelConfig
+from parallel.config import FULL_PRECISIONS, ParallelConfig, param_dtype
 from parallel.layout import Layout, build_mesh, resolve_layout
 from parallel.schedules import SCHEDULES
 
 FSDP_AXES = ("dp_shard_ep_cp", "dp_shard_cp", "dp_shard_ep", "dp_shard", "dp_replicate")
 F32 = 4
-COMPUTE_BYTES = {"fp32": 4, "bf16": 2, "fp8_tensorwise": 2, "fp8_rowwise": 2}
+COMPUTE_BYTES = {"fp32": 4, "bf16": 2, "fp8_tensorwise": 2, "fp8_rowwise": 2, "fp64": 8}
 
 
 @contextlib.contextmanager
@@ -197,7 +197,7 @@ def _extract_rules(cfg: ModelConfig, layout_key: tuple) -> dict[str, ParamRule]:
 
 def param_rules(cfg: ModelConfig, layout: Layout) -> dict[str, ParamRule]:
     """Parameter name (with the representative layer id) -> its sharding rule under `layout`."""
-    fsdp = layout.dp > 1 or layout.cp > 1 or layout.precision != "fp32"
+    fsdp = layout.dp > 1 or layout.cp > 1 or layout.precision not in FULL_PRECISIONS
     key = (
         layout.tp,
         layout.ep > 1,  # which axes split which dims; the sizes are applied per layout
@@ -318,7 +318,7 @@ def static_memory(cfg: ModelConfig, layout: Layout, rank: int) -> StaticMemory:
             numel += n
             n_tensors += count
             unsharded[block] = unsharded.get(block, 0) + tp_local
-    fsdp = layout.dp > 1 or layout.cp > 1 or layout.precision != "fp32"
+    fsdp = layout.dp > 1 or layout.cp > 1 or layout.precision not in FULL_PRECISIONS
     buffers = 0
     if fsdp and unsharded:
         cbytes = COMPUTE_BYTES[layout.precision]
@@ -957,4 +957,4 @@ def _pipeline_peak(
 
 
 def compute_dtype(precision: str) -> torch.dtype:
-    return torch.float32 if precision == "fp32" else torch.bfloat16
+    return param_dtype(precision) if precision in FULL_PRECISIONS else torch.bfloat16

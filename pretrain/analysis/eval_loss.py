@@ -30,6 +30,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from model_zoo.config import ConfigError
+from model_zoo.layers import upcast
 from parallel.env import destroy_distributed, discover_env, init_distributed
 from pretrain.analysis.common import (
     Checkpoint,
@@ -90,7 +91,7 @@ def loss_by_position(model, windows: torch.Tensor, micro_batch: int) -> torch.Te
     device = next(model.parameters()).device
     for start in range(0, windows.shape[0], micro_batch):
         chunk = windows[start : start + micro_batch].to(device)
-        logits = model(chunk[:, :-1]).float()
+        logits = upcast(model(chunk[:, :-1]))
         ce = F.cross_entropy(logits.transpose(1, 2), chunk[:, 1:], reduction="none")
         total += ce.sum(0).double().cpu()
     return total

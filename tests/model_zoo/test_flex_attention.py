@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from model_zoo import build_model, get_model_config
 from model_zoo.config import ConfigError
 from model_zoo.layers import AttentionMasks, document_attention_mask, resolve_attention_kernel
-from tests.parallel.parallel_harness import packed_ids, text_batches
+from pretrain.parity.harness import packed_ids, text_batches
 
 TOL = 1e-5
 

@@ -1,7 +1,8 @@
-"""One rank of a parity run (launched by parallel_harness.launch with torchrun's variables).
+"""One rank of a parity run (launched by harness.launch with torchrun's variables).
 
 Spec (JSON): {"model": zoo name, "model_overrides": {...}, "steps", "global_batch",
-"micro_batch", "seq_len", "lr", "runs": [{"name", "parallel": {ParallelConfig fields},
+"micro_batch", "seq_len", "lr", optional "precision" (every run's parallel.precision unless
+its own "parallel" names one; fp64 by default), "runs": [{"name", "parallel": {ParallelConfig fields},
 optional "steps", "seed", "dcp_save": true, "dcp_load": <index of an earlier run>,
 "packed": true (lines are documents: document ids + restarting position ids), "model" and
 "model_overrides" (this run's model instead of the spec's)}]}.
@@ -30,7 +31,7 @@ from parallel.config import ParallelConfig  # noqa: E402
 from parallel.engine import build_engine  # noqa: E402
 from parallel.env import destroy_distributed, discover_env, init_distributed  # noqa: E402
 from parallel.layout import build_mesh, resolve_layout  # noqa: E402
-from tests.parallel.parallel_harness import (  # noqa: E402
+from pretrain.parity.harness import (  # noqa: E402
     build_optimizers,
     held_out_batch,
     packed_ids,
@@ -51,7 +52,8 @@ def main() -> None:
             model = run.get("model", spec["model"])
             overrides = run.get("model_overrides", spec.get("model_overrides", {}))
             cfg = dataclasses.replace(get_model_config(model), **overrides)
-            pcfg = ParallelConfig(**run["parallel"])
+            # float64 unless the run names a precision: the parity claims are about the math
+            pcfg = ParallelConfig(**{"precision": spec.get("precision", "fp64"), **run["parallel"]})
             layout = resolve_layout(pcfg, env.world_size, cfg, gbs, mbs, seq)
             mesh = build_mesh(layout, "cpu")
             engine = build_engine(

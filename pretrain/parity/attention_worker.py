@@ -1,4 +1,4 @@
-"""One rank of the attention-kernel parity runs (launched by parallel_harness.launch, with
+"""One rank of the attention-kernel parity runs (launched by harness.launch, with
 WORKER pointed here by tests/parallel/test_parity.py::test_flex_attention_tp2_pp2).
 
 Spec: as parallel_worker's ("model", "model_overrides", "global_batch", "micro_batch",
@@ -23,7 +23,7 @@ from parallel.config import ParallelConfig
 from parallel.engine import _to_local_scalar, build_engine
 from parallel.env import destroy_distributed, discover_env, init_distributed
 from parallel.layout import build_mesh, resolve_layout
-from tests.parallel.parallel_harness import build_optimizers, packed_ids, text_batches
+from pretrain.parity.harness import build_optimizers, packed_ids, text_batches
 
 
 @torch.no_grad()
@@ -68,7 +68,7 @@ def main() -> None:
         for i, run in enumerate(spec["runs"]):
             overrides = {**spec.get("model_overrides", {}), **run.get("model_overrides", {})}
             cfg = dataclasses.replace(get_model_config(spec["model"]), **overrides)
-            pcfg = ParallelConfig(**run["parallel"])
+            pcfg = ParallelConfig(**{"precision": spec.get("precision", "fp64"), **run["parallel"]})
             layout = resolve_layout(pcfg, env.world_size, cfg, gbs, mbs, seq)
             engine = build_engine(
                 cfg, pcfg, layout, build_mesh(layout, "cpu"), device, seed=spec["seed"]

@@ -18,7 +18,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from model_zoo.layers import upcast
 from model_zoo.moe import set_aux_loss_scale
+from parallel.config import param_dtype
 from parallel.env import free_port, local_rank_env
 from pretrain.config import OptimizerConfig
 from pretrain.evaluation import loss_on_windows
@@ -26,7 +28,18 @@ from pretrain.optim import build_optimizers as pretrain_optimizers
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "data_pipeline" / "samples" / "manpages_en.jsonl.gz"
-WORKER = "tests.parallel.parallel_worker"  # run as a module (python -m) from the repository root
+WORKER = "pretrain.parity.worker"  # run as a module (python -m) from the repository root
+
+# The relative tolerance of every float64 parity claim (a layout, a resume, a reshard against one
+# process). Such runs sum the same terms in another order (row-parallel matmuls, reduce-scatters,
+# micro-batches), so they differ by rounding alone: float64's unit roundoff is 1.1e-16. AdamW
+# amplifies the rounding of near-cancelling gradient elements (the update lr * g / (|g| + eps)
+# keeps g's relative error); the worst amplification these runs showed in fp32 was ~200x
+# (1.2e-5 from fp32's 6e-8: the old suite's seed lottery), ~2e-14 at float64's roundoff.
+# 1e-10 leaves four decades over that for any CPU's summation paths and thread counts, and sits
+# more than two decades below a single fp32 rounding (6e-8) anywhere in the path, which is what
+# a dtype bug (an intermediate cast to fp32) or a wrong reduction shows.
+FP64_TOL = 1e-10
 
 
 def text_batches(steps: int, global_batch: int, seq_len: int, offset: int = 0) -> torch.Tensor:
@@ -80,15 +93,18 @@ def reference_run(
     packed: bool = False,
     micro_batch: int | None = None,
     evaluate: bool = False,
+    precision: str = "fp64",
 ) -> dict:
     """The definition of right: one process, plain model, the whole global batch at once (or
     accumulated over `micro_batch`-sized pieces: the same math summed in another order).
-    `snapshot_steps`: also keep the parameters after these steps (params_at[step]); `evaluate`:
-    also the final model's loss_on_windows (sum, tokens) on `held_out_batch` (eval)."""
+    `precision`: the parameters' dtype, fp64 (the parity runs: `parallel.precision=fp64` on the
+    layout's side) or fp32. `snapshot_steps`: also keep the parameters after these steps
+    (params_at[step]); `evaluate`: also the final model's loss_on_windows (sum, tokens) on
+    `held_out_batch` (eval)."""
     from model_zoo.model import build_model
 
     torch.manual_seed(seed)
-    model = build_model(model_cfg, seed=seed)
+    model = build_model(model_cfg, seed=seed).to(param_dtype(precision))
     (opt,) = build_optimizers([model], lr)
     data = text_batches(steps, global_batch, seq_len)
     micro = micro_batch or global_batch
@@ -109,7 +125,7 @@ def reference_run(
                 logits = model(inputs)
             # the mean over the global batch's tokens, however the batch is cut
             loss = F.cross_entropy(
-                logits.flatten(0, 1).float(), labels.flatten(), reduction="sum"
+                upcast(logits.flatten(0, 1)), labels.flatten(), reduction="sum"
             ) / (global_batch * seq_len)
             loss.backward()
             loss_sum += float(loss.detach())
@@ -128,34 +144,10 @@ def reference_run(
     }
 
 
-def stable_reference_run(
-    model_cfg, steps: int, global_batch: int, seq_len: int, seed: int = 0, tol: float = 2.5e-6, **kw
-) -> dict:
-    """`reference_run`, checked to be a fair yardstick at a tolerance: the same single process
-    with the batch accumulated in micro-batches of 2 (nothing changed but the order of sums)
-    must agree with it within `tol` in loss, gradient norm and parameters.
-
-    Why: AdamW divides each element's update by its own gradient scale, so an element whose
-    gradient is a near-cancelling sum (1% relative rounding noise at 1e-6 while the tensor's rms
-    is 1e-3 was measured) moves by a rounding-dependent fraction of lr. With some seeds one process
-    alone then drifts by 1e-5..1e-4 in a tensor over 10 steps, and a parallel layout, which sums
-    in yet another order, could not be held to 1e-5 there. Such a seed fails here, named, instead
-    of failing a layout."""
-    ref = reference_run(model_cfg, steps, global_batch, seq_len, seed=seed, **kw)
-    acc = reference_run(model_cfg, steps, global_batch, seq_len, seed=seed, micro_batch=2, **kw)
-    loss = max(rel(a, b) for a, b in zip(acc["losses"], ref["losses"]))
-    gnorm = max(rel(a, b) for a, b in zip(acc["grad_norms"], ref["grad_norms"]))
-    params = max_rel_param_diff(acc["params"], ref["params"])
-    assert max(loss, gnorm, params) < tol, (
-        f"{model_cfg.name} seed {seed}: one process changes by loss {loss:.1e}, grad-norm "
-        f"{gnorm:.1e}, params {params:.1e} when only the batch is accumulated in micro-batches; "
-        f"such a reference cannot judge a layout at 1e-5: choose another seed"
-    )
-    return ref
-
-
-def launch(world_size: int, spec: dict, out_dir: Path, timeout: float = 400) -> list[dict]:
-    """Run parallel_worker.py on `world_size` ranks with torchrun's environment variables and
+def launch(
+    world_size: int, spec: dict, out_dir: Path, timeout: float = 400, worker: str = WORKER
+) -> list[dict]:
+    """Run `worker` (a module: pretrain.parity.worker by default) on `world_size` ranks with torchrun's environment variables and
     return one result per run of the spec (written by rank 0). Fails on any non-zero exit; as
     soon as one rank fails the others are killed, so a failure does not wait for a timeout.
     A rendezvous port taken by another program between our probe and rank 0's bind
@@ -164,7 +156,7 @@ def launch(world_size: int, spec: dict, out_dir: Path, timeout: float = 400) -> 
     spec_path = out_dir / "spec.json"
     spec_path.write_text(json.dumps(spec))
     for attempt in range(3):
-        codes = _run_ranks(world_size, spec_path, out_dir, timeout)
+        codes = _run_ranks(world_size, spec_path, out_dir, timeout, worker)
         if all(c == 0 for c in codes):
             break
         logs = {r: (out_dir / f"rank{r}.log").read_text() for r in range(world_size)}
@@ -181,7 +173,9 @@ def launch(world_size: int, spec: dict, out_dir: Path, timeout: float = 400) -> 
     ]
 
 
-def _run_ranks(world_size: int, spec_path: Path, out_dir: Path, timeout: float) -> list:
+def _run_ranks(
+    world_size: int, spec_path: Path, out_dir: Path, timeout: float, worker: str
+) -> list:
     port = free_port()
     procs, logs = [], []
     for rank in range(world_size):
@@ -190,7 +184,7 @@ def _run_ranks(world_size: int, spec_path: Path, out_dir: Path, timeout: float) 
         logs.append(open(out_dir / f"rank{rank}.log", "w"))
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", WORKER, str(spec_path), str(out_dir)],
+                [sys.executable, "-m", worker, str(spec_path), str(out_dir)],
                 env=env,
                 cwd=ROOT,
                 stdout=logs[-1],
@@ -217,12 +211,13 @@ def _run_ranks(world_size: int, spec_path: Path, out_dir: Path, timeout: float) 
 
 
 def rel(a: float, b: float) -> float:
-    return abs(a - b) / max(abs(b), 1e-12)
+    return abs(a - b) / max(abs(b), 1e-300)
 
 
 def max_rel_param_diff(params: dict, ref: dict) -> float:
+    """The largest ||p - ref|| / ||ref|| over the tensors, computed in float64."""
     worst = 0.0
     for k, v in ref.items():
-        p = params[k].float()
-        worst = max(worst, float((p - v.float()).norm() / max(float(v.float().norm()), 1e-12)))
+        p, r = params[k].double(), v.double()
+        worst = max(worst, float((p - r).norm() / max(float(r.norm()), 1e-300)))
     return worst
