@@ -44,7 +44,7 @@ def main() -> None:
     out = Path(sys.argv[2])
     env = discover_env()
     device = init_distributed(env, "cpu", timeout_s=120)
-    gbs, mbs, seq = spec["global_batch"], spec["micro_batch"], spec["seq_len"]
+    gbs, seq = spec["global_batch"], spec["seq_len"]
     data = text_batches(max(r.get("steps", spec["steps"]) for r in spec["runs"]), gbs, seq)
     try:
         for i, run in enumerate(spec["runs"]):
@@ -54,6 +54,8 @@ def main() -> None:
             cfg = dataclasses.replace(get_model_config(model), **overrides)
             # float64 unless the run names a precision: the parity claims are about the math
             pcfg = ParallelConfig(**{"precision": spec.get("precision", "fp64"), **run["parallel"]})
+            # a run may accumulate its batch in other micro-batches (the precision noise floor)
+            mbs = run.get("micro_batch", spec["micro_batch"])
             layout = resolve_layout(pcfg, env.world_size, cfg, gbs, mbs, seq)
             mesh = build_mesh(layout, "cpu")
             engine = build_engine(

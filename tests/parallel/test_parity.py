@@ -9,6 +9,7 @@ precision itself, are held to a noise floor measured in the same test (test_prec
 """
 
 import dataclasses
+import itertools
 
 import pytest
 
@@ -165,88 +166,102 @@ def test_dense_fsdp_dp4_and_hsdp(tmp_path, dense_ref):
 
 def test_dense_3d(tmp_path, dense_ref):
     """TP2 x PP2 x DP2 (8 ranks)."""
-    runs = [{"name": "TP2xPP2xDP2 fp32", "parallel": {"tp": 2, "pp": 2}}]
+    runs = [{"name": "TP2xPP2xDP2", "parallel": {"tp": 2, "pp": 2}}]
     res = launch(8, spec("llama3-tiny", runs, overrides={"n_layers": 4}), tmp_path)
     check_parity(res[0], dense_ref)
 
 
-def single_process(tmp_path, precisions):
-    """The single-process run of each precision: the engine on one rank (bf16/fp8 use the same
-    FSDP2 mixed-precision policy there as on many ranks)."""
-    runs = [{"name": f"single {p}", "parallel": {"precision": p}, "steps": 20} for p in precisions]
-    return launch(1, spec("llama3-tiny", runs, overrides={"n_layers": 4}), tmp_path)
+# ------------------------------------------------------------------------------------------------
+# Reduced precision (bf16, FP8): here the precision itself is the claim, so no constant bounds a
+# layout's difference to one process; the bound is measured in the same test, on the same machine.
+# ------------------------------------------------------------------------------------------------
+# The single process of a precision, with the global batch of 8 accumulated in micro-batches of 2,
+# 4 and 8: equally valid runs that differ only in the order of sums (and, for FP8 tensorwise, in
+# the tensors its scales are taken over). Their largest pairwise difference is the precision's
+# noise floor for "the same math, rounded another way".
+MICRO_BATCHINGS = (2, 4, 8)
+
+
+def single_process(tmp_path, steps_by_precision):
+    """{precision: {micro_batch: run}}: the engine on one rank (bf16/fp8 with the same FSDP2
+    mixed-precision policy there as on many ranks), one launch for all."""
+    runs = [
+        {"name": f"single {p} mb{mb}", "parallel": {"precision": p}, "steps": n, "micro_batch": mb}
+        for p, n in steps_by_precision.items()
+        for mb in MICRO_BATCHINGS
+    ]
+    results = iter(launch(1, spec("llama3-tiny", runs, overrides={"n_layers": 4}), tmp_path))
+    return {p: {mb: next(results) for mb in MICRO_BATCHINGS} for p in steps_by_precision}
+
+
+def check_precision(par, singles, fp64_ref, micro_batch):
+    """A layout's run of a reduced precision against that precision's single-process runs.
+
+    The layout is one more rounding of the same math, so it must sit as close to the single
+    process as the single process's own micro-batchings sit to each other: if it is within the
+    floor (their largest pairwise difference) of one of them, the triangle inequality puts it
+    within 2 x floor of the one with its own micro-batch size, which is what is asserted."""
+    steps = len(par["losses"])
+
+    def worst(a, b):
+        return max(rel(x, y) for x, y in zip(a["losses"][:steps], b["losses"][:steps]))
+
+    floor = max(worst(singles[a], singles[b]) for a, b in itertools.combinations(singles, 2))
+    track = worst(par, singles[micro_batch])
+    own = worst(singles[micro_batch], fp64_ref)
+    vs_fp64 = worst(par, fp64_ref)
+    print(
+        f"{par['name']}: vs single process (micro-batches of {micro_batch}) {track:.2e}, "
+        f"floor {floor:.2e} (bound {2 * floor:.2e}); single vs fp64 {own:.2e}, "
+        f"layout vs fp64 {vs_fp64:.2e} over {steps} steps"
+    )
+    assert steps == len(singles[micro_batch]["losses"]) <= len(fp64_ref["losses"])
+    # the precision path was taken: a run that silently computed in float64 would equal the
+    # float64 reference within the float64 parity bound
+    assert own > FP64_TOL, (par["name"], own)
+    assert track <= 2 * floor, (par["losses"], singles[micro_batch]["losses"], floor)
+    # The precision claim itself (docs/parallel.md, "Precision"): a bf16 or FP8 run trains like
+    # full precision, its loss within 2% of the float64 run's at every step. It is the claim's
+    # threshold, not a noise bound (measured here: 1e-4 to 1e-3 over 3 to 20 steps).
+    assert vs_fp64 < 0.02, (par["losses"], fp64_ref["losses"])
 
 
 def test_precisions_pp2_fast(tmp_path, dense_ref):
     """The default run's check of every precision path under a pipeline: bf16 over 10 steps, FP8
     tensorwise and rowwise over their first 3 (each step of FP8 costs seconds on CPU: torch's
     CPU `_scaled_mm` takes ~12 ms per call even for these 64-wide matrices), micro-batches of 4
-    (half the FP8 matmul calls). Each tracks its single-process run and stays within 2% of fp32.
+    (half the FP8 matmul calls), each against its precision's noise floor (check_precision).
     test_precisions_pp2 (PARALLEL_SLOW=1) runs all three for the full 20 steps."""
-    fp8 = ["fp8_tensorwise", "fp8_rowwise"]
-    runs = [{"name": "PP2 bf16", "parallel": {"pp": 2, "precision": "bf16"}, "steps": 10}]
-    runs += [{"name": f"PP2 {p}", "parallel": {"pp": 2, "precision": p}, "steps": 3} for p in fp8]
-    dense_spec = spec("llama3-tiny", runs, 4, overrides={"n_layers": 4})
-    par = launch(2, dense_spec, tmp_path / "w2")
-    single = launch(
-        1,
-        {
-            **dense_spec,
-            "runs": [{**r, "parallel": {"precision": r["parallel"]["precision"]}} for r in runs],
-        },
-        tmp_path / "w1",
-    )
-    for prec, p, s in zip(["bf16", *fp8], par, single):
-        steps = len(p["losses"])
-        assert steps == (10 if prec == "bf16" else 3) == len(s["losses"])
-        track = max(rel(a, b) for a, b in zip(p["losses"], s["losses"]))
-        vs_fp32 = max(rel(a, b) for a, b in zip(p["losses"], dense_ref["losses"][:steps]))
-        print(f"{p['name']}: vs single process {track:.2e}, vs fp32 {vs_fp32:.2e} ({steps} steps)")
-        assert track < TRACK_TOL[prec], (p["losses"], s["losses"])
-        assert vs_fp32 < 0.02, (p["losses"], dense_ref["losses"])
+    steps = {"bf16": 10, "fp8_tensorwise": 3, "fp8_rowwise": 3}
+    runs = [
+        {"name": f"PP2 {p}", "parallel": {"pp": 2, "precision": p}, "steps": n}
+        for p, n in steps.items()
+    ]
+    par = launch(2, spec("llama3-tiny", runs, 4, overrides={"n_layers": 4}), tmp_path / "w2")
+    singles = single_process(tmp_path / "w1", steps)
+    for p, result in zip(steps, par):
+        check_precision(result, singles[p], dense_ref, micro_batch=4)
 
 
 @pytest.mark.slow
 def test_precisions_pp2(tmp_path, dense_ref):
     """Every precision path under a pipeline (PP2, 20 steps): bf16, FP8 tensorwise and rowwise
-    each track their single-process run and stay within 2% of fp32 (about 5 minutes on 2 cores:
-    FP8 matmuls are slow on CPU; test_precisions_pp2_fast covers the same paths in the default
-    run)."""
-    precisions = ["bf16", "fp8_tensorwise", "fp8_rowwise"]
-    runs = [
-        {"name": f"PP2 {p}", "parallel": {"pp": 2, "precision": p}, "steps": 20} for p in precisions
-    ]
-    par = launch(2, spec("llama3-tiny", runs, overrides={"n_layers": 4}), tmp_path / "w2")
-    single = single_process(tmp_path / "w1", precisions)
-    for prec, p, s in zip(precisions, par, single):
-        check_precision(p, s, dense_ref, TRACK_TOL[prec])
-
-
-# How closely a parallel run of a reduced precision must track the single-process run of the same
-# precision. The issue's goal is 1e-3; bf16 meets it (3.9e-4 under TP2xPP2xDP2). FP8 quantises
-# e4m3 (3 mantissa bits): a bf16-level difference in an activation moves values across FP8
-# steps, so the runs drift apart faster (measured under TP2xPP2xDP2 over 20 steps: rowwise 9.8e-4,
-# tensorwise 4.6e-3), hence 1e-2 for FP8.
-TRACK_TOL = {"bf16": 1e-3, "fp8_tensorwise": 1e-2, "fp8_rowwise": 1e-2}
-
-
-def check_precision(par, single, fp32_ref, track_tol):
-    track = max(rel(a, b) for a, b in zip(par["losses"], single["losses"]))
-    vs_fp32 = max(rel(a, b) for a, b in zip(par["losses"], fp32_ref["losses"]))
-    print(
-        f"{par['name']}: max rel loss diff vs single-process same precision {track:.2e}, "
-        f"vs fp32 {vs_fp32:.2e} over {len(par['losses'])} steps"
+    each against their noise floor (about 6 minutes on 2 cores: FP8 matmuls are slow on CPU;
+    test_precisions_pp2_fast covers the same paths in the default run)."""
+    steps = {"bf16": 20, "fp8_tensorwise": 20, "fp8_rowwise": 20}
+    runs = [{"name": f"PP2 {p}", "parallel": {"pp": 2, "precision": p}} for p in steps]
+    par = launch(
+        2, spec("llama3-tiny", runs, 4, steps=20, overrides={"n_layers": 4}), tmp_path / "w2"
     )
-    assert len(par["losses"]) == 20 == len(fp32_ref["losses"])
-    assert track < track_tol, (par["losses"], single["losses"])
-    assert vs_fp32 < 0.02, (par["losses"], fp32_ref["losses"])
+    singles = single_process(tmp_path / "w1", steps)
+    for p, result in zip(steps, par):
+        check_precision(result, singles[p], dense_ref, micro_batch=4)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bf16", "fp8_tensorwise", "fp8_rowwise"])
 def test_precision_3d(tmp_path, dense_ref, precision):
-    """bf16 / FP8 under TP2 x PP2 x DP2 over 20 steps: track the single-process run of the same
-    precision and stay within 2% of the fp32 loss at every step."""
+    """bf16 / FP8 under TP2 x PP2 x DP2 over 20 steps, against the precision's noise floor."""
     runs = [
         {
             "name": f"TP2xPP2xDP2 {precision}",
@@ -255,9 +270,8 @@ def test_precision_3d(tmp_path, dense_ref, precision):
         }
     ]
     par = launch(8, spec("llama3-tiny", runs, overrides={"n_layers": 4}), tmp_path / "w8")[0]
-    check_precision(
-        par, single_process(tmp_path / "w1", [precision])[0], dense_ref, TRACK_TOL[precision]
-    )
+    singles = single_process(tmp_path / "w1", {precision: 20})[precision]
+    check_precision(par, singles, dense_ref, micro_batch=2)
 
 
 @pytest.mark.slow
@@ -496,7 +510,7 @@ def test_context_parallel_cp2_dense_moe_packed_and_dcp(
     from pretrain.evaluation import loss_on_windows
     from pretrain.parity.harness import held_out_batch, text_batches
 
-    model = build_model(dense_cfg())
+    model = build_model(dense_cfg()).double()  # the float64 reference's own weights
     model.load_state_dict(dense_ref["params_at"][STEPS], strict=False)  # no persistent buffers
     ref_sum, ref_tokens = loss_on_windows(model, held_out_batch(text_batches(STEPS, GBS, SEQ)))
     cp_sum, cp_tokens = results[0]["eval"][-1]
@@ -553,8 +567,9 @@ def test_context_parallel_cp4_and_3d(tmp_path, dense_ref):
 @pytest.mark.slow
 def test_context_parallel_bf16(tmp_path, dense_ref):
     """CP2 in bf16 (FSDP2 mixed precision over the cp ranks) tracks the single-process bf16 run
-    and stays within 2% of fp32, as the other layouts' precision runs (check_precision)."""
+    and is held to bf16's noise floor, as the other layouts' precision runs (check_precision)."""
     runs = [{"name": "CP2 bf16", "parallel": {"cp": 2, "precision": "bf16"}, "steps": 20}]
     model = {"overrides": {"n_layers": 4}, "seed": SEED}
     par = launch(2, spec("llama3-tiny", runs, **model), tmp_path / "w2")[0]
-    check_precision(par, single_process(tmp_path / "w1", ["bf16"])[0], dense_ref, TRACK_TOL["bf16"])
+    singles = single_process(tmp_path / "w1", {"bf16": 20})["bf16"]
+    check_precision(par, singles, dense_ref, micro_batch=2)
