@@ -74,7 +74,7 @@ def test_export_loads_in_transformers_with_same_logits(case, tmp_path):
     assert type(theirs).__name__ == expected
     tokens = _tokens(cfg.vocab_size)
     with torch.no_grad():
-        _assert_close(ours(tokens), theirs(tokens).logits)
+        _assert_close(ours, theirs, tokens)
 
 
 def _hf_model(kind: str) -> transformers.PreTrainedModel:
@@ -148,7 +148,7 @@ def test_import_of_transformers_model_gives_same_logits(kind, tmp_path):
     ours.load_state_dict(state)
     tokens = _tokens(cfg.vocab_size, seed=3)
     with torch.no_grad():
-        _assert_close(ours(tokens), theirs(tokens).logits)
+        _assert_close(ours, theirs, tokens)
 
 
 @pytest.mark.parametrize("kind", ["gpt_neox", "llama_scaled"])
@@ -160,7 +160,7 @@ def test_cli_import_then_export_reproduces_original_logits(kind, tmp_path):
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "back").eval()
     tokens = _tokens(theirs.config.vocab_size, seed=4)
     with torch.no_grad():
-        _assert_close(reloaded(tokens).logits, theirs(tokens).logits)
+        _assert_close(reloaded, theirs, tokens)
 
 
 def test_sharded_export_with_index_loads(tmp_path):
@@ -173,7 +173,7 @@ def test_sharded_export_with_index_loads(tmp_path):
     theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     tokens = _tokens(cfg.vocab_size)
     with torch.no_grad():
-        _assert_close(ours(tokens), theirs(tokens).logits)
+        _assert_close(ours, theirs, tokens)
 
 
 def test_bf16_export_is_bf16_on_disk(tmp_path):
