@@ -308,6 +308,7 @@ def test_gopher_statistics_by_hand():
     # are all punctuation, so 15 words count for the length rule
     assert g("word_count") == 15
     assert g("stop_word_count") == 1  # distinct stop words: only "the" (the defect counted 4)
+    # ratios of small integers, divided in float64: approx's default rel 1e-6 >> one rounding
     assert g("hash_word_ratio") == pytest.approx(1 / 18)  # hash and ellipsis: two rules
     assert g("ellipsis_word_ratio") == pytest.approx(1 / 18)
     assert g("dup_line_frac") == pytest.approx(1 / 5)  # re.split("\n+") leaves a last ""

@@ -74,11 +74,15 @@ def test_eval_equals_the_validation_loss_training_logged(suite, capsys):
     assert sorted(rows) == SERIES
     logged = {m["step"]: m["eval/val/loss"] for m in read_metrics(run) if "eval/val/loss" in m}
     for step in SERIES:  # the trainer validated at every series step with the same definition
+        # the same float32 weights and forward, summed in float64, in other micro-batches and
+        # processes: ulp-level logits move the mean by <= 1e-6 relative; 1e-5 an order above
         assert abs(float(rows[step]["loss/val"]) - logged[step]) / logged[step] < 1e-5
         assert int(rows[step]["tokens_evaluated/val"]) == 2048 // SEQ * SEQ  # whole windows
     assert float(rows[16]["loss/val"]) < float(rows[0]["loss/val"]) - 1.0
     recs = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
     pos = np.array(recs[-1]["position_loss/val"])
+    # equal token counts per position: the mean of the position means is the mean, both float64
+    # sums of the same terms (rounding ~1e-15); 1e-6 allows no other difference
     assert len(pos) == SEQ and abs(pos.mean() - recs[-1]["loss/val"]) < 1e-6
     png_is_a_plot(out / "eval.png")
     png_is_a_plot(out / "eval_positions.png")
@@ -117,6 +121,8 @@ def test_eval_of_hf_folders_and_under_torchrun_equals_one_process(suite, tmp_pat
     for r in hf_rows:
         step = int(r["step"])
         assert int(r["tokens"]) == step * tokens_per_step == ours[step]["tokens"]
+        # the HF export (float32) through transformers' forward against ours on the same
+        # weights: float32 rounding, ~1e-6 relative in a mean loss (see test_train's export test)
         assert abs(float(r["loss/val"]) - ours[step]["loss/val"]) < 1e-5 * ours[step]["loss/val"]
         assert int(r["tokens_evaluated/val"]) == 2048 // SEQ * SEQ
 
@@ -146,6 +152,7 @@ def test_planted_sequence_is_memorized_late_and_not_at_step_0(suite, capsys):
         rows = {int(r["step"]): r for r in csv.DictReader(fh)}
     trained = np.array(drawn["trained_step"])
     seen40 = trained <= 40
+    # a float64 mean of the same 0/1 scores: rounding ~1e-16
     assert abs(float(rows[40]["memorized"]) - mem[40][seen40].mean()) < 1e-9
     png_is_a_plot(out / "memorization.png")
 
@@ -162,6 +169,8 @@ def test_weights_heat_map_of_norms_and_relative_change(suite, capsys):
     at8 = {r["param"]: r for r in rows if r["step"] == "8"}
     prev = dict(load_weights(run / "series" / "step4").named_parameters())
     for name, w in params.items():  # recompute two entries from the checkpoints themselves
+        # the same float32 reductions recomputed: were their order to differ, log2(n) x 6e-8
+        # ~ 1e-6 relative for these n <= 2^14 elements; 1e-4 is two orders above
         assert abs(float(at8[name]["norm"]) - w.norm().item()) < 1e-4 * w.norm().item()
         change = ((w - prev[name]).norm() / prev[name].norm()).item()
         assert abs(float(at8[name]["rel_change"]) - change) < 1e-4 * change
@@ -192,7 +201,7 @@ def test_compare_overlays_runs_on_a_flops_axis(suite, tmp_path, capsys):
     for run in ("run", "lr3e-3"):
         assert {(run, m) for m in ("loss", "grad_norm", "lr", "eval/val/loss")} <= metrics
     lr = [float(p["value"]) for p in pts if p["run"] == "lr3e-3" and p["metric"] == "lr"]
-    assert max(lr) == pytest.approx(3e-3)
+    assert max(lr) == pytest.approx(3e-3)  # the schedule's float64 peak (approx's rel 1e-6)
     png_is_a_plot(out / "compare.png")
 
 
@@ -230,7 +239,7 @@ def test_scaling_fit_recovers_the_published_fit(tmp_path, capsys):
         assert lo <= fit[k] <= hi
     # compute-optimal split at Chinchilla's budget: C = 6 N D and no better split on that line
     n_opt, d_opt = fit["optimal_params"], fit["optimal_tokens"]
-    assert abs(6 * n_opt * d_opt / 5.76e23 - 1) < 1e-9
+    assert abs(6 * n_opt * d_opt / 5.76e23 - 1) < 1e-9  # closed form in float64: ~1e-16
     f = Fit(*(fit[k] for k in ("E", "A", "B", "alpha", "beta")))
     best = f.loss(n_opt, d_opt)
     for scale in (0.8, 1.25):

@@ -116,6 +116,9 @@ def test_continued_pretraining_from_an_imported_model(tmp_path, data, capsys):
     with torch.no_grad():
         logits = hf(batch[:, :-1]).logits
     ref = F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten()).item()
+    # float32 on both sides (the run, the export, transformers): our forward and transformers'
+    # differ by float32 rounding, ~2e-6 in O(1) logits (tests/model_zoo/hf_helpers.py measures
+    # it), which moves a mean cross-entropy by ~1e-6 relative; 1e-5 is an order above that
     assert abs(out["losses"][1] - ref) / ref < 1e-5, (out["losses"][1], ref)
     # a given model that computes something else is rejected, naming the fields
     code = main(["train", *ov, "model=llama3-tiny", "model.vocab_size=260"])

@@ -127,6 +127,7 @@ def test_ours_equals_lm_evals_hf_model_request_by_request(both):
             float(rows[(STEPS, task, metric)]["value"]) == theirs["results"][task][f"{metric},none"]
         )
     ours_ppl = float(rows[(STEPS, "man_rolling", "word_perplexity")]["value"])
+    # exp of a mean of the per-request log-likelihoods, each held to 1e-6 below: the same bound
     assert ours_ppl == pytest.approx(
         theirs["results"]["man_rolling"]["word_perplexity,none"], rel=1e-6
     )
@@ -162,7 +163,8 @@ def test_outputs_plots_and_resume(both, suite, capsys):
     assert {r["task"] for r in recs} == set(TASKS)
     assert all(r["tokens"] == r["step"] * 16 * SEQ for r in recs)
     mc = {r["step"]: r for r in recs if r["task"] == "man_mc" and r["metric"] == "acc"}
-    for r in mc.values():  # lm-eval's stderr of a mean of 0/1 scores over LIMIT documents
+    # lm-eval's stderr of a mean of 0/1 scores over LIMIT documents, in float64 (approx's 1e-6)
+    for r in mc.values():
         assert r["stderr"] == pytest.approx((r["value"] * (1 - r["value"]) / (LIMIT - 1)) ** 0.5)
     rolling = {r["step"]: r["value"] for r in recs if r["metric"] == "bits_per_byte"}
     assert rolling[STEPS] < rolling[0] - 0.5  # 30 steps on man pages: measured 4.46 -> 3.58
