@@ -46,6 +46,8 @@ def test_pythia_non_embedding_counts_are_exact(name):
 def test_total_counts_match_published(name):
     published, source = PUBLISHED_TOTAL[name]
     total = count_parameters(get_model_config(name)).total
+    # published to three significant digits: rounding of at most half a unit in the third digit
+    # of a number >= 1.00, 0.5% relative
     assert abs(total - published) / published < 0.005, (
         f"{name}: {total:,} vs {published:,.0f} ({source})"
     )
@@ -120,6 +122,7 @@ PUBLISHED_MOE = {
 def test_moe_total_and_active_match_published(name):
     total, (low, high), no_input_embedding, source = PUBLISHED_MOE[name]
     count = count_parameters(get_model_config(name))
+    # three significant digits published: at most 0.5% of rounding, as above
     assert abs(count.total - total) / total < 0.005, f"{name} total {count.total:,} vs {source}"
     ours_active = count.active - (count.embedding if no_input_embedding else 0)
     assert low <= ours_active < high, f"{name} active {ours_active:,} vs {source}"
