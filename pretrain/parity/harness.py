@@ -145,18 +145,25 @@ def reference_run(
 
 
 def launch(
-    world_size: int, spec: dict, out_dir: Path, timeout: float = 400, worker: str = WORKER
+    world_size: int,
+    spec: dict,
+    out_dir: Path,
+    timeout: float = 400,
+    worker: str = WORKER,
+    threads: int = 1,
 ) -> list[dict]:
-    """Run `worker` (a module: pretrain.parity.worker by default) on `world_size` ranks with torchrun's environment variables and
-    return one result per run of the spec (written by rank 0). Fails on any non-zero exit; as
+    """Run `worker` (a module: pretrain.parity.worker by default) on `world_size` ranks with
+    torchrun's environment variables and return one result per run of the spec (written by
+    rank 0). Fails on any non-zero exit; as
     soon as one rank fails the others are killed, so a failure does not wait for a timeout.
     A rendezvous port taken by another program between our probe and rank 0's bind
-    (EADDRINUSE: other test suites run beside this one) is retried with a new port."""
+    (EADDRINUSE: other test suites run beside this one) is retried with a new port. Each rank
+    runs `threads` intra-op threads (OMP_NUM_THREADS; one by default, as torchrun sets it)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     spec_path = out_dir / "spec.json"
     spec_path.write_text(json.dumps(spec))
     for attempt in range(3):
-        codes = _run_ranks(world_size, spec_path, out_dir, timeout, worker)
+        codes = _run_ranks(world_size, spec_path, out_dir, timeout, worker, threads)
         if all(c == 0 for c in codes):
             break
         logs = {r: (out_dir / f"rank{r}.log").read_text() for r in range(world_size)}
@@ -174,13 +181,14 @@ def launch(
 
 
 def _run_ranks(
-    world_size: int, spec_path: Path, out_dir: Path, timeout: float, worker: str
+    world_size: int, spec_path: Path, out_dir: Path, timeout: float, worker: str, threads: int
 ) -> list:
     port = free_port()
     procs, logs = [], []
     for rank in range(world_size):
         env = local_rank_env(rank, world_size, port)
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+        env["OMP_NUM_THREADS"] = str(threads)
         logs.append(open(out_dir / f"rank{rank}.log", "w"))
         procs.append(
             subprocess.Popen(

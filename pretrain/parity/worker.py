@@ -96,6 +96,7 @@ def main() -> None:
                         "params": params,
                         "eval": evaluated,
                         "layout": layout.describe(),
+                        "threads": torch.get_num_threads(),
                         "checkpointed_layers": engine.checkpointed_layers,
                         "local_shapes": {
                             k: tuple(getattr(p, "_local_tensor", p).shape)

@@ -8,10 +8,12 @@ layouts in it, to keep the suite fast on a 2-core machine. The bf16/FP8 runs, wh
 precision itself, are held to a noise floor measured in the same test (test_precisions_pp2_fast).
 """
 
+import contextlib
 import dataclasses
 import itertools
 
 import pytest
+import torch
 
 from model_zoo.zoo import get_model_config
 from pretrain.parity.harness import FP64_TOL, launch, max_rel_param_diff, reference_run, rel
@@ -127,6 +129,43 @@ def test_kv_heads_replicated_when_tp_exceeds_them(tmp_path, dense_ref):
     runs = [{"name": "OLMo-2 MQA TP2xDP2", "parallel": {"tp": 2}}]
     for r in launch(4, spec("olmo2-tiny", runs, overrides=mqa), tmp_path / "olmo2"):
         check_parity(r, ref)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_parity_does_not_depend_on_the_thread_count(tmp_path):
+    """The claim holds whatever the machine's threading (the float32 suite's failure on another
+    CPU was this: OLMo-2 MQA's reference moved with the summation path). OLMo-2 MQA with qkv
+    biases under TP2 on every rank with 1 and with 2 intra-op threads, against the single process
+    computed under 1 and under 2 threads: all four pairs within TOL. Whether the thread count
+    changed any bit is printed (on small matrices torch may not split the work at all)."""
+    mqa = {"n_kv_heads": 1, "qkv_bias": True}
+    cfg = dataclasses.replace(get_model_config("olmo2-tiny"), **mqa)
+    refs, layouts = {}, {}
+    for n in (1, 2):
+        with torch_threads(n):
+            refs[n] = reference_run(cfg, 4, GBS, SEQ)
+        runs = [{"name": f"OLMo-2 MQA TP2, {n} threads", "parallel": {"tp": 2}}]
+        layouts[n] = launch(
+            2, spec("olmo2-tiny", runs, steps=4, overrides=mqa), tmp_path / f"t{n}", threads=n
+        )[0]
+    assert [layouts[n]["threads"] for n in (1, 2)] == [1, 2]  # the ranks ran with what was asked
+    same_bits = {
+        "reference": refs[1]["losses"] == refs[2]["losses"],
+        "TP2": layouts[1]["losses"] == layouts[2]["losses"],
+    }
+    print(f"1 vs 2 threads bitwise equal losses: {same_bits}")
+    for n_ref, n_layout in itertools.product((1, 2), repeat=2):
+        result = dict(layouts[n_layout], name=f"{n_layout} threads vs ref {n_ref}")
+        check_parity(result, refs[n_ref], steps=4)
 
 
 @pytest.fixture(scope="module")
