@@ -4,13 +4,16 @@ from pathlib import Path
 
 import torch
 
-# One intra-op thread for every test, whichever subset runs. The CI box has 2 cores shared by every
-# test, so more threads only oversubscribe; and numbers depend on the thread count (a reduction
-# split over 2 threads sums in another order): the bitwise-resume comparisons need the same count
-# in every run, and the parity references (tests/parallel) must sum like the worker processes,
-# which run with OMP_NUM_THREADS=1. Before this lived at the root, running tests/parallel alone
-# used 2 threads and the full suite 1, and a reference calm under one count drifted under the other.
-torch.set_num_threads(1)
+# One intra-op thread for every test and every process a test starts, whichever subset runs, unless
+# TEST_THREADS says otherwise (`TEST_THREADS=2 make test` runs the suite on 2 threads). The CI box
+# has 2 cores shared by every test, so more threads only oversubscribe. The float64 parity claims
+# do not depend on the count (tests/parallel/test_parity.py checks 1 against 2); the bitwise
+# resume comparisons need the same count in every run of a test, hence one setting for all:
+# OMP_NUM_THREADS is what the launched ranks and CLI runs read (as torchrun, which sets it to 1
+# only where it is unset).
+TEST_THREADS = int(os.environ.get("TEST_THREADS", "1"))
+torch.set_num_threads(TEST_THREADS)
+os.environ["OMP_NUM_THREADS"] = str(TEST_THREADS)
 
 
 def _cpu_model() -> str:

@@ -150,7 +150,7 @@ def launch(
     out_dir: Path,
     timeout: float = 400,
     worker: str = WORKER,
-    threads: int = 1,
+    threads: int | None = None,
 ) -> list[dict]:
     """Run `worker` (a module: pretrain.parity.worker by default) on `world_size` ranks with
     torchrun's environment variables and return one result per run of the spec (written by
@@ -158,7 +158,9 @@ def launch(
     soon as one rank fails the others are killed, so a failure does not wait for a timeout.
     A rendezvous port taken by another program between our probe and rank 0's bind
     (EADDRINUSE: other test suites run beside this one) is retried with a new port. Each rank
-    runs `threads` intra-op threads (OMP_NUM_THREADS; one by default, as torchrun sets it)."""
+    runs `threads` intra-op threads (by default this process's OMP_NUM_THREADS, else one: what
+    torchrun does)."""
+    threads = threads or int(os.environ.get("OMP_NUM_THREADS") or 1)
     out_dir.mkdir(parents=True, exist_ok=True)
     spec_path = out_dir / "spec.json"
     spec_path.write_text(json.dumps(spec))

@@ -87,7 +87,12 @@ def tiny_overrides(run_dir: Path, data: list[str], steps: int = 6, **extra) -> l
 
 def run_cli(args: list[str], nproc: int = 1, timeout: int = 240, env_extra: dict | None = None):
     """`pretrain ARGS` as one process or under torchrun with nproc ranks."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    env = {
+        **os.environ,
+        "PYTHONWARNINGS": "ignore",
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        **(env_extra or {}),
+    }
     if nproc == 1:
         cmd = [sys.executable, "-m", "pretrain.cli", *args]
     else:
