@@ -288,6 +288,45 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="pipeline_schema", node=PipelineConfig)
 
 
+_MIXTURE_MIXER_KEYS = ("sources", "total_tokens")
+
+
+def _split_mixture(overrides: list[str]) -> tuple[list[str], dict | None]:
+    """`mixture=FILE`: the fragment `pretrain mixture fit` writes; its `mixer:` section (sources
+    with their weights, total_tokens) replaces the preset's. (Its `data:` section is training's.)"""
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise PipelineConfigError(msg)
+
+    files = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == "mixture"]
+    rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "mixture"]
+    if not files:
+        return rest, None
+    need(len(files) == 1, f"mixture= given {len(files)} times; give one file")
+    path = Path(files[0])
+    need(path.is_file(), f"mixture={path}: no such file; give the mixture.yaml of a mixture fit")
+    section = (OmegaConf.to_container(OmegaConf.load(str(path))) or {}).get("mixer")
+    need(
+        isinstance(section, dict) and bool(section.get("sources")),
+        f"mixture={path} has no mixer.sources; a mixture file holds mixer: {{sources: [...], "
+        "total_tokens: N}}",
+    )
+    extra = sorted(set(section) - set(_MIXTURE_MIXER_KEYS))
+    need(
+        not extra,
+        f"mixture={path}: mixer.{extra[0] if extra else ''} is not part of a mixture "
+        "(only mixer.sources and mixer.total_tokens are)",
+    )
+    clash = [
+        o
+        for o in rest
+        if o.split("=", 1)[0].lstrip("+~") in ("mixer.sources", "mixer.total_tokens")
+    ]
+    need(not clash, f"{clash[0] if clash else ''} is given next to mixture={path}; drop one")
+    return rest, section
+
+
 def compose_pipeline(overrides: list[str], pipeline: str = "dolma") -> PipelineConfig:
     """configs/pipeline/<pipeline>.yaml + overrides -> a validated PipelineConfig."""
     if pipeline not in pipeline_names():
@@ -297,11 +336,17 @@ def compose_pipeline(overrides: list[str], pipeline: str = "dolma") -> PipelineC
         )
     register_configs()
     GlobalHydra.instance().clear()
+    overrides, fragment = _split_mixture(list(overrides))
     with initialize_config_dir(config_dir=str(pipeline_config_dir()), version_base=None):
         try:
             cfg = compose(config_name=pipeline, overrides=list(overrides))
         except Exception as err:  # Hydra's message names the bad key; drop the trace
             raise PipelineConfigError(f"bad override: {err}") from None
+    if fragment is not None:
+        try:  # merged into the structured config: unknown keys and bad types are refused
+            cfg = OmegaConf.merge(cfg, {"mixer": fragment})
+        except Exception as err:
+            raise PipelineConfigError(f"mixture file: bad mixer section: {err}") from None
     try:
         pc = OmegaConf.to_object(cfg)
     except Exception as err:

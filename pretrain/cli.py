@@ -5,7 +5,7 @@
     pretrain import-hf HF_DIR OUT_DIR       Hugging Face folder -> checkpoint of ours
     pretrain export-hf CKPT --out DIR       checkpoint of ours -> Hugging Face folder
     pretrain data [overrides]               the Dolma-style data pipeline (data_pipeline/)
-    pretrain train | launch | analyze | schedule   (see each one's --help)
+    pretrain train | launch | analyze | schedule | mixture   (see each one's --help)
 
 Subcommands take Hydra overrides (`key=value`) after their own options. Configuration errors are
 reported in one line naming the problem and exit with status 2 before anything is built.
@@ -183,6 +183,12 @@ def cmd_analyze(argv: list[str]) -> int:
     return analyze_main(argv)
 
 
+def cmd_mixture(argv: list[str]) -> int:
+    from pretrain.mixture import main as mixture_main
+
+    return mixture_main(argv)
+
+
 def cmd_data(argv: list[str]) -> int:
     # The one place pretrain/ reaches into data_pipeline/: the console script is the single entry
     # point users know; the pipeline itself stays independent of training code.
@@ -207,6 +213,10 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "train": (cmd_train, "train or resume a model (one process, torchrun, srun, mpirun)"),
     "launch": (cmd_launch, "render slurm/train.sbatch, check the layout, submit (sbatch)"),
     "schedule": (cmd_schedule, "print a checkpoint-series schedule and its disk space"),
+    "mixture": (
+        cmd_mixture,
+        "data-mixture ablations: a swarm of proxy runs (sweep), the fitted mixture (fit)",
+    ),
     "plan": (cmd_plan, "rank parallel layouts by memory per GPU and estimated speed"),
     "analyze": (
         cmd_analyze,

@@ -253,6 +253,45 @@ class DataConfig:
 
 
 @dataclass
+class DownstreamEvalConfig:
+    """lm-eval tasks during training (pretrain/downstream_eval.py), at every checkpoint-series
+    step, scored by the training engine's forward: the same tasks, limit and few-shot setting
+    `pretrain analyze downstream` takes, so both give the same figures for a step."""
+
+    tasks: list[str] = field(default_factory=list)  # lm-eval task names or presets (pythia)
+    include_path: str = ""  # folder of lm-eval task YAMLs (local tasks, offline)
+    limit: float = 0.0  # documents per task (a fraction when < 1); 0 = every document
+    num_fewshot: int = -1  # few-shot examples; -1 = each task's own
+    bootstrap_iters: int = 1000  # for the stderr of non-mean metrics (lm-eval's bootstrap)
+    log_samples: bool = False  # also every request's scores (samples/stepN.TASK.jsonl)
+
+    def validate(self) -> None:
+        need(
+            all(isinstance(t, str) and t.strip() for t in self.tasks),
+            f"eval.downstream.tasks={list(self.tasks)} holds an empty name; give lm-eval task "
+            "names, e.g. eval.downstream.tasks=[lambada_openai,piqa]",
+        )
+        need(
+            self.limit >= 0 and (self.limit < 1 or self.limit == int(self.limit)),
+            f"eval.downstream.limit={self.limit} must be 0 (all), a fraction below 1 or a whole "
+            "number of documents",
+        )
+        need(
+            self.num_fewshot >= -1,
+            f"eval.downstream.num_fewshot={self.num_fewshot} must be >= 0 (-1 = the task's own)",
+        )
+        need(
+            self.bootstrap_iters >= 0,
+            f"eval.downstream.bootstrap_iters={self.bootstrap_iters} must be >= 0",
+        )
+        need(
+            bool(self.tasks) or not self.include_path,
+            f"eval.downstream.include_path={self.include_path} but no eval.downstream.tasks; "
+            "name the tasks to run from it",
+        )
+
+
+@dataclass
 class EvalConfig:
     """Validation during training (pretrain/evaluation.py): held-out token data read with the
     training data's format rules (data.format, data.npy_dtype, data.eos_id)."""
@@ -262,8 +301,10 @@ class EvalConfig:
     interval: int = 0  # evaluate every N steps; 0 = only at the series steps and the last step
     at_series: bool = True  # also evaluate at every checkpoint-series step (step 0 included)
     max_tokens: int = 1_048_576  # label tokens per source (whole windows); 0 = the whole source
+    downstream: DownstreamEvalConfig = field(default_factory=DownstreamEvalConfig)
 
     def validate(self) -> None:
+        self.downstream.validate()
         need(
             self.interval >= 0,
             f"eval.interval={self.interval} must be >= 0 (0 = series steps only)",
@@ -460,12 +501,54 @@ def explicit_keys(overrides: list[str]) -> set[str]:
     return {_override_key(o) for o in overrides if "=" in o}
 
 
+# `mixture=FILE`: the config fragment `pretrain mixture fit` writes (pretrain/mixture.py). Its
+# `data:` section (paths and weights) is training's; its `mixer:` section is the data pipeline's
+# (`pretrain data mixture=FILE` reads that one), so one file serves both as it is.
+MIXTURE_KEY = "mixture"
+_MIXTURE_DATA_KEYS = ("paths", "weights")
+
+
+def split_mixture_override(overrides: list[str]) -> tuple[list[str], dict | None]:
+    """(the other overrides, the fragment's data section or None). A data.paths / data.weights
+    override next to mixture=FILE is refused: which one wins would be a guess."""
+    files = [o.split("=", 1)[1] for o in overrides if _override_key(o) == MIXTURE_KEY and "=" in o]
+    rest = [o for o in overrides if _override_key(o) != MIXTURE_KEY]
+    if not files:
+        return rest, None
+    if len(files) > 1:
+        raise ConfigError(f"mixture= given {len(files)} times ({', '.join(files)}); give one file")
+    path = Path(files[0])
+    if not path.is_file():
+        raise ConfigError(
+            f"mixture={path}: no such file; give the mixture.yaml `pretrain mixture fit` wrote"
+        )
+    data = (load_yaml(path) or {}).get("data")
+    if not isinstance(data, dict) or not data.get("paths"):
+        raise ConfigError(
+            f"mixture={path} has no data.paths; a mixture file holds data: {{paths: [...], "
+            "weights: [...]}} (as `pretrain mixture fit` writes it)"
+        )
+    extra = sorted(set(data) - set(_MIXTURE_DATA_KEYS))
+    if extra:
+        raise ConfigError(
+            f"mixture={path}: data.{extra[0]} is not part of a mixture (only data.paths and "
+            "data.weights are); set it on the command line instead"
+        )
+    clash = sorted({f"data.{k}" for k in _MIXTURE_DATA_KEYS} & explicit_keys(rest))
+    if clash:
+        raise ConfigError(
+            f"{clash[0]} is given on the command line and by mixture={path}; drop one of them"
+        )
+    return rest, data
+
+
 def compose_config(overrides: list[str], config_name: str = "train") -> RunConfig:
     """Compose configs/<config_name>.yaml with overrides into a validated RunConfig.
 
     Settings that the token data describes (its metadata.json: vocabulary, document separator,
     shard format) are filled in from it unless the overrides set them (pretrain/data/metadata.py).
     """
+    overrides, fragment = split_mixture_override(overrides)
     _check_model_override(overrides)
     check_override_keys(overrides)
     overrides = quote_spec_values(overrides)
@@ -476,6 +559,11 @@ def compose_config(overrides: list[str], config_name: str = "train") -> RunConfi
             cfg = compose(config_name=config_name, overrides=list(overrides))
         except Exception as err:  # Hydra's own messages name the bad key; keep them, drop the trace
             raise ConfigError(f"bad override: {err}") from None
+    if fragment is not None:
+        try:  # a merge into the structured config checks the fragment's keys and types
+            cfg = OmegaConf.merge(cfg, {"data": fragment})
+        except Exception as err:
+            raise ConfigError(f"mixture file: bad data section: {err}") from None
     run = OmegaConf.to_object(cfg)
     if run.checkpoint.init_from:
         run.model = model_of_init_from(run, overrides)
@@ -613,6 +701,7 @@ __all__ = [
     "CheckpointConfig",
     "DataConfig",
     "EvalConfig",
+    "DownstreamEvalConfig",
     "MetricsConfig",
     "SpikeConfig",
     "compose_config",

@@ -192,6 +192,57 @@ def render(spec: LaunchSpec, run=None, layout=None, template: Path = TEMPLATE) -
     return script, run_dir
 
 
+def render_array(
+    spec: LaunchSpec,
+    tasks: list[list[str]],
+    out_dir: Path,
+    max_parallel: int = 0,
+    template: Path = TEMPLATE,
+) -> str:
+    """One sbatch script for a Slurm job array: array task K trains `tasks[K]` (a list of
+    overrides naming its own run_dir), with the same shape, USR1 warning and requeue as a single
+    launch (`scontrol requeue` of an array task requeues that task alone, under its own job id).
+    The first task's config and layout are checked here, before anything is submitted.
+    Logs: OUT_DIR/logs/task-<array index>-<array job id>.out."""
+    if not tasks:
+        raise ConfigError("a job array needs at least one task")
+    # The tasks differ only in data and run folder (a sweep): the first one's config and layout
+    # are checked as a single launch's would be; composing hundreds of configs would take minutes.
+    first = LaunchSpec(**{**spec.__dict__, "overrides": tasks[0]})
+    script, _ = render(first, *check(first), template=template)
+    run_dirs = []
+    for t in tasks:
+        given = [o.split("=", 1)[1] for o in t if o.split("=", 1)[0].lstrip("+~") == "run_dir"]
+        if not given:
+            raise ConfigError("every task of a job array needs its own run_dir=... override")
+        run_dirs.append(Path(given[-1]).expanduser().resolve())
+    if len(set(run_dirs)) != len(run_dirs):
+        raise ConfigError("two tasks of the job array share a run_dir; give each its own")
+    logs = Path(out_dir).expanduser().resolve() / "logs"
+    throttle = f"%{max_parallel}" if max_parallel else ""
+    lines = []
+    for line in script.splitlines():
+        if line.startswith("#SBATCH --output="):
+            lines.append(f"#SBATCH --output={logs}/task-%a-%A.out")
+            lines.append(f"#SBATCH --array=0-{len(tasks) - 1}{throttle}")
+        elif line.startswith("RUN_DIR="):
+            cases = [
+                'case "${SLURM_ARRAY_TASK_ID:?this script is a job array: submit it with sbatch}" in'
+            ]
+            for k, (t, run_dir) in enumerate(zip(tasks, run_dirs)):
+                ov = _with_run_dir(_with_resume(t), run_dir)
+                args = " ".join(shlex.quote(o) for o in ov)
+                cases.append(f"  {k}) RUN_DIR={shlex.quote(str(run_dir))}; TRAIN_ARGS=({args}) ;;")
+            cases.append('  *) echo "no task $SLURM_ARRAY_TASK_ID in this array" >&2; exit 2 ;;')
+            cases.append("esac")
+            lines += cases
+        elif line.startswith("TRAIN_ARGS=("):
+            continue  # set per task above
+        else:
+            lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
 def submit(script: str, run_dir: Path, sbatch: str = "sbatch") -> str:
     if shutil.which(sbatch) is None:
         raise ConfigError(
