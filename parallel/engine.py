@@ -104,6 +104,7 @@ class Engine:
         self._denominator = 1.0  # label tokens of the global batch, set per step
         self._schedule = None
         self._forward_only_schedule = None  # built on the first validation (_eval_schedule)
+        self._label_scores: list[torch.Tensor] | None = None  # set by eval_label_scores
         self._pp_stages = []
         self.precompute_fp8_scales = False  # parallel.fp8_fsdp_all_gather (build_engine sets it)
         if layout.pp > 1:
@@ -223,6 +224,8 @@ class Engine:
 
     def _loss_fn(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Sum of token CE of this micro-batch over the global token count (see module doc)."""
+        if self._label_scores is not None:  # eval_label_scores: per-sequence figures as well
+            self._label_scores.append(_label_scores(logits, labels))
         loss = F.cross_entropy(
             upcast(logits.flatten(0, 1)),
             labels.flatten(0, 1),
@@ -308,10 +311,53 @@ class Engine:
         (sum of token CE, label tokens), both summed over the global batch and identical on
         every rank. Labels equal to -100 count for nothing (padding rows). Gradients, weights
         and the MoE routing counters are left as they were."""
+        local, labels = self._eval_forward(inputs, labels, "eval_loss")
+        if not (self.holds_last_stage and self._tp_rank == 0):
+            local.zero_()
+        n_tokens = (self._local_labels(labels) != IGNORE_INDEX).sum().to(torch.float64)
+        dist.all_reduce(n_tokens, group=self._tokens_group)
+        dist.all_reduce(local)
+        return float(local.item()), int(n_tokens.item())
+
+    @torch.no_grad()
+    def eval_label_scores(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The forward-only path of `eval_loss`, per sequence: float64 [global_batch, 3] on the
+        CPU, identical on every rank, row `dp_rank * local_batch + i` for this dp rank's i-th
+        sequence: the sum of the log-probabilities of its label tokens, how many of them are not
+        the logits' argmax (0: the labels are the greedy continuation), and its label count.
+        What lm-eval's loglikelihood requests need (pretrain/downstream_eval.py), under every
+        layout validation runs: tp ranks gather the vocabulary shards of the logits, the cp
+        ranks' sequence shards add up, only the last pipeline stage contributes."""
+        lay = self.layout
+        self._label_scores = []
+        try:
+            self._eval_forward(inputs, labels, "eval_label_scores")
+            scores = self._label_scores
+        finally:
+            self._label_scores = None
+        n = self.dp_size * lay.local_batch_size
+        out = torch.zeros(n, 3, dtype=torch.float64, device=self.device)
+        lo = self.dp_rank * lay.local_batch_size
+        if self.holds_last_stage and self._tp_rank == 0:
+            out[lo : lo + lay.local_batch_size] = torch.cat(scores)
+        dist.all_reduce(out)
+        out = out.cpu()
+        # the micro-batches' rows are taken in order: their label counts say so
+        expected = (labels != IGNORE_INDEX).sum(1).to(torch.float64)
+        if not torch.equal(out[lo : lo + lay.local_batch_size, 2], expected.cpu()):
+            raise RuntimeError(
+                "eval_label_scores: the per-sequence label counts differ from the batch's "
+                f"({out[lo : lo + lay.local_batch_size, 2].tolist()} vs {expected.tolist()}); "
+                "the pipeline schedule returned its micro-batches out of order"
+            )
+        return out
+
+    def _eval_forward(self, inputs, labels, what: str):
+        """The forward-only pass both evaluations share: (this rank's loss sum, its labels)."""
         lay = self.layout
         if inputs.shape[0] != lay.local_batch_size:
             raise ValueError(
-                f"eval_loss got {inputs.shape[0]} sequences; this layout expects "
+                f"{what} got {inputs.shape[0]} sequences; this layout expects "
                 f"local_batch={lay.local_batch_size} per dp rank"
             )
         inputs, labels = inputs.to(self.device), labels.to(self.device)
@@ -331,12 +377,7 @@ class Engine:
             self._denominator = saved
             for live, before in counters:
                 live.copy_(before)
-        if not (self.holds_last_stage and self._tp_rank == 0):
-            local.zero_()
-        n_tokens = (self._local_labels(labels) != IGNORE_INDEX).sum().to(torch.float64)
-        dist.all_reduce(n_tokens, group=self._tokens_group)
-        dist.all_reduce(local)
-        return float(local.item()), int(n_tokens.item())
+        return local, labels
 
     def _forward_only(self, inputs, labels, kwargs: dict) -> torch.Tensor:
         """Sum of this rank's micro-batch losses (only the last stage holds any)."""
@@ -556,6 +597,28 @@ def _forward_only_runtime(schedule, stages, n_microbatches: int):
 
 def get_part_keys(part: nn.Module) -> list[str]:
     return [k for k, _ in part.named_parameters()]
+
+
+def _label_scores(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per sequence of a micro-batch: [sum of label log-probabilities, labels that are not the
+    argmax, label count], float64. Under TP the logits are gathered over the vocabulary first
+    (an evaluation batch's logits, the size one device holds without TP); the log-softmax runs
+    in the logits' precision (fp32 at least), as lm-eval's `hf` model and DecoderLM take it."""
+    if isinstance(logits, DTensor):
+        logits = logits.full_tensor()
+    logp = F.log_softmax(upcast(logits), -1)
+    mask = labels != IGNORE_INDEX
+    safe = labels.clamp(min=0)
+    picked = logp.gather(-1, safe[..., None])[..., 0].to(torch.float64)
+    missed = (logp.argmax(-1) != safe) & mask
+    return torch.stack(
+        [
+            torch.where(mask, picked, 0.0).sum(1),
+            missed.sum(1).to(torch.float64),
+            mask.sum(1).to(torch.float64),
+        ],
+        dim=1,
+    )
 
 
 def _to_local_scalar(t: torch.Tensor) -> torch.Tensor:

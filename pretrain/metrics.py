@@ -138,11 +138,24 @@ class MetricsLogger:
             print(eval_line(step, evals), file=sys.stdout, flush=True)
         return rec
 
+    def log_downstream(self, step: int, tokens: int, rows: list[dict]) -> dict:
+        """A record of the in-loop lm-eval results of a step (pretrain/downstream_eval.py):
+        `downstream/<task>/<metric>` and `downstream/<task>/<metric>/stderr`."""
+        rec: dict = {"step": step, "tokens": tokens}
+        for r in rows:
+            rec[f"downstream/{r['task']}/{r['metric']}"] = r["value"]
+            if r["stderr"] is not None:
+                rec[f"downstream/{r['task']}/{r['metric']}/stderr"] = r["stderr"]
+        if self.enabled:
+            self._write(step, rec)
+            print(downstream_line(step, rows), file=sys.stdout, flush=True)
+        return rec
+
     def _write(self, step: int, rec: dict) -> None:
         self.file.write(json.dumps(rec) + "\n")
         self.file.flush()
         scalars = {
-            (k if k.startswith("eval/") else f"train/{k}"): v
+            (k if k.startswith(("eval/", "downstream/")) else f"train/{k}"): v
             for k, v in rec.items()
             if k != "step" and isinstance(v, (int, float)) and v is not None and math.isfinite(v)
         }
@@ -170,6 +183,17 @@ def eval_line(step: int, evals) -> str:
         f"{n} loss {r.loss:.4f} ppl {r.ppl:.2f} ({r.tokens:,} tokens)" for n, r in evals.items()
     ]
     return f"eval {step:>6} | " + " | ".join(parts)
+
+
+def downstream_line(step: int, rows: list[dict]) -> str:
+    """The console line of a step's lm-eval results: each task's headline metrics."""
+    parts = []
+    for r in rows:
+        if r["metric"] in ("acc", "acc_norm", "perplexity", "word_perplexity", "exact_match"):
+            err = r["stderr"]
+            shown = f" +- {err:.2g}" if err is not None and math.isfinite(err) else ""
+            parts.append(f"{r['task']} {r['metric']} {r['value']:.4g}{shown}")
+    return f"downstream {step:>6} | " + " | ".join(parts)
 
 
 def open_tensorboard(run_dir: Path):

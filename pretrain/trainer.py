@@ -10,7 +10,7 @@ initialised), then for each step: batch, forward-backward, clip, optimizer step,
 after-step bookkeeping (MoE), and the callbacks (`pretrain/callbacks.py`: validation, metrics,
 data-order log, checkpoint series, full checkpoints, preemption). Files in RUN_DIR: config.yaml
 (resolved), metrics.jsonl, data_order.json / data_order.jsonl, checkpoints/, series/,
-checkpoint_index.jsonl, tensorboard/.
+checkpoint_index.jsonl, tensorboard/, analysis/downstream_in_loop/ (eval.downstream).
 """
 
 from __future__ import annotations
@@ -139,6 +139,7 @@ class Trainer:
         self.ckpt = self.engine = self.preemption = self.metrics_logger = None
         self.tokens_per_step = run.trainer.global_batch_size * run.trainer.seq_len
         self.evalset: EvalSet | None = None
+        self.downstream = None  # eval.downstream's loaded tasks (pretrain/downstream_eval.py)
         self.spikes: SpikeDetector | None = None
         self.resume_meta: dict | None = None
         self.step_aborted = False  # set by a callback that restored an earlier state
@@ -300,6 +301,10 @@ class Trainer:
         if c.init_from:
             check_checkpoint(c.init_from, c.verify)
         self.evalset = EvalSet.from_run(run)  # a bad eval path fails here, before any rank starts
+        if run.eval.downstream.tasks:  # unknown tasks, no tokenizer: here too
+            from pretrain.downstream_eval import prepare_downstream  # lm-eval: only when asked
+
+            self.downstream = prepare_downstream(run)
         return resume_path
 
     def _init_process_group(self, env) -> torch.device:
@@ -399,6 +404,10 @@ class Trainer:
             wandb_cfg=run.metrics if run.metrics.wandb else None,
         )
         callbacks: list[Callback] = [Validation(self.evalset, series)] if self.evalset else []
+        if self.downstream is not None:
+            from pretrain.downstream_eval import DownstreamEval
+
+            callbacks.append(DownstreamEval(self.downstream, series, self.run_dir))
         if run.spike.enabled:  # before Metrics: its per-source losses join the step's record
             self.spikes = SpikeDetector(run.spike)
             callbacks.append(self.spikes)

@@ -69,6 +69,14 @@ PRESETS = {
         "wsc",
     ],
 }
+# simple_evaluate's seeds, given explicitly: the in-loop evaluation (pretrain/downstream_eval.py)
+# sets the same ones, so both draw the same few-shot examples
+SEEDS = {
+    "random_seed": 0,
+    "numpy_random_seed": 1234,
+    "torch_random_seed": 1234,
+    "fewshot_random_seed": 1234,
+}
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
 
@@ -84,14 +92,15 @@ def parse_tasks(spec: str) -> list[str]:
     return names
 
 
-def task_manager(tasks: list[str], include_path: str | None):
-    """lm-eval's TaskManager; only the --include-path folder is indexed when it holds every task
+def task_manager(tasks: list[str], include_path: str | None, option: str = "--include-path"):
+    """lm-eval's TaskManager; only the include-path folder is indexed when it holds every task
     (indexing lm-eval's ~15,000 bundled task files takes seconds). Unknown tasks are an error
-    before any checkpoint is loaded."""
+    before any checkpoint is loaded (or any training process starts: `option` names the
+    setting, eval.downstream.include_path in the training config)."""
     from lm_eval.tasks import TaskManager
 
     if include_path is not None and not Path(include_path).is_dir():
-        raise ConfigError(f"--include-path {include_path} is not a folder of task YAMLs")
+        raise ConfigError(f"{option} {include_path} is not a folder of task YAMLs")
     if include_path is not None:
         local = TaskManager(include_path=include_path, include_defaults=False)
         if all(t in local.all_tasks for t in tasks):
@@ -99,7 +108,7 @@ def task_manager(tasks: list[str], include_path: str | None):
     manager = TaskManager(include_path=include_path)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
-        where = f" or in {include_path}" if include_path else " (local YAMLs: --include-path)"
+        where = f" or in {include_path}" if include_path else f" (local YAMLs: {option})"
         raise ConfigError(
             f"unknown lm-eval task(s) {', '.join(unknown)}: not among lm-eval's tasks{where}; "
             f"presets: {', '.join(PRESETS)}"
@@ -112,19 +121,34 @@ def load_tokenizer(args: argparse.Namespace, ckpts: list[Checkpoint], cfg):
     writes both), so our requests are tokenized as lm-eval's `hf` model tokenizes them."""
     from transformers import AutoTokenizer
 
-    from pretrain.tokenizer import run_tokenizer, write_tokenizer_folder
-
-    source, pad_id = args.tokenizer, None
-    if source is None and (Path(args.run) / "config.yaml").exists():
-        found = run_tokenizer(load_run(args.run))
-        if found is None:
+    if args.tokenizer is not None:
+        return hf_tokenizer(args.tokenizer, cfg)
+    if (Path(args.run) / "config.yaml").exists():
+        tokenizer = run_hf_tokenizer(load_run(args.run), cfg)
+        if tokenizer is None:
             raise ConfigError(
                 f"{args.run}: the run's token data has no metadata.json naming its tokenizer; "
                 "give --tokenizer (tokenizer.json or an HF tokenizer folder)"
             )
-        source, pad_id = found.path, found.pad_id
-    if source is None:  # HF stepN folders carry their tokenizer
-        return AutoTokenizer.from_pretrained(ckpts[0].path)
+        return tokenizer
+    return AutoTokenizer.from_pretrained(ckpts[0].path)  # HF stepN folders carry their tokenizer
+
+
+def run_hf_tokenizer(run, cfg):
+    """The tokenizer the run's token data was made with (its metadata.json), as an HF tokenizer
+    with the special tokens named (the training loop's downstream evaluation uses it too);
+    None when the data has no metadata."""
+    from pretrain.tokenizer import run_tokenizer
+
+    found = run_tokenizer(run)
+    return None if found is None else hf_tokenizer(found.path, cfg, found.pad_id)
+
+
+def hf_tokenizer(source, cfg, pad_id: int | None = None):
+    from transformers import AutoTokenizer
+
+    from pretrain.tokenizer import write_tokenizer_folder
+
     folder = Path(tempfile.mkdtemp(prefix="pretrain-tokenizer-"))
     write_tokenizer_folder(source, folder, cfg, pad_id)
     return AutoTokenizer.from_pretrained(folder)
@@ -194,10 +218,7 @@ def evaluate_step(lm, ckpt: Checkpoint, task: str, args, manager) -> tuple[list[
         task_manager=manager,
         log_samples=args.log_samples,
         bootstrap_iters=args.bootstrap_iters,
-        random_seed=0,
-        numpy_random_seed=1234,
-        torch_random_seed=1234,
-        fewshot_random_seed=1234,
+        **SEEDS,
     )
     rows = metric_rows(ckpt.step, ckpt.tokens, task, results["results"][task])
     samples = sample_records(results.get("samples", {}).get(task, [])) if args.log_samples else []
