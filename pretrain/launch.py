@@ -96,6 +96,13 @@ def check(spec: LaunchSpec):
     layout = resolve_layout(
         run.parallel, spec.world_size, run.model, t.global_batch_size, t.micro_batch_size, t.seq_len
     )
+    if run.eval.downstream.tasks:  # an unknown lm-eval task fails here, not in the queued job
+        from pretrain.analysis.downstream import parse_tasks, task_manager
+
+        d = run.eval.downstream
+        task_manager(
+            parse_tasks(",".join(d.tasks)), d.include_path or None, "eval.downstream.include_path"
+        )
     if t.device == "cuda" or run.parallel.device == "cuda":
         if not spec.gpus_per_node:
             raise ConfigError(

@@ -165,6 +165,12 @@ def test_unknown_task_is_refused_before_training(suite, tmp_path):
             log=lambda *_: None,
         )
     assert not (tmp_path / "run").exists()  # nothing written: refused before any process group
+    from pretrain.launch import LaunchSpec, check
+
+    spec = LaunchSpec(suite["overrides"](tmp_path / "r", "eval.downstream.tasks=[man_nope]"), 1)
+    spec.procs_per_node = 1
+    with pytest.raises(ConfigError, match="unknown lm-eval task.*man_nope"):
+        check(spec)  # `pretrain launch`: before the job is queued
     with pytest.raises(ConfigError, match="eval.downstream.limit"):
         compose_config(suite["overrides"](tmp_path / "r", "eval.downstream.limit=2.5"))
 
