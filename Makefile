@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 # Installed only when the venv has no torch at all, so a cluster's CUDA build is never replaced.
 TORCH_SPEC ?= torch==2.13.0
+# Versions last tested together (see its header); `make install CONSTRAINTS=` resolves freely.
+CONSTRAINTS ?= constraints.txt
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
@@ -10,10 +12,10 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install "$(TORCH_SPEC)"
-	$(BIN)/pip install -e ".[test]"
+	$(BIN)/pip install $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[test]"
 	touch $(STAMP)
 
 demo: $(STAMP)
