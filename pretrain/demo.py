@@ -13,9 +13,11 @@
    RUN/spikes.jsonl, and `pretrain analyze spikes` in step 4 (its table and plot join the
    report, whose curves mark the spike).
 3. `pretrain analyze series` and `batch`: the series index and the exact batch of one step.
-4. `pretrain analyze eval`, `memorization`, `weights`, `report`: held-out loss of every series
-   checkpoint, Pythia's memorization of training sequences, per-parameter weight change, and one
-   HTML page of the run with every plot.
+4. `pretrain analyze eval`, `memorization`, `downstream`, `weights`, `report`: held-out loss of
+   every series checkpoint, Pythia's memorization of training sequences, lm-eval accuracy on a
+   cloze and a multiple-choice task written by `analyze text-tasks` from the held-out half of the
+   English pages (lm-eval's own request building and metrics, our decoder underneath),
+   per-parameter weight change, and one HTML page of the run with every plot.
 5. `pretrain export-hf RUN --step N`: a series checkpoint as a Hugging Face folder, loaded by
    transformers: its loss on the batch of step N+1 equals the loss training logged there, its
    logits match ours, and greedy decoding gives the same tokens in both; then it generates from
@@ -47,6 +49,8 @@ STEPS = 40
 PROMPT = "NAME\n       gcloud"
 STEP_COUNT = 5
 EVAL_TOKENS = 8192  # held-out tokens per evaluation (128 windows of 64)
+HELDOUT_DOCS = 150  # the English file's second half (300 pages): the held-out shard's pages
+DOWNSTREAM_TASKS = "man_cloze,man_mc"
 
 
 def log(msg: str) -> None:
@@ -181,6 +185,19 @@ def step_analyses(out: Path, run_dir: Path, tokens: Path, env: dict) -> tuple[Pa
         logs / "memorization.log",
         env,
     )
+    tasks = out / "tasks"
+    run_command(
+        ["analyze", "text-tasks", "--input", str(SAMPLES / "manpages_en.jsonl.gz"),
+         "--out", str(tasks), "--kinds", "cloze,mc", "--skip-docs", str(HELDOUT_DOCS)],
+        logs / "text_tasks.log",
+        env,
+    )  # fmt: skip
+    run_command(
+        ["analyze", "downstream", "--run", str(run_dir), "--tasks", DOWNSTREAM_TASKS,
+         "--include-path", str(tasks), "--device", "cpu"],
+        logs / "downstream.log",
+        env,
+    )  # fmt: skip
     run_command(["analyze", "weights", "--run", str(run_dir)], logs / "weights.log", env)
     run_command(["analyze", "spikes", "--run", str(run_dir)], logs / "spikes.log", env)
     run_command(["analyze", "report", "--run", str(run_dir)], logs / "report.log", env)
@@ -190,11 +207,24 @@ def step_analyses(out: Path, run_dir: Path, tokens: Path, env: dict) -> tuple[Pa
     best = min(evals, key=lambda r: r[key])
     mem_rows = (analysis / "memorization" / "memorization.jsonl").read_text().splitlines()
     mem = [json.loads(x) for x in mem_rows]
+    down_rows = (analysis / "downstream" / "downstream.jsonl").read_text().splitlines()
+    down = [json.loads(x) for x in down_rows]
+    acc = {
+        task: sorted((r for r in down if r["task"] == task and r["metric"] == "acc"),
+                     key=lambda r: r["step"])
+        for task in DOWNSTREAM_TASKS.split(",")
+    }  # fmt: skip
     return analysis, (
-        f"analyze eval/memorization/weights/report: held-out loss at {len(evals)} checkpoints, "
-        f"lowest {best[key]:.3f} at step {best['step']}; "
+        f"analyze eval/memorization/downstream/weights/report: held-out loss at {len(evals)} "
+        f"checkpoints, lowest {best[key]:.3f} at step {best['step']}; "
         f"{(mem[-1]['memorized'] or 0):.0%} of 64 training sequences memorized at step "
-        f"{mem[-1]['step']}; plots {analysis}/{{eval,memorization,weights}}/*.png; "
+        f"{mem[-1]['step']}; "
+        + "; ".join(
+            f"{task} acc {rows[0]['value']:.3f} (step {rows[0]['step']}) -> "
+            f"{rows[-1]['value']:.3f} +- {rows[-1]['stderr']:.3f} (step {rows[-1]['step']})"
+            for task, rows in acc.items()
+        )
+        + f"; plots {analysis}/{{eval,memorization,downstream,weights}}/*.png; "
         f"page {analysis / 'report.html'}"
     )
 

@@ -5,6 +5,7 @@
     eval --run DIR --data PATHS     held-out loss of every checkpoint (also HF stepN folders)
     memorization --run DIR          Pythia's memorization of training sequences per checkpoint
     downstream --run DIR --tasks T  lm-eval benchmark accuracy per checkpoint (also HF folders)
+    text-tasks --input F --out DIR  local lm-eval tasks (cloze, multiple choice, ...) from text
     compare RUN...                  training/validation loss, grad norm, LR of several runs
     spikes --run DIR                the run's loss spikes and the documents of their batches
     scaling-fit --points CSV        L(N, D) = E + A/N^alpha + B/D^beta, Chinchilla approach 3
@@ -29,6 +30,7 @@ from pretrain.analysis import (
     report,
     scaling_fit,
     spikes,
+    text_tasks,
     weights,
 )
 
@@ -45,6 +47,7 @@ def main(argv: list[str]) -> int:
         eval_loss,
         memorization,
         downstream,
+        text_tasks,
         compare,
         scaling_fit,
         weights,

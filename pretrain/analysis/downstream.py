@@ -233,15 +233,24 @@ def plot_task(rows: list[dict], task: str, path: Path, x: str) -> Path:
         pts = sorted(
             (x_of(r, x), r["value"], r["stderr"] or 0.0) for r in mine if r["metric"] == metric
         )
-        xs, ys, es = zip(*pts)
-        ax.plot(xs, ys, "-o", ms=3, label=metric)
-        ax.fill_between(
-            xs, [y - e for y, e in zip(ys, es)], [y + e for y, e in zip(ys, es)], alpha=0.25
-        )
-        ax.set_xscale("log")
+        draw_metric(ax, metric, *zip(*pts), label=metric, alpha=0.25)
         ax.set_xlabel("tokens seen (log)" if x == "tokens" else "step (log)")
         ax.set_title(f"{task}: {metric}", fontsize=9)
     return save_figure(fig, path)
+
+
+def draw_metric(ax, metric: str, xs, ys, es, label: str, alpha: float) -> None:
+    """One curve with its +-1 stderr band, on a log x axis. A perplexity spans decades as a
+    model learns (1e5 at initialisation, tens later), so its y axis is logarithmic too, and its
+    band, which can reach below zero early on, is cut at half the smallest value plotted."""
+    ax.plot(xs, ys, "-o", ms=3, label=label)
+    lo, hi = [y - e for y, e in zip(ys, es)], [y + e for y, e in zip(ys, es)]
+    if "perplexity" in metric and min(ys) > 0:
+        floor = min(ys) / 2
+        lo = [max(v, floor) for v in lo]
+        ax.set_yscale("log")
+    ax.fill_between(xs, lo, hi, alpha=alpha)
+    ax.set_xscale("log")
 
 
 def overlay_runs(runs: list[Path], labels: list[str], out: Path, x: str = "tokens") -> list[Path]:
@@ -266,11 +275,7 @@ def overlay_runs(runs: list[Path], labels: list[str], out: Path, x: str = "token
                     for r in mine
                     if r["metric"] == metric and r["run"] == label
                 )
-                xs, ys, es = zip(*pts)
-                ax.plot(xs, ys, "-o", ms=3, label=label)
-                lo, hi = [y - e for y, e in zip(ys, es)], [y + e for y, e in zip(ys, es)]
-                ax.fill_between(xs, lo, hi, alpha=0.2)
-            ax.set_xscale("log")
+                draw_metric(ax, metric, *zip(*pts), label=label, alpha=0.2)
             ax.set_xlabel("tokens seen (log)" if x == "tokens" else "step (log)")
             ax.set_title(f"{task}: {metric}", fontsize=9)
             ax.legend(fontsize=7)

@@ -14,15 +14,23 @@ in lm-eval's own task-file convention, so `--include-path DIR` (ours or lm-eval'
 Passages are prose paragraphs (at least `min_words` words, mostly words with letters), whitespace
 collapsed, duplicates dropped, in text order; choices are drawn with a fixed generator so the same
 text always gives the same task files.
+
+    pretrain analyze text-tasks --input 'data/*.jsonl.gz' --out TASKS [--kinds cloze,mc]
+        [--n 64] [--prefix man] [--skip-docs K]
+    pretrain analyze downstream --run RUN --tasks man_cloze,man_mc --include-path TASKS
 """
 
 from __future__ import annotations
 
+import argparse
+import gzip
 import json
 import random
 import re
 from collections.abc import Iterable
 from pathlib import Path
+
+from model_zoo.config import ConfigError
 
 _WORD = re.compile(r"^[A-Za-z]{3,}$")
 
@@ -171,3 +179,53 @@ def write_text_tasks(
         (out_dir / f"{name}.yaml").write_text(_yaml(name, data, bodies[kind]))
         written[name] = out_dir / f"{name}.yaml"
     return written
+
+
+def read_texts(patterns: list[str], field: str = "text") -> list[str]:
+    """The `field` of every JSONL record (.jsonl or .jsonl.gz) matching the glob patterns."""
+    from glob import glob
+
+    files = sorted({f for p in patterns for f in glob(p)})
+    if not files:
+        raise ConfigError(f"--input {' '.join(patterns)} matches no file; give JSONL files")
+    texts = []
+    for path in files:
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                try:
+                    texts.append(json.loads(line)[field])
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    raise ConfigError(
+                        f"{path}:{n} is not a JSON record with a {field!r} field ({e}); "
+                        "give JSONL documents (--field names the text field)"
+                    ) from None
+    return texts
+
+
+def main(args: argparse.Namespace) -> int:
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    texts = read_texts(args.input, args.field)[args.skip_docs :]
+    try:
+        written = write_text_tasks(texts, args.out, args.prefix, args.n, kinds, seed=args.seed)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    counts = {name: sum(1 for _ in (Path(args.out) / f"{name}.jsonl").open()) for name in written}
+    print(
+        f"text-tasks: {', '.join(f'{k} ({v} documents)' for k, v in counts.items())} from "
+        f"{len(texts)} texts -> {args.out} (`--include-path {args.out}`)"
+    )
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("text-tasks", help="local lm-eval tasks (cloze, mc, ...) from JSONL text")
+    p.add_argument("--input", nargs="+", required=True, help="JSONL(.gz) files or globs")
+    p.add_argument("--out", required=True, help="folder for the task YAMLs and their data")
+    p.add_argument("--kinds", default=",".join(KINDS), help=f"of {','.join(KINDS)}")
+    p.add_argument("--n", type=int, default=64, help="documents per task (default 64)")
+    p.add_argument("--prefix", default="man", help="task names are PREFIX_KIND")
+    p.add_argument("--field", default="text", help="the records' text field")
+    p.add_argument("--skip-docs", type=int, default=0, help="leave out the first K texts")
+    p.add_argument("--seed", type=int, default=0, help="for the multiple-choice distractors")
+    p.set_defaults(func=main)

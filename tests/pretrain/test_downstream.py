@@ -199,3 +199,44 @@ def test_report_shows_and_compare_overlays_the_downstream_plots(both, suite, tmp
     assert "downstream: " in capsys.readouterr().out
     for task in TASKS:
         png_is_a_plot(tmp_path / f"compare_downstream_{task}.png")
+
+
+def test_text_tasks_command_writes_what_write_text_tasks_writes(tmp_path, capsys):
+    """`pretrain analyze text-tasks` (the demo's local cloze task) is write_text_tasks on the
+    records' text, after --skip-docs; a record without text is refused naming file and line."""
+    with gzip.open(SAMPLES, "rt", encoding="utf-8") as fh:
+        texts = [json.loads(line)["text"] for line in fh]
+    argv = ["analyze", "text-tasks", "--input", str(SAMPLES), "--out", str(tmp_path / "cli")]
+    assert main([*argv, "--kinds", "cloze,mc", "--n", "8", "--skip-docs", "150"]) == 0
+    assert "man_cloze (8 documents), man_mc (8 documents)" in capsys.readouterr().out
+    write_text_tasks(texts[150:], tmp_path / "ref", n=8, kinds=["cloze", "mc"])
+    for name in ("man_cloze", "man_mc"):
+        ours = (tmp_path / "cli" / f"{name}.jsonl").read_text()
+        assert ours == (tmp_path / "ref" / f"{name}.jsonl").read_text()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"id": 2}\n')
+    assert main(["analyze", "text-tasks", "--input", str(bad), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:2 is not a JSON record with a 'text' field" in err
+
+
+def test_perplexity_is_drawn_on_a_log_axis_with_its_band_above_zero():
+    """A perplexity falls by decades (the demo's cloze task: 4e5 at step 0, 6e4 at step 40,
+    3e6 at its spike): drawn on a log y axis, its stderr band cut at half the smallest value, never below 0;
+    accuracy stays linear with its band as it is."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pretrain.analysis.downstream import draw_metric
+
+    fig, (ppl, acc) = plt.subplots(1, 2)
+    xs, ys, es = (1, 10, 100), (4e5, 3e3, 2e2), (9e5, 1e3, 50.0)
+    draw_metric(ppl, "perplexity", xs, ys, es, label="ppl", alpha=0.2)
+    draw_metric(acc, "acc", xs, (0.1, 0.2, 0.3), (0.2, 0.05, 0.05), label="acc", alpha=0.2)
+    assert (ppl.get_yscale(), acc.get_yscale()) == ("log", "linear")
+    band = ppl.collections[0].get_paths()[0].vertices[:, 1]
+    assert band.min() == min(ys) / 2 and band.max() == ys[0] + es[0]
+    assert acc.collections[0].get_paths()[0].vertices[:, 1].min() == 0.1 - 0.2
+    plt.close(fig)
