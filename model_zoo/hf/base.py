@@ -97,6 +97,12 @@ def qk_norm_is(kind: str) -> Requirement:
     return Requirement("qk_norm", lambda c: c.qk_norm == kind, f"qk_norm must be {kind}")
 
 
+# What every Llama-style decoder (Llama, OLMo-2, Qwen3, Mixtral, OLMoE) hard-codes: RMSNorm,
+# SwiGLU, RoPE on whole heads, sequential residual, one attention-bias switch. Each adapter
+# appends its norm placement, QK-norm and the rest, so an export names the first of them broken.
+LLAMA_STYLE = (RMSNORM, SWIGLU, FULL_ROTARY, NO_PARALLEL_RESIDUAL, ATTN_BIAS_SAME)
+
+
 # ---------------------------------------------------------------------------------------------
 # config.json
 # ---------------------------------------------------------------------------------------------

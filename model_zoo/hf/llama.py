@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from model_zoo.families import register_family
 from model_zoo.hf.base import (
-    ATTN_BIAS_SAME,
-    FULL_ROTARY,
-    NO_PARALLEL_RESIDUAL,
+    LLAMA_STYLE,
     PRE_NORM,
-    RMSNORM,
-    SWIGLU,
     DecoderLayoutAdapter,
     common_hf_config,
     qk_norm_is,
@@ -21,12 +17,7 @@ from model_zoo.hf.base import (
 @register_family
 class LlamaAdapter(DecoderLayoutAdapter):
     architecture, model_type, family = "LlamaForCausalLM", "llama", "llama"
-    requirements = (
-        RMSNORM,
-        SWIGLU,
-        FULL_ROTARY,
-        NO_PARALLEL_RESIDUAL,
-        ATTN_BIAS_SAME,
+    requirements = LLAMA_STYLE + (
         PRE_NORM,
         qk_norm_is("none"),
     )

@@ -5,15 +5,11 @@ from __future__ import annotations
 from model_zoo.config import InitConfig
 from model_zoo.families import register_family
 from model_zoo.hf.base import (
-    ATTN_BIAS_SAME,
-    FULL_ROTARY,
     HEAD_DIM_FROM_D_MODEL,
+    LLAMA_STYLE,
     NO_MLP_BIAS,
-    NO_PARALLEL_RESIDUAL,
     NO_ROPE_SCALING,
     QK_NORM_NAMES,
-    RMSNORM,
-    SWIGLU,
     DecoderLayoutAdapter,
     Requirement,
     common_hf_config,
@@ -29,12 +25,7 @@ class Olmo2Adapter(DecoderLayoutAdapter):
         "ffn_norm": "post_feedforward_layernorm",
         **QK_NORM_NAMES,
     }
-    requirements = (
-        RMSNORM,
-        SWIGLU,
-        FULL_ROTARY,
-        NO_PARALLEL_RESIDUAL,
-        ATTN_BIAS_SAME,
+    requirements = LLAMA_STYLE + (
         Requirement(
             "norm_position",
             lambda c: c.norm_position == "post",

@@ -6,15 +6,11 @@ from __future__ import annotations
 from model_zoo.config import MoEConfig
 from model_zoo.families import register_family
 from model_zoo.hf.base import (
-    ATTN_BIAS_SAME,
-    FULL_ROTARY,
     HEAD_DIM_FROM_D_MODEL,
-    NO_PARALLEL_RESIDUAL,
+    LLAMA_STYLE,
     NO_ROPE_SCALING,
     PRE_NORM,
     QK_NORM_NAMES,
-    RMSNORM,
-    SWIGLU,
     qk_norm_is,
 )
 from model_zoo.hf.moe_layout import NO_ROUTED_SCALING, MoELayoutMixin, moe_requirements
@@ -30,17 +26,16 @@ class OlmoeAdapter(MoELayoutMixin, Olmo2Adapter):
         **QK_NORM_NAMES,
     }
     requirements = (
-        RMSNORM,
-        SWIGLU,
-        FULL_ROTARY,
-        NO_PARALLEL_RESIDUAL,
-        ATTN_BIAS_SAME,
-        PRE_NORM,
-        qk_norm_is("full"),
-        HEAD_DIM_FROM_D_MODEL,
-        NO_ROPE_SCALING,
-        NO_ROUTED_SCALING,
-    ) + moe_requirements("softmax", False, False)
+        LLAMA_STYLE
+        + (
+            PRE_NORM,
+            qk_norm_is("full"),
+            HEAD_DIM_FROM_D_MODEL,
+            NO_ROPE_SCALING,
+            NO_ROUTED_SCALING,
+        )
+        + moe_requirements("softmax", False, False)
+    )
 
     def to_hf_config(self, cfg):
         hf = super().to_hf_config(cfg)

@@ -9,15 +9,11 @@ from __future__ import annotations
 from model_zoo.config import ConfigError
 from model_zoo.families import register_family
 from model_zoo.hf.base import (
-    ATTN_BIAS_SAME,
-    FULL_ROTARY,
+    LLAMA_STYLE,
     NO_MLP_BIAS,
-    NO_PARALLEL_RESIDUAL,
     NO_ROPE_SCALING,
     PRE_NORM,
     QK_NORM_NAMES,
-    RMSNORM,
-    SWIGLU,
     qk_norm_is,
 )
 from model_zoo.hf.llama import LlamaAdapter
@@ -27,12 +23,7 @@ from model_zoo.hf.llama import LlamaAdapter
 class Qwen3Adapter(LlamaAdapter):
     architecture, model_type, family = "Qwen3ForCausalLM", "qwen3", "qwen3"
     NORMS = {**LlamaAdapter.NORMS, **QK_NORM_NAMES}
-    requirements = (
-        RMSNORM,
-        SWIGLU,
-        FULL_ROTARY,
-        NO_PARALLEL_RESIDUAL,
-        ATTN_BIAS_SAME,
+    requirements = LLAMA_STYLE + (
         PRE_NORM,
         qk_norm_is("head"),
         NO_MLP_BIAS,
