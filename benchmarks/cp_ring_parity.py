@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.gpu_checks import CUDA_TOL, GBS, MICRO, SEQ
 from model_zoo.zoo import get_model_config
 from parallel.config import ParallelConfig
 from parallel.engine import build_engine
 from parallel.env import destroy_distributed, discover_env, init_distributed
 from parallel.layout import build_mesh, resolve_layout
+from pretrain.parity.gpu_checks import CUDA_TOL, GBS, MICRO, SEQ
 from pretrain.parity.harness import (
     build_optimizers,
     max_rel_param_diff,

@@ -27,9 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-SAMPLES = REPO / "data_pipeline" / "samples"
+from data_pipeline.sample_text import SAMPLES, edit_words, load_samples
+
 LANGS = ["en", "de", "fr", "es", "it", "nl", "pl", "pt", "ru", "sv", "uk", "ja", "zh_CN"]
 # tagging is timed in CPU seconds of this process: on a machine shared with other work the wall
 # clock also counts the time the process waited for a core, which differs from one measurement to
@@ -37,20 +36,15 @@ LANGS = ["en", "de", "fr", "es", "it", "nl", "pl", "pt", "ru", "sv", "uk", "ja",
 _clock = time.process_time
 
 
-def load(lang: str) -> list[dict]:
-    with gzip.open(SAMPLES / f"manpages_{lang}.jsonl.gz", "rt", encoding="utf-8") as fh:
-        return [json.loads(l) for l in fh]
-
-
 def _corpus() -> list[dict]:
-    return [d for lang in LANGS for d in load(lang)]
+    return [d for lang in LANGS for d in load_samples(lang)]
 
 
 def _first_pages() -> list[dict]:
     """One page of each language: what a worker has tagged before the timing starts (its kernels
     loaded, its model read, its allocator warm), never the pages' words or paragraphs (the memos
     are emptied after)."""
-    return [load(lang)[0] for lang in LANGS]
+    return [load_samples(lang)[0] for lang in LANGS]
 
 
 def _datatrove_quality(docs: list[dict], warm: list[dict] = ()) -> tuple[float, int]:
@@ -219,7 +213,7 @@ def bench_tokenize(repeat: int = 4) -> None:
     from data_pipeline.tokenize import megatron_indexed, train_bpe
 
     megatron_indexed()
-    docs = load("en")
+    docs = load_samples("en")
     texts = [d["text"] for d in docs] * repeat
     with tempfile.TemporaryDirectory() as td:
         td = Path(td)
@@ -268,7 +262,7 @@ def bench_langid() -> None:
     print("| language | docs | fastText lid.176 | pycld2 |\n|---|---:|---:|---:|")
     tot = [0, 0, 0]
     for lang in LANGS:
-        docs = load(lang)
+        docs = load_samples(lang)
         iso = lang.split("_")[0]
         ft = sum(fasttext_scores(d["text"], k=1)[0][0] == iso for d in docs)
         cl = 0
@@ -287,9 +281,8 @@ def bench_langid() -> None:
 
 def bench_dedup() -> None:
     from data_pipeline.dedup import MinHasher, bucket_pairs, components, duplicates_from_labels
-    from tests.data_pipeline.helpers import edit_words
 
-    docs = load("en")
+    docs = load_samples("en")
     mh = MinHasher(5, 14, 8, seed=1)
     base = np.stack([mh.signature(d["text"]) for d in docs])
     # pages that already have a near-duplicate among the 300 (e.g. gcloud pages differing in a few

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import random
 import struct
-import sys
 import tempfile
 import time
 import tracemalloc
@@ -36,16 +35,13 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # run as a script from any folder
-
-from data_pipeline.dedup import (  # noqa: E402
+from data_pipeline.dedup import (
     DatatroveMinHasher,
     bucket_pairs,
     components,
     duplicates_from_labels,
 )
-from tests.data_pipeline.helpers import edit_words, load_samples  # noqa: E402
+from data_pipeline.sample_text import edit_words, load_samples
 
 LANGS = ["en", "de", "fr", "es", "it", "nl", "pl", "pt", "ru", "sv", "uk", "ja", "zh_CN"]
 PARTITIONS = 4

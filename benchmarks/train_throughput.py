@@ -36,7 +36,6 @@ from pathlib import Path
 import torch
 
 from model_zoo.config import ConfigError
-from model_zoo.counting import count_parameters, training_flops_per_token
 from model_zoo.zoo import get_model_config, zoo_names
 from parallel.config import ParallelConfig
 from parallel.engine import build_engine
@@ -50,25 +49,10 @@ from parallel.env import (
 from parallel.layout import build_mesh, resolve_layout
 from parallel.parallelize import check_gpu_features
 from pretrain.config import OptimizerConfig
-from pretrain.metrics import device_peak_flops
+from pretrain.metrics import device_peak_flops, flops_accounting
 from pretrain.optim import build_optimizers
 
 FP8_PEAK_FACTOR = 2.0  # Hopper/Ada datasheets: dense FP8 peak = 2 x dense bf16 peak
-
-
-def flops_accounting(cfg, seq_len: int) -> dict:
-    """The numerator of MFU, split into its terms (training FLOPs per token)."""
-    count = count_parameters(cfg)
-    total = training_flops_per_token(cfg, seq_len, count)
-    dense = 6 * (count.active_non_embedding + cfg.padded_vocab_size * cfg.d_model)
-    return {
-        "active_parameters": count.active,
-        "total_parameters": count.total,
-        "matmul_flops_per_token": dense,
-        "attention_flops_per_token": total - dense,
-        "flops_per_token": total,
-        "attention_counting": "full (not halved for causality)",
-    }
 
 
 def parse_overrides(items: list[str]) -> dict:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from model_zoo.config import ConfigError
+from model_zoo.counting import count_parameters, training_flops_per_token
 from pretrain.evaluation import eval_record
 
 # Dense bf16 peak FLOP/s per device (vendor datasheets, without sparsity).
@@ -49,6 +50,21 @@ def device_peak_flops(device: torch.device, override: float = 0.0) -> float | No
         if key.lower() in name.lower():
             return PEAK_FLOPS_BF16[key]
     return None
+
+
+def flops_accounting(cfg, seq_len: int) -> dict:
+    """The numerator of MFU, split into its terms (training FLOPs per token)."""
+    count = count_parameters(cfg)
+    total = training_flops_per_token(cfg, seq_len, count)
+    dense = 6 * (count.active_non_embedding + cfg.padded_vocab_size * cfg.d_model)
+    return {
+        "active_parameters": count.active,
+        "total_parameters": count.total,
+        "matmul_flops_per_token": dense,
+        "attention_flops_per_token": total - dense,
+        "flops_per_token": total,
+        "attention_counting": "full (not halved for causality)",
+    }
 
 
 def memory_stats(device: torch.device) -> dict:

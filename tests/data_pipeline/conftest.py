@@ -8,7 +8,8 @@ import random
 
 import pytest
 
-from tests.data_pipeline.helpers import edit_words, load_samples, write_jsonl_gz
+from data_pipeline.sample_text import edit_words, load_samples
+from tests.data_pipeline.helpers import write_jsonl_gz
 
 
 @pytest.fixture(scope="session")

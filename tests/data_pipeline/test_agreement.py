@@ -23,11 +23,11 @@ from data_pipeline.config import (
     compose_pipeline,
 )
 from data_pipeline.mixer import Mixer
+from data_pipeline.sample_text import load_samples
 from data_pipeline.taggers import DocView, QualityTagger, TaggerSet, quality
 from data_pipeline.taggers import punctuation as our_punctuation
 from data_pipeline.taggers.base import SPACY_VOCAB
 from data_pipeline.taggers.lang import _fasttext_model
-from tests.data_pipeline.helpers import load_samples
 
 datatrove = pytest.importorskip("datatrove", reason="the test extra installs datatrove")
 from datatrove.data import Document  # noqa: E402

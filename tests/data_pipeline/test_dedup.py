@@ -24,8 +24,9 @@ from data_pipeline.dedup import (
     normalize_words,
 )
 from data_pipeline.mixer import Mixer
+from data_pipeline.sample_text import edit_words, load_samples
 from data_pipeline.taggers import TaggerSet
-from tests.data_pipeline.helpers import edit_words, load_samples, write_jsonl_gz
+from tests.data_pipeline.helpers import write_jsonl_gz
 
 
 def _jaccard(a: str, b: str, n: int = 5) -> float:

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from data_pipeline.cli import main
+from data_pipeline.sample_text import edit_words
 from data_pipeline.tokenize import read_back
-from tests.data_pipeline.helpers import edit_words, write_jsonl_gz
+from tests.data_pipeline.helpers import write_jsonl_gz
 
 
 def _cat(folder, pattern="*.jsonl.gz") -> bytes:

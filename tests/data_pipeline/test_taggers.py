@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from data_pipeline.config import ContentTaggerConfig, LangTaggerConfig, QualityTaggerConfig
+from data_pipeline.sample_text import load_samples
 from data_pipeline.taggers import (
     ContentTagger,
     LangTagger,
@@ -15,7 +16,6 @@ from data_pipeline.taggers import (
     fasttext_batch,
     fasttext_scores,
 )
-from tests.data_pipeline.helpers import load_samples
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
-"""The FLOP accounting of benchmarks/train_throughput.py (the numerator of its MFU) against hand
-counts from the published architectures, and the benchmark itself on CPU (a tiny model).
+"""The FLOP accounting of benchmarks/train_throughput.py (the numerator of its MFU,
+`pretrain.metrics.flops_accounting`) against hand counts from the published architectures, and
+the benchmark itself on CPU (a tiny model, run as the script it is: tests never import benchmarks).
 
 Convention (stated by the benchmark): training FLOPs per token = 6 x (active non-embedding
 parameters + the output projection) + attention score and value matmuls counted in full, not
@@ -14,11 +15,23 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import acceptance_summary, gpu_checks
-from benchmarks.train_throughput import flops_accounting, main
 from model_zoo.zoo import get_model_config
+from pretrain import acceptance
+from pretrain.metrics import flops_accounting
+from pretrain.parity import gpu_checks
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def train_throughput(args: list[str]) -> str:
+    """benchmarks/train_throughput.py run as a script; its stdout."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "train_throughput.py"), *args],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def test_llama_3_1_8b_at_seq_8192():
@@ -74,9 +87,9 @@ def test_deepseek_v3_active_parameters_and_mla():
     assert got["flops_per_token"] == matmul + attention
 
 
-def test_benchmark_runs_on_cpu(tmp_path, capsys):
+def test_benchmark_runs_on_cpu(tmp_path):
     out = tmp_path / "r.json"
-    main(
+    printed = train_throughput(
         ["--model", "llama3-tiny", "--seq-len", "64", "--warmup", "1", "--steps", "2"]
         + ["--precision", "fp32", "--gemm-size", "256", "--json", str(out)]
     )
@@ -87,7 +100,7 @@ def test_benchmark_runs_on_cpu(tmp_path, capsys):
     assert abs(result["tflops_per_device"] - tflops) <= 1e-9 * tflops  # float64 products
     assert result["mfu"] is None  # no datasheet peak for a CPU: not made up
     assert result["mfu_vs_gemm"] == result["tflops_per_device"] / result["gemm_bf16_tflops"]
-    assert "tok/s/device" in capsys.readouterr().out
+    assert "tok/s/device" in printed
 
 
 def test_acceptance_script_without_cuda_and_its_summary(tmp_path):
@@ -109,13 +122,20 @@ def test_acceptance_script_without_cuda_and_its_summary(tmp_path):
     with pytest.raises(SystemExit) as err:
         gpu_checks.main(["parity"])
     assert err.value.code == 2
+    # the command line gpu_acceptance.sh runs is these checks' main
+    refused = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_checks.py"), "parity"],
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 2 and "needs a CUDA device" in refused.stderr
     out = tmp_path / "out"
     out.mkdir()
-    main(
+    train_throughput(
         ["--model", "llama3-tiny", "--seq-len", "64", "--warmup", "1", "--steps", "2"]
         + ["--precision", "bf16", "--gemm-size", "256", "--json", str(out / "throughput_bf16.json")]
     )
-    acceptance_summary.main([str(out)])
+    acceptance.main([str(out)])
     summary = json.loads((out / "summary.json").read_text())
     bf16 = summary["throughput"]["bf16"]
     assert bf16 == json.loads((out / "throughput_bf16.json").read_text())
@@ -131,7 +151,13 @@ def test_acceptance_script_without_cuda_and_its_summary(tmp_path):
     case = {"case": "cp=2 ring", "loss": 1e-7, "grad_norm": 2e-6, "params": 3e-6, "pass": False}
     cp = {"check": "cp_parity", "tolerance": 1e-4, "cases": [case], "pass": False}
     (out / "cp_parity.json").write_text(json.dumps(cp))
-    acceptance_summary.main([str(out)])
+    # this time through its command line (benchmarks/acceptance_summary.py)
+    summarized = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "acceptance_summary.py"), str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert summarized.returncode == 0, summarized.stderr
     table = (out / "summary.md").read_text()
     assert "- parity cp=2 ring: loss 1.0e-07, grad norm 2.0e-06, params 3.0e-06" in table
     assert "| context parallel cp=2 (ring, alltoall) on CUDA | NO |" in table
