@@ -6,7 +6,9 @@ instead of failing minutes later inside a collective on hundreds of GPUs.
 
 Mesh axes and how expert parallel composes with them
 -----------------------------------------------------
-The device mesh has six named axes, outermost first: ``pp, dp_replicate, dp_shard, ep, cp, tp``
+The axes are data: parallel/axes.py's table (AXES) gives each its mesh position, its role and its
+divisibility rules, and the checks, the mesh and the planner read it. The device mesh has six
+named axes, outermost first: ``pp, dp_replicate, dp_shard, ep, cp, tp``
 and world_size = pp * dp_replicate * dp_shard * ep * cp * tp. tp is innermost so that
 tensor-parallel collectives (the most frequent) stay inside a node; cp next to it (an all-to-all or
 a ring of K/V blocks in every attention layer); pp is outermost (point-to-point only).
@@ -38,10 +40,20 @@ import math
 from dataclasses import dataclass, field, replace
 
 from model_zoo.config import ConfigError, ModelConfig, need
+from parallel.axes import (
+    AXES,
+    AXIS,
+    FLAT_MESHES,
+    INNER_FIRST,
+    MESH_AXES,
+    REMAINDER_AXIS,
+    SIZED_AXES,
+    SUGGEST_ORDER,
+    AxisRequest,
+    named_axes,
+)
 from parallel.config import ParallelConfig
 from parallel.schedules import PipelineSchedule, get_schedule
-
-MESH_AXES = ("pp", "dp_replicate", "dp_shard", "ep", "cp", "tp")
 
 
 @dataclass
@@ -72,7 +84,7 @@ class Layout:
 
     @property
     def dp(self) -> int:
-        return self.dp_replicate * self.dp_shard * self.ep
+        return math.prod(getattr(self, a.name) for a in AXES if a.batch)
 
     @property
     def n_stages(self) -> int:
@@ -98,17 +110,6 @@ class Layout:
         )
 
 
-def _n_experts(model_cfg) -> int:
-    """Routed experts of an MoE config (0 for dense)."""
-    moe = getattr(model_cfg, "moe", None)
-    return int(getattr(moe, "n_experts", 0) or 0)
-
-
-def _is_mla(model_cfg) -> bool:
-    mla = getattr(model_cfg, "mla", None)
-    return bool(mla is not None and getattr(mla, "enabled", False))
-
-
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
@@ -123,93 +124,48 @@ def _check_fields(pcfg: ParallelConfig) -> None:
     pcfg.validate()
 
 
-def _check(
-    pcfg: ParallelConfig, world_size: int, model_cfg: ModelConfig, gbs: int, mbs: int, seq_len: int
-) -> Layout:
-    """Resolve and check; raise ConfigError(reason) without suggestions."""
-    need(world_size >= 1, f"world_size={world_size} must be >= 1")
-    _check_fields(pcfg)
-    fixed = pcfg.tp * pcfg.pp * pcfg.dp_replicate * pcfg.ep * pcfg.cp
-    with_cp = "*cp" if pcfg.cp > 1 else ""  # cp named only where it is used
-    if pcfg.dp_shard == -1:
+def _resolve_remainder(pcfg: ParallelConfig, world_size: int) -> int:
+    """The size of the remainder axis (dp_shard): the rest of the world when -1, else checked
+    to make the product of all axes the world size."""
+    sizes = {n: getattr(pcfg, n) for n in (a.name for a in AXES)}
+    fixed = math.prod(sizes[n] for n in SIZED_AXES)
+    rest = sizes[REMAINDER_AXIS]
+    named = named_axes(sizes)
+    if rest == -1:
+        sized = [n for n in named if n != REMAINDER_AXIS]
         need(
             world_size % fixed == 0,
-            f"world_size={world_size} is not divisible by tp*pp*dp_replicate*ep{with_cp}={fixed}, "
-            "so dp_shard=-1 has no integer value",
+            f"world_size={world_size} is not divisible by {'*'.join(sized)}={fixed}, "
+            f"so {REMAINDER_AXIS}=-1 has no integer value",
         )
-        dp_shard = world_size // fixed
-    else:
-        dp_shard = pcfg.dp_shard
-        cp_term = f"*{pcfg.cp}" if pcfg.cp > 1 else ""
-        need(
-            fixed * dp_shard == world_size,
-            f"tp*pp*dp_replicate*dp_shard*ep{with_cp} = {pcfg.tp}*{pcfg.pp}*{pcfg.dp_replicate}*"
-            f"{dp_shard}*{pcfg.ep}{cp_term} = {fixed * dp_shard} != world_size={world_size}",
-        )
-    tp, pp, ep, cp = pcfg.tp, pcfg.pp, pcfg.ep, pcfg.cp
-    name = f"model '{model_cfg.name}'"
+        return world_size // fixed
+    values = "*".join(str(sizes[n]) for n in named)
+    need(
+        fixed * rest == world_size,
+        f"{'*'.join(named)} = {values} = {fixed * rest} != world_size={world_size}",
+    )
+    return rest
 
-    # ---- tensor parallel: every sharded dimension must split evenly -------------------------
-    if tp > 1:
-        need(
-            model_cfg.n_heads % tp == 0,
-            f"{name}: n_heads={model_cfg.n_heads} is not divisible by tp={tp}",
-        )
-        if not _is_mla(model_cfg):
-            # KV heads are split over tp when it divides them, and replicated when tp is a
-            # multiple of them (each rank keeps the KV head of its query heads; parallelize.py).
-            kv = model_cfg.kv_heads
-            need(
-                kv % tp == 0 or tp % kv == 0,
-                f"{name}: n_kv_heads={kv} is not divisible by tp={tp}, nor is tp a multiple of "
-                f"it (KV heads are split over tp, or replicated when tp > n_kv_heads)",
-            )
-        need(
-            model_cfg.ffn_hidden_size % tp == 0,
-            f"{name}: ffn_hidden_size={model_cfg.ffn_hidden_size} is not divisible by tp={tp}",
-        )
-        if _n_experts(model_cfg):
-            hidden = model_cfg.moe.expert_hidden_size
-            need(
-                hidden % tp == 0,
-                f"{name}: moe.expert_hidden_size={hidden} is not divisible by "
-                f"tp={tp} (every expert is split over tp)",
-            )
-        need(
-            model_cfg.padded_vocab_size % tp == 0,
-            f"{name}: padded vocab {model_cfg.padded_vocab_size} is not divisible by tp={tp}; "
-            f"set model.pad_vocab_multiple to a multiple of {tp}",
-        )
-        # sequence parallel splits the sequence between the tp ranks outside attention/MLP
-        # (under cp, each cp rank's share of it: _check_cp)
-        if cp == 1:
-            need(
-                seq_len % tp == 0,
-                f"seq_len={seq_len} is not divisible by tp={tp} (sequence parallel)",
-            )
-    # ---- context parallel ----------------------------------------------------------------------
-    if cp > 1:
-        _check_cp(pcfg, model_cfg, seq_len, name)
-    # ---- expert parallel -----------------------------------------------------------------------
-    n_exp = _n_experts(model_cfg)
-    if ep > 1:
-        need(n_exp > 0, f"{name} has no routed experts, so ep={ep} has nothing to split; use ep=1")
-        need(n_exp % ep == 0, f"{name}: n_experts={n_exp} is not divisible by ep={ep}")
-    # ---- pipeline ------------------------------------------------------------------------------
-    sched = pcfg.pp_schedule
-    schedule = get_schedule(sched)
-    v = pcfg.pp_virtual_stages or schedule.default_virtual_stages
-    if pp > 1:
-        reason = schedule.check_stages(v)
-        need(reason is None, reason or "")
-        need(
-            not model_cfg.tie_embeddings,
-            f"{name} ties its embedding and output matrices, which would live on the first and "
-            "last pipeline stage; pipeline parallel needs untied embeddings (use pp=1)",
-        )
-    else:
-        v = 1
-    n_stages = pp * v
+
+def _check_axes(pcfg: ParallelConfig, model_cfg: ModelConfig, seq_len: int) -> None:
+    """Every axis's divisibility rules against the model (parallel/axes.py), innermost axis
+    first, for the axes of size > 1."""
+    req = AxisRequest(pcfg, model_cfg, seq_len)
+    for name in INNER_FIRST:
+        if getattr(pcfg, name) > 1:
+            for check in AXIS[name].checks:
+                check(req)
+
+
+def _virtual_stages(pcfg: ParallelConfig) -> int:
+    if pcfg.pp == 1:
+        return 1
+    return pcfg.pp_virtual_stages or get_schedule(pcfg.pp_schedule).default_virtual_stages
+
+
+def _stage_layers(pcfg: ParallelConfig, model_cfg: ModelConfig, v: int) -> list[list[int]]:
+    """The layer ids of each of the pp * v stages: parallel.pp_split's, or a balanced split."""
+    n_stages = pcfg.pp * v
     L = model_cfg.n_layers
     if pcfg.pp_split:
         split = list(pcfg.pp_split)
@@ -227,24 +183,27 @@ def _check(
     else:
         need(
             L >= n_stages,
-            f"pp={pp} x {v} stage(s) per rank = {n_stages} pipeline stages but {name} has only "
-            f"n_layers={L}",
+            f"pp={pcfg.pp} x {v} stage(s) per rank = {n_stages} pipeline stages but "
+            f"model '{model_cfg.name}' has only n_layers={L}",
         )
         split = _balanced_split(L, n_stages)
     stage_layers, start = [], 0
     for n in split:
         stage_layers.append(list(range(start, start + n)))
         start += n
-    # ---- batch ---------------------------------------------------------------------------------
-    dp = pcfg.dp_replicate * dp_shard * ep
+    return stage_layers
+
+
+def _batch_split(pcfg: ParallelConfig, dp: int, gbs: int, mbs: int, seq_len: int, v: int):
+    """(sequences per dp rank, micro-batches per step) of the global batch over dp ranks."""
     need(
         gbs >= 1 and mbs >= 1 and seq_len >= 1,
         "global_batch_size, micro_batch_size and seq_len must be >= 1",
     )
+    batch_axes = "*".join(a.name for a in AXES if a.batch)
     need(
         gbs % dp == 0,
-        f"global_batch_size={gbs} is not divisible by the data-parallel degree "
-        f"dp_replicate*dp_shard*ep={dp}",
+        f"global_batch_size={gbs} is not divisible by the data-parallel degree {batch_axes}={dp}",
     )
     local = gbs // dp
     need(
@@ -253,33 +212,46 @@ def _check(
         f"by micro_batch_size={mbs}",
     )
     n_mb = local // mbs
-    if pp > 1 and pcfg.pp_microbatches:
+    if pcfg.pp > 1 and pcfg.pp_microbatches:
         need(
             local % pcfg.pp_microbatches == 0,
             f"{local} sequences per dp rank are not divisible by pp_microbatches="
             f"{pcfg.pp_microbatches}",
         )
         n_mb = pcfg.pp_microbatches
-    if pp > 1:
-        reason = schedule.check_microbatches(pp, v, n_mb)
+    if pcfg.pp > 1:
+        reason = get_schedule(pcfg.pp_schedule).check_microbatches(pcfg.pp, v, n_mb)
         need(reason is None, reason or "")
+    return local, n_mb
+
+
+def _check(
+    pcfg: ParallelConfig, world_size: int, model_cfg: ModelConfig, gbs: int, mbs: int, seq_len: int
+) -> Layout:
+    """Resolve and check; raise ConfigError(reason) without suggestions."""
+    need(world_size >= 1, f"world_size={world_size} must be >= 1")
+    _check_fields(pcfg)
+    sizes = {a.name: getattr(pcfg, a.name) for a in AXES}
+    sizes[REMAINDER_AXIS] = _resolve_remainder(pcfg, world_size)
+    _check_axes(pcfg, model_cfg, seq_len)
+    v = _virtual_stages(pcfg)
+    stage_layers = _stage_layers(pcfg, model_cfg, v)
+    dp = math.prod(sizes[a.name] for a in AXES if a.batch)
+    local, n_mb = _batch_split(pcfg, dp, gbs, mbs, seq_len, v)
+    name = f"model '{model_cfg.name}'"
     need(
         seq_len <= model_cfg.max_seq_len,
         f"seq_len={seq_len} exceeds {name}'s max_seq_len={model_cfg.max_seq_len}",
     )
     return Layout(
         world_size=world_size,
-        pp=pp,
-        dp_replicate=pcfg.dp_replicate,
-        dp_shard=dp_shard,
-        ep=ep,
-        tp=tp,
+        **sizes,
         global_batch_size=gbs,
         micro_batch_size=mbs,
         seq_len=seq_len,
         local_batch_size=local,
         n_microbatches=n_mb,
-        pp_schedule=sched,
+        pp_schedule=pcfg.pp_schedule,
         virtual_stages=v,
         stage_layers=stage_layers,
         precision=pcfg.precision,
@@ -287,44 +259,8 @@ def _check(
         ac_every_n=pcfg.ac_every_n,
         compile=pcfg.compile,
         device=pcfg.device,
-        cp=cp,
         cp_style=pcfg.cp_style,
     )
-
-
-def _check_cp(pcfg: ParallelConfig, model_cfg: ModelConfig, seq_len: int, name: str) -> None:
-    """Context parallel: the sequence splits into 2*cp chunks, rank r keeping chunks r and
-    2cp-1-r (so every rank does the same causal work, and both styles give a rank the same
-    tokens); alltoall also splits the query heads left after tp over cp."""
-    cp, tp = pcfg.cp, pcfg.tp
-    need(
-        seq_len % (2 * cp) == 0,
-        f"seq_len={seq_len} is not divisible by 2 x cp={2 * cp} (the load-balanced causal split "
-        f"gives cp rank r chunks r and {2 * cp - 1}-r of {2 * cp})",
-    )
-    local = seq_len // cp
-    need(
-        local % tp == 0,
-        f"seq_len={seq_len} over cp={cp} leaves {local} tokens per cp rank, not divisible by "
-        f"tp={tp} (sequence parallel splits each cp rank's tokens over tp)",
-    )
-    if pcfg.cp_style == "alltoall":
-        heads = model_cfg.n_heads // tp
-        need(
-            heads % cp == 0,
-            f"{name}: {heads} query heads per tp rank (n_heads={model_cfg.n_heads} / tp={tp}) are "
-            f"not divisible by cp={cp}: parallel.cp_style=alltoall gives each cp rank heads/cp of "
-            f"them (GQA's KV heads are repeated to the query heads before the all-to-all, so only "
-            f"the query heads must divide); use a cp that divides {heads}, or "
-            f"parallel.cp_style=ring on CUDA",
-        )
-    else:
-        need(
-            model_cfg.sliding_window == 0,
-            f"{name} has sliding_window={model_cfg.sliding_window}: parallel.cp_style=ring runs "
-            f"torch's ring attention, plain causal only (no mask reaches its kernel); use "
-            f"parallel.cp_style=alltoall",
-        )
 
 
 def check_layout(
@@ -337,27 +273,23 @@ def check_layout(
 
 def _suggest(pcfg: ParallelConfig, world_size: int, model_cfg, gbs, mbs, seq_len) -> str:
     """The valid layout closest (in log2 distance of the axis sizes) to the requested one."""
-    want = {k: max(1, getattr(pcfg, k)) for k in ("tp", "pp", "dp_replicate", "ep", "cp")}
+    want = {k: max(1, getattr(pcfg, k)) for k in SIZED_AXES}
     best = None
-    for tp, pp, ep, cp, rep in _axis_sizes(world_size):
-        shard = world_size // (tp * pp * ep * cp * rep)
+    for tried in _axis_sizes(world_size):
+        shard = world_size // math.prod(tried.values())
         cand = replace(
             pcfg,
-            tp=tp,
-            pp=pp,
-            ep=ep,
-            cp=cp,
-            dp_replicate=rep,
-            dp_shard=shard,
-            pp_split=[] if pp != pcfg.pp else list(pcfg.pp_split),
+            **tried,
+            **{REMAINDER_AXIS: shard},
+            pp_split=[] if tried["pp"] != pcfg.pp else list(pcfg.pp_split),
         )
         try:
             _check(cand, world_size, model_cfg, gbs, mbs, seq_len)
         except ConfigError:
             continue
         d = sum(abs(math.log2(getattr(cand, k) / want[k])) for k in want)
-        if pcfg.dp_shard > 0:
-            d += abs(math.log2(shard / pcfg.dp_shard))
+        if getattr(pcfg, REMAINDER_AXIS) > 0:
+            d += abs(math.log2(shard / getattr(pcfg, REMAINDER_AXIS)))
         if best is None or d < best[0]:
             best = (d, cand)
     if best is None:
@@ -366,22 +298,21 @@ def _suggest(pcfg: ParallelConfig, world_size: int, model_cfg, gbs, mbs, seq_len
             f"micro_batch_size={mbs}, seq_len={seq_len}; change the batch sizes"
         )
     c = best[1]
-    return (
-        f"a valid layout for world_size={world_size}: parallel.tp={c.tp} parallel.pp={c.pp} "
-        f"parallel.dp_replicate={c.dp_replicate} parallel.dp_shard={c.dp_shard} "
-        f"parallel.ep={c.ep}" + (f" parallel.cp={c.cp}" if c.cp > 1 or pcfg.cp > 1 else "")
-    )
+    chosen = {a.name: getattr(c, a.name) for a in AXES}
+    asked = {a.name: getattr(pcfg, a.name) for a in AXES}
+    overrides = " ".join(f"parallel.{n}={chosen[n]}" for n in named_axes(chosen, asked))
+    return f"a valid layout for world_size={world_size}: {overrides}"
 
 
-def _axis_sizes(world_size: int):
-    """Every (tp, pp, ep, cp, dp_replicate) whose product divides world_size (dp_shard takes
-    the rest)."""
-    for tp in _divisors(world_size):
-        for pp in _divisors(world_size // tp):
-            for ep in _divisors(world_size // (tp * pp)):
-                for cp in _divisors(world_size // (tp * pp * ep)):
-                    for rep in _divisors(world_size // (tp * pp * ep * cp)):
-                        yield tp, pp, ep, cp, rep
+def _axis_sizes(world_size: int, axes: tuple[str, ...] = SUGGEST_ORDER, used: int = 1):
+    """Every {axis: size} of the sized axes whose product divides world_size (the remainder
+    axis takes the rest), as nested loops over SUGGEST_ORDER, sizes ascending."""
+    if not axes:
+        yield {}
+        return
+    for size in _divisors(world_size // used):
+        for inner in _axis_sizes(world_size, axes[1:], used * size):
+            yield {axes[0]: size, **inner}
 
 
 def resolve_layout(
@@ -407,20 +338,19 @@ def resolve_layout(
 
 
 def build_mesh(layout: Layout, device_type: str = "cpu"):
-    """The DeviceMesh over (pp, dp_replicate, dp_shard, ep, cp, tp), plus flattened meshes:
+    """The DeviceMesh over MESH_AXES (pp, dp_replicate, dp_shard, ep, cp, tp), plus the flattened
+    meshes of parallel/axes.py's FLAT_MESHES:
     "dp" = (dp_replicate, dp_shard, ep), all data-parallel ranks (the data loader's rank);
     "dp_shard_ep" = (dp_shard, ep), over which FSDP shards dense parameters without cp;
     "dp_cp" = dp and cp, over which token counts are summed; "dp_shard_ep_cp", the FSDP mesh of
     dense parameters under cp (see the module doc).
 
-    Needs the default process group. All six axes exist even when of size 1, so code can always
+    Needs the default process group. All axes exist even when of size 1, so code can always
     ask for mesh["tp"] etc."""
     from torch.distributed.device_mesh import init_device_mesh
 
-    shape = (layout.pp, layout.dp_replicate, layout.dp_shard, layout.ep, layout.cp, layout.tp)
+    shape = tuple(getattr(layout, name) for name in MESH_AXES)
     mesh = init_device_mesh(device_type, shape, mesh_dim_names=MESH_AXES)
-    mesh["dp_replicate", "dp_shard", "ep"]._flatten("dp")
-    mesh["dp_shard", "ep"]._flatten("dp_shard_ep")
-    mesh["dp_replicate", "dp_shard", "ep", "cp"]._flatten("dp_cp")
-    mesh["dp_shard", "ep", "cp"]._flatten("dp_shard_ep_cp")
+    for flat, axes in FLAT_MESHES:
+        mesh[axes]._flatten(flat)
     return mesh
