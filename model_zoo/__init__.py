@@ -1,8 +1,10 @@
 """Single-device model definitions: one configurable decoder, the zoo of named configs, parameter
 and FLOP counting, and Hugging Face conversion per family. Imports torch only.
 
-`model_zoo.hf` is imported here, first, so that every family's adapter is registered
-(model_zoo/families.py) before any config is validated, whichever module a caller imports."""
+`model_zoo.hf` is imported here, first: it imports the family registry (model_zoo/families/), which
+fills the family names `ModelConfig.validate` accepts, so every family is known before any config is
+validated, whichever module a caller imports. (The registry imports model_zoo.hf.base while
+model_zoo.hf is initialising, and model_zoo.hf.io imports the registry once it is complete.)"""
 
 from model_zoo import hf
 from model_zoo.config import ConfigError, InitConfig, ModelConfig, RopeScalingConfig

@@ -3,9 +3,9 @@ once, the config keys every family writes, RoPE keys in both transformers genera
 mapping of the standard Hugging Face decoder layout (`model.embed_tokens`, `self_attn.q_proj`, ...,
 `mlp.gate_proj`, `lm_head`) that Llama, OLMo-2, Qwen3 and the MoE families use.
 
-Each family's module (gpt_neox.py, llama.py, olmo2.py, qwen3.py, mixtral.py, olmoe.py, deepseek.py)
-subclasses `HFAdapter` (usually through `DecoderLayoutAdapter`) and registers it with
-`model_zoo.families.register_family`. An adapter knows (1) which of our switches the architecture
+Each family's adapter (model_zoo/families/<family>/hf.py: gpt_neox, llama, olmo2, qwen3, mixtral,
+olmoe, deepseek) subclasses `HFAdapter` (usually through `DecoderLayoutAdapter`) and is registered
+in its family's spec (model_zoo/families/spec.py). An adapter knows (1) which of our switches the architecture
 can express, (2) how to write and read its config.json, and (3) how parameter names and layouts
 map. Only plain dicts and tensors cross this boundary: `transformers` is not imported (tests import
 it to check the result).

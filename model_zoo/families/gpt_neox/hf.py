@@ -8,7 +8,6 @@ import re
 import torch
 
 from model_zoo.config import InitConfig, ModelConfig
-from model_zoo.families import register_family
 from model_zoo.hf.base import (
     ATTN_BIAS_SAME,
     HEAD_DIM_FROM_D_MODEL,
@@ -26,7 +25,6 @@ from model_zoo.hf.base import (
 )
 
 
-@register_family
 class GPTNeoXAdapter(HFAdapter):
     architecture, model_type, family = "GPTNeoXForCausalLM", "gpt_neox", "gpt_neox"
     requirements = (

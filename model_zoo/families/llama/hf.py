@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from model_zoo.families import register_family
 from model_zoo.hf.base import (
     LLAMA_STYLE,
     PRE_NORM,
@@ -14,7 +13,6 @@ from model_zoo.hf.base import (
 )
 
 
-@register_family
 class LlamaAdapter(DecoderLayoutAdapter):
     architecture, model_type, family = "LlamaForCausalLM", "llama", "llama"
     requirements = LLAMA_STYLE + (

@@ -14,7 +14,6 @@ from model_zoo.config import (
     MoEConfig,
     RopeScalingConfig,
 )
-from model_zoo.families import register_family
 from model_zoo.hf.base import (
     ATTN_BIAS_SAME,
     NO_MLP_BIAS,
@@ -194,7 +193,6 @@ def _yarn_from_hf(hf: dict[str, Any]) -> RopeScalingConfig:
     )
 
 
-@register_family
 class DeepseekV3Adapter(_DeepseekAdapter):
     architecture, model_type, family = "DeepseekV3ForCausalLM", "deepseek_v3", "deepseek_v3"
     BIAS_NAME = "e_score_correction_bias"
@@ -215,7 +213,6 @@ class DeepseekV3Adapter(_DeepseekAdapter):
         return self._from_hf_common(hf, "deepseek_v3", "sigmoid")
 
 
-@register_family
 class DeepseekV2Adapter(_DeepseekAdapter):
     architecture, model_type, family = "DeepseekV2ForCausalLM", "deepseek_v2", "deepseek_v2"
     requirements = (

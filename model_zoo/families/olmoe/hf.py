@@ -4,7 +4,7 @@ softmax mixture of experts in every layer. An Olmo2Adapter with another norm pla
 from __future__ import annotations
 
 from model_zoo.config import MoEConfig
-from model_zoo.families import register_family
+from model_zoo.families.olmo2.hf import Olmo2Adapter
 from model_zoo.hf.base import (
     HEAD_DIM_FROM_D_MODEL,
     LLAMA_STYLE,
@@ -14,10 +14,8 @@ from model_zoo.hf.base import (
     qk_norm_is,
 )
 from model_zoo.hf.moe_layout import NO_ROUTED_SCALING, MoELayoutMixin, moe_requirements
-from model_zoo.hf.olmo2 import Olmo2Adapter
 
 
-@register_family
 class OlmoeAdapter(MoELayoutMixin, Olmo2Adapter):
     architecture, model_type, family = "OlmoeForCausalLM", "olmoe", "olmoe"
     NORMS = {

@@ -7,7 +7,7 @@ Qwen3 uses it, and neither do we, so imports with it are refused."""
 from __future__ import annotations
 
 from model_zoo.config import ConfigError
-from model_zoo.families import register_family
+from model_zoo.families.llama.hf import LlamaAdapter
 from model_zoo.hf.base import (
     LLAMA_STYLE,
     NO_MLP_BIAS,
@@ -16,10 +16,8 @@ from model_zoo.hf.base import (
     QK_NORM_NAMES,
     qk_norm_is,
 )
-from model_zoo.hf.llama import LlamaAdapter
 
 
-@register_family
 class Qwen3Adapter(LlamaAdapter):
     architecture, model_type, family = "Qwen3ForCausalLM", "qwen3", "qwen3"
     NORMS = {**LlamaAdapter.NORMS, **QK_NORM_NAMES}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from model_zoo.config import InitConfig
-from model_zoo.families import register_family
 from model_zoo.hf.base import (
     HEAD_DIM_FROM_D_MODEL,
     LLAMA_STYLE,
@@ -17,7 +16,6 @@ from model_zoo.hf.base import (
 )
 
 
-@register_family
 class Olmo2Adapter(DecoderLayoutAdapter):
     architecture, model_type, family = "Olmo2ForCausalLM", "olmo2", "olmo2"
     NORMS = {

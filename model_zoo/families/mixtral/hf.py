@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from model_zoo.config import MoEConfig
-from model_zoo.families import register_family
+from model_zoo.families.llama.hf import LlamaAdapter
 from model_zoo.hf.base import HEAD_DIM_FROM_D_MODEL, Requirement
-from model_zoo.hf.llama import LlamaAdapter
 from model_zoo.hf.moe_layout import NO_ROUTED_SCALING, MoELayoutMixin, moe_requirements
 
 
-@register_family
 class MixtralAdapter(MoELayoutMixin, LlamaAdapter):
     architecture, model_type, family = "MixtralForCausalLM", "mixtral", "mixtral"
     EXPERT_PREFIX = "block_sparse_moe"
