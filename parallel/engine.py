@@ -657,7 +657,7 @@ def build_engine(
     for sid in stage_ids:
         part = meta_model if len(stage_ids) == 1 else copy.deepcopy(meta_model)
         if layout.pp > 1:
-            _prune_to_stage(part, layout.stage_layers[sid], sid == 0, sid == layout.n_stages - 1)
+            prune_to_stage(part, layout.stage_layers[sid], sid == 0, sid == layout.n_stages - 1)
         infos.append(_StageInfo(sid, sid == 0, sid == layout.n_stages - 1))
         parts.append(part)
     for part in parts:
@@ -668,7 +668,10 @@ def build_engine(
     return engine
 
 
-def _prune_to_stage(model: Transformer, layer_ids: list[int], first: bool, last: bool) -> None:
+def prune_to_stage(model: Transformer, layer_ids: list[int], first: bool, last: bool) -> None:
+    """Keep only a pipeline stage's layers (their ids, so parameter names stay the single
+    model's), the embeddings on the first stage and the norm and output layer on the last. The
+    planner prunes its probe models with it too, so they hold what the engine's stages hold."""
     keep = {str(i) for i in layer_ids}
     for key in list(model.layers.keys()):
         if key not in keep:

@@ -52,6 +52,7 @@ from model_zoo.model import build_model
 from model_zoo.moe import moe_layers
 from parallel import parallelize
 from parallel.config import FULL_PRECISIONS, ParallelConfig, param_dtype
+from parallel.engine import prune_to_stage
 from parallel.layout import Layout, build_mesh, resolve_layout
 from parallel.schedules import SCHEDULES
 
@@ -102,18 +103,6 @@ def _shallow(cfg: ModelConfig, layer_ids) -> ModelConfig:
     after it on the meta device would only be pruned again (names and kinds are unchanged)."""
     deepest = max([*layer_ids, *representative_layers(cfg).values()])
     return replace(cfg, n_layers=deepest + 1)
-
-
-def _prune(model, layer_ids, first: bool, last: bool) -> None:
-    keep = {str(i) for i in layer_ids}
-    for key in list(model.layers.keys()):
-        if key not in keep:
-            del model.layers[key]
-    if not first:
-        model.tok_embeddings = None
-    if not last:
-        model.norm = None
-        model.output = None
 
 
 @dataclass(frozen=True)
@@ -177,7 +166,7 @@ def _extract_rules(cfg: ModelConfig, layout_key: tuple) -> dict[str, ParamRule]:
         mesh = build_mesh(layout, "cpu")
         keep = sorted(representative_layers(cfg).values())
         model = build_model(_shallow(cfg, keep), device="meta")
-        _prune(model, keep, True, True)
+        prune_to_stage(model, keep, True, True)
         parallelize.parallelize_part(model, cfg, layout, mesh)
         rules = {}
         for name, p in model.named_parameters():
@@ -550,7 +539,7 @@ def _run_probe(cfg, layer_ids, first, last, tp, mbs, seq, checkpointed, dtype, s
     with fake_world(tp):
         mesh = build_mesh(layout, "cpu")
         model = build_model(_shallow(cfg, layer_ids), device="meta")
-        _prune(model, layer_ids, first, last)
+        prune_to_stage(model, layer_ids, first, last)
         # the compute dtype FSDP2's mixed precision would cast the parameters to (no FSDP here)
         model.to(dtype)
         parallelize.parallelize_part(model, cfg, layout, mesh)

@@ -14,7 +14,7 @@ from model_zoo.model import build_model
 from model_zoo.zoo import get_model_config
 from parallel import parallelize
 from parallel.config import ParallelConfig
-from parallel.engine import _prune_to_stage
+from parallel.engine import prune_to_stage
 from parallel.layout import build_mesh, resolve_layout
 from parallel.planner.hardware import get_gpu
 from parallel.planner.memory import ActivationModel, probe, static_memory
@@ -41,7 +41,7 @@ def _real_local_numel(cfg, layout, rank: int) -> int:
             part = build_model(cfg, device="meta")
             if layout.pp > 1:
                 last = sid == layout.n_stages - 1
-                _prune_to_stage(part, layout.stage_layers[sid], sid == 0, last)
+                prune_to_stage(part, layout.stage_layers[sid], sid == 0, last)
             parallelize.parallelize_part(part, cfg, layout, mesh)
             for p in part.parameters():
                 total += (p.to_local() if isinstance(p, DTensor) else p).numel()
