@@ -17,7 +17,9 @@ import json
 import sys
 import time
 
-from .config import PipelineConfigError, compose_pipeline, pipeline_names, to_yaml
+from configcore import ConfigError
+
+from .config import compose_pipeline, pipeline_names, to_yaml
 from .executor import LocalExecutor, SlurmExecutor, TaskFailed
 from .stages import prepare_run, stage_groups
 
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     _, pipeline, overrides = _split(argv)
     try:
         cfg = compose_pipeline(overrides, pipeline)
-    except PipelineConfigError as err:
+    except ConfigError as err:
         print(f"pretrain data: {err}", file=sys.stderr)
         return 2
     if cfg.stage != "all" and cfg.stage not in stage_groups():

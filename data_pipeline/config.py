@@ -4,10 +4,10 @@ A pipeline is one YAML file under `configs/pipeline/` (`dolma.yaml`, `tokenize_o
 first default is the `pipeline_schema` registered below, so Hydra checks every key and type against
 these dataclasses. `pretrain data pipeline=NAME key=value ...` composes NAME.yaml with the overrides;
 `validate()` then checks meaning (files exist, rules parse, the Bloom filter fits in memory) and raises
-`PipelineConfigError` with the problem and the fix, before any task runs.
+`ConfigError` with the problem and the fix, before any task runs.
 
-The same style as `pretrain/config.py` (typed dataclasses + initialize_config_dir/compose), but this
-package must not import `pretrain` (layering rule), so the small compose helper is repeated here.
+The same style as `pretrain/config.py` (typed dataclasses, Hydra compose, one error type): both use
+the config core (configcore/), which imports no package of ours, so this package still stands alone.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-
-class PipelineConfigError(ValueError):
-    """A configuration problem, reported in one line with the fix."""
+from configcore import ConfigError, need
+from configcore.compose import compose, merge_section
+from configcore.structured import from_dict, load_yaml
+from configcore.structured import to_container as to_container
+from configcore.structured import to_yaml as to_yaml
 
 
 @dataclass
@@ -263,10 +263,10 @@ _EXPR = re.compile(
 
 
 def parse_expr(expr: str) -> tuple[str, str, str, float]:
-    """'max(a__b__c) >= 0.5' -> ('max', 'a__b__c', '>=', 0.5). Raises PipelineConfigError."""
+    """'max(a__b__c) >= 0.5' -> ('max', 'a__b__c', '>=', 0.5). Raises ConfigError."""
     m = _EXPR.match(expr)
     if not m:
-        raise PipelineConfigError(
+        raise ConfigError(
             f"cannot parse rule {expr!r}; write ATTRIBUTE OP NUMBER or AGG(ATTRIBUTE) OP NUMBER, "
             "e.g. 'langid__ft__lang__en < 0.5' or 'frac(content__pii__email) > 0.1'"
         )
@@ -294,11 +294,6 @@ _MIXTURE_MIXER_KEYS = ("sources", "total_tokens")
 def _split_mixture(overrides: list[str]) -> tuple[list[str], dict | None]:
     """`mixture=FILE`: the fragment `pretrain mixture fit` writes; its `mixer:` section (sources
     with their weights, total_tokens) replaces the preset's. (Its `data:` section is training's.)"""
-
-    def need(cond: bool, msg: str) -> None:
-        if not cond:
-            raise PipelineConfigError(msg)
-
     files = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == "mixture"]
     rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "mixture"]
     if not files:
@@ -306,7 +301,7 @@ def _split_mixture(overrides: list[str]) -> tuple[list[str], dict | None]:
     need(len(files) == 1, f"mixture= given {len(files)} times; give one file")
     path = Path(files[0])
     need(path.is_file(), f"mixture={path}: no such file; give the mixture.yaml of a mixture fit")
-    section = (OmegaConf.to_container(OmegaConf.load(str(path))) or {}).get("mixer")
+    section = (load_yaml(path, resolve=False) or {}).get("mixer")
     need(
         isinstance(section, dict) and bool(section.get("sources")),
         f"mixture={path} has no mixer.sources; a mixture file holds mixer: {{sources: [...], "
@@ -330,42 +325,25 @@ def _split_mixture(overrides: list[str]) -> tuple[list[str], dict | None]:
 def compose_pipeline(overrides: list[str], pipeline: str = "dolma") -> PipelineConfig:
     """configs/pipeline/<pipeline>.yaml + overrides -> a validated PipelineConfig."""
     if pipeline not in pipeline_names():
-        raise PipelineConfigError(
+        raise ConfigError(
             f"unknown pipeline {pipeline!r}; bundled pipelines: {', '.join(pipeline_names())} "
             f"(YAML files in {pipeline_config_dir()})"
         )
     register_configs()
-    GlobalHydra.instance().clear()
     overrides, fragment = _split_mixture(list(overrides))
-    with initialize_config_dir(config_dir=str(pipeline_config_dir()), version_base=None):
-        try:
-            cfg = compose(config_name=pipeline, overrides=list(overrides))
-        except Exception as err:  # Hydra's message names the bad key; drop the trace
-            raise PipelineConfigError(f"bad override: {err}") from None
+    cfg = compose(pipeline_config_dir(), pipeline, overrides)
     if fragment is not None:
-        try:  # merged into the structured config: unknown keys and bad types are refused
-            cfg = OmegaConf.merge(cfg, {"mixer": fragment})
-        except Exception as err:
-            raise PipelineConfigError(f"mixture file: bad mixer section: {err}") from None
+        cfg = merge_section(cfg, "mixer", fragment, "mixture file")
     try:
         pc = OmegaConf.to_object(cfg)
     except Exception as err:
-        raise PipelineConfigError(f"bad value: {err}") from None
+        raise ConfigError(f"bad value: {err}") from None
     return validate(pc)
 
 
 def config_from_yaml(path: str | Path) -> PipelineConfig:
     """Reload the resolved config a run saved (workers on other nodes use this)."""
-    merged = OmegaConf.merge(OmegaConf.structured(PipelineConfig), OmegaConf.load(str(path)))
-    return OmegaConf.to_object(merged)
-
-
-def to_yaml(pc: PipelineConfig) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(pc))
-
-
-def to_container(obj: Any) -> Any:
-    return OmegaConf.to_container(OmegaConf.structured(obj), resolve=True)
+    return from_dict(PipelineConfig, OmegaConf.load(str(path)))
 
 
 def bloom_size(expected: int, fp_rate: float) -> tuple[int, int]:
@@ -386,12 +364,7 @@ def expand_inputs(paths: list[str]) -> list[str]:
 
 
 def validate(pc: PipelineConfig, need_inputs: bool = True) -> PipelineConfig:
-    """Check meaning, not just types. Raises PipelineConfigError naming the problem and the fix."""
-
-    def need(cond: bool, msg: str) -> None:
-        if not cond:
-            raise PipelineConfigError(msg)
-
+    """Check meaning, not just types. Raises ConfigError naming the problem and the fix."""
     need(
         bool(pc.output.dir),
         "output.dir is not set; add output.dir=DIR (where shards and report.json go)",
@@ -430,9 +403,7 @@ def validate(pc: PipelineConfig, need_inputs: bool = True) -> PipelineConfig:
         try:
             import pycld2  # noqa: F401
         except ImportError:
-            raise PipelineConfigError(
-                "taggers.lang.cld2=true needs pycld2; pip install pycld2"
-            ) from None
+            raise ConfigError("taggers.lang.cld2=true needs pycld2; pip install pycld2") from None
     need(lang.top_k >= 1, "taggers.lang.top_k must be >= 1")
     q = pc.taggers.quality
     need(
@@ -539,7 +510,7 @@ def validate(pc: PipelineConfig, need_inputs: bool = True) -> PipelineConfig:
 
 
 # More checks of a whole config, registered by modules that config.py cannot import without a
-# cycle (the taggers import config); each raises PipelineConfigError.
+# cycle (the taggers import config); each raises ConfigError.
 VALIDATORS: list = []
 
 

@@ -14,12 +14,13 @@ import math
 import operator
 from dataclasses import dataclass
 
+from configcore import ConfigError
+
 from .config import (
     VALIDATORS,
     FilterRule,
     MixerConfig,
     PipelineConfig,
-    PipelineConfigError,
     Replacement,
     SourceConfig,
     parse_expr,
@@ -180,7 +181,7 @@ def check_rule_attributes(pc: PipelineConfig) -> None:
             continue
         close = difflib.get_close_matches(attr, declared, n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}?" if close else "no enabled tagger writes it"
-        raise PipelineConfigError(
+        raise ConfigError(
             f"{where} names attribute {attr!r}, which no enabled tagger or dedup part writes; "
             f"{hint} (enable the tagger that writes it, or fix the name)"
         )

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from model_zoo.errors import need
+from configcore import need
 from parallel.schedules import DEFAULT_SCHEDULE, schedule_names
 
 PRECISIONS = ("fp32", "bf16", "fp8_tensorwise", "fp8_rowwise", "fp64")

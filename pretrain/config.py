@@ -4,24 +4,26 @@ The schema is the set of dataclasses below (OLMo-core style typed configs); Hydr
 the YAML under `configs/` and the user's command-line overrides (`model=pythia-160m parallel.tp=2`).
 Every zoo model is registered as an option of the `model` group, so `model=NAME` selects it and
 `model.n_layers=4` edits it. `load_config` returns plain dataclass instances after validation, so
-the rest of the code never touches OmegaConf.
+the rest of the code never touches OmegaConf. The Hydra plumbing, the strict override keys and the
+error type are the config core's (configcore/), shared with the data pipeline.
 """
 
 from __future__ import annotations
 
-import difflib
 import functools
 import os
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from model_zoo.config import ConfigError, ModelConfig, need
+from configcore import ConfigError, need
+from configcore.compose import check_override_keys as check_schema_keys
+from configcore.compose import compose, merge_section, override_key
+from configcore.structured import from_dict, load_yaml, to_yaml
+from model_zoo.config import ModelConfig
 from model_zoo.zoo import get_model_config, zoo_names
 from parallel.config import ParallelConfig
 from pretrain.data.metadata import resolve_data_settings
@@ -435,43 +437,13 @@ def recipe_names() -> list[str]:
     return sorted(p.stem for p in (config_dir() / "recipe").glob("*.yaml"))
 
 
-def schema_keys(node: Any = None, prefix: str = "") -> list[str]:
-    """Every dotted key of the run schema (`trainer.max_steps`, `model.moe.top_k`, ...)."""
-    node = RunConfig() if node is None else node
-    keys = []
-    for f in fields(node):
-        value = getattr(node, f.name)
-        keys.append(prefix + f.name)
-        if is_dataclass(value):
-            keys += schema_keys(value, f"{prefix}{f.name}.")
-    return keys
-
-
 # Config groups selected with `group=option` (not schema fields).
 CONFIG_GROUPS = ("model", "parallel", "recipe")
 
 
-def _override_key(item: str) -> str:
-    key = item.partition("=")[0].lstrip("+~")
-    return key.partition("@")[0]
-
-
 def check_override_keys(overrides: list[str]) -> None:
-    """Reject keys the schema does not have, with or without Hydra's `+`/`++`: a `+key=value`
-    is otherwise added as a new key and then silently ignored (Hydra suggests `+` itself)."""
-    known = schema_keys()
-    known_set = set(known)
-    leaves = [k for k in known if not any(o.startswith(k + ".") for o in known)]
-    bad = []
-    for item in overrides:
-        key = _override_key(item)
-        if key in known_set or key in CONFIG_GROUPS or key.startswith("hydra."):
-            continue
-        close = difflib.get_close_matches(key, leaves, n=3, cutoff=0.6)
-        hint = f"did you mean {' or '.join(close)}?" if close else "see `pretrain config`"
-        bad.append(f"{key!r} ({hint})")
-    if bad:
-        raise ConfigError(f"unknown config key{'s' if len(bad) > 1 else ''} {', '.join(bad)}")
+    """Reject keys the run schema does not have (the core's strict keys) and unknown recipes."""
+    check_schema_keys(overrides, RunConfig(), CONFIG_GROUPS, "see `pretrain config`")
     for item in overrides:
         key, _, value = item.partition("=")
         if key.lstrip("+~") == "recipe" and value and value not in recipe_names():
@@ -498,7 +470,7 @@ def quote_spec_values(overrides: list[str]) -> list[str]:
 
 def explicit_keys(overrides: list[str]) -> set[str]:
     """The dotted keys set on the command line (what the data's metadata must not replace)."""
-    return {_override_key(o) for o in overrides if "=" in o}
+    return {override_key(o) for o in overrides if "=" in o}
 
 
 # `mixture=FILE`: the config fragment `pretrain mixture fit` writes (pretrain/mixture.py). Its
@@ -511,8 +483,8 @@ _MIXTURE_DATA_KEYS = ("paths", "weights")
 def split_mixture_override(overrides: list[str]) -> tuple[list[str], dict | None]:
     """(the other overrides, the fragment's data section or None). A data.paths / data.weights
     override next to mixture=FILE is refused: which one wins would be a guess."""
-    files = [o.split("=", 1)[1] for o in overrides if _override_key(o) == MIXTURE_KEY and "=" in o]
-    rest = [o for o in overrides if _override_key(o) != MIXTURE_KEY]
+    files = [o.split("=", 1)[1] for o in overrides if override_key(o) == MIXTURE_KEY and "=" in o]
+    rest = [o for o in overrides if override_key(o) != MIXTURE_KEY]
     if not files:
         return rest, None
     if len(files) > 1:
@@ -553,17 +525,9 @@ def compose_config(overrides: list[str], config_name: str = "train") -> RunConfi
     check_override_keys(overrides)
     overrides = quote_spec_values(overrides)
     register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-        try:
-            cfg = compose(config_name=config_name, overrides=list(overrides))
-        except Exception as err:  # Hydra's own messages name the bad key; keep them, drop the trace
-            raise ConfigError(f"bad override: {err}") from None
+    cfg = compose(config_dir(), config_name, overrides)
     if fragment is not None:
-        try:  # a merge into the structured config checks the fragment's keys and types
-            cfg = OmegaConf.merge(cfg, {"data": fragment})
-        except Exception as err:
-            raise ConfigError(f"mixture file: bad data section: {err}") from None
+        cfg = merge_section(cfg, "data", fragment, "mixture file")
     run = OmegaConf.to_object(cfg)
     if run.checkpoint.init_from:
         run.model = model_of_init_from(run, overrides)
@@ -668,28 +632,18 @@ def validate_run_config(run: RunConfig) -> RunConfig:
     return run
 
 
-def to_yaml(obj: Any) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(obj))
-
-
 def to_dict(obj: Any) -> dict[str, Any]:
     return asdict(obj)
 
 
 def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
     """Rebuild a ModelConfig (with nested dataclasses) from a plain dict, e.g. a saved YAML."""
-    merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), d)
-    return OmegaConf.to_object(merged).validate()
+    return from_dict(ModelConfig, d).validate()
 
 
 def run_config_from_dict(d: dict[str, Any]) -> RunConfig:
     """Rebuild a validated RunConfig from a saved RUN_DIR/config.yaml (analysis, export, resume)."""
-    merged = OmegaConf.merge(OmegaConf.structured(RunConfig), d)
-    return validate_run_config(OmegaConf.to_object(merged))
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    return OmegaConf.to_container(OmegaConf.load(str(path)), resolve=True)
+    return validate_run_config(from_dict(RunConfig, d))
 
 
 __all__ = [

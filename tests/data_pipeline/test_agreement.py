@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from configcore import ConfigError
 from data_pipeline.config import (
     MixerConfig,
-    PipelineConfigError,
     QualityTaggerConfig,
     compose_pipeline,
 )
@@ -426,8 +426,8 @@ def test_dolma_preset_decisions_agree_with_dolma_taggers(docs, dolma_taggers):
 
 def test_mixer_rejects_an_attribute_no_tagger_writes():
     typo = "mixer.filters=[{name: typo, step: quality, exclude: 'quality__gopher__wordcount < 5'}]"
-    with pytest.raises(PipelineConfigError, match="did you mean quality__gopher__word_count"):
+    with pytest.raises(ConfigError, match="did you mean quality__gopher__word_count"):
         compose_pipeline([*BASE, typo], "dolma")
     # the dolma preset's Gopher rules with the quality tagger off: rejected, not compared to 0
-    with pytest.raises(PipelineConfigError, match="which no enabled tagger or dedup part writes"):
+    with pytest.raises(ConfigError, match="which no enabled tagger or dedup part writes"):
         compose_pipeline([*BASE, "taggers.quality.enabled=false"], "dolma")
