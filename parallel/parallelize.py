@@ -213,6 +213,39 @@ def _norm_over_local_heads():
     )
 
 
+def _qk_norm_over_all_heads(Colwise, split_kv: bool):
+    """qk_norm=full (OLMo-2, OLMoE): q (and k when its heads are split) leave their projection as
+    DTensors for the norm's all-gather; k's norm stays a plain module when KV heads are replicated
+    (see _replicate_kv_heads: it normalises all of them before the selection)."""
+    plan = {
+        "attention.wq": Colwise(use_local_output=False),
+        "attention.q_norm": _replicated_norm_over_sharded_dim(),
+    }
+    if not split_kv:
+        return plan, ("q_norm",)
+    plan["attention.wk"] = Colwise(use_local_output=False)
+    plan["attention.k_norm"] = _replicated_norm_over_sharded_dim()
+    return plan, ("q_norm", "k_norm")
+
+
+def _qk_norm_per_head(Colwise, split_kv: bool):
+    """qk_norm=head (Qwen3): heads (b, s, h, d) after the view, dim 2 split over tp."""
+    plan = {
+        "attention.q_norm": _norm_over_local_heads(),
+        "attention.k_norm": _norm_over_local_heads(),
+    }
+    return plan, ("q_norm", "k_norm")
+
+
+# The TP plan of QK-norm, by the value of the `qk_norm` switch: (Colwise style, whether KV heads
+# are split) -> the block plan's entries for it, and the norms whose replicated weights become
+# DTensors on the tp mesh (their gradients summed over tp). Keyed by the model config's switch,
+# not by family: a family is a set of switches (model_zoo/families/, which cannot import parallel/),
+# so a new family with per-head or all-heads QK-norm runs under TP with nothing added here; only a
+# new qk_norm value needs a row. "none" has no norm modules.
+QK_NORM_TP_PLANS = {"full": _qk_norm_over_all_heads, "head": _qk_norm_per_head}
+
+
 def _replicated_compute(n_extra_inputs: int):
     """Run a sub-module on the full sequence on every tp rank with its weights replicated:
     gather the sequence-sharded input, and hand back this rank's part of the sequence.
@@ -379,16 +412,11 @@ def apply_tp(model: nn.Module, cfg: ModelConfig, tp_mesh, precision: str) -> Non
                 plan["attention.wv"] = Colwise()
             else:
                 _replicate_kv_heads(block.attention, cfg, tp_mesh)
-        if not cfg.mla.enabled and getattr(block.attention, "qk_norm", "none") == "full":
-            plan["attention.wq"] = Colwise(use_local_output=False)
-            plan["attention.q_norm"] = _replicated_norm_over_sharded_dim()
-            if split_kv:
-                plan["attention.wk"] = Colwise(use_local_output=False)
-                plan["attention.k_norm"] = _replicated_norm_over_sharded_dim()
-        qk_head_norm = not cfg.mla.enabled and getattr(block.attention, "qk_norm", "") == "head"
-        if qk_head_norm:  # heads (b, s, h, d) after the view: dim 2 is split over tp
-            plan["attention.q_norm"] = _norm_over_local_heads()
-            plan["attention.k_norm"] = _norm_over_local_heads()
+        qk_norm = "none" if cfg.mla.enabled else getattr(block.attention, "qk_norm", "none")
+        distributed_norms: tuple[str, ...] = ()
+        if qk_norm in QK_NORM_TP_PLANS:
+            qk_plan, distributed_norms = QK_NORM_TP_PLANS[qk_norm](Colwise, split_kv)
+            plan.update(qk_plan)
         if hasattr(block, "moe"):
             plan["moe"] = _replicated_compute(0)
         else:
@@ -401,14 +429,8 @@ def apply_tp(model: nn.Module, cfg: ModelConfig, tp_mesh, precision: str) -> Non
             if hasattr(ffn, "w3"):
                 plan["feed_forward.w3"] = Colwise()
         parallelize_module(block, tp_mesh, plan)
-        if not cfg.mla.enabled and getattr(block.attention, "qk_norm", "none") == "full":
-            # the replicated norm weights must be DTensors on the tp mesh too
-            distribute_module(block.attention.q_norm, tp_mesh)
-            if split_kv:
-                distribute_module(block.attention.k_norm, tp_mesh)
-        if qk_head_norm:  # replicated DTensor weights, their gradients summed over tp
-            distribute_module(block.attention.q_norm, tp_mesh)
-            distribute_module(block.attention.k_norm, tp_mesh)
+        for name in distributed_norms:  # replicated norm weights must be DTensors on tp too
+            distribute_module(getattr(block.attention, name), tp_mesh)
 
 
 # ------------------------------------------------------------------------------------------------
