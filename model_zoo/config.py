@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from model_zoo.errors import ConfigError, need  # also imported from here by the rest of the project
+from configcore import ConfigError, need  # ConfigError is imported from here too
 
 ACTIVATIONS = ("swiglu", "gelu")
 NORMS = ("rmsnorm", "layernorm")
