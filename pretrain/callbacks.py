@@ -1,31 +1,43 @@
-"""What happens around the training step, as callbacks of `pretrain.trainer.Trainer`.
+"""What happens around the training step: callbacks of `pretrain.trainer.Trainer`, and the
+state they are given.
 
 The trainer's loop only computes steps; everything it records or decides between steps is a
-callback, called in list order on every rank (a callback that runs collectives must do so on
-every rank in the same order):
+callback. A callback never sees the Trainer: each hook gets the run's `TrainState`, the one object
+that holds what callbacks read (the config, the step and its `StepOutput`, the engine, optimizers,
+data loader and order, the checkpoint manager, the metrics logger) and the few requests they
+make of the loop (`request_stop`, `rewind`). The hooks are the typed methods of `Callback`,
+called in list order on every rank through `state.callbacks` (a `CallbackList`; a callback that
+runs collectives must do so on every rank in the same order):
 
-    on_fit_start(trainer)            weights are set up (fresh, resumed or initialised), step known
-    on_batch(trainer, batch, rng)    this rank's batch of step trainer.step + 1, before forward
-    on_before_update(trainer, loss, grad_norm, batch, rng)   step trainer.step + 1's loss and
-                                     norm (floats), before its optimizer step; only where they
-                                     are read (every step, or log steps under nan_check=log)
-    on_step_end(trainer)             after the optimizer step: trainer.step, trainer.out hold it
-    on_step_skipped(trainer, batch, rng)   a non-finite step dropped (trainer.nan_policy=skip)
-    on_eval(trainer, results)        validation results {source: EvalResult} of trainer.step
-    on_checkpoint(trainer, kind, step)     a series ("weights") or "full" checkpoint was written
-    on_rollback(trainer, step)       the state was returned to `step` (spike.action=rollback);
+    on_fit_start(state)              weights are set up (fresh, resumed or initialised), step known
+    on_batch(state, batch, rng)      this rank's batch of step state.step + 1, before forward
+    on_before_update(state, loss, grad_norm, batch, rng)   step state.step + 1's loss and norm
+                                     (floats), before its optimizer step; only where they are read
+                                     (every step, or log steps under nan_check=log)
+    on_step_end(state)               after the optimizer step: state.step, state.out hold it
+    on_step_skipped(state, batch, rng)   a non-finite step dropped (trainer.nan_policy=skip)
+    on_eval(state, results)          validation results {source: EvalResult} of state.step
+    on_checkpoint(state, kind, step) a series ("weights") or "full" checkpoint was written
+    on_rollback(state, step)         the state was returned to `step` (spike.action=rollback);
                                      the steps after it will be trained again
-    on_stop(trainer)                 the loop ended (last step, a stop request, or divergence)
-    close(trainer)                   always, also after an exception: release files
+    on_stop(state)                   the loop ended (last step, a stop request, or divergence)
+    close(state)                     always, also after an exception: release files
+    checkpoint_entries()             what the callback adds to a checkpoint's meta.json (read back
+                                     from state.resume_meta when the run resumes)
 
-`trainer.request_stop(reason)` ends the loop after the current step, with a full checkpoint of
-that step (what a preemption does; tests use it to stop a run mid-way).
+A callback announces an event of its own to all (a checkpoint written, validation results, a
+rollback) by calling the hook on `state.callbacks`. `state.request_stop(reason)` ends the loop
+after the current step, with a full checkpoint of that step (what a preemption does; tests use
+it to stop a run mid-way).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -37,59 +49,195 @@ from pretrain.metrics import MetricsLogger
 from pretrain.optim import lr_at
 from pretrain.preemption import Preemption
 
-if TYPE_CHECKING:  # the trainer imports this module; a runtime import would be a cycle
-    from pretrain.trainer import Trainer
+if TYPE_CHECKING:  # annotations only
+    from parallel.engine import Engine
+    from pretrain.checkpoint import CheckpointManager
+    from pretrain.config import RunConfig
+    from pretrain.data.loader import DataLoader, DataOrder
+
+
+@dataclass
+class StepOutput:
+    """What the last optimizer step produced, for the callbacks."""
+
+    step: int
+    loss: float
+    grad_norm: float
+    lr: float
+    batch: dict
+    sample_range: tuple[int, int]
+    expert_load: dict | None = None
+    source_loss: dict | None = None  # {source: training loss} at log steps of a mixture
 
 
 class Callback:
-    """No-op base: override what you need."""
+    """No-op base: override what you need (the module docstring says when each hook runs)."""
 
-    def on_fit_start(self, trainer: Trainer) -> None:
+    def on_fit_start(self, state: TrainState) -> None:
         pass
 
-    def on_batch(self, trainer: Trainer, batch: dict, sample_range: tuple[int, int]) -> None:
+    def on_batch(self, state: TrainState, batch: dict, sample_range: tuple[int, int]) -> None:
         pass
 
     def on_before_update(
-        self, trainer: Trainer, loss: float, grad_norm: float, batch: dict, sample_range
+        self,
+        state: TrainState,
+        loss: float,
+        grad_norm: float,
+        batch: dict,
+        sample_range: tuple[int, int],
     ) -> None:
         pass
 
-    def on_step_end(self, trainer: Trainer) -> None:
+    def on_step_end(self, state: TrainState) -> None:
         pass
 
-    def on_step_skipped(self, trainer: Trainer, batch: dict, sample_range: tuple[int, int]) -> None:
+    def on_step_skipped(
+        self, state: TrainState, batch: dict, sample_range: tuple[int, int]
+    ) -> None:
         pass
 
-    def on_eval(self, trainer: Trainer, results: dict[str, EvalResult]) -> None:
+    def on_eval(self, state: TrainState, results: dict[str, EvalResult]) -> None:
         pass
 
-    def on_checkpoint(self, trainer: Trainer, kind: str, step: int) -> None:
+    def on_checkpoint(self, state: TrainState, kind: str, step: int) -> None:
         pass
 
-    def on_rollback(self, trainer: Trainer, step: int) -> None:
+    def on_rollback(self, state: TrainState, step: int) -> None:
         pass
 
-    def on_stop(self, trainer: Trainer) -> None:
+    def on_stop(self, state: TrainState) -> None:
         pass
 
-    def close(self, trainer: Trainer) -> None:
+    def close(self, state: TrainState) -> None:
         pass
 
+    def checkpoint_entries(self) -> dict:
+        return {}
 
-def checkpoint_meta(trainer: Trainer) -> dict:
-    """meta.json of a checkpoint of the current step: tokens, data position, schedule, seed."""
-    run, step = trainer.run, trainer.step
+
+class CallbackList(Callback):
+    """A run's callbacks in order; each hook calls that hook of every callback."""
+
+    def __init__(self, callbacks: Sequence[Callback]) -> None:
+        self.callbacks = list(callbacks)
+
+    def on_fit_start(self, state: TrainState) -> None:
+        for cb in self.callbacks:
+            cb.on_fit_start(state)
+
+    def on_batch(self, state: TrainState, batch: dict, sample_range: tuple[int, int]) -> None:
+        for cb in self.callbacks:
+            cb.on_batch(state, batch, sample_range)
+
+    def on_before_update(
+        self,
+        state: TrainState,
+        loss: float,
+        grad_norm: float,
+        batch: dict,
+        sample_range: tuple[int, int],
+    ) -> None:
+        for cb in self.callbacks:
+            cb.on_before_update(state, loss, grad_norm, batch, sample_range)
+
+    def on_step_end(self, state: TrainState) -> None:
+        for cb in self.callbacks:
+            cb.on_step_end(state)
+
+    def on_step_skipped(
+        self, state: TrainState, batch: dict, sample_range: tuple[int, int]
+    ) -> None:
+        for cb in self.callbacks:
+            cb.on_step_skipped(state, batch, sample_range)
+
+    def on_eval(self, state: TrainState, results: dict[str, EvalResult]) -> None:
+        for cb in self.callbacks:
+            cb.on_eval(state, results)
+
+    def on_checkpoint(self, state: TrainState, kind: str, step: int) -> None:
+        for cb in self.callbacks:
+            cb.on_checkpoint(state, kind, step)
+
+    def on_rollback(self, state: TrainState, step: int) -> None:
+        for cb in self.callbacks:
+            cb.on_rollback(state, step)
+
+    def on_stop(self, state: TrainState) -> None:
+        for cb in self.callbacks:
+            cb.on_stop(state)
+
+    def close(self, state: TrainState) -> None:
+        for cb in self.callbacks:
+            cb.close(state)
+
+    def checkpoint_entries(self) -> dict:
+        out: dict = {}
+        for cb in self.callbacks:
+            out.update(cb.checkpoint_entries())
+        return out
+
+
+@dataclass
+class TrainState:
+    """What the callbacks see of a run: set up by the Trainer once the weights are in place, the
+    progress fields (step, out, skipped, stop_reason) kept current by its loop."""
+
+    run: RunConfig
+    run_dir: Path
+    rank: int
+    rank0: bool
+    engine: Engine
+    optimizers: list[torch.optim.Optimizer]
+    loader: DataLoader
+    order: DataOrder
+    ckpt: CheckpointManager
+    metrics_logger: MetricsLogger
+    callbacks: CallbackList
+    log: Callable[[str], None]
+    tokens_per_step: int
+    resume_meta: dict | None = None  # meta.json of the checkpoint resumed from, else None
+    step: int = 0  # optimizer steps taken (the weights are those after `step` steps)
+    skipped: int = 0  # non-finite steps skipped (trainer.nan_policy=skip)
+    out: StepOutput | None = None  # what the last optimizer step produced
+    stop_reason: str | None = None
+    rewound_to: int | None = None  # set by rewind() until the loop has abandoned the step
+
+    def request_stop(self, reason: str) -> None:
+        """End the loop after the current step, with a full checkpoint of it."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+
+    def rewind(self, step: int) -> None:
+        """A callback restored the state after `step` (spike.action=rollback): the current step
+        is abandoned and the steps after `step` are trained again."""
+        self.step = step
+        self.rewound_to = step
+
+    def is_log_step(self, step: int) -> bool:
+        t = self.run.trainer
+        return step % t.log_interval == 0 or step == t.max_steps
+
+    def say(self, msg: str) -> None:
+        """A line on the console, from rank 0 only."""
+        if self.rank0:
+            self.log(msg)
+
+
+def checkpoint_meta(state: TrainState) -> dict:
+    """meta.json of a checkpoint of the current step: tokens, data position, schedule, seed and
+    the callbacks' entries (the spike detector's window)."""
+    run, step = state.run, state.step
     return {
-        "tokens": step * trainer.tokens_per_step,
-        "data": trainer.loader.state_dict(),
+        "tokens": step * state.tokens_per_step,
+        "data": state.loader.state_dict(),
         "schedule": {
             "name": run.schedule.name,
             "step": step,
             "lr": lr_at(max(step, 1), run.optim.lr, run.schedule, run.trainer.max_steps),
         },
         "seed": run.trainer.seed,
-        **({"spike": trainer.spikes.state_dict()} if trainer.spikes is not None else {}),
+        **state.callbacks.checkpoint_entries(),
     }
 
 
@@ -100,16 +248,16 @@ class OrderLog(Callback):
     def __init__(self) -> None:
         self.fh = None
 
-    def on_fit_start(self, trainer: Trainer) -> None:
-        if not trainer.rank0:
+    def on_fit_start(self, state: TrainState) -> None:
+        if not state.rank0:
             return
-        run_dir = trainer.run_dir
-        (run_dir / "data_order.json").write_text(json.dumps(trainer.order.fingerprint(), indent=1))
+        run_dir = state.run_dir
+        (run_dir / "data_order.json").write_text(json.dumps(state.order.fingerprint(), indent=1))
         path = run_dir / "data_order.jsonl"
-        if trainer.step == 0:  # a fresh run owns the order log; a resumed one appends
+        if state.step == 0:  # a fresh run owns the order log; a resumed one appends
             path.write_text("")
         else:
-            truncate_order_log(path, trainer.step)
+            truncate_order_log(path, state.step)
         self.fh = open(path, "a")
 
     def _write(self, step: int, rng, batch: dict, skipped: bool = False, jumped=None) -> None:
@@ -128,18 +276,18 @@ class OrderLog(Callback):
         self.fh.write(json.dumps(rec) + "\n")
         self.fh.flush()
 
-    def on_step_end(self, trainer: Trainer) -> None:
-        out = trainer.out
-        self._write(out.step, out.sample_range, out.batch, jumped=trainer.loader.jumped)
+    def on_step_end(self, state: TrainState) -> None:
+        out = state.out
+        self._write(out.step, out.sample_range, out.batch, jumped=state.loader.jumped)
 
-    def on_step_skipped(self, trainer: Trainer, batch: dict, sample_range) -> None:
-        self._write(trainer.step, sample_range, batch, skipped=True, jumped=trainer.loader.jumped)
+    def on_step_skipped(self, state: TrainState, batch: dict, sample_range) -> None:
+        self._write(state.step, sample_range, batch, skipped=True, jumped=state.loader.jumped)
 
-    def on_rollback(self, trainer: Trainer, step: int) -> None:
+    def on_rollback(self, state: TrainState, step: int) -> None:
         if self.fh is not None:  # the steps after `step` will be consumed again (or skipped)
-            truncate_order_log(trainer.run_dir / "data_order.jsonl", step)
+            truncate_order_log(state.run_dir / "data_order.jsonl", step)
 
-    def close(self, trainer: Trainer) -> None:
+    def close(self, state: TrainState) -> None:
         if self.fh is not None:
             self.fh.close()
             self.fh = None
@@ -168,17 +316,17 @@ class Metrics(Callback):
         self.window: list[tuple[float, float]] = []
         self.pending_eval: dict[str, EvalResult] | None = None
 
-    def on_step_end(self, trainer: Trainer) -> None:
-        out, step = trainer.out, trainer.step
-        self.logger.count(trainer.tokens_per_step)
+    def on_step_end(self, state: TrainState) -> None:
+        out, step = state.out, state.step
+        self.logger.count(state.tokens_per_step)
         self.window.append((out.loss, out.grad_norm))
-        if not trainer.is_log_step(step):
-            self._flush_eval(trainer)
+        if not state.is_log_step(step):
+            self._flush_eval(state)
             return
         extra = {
-            "tokens": step * trainer.tokens_per_step,
-            "skipped_steps": trainer.skipped,
-            "checkpoint_stall_s": trainer.ckpt.stall_s,
+            "tokens": step * state.tokens_per_step,
+            "skipped_steps": state.skipped,
+            "checkpoint_stall_s": state.ckpt.stall_s,
         }
         if out.expert_load:
             extra["expert_load"] = out.expert_load
@@ -198,27 +346,27 @@ class Metrics(Callback):
         self.pending_eval = None
         self.window = []
 
-    def on_eval(self, trainer: Trainer, results: dict[str, EvalResult]) -> None:
+    def on_eval(self, state: TrainState, results: dict[str, EvalResult]) -> None:
         # Validation runs before this callback's on_step_end: its values join the step's
         # training record; off the log steps (and at step 0) they form a record of their own.
         self.pending_eval = results
-        if trainer.out is None or trainer.out.step != trainer.step:
-            self._flush_eval(trainer)
+        if state.out is None or state.out.step != state.step:
+            self._flush_eval(state)
 
-    def _flush_eval(self, trainer: Trainer) -> None:
+    def _flush_eval(self, state: TrainState) -> None:
         if self.pending_eval is not None:
-            tokens = trainer.step * trainer.tokens_per_step
-            self.logger.log_eval(trainer.step, tokens, self.pending_eval)
+            tokens = state.step * state.tokens_per_step
+            self.logger.log_eval(state.step, tokens, self.pending_eval)
             self.pending_eval = None
 
-    def on_checkpoint(self, trainer: Trainer, kind: str, step: int) -> None:
+    def on_checkpoint(self, state: TrainState, kind: str, step: int) -> None:
         self.logger.reset_window()  # tokens/s measures training; saves are checkpoint_stall_s
 
-    def on_rollback(self, trainer: Trainer, step: int) -> None:
+    def on_rollback(self, state: TrainState, step: int) -> None:
         self.window = []  # loss_avg: only steps of the trajectory kept
         self.logger.reset_window()
 
-    def close(self, trainer: Trainer) -> None:
+    def close(self, state: TrainState) -> None:
         self.logger.close()
 
 
@@ -228,20 +376,18 @@ class SeriesCheckpoint(Callback):
     def __init__(self, steps: list[int]) -> None:
         self.steps = set(steps)
 
-    def _save(self, trainer: Trainer) -> None:
-        c = trainer.run.checkpoint
-        trainer.ckpt.save_series(
-            trainer.step, trainer.engine, c.series_dtype, checkpoint_meta(trainer)
-        )
-        trainer.fire("on_checkpoint", "weights", trainer.step)
+    def _save(self, state: TrainState) -> None:
+        c = state.run.checkpoint
+        state.ckpt.save_series(state.step, state.engine, c.series_dtype, checkpoint_meta(state))
+        state.callbacks.on_checkpoint(state, "weights", state.step)
 
-    def on_fit_start(self, trainer: Trainer) -> None:
-        if trainer.step == 0 and 0 in self.steps:
-            self._save(trainer)
+    def on_fit_start(self, state: TrainState) -> None:
+        if state.step == 0 and 0 in self.steps:
+            self._save(state)
 
-    def on_step_end(self, trainer: Trainer) -> None:
-        if trainer.step in self.steps:
-            self._save(trainer)
+    def on_step_end(self, state: TrainState) -> None:
+        if state.step in self.steps:
+            self._save(state)
 
 
 class FullCheckpoint(Callback):
@@ -252,33 +398,33 @@ class FullCheckpoint(Callback):
     def __init__(self) -> None:
         self.last_full = 0
 
-    def on_fit_start(self, trainer: Trainer) -> None:
-        self.last_full = trainer.step
+    def on_fit_start(self, state: TrainState) -> None:
+        self.last_full = state.step
 
-    def save(self, trainer: Trainer, async_save: bool = False) -> None:
-        trainer.ckpt.save_full(
-            trainer.step,
-            trainer.engine,
-            trainer.optimizers,
-            checkpoint_meta(trainer),
+    def save(self, state: TrainState, async_save: bool = False) -> None:
+        state.ckpt.save_full(
+            state.step,
+            state.engine,
+            state.optimizers,
+            checkpoint_meta(state),
             async_save=async_save,
         )
-        self.last_full = trainer.step
-        trainer.fire("on_checkpoint", "full", trainer.step)
+        self.last_full = state.step
+        state.callbacks.on_checkpoint(state, "full", state.step)
 
-    def on_step_end(self, trainer: Trainer) -> None:
-        c, step, last = trainer.run.checkpoint, trainer.step, trainer.run.trainer.max_steps
+    def on_step_end(self, state: TrainState) -> None:
+        c, step, last = state.run.checkpoint, state.step, state.run.trainer.max_steps
         if (c.interval and step % c.interval == 0) or step == last:
-            self.save(trainer, async_save=c.async_save and step != last)
+            self.save(state, async_save=c.async_save and step != last)
 
-    def on_rollback(self, trainer: Trainer, step: int) -> None:
+    def on_rollback(self, state: TrainState, step: int) -> None:
         if self.last_full > step:  # checkpoints past `step` were discarded with the rollback
             self.last_full = -1
 
-    def on_stop(self, trainer: Trainer) -> None:
-        if trainer.step != self.last_full:
-            self.save(trainer)
-        trainer.ckpt.wait()
+    def on_stop(self, state: TrainState) -> None:
+        if state.step != self.last_full:
+            self.save(state)
+        state.ckpt.wait()
 
 
 class PreemptionStop(Callback):
@@ -288,20 +434,20 @@ class PreemptionStop(Callback):
     def __init__(self, preemption: Preemption) -> None:
         self.preemption = preemption
 
-    def on_fit_start(self, trainer: Trainer) -> None:
+    def on_fit_start(self, state: TrainState) -> None:
         self.preemption.install()
 
-    def on_step_end(self, trainer: Trainer) -> None:
-        if trainer.step < trainer.run.trainer.max_steps and trainer.stop_reason is None:
-            if self.preemption.should_stop(trainer.step):  # collective: every rank calls it
-                trainer.request_stop("preemption")
+    def on_step_end(self, state: TrainState) -> None:
+        if state.step < state.run.trainer.max_steps and state.stop_reason is None:
+            if self.preemption.should_stop(state.step):  # collective: every rank calls it
+                state.request_stop("preemption")
 
-    def on_stop(self, trainer: Trainer) -> None:
+    def on_stop(self, state: TrainState) -> None:
         # runs after FullCheckpoint.on_stop: the stop step's checkpoint is complete on this rank
-        self.preemption.finish(full_dir(trainer.run_dir, trainer.step))
+        self.preemption.finish(full_dir(state.run_dir, state.step))
         self.preemption.uninstall()
 
-    def close(self, trainer: Trainer) -> None:
+    def close(self, state: TrainState) -> None:
         self.preemption.uninstall()
 
 
@@ -314,35 +460,34 @@ class Profiler(Callback):
         self.first, self.last = first, last
         self.prof: torch.profiler.profile | None = None
 
-    def on_batch(self, trainer: Trainer, batch: dict, sample_range) -> None:
-        if trainer.step + 1 == self.first and self.prof is None:
+    def on_batch(self, state: TrainState, batch: dict, sample_range) -> None:
+        if state.step + 1 == self.first and self.prof is None:
             activities = [torch.profiler.ProfilerActivity.CPU]
             if torch.cuda.is_available():
                 activities.append(torch.profiler.ProfilerActivity.CUDA)
             self.prof = torch.profiler.profile(activities=activities)
             self.prof.__enter__()
 
-    def on_step_end(self, trainer: Trainer) -> None:
-        if self.prof is not None and trainer.step >= self.last:
-            self._write(trainer)
+    def on_step_end(self, state: TrainState) -> None:
+        if self.prof is not None and state.step >= self.last:
+            self._write(state)
 
-    def _write(self, trainer: Trainer) -> None:
+    def _write(self, state: TrainState) -> None:
         prof, self.prof = self.prof, None
         prof.__exit__(None, None, None)
-        out = trainer.run_dir / "profile"
+        out = state.run_dir / "profile"
         out.mkdir(parents=True, exist_ok=True)
-        rank = trainer.env.rank if trainer.env is not None else 0
-        prof.export_chrome_trace(str(out / f"trace_rank{rank}.json"))
+        prof.export_chrome_trace(str(out / f"trace_rank{state.rank}.json"))
         cuda = torch.cuda.is_available()
         table = prof.key_averages().table(
             sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=25
         )
-        (out / f"top_kernels_rank{rank}.txt").write_text(table + "\n")
-        trainer.say(f"profile of steps {self.first}..{self.last} written to {out}")
+        (out / f"top_kernels_rank{state.rank}.txt").write_text(table + "\n")
+        state.say(f"profile of steps {self.first}..{self.last} written to {out}")
 
-    def close(self, trainer: Trainer) -> None:
+    def close(self, state: TrainState) -> None:
         if self.prof is not None:  # the run ended inside the window: keep what was recorded
-            self._write(trainer)
+            self._write(state)
 
 
 class Validation(Callback):
@@ -355,25 +500,25 @@ class Validation(Callback):
         self.evalset = evalset
         self.series = set(series)
 
-    def due(self, trainer: Trainer, step: int) -> bool:
-        e = trainer.run.eval
+    def due(self, state: TrainState, step: int) -> bool:
+        e = state.run.eval
         return (
             (e.interval > 0 and step > 0 and step % e.interval == 0)
             or (e.at_series and step in self.series)
-            or step == trainer.run.trainer.max_steps
+            or step == state.run.trainer.max_steps
         )
 
-    def on_fit_start(self, trainer: Trainer) -> None:
-        if trainer.step == 0 and self.due(trainer, 0):
-            self.evaluate(trainer)
+    def on_fit_start(self, state: TrainState) -> None:
+        if state.step == 0 and self.due(state, 0):
+            self.evaluate(state)
 
-    def on_step_end(self, trainer: Trainer) -> None:
-        if self.due(trainer, trainer.step):
-            self.evaluate(trainer)
+    def on_step_end(self, state: TrainState) -> None:
+        if self.due(state, state.step):
+            self.evaluate(state)
 
-    def evaluate(self, trainer: Trainer) -> dict[str, EvalResult]:
+    def evaluate(self, state: TrainState) -> dict[str, EvalResult]:
         t0 = time.perf_counter()
-        engine, gbs = trainer.engine, trainer.run.trainer.global_batch_size
+        engine, gbs = state.engine, state.run.trainer.global_batch_size
         lo, n = engine.dp_rank * engine.layout.local_batch_size, engine.layout.local_batch_size
         results = {}
         for src in self.evalset.sources:
@@ -382,6 +527,6 @@ class Validation(Callback):
                 s, c = engine.eval_loss(inputs[lo : lo + n], labels[lo : lo + n])
                 total, count = total + s, count + c
             results[src.name] = EvalResult.from_sums(total, count)
-        trainer.metrics_logger.exclude(time.perf_counter() - t0)  # not training time
-        trainer.fire("on_eval", results)
+        state.metrics_logger.exclude(time.perf_counter() - t0)  # not training time
+        state.callbacks.on_eval(state, results)
         return results

@@ -38,17 +38,13 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from model_zoo.config import ConfigError
 from parallel.engine import IGNORE_INDEX
-from pretrain.callbacks import Callback
-
-if TYPE_CHECKING:
-    from pretrain.trainer import Trainer
+from pretrain.callbacks import Callback, TrainState
 
 OUT_NAME = "downstream_in_loop"  # RUN_DIR/analysis/<OUT_NAME>, next to analyze's `downstream`
 
@@ -208,25 +204,25 @@ class DownstreamEval(Callback):
         self.out = Path(run_dir) / "analysis" / OUT_NAME
         self.lm = None
 
-    def on_fit_start(self, trainer: Trainer) -> None:
-        if trainer.step == 0 and 0 in self.series:
-            self.evaluate(trainer)
+    def on_fit_start(self, state: TrainState) -> None:
+        if state.step == 0 and 0 in self.series:
+            self.evaluate(state)
 
-    def on_step_end(self, trainer: Trainer) -> None:
-        if trainer.step in self.series:
-            self.evaluate(trainer)
+    def on_step_end(self, state: TrainState) -> None:
+        if state.step in self.series:
+            self.evaluate(state)
 
-    def evaluate(self, trainer: Trainer) -> list[dict]:
+    def evaluate(self, state: TrainState) -> list[dict]:
         import lm_eval.evaluator
 
         from pretrain.analysis.downstream import SEEDS, TaskSteps, metric_rows, sample_records
 
         t0 = time.perf_counter()
-        cfg, step = trainer.run.eval.downstream, trainer.step
-        tokens = step * trainer.tokens_per_step
+        cfg, step = state.run.eval.downstream, state.step
+        tokens = step * state.tokens_per_step
         if self.lm is None:
             self.lm = _engine_lm_class()(
-                trainer.engine, self.suite.tokenizer, trainer.run.trainer.seq_len
+                state.engine, self.suite.tokenizer, state.run.trainer.seq_len
             )
         limit = cfg.limit if 0 < cfg.limit < 1 else (int(cfg.limit) or None)
         fewshot = cfg.num_fewshot if cfg.num_fewshot >= 0 else None
@@ -241,10 +237,10 @@ class DownstreamEval(Callback):
                     task_dict=loaded,
                     limit=limit,
                     # the other ranks only score: rank 0 aggregates and writes
-                    bootstrap_iters=cfg.bootstrap_iters if trainer.rank0 else 0,
+                    bootstrap_iters=cfg.bootstrap_iters if state.rank0 else 0,
                     log_samples=cfg.log_samples,
                 )
-                if not trainer.rank0:
+                if not state.rank0:
                     continue
                 mine = metric_rows(step, tokens, task, results["results"][task])
                 rows += mine
@@ -263,10 +259,10 @@ class DownstreamEval(Callback):
                         "forwards": self.lm.forwards - calls,
                     },
                 )
-        if trainer.rank0:
+        if state.rank0:
             self._tables()
-            trainer.metrics_logger.log_downstream(step, tokens, rows)
-        trainer.metrics_logger.exclude(time.perf_counter() - t0)  # not training time
+            state.metrics_logger.log_downstream(step, tokens, rows)
+        state.metrics_logger.exclude(time.perf_counter() - t0)  # not training time
         return rows
 
     def _tables(self) -> None:

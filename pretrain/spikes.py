@@ -40,14 +40,13 @@ import torch.nn.functional as F
 from torch.distributed.tensor import DTensor
 
 from model_zoo.layers import upcast
-from pretrain.callbacks import Callback
+from pretrain.callbacks import Callback, TrainState
 from pretrain.checkpoint import drop_checkpoints_after, list_full_checkpoints
 from pretrain.evaluation import source_names
 from pretrain.optim import lr_at
 
 if TYPE_CHECKING:
     from pretrain.config import SpikeConfig
-    from pretrain.trainer import Trainer
 
 IGNORE_INDEX = -100
 MAD_TO_SIGMA = 1.4826  # 1 / Phi^-1(3/4): the MAD of a Gaussian is 0.6745 sigma
@@ -152,15 +151,15 @@ class HostSnapshot:
     """This rank's parameters, buffers and optimizer state copied to host memory, restored in
     place (spike.snapshot_interval: a rollback without reading a checkpoint back)."""
 
-    def __init__(self, trainer: Trainer, detector_state: dict) -> None:
-        self.step, self.data = trainer.step, trainer.loader.state_dict()
+    def __init__(self, state: TrainState, detector_state: dict) -> None:
+        self.step, self.data = state.step, state.loader.state_dict()
         self.detector = detector_state
         self.model = [
             [_local(t).detach().to("cpu", copy=True) for t in self._tensors(part)]
-            for part in trainer.engine.model_parts
+            for part in state.engine.model_parts
         ]
         self.optim = []
-        for opt in trainer.optimizers:
+        for opt in state.optimizers:
             saved = []
             for p in self._params(opt):
                 st = opt.state.get(p, {})
@@ -181,11 +180,11 @@ class HostSnapshot:
         return [p for g in opt.param_groups for p in g["params"]]
 
     @torch.no_grad()
-    def restore(self, trainer: Trainer) -> None:
-        for part, saved in zip(trainer.engine.model_parts, self.model):
+    def restore(self, state: TrainState) -> None:
+        for part, saved in zip(state.engine.model_parts, self.model):
             for live, value in zip(self._tensors(part), saved):
                 _local(live).copy_(value)
-        for opt, saved in zip(trainer.optimizers, self.optim):
+        for opt, saved in zip(state.optimizers, self.optim):
             for p, st in zip(self._params(opt), saved):
                 if not st:  # no step had been taken: AdamW starts its moments afresh
                     opt.state.pop(p, None)
@@ -224,6 +223,9 @@ class SpikeDetector(Callback):
             "rollbacks": self.rollbacks,
         }
 
+    def checkpoint_entries(self) -> dict:
+        return {"spike": self.state_dict()}
+
     def _load_window(self, state: dict | None) -> None:
         state = state or {}
         self.steps = [int(s) for s in state.get("steps", [])]
@@ -231,42 +233,42 @@ class SpikeDetector(Callback):
         self.log_gnorm = [float(x) for x in state.get("log_grad_norm", [])]
 
     # ---- events ----------------------------------------------------------------------------------
-    def on_fit_start(self, trainer: Trainer) -> None:
-        self.recorder = RowLosses(trainer.engine)
-        self.names = source_names(list(trainer.run.data.paths))
-        if trainer.resume_meta is not None:
-            state = trainer.resume_meta.get("spike")
-            self._load_window(state)
-            self.rollbacks = int((state or {}).get("rollbacks", 0))
-        if self.cfg.action == "rollback" and trainer.step == 0:
+    def on_fit_start(self, state: TrainState) -> None:
+        self.recorder = RowLosses(state.engine)
+        self.names = source_names(list(state.run.data.paths))
+        if state.resume_meta is not None:
+            saved = state.resume_meta.get("spike")
+            self._load_window(saved)
+            self.rollbacks = int((saved or {}).get("rollbacks", 0))
+        if self.cfg.action == "rollback" and state.step == 0:
             # a spike before the first full checkpoint still has a state to return to
-            self.snapshot = HostSnapshot(trainer, self.state_dict())
-        if trainer.rank0:
-            path = trainer.run_dir / "spikes.jsonl"
+            self.snapshot = HostSnapshot(state, self.state_dict())
+        if state.rank0:
+            path = state.run_dir / "spikes.jsonl"
             keep = []
-            if trainer.step > 0 and path.exists():  # a resumed run: later steps come again
+            if state.step > 0 and path.exists():  # a resumed run: later steps come again
                 keep = [ln for ln in path.read_text().splitlines() if ln.strip()]
-                keep = [ln for ln in keep if json.loads(ln)["step"] <= trainer.step]
+                keep = [ln for ln in keep if json.loads(ln)["step"] <= state.step]
             path.write_text("".join(ln + "\n" for ln in keep))
             self.fh = open(path, "a")
 
-    def on_batch(self, trainer: Trainer, batch: dict, sample_range) -> None:
+    def on_batch(self, state: TrainState, batch: dict, sample_range) -> None:
         self.recorder.start()
 
-    def on_before_update(self, trainer: Trainer, loss, grad_norm, batch, sample_range) -> None:
-        step = trainer.step + 1
+    def on_before_update(self, state: TrainState, loss, grad_norm, batch, sample_range) -> None:
+        step = state.step + 1
         self.stash[step] = self.recorder.take()
         todo = self.pending + [(step, loss, grad_norm, tuple(sample_range))]
         self.pending = []
         for k, loss_k, gnorm_k, rng_k in todo:
-            if self._check(trainer, k, float(loss_k), float(gnorm_k), rng_k):
+            if self._check(state, k, float(loss_k), float(gnorm_k), rng_k):
                 return  # rolled back (or stopped): the rest belongs to an abandoned trajectory
-        if len(self.names) > 1 and trainer.is_log_step(step):
-            self.source_loss = (step, self._per_source(trainer, step, sample_range))
+        if len(self.names) > 1 and state.is_log_step(step):
+            self.source_loss = (step, self._per_source(state, step, sample_range))
         self.stash.clear()
 
-    def on_step_end(self, trainer: Trainer) -> None:
-        out = trainer.out
+    def on_step_end(self, state: TrainState) -> None:
+        out = state.out
         if self.recorder.armed or self.recorder.chunks:  # not read this step (nan_check=log)
             self.stash[out.step] = self.recorder.take()
             self.pending.append((out.step, out.loss, out.grad_norm, tuple(out.sample_range)))
@@ -274,19 +276,19 @@ class SpikeDetector(Callback):
             out.source_loss, self.source_loss = self.source_loss[1], None
         c = self.cfg
         if c.action == "rollback" and c.snapshot_interval and out.step % c.snapshot_interval == 0:
-            self.snapshot = HostSnapshot(trainer, self.state_dict())
+            self.snapshot = HostSnapshot(state, self.state_dict())
 
-    def on_checkpoint(self, trainer: Trainer, kind: str, step: int) -> None:
+    def on_checkpoint(self, state: TrainState, kind: str, step: int) -> None:
         if kind == "full" and self.cfg.snapshot_interval == 0:
             self.snapshot = None  # the start's snapshot is superseded by a checkpoint on disk
 
-    def close(self, trainer: Trainer) -> None:
+    def close(self, state: TrainState) -> None:
         if self.fh is not None:
             self.fh.close()
             self.fh = None
 
     # ---- detection -------------------------------------------------------------------------------
-    def _check(self, trainer: Trainer, step: int, loss: float, gnorm: float, rng) -> bool:
+    def _check(self, state: TrainState, step: int, loss: float, gnorm: float, rng) -> bool:
         """Score one step; record a spike and act on it. True when the state was rolled back."""
         c = self.cfg
         lg = math.log(gnorm) if gnorm > 0 else -math.inf
@@ -313,9 +315,7 @@ class SpikeDetector(Callback):
             "z_loss": z_loss,
             "z_grad_norm": z_gnorm,
             "trigger": [k for k, v in over.items() if v],
-            "lr": lr_at(
-                step, trainer.run.optim.lr, trainer.run.schedule, trainer.run.trainer.max_steps
-            ),
+            "lr": lr_at(step, state.run.optim.lr, state.run.schedule, state.run.trainer.max_steps),
             "previous_loss": self.loss[-1],
             "median_loss_change": med,
             "loss_sigma": sigma,
@@ -324,9 +324,9 @@ class SpikeDetector(Callback):
             "samples": list(rng),
             "action": c.action,
         }
-        rec.update(self._explain(trainer, step, rng))
+        rec.update(self._explain(state, step, rng))
         if c.action == "rollback":
-            self._rollback(trainer, step, rng, rec)
+            self._rollback(state, step, rng, rec)
         # what each rank decided (one gather, at spikes only): the same by construction, since
         # the loss and norm are reduced values; recorded so a run shows it
         mine = [
@@ -341,14 +341,14 @@ class SpikeDetector(Callback):
         dist.all_gather_object(ranks, mine)
         rec["ranks_agree"] = all(r == mine for r in ranks)
         rec["ranks"] = len(ranks)
-        self._write(trainer, rec)
+        self._write(state, rec)
         if not rec["ranks_agree"]:  # the ranks' states would now differ: nothing sane follows
             raise SpikeStop(f"spike at step {step}: the ranks decided differently: {ranks}")
         return c.action == "rollback"
 
-    def _per_source(self, trainer: Trainer, step: int, rng) -> dict[str, float]:
+    def _per_source(self, state: TrainState, step: int, rng) -> dict[str, float]:
         rows = self.recorder.rows(self.stash.get(step, []), rng[1] - rng[0]).numpy()
-        src = np.array([trainer.order.locate(k)[0] for k in range(rng[0], rng[1])])
+        src = np.array([state.order.locate(k)[0] for k in range(rng[0], rng[1])])
         out = {}
         for i, name in enumerate(self.names):
             sel = rows[src == i]
@@ -356,16 +356,16 @@ class SpikeDetector(Callback):
                 out[name] = float(sel[:, 0].sum() / sel[:, 1].sum())
         return out
 
-    def _explain(self, trainer: Trainer, step: int, rng) -> dict:
+    def _explain(self, state: TrainState, step: int, rng) -> dict:
         """The batch's sequences and documents by loss (collective: every rank gathers)."""
         chunks, (a, b) = self.stash.get(step, []), rng
-        seq_len = trainer.run.trainer.seq_len
+        seq_len = state.run.trainer.seq_len
         rows = self.recorder.rows(chunks, b - a).numpy()
         # every rank joins both gathers (a pipeline's first stages recorded nothing)
         tokens = self.recorder.tokens(chunks, b - a, seq_len)
-        if not trainer.rank0:
+        if not state.rank0:
             return {}
-        order, top = trainer.order, self.cfg.top
+        order, top = state.order, self.cfg.top
         samples = order.samples(a, b)
         seq_loss = rows[:, 0] / np.maximum(rows[:, 1], 1)
         docs: dict[tuple[int, int], list[float]] = {}
@@ -422,7 +422,7 @@ class SpikeDetector(Callback):
             "n_documents": len(documents),
         }
 
-    def _write(self, trainer: Trainer, rec: dict) -> None:
+    def _write(self, state: TrainState, rec: dict) -> None:
         self.found.append(rec)
         if self.fh is not None:
             self.fh.write(json.dumps(rec) + "\n")
@@ -451,61 +451,61 @@ class SpikeDetector(Callback):
             if rec["action"] == "stop"
             else "logged (spike.action=log)"
         )
-        trainer.say(
+        state.say(
             f"spike at step {rec['step']}: loss {rec['previous_loss']:.4f} -> {rec['loss']:.4f} "
             f"(z {zl}), grad norm {rec['previous_grad_norm']:.3g} -> {rec['grad_norm']:.3g} "
             f"(z {gz}), lr {rec['lr']:.3g}{spread}{who}; {act} -> "
-            f"{trainer.run_dir / 'spikes.jsonl'}"
+            f"{state.run_dir / 'spikes.jsonl'}"
         )
 
     # ---- rollback --------------------------------------------------------------------------------
-    def _stop(self, trainer: Trainer, step: int, rec: dict, why: str) -> None:
+    def _stop(self, state: TrainState, step: int, rec: dict, why: str) -> None:
         rec["action"] = "stop"
-        self._write(trainer, rec)
-        trainer.engine.zero_grad()
-        trainer.stop_reason = "spike"
-        trainer.fire("on_stop")  # the last good state (step - 1) is saved
+        self._write(state, rec)
+        state.engine.zero_grad()
+        state.stop_reason = "spike"
+        state.callbacks.on_stop(state)  # the last good state (step - 1) is saved
         z = f"{rec['z_loss']:.1f}" if rec["z_loss"] is not None else "n/a"
         raise SpikeStop(
             f"spike at step {step} (loss {rec['loss']:.4f}, z {z}): {why}; stopped "
-            f"at step {trainer.step}, saved in {trainer.run_dir / 'checkpoints'}. Its data: "
-            f"`pretrain analyze spikes --run {trainer.run_dir}`; raise spike.max_rollbacks or "
+            f"at step {state.step}, saved in {state.run_dir / 'checkpoints'}. Its data: "
+            f"`pretrain analyze spikes --run {state.run_dir}`; raise spike.max_rollbacks or "
             "spike.skip_batches, or lower optim.lr"
         )
 
-    def _rollback(self, trainer: Trainer, step: int, rng, rec: dict) -> None:
+    def _rollback(self, state: TrainState, step: int, rng, rec: dict) -> None:
         c = self.cfg
         if self.rollbacks >= c.max_rollbacks:
             self._stop(
-                trainer, step, rec, f"{self.rollbacks} rollbacks already (spike.max_rollbacks)"
+                state, step, rec, f"{self.rollbacks} rollbacks already (spike.max_rollbacks)"
             )
-        trainer.engine.zero_grad()
-        trainer.ckpt.wait()
+        state.engine.zero_grad()
+        state.ckpt.wait()
         choice: list = [None]
-        if trainer.rank0:  # every rank sees the same folder; rank 0's listing decides for all
-            fulls = [(s, str(p)) for s, p in list_full_checkpoints(trainer.run_dir) if s < step]
+        if state.rank0:  # every rank sees the same folder; rank 0's listing decides for all
+            fulls = [(s, str(p)) for s, p in list_full_checkpoints(state.run_dir) if s < step]
             choice = [fulls[-1] if fulls else None]
         dist.broadcast_object_list(choice, src=0)
         snap = self.snapshot if self.snapshot is not None and self.snapshot.step < step else None
         if snap is not None and (choice[0] is None or snap.step >= choice[0][0]):
-            snap.restore(trainer)
+            snap.restore(state)
             to, data, window, where = snap.step, snap.data, snap.detector, "host snapshot"
         elif choice[0] is not None:
             to, path = choice[0]
-            meta = trainer.ckpt.load_full(path, trainer.engine, trainer.optimizers)
+            meta = state.ckpt.load_full(path, state.engine, state.optimizers)
             data, window, where = meta["data"], meta.get("spike"), path
         else:
-            self._stop(trainer, step, rec, "no saved state before it to return to")
-        skips = list(trainer.loader.skips)
-        trainer.loader.load_state_dict(data)
+            self._stop(state, step, rec, "no saved state before it to return to")
+        skips = list(state.loader.skips)
+        state.loader.load_state_dict(data)
         for r in skips:  # skips are the run's, not the state's: an older state lacks the newer
-            trainer.loader.add_skip(*r)
-        skip = (rng[0], rng[0] + c.skip_batches * trainer.run.trainer.global_batch_size)
-        trainer.loader.add_skip(*skip)
+            state.loader.add_skip(*r)
+        skip = (rng[0], rng[0] + c.skip_batches * state.run.trainer.global_batch_size)
+        state.loader.add_skip(*skip)
         self._load_window(window)
         self.rollbacks += 1
         self.pending, self.stash = [], {}
-        dropped = drop_checkpoints_after(trainer.run_dir, to) if trainer.rank0 else []
+        dropped = drop_checkpoints_after(state.run_dir, to) if state.rank0 else []
         dist.barrier()
         rec.update(
             rollback_to=to,
@@ -514,5 +514,5 @@ class SpikeDetector(Callback):
             rollback=self.rollbacks,
             discarded_checkpoints=dropped,
         )
-        trainer.rewind(to)
-        trainer.fire("on_rollback", to)
+        state.rewind(to)
+        state.callbacks.on_rollback(state, to)

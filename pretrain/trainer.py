@@ -8,8 +8,9 @@ N-th global batch; the checkpoint "step N" holds the weights after N optimizer s
 `fit()` is the algorithm: check what needs no process group, set up (fresh, resumed or
 initialised), then for each step: batch, forward-backward, clip, optimizer step, the engine's
 after-step bookkeeping (MoE), and the callbacks (`pretrain/callbacks.py`: validation, metrics,
-data-order log, checkpoint series, full checkpoints, preemption). Files in RUN_DIR: config.yaml
-(resolved), metrics.jsonl, data_order.json / data_order.jsonl, checkpoints/, series/,
+data-order log, checkpoint series, full checkpoints, preemption), which see the run through its
+`TrainState` (never the Trainer) and are called through their typed hooks. Files in RUN_DIR:
+config.yaml (resolved), metrics.jsonl, data_order.json / data_order.jsonl, checkpoints/, series/,
 checkpoint_index.jsonl, tensorboard/, analysis/downstream_in_loop/ (eval.downstream).
 """
 
@@ -19,7 +20,6 @@ import json
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,12 +39,15 @@ from parallel.layout import Layout, build_mesh, resolve_layout
 from parallel.parallelize import check_gpu_features
 from pretrain.callbacks import (
     Callback,
+    CallbackList,
     FullCheckpoint,
     Metrics,
     OrderLog,
     PreemptionStop,
     Profiler,
     SeriesCheckpoint,
+    StepOutput,
+    TrainState,
     Validation,
 )
 from pretrain.checkpoint import (
@@ -102,25 +105,10 @@ def describe_plan(run: RunConfig, layout: Layout) -> str:
     )
 
 
-@dataclass
-class StepOutput:
-    """What the last optimizer step produced, for the callbacks."""
-
-    step: int
-    loss: float
-    grad_norm: float
-    lr: float
-    batch: dict
-    sample_range: tuple[int, int]
-    expert_load: dict | None = None
-    source_loss: dict | None = None  # {source: training loss} at log steps of a mixture
-
-
 class Trainer:
-    """See the module docstring. Attributes the callbacks read: run, run_dir, rank0, step,
-    out (StepOutput of the last step), engine, optimizers, loader, order, ckpt,
-    metrics_logger, tokens_per_step, skipped, losses, stop_reason, spikes (the SpikeDetector or
-    None), resume_meta (meta.json of the checkpoint resumed from, else None)."""
+    """See the module docstring. The run's progress (step, the last StepOutput, skipped steps,
+    the stop reason) is `self.state`, the TrainState the callbacks are given; the trainer keeps
+    the losses."""
 
     def __init__(
         self,
@@ -130,19 +118,13 @@ class Trainer:
     ):
         self.run, self.user_callbacks, self.log = run, list(callbacks), log
         self.run_dir = Path(run.run_dir)
-        self.step, self.skipped, self.losses = 0, 0, {}
+        self.losses: dict[int, float] = {}
         self._unread: list[int] = []  # steps whose loss is still a device tensor (nan_check=log)
-        self.out: StepOutput | None = None
-        self.stop_reason: str | None = None
-        self.callbacks: list[Callback] = []
+        self.state: TrainState | None = None  # from the start of the loop on
         self.env, self.rank0 = None, True
         self.ckpt = self.engine = self.preemption = self.metrics_logger = None
-        self.tokens_per_step = run.trainer.global_batch_size * run.trainer.seq_len
         self.evalset: EvalSet | None = None
         self.downstream = None  # eval.downstream's loaded tasks (pretrain/downstream_eval.py)
-        self.spikes: SpikeDetector | None = None
-        self.resume_meta: dict | None = None
-        self.step_aborted = False  # set by a callback that restored an earlier state
 
     # ---- the algorithm ----------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -155,26 +137,27 @@ class Trainer:
         device = self._init_process_group(env)
         try:
             self._setup(env, layout, device)
-            self._restore(resume_path)
-            self.callbacks = self._default_callbacks(device) + self.user_callbacks
+            step, resume_meta = self._restore(resume_path)
+            state = self.state = self._train_state(device, step, resume_meta)
             self.say(describe_plan(self.run, layout))
-            self.fire("on_fit_start")
-            while self.step < self.run.trainer.max_steps and self.stop_reason is None:
+            state.callbacks.on_fit_start(state)
+            while state.step < self.run.trainer.max_steps and state.stop_reason is None:
                 self.train_step()
-            self.fire("on_stop")
+            state.callbacks.on_stop(state)
             return self.result()
         finally:
             self._teardown()
 
     def train_step(self) -> None:
         t, o = self.run.trainer, self.run.optim
+        state, callbacks = self.state, self.state.callbacks
         self.ckpt.poll()
         batch, rng = self.loader.next_batch()
-        self.fire("on_batch", batch, rng)
-        lr = lr_at(self.step + 1, o.lr, self.run.schedule, t.max_steps)
+        callbacks.on_batch(state, batch, rng)
+        lr = lr_at(state.step + 1, o.lr, self.run.schedule, t.max_steps)
         set_lr(self.optimizers, lr)
         # trainer.nan_check=log: loss and norm stay on the device between log steps (no stall)
-        sync = t.nan_check == "step" or self.is_log_step(self.step + 1)
+        sync = t.nan_check == "step" or state.is_log_step(state.step + 1)
         loss = self.engine.forward_backward(
             batch["inputs"],
             batch["labels"],
@@ -187,81 +170,68 @@ class Trainer:
             self._non_finite(loss, gnorm, batch, rng)
             return
         if sync:  # loss and norm are floats here: callbacks may act before the update
-            self.fire("on_before_update", loss, gnorm, batch, rng)
-            if self.step_aborted:  # e.g. a spike rollback: the state is now an earlier step's
-                self.step_aborted = False
+            callbacks.on_before_update(state, loss, gnorm, batch, rng)
+            if state.rewound_to is not None:  # a spike rollback: the state is an earlier step's
+                self._forget_after(state.rewound_to)
+                state.rewound_to = None
                 return
         for opt in self.optimizers:
             opt.step()
         self.engine.after_optimizer_step_fp8()
         self.engine.zero_grad()
-        self.step += 1
-        load = self.engine.after_optimizer_step(log_load=self.is_log_step(self.step))
-        self.losses[self.step] = loss
+        state.step += 1
+        load = self.engine.after_optimizer_step(log_load=state.is_log_step(state.step))
+        self.losses[state.step] = loss
         if not sync:
-            self._unread.append(self.step)
+            self._unread.append(state.step)
         elif self._unread:  # the device-held losses of the steps since the last read, as floats
             self.losses.update({k: float(self.losses[k]) for k in self._unread})
             self._unread = []
-        self.out = StepOutput(self.step, loss, gnorm, lr, batch, rng, load)
-        self.fire("on_step_end")
+        state.out = StepOutput(state.step, loss, gnorm, lr, batch, rng, load)
+        callbacks.on_step_end(state)
 
     def _non_finite(self, loss: float, gnorm: float, batch: dict, rng) -> None:
         """trainer.nan_policy: skip the update (up to max_skipped_steps) or stop, saving the last
         good state (the bad update was not applied) so the run can be inspected or resumed."""
-        t = self.run.trainer
+        t, state = self.run.trainer, self.state
         self.engine.zero_grad()
         if t.nan_check == "log":
-            self.stop_reason = "diverged"
+            state.stop_reason = "diverged"
             raise TrainingDiverged(
-                f"loss {loss} / grad norm {gnorm} at step {self.step + 1}; stopped "
+                f"loss {loss} / grad norm {gnorm} at step {state.step + 1}; stopped "
                 f"(trainer.nan_check=log: the steps since the last log step may have applied "
                 f"non-finite updates, so this state is not saved; the last full checkpoint in "
                 f"{self.run_dir / 'checkpoints'} is). Rerun from it with trainer.nan_check=step "
                 "to find the step"
             )
         what = (
-            f"loss {loss} / grad norm {gnorm} at step {self.step + 1} "
+            f"loss {loss} / grad norm {gnorm} at step {state.step + 1} "
             f"(samples {rng[0]}..{rng[1] - 1})"
         )
-        if t.nan_policy == "skip" and self.skipped < t.max_skipped_steps:
-            self.skipped += 1
+        if t.nan_policy == "skip" and state.skipped < t.max_skipped_steps:
+            state.skipped += 1
             self.say(
-                f"warning: {what}: update skipped ({self.skipped}/{t.max_skipped_steps}, "
+                f"warning: {what}: update skipped ({state.skipped}/{t.max_skipped_steps}, "
                 "trainer.nan_policy=skip)"
             )
-            self.step += 1
-            self.fire("on_step_skipped", batch, rng)
+            state.step += 1
+            state.callbacks.on_step_skipped(state, batch, rng)
             return
-        self.stop_reason = "diverged"
-        self.fire("on_stop")
+        state.stop_reason = "diverged"
+        state.callbacks.on_stop(state)
         raise TrainingDiverged(
             f"{what}; stopped (trainer.nan_policy={t.nan_policy}). The last good state "
-            f"(step {self.step}) is in {self.run_dir / 'checkpoints'}; inspect the batch with "
-            f"`pretrain analyze batch --run {self.run_dir} --step {self.step + 1}`, lower "
+            f"(step {state.step}) is in {self.run_dir / 'checkpoints'}; inspect the batch with "
+            f"`pretrain analyze batch --run {self.run_dir} --step {state.step + 1}`, lower "
             "optim.lr, or set trainer.nan_policy=skip"
         )
 
-    # ---- callbacks --------------------------------------------------------------------------------
-    def fire(self, event: str, *args) -> None:
-        for cb in self.callbacks:
-            getattr(cb, event)(self, *args)
-
-    def request_stop(self, reason: str) -> None:
-        """End the loop after the current step, with a full checkpoint of it."""
-        if self.stop_reason is None:
-            self.stop_reason = reason
-
-    def is_log_step(self, step: int) -> bool:
-        return step % self.run.trainer.log_interval == 0 or step == self.run.trainer.max_steps
-
-    def rewind(self, step: int) -> None:
-        """A callback restored the state after `step` (spike.action=rollback): the current step
-        is abandoned and the losses of the steps after `step` forgotten."""
+    # ---- bookkeeping -----------------------------------------------------------------------------
+    def _forget_after(self, step: int) -> None:
+        """A callback rewound the state to `step` (state.rewind): the losses of the steps after it
+        are forgotten (they will be trained again)."""
         self.losses = {k: float(v) for k, v in self.losses.items() if k <= step}
         self._unread = []
-        self.step = step
-        self.step_aborted = True
 
     def say(self, msg: str) -> None:
         if self.rank0:
@@ -269,9 +239,9 @@ class Trainer:
 
     def result(self) -> dict:
         return {
-            "step": self.step,
+            "step": self.state.step,
             "losses": self.losses,
-            "skipped": self.skipped,
+            "skipped": self.state.skipped,
             "checkpoint_stall_s": self.ckpt.stall_s,
             "preempted_at": self.preemption.stopped_at,
         }
@@ -344,9 +314,10 @@ class Trainer:
         # Slurm's USR1/TERM or a stop file: every rank agrees on a step, checkpoints it, leaves.
         self.preemption = Preemption(env.rank, env.world_size, device, log=self.say)
 
-    def _restore(self, resume_path: Path | None) -> None:
+    def _restore(self, resume_path: Path | None) -> tuple[int, dict | None]:
         """Fresh, resumed (resume=auto or PATH: weights, optimizer, data position, RNG) or
-        initialised from checkpoint.init_from."""
+        initialised from checkpoint.init_from. Returns the step the run starts from and the
+        meta.json of the checkpoint resumed from (None when not resumed)."""
         run, c = self.run, self.run.checkpoint
         if run.resume == "auto":
             # Rank 0 verifies (checksums read every byte once); the others follow its choice.
@@ -364,15 +335,16 @@ class Trainer:
                     "starting fresh"
                 )
         if resume_path is not None:
-            self._resume(resume_path)
-        elif c.init_from:
+            return self._resume(resume_path)
+        if c.init_from:
             load_init_weights(self.engine, c.init_from, verify="size")  # checksums checked before
             self.say(f"initialised weights from {c.init_from}")
+        return 0, None
 
-    def _resume(self, path: Path) -> None:
+    def _resume(self, path: Path) -> tuple[int, dict]:
         t = self.run.trainer
-        meta = self.resume_meta = self.ckpt.load_full(path, self.engine, self.optimizers)
-        self.step = int(meta["step"])
+        meta = self.ckpt.load_full(path, self.engine, self.optimizers)
+        step = int(meta["step"])
         self.loader.load_state_dict(meta["data"])
         if meta["data"]["global_batch"] != t.global_batch_size:
             self.say(
@@ -386,7 +358,8 @@ class Trainer:
         dist.broadcast_object_list(why, src=0)  # every rank stops, not only rank 0
         if why[0]:
             raise ConfigError(f"resume: the data or its order differs from the run's ({why[0]})")
-        self.say(f"resumed from {path} at step {self.step} (sample {self.loader.consumed})")
+        self.say(f"resumed from {path} at step {step} (sample {self.loader.consumed})")
+        return step, meta
 
     def _default_callbacks(self, device: torch.device) -> list[Callback]:
         """In order: validation first (its results join the step's metrics record), metrics, the
@@ -409,8 +382,7 @@ class Trainer:
 
             callbacks.append(DownstreamEval(self.downstream, series, self.run_dir))
         if run.spike.enabled:  # before Metrics: its per-source losses join the step's record
-            self.spikes = SpikeDetector(run.spike)
-            callbacks.append(self.spikes)
+            callbacks.append(SpikeDetector(run.spike))
         callbacks += [
             Metrics(self.metrics_logger),
             OrderLog(),
@@ -422,9 +394,31 @@ class Trainer:
             callbacks.append(Profiler(*t.profile_steps))
         return callbacks
 
+    def _train_state(self, device: torch.device, step: int, resume_meta: dict | None) -> TrainState:
+        """What the callbacks are given: the run's handles and its progress, from `step` on."""
+        t = self.run.trainer
+        callbacks = CallbackList(self._default_callbacks(device) + self.user_callbacks)
+        return TrainState(  # after the callbacks: _default_callbacks opens the metrics logger
+            run=self.run,
+            run_dir=self.run_dir,
+            rank=self.env.rank,
+            rank0=self.rank0,
+            engine=self.engine,
+            optimizers=self.optimizers,
+            loader=self.loader,
+            order=self.order,
+            ckpt=self.ckpt,
+            metrics_logger=self.metrics_logger,
+            callbacks=callbacks,
+            log=self.log,
+            tokens_per_step=t.global_batch_size * t.seq_len,
+            resume_meta=resume_meta,
+            step=step,
+        )
+
     def _teardown(self) -> None:
-        for cb in self.callbacks:
-            cb.close(self)
+        if self.state is not None:
+            self.state.callbacks.close(self.state)
         if self.preemption is not None:
             self.preemption.uninstall()
         if self.metrics_logger is not None:

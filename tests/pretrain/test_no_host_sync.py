@@ -26,12 +26,12 @@ class ReadCounter(Callback):
     def __init__(self, calls: dict):
         self.calls, self.per_step, self.seen = calls, {}, 0
 
-    def on_fit_start(self, trainer):  # setup (building, the initial weights) is not a step
+    def on_fit_start(self, state):  # setup (building, the initial weights) is not a step
         self.seen = sum(self.calls.values())
 
-    def on_step_end(self, trainer):
+    def on_step_end(self, state):
         total = sum(self.calls.values())
-        self.per_step[trainer.step] = total - self.seen
+        self.per_step[state.step] = total - self.seen
         self.seen = total
 
 

@@ -75,17 +75,17 @@ class Batches(Callback):
     def __init__(self):
         self.inputs = {}
 
-    def on_batch(self, trainer, batch, sample_range):
-        self.inputs[trainer.step + 1] = batch["inputs"].clone()
+    def on_batch(self, state, batch, sample_range):
+        self.inputs[state.step + 1] = batch["inputs"].clone()
 
 
 class StopAt(Callback):
     def __init__(self, step):
         self.step = step
 
-    def on_step_end(self, trainer):
-        if trainer.step == self.step:
-            trainer.request_stop("test")
+    def on_step_end(self, state):
+        if state.step == self.step:
+            state.request_stop("test")
 
 
 def quiet(*_):

@@ -31,8 +31,8 @@ class OnBatch(Callback):
     def __init__(self, fn):
         self.fn = fn
 
-    def on_batch(self, trainer, batch, sample_range):
-        self.fn(trainer.step + 1, batch, sample_range)
+    def on_batch(self, state, batch, sample_range):
+        self.fn(state.step + 1, batch, sample_range)
 
 
 class StopAfter(Callback):
@@ -41,9 +41,9 @@ class StopAfter(Callback):
     def __init__(self, step):
         self.step = step
 
-    def on_step_end(self, trainer):
-        if trainer.step >= self.step:
-            trainer.request_stop("test")
+    def on_step_end(self, state):
+        if state.step >= self.step:
+            state.request_stop("test")
 
 
 def overrides(run_dir, data, steps, **extra):

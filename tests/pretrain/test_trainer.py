@@ -1,9 +1,10 @@
 """The Trainer's callback protocol (pretrain/callbacks.py): which events a callback sees, in which
-order, with what state; and that a callback's stop request ends the run with a full checkpoint."""
+order, with what state (a TrainState, never the Trainer); and that a callback's stop request ends
+the run with a full checkpoint."""
 
 import pytest
 
-from pretrain.callbacks import Callback
+from pretrain.callbacks import Callback, TrainState
 from pretrain.checkpoint import read_index
 from pretrain.config import compose_config
 from pretrain.train import Trainer
@@ -13,26 +14,30 @@ from tests.pretrain.helpers import documents, read_metrics, tiny_overrides, writ
 class Recorder(Callback):
     def __init__(self):
         self.events = []
+        self.states = set()  # the type of every hook's first argument
 
-    def on_fit_start(self, trainer):
-        self.events.append(("fit_start", trainer.step))
+    def on_fit_start(self, state):
+        self.states.add(type(state))
+        self.events.append(("fit_start", state.step))
 
-    def on_batch(self, trainer, batch, sample_range):
-        self.events.append(("batch", trainer.step + 1, tuple(sample_range)))
+    def on_batch(self, state, batch, sample_range):
+        self.events.append(("batch", state.step + 1, tuple(sample_range)))
 
-    def on_step_end(self, trainer):
-        self.events.append(("step_end", trainer.step, trainer.out.loss))
+    def on_step_end(self, state):
+        self.states.add(type(state))
+        self.events.append(("step_end", state.step, state.out.loss))
 
-    def on_eval(self, trainer, results):
-        self.events.append(("eval", trainer.step, sorted(results)))
+    def on_eval(self, state, results):
+        self.events.append(("eval", state.step, sorted(results)))
 
-    def on_checkpoint(self, trainer, kind, step):
+    def on_checkpoint(self, state, kind, step):
         self.events.append(("checkpoint", kind, step))
 
-    def on_stop(self, trainer):
-        self.events.append(("stop", trainer.step, trainer.stop_reason))
+    def on_stop(self, state):
+        self.states.add(type(state))
+        self.events.append(("stop", state.step, state.stop_reason))
 
-    def close(self, trainer):
+    def close(self, state):
         self.events.append(("close",))
 
 
@@ -40,9 +45,9 @@ class StopAt(Callback):
     def __init__(self, step):
         self.step = step
 
-    def on_step_end(self, trainer):
-        if trainer.step == self.step:
-            trainer.request_stop("asked by a callback")
+    def on_step_end(self, state):
+        if state.step == self.step:
+            state.request_stop("asked by a callback")
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +95,7 @@ def test_events_in_order_with_the_state_of_each_step(tmp_path, data):
     # eval.interval=3 and the last step (at_series off: not at 0 or 2)
     assert [e[1:] for e in ev if e[0] == "eval"] == [(3, ["val"]), (4, ["val"])]
     assert ev[-2:] == [("stop", 4, None), ("close",)]
+    assert rec.states == {TrainState}
     saved = [(e[1], e[2]) for e in ev if e[0] == "checkpoint"]
     assert sorted(saved, key=lambda x: (x[1], x[0])) == [
         (e["kind"], e["step"]) for e in read_index(tmp_path / "r")
