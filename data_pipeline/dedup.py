@@ -19,8 +19,8 @@ from functools import lru_cache
 import numpy as np
 import xxhash
 
-from .taggers.punctuation import PUNCTUATION
-from .taggers.words import ChunkVocab
+from .text.punctuation import PUNCTUATION
+from .text.words import ChunkVocab
 
 MERSENNE = np.uint64((1 << 61) - 1)
 _PUNCT_TRANS = str.maketrans(PUNCTUATION, " " * len(PUNCTUATION))  # datatrove text.py:182

@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..config import TaggersConfig
-from .kernels import code_points, space_table, splitlines_words
-from .words import ChunkVocab
+from ..text.kernels import code_points, space_table, splitlines_words
+from ..text.words import ChunkVocab
 
 Spans = list[list]
 Attrs = dict[str, Spans]

@@ -22,8 +22,8 @@ import numpy as np
 
 from ..config import ContentTaggerConfig
 from ..io import doc_url
+from ..text.kernels import code_points, content_scan, space_table, token_tables, word_set
 from .base import Attrs, Tagger, as_view, register, whole
-from .kernels import code_points, content_scan, space_table, token_tables, word_set
 
 Spans = list[list]
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"

@@ -23,9 +23,7 @@ from collections import Counter
 import numpy as np
 
 from ..config import QualityTaggerConfig
-from .base import Attrs, DocView, Tagger, as_view, register, whole
-from .content import RESOURCES  # the bundled LDNOOBW lists
-from .kernels import (
+from ..text.kernels import (
     alpha_table,
     datatrove_c4_lines,
     datatrove_gopher_stats,
@@ -39,7 +37,9 @@ from .kernels import (
     word_set,
     word_table,
 )
-from .words import sentence_counts, terminal_punctuation
+from ..text.words import sentence_counts, terminal_punctuation
+from .base import Attrs, DocView, Tagger, as_view, register, whole
+from .content import RESOURCES  # the bundled LDNOOBW lists
 
 # ---------------------------------------------------------------- datatrove (FineWeb)
 

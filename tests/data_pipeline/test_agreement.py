@@ -25,9 +25,9 @@ from data_pipeline.config import (
 from data_pipeline.mixer import Mixer
 from data_pipeline.sample_text import load_samples
 from data_pipeline.taggers import DocView, QualityTagger, TaggerSet, quality
-from data_pipeline.taggers import punctuation as our_punctuation
 from data_pipeline.taggers.base import SPACY_VOCAB
 from data_pipeline.taggers.lang import _fasttext_model
+from data_pipeline.text import punctuation as our_punctuation
 
 datatrove = pytest.importorskip("datatrove", reason="the test extra installs datatrove")
 from datatrove.data import Document  # noqa: E402
@@ -327,7 +327,7 @@ def test_sentence_counts_equal_datatrove_per_line(docs):
     """C4's sentence count (c4_filters.py:129, `split_into_sentences` per kept line) against ours,
     line by line on stripped lines of every tenth page, lines with runs of spaces and tabs (a
     whitespace token in spaCy) included."""
-    from data_pipeline.taggers.words import ChunkVocab, sentence_counts
+    from data_pipeline.text.words import ChunkVocab, sentence_counts
 
     vocab = ChunkVocab()
     lines = [s for d in docs[::10] for raw in d["text"].splitlines() if (s := raw.strip())]

@@ -160,7 +160,7 @@ def test_fast_split_gives_spacys_tokens_on_every_sample_chunk():
     import spacy  # heavy optional import, only for this test's reference
     from spacy.attrs import IS_PUNCT
 
-    from data_pipeline.taggers.words import ChunkVocab, FastSplit
+    from data_pipeline.text.words import ChunkVocab, FastSplit
 
     nlp = spacy.blank("en")
     chunks = list(
@@ -202,8 +202,8 @@ def test_compiled_affix_walk_gives_spacys_tokens_on_every_sample_chunk(lang):
     cases; the chunks it leaves (possible special cases, URLs with an infix) are few."""
     import spacy  # heavy optional import, only for this test's reference
 
-    from data_pipeline.taggers.affixes import build_tables
-    from data_pipeline.taggers.chunk_memo import split_chunks
+    from data_pipeline.text.affixes import build_tables
+    from data_pipeline.text.chunk_memo import split_chunks
 
     nlp = spacy.blank(lang)
     tables = build_tables(nlp)
@@ -239,8 +239,8 @@ def test_compiled_affix_walk_follows_re_on_random_strings():
     import spacy  # heavy optional import, only for this test's reference
     from spacy.util import compile_infix_regex, compile_prefix_regex, compile_suffix_regex
 
-    from data_pipeline.taggers.affixes import _C, _Reader, build_tables, read_programs
-    from data_pipeline.taggers.chunk_memo import split_chunks
+    from data_pipeline.text.affixes import _C, _Reader, build_tables, read_programs
+    from data_pipeline.text.chunk_memo import split_chunks
 
     nlp = spacy.blank("en")
     tk = nlp.tokenizer
@@ -277,7 +277,7 @@ def test_word_memo_grows_in_steps_and_resets():
     the Python way, and past MAX_CHUNKS the memo restarts between documents."""
     import spacy  # heavy optional import, only for this test's reference
 
-    from data_pipeline.taggers import chunk_memo, words
+    from data_pipeline.text import chunk_memo, words
 
     text = " ".join(f"w{i}, x-{i}." for i in range(15_000)) + " " + "a" * (chunk_memo.MAX_WALK + 5)
     vocab = words.ChunkVocab()
@@ -409,8 +409,8 @@ def test_content_scan_equals_the_regex_reading_on_every_sample():
 def test_dolma_c4_flags_equal_the_python_reading():
     """c4_v1's page flags from the compiled pass against str.lower / str.split / `in` on the
     English and Russian man pages and on texts holding the words and phrases in other cases."""
-    from data_pipeline.taggers.kernels import code_points, dolma_c4_flags, space_table, token_tables
     from data_pipeline.taggers.quality import _dolma_naughty
+    from data_pipeline.text.kernels import code_points, dolma_c4_flags, space_table, token_tables
 
     naughty = _dolma_naughty()
 
