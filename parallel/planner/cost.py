@@ -15,7 +15,7 @@ Communication per micro-batch and stage (ring algorithms, (n-1)/n of the buffer 
     and gradients reduce-scattered in fp32; HSDP adds an all-reduce of the shards over
     dp_replicate; overlapped with compute (only the part longer than compute is exposed).
 A group is intra-node when all its ranks share a node: its stride x size fits in gpus_per_node
-(axes are laid out pp, dp_replicate, dp_shard, ep, tp, tp innermost).
+(parallel/axes.py MESH_AXES: pp, dp_replicate, dp_shard, ep, cp, tp, tp innermost).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from model_zoo.config import ModelConfig
 from model_zoo.counting import count_parameters, training_flops_per_token
+from parallel.axes import INNER_FIRST
 from parallel.layout import Layout
 from parallel.planner.comm import cp_layer_bytes
 from parallel.planner.hardware import GPUSpec
@@ -34,13 +35,12 @@ from parallel.planner.memory import COMPUTE_BYTES, config_key
 # (1979 x 0.65 / 989), torchtitan's measured end-to-end gain for Llama-3.1-8B on 8 H100
 # (8,532 vs 6,667 tok/s/GPU, compiled, float8 vs bf16).
 FP8_EFFICIENCY_RATIO = 0.65
-AXES_INNER_FIRST = ("tp", "cp", "ep", "dp_shard", "dp_replicate", "pp")
 
 
 def group_bandwidth(layout: Layout, axes: tuple[str, ...], gpu: GPUSpec, gpus_per_node: int):
     """Bytes/s per rank of a collective over `axes` (NVLink when its ranks share a node)."""
     stride, span = 1, 1
-    for axis in AXES_INNER_FIRST:
+    for axis in INNER_FIRST:
         size = getattr(layout, axis)
         if axis in axes:
             span = stride * size

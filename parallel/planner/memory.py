@@ -51,12 +51,14 @@ from model_zoo.config import ModelConfig
 from model_zoo.model import build_model
 from model_zoo.moe import moe_layers
 from parallel import parallelize
+from parallel.axes import FLAT_MESHES, FSDP_MESH_DIMS, INNER_FIRST, MESH_AXES
 from parallel.config import FULL_PRECISIONS, ParallelConfig, param_dtype
 from parallel.engine import prune_to_stage
 from parallel.layout import Layout, build_mesh, resolve_layout
 from parallel.schedules import SCHEDULES
 
-FSDP_AXES = ("dp_shard_ep_cp", "dp_shard_cp", "dp_shard_ep", "dp_shard", "dp_replicate")
+# the mesh dimensions a parameter is FSDP-sharded or replicated over (any other split is tp/ep)
+FSDP_AXES = FSDP_MESH_DIMS
 F32 = 4
 COMPUTE_BYTES = {"fp32": 4, "bf16": 2, "fp8_tensorwise": 2, "fp8_rowwise": 2, "fp64": 8}
 
@@ -200,30 +202,25 @@ def param_rules(cfg: ModelConfig, layout: Layout) -> dict[str, ParamRule]:
 
 
 def axis_sizes(layout: Layout) -> dict[str, int]:
-    return {
-        "pp": layout.pp,
-        "dp_replicate": layout.dp_replicate,
-        "dp_shard": layout.dp_shard,
-        "ep": layout.ep,
-        "cp": layout.cp,
-        "tp": layout.tp,
-        "dp_shard_ep": layout.dp_shard * layout.ep,
-        "dp_shard_ep_cp": layout.dp_shard * layout.ep * layout.cp,
-        "dp_shard_cp": layout.dp_shard * layout.cp,
-    }
+    """Sizes of the mesh axes and of the flattened meshes (parallel/axes.py)."""
+    sizes = {name: getattr(layout, name) for name in MESH_AXES}
+    for flat, axes in FLAT_MESHES:
+        sizes[flat] = math.prod(sizes[a] for a in axes)
+    return sizes
 
 
 def rank_coords(layout: Layout, rank: int) -> dict[str, int]:
-    """Mesh coordinates of a global rank (axes pp, dp_replicate, dp_shard, ep, cp, tp,
-    row-major) and on the flattened FSDP meshes (row-major over their axes)."""
+    """Mesh coordinates of a global rank (over MESH_AXES, row-major, the last innermost) and on
+    the flattened meshes (row-major over their axes)."""
     coords, rest = {}, rank
-    for axis in ("tp", "cp", "ep", "dp_shard", "dp_replicate", "pp"):
+    for axis in INNER_FIRST:
         size = getattr(layout, axis)
         coords[axis] = rest % size
         rest //= size
-    coords["dp_shard_ep"] = coords["dp_shard"] * layout.ep + coords["ep"]
-    coords["dp_shard_ep_cp"] = coords["dp_shard_ep"] * layout.cp + coords["cp"]
-    coords["dp_shard_cp"] = coords["dp_shard"] * layout.cp + coords["cp"]
+    for flat, axes in FLAT_MESHES:
+        coords[flat] = 0
+        for axis in axes:
+            coords[flat] = coords[flat] * getattr(layout, axis) + coords[axis]
     return coords
 
 
