@@ -136,7 +136,8 @@ def cmd_launch(argv: list[str]) -> int:
     return launch_main(argv)
 
 
-def cmd_schedule(argv: list[str]) -> int:
+def cmd_series(argv: list[str]) -> int:
+    # `pretrain schedule`: the checkpoint series (not the LR or the pipeline schedule)
     from pretrain.series import format_bytes, series_steps
 
     ap = argparse.ArgumentParser(
@@ -212,7 +213,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "demo": (cmd_demo, "the end-to-end demo on bundled real text"),
     "train": (cmd_train, "train or resume a model (one process, torchrun, srun, mpirun)"),
     "launch": (cmd_launch, "render slurm/train.sbatch, check the layout, submit (sbatch)"),
-    "schedule": (cmd_schedule, "print a checkpoint-series schedule and its disk space"),
+    "schedule": (cmd_series, "print a checkpoint-series schedule and its disk space"),
     "mixture": (
         cmd_mixture,
         "data-mixture ablations: a swarm of proxy runs (sweep), the fitted mixture (fit)",

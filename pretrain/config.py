@@ -27,6 +27,7 @@ from model_zoo.config import ModelConfig
 from model_zoo.zoo import get_model_config, zoo_names
 from parallel.config import ParallelConfig
 from pretrain.data.metadata import resolve_data_settings
+from pretrain.lr_schedules import lr_schedule_names
 from pretrain.series import validate_spec
 
 
@@ -69,8 +70,9 @@ class OptimizerConfig:
 
 
 @dataclass
-class ScheduleConfig:
-    """Learning-rate schedule: warmup then cosine, linear, constant, or wsd (warmup-stable-decay)."""
+class LRScheduleConfig:
+    """The `schedule:` section: the learning-rate schedule, warmup then one of
+    pretrain/lr_schedules.py's registry (cosine, linear, constant, wsd = warmup-stable-decay)."""
 
     name: str = "cosine"
     warmup_steps: int = 0
@@ -79,9 +81,10 @@ class ScheduleConfig:
     decay_steps: int = 0  # cosine/linear: steps to decay over after warmup; 0 = to max_steps
 
     def validate(self, max_steps: int) -> None:
+        names = lr_schedule_names()
         need(
-            self.name in SCHEDULES,
-            f"schedule.name={self.name!r} is not one of {', '.join(SCHEDULES)}",
+            self.name in names,
+            f"schedule.name={self.name!r} is not one of {', '.join(names)}",
         )
         need(self.warmup_steps >= 0, f"schedule.warmup_steps={self.warmup_steps} must be >= 0")
         need(
@@ -393,7 +396,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     optim: OptimizerConfig = field(default_factory=OptimizerConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -406,7 +409,6 @@ class RunConfig:
     resume: str = "none"
 
 
-SCHEDULES = ("cosine", "linear", "constant", "wsd")
 NO_DECAY_RULES = ("norm", "bias", "embedding")
 SERIES_DTYPES = ("float32", "bfloat16", "float16", "float64")
 
@@ -650,7 +652,7 @@ __all__ = [
     "RunConfig",
     "ParallelConfig",
     "OptimizerConfig",
-    "ScheduleConfig",
+    "LRScheduleConfig",
     "TrainerConfig",
     "CheckpointConfig",
     "DataConfig",

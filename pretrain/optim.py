@@ -1,4 +1,5 @@
-"""AdamW with decoupled weight decay, parameter groups without decay, and LR schedules.
+"""AdamW with decoupled weight decay, parameter groups without decay, and the learning rate of
+each step (warmup, then an LR schedule of pretrain/lr_schedules.py's registry).
 
 One optimizer per model part (a pipeline rank can hold several stages), as torchtitan does; their
 state dicts are flattened by parameter FQN when checkpointed, so a checkpoint does not depend on
@@ -7,12 +8,11 @@ how the model was split.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from model_zoo.model import RMSNorm
+from pretrain.lr_schedules import LR_SCHEDULES
 
 
 def decay_split(part: nn.Module, no_decay: list[str]) -> tuple[list, list, list[str]]:
@@ -82,28 +82,13 @@ def build_optimizers(
 
 
 def lr_at(step: int, lr: float, scfg, max_steps: int) -> float:
-    """Learning rate for optimizer step `step` (1-based): linear warmup, then the schedule.
-
-    cosine/linear decay from lr to lr*min_lr_ratio over decay_steps (default: the rest of the run);
-    wsd holds lr and decays linearly over the last decay_fraction of the run (Hu et al. 2024)."""
+    """Learning rate for optimizer step `step` (1-based): linear warmup, then the LR schedule
+    `scfg.name` of pretrain/lr_schedules.py's registry (`scfg` is the run's LRScheduleConfig)."""
     warm = scfg.warmup_steps
     if warm and step <= warm:
         return lr * step / warm
-    lo = lr * scfg.min_lr_ratio
-    if scfg.name == "constant":
-        return lr
-    if scfg.name == "wsd":
-        decay_len = max(1, round(scfg.decay_fraction * max_steps))
-        start = max_steps - decay_len
-        if step <= start:
-            return lr
-        p = min(1.0, (step - start) / decay_len)
-        return lr - (lr - lo) * p
-    span = scfg.decay_steps or max(1, max_steps - warm)
-    p = min(1.0, max(0.0, (step - warm) / span))
-    if scfg.name == "linear":
-        return lr - (lr - lo) * p
-    return lo + (lr - lo) * 0.5 * (1.0 + math.cos(math.pi * p))
+    schedule = LR_SCHEDULES[scfg.name]
+    return schedule.after_warmup(step, lr, lr * scfg.min_lr_ratio, scfg, max_steps)
 
 
 def set_lr(optimizers: list[torch.optim.Optimizer], value: float) -> None:

@@ -11,8 +11,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from configcore import ConfigError
 from model_zoo import build_model, get_model_config
 from pretrain.config import compose_config
+from pretrain.lr_schedules import LR_SCHEDULES, LRSchedule, register_lr_schedule
 from pretrain.optim import build_optimizers, decay_split, lr_at
 from pretrain.parity.harness import FP64_TOL
 from pretrain.train import train
@@ -77,6 +79,23 @@ def test_schedules():
         0.1
     )
     assert lr_at(35, lr, sched("cosine", decay_steps=25), 1000) == pytest.approx(0.1)
+
+
+def test_a_new_lr_schedule_is_one_registry_entry():
+    """One register_lr_schedule call is all a schedule needs: the config accepts its name (the
+    list of valid names is the registry's) and lr_at follows it after the common warmup."""
+    register_lr_schedule(LRSchedule("half", lambda step, lr, lo, scfg, max_steps: lr / 2))
+    try:
+        run = compose_config(
+            ["schedule.name=half", "schedule.warmup_steps=10", "trainer.max_steps=20"]
+        )
+        assert [lr_at(k, 1.0, run.schedule, 20) for k in (5, 10, 11, 20)] == [0.5, 1.0, 0.5, 0.5]
+        with pytest.raises(ValueError, match="already registered"):
+            register_lr_schedule(LRSchedule("half", lambda *args: 0.0))
+    finally:
+        del LR_SCHEDULES["half"]
+    with pytest.raises(ConfigError, match="schedule.name='half' is not one of cosine, linear, "):
+        compose_config(["schedule.name=half"])
 
 
 def test_moe_model_trains_and_logs_expert_load(tmp_path):
