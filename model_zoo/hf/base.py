@@ -48,6 +48,15 @@ class HFAdapter:
                 + "; ".join(problems)
             )
 
+    def base_hf_config(self, cfg: ModelConfig) -> dict[str, Any]:
+        """What every to_hf_config starts from: the keys all families write (common_hf_config),
+        then this architecture's class name and model_type."""
+        return {
+            **common_hf_config(cfg),
+            "architectures": [self.architecture],
+            "model_type": self.model_type,
+        }
+
     # ---- provided per family --------------------------------------------------------------
     def to_hf_config(self, cfg: ModelConfig) -> dict[str, Any]:
         raise NotImplementedError

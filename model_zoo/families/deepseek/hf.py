@@ -23,7 +23,6 @@ from model_zoo.hf.base import (
     SWIGLU,
     DecoderLayoutAdapter,
     Requirement,
-    common_hf_config,
     first_token_id,
     rope_from_hf,
 )
@@ -72,7 +71,7 @@ class _DeepseekAdapter(MoELayoutMixin, DecoderLayoutAdapter):
     )
 
     def to_hf_config(self, cfg):
-        hf = common_hf_config(cfg)
+        hf = self.base_hf_config(cfg)
         m, a = cfg.moe, cfg.mla
         rope = None
         if cfg.rope_scaling.type == "yarn":
@@ -89,8 +88,6 @@ class _DeepseekAdapter(MoELayoutMixin, DecoderLayoutAdapter):
             }
         hf.update(
             {
-                "architectures": [self.architecture],
-                "model_type": self.model_type,
                 "num_key_value_heads": cfg.n_heads,
                 "hidden_act": "silu",
                 "rms_norm_eps": cfg.norm_eps,

@@ -15,7 +15,6 @@ from model_zoo.hf.base import (
     PRE_NORM,
     HFAdapter,
     Requirement,
-    common_hf_config,
     drop_tied_output,
     first_token_id,
     inverse,
@@ -48,11 +47,9 @@ class GPTNeoXAdapter(HFAdapter):
     )
 
     def to_hf_config(self, cfg):
-        hf = common_hf_config(cfg)
+        hf = self.base_hf_config(cfg)
         hf.update(
             {
-                "architectures": [self.architecture],
-                "model_type": self.model_type,
                 "hidden_act": "gelu",
                 "layer_norm_eps": cfg.norm_eps,
                 "rotary_pct": cfg.rotary_fraction,

@@ -6,7 +6,6 @@ from model_zoo.hf.base import (
     LLAMA_STYLE,
     PRE_NORM,
     DecoderLayoutAdapter,
-    common_hf_config,
     qk_norm_is,
     rope_from_hf,
     rope_to_hf,
@@ -21,11 +20,9 @@ class LlamaAdapter(DecoderLayoutAdapter):
     )
 
     def to_hf_config(self, cfg):
-        hf = common_hf_config(cfg)
+        hf = self.base_hf_config(cfg)
         hf.update(
             {
-                "architectures": [self.architecture],
-                "model_type": self.model_type,
                 "num_key_value_heads": cfg.kv_heads,
                 "head_dim": cfg.dim_per_head,
                 "hidden_act": "silu",

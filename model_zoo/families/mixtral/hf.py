@@ -33,8 +33,6 @@ class MixtralAdapter(MoELayoutMixin, LlamaAdapter):
             hf.pop(key, None)
         hf.update(
             {
-                "architectures": [self.architecture],
-                "model_type": self.model_type,
                 "num_local_experts": cfg.moe.n_experts,
                 "num_experts_per_tok": cfg.moe.top_k,
                 "intermediate_size": cfg.moe.expert_hidden_size,

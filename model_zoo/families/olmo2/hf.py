@@ -11,7 +11,6 @@ from model_zoo.hf.base import (
     QK_NORM_NAMES,
     DecoderLayoutAdapter,
     Requirement,
-    common_hf_config,
     qk_norm_is,
 )
 
@@ -36,11 +35,9 @@ class Olmo2Adapter(DecoderLayoutAdapter):
     )
 
     def to_hf_config(self, cfg):
-        hf = common_hf_config(cfg)
+        hf = self.base_hf_config(cfg)
         hf.update(
             {
-                "architectures": [self.architecture],
-                "model_type": self.model_type,
                 "num_key_value_heads": cfg.kv_heads,
                 "hidden_act": "silu",
                 "rms_norm_eps": cfg.norm_eps,

@@ -34,8 +34,6 @@ class Qwen3Adapter(LlamaAdapter):
             hf.pop(key)
         hf.update(
             {
-                "architectures": [self.architecture],
-                "model_type": self.model_type,
                 "use_sliding_window": False,
                 "sliding_window": None,
                 "max_window_layers": cfg.n_layers,
