@@ -12,21 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
-from model_zoo.config import need
+from model_zoo.config import ModelConfig, need
 from parallel.schedules import get_schedule
-
-if TYPE_CHECKING:
-    from model_zoo.config import ModelConfig
-    from parallel.config import ParallelConfig
 
 
 @dataclass(frozen=True)
 class AxisRequest:
     """What a per-axis check looks at: the requested layout, the model, the sequence length."""
 
-    pcfg: ParallelConfig
+    pcfg: Any  # a parallel.config.ParallelConfig (which reads this table: no import back)
     model: ModelConfig
     seq_len: int
 

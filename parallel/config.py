@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from configcore import need
+from parallel.axes import REMAINDER_AXIS, SIZED_AXES
 from parallel.schedules import DEFAULT_SCHEDULE, schedule_names
 
 PRECISIONS = ("fp32", "bf16", "fp8_tensorwise", "fp8_rowwise", "fp64")
@@ -99,11 +100,12 @@ class ParallelConfig:
         ):
             value = getattr(self, key)
             need(value in allowed, f"parallel.{key}={value!r} is not one of {', '.join(allowed)}")
-        for key in ("tp", "pp", "dp_replicate", "ep", "cp"):
+        for key in SIZED_AXES:  # the axes' table, parallel/axes.py
             need(getattr(self, key) >= 1, f"parallel.{key}={getattr(self, key)} must be >= 1")
+        rest = getattr(self, REMAINDER_AXIS)
         need(
-            self.dp_shard >= 1 or self.dp_shard == -1,
-            f"parallel.dp_shard={self.dp_shard} must be >= 1 or -1 (the rest of the world)",
+            rest >= 1 or rest == -1,
+            f"parallel.{REMAINDER_AXIS}={rest} must be >= 1 or -1 (the rest of the world)",
         )
         need(self.ac_every_n >= 1, f"parallel.ac_every_n={self.ac_every_n} must be >= 1")
         fp8 = self.precision.startswith("fp8")
