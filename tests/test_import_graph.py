@@ -4,7 +4,11 @@ Rules (docs/architecture.md): imports flow one way, model_zoo -> parallel -> pre
 import the ones before it, never the ones after it), data_pipeline stands alone, the config core
 (configcore) is under all of them and imports none, and no module takes
 part in an import cycle. Imports inside functions count: hiding a cycle in a function is how cycles
-survive. Only `if TYPE_CHECKING:` blocks are left out (they never run).
+survive. So do imports under `if TYPE_CHECKING:`: a cycle of annotations is still two modules that
+need each other, and the first annotation evaluated at runtime turns it into an import error.
+benchmarks/ and tests/ are in the graph too: each may import the packages, never the other (what
+both need lives in a package), and no file edits sys.path (the project is installed with
+`pip install -e`, so scripts import the packages from any folder).
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ ALLOWED = {
     "pretrain": {"configcore", "model_zoo", "parallel"},
     "data_pipeline": {"configcore"},
 }
+# the scripts: benchmarks and tests may import every package, never each other
+SCRIPTS = ("benchmarks", "tests")
+ALLOWED.update({folder: set(PACKAGES) for folder in SCRIPTS})
 # The one front door: `pretrain data ...` hands its arguments to the pipeline's own CLI. Nothing
 # else in pretrain/ imports data_pipeline/ (token data is read through its metadata file format).
 ALLOWED_EDGES = {("pretrain.cli", "data_pipeline.cli")}
@@ -39,36 +46,17 @@ def module_name(path: Path) -> str:
 
 def all_modules() -> dict[str, Path]:
     mods = {}
-    for pkg in PACKAGES:
+    for pkg in PACKAGES + SCRIPTS:
         for path in sorted((ROOT / pkg).rglob("*.py")):
             mods[module_name(path)] = path
     return mods
-
-
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
-def _nodes(tree: ast.AST):
-    """Every node, skipping the bodies of `if TYPE_CHECKING:`."""
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        yield node
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and _is_type_checking(child.test):
-                stack.extend(child.orelse)
-                continue
-            stack.append(child)
 
 
 def imported_names(name: str, path: Path) -> set[str]:
     """Dotted names a module imports: `import a.b` -> a.b; `from a import b` -> a.b and a."""
     is_pkg = path.name == "__init__.py"
     out: set[str] = set()
-    for node in _nodes(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             out.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -154,6 +142,30 @@ def test_graph_sees_the_packages(graph):
     )
 
 
+def test_graph_sees_benchmarks_tests_and_type_checking_imports(graph, tmp_path):
+    assert "data_pipeline.sample_text" in graph["benchmarks.minhash_bench"]
+    assert "pretrain.callbacks" in graph["tests.pretrain.test_trainer"]
+    planted = tmp_path / "m.py"
+    planted.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import a.b\n")
+    assert "a.b" in imported_names("m", planted)
+
+
+def test_no_sys_path_edits():
+    edits = []
+    for name, path in all_modules().items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr == "path"
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "sys"
+            ):
+                edits.append(f"{name}:{node.lineno}")
+    assert not edits, "sys.path used (install the project with pip install -e instead):\n" + (
+        "\n".join(edits)
+    )
+
+
 def test_no_upward_imports(graph):
     bad = []
     for mod, targets in graph.items():
@@ -163,8 +175,8 @@ def test_no_upward_imports(graph):
             if tpkg != pkg and tpkg not in ALLOWED[pkg] and (mod, t) not in ALLOWED_EDGES:
                 bad.append(f"{mod} imports {t}")
     assert not bad, (
-        "imports against the direction model_zoo -> parallel -> pretrain:\n"
-        + "\n".join(sorted(bad))
+        "imports against the rules (model_zoo -> parallel -> pretrain; benchmarks and tests "
+        "import the packages, never each other):\n" + "\n".join(sorted(bad))
     )
 
 
