@@ -4,10 +4,13 @@
 Quality taggers write *measurements* (word count, duplicate-line share, ...) as document-level spans,
 never pass/fail: the thresholds are mixer rules in YAML, so changing one re-runs only the mixer.
 
-Adding a tagger: a config dataclass as a field of `TaggersConfig` (config.py) and one class here
-decorated with `@register("<that field>")` declaring `config_type`, `emits(cfg)` and `__call__`
-(base.py); the attribute folder, the stage's writers, the mixer's reader and the check of the mixer
-rules' attribute names all follow from the registry.
+Adding a tagger: a config dataclass as a field of `TaggersConfig` (config.py), one module in this
+folder with a class decorated with `@register("<that field>")` declaring `config_type`,
+`emits(cfg)` and `__call__` (base.py), and its import below; the attribute folder, the stage's
+writers, the mixer's reader and the check of the mixer rules' attribute names all follow from the
+registry. A tagger that follows several reference filters keeps one class per filter (`Reading`,
+base.py): the quality tagger (quality.py) runs gopher.py's, c4.py's and fineweb.py's. The words and
+compiled statistics they read are the text engine, data_pipeline/text/.
 """
 
 from __future__ import annotations

@@ -42,6 +42,23 @@ class Tagger:
         raise NotImplementedError
 
 
+class Reading:
+    """One reference filter's measurements inside a tagger (the quality tagger's Gopher, C4 and
+    FineWeb readings, as datatrove has one filter class each): `keys` are the attribute keys it
+    writes under `<tagger name>__<group>__`, and `__call__` measures one document. `passed` is
+    shared by a document's readings in their order: a reading hands on what a later one reads
+    (C4's kept text, which FineWeb's filter measures)."""
+
+    group: ClassVar[str]
+    keys: ClassVar[list[str]]
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+
+    def __call__(self, view: DocView, passed: dict) -> Attrs:
+        raise NotImplementedError
+
+
 def as_view(doc: DocView | dict) -> DocView:
     """Taggers take the shared split; a plain document (tests, notebooks) is split here."""
     return doc if isinstance(doc, DocView) else DocView(doc)

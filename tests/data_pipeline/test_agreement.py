@@ -24,7 +24,8 @@ from data_pipeline.config import (
 )
 from data_pipeline.mixer import Mixer
 from data_pipeline.sample_text import load_samples
-from data_pipeline.taggers import DocView, QualityTagger, TaggerSet, quality
+from data_pipeline.taggers import DocView, QualityTagger, TaggerSet
+from data_pipeline.taggers import c4 as c4_reading
 from data_pipeline.taggers.base import SPACY_VOCAB
 from data_pipeline.taggers.lang import _fasttext_model
 from data_pipeline.text import punctuation as our_punctuation
@@ -347,11 +348,11 @@ def test_compiled_c4_walk_equals_the_line_by_line_walk(docs, min_words, max_word
     gets the statistics, dropped-line spans, kept text and token count of the line-by-line walk
     that follows c4_filters.py, with FineWeb's thresholds and with others."""
     cfg = QualityTaggerConfig(c4_min_words_per_line=min_words, c4_max_word_length=max_word)
-    compiled = [quality.datatrove_c4(DocView(d), cfg) for d in docs[::2]]
+    compiled = [c4_reading.datatrove_c4(DocView(d), cfg) for d in docs[::2]]
     assert sum(c[4] is not None for c in compiled) > 0.9 * len(compiled)
-    monkeypatch.setattr(quality, "_C4_PAGE_WORDS", ("",))  # "" is in every page: Python's walk
+    monkeypatch.setattr(c4_reading, "_C4_PAGE_WORDS", ("",))  # "" is in every page: Python's walk
     for d, c in zip(docs[::2], compiled):
-        assert c[:4] == quality.datatrove_c4(DocView(d), cfg)[:4], d["id"]
+        assert c[:4] == c4_reading.datatrove_c4(DocView(d), cfg)[:4], d["id"]
 
 
 def test_punctuation_sets_equal_datatrove():

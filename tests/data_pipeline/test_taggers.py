@@ -409,7 +409,7 @@ def test_content_scan_equals_the_regex_reading_on_every_sample():
 def test_dolma_c4_flags_equal_the_python_reading():
     """c4_v1's page flags from the compiled pass against str.lower / str.split / `in` on the
     English and Russian man pages and on texts holding the words and phrases in other cases."""
-    from data_pipeline.taggers.quality import _dolma_naughty
+    from data_pipeline.taggers.c4 import _dolma_naughty
     from data_pipeline.text.kernels import code_points, dolma_c4_flags, space_table, token_tables
 
     naughty = _dolma_naughty()
