@@ -209,7 +209,8 @@ def bench_tokenize(repeat: int = 4) -> None:
 
     from data_pipeline import config as C
     from data_pipeline.executor import Progress
-    from data_pipeline.stages import Run, task_tokenize
+    from data_pipeline.stages import Run
+    from data_pipeline.stages.tokenize import task_tokenize
     from data_pipeline.tokenize import megatron_indexed, train_bpe
 
     megatron_indexed()
