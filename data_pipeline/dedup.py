@@ -48,6 +48,22 @@ def normalize_words(text: str) -> list[str]:
     return _WORDS.findall(text.lower())
 
 
+def band_hashes(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(docs x bands*rows) signatures -> (docs x bands) uint64: each band's `rows` values folded
+    into one 64-bit key (FNV-style multiply, xor-shift), seeded with the band number so equal values
+    in different bands are different keys. Both MinHashers' band keys."""
+    n = sigs.shape[0]
+    s = sigs.reshape(n, bands, rows).astype(np.uint64, copy=False)
+    h = np.broadcast_to(
+        np.arange(bands, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15), (n, bands)
+    ).copy()
+    with np.errstate(over="ignore"):
+        for r in range(rows):
+            h = (h ^ s[:, :, r]) * np.uint64(0x100000001B3)
+            h ^= h >> np.uint64(29)
+    return h
+
+
 class MinHasher:
     dtype = np.uint32
 
@@ -91,16 +107,7 @@ class MinHasher:
 
     def band_keys(self, sigs: np.ndarray) -> np.ndarray:
         """(docs x hashes) uint32 -> (docs x bands) uint64 key per band (the band number is mixed in)."""
-        n = sigs.shape[0]
-        s = sigs.reshape(n, self.bands, self.rows).astype(np.uint64)
-        h = np.broadcast_to(
-            np.arange(self.bands, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15), (n, self.bands)
-        ).copy()
-        with np.errstate(over="ignore"):
-            for r in range(self.rows):
-                h = (h ^ s[:, :, r]) * np.uint64(0x100000001B3)
-                h ^= h >> np.uint64(29)
-        return h
+        return band_hashes(sigs, self.bands, self.rows)
 
 
 # datatrove/utils/text.py:201-204 (with re: for str patterns \d is any Unicode decimal digit, Nd)
@@ -174,15 +181,7 @@ class DatatroveMinHasher:
     def band_keys(self, sigs: np.ndarray) -> np.ndarray:
         """(docs x bands) 64-bit key of each band's 8 values; a document without shingles gets
         key 0, which bucket_pairs skips (datatrove writes no signature for it)."""
-        n = sigs.shape[0]
-        s = sigs.reshape(n, self.bands, self.rows)
-        h = np.broadcast_to(
-            np.arange(self.bands, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15), (n, self.bands)
-        ).copy()
-        with np.errstate(over="ignore"):
-            for r in range(self.rows):
-                h = (h ^ s[:, :, r]) * np.uint64(0x100000001B3)
-                h ^= h >> np.uint64(29)
+        h = band_hashes(sigs, self.bands, self.rows)
         empty = (sigs == np.iinfo(np.uint64).max).all(axis=1)
         h[h == 0] = 1  # 0 is reserved for "no signature"
         h[empty] = 0
