@@ -216,6 +216,66 @@ def jsonl_pieces(path: str, n: int) -> list[dict | None]:
     return [{"start": st, "line": ln, "end": e} for (st, ln), e in zip(starts, ends)]
 
 
+def _skip_to(fh, path: str, start: int) -> int:
+    """Position a stream at byte `start` of the uncompressed data: a seek in a plain file, in a
+    compressed one decompressing up to it. Returns the position reached."""
+    if start and not _is_compressed(path):
+        fh.seek(start)
+        return start
+    pos = 0
+    while pos < start:
+        chunk = fh.read(min(_CHUNK, start - pos))
+        if not chunk:
+            break
+        pos += len(chunk)
+    return pos
+
+
+def _rest_of_long_line(fh) -> int:
+    """Read and drop the rest of an oversized line in chunks (never held whole); its bytes."""
+    skipped = 0
+    try:
+        while True:
+            chunk = fh.readline(8 * 2**20)
+            skipped += len(chunk)
+            if not chunk or chunk.endswith(b"\n"):
+                break
+    except _READ_ERRORS:
+        pass  # the cut is reported by the next read
+    return skipped
+
+
+def _parse_line(line: bytes, cfg: InputConfig, where: str):
+    """The JSON value of one line, or the quarantine Record that says why it has none."""
+    try:
+        s = line.decode("utf-8")
+    except UnicodeDecodeError:
+        binary = (
+            b"\x00" in line
+            or control_fraction(line.decode("latin-1")) > cfg.max_control_char_fraction
+        )
+        reason = "binary_garbage" if binary else "invalid_utf8"
+        return Record(reason=reason, where=where, excerpt=_excerpt(line), nbytes=len(line))
+    try:
+        return json.loads(s)
+    except json.JSONDecodeError as err:
+        binary = control_fraction(s) > cfg.max_control_char_fraction
+        return Record(
+            reason="binary_garbage" if binary else "malformed_json",
+            where=where,
+            excerpt=f"{err.msg}: {_excerpt(s)}",
+            nbytes=len(line),
+        )
+
+
+def _cut(path: str, lineno: int, err: Exception) -> Record:
+    return Record(
+        reason="truncated_or_corrupt_file",
+        where=f"{path}:{lineno + 1}",
+        excerpt=f"{type(err).__name__}: {err}",
+    )
+
+
 def read_jsonl(
     path: str,
     cfg: InputConfig,
@@ -230,35 +290,18 @@ def read_jsonl(
     end = piece["end"] if piece else None
     lineno = piece["line"] if piece else 0
     raw_file = open(path, "rb")
-
     fh = _decompressed(path, raw_file)
-    pos = 0
     try:
         try:
-            if start and not _is_compressed(path):
-                fh.seek(start)
-                pos = start
-            while pos < start:  # a compressed stream: decompress up to the piece
-                chunk = fh.read(min(_CHUNK, start - pos))
-                if not chunk:
-                    break
-                pos += len(chunk)
+            pos = _skip_to(fh, path, start)
         except _READ_ERRORS as err:
-            yield Record(
-                reason="truncated_or_corrupt_file",
-                where=f"{path}:{lineno + 1}",
-                excerpt=f"{type(err).__name__}: {err}",
-            )
+            yield _cut(path, lineno, err)
             return
         while end is None or pos < end:
             try:
                 line = fh.readline(limit)
             except _READ_ERRORS as err:
-                yield Record(
-                    reason="truncated_or_corrupt_file",
-                    where=f"{path}:{lineno + 1}",
-                    excerpt=f"{type(err).__name__}: {err}",
-                )
+                yield _cut(path, lineno, err)
                 return
             if not line:
                 return
@@ -268,54 +311,20 @@ def read_jsonl(
             if tell:
                 tell(pos - start)
             if len(line) >= limit and not line.endswith(b"\n"):
-                total = len(line)
-                try:
-                    while True:  # skip the rest of the oversized line without holding it
-                        chunk = fh.readline(8 * 2**20)
-                        total += len(chunk)
-                        pos += len(chunk)
-                        if not chunk or chunk.endswith(b"\n"):
-                            break
-                except _READ_ERRORS:
-                    pass
+                rest = _rest_of_long_line(fh)
+                pos += rest
+                total = len(line) + rest
                 yield Record(
                     reason="document_too_large",
                     where=where,
                     excerpt=f"line of {total} bytes",
                     nbytes=total,
                 )
-                continue
-            if not line.strip():
+            elif not line.strip():
                 yield Record(reason="empty_line", where=where, nbytes=len(line))
-                continue
-            try:
-                s = line.decode("utf-8")
-            except UnicodeDecodeError:
-                if (
-                    b"\x00" in line
-                    or control_fraction(line.decode("latin-1")) > cfg.max_control_char_fraction
-                ):
-                    reason = "binary_garbage"
-                else:
-                    reason = "invalid_utf8"
-                yield Record(reason=reason, where=where, excerpt=_excerpt(line), nbytes=len(line))
-                continue
-            try:
-                row = json.loads(s)
-            except json.JSONDecodeError as err:
-                reason = (
-                    "binary_garbage"
-                    if control_fraction(s) > cfg.max_control_char_fraction
-                    else "malformed_json"
-                )
-                yield Record(
-                    reason=reason,
-                    where=where,
-                    excerpt=f"{err.msg}: {_excerpt(s)}",
-                    nbytes=len(line),
-                )
-                continue
-            yield norm(row, where, lineno, len(line))
+            else:
+                row = _parse_line(line, cfg, where)
+                yield row if isinstance(row, Record) else norm(row, where, lineno, len(line))
     finally:
         fh.close()
         raw_file.close()

@@ -189,3 +189,17 @@ def test_cycle_finder_finds_a_planted_cycle():
     planted = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert find_cycles(planted) == [["a", "b", "c"]]
     assert find_cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_every_package_is_installed():
+    """pyproject's package list names every package the graph holds: an editable install maps
+    only the listed ones, so a package left out imports from the repository root and nowhere
+    else (configcore was, for a while: `pretrain` failed outside the checkout)."""
+    import re
+
+    # [tool.setuptools.packages.find] include = [...] (read as text: tomllib is Python 3.11+)
+    line = re.search(r"^include = \[(.*)\]$", (ROOT / "pyproject.toml").read_text(), re.M)
+    include = [x.strip().strip('"') for x in line.group(1).split(",")]
+    assert sorted(p.rstrip("*") for p in include) == sorted(PACKAGES)
+    on_disk = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests", "benchmarks"}
+    assert on_disk == set(PACKAGES), on_disk

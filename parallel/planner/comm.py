@@ -32,6 +32,7 @@ s (s / cp per cp rank), A = m x s x d_model x (compute bytes) is one activation:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from model_zoo.config import ModelConfig
 from parallel.config import FULL_PRECISIONS
@@ -71,69 +72,114 @@ def _ckpt(layout: Layout, lid: int) -> bool:
     return mode == "full" or (mode == "selective" and lid % layout.ac_every_n == 0)
 
 
-def collective_bytes(cfg: ModelConfig, layout: Layout, rank: int) -> dict[str, int]:
-    sizes, coords = axis_sizes(layout), rank_coords(layout, rank)
-    cbytes = COMPUTE_BYTES[layout.precision]
-    n_mb, tp = layout.n_microbatches, layout.tp
-    tokens = layout.micro_batch_size * layout.seq_len // layout.cp  # this cp rank's
-    act = tokens * cfg.d_model * cbytes
-    stages = layout.stages_of_rank(coords["pp"])
+@dataclass(frozen=True)
+class _RankVolume:
+    """What every axis's volume is computed from: the layout, this rank's stages and the bytes of
+    one micro-batch's activations on it."""
+
+    cfg: ModelConfig
+    layout: Layout
+    sizes: dict[str, int]
+    stages: list[int]
+    tokens: int  # this cp rank's tokens of a micro-batch
+    act: int  # their activations' bytes [tokens, d_model]
+    cbytes: int
+
+
+def _tp_bytes(v: _RankVolume) -> int:
+    cfg, layout, tp, act = v.cfg, v.layout, v.layout.tp, v.act
+    total = 0
+    for sid in v.stages:
+        per_mb = 0
+        for lid in layout.stage_layers[sid]:
+            # recomputation stops at the last tensor backward needs: the block's final
+            # reduce-scatter is not run again (torch's non-reentrant checkpoint)
+            per_mb += 8 * act + (3 * act if _ckpt(layout, lid) else 0)
+            if not cfg.mla.enabled and cfg.kv_heads % tp:
+                kv = v.tokens * cfg.kv_heads * cfg.dim_per_head
+                per_mb += 2 * kv * v.cbytes
+        if sid == 0:
+            per_mb += 2 * act
+        if sid == layout.n_stages - 1:
+            per_mb += 2 * act
+        total += per_mb * layout.n_microbatches
+    return total
+
+
+def _pp_bytes(v: _RankVolume, pp_rank: int) -> int:
+    layout = v.layout
+    owner = {s: r for r in range(layout.pp) for s in layout.stages_of_rank(r)}
+    hops = sum(
+        0 <= nb < layout.n_stages and owner[nb] != pp_rank
+        for sid in v.stages
+        for nb in (sid - 1, sid + 1)
+    )
+    return hops * 2 * (v.act // layout.tp) * layout.n_microbatches
+
+
+def _fsdp_bytes(v: _RankVolume) -> tuple[int, int]:
+    """(FSDP all-gathers + reduce-scatters, HSDP's all-reduce of the shards)."""
+    cfg, layout, n_mb = v.cfg, v.layout, v.layout.n_microbatches
+    rules = param_rules(cfg, layout)
+    gathers, syncs = (2 * n_mb, n_mb) if layout.pp == 1 else (1, 1)
+    fsdp = replicate = 0
+    for sid in v.stages:
+        for _, rep in stage_param_names(cfg, layout, sid, rules):
+            rule = rules[rep]
+            full = _padded_unsharded(rule, v.sizes)
+            n = math.prod(v.sizes[a] for a, _ in rule.splits if a in FSDP_AXES)
+            if full == 0 or n == 1:
+                continue  # a one-rank FSDP group moves nothing
+            fsdp += gathers * full * v.cbytes + syncs * full * F32
+            if layout.dp_replicate > 1:  # the padded fp32 shard, all-reduced
+                replicate += syncs * (full // n) * F32
+    return fsdp, replicate
+
+
+def _ep_bytes(v: _RankVolume) -> int:
+    cfg, layout = v.cfg, v.layout
     kinds = layer_kinds(cfg)
+    routed = v.tokens * cfg.moe.top_k * cfg.d_model * v.cbytes
+    counts = 8 * cfg.moe.n_experts
+    total = 0
+    for sid in v.stages:
+        layers = layout.stage_layers[sid]
+        n_moe = sum(kinds[lid] == "moe" for lid in layers)
+        ckpt_moe = sum(kinds[lid] == "moe" and _ckpt(layout, lid) for lid in layers)
+        # forward: counts + tokens out + results back; backward: the two reversed
+        total += n_moe * (counts + 4 * routed) + ckpt_moe * (counts + 2 * routed)
+    return layout.n_microbatches * total
+
+
+def _cp_bytes(v: _RankVolume) -> int:
+    layout = v.layout
+    return sum(
+        layout.n_microbatches * cp_layer_bytes(v.cfg, layout, recomputed=_ckpt(layout, lid))
+        for sid in v.stages
+        for lid in layout.stage_layers[sid]
+    )
+
+
+def collective_bytes(cfg: ModelConfig, layout: Layout, rank: int) -> dict[str, int]:
+    """Bytes this rank's collectives move in one step, per axis."""
+    coords = rank_coords(layout, rank)
+    cbytes = COMPUTE_BYTES[layout.precision]
+    tokens = layout.micro_batch_size * layout.seq_len // layout.cp  # this cp rank's
+    v = _RankVolume(
+        cfg, layout, axis_sizes(layout), list(layout.stages_of_rank(coords["pp"])), tokens,
+        tokens * cfg.d_model * cbytes, cbytes,
+    )  # fmt: skip
     out = {"tp": 0, "pp": 0, "fsdp": 0, "dp_replicate": 0, "ep": 0, "cp": 0, "other": 16}
-    # ---- tensor parallel --------------------------------------------------------------------
-    if tp > 1:
-        for sid in stages:
-            per_mb = 0
-            for lid in layout.stage_layers[sid]:
-                # recomputation stops at the last tensor backward needs: the block's final
-                # reduce-scatter is not run again (torch's non-reentrant checkpoint)
-                per_mb += 8 * act + (3 * act if _ckpt(layout, lid) else 0)
-                if not cfg.mla.enabled and cfg.kv_heads % tp:
-                    kv = tokens * cfg.kv_heads * cfg.dim_per_head
-                    per_mb += 2 * kv * cbytes
-            if sid == 0:
-                per_mb += 2 * act
-            if sid == layout.n_stages - 1:
-                per_mb += 2 * act
-            out["tp"] += per_mb * n_mb
-    # ---- pipeline ---------------------------------------------------------------------------
+    if layout.tp > 1:
+        out["tp"] = _tp_bytes(v)
     if layout.pp > 1:
-        owner = {s: r for r in range(layout.pp) for s in layout.stages_of_rank(r)}
-        for sid in stages:
-            for nb in (sid - 1, sid + 1):
-                if 0 <= nb < layout.n_stages and owner[nb] != coords["pp"]:
-                    out["pp"] += 2 * (act // tp) * n_mb
-    # ---- FSDP / HSDP ------------------------------------------------------------------------
-    fsdp = layout.dp > 1 or layout.cp > 1 or layout.precision not in FULL_PRECISIONS
-    if fsdp:
-        rules = param_rules(cfg, layout)
-        gathers, syncs = (2 * n_mb, n_mb) if layout.pp == 1 else (1, 1)
-        for sid in stages:
-            for _, rep in stage_param_names(cfg, layout, sid, rules):
-                rule = rules[rep]
-                full = _padded_unsharded(rule, sizes)
-                n = math.prod(sizes[a] for a, _ in rule.splits if a in FSDP_AXES)
-                if full == 0 or n == 1:
-                    continue  # a one-rank FSDP group moves nothing
-                out["fsdp"] += gathers * full * cbytes + syncs * full * F32
-                if layout.dp_replicate > 1:  # the padded fp32 shard, all-reduced
-                    out["dp_replicate"] += syncs * (full // n) * F32
-    # ---- expert parallel --------------------------------------------------------------------
+        out["pp"] = _pp_bytes(v, coords["pp"])
+    if layout.dp > 1 or layout.cp > 1 or layout.precision not in FULL_PRECISIONS:
+        out["fsdp"], out["dp_replicate"] = _fsdp_bytes(v)
     if layout.ep > 1:
-        routed = tokens * cfg.moe.top_k * cfg.d_model * cbytes
-        for sid in stages:
-            n_moe = sum(kinds[lid] == "moe" for lid in layout.stage_layers[sid])
-            ckpt_moe = sum(
-                kinds[lid] == "moe" and _ckpt(layout, lid) for lid in layout.stage_layers[sid]
-            )
-            counts = 8 * cfg.moe.n_experts
-            # forward: counts + tokens out + results back; backward: the two reversed
-            out["ep"] += n_mb * (n_moe * (counts + 4 * routed) + ckpt_moe * (counts + 2 * routed))
-    # ---- context parallel -------------------------------------------------------------------
+        out["ep"] = _ep_bytes(v)
     if layout.cp > 1:
-        for sid in stages:
-            for lid in layout.stage_layers[sid]:
-                out["cp"] += n_mb * cp_layer_bytes(cfg, layout, recomputed=_ckpt(layout, lid))
+        out["cp"] = _cp_bytes(v)
     return out
 
 
