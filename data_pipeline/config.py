@@ -25,7 +25,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from configcore import ConfigError, need
-from configcore.compose import compose, merge_section
+from configcore.compose import check_override_keys, compose, merge_section
 from configcore.structured import from_dict, load_yaml
 from configcore.structured import to_container as to_container
 from configcore.structured import to_yaml as to_yaml
@@ -511,6 +511,8 @@ def compose_pipeline(overrides: list[str], pipeline: str = "dolma") -> PipelineC
         )
     register_configs()
     overrides, fragment = _split_mixture(list(overrides))
+    # strict keys: a `+key=value` Hydra would add and the schema then ignore is refused here
+    check_override_keys(overrides, PipelineConfig(), (), "the keys are in docs/data_pipeline.md")
     cfg = compose(pipeline_config_dir(), pipeline, overrides)
     if fragment is not None:
         cfg = merge_section(cfg, "mixer", fragment, "mixture file")

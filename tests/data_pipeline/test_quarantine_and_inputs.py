@@ -132,6 +132,10 @@ def test_config_errors_name_the_problem_and_exit_2(tmp_path, capsys):
     assert "unknown pipeline 'nope'" in capsys.readouterr().err
     assert main([f"output.dir={tmp_path}"]) == 2
     assert "input.paths is empty" in capsys.readouterr().err
+    # a key the schema lacks is refused even with Hydra's `+` (which would add it, unread)
+    assert main(["+input.pathz=[x]", "+nokey=1", f"output.dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "'input.pathz' (did you mean input.paths" in err and "'nokey'" in err
     assert main([f"input.paths=[{tmp_path}/none*.gz]", f"output.dir={tmp_path}"]) == 2
     assert "matches no file" in capsys.readouterr().err
     (tmp_path / "a.jsonl").write_text('{"text": "x"}\n')
