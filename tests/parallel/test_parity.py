@@ -203,8 +203,11 @@ def test_dense_fsdp_dp4_and_hsdp(tmp_path, dense_ref):
         check_parity(r, dense_ref)
 
 
+@pytest.mark.slow
 def test_dense_3d(tmp_path, dense_ref):
-    """TP2 x PP2 x DP2 (8 ranks)."""
+    """TP2 x PP2 x DP2 (8 ranks, ~35 s on 2 cores). The default run covers the same claim with
+    tests/pretrain/test_distributed.py, whose TP2 x PP2 x DP2 float64 run equals one process
+    within FP64_TOL (test_layout_does_not_change_the_run)."""
     runs = [{"name": "TP2xPP2xDP2", "parallel": {"tp": 2, "pp": 2}}]
     res = launch(8, spec("llama3-tiny", runs, overrides={"n_layers": 4}), tmp_path)
     check_parity(res[0], dense_ref)
@@ -372,7 +375,7 @@ def test_moe_experts_split_over_ep_tp_and_dp(tmp_path, deepseek_ref):
     """8 ranks: experts split over ep, inside over tp, and FSDP-sharded over dp_shard (a 2-D
     expert DTensor under FSDP2); EP2 x TP2 x PP2; and the 3-D layout without ep. The default
     run covers each pair (test_moe_ep2_with_tp2_pp2_dp2: EP2 x TP2, x PP2, x FSDP DP2, with the
-    expert shapes) and the 3-D dense layout (test_dense_3d); this 8-rank launch takes ~60 s."""
+    expert shapes) and the 3-D dense layout (test_distributed's TP2 x PP2 x DP2 run); this 8-rank launch takes ~60 s."""
     runs = [
         {"name": "MoE+MLA EP2xTP2xDP2", "parallel": {"ep": 2, "tp": 2}},
         {"name": "MoE+MLA EP2xTP2xPP2", "parallel": {"ep": 2, "tp": 2, "pp": 2}},
