@@ -375,7 +375,8 @@ def test_moe_experts_split_over_ep_tp_and_dp(tmp_path, deepseek_ref):
     """8 ranks: experts split over ep, inside over tp, and FSDP-sharded over dp_shard (a 2-D
     expert DTensor under FSDP2); EP2 x TP2 x PP2; and the 3-D layout without ep. The default
     run covers each pair (test_moe_ep2_with_tp2_pp2_dp2: EP2 x TP2, x PP2, x FSDP DP2, with the
-    expert shapes) and the 3-D dense layout (test_distributed's TP2 x PP2 x DP2 run); this 8-rank launch takes ~60 s."""
+    expert shapes) and the 3-D dense layout (test_distributed's TP2 x PP2 x DP2 run); this
+    8-rank launch takes ~60 s."""
     runs = [
         {"name": "MoE+MLA EP2xTP2xDP2", "parallel": {"ep": 2, "tp": 2}},
         {"name": "MoE+MLA EP2xTP2xPP2", "parallel": {"ep": 2, "tp": 2, "pp": 2}},
