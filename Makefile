@@ -21,8 +21,12 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 demo: $(STAMP)
 	$(BIN)/python -m pretrain.demo --out demo_out
 
+# Each test file on one of `-n auto` workers (one per usable core; tests/conftest.py groups them),
+# so the single-threaded tests of a 2-core machine use both cores. TEST_WORKERS=0 runs them in
+# this process, one after the other (what `pytest -s` needs to show a test's printed figures).
+TEST_WORKERS ?= auto
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 # ruff (lint + format check) first: seconds, and it fails before a 13-minute test run would
 lint: $(STAMP)

@@ -2,6 +2,7 @@ import os
 import platform
 from pathlib import Path
 
+import pytest
 import torch
 
 # One intra-op thread for every test and every process a test starts, whichever subset runs, unless
@@ -44,3 +45,71 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_sep("-", "machine")
         for line in pytest_report_header(config):
             terminalreporter.write_line(line)
+
+
+# `make test` runs the suite on every core with pytest-xdist (`-n auto --dist loadfile`): on a
+# 2-core machine the single-process tests use one thread each, so a second worker uses the idle
+# core. A worker takes a whole test file at a time (its module-scoped fixtures run once, and
+# tests/test_docs.py's commands run in the order the docs give them). Every file that uses the
+# session's Slurm cluster goes to one worker, first: one cluster, started once (two would compete
+# for the same cores), and its jobs, which mostly wait, overlap the other worker's files instead
+# of running alone at the end. Such files live under tests/slurm/ or have "slurm" in their name:
+# the scheduler sees only test ids, and pytest_collection_modifyitems holds files to that rule.
+SLURM_GROUP = "slurm-cluster"
+
+
+def _uses_slurm_cluster(path: str) -> bool:
+    return "slurm" in path
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: without xdist, pytest ignores it
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker per core this process may run on (taskset's set, not the machine's
+    cores as psutil counts them), so `taskset -c 0 make test` runs one worker."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FilesSlurmFirst(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return SLURM_GROUP if _uses_slurm_cluster(path) else path
+
+        def _assign_work_unit(self, node) -> None:
+            if SLURM_GROUP in self.workqueue:  # the queue is ordered; the first unit goes first
+                self.workqueue.move_to_end(SLURM_GROUP, last=False)
+            super()._assign_work_unit(node)
+
+    return FilesSlurmFirst(config, log)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: minutes-long multi-process run; PARALLEL_SLOW=1 runs it"
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow tests (each spawns up to 8 processes for minutes on a 2-core machine) run only with
+    PARALLEL_SLOW=1; a test in the default run covers each one's claim (its docstring names it).
+    Every file that uses the Slurm cluster is where the xdist scheduler looks for it."""
+    slow = os.environ.get("PARALLEL_SLOW") != "1"
+    skip = pytest.mark.skip(reason="slow multi-process run; set PARALLEL_SLOW=1")
+    for item in items:
+        if slow and "slow" in item.keywords:
+            item.add_marker(skip)
+        if "slurm_cluster" in item.fixturenames and not _uses_slurm_cluster(
+            item.nodeid.split("::")[0]
+        ):
+            raise pytest.UsageError(
+                f"{item.nodeid} uses the Slurm cluster: put its file under tests/slurm/ or "
+                "name it *slurm*, so `make test` runs it on the cluster's worker "
+                "(tests/conftest.py)"
+            )

@@ -26,6 +26,7 @@ scores, as lm-eval's --log_samples writes them).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -97,15 +98,14 @@ def task_manager(tasks: list[str], include_path: str | None, option: str = "--in
     (indexing lm-eval's ~15,000 bundled task files takes seconds). Unknown tasks are an error
     before any checkpoint is loaded (or any training process starts: `option` names the
     setting, eval.downstream.include_path in the training config)."""
-    from lm_eval.tasks import TaskManager
-
     if include_path is not None and not Path(include_path).is_dir():
         raise ConfigError(f"{option} {include_path} is not a folder of task YAMLs")
     if include_path is not None:
-        local = TaskManager(include_path=include_path, include_defaults=False)
+        local = _indexed_tasks(include_path, False, _yaml_stamps(include_path))
         if all(t in local.all_tasks for t in tasks):
             return local
-    manager = TaskManager(include_path=include_path)
+    stamps = _yaml_stamps(include_path) if include_path is not None else ()
+    manager = _indexed_tasks(include_path, True, stamps)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         where = f" or in {include_path}" if include_path else f" (local YAMLs: {option})"
@@ -114,6 +114,26 @@ def task_manager(tasks: list[str], include_path: str | None, option: str = "--in
             f"presets: {', '.join(PRESETS)}"
         )
     return manager
+
+
+def _yaml_stamps(folder: str) -> tuple:
+    """(path, mtime, size) of every YAML under `folder`: a changed task file is a new index."""
+    return tuple(
+        (str(p), p.stat().st_mtime_ns, p.stat().st_size)
+        for p in sorted(Path(folder).rglob("*.y*ml"))
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _indexed_tasks(include_path: str | None, include_defaults: bool, stamps: tuple):
+    """lm-eval's TaskManager, built once per process for the same task files: indexing lm-eval's
+    bundled tasks takes ~10 s, and a process that trains or evaluates several runs (a notebook,
+    the test suite) would pay it for each. `stamps` (_yaml_stamps) keys the cache to the
+    include-path YAMLs' state, so an edited task file is indexed again; lm-eval's own task files
+    do not change under a running process."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=include_path, include_defaults=include_defaults)
 
 
 def load_tokenizer(args: argparse.Namespace, ckpts: list[Checkpoint], cfg):

@@ -95,7 +95,10 @@ def run_cli(args: list[str], nproc: int = 1, timeout: int = 240, env_extra: dict
     }
     if nproc == 1:
         cmd = [sys.executable, "-m", "pretrain.cli", *args]
-    else:
+        return subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
+        )
+    for attempt in range(3):
         cmd = [
             sys.executable,
             "-m",
@@ -106,7 +109,13 @@ def run_cli(args: list[str], nproc: int = 1, timeout: int = 240, env_extra: dict
             "pretrain.cli",
             *args,
         ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+        res = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
+        )
+        # the port was free when probed, then taken (by a test on another xdist worker) before
+        # the rendezvous bound it: nothing ran, so a new port is a clean retry
+        if res.returncode == 0 or "EADDRINUSE" not in res.stderr or attempt == 2:
+            return res
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
