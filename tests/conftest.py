@@ -100,10 +100,10 @@ def pytest_collection_modifyitems(config, items):
     """Slow tests (each spawns up to 8 processes for minutes on a 2-core machine) run only with
     PARALLEL_SLOW=1; a test in the default run covers each one's claim (its docstring names it).
     Every file that uses the Slurm cluster is where the xdist scheduler looks for it."""
-    slow = os.environ.get("PARALLEL_SLOW") != "1"
+    skip_slow = os.environ.get("PARALLEL_SLOW") != "1"
     skip = pytest.mark.skip(reason="slow multi-process run; set PARALLEL_SLOW=1")
     for item in items:
-        if slow and "slow" in item.keywords:
+        if skip_slow and "slow" in item.keywords:
             item.add_marker(skip)
         if "slurm_cluster" in item.fixturenames and not _uses_slurm_cluster(
             item.nodeid.split("::")[0]

@@ -100,11 +100,11 @@ def task_manager(tasks: list[str], include_path: str | None, option: str = "--in
     setting, eval.downstream.include_path in the training config)."""
     if include_path is not None and not Path(include_path).is_dir():
         raise ConfigError(f"{option} {include_path} is not a folder of task YAMLs")
+    stamps = _yaml_stamps(include_path) if include_path is not None else ()
     if include_path is not None:
-        local = _indexed_tasks(include_path, False, _yaml_stamps(include_path))
+        local = _indexed_tasks(include_path, False, stamps)
         if all(t in local.all_tasks for t in tasks):
             return local
-    stamps = _yaml_stamps(include_path) if include_path is not None else ()
     manager = _indexed_tasks(include_path, True, stamps)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
