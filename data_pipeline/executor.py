@@ -9,6 +9,7 @@ mixer and what follows it.
 
 from __future__ import annotations
 
+import importlib
 import json
 import multiprocessing as mp
 import os
@@ -16,10 +17,12 @@ import queue as queue_mod
 import shlex
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,7 +106,7 @@ class StageJob:
 
     spec: StageSpec
     task: TaskFn  # picklable (a module-level function, or a functools.partial of one)
-    before_fork: Callable[[], object] | None = None  # once in the parent, before a pool forks
+    preload: tuple[str, ...] = ()  # modules its tasks import: once per pool, before its workers
     total: Callable[[], int] | None = None  # progress total in documents, asked when it starts
 
 
@@ -130,10 +133,42 @@ def run_task(out_dir: str, spec: StageSpec, task: TaskFn, i: int, sink) -> dict:
 _QUEUE = None
 
 
-def _init_worker(q) -> None:
+def _init_worker(q, environ: dict[str, str]) -> None:
     global _QUEUE
     _QUEUE = q
+    # a fork-server worker has the environment of the server's start, not of this pool's parent
+    os.environ.clear()
+    os.environ.update(environ)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+def pool_start_method() -> str:
+    """How a local pool starts its workers. fork where it is safe: workers start in milliseconds
+    and share what this process imported (spawn costs seconds per stage on 2 cores). It is safe
+    where no other Python thread runs: a child forked while another thread holds a lock (a
+    logger's, an import's, gRPC's) can hang or crash, as pool workers did under pytest-xdist's
+    and W&B's threads. (The C libraries' own thread pools, OpenBLAS's and jemalloc's, which every
+    process here has, prepare for fork with pthread_atfork.) With other threads the fork server
+    forks the workers instead, from a process of its own with one thread (Python 3.14's default
+    start method on Linux)."""
+    if sys.platform != "linux":
+        return "spawn"
+    return "fork" if threading.active_count() == 1 else "forkserver"
+
+
+def _pool_context(preload: tuple[str, ...]):
+    """The multiprocessing context of a pool whose tasks import `preload`, imported once: here
+    before forking, or in the fork server (if this call starts it; a running server keeps its
+    modules and the workers import the rest)."""
+    modules = ("data_pipeline.stages", *preload)
+    method = pool_start_method()
+    ctx = mp.get_context(method)
+    if method == "fork":
+        for name in modules:
+            importlib.import_module(name)
+    elif method == "forkserver":
+        ctx.set_forkserver_preload(list(modules))
+    return ctx
 
 
 def _guarded_task(out_dir: str, spec: StageSpec, task: TaskFn, i: int, sink) -> dict:
@@ -157,8 +192,14 @@ def _pool_task(out_dir: str, spec: StageSpec, task: TaskFn, i: int) -> dict:
     return _guarded_task(out_dir, spec, task, i, sink)
 
 
+class _StageBar(tqdm):
+    # no monitor thread (it only re-tunes miniters, which mininterval makes moot): a bar must not
+    # add a thread to the process its pool forks from (pool_start_method)
+    monitor_interval = 0
+
+
 def _bar(spec: StageSpec, enabled: bool) -> tqdm:
-    return tqdm(
+    return _StageBar(
         total=spec.total or None,
         desc=f"{spec.name:16s}",
         unit="doc",
@@ -209,14 +250,13 @@ class LocalExecutor:
                 for i in todo:
                     _guarded_task(str(out_dir), spec, job.task, i, update)
             else:
-                if job.before_fork is not None:
-                    job.before_fork()
-                # fork: workers start in milliseconds instead of re-importing numpy/hydra/megatron
-                # (spawn cost seconds per stage on 2 cores). Children disable tokenizer threads.
-                ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")
+                ctx = _pool_context(job.preload)
                 q = ctx.Queue()
                 with ProcessPoolExecutor(
-                    workers, mp_context=ctx, initializer=_init_worker, initargs=(q,)
+                    workers,
+                    mp_context=ctx,
+                    initializer=_init_worker,
+                    initargs=(q, dict(os.environ)),
                 ) as pool:
                     futs = {
                         pool.submit(_pool_task, str(out_dir), spec, job.task, i): i for i in todo
@@ -230,7 +270,14 @@ class LocalExecutor:
                             except queue_mod.Empty:
                                 break
                         for f in done:
-                            f.result()  # raises TaskFailed with the worker's traceback
+                            try:
+                                f.result()  # raises TaskFailed with the worker's traceback
+                            except BrokenProcessPool:
+                                raise TaskFailed(
+                                    f"{spec.name} task {futs[f]}: a worker process died (killed, "
+                                    "or out of memory); run the same command again to resume "
+                                    "from the tasks that completed"
+                                ) from None
         finally:
             bar.close()
 

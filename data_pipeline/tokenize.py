@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import shutil
-import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -249,12 +248,10 @@ def encode_docs(tok: Tok, texts: list[str], add_eos: bool) -> Iterator[np.ndarra
 
 
 def megatron_indexed():
-    """megatron-core's IndexedDataset and IndexedDatasetBuilder. Importing megatron.core warns that
-    Transformer Engine and Apex are missing (they matter for its model code, not for datasets)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        # heavy (~5 s, pulls in torch): imported by the tasks that write or read shards only
-        from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
+    """megatron-core's IndexedDataset and IndexedDatasetBuilder, imported on first use (heavy:
+    only the tasks that write or read shards need them; data_pipeline/megatron_datasets.py)."""
+    from .megatron_datasets import IndexedDataset, IndexedDatasetBuilder
+
     return IndexedDataset, IndexedDatasetBuilder
 
 

@@ -92,7 +92,7 @@ class Run:
         return StageJob(
             spec=self.specs[name],
             task=partial(run_registered_task, str(self.dir), name),
-            before_fork=st.before_fork,
+            preload=st.preload,
             total=self.documents_after_ingest if st.counts_documents else None,
         )
 
@@ -200,7 +200,9 @@ class Stage:
     config: Callable[[Run, dict], object]  # the parts of the config (a plain dict) it reads
     enabled: Callable[[C.PipelineConfig], bool]  # part of `pretrain data run` in this config
     counts_documents: bool  # its progress bar counts the documents that ingest produced
-    before_fork: Callable[[], object] | None  # called once in the parent before a pool forks
+    preload: tuple[
+        str, ...
+    ]  # modules its tasks import, imported once before a pool's workers start
 
 
 STAGES: dict[str, Stage] = {}  # in pipeline order: the order of the registrations below
@@ -215,7 +217,7 @@ def stage(
     config: Callable[[Run, dict], object] = lambda run, cfg: None,
     enabled: Callable[[C.PipelineConfig], bool] = lambda cfg: True,
     counts_documents: bool = True,
-    before_fork: Callable[[], object] | None = None,
+    preload: tuple[str, ...] = (),
 ) -> Callable[[StageTask], StageTask]:
     """Register a stage's task function. Adding a stage is one module with a decorated function,
     imported in __init__.py at its place in the order: the CLI word, the run order, the
@@ -228,7 +230,7 @@ def stage(
         if unknown:
             raise ValueError(f"stage {name!r} reads {unknown}, which are not registered before it")
         STAGES[name] = Stage(
-            name, group or name, fn, count, after, config, enabled, counts_documents, before_fork
+            name, group or name, fn, count, after, config, enabled, counts_documents, preload
         )
         return fn
 

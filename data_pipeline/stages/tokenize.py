@@ -15,7 +15,6 @@ from ..tokenize import (
     ShardWriter,
     Tok,
     encode_docs,
-    megatron_indexed,
     token_dtype,
 )
 from .base import Run, crash_hook, mixed_files, one_task, remove_files, shard, stage, tokenizer_path
@@ -25,7 +24,7 @@ from .base import Run, crash_hook, mixed_files, one_task, remove_files, shard, s
     "tokenize",
     after=("tokenizer-train",),
     config=lambda run, cfg: [cfg["tokenizer"], cfg["output"]["write_npy"]],
-    before_fork=megatron_indexed,  # import megatron-core (~5 s) once, before the pool forks
+    preload=("data_pipeline.megatron_datasets",),  # megatron-core (~5 s): once per pool
 )
 def task_tokenize(run: Run, i: int, prog) -> dict:
     tc = run.cfg.tokenizer

@@ -3,13 +3,16 @@ one; a changed mixer threshold re-runs only the mixer and what follows; sampling
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
 import subprocess
 import sys
+import threading
 
 from data_pipeline.cli import main
+from data_pipeline.executor import pool_start_method
 from tests.data_pipeline.helpers import REPO, write_jsonl_gz
 
 
@@ -61,13 +64,28 @@ def _token_bytes(out):
     }
 
 
+@contextlib.contextmanager
+def another_thread():
+    """A second Python thread in this process while the block runs: the pool must not fork."""
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert pool_start_method() == "forkserver"
+        yield
+    finally:
+        stop.set()
+        other.join()
+
+
 def test_killed_run_resumes_to_identical_outputs(tmp_path, samples_en, capsys):
     inp = tmp_path / "in"
     inp.mkdir()
     write_jsonl_gz(inp / "a.jsonl.gz", samples_en[:25])
     write_jsonl_gz(inp / "b.jsonl.gz", samples_en[25:50])
     ref = tmp_path / "ref"
-    assert _inproc(capsys, ref, inp)[0] == 0
+    with another_thread():  # the reference's workers come from the fork server, the CLI's forked
+        assert _inproc(capsys, ref, inp)[0] == 0
     out = tmp_path / "out"
     crashed = _cli(out, inp, env={"DATA_PIPELINE_CRASH": "mix:1"})
     assert crashed.returncode != 0
@@ -166,3 +184,31 @@ def test_rates_and_weights_upsample_and_downsample(tmp_path, samples_en):
     # 3:1 asked in bytes; the two sources' tokens per byte differ (prose vs reference text) by
     # under 1.5x, so the token ratio lies in 3 / 1.5 .. 3 x 1.5
     assert 2.0 < ratio < 4.5, ratio
+
+
+def test_pool_forks_only_where_no_other_thread_runs(tmp_path, samples_en, capsys, monkeypatch):
+    """A pool forks its workers only from a process with one Python thread: a child forked while
+    another thread holds a lock can hang or crash (pool workers did both under pytest-xdist's and
+    W&B's threads). The CLI's process has one thread after its imports, so it forks. With another
+    thread the fork server starts the workers (test_killed_run_resumes_to_identical_outputs: same
+    outputs as the CLI's forked run), with this process's environment as it is now, though the
+    server may have started before it was set: the crash hook fires. A worker's death is one line,
+    not a traceback."""
+    probe = (
+        "import data_pipeline.cli; from data_pipeline.executor import pool_start_method; "
+        "print(pool_start_method())"
+    )
+    cli_method = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert cli_method == "fork"
+    inp = tmp_path / "in"
+    inp.mkdir()
+    write_jsonl_gz(inp / "a.jsonl.gz", samples_en[:25])
+    write_jsonl_gz(inp / "b.jsonl.gz", samples_en[25:50])
+    monkeypatch.setenv("DATA_PIPELINE_CRASH", "mix:1")
+    with another_thread():
+        rc, err = _inproc(capsys, tmp_path / "crashed", inp)
+    assert rc == 1
+    assert "mix task 1: a worker process died" in err and "Traceback" not in err
+    assert not (tmp_path / "crashed/_work/markers/mix/00001.json").exists()
