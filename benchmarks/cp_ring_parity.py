@@ -1,7 +1,7 @@
 """Context parallel on CUDA: both styles against the single-process CPU reference (>= 2 GPUs).
 
 The ring style (torch's context_parallel: ring attention with the head-tail load balancer) has no
-CPU path, so its parity runs here instead of in tests/parallel/test_parity.py: the dense
+CPU path, so its parity runs here instead of in tests/parallel/test_parity_context.py: the dense
 llama3-tiny (4 layers, GQA) of the parity tests, the same seed and man-page text, AdamW, clipping
 at 1.0, 10 steps, under cp=2 with cp_style=ring and with cp_style=alltoall (DeepSpeed-Ulysses over
 NCCL), each against reference_run on the CPU at gpu_checks' CUDA tolerance (1e-4: cuBLAS and the

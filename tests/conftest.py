@@ -8,7 +8,7 @@ import torch
 # One intra-op thread for every test and every process a test starts, whichever subset runs, unless
 # TEST_THREADS says otherwise (`TEST_THREADS=2 make test` runs the suite on 2 threads). The CI box
 # has 2 cores shared by every test, so more threads only oversubscribe. The float64 parity claims
-# do not depend on the count (tests/parallel/test_parity.py checks 1 against 2); the bitwise
+# do not depend on the count (tests/parallel/test_parity_numerics.py checks 1 against 2); the bitwise
 # resume comparisons need the same count in every run of a test, hence one setting for all:
 # OMP_NUM_THREADS is what the launched ranks and CLI runs read (as torchrun, which sets it to 1
 # only where it is unset).
@@ -56,6 +56,22 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 # of running alone at the end. Such files live under tests/slurm/ or have "slurm" in their name:
 # the scheduler sees only test ids, and pytest_collection_modifyitems holds files to that rule.
 SLURM_GROUP = "slurm-cluster"
+# Then the files whose tests launch multi-process runs taking a minute or more on 2 cores, longest
+# first (measured with --durations, docs/benchmarks.md "Test suite"): xdist's own order (files with
+# the most tests first) would start them last, leaving one worker on a long file while the other
+# idles. The many short files fill the end of the run instead. A file not listed runs after them.
+LONG_FILES_FIRST = (
+    "tests/parallel/test_parity_attention.py",
+    "tests/parallel/test_parity.py",
+    "tests/parallel/test_parity_context.py",
+    "tests/parallel/test_parity_numerics.py",
+    "tests/parallel/test_parity_moe.py",
+    "tests/pretrain/test_distributed.py",
+    "tests/pretrain/test_spikes.py",
+    "tests/parallel/test_planner.py",
+    "tests/pretrain/test_optim.py",
+    "tests/pretrain/test_eval.py",
+)
 
 
 def _uses_slurm_cluster(path: str) -> bool:
@@ -83,14 +99,20 @@ def pytest_xdist_make_scheduler(config, log):
             return SLURM_GROUP if _uses_slurm_cluster(path) else path
 
         def _assign_work_unit(self, node) -> None:
-            if SLURM_GROUP in self.workqueue:  # the queue is ordered; the first unit goes first
-                self.workqueue.move_to_end(SLURM_GROUP, last=False)
+            # the queue is ordered, the first unit goes first: the Slurm group, then the long files
+            for unit in reversed((SLURM_GROUP, *LONG_FILES_FIRST)):
+                if unit in self.workqueue:
+                    self.workqueue.move_to_end(unit, last=False)
             super()._assign_work_unit(node)
 
     return FilesSlurmFirst(config, log)
 
 
 def pytest_configure(config):
+    root = Path(__file__).resolve().parent.parent
+    missing = [f for f in LONG_FILES_FIRST if not (root / f).is_file()]
+    if missing:
+        raise pytest.UsageError(f"tests/conftest.py LONG_FILES_FIRST names missing files {missing}")
     config.addinivalue_line(
         "markers", "slow: minutes-long multi-process run; PARALLEL_SLOW=1 runs it"
     )

@@ -1,5 +1,5 @@
 """One rank of the attention-kernel parity runs (launched by harness.launch, with
-WORKER pointed here by tests/parallel/test_parity.py::test_flex_attention_tp2_pp2).
+WORKER pointed here by tests/parallel/test_parity_attention.py::test_flex_attention_tp2_pp2).
 
 Spec: as parallel_worker's ("model", "model_overrides", "global_batch", "micro_batch",
 "seq_len", "seed", "runs"), each run with "parallel" and "model_overrides" of its own and a

@@ -2,7 +2,7 @@
 package, so that the tests check its argument parsing and CUDA refusal without importing a
 benchmark; benchmarks/gpu_checks.py is its command line).
 
-parity:   the parity tests' single-device cases (tests/parallel/test_parity.py: same seed, the
+parity:   the parity tests' single-device cases (tests/parallel/test_parity*.py: same seed, the
           same man-page text, AdamW, clipping at 1.0) run by the engine on CUDA (NCCL, world 1),
           against the single-process CPU reference of pretrain.parity.harness.py: the
           dense Llama, packed documents (FlexAttention on CUDA, the dense mask on the CPU) and the
@@ -41,7 +41,7 @@ from pretrain.parity.harness import (
 )
 
 GBS, SEQ, MICRO = 8, 32, 2
-# (name, zoo model, overrides, seed, packed): test_parity.py's single-device yardsticks
+# (name, zoo model, overrides, seed, packed): the parity tests' single-device yardsticks
 PARITY_CASES = [
     ("llama3-tiny dense", "llama3-tiny", {"n_layers": 4}, 0, False),
     ("llama3-tiny packed documents", "llama3-tiny", {"n_layers": 4}, 1, True),

@@ -4,7 +4,7 @@ CPU: the claim is that both compute the same attention, so float64 rounding boun
 
 torch 2.13's FlexAttention runs forward on CPU (eagerly) but refuses backward there, so the kernel
 comparison is forward-only; the training path of the window (dense mask on CPU) is compared with
-its definition, and under TP2/PP2 in tests/parallel/test_parity.py.
+its definition, and under TP2/PP2 in tests/parallel/test_parity_attention.py.
 """
 
 import dataclasses
