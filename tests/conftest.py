@@ -56,22 +56,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 # of running alone at the end. Such files live under tests/slurm/ or have "slurm" in their name:
 # the scheduler sees only test ids, and pytest_collection_modifyitems holds files to that rule.
 SLURM_GROUP = "slurm-cluster"
-# Then the files whose tests launch multi-process runs taking a minute or more on 2 cores, longest
-# first (measured with --durations, docs/benchmarks.md "Test suite"): xdist's own order (files with
-# the most tests first) would start them last, leaving one worker on a long file while the other
-# idles. The many short files fill the end of the run instead. A file not listed runs after them.
-LONG_FILES_FIRST = (
-    "tests/parallel/test_parity_attention.py",
-    "tests/parallel/test_parity.py",
-    "tests/parallel/test_parity_context.py",
-    "tests/parallel/test_parity_numerics.py",
-    "tests/parallel/test_parity_moe.py",
-    "tests/pretrain/test_distributed.py",
-    "tests/pretrain/test_spikes.py",
-    "tests/parallel/test_planner.py",
-    "tests/pretrain/test_optim.py",
-    "tests/pretrain/test_eval.py",
-)
+# The parity files (tests/parallel/test_parity*.py: multi-rank launches, minutes) also run as one
+# unit on one worker: measured, two of them at once on 2 cores (8 ranks) took 1327 s for the
+# suite against 1014 s with them in one file, as the ranks slow each other more than the second
+# worker gains (docs/benchmarks.md "Test suite").
+PARITY_GROUP = "parallel-parity"
 
 
 def _uses_slurm_cluster(path: str) -> bool:
@@ -96,23 +85,19 @@ def pytest_xdist_make_scheduler(config, log):
     class FilesSlurmFirst(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
-            return SLURM_GROUP if _uses_slurm_cluster(path) else path
+            if _uses_slurm_cluster(path):
+                return SLURM_GROUP
+            return PARITY_GROUP if path.startswith("tests/parallel/test_parity") else path
 
         def _assign_work_unit(self, node) -> None:
-            # the queue is ordered, the first unit goes first: the Slurm group, then the long files
-            for unit in reversed((SLURM_GROUP, *LONG_FILES_FIRST)):
-                if unit in self.workqueue:
-                    self.workqueue.move_to_end(unit, last=False)
+            if SLURM_GROUP in self.workqueue:  # the queue is ordered; the first unit goes first
+                self.workqueue.move_to_end(SLURM_GROUP, last=False)
             super()._assign_work_unit(node)
 
     return FilesSlurmFirst(config, log)
 
 
 def pytest_configure(config):
-    root = Path(__file__).resolve().parent.parent
-    missing = [f for f in LONG_FILES_FIRST if not (root / f).is_file()]
-    if missing:
-        raise pytest.UsageError(f"tests/conftest.py LONG_FILES_FIRST names missing files {missing}")
     config.addinivalue_line(
         "markers", "slow: minutes-long multi-process run; PARALLEL_SLOW=1 runs it"
     )

@@ -8,8 +8,8 @@ norm of every step must equal the single-process run within TOL relative, and th
 training, gathered, too. Each test launches one process group and runs several layouts in it, to
 keep the suite fast on a 2-core machine. The bf16/FP8 runs, whose claim is the precision itself,
 are held to a noise floor measured in the same test (check_precision). The tests are split over
-files by topic so that `make test`'s workers share them; the single-process references they
-compare with are computed once per session (tests/parallel/conftest.py).
+files by topic (one worker of `make test` runs them all, tests/conftest.py); the single-process
+references they compare with are computed once per session (tests/parallel/conftest.py).
 """
 
 import contextlib
