@@ -200,9 +200,8 @@ class Stage:
     config: Callable[[Run, dict], object]  # the parts of the config (a plain dict) it reads
     enabled: Callable[[C.PipelineConfig], bool]  # part of `pretrain data run` in this config
     counts_documents: bool  # its progress bar counts the documents that ingest produced
-    preload: tuple[
-        str, ...
-    ]  # modules its tasks import, imported once before a pool's workers start
+    # modules its tasks import, imported once before a pool's workers start
+    preload: tuple[str, ...]
 
 
 STAGES: dict[str, Stage] = {}  # in pipeline order: the order of the registrations below
