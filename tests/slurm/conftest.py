@@ -2,8 +2,9 @@
 a slurmctld on loopback, started once, stopped at the end) and `slurm_env` (SLURM_CONF pointing at
 it for the test and everything it spawns).
 
-Reuse from other test folders with `from tests.slurm.conftest import slurm_cluster, slurm_env`
-(pytest picks fixtures up from an import into a conftest.py or a test module).
+Every test that needs the cluster lives in this folder, so all of them share the one cluster: a
+fixture imported into a module elsewhere would be a second fixture definition, with a second
+cluster of its own (which tests/data_pipeline/test_slurm.py used to start).
 
 Without Slurm the tests skip; with CI=true they fail instead, because CI installs slurm-wlm
 (.ci/install-system-packages) and a silently skipped cluster test would prove nothing.

@@ -83,7 +83,7 @@ def cluster_jobs(slurm_cluster, tokens, tmp_path_factory):
                 root / "torchrun",
             )
         cap = _Capture()
-        with cap:  # runs until test_crashed_rank... kills one of its ranks (or the cluster stops)
+        with cap:  # runs until test_crashed_rank... (the next test) kills one of its ranks
             jobs["crash"] = (
                 launch(root / "crash", tokens, steps=100000, nodes=2, procs=1, capsys=cap),
                 root / "crash",
@@ -270,6 +270,52 @@ def test_time_limits_and_signal_lead(tmp_path, tokens, capsys):
     assert "use Slurm's format" in capsys.readouterr().err
 
 
+def _pid_of_rank(job: str, rank: int) -> int:
+    """The training process of one rank of our job, from /proc (the task's environment)."""
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            env = dict(
+                kv.split("=", 1)
+                for kv in (d / "environ").read_bytes().decode(errors="replace").split("\0")
+                if "=" in kv
+            )
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if (
+            env.get("SLURM_JOB_ID") == job
+            and env.get("SLURM_PROCID") == str(rank)
+            and "pretrain.cli train" in cmd
+        ):
+            return int(d.name)
+    raise LookupError(f"no training process of rank {rank} in job {job}")
+
+
+def test_crashed_rank_ends_the_job_and_is_named(cluster_jobs, slurm_cluster):
+    """One rank dies (SIGKILL, as on a lost node): the job must end soon with the rank named,
+    not sit in a collective until the timeout. First of the cluster tests: the endless job would
+    otherwise train on two ranks, competing for the cores, through every other job's wait."""
+    slurm_env = slurm_cluster
+    job, run_dir = cluster_jobs["crash"]
+    t0 = time.monotonic()
+    while not ((run_dir / "metrics.jsonl").exists() and read_metrics(run_dir)):
+        assert slurm_env.job(job)["JobState"] in ("PENDING", "RUNNING"), _log(run_dir, job)[-3000:]
+        assert time.monotonic() - t0 < 200, "training did not start"
+        time.sleep(0.2)
+    os.kill(_pid_of_rank(job, 1), signal.SIGKILL)
+    t_kill = time.monotonic()
+    # Bound: half the 600 s collective timeout, so ending in time proves the job ended because
+    # the rank died, not because a collective timed out; loose enough for a loaded 2-core CI box.
+    info = slurm_env.wait_job(job, timeout=300)
+    took = time.monotonic() - t_kill
+    log = _log(run_dir, job)
+    assert info["JobState"] == "FAILED", log[-3000:]
+    assert re.search(r"task 1: (Killed|Exited)", log), log[-3000:]
+    assert took < 300, f"the job took {took:.0f}s to end after rank 1 died"
+
+
 def test_launch_trains_on_two_nodes_and_checkpoints(cluster_jobs, slurm_cluster):
     job, run_dir = cluster_jobs["straight"]
     info = slurm_cluster.wait_job(job, timeout=240)
@@ -314,51 +360,6 @@ def test_usr1_checkpoints_requeues_and_resumes_exactly(cluster_jobs, slurm_clust
         assert got[step] == want[step], (
             f"step {step} (stopped after {stop}): {got[step]} != {want[step]}"
         )
-
-
-def _pid_of_rank(job: str, rank: int) -> int:
-    """The training process of one rank of our job, from /proc (the task's environment)."""
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            env = dict(
-                kv.split("=", 1)
-                for kv in (d / "environ").read_bytes().decode(errors="replace").split("\0")
-                if "=" in kv
-            )
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if (
-            env.get("SLURM_JOB_ID") == job
-            and env.get("SLURM_PROCID") == str(rank)
-            and "pretrain.cli train" in cmd
-        ):
-            return int(d.name)
-    raise LookupError(f"no training process of rank {rank} in job {job}")
-
-
-def test_crashed_rank_ends_the_job_and_is_named(cluster_jobs, slurm_cluster):
-    """One rank dies (SIGKILL, as on a lost node): the job must end soon with the rank named,
-    not sit in a collective until the timeout."""
-    slurm_env = slurm_cluster
-    job, run_dir = cluster_jobs["crash"]
-    t0 = time.monotonic()
-    while not ((run_dir / "metrics.jsonl").exists() and read_metrics(run_dir)):
-        assert slurm_env.job(job)["JobState"] in ("PENDING", "RUNNING"), _log(run_dir, job)[-3000:]
-        assert time.monotonic() - t0 < 200, "training did not start"
-        time.sleep(0.2)
-    os.kill(_pid_of_rank(job, 1), signal.SIGKILL)
-    t_kill = time.monotonic()
-    # Bound: half the 600 s collective timeout, so ending in time proves the job ended because
-    # the rank died, not because a collective timed out; loose enough for a loaded 2-core CI box.
-    info = slurm_env.wait_job(job, timeout=300)
-    took = time.monotonic() - t_kill
-    log = _log(run_dir, job)
-    assert info["JobState"] == "FAILED", log[-3000:]
-    assert re.search(r"task 1: (Killed|Exited)", log), log[-3000:]
-    assert took < 300, f"the job took {took:.0f}s to end after rank 1 died"
 
 
 def test_torchrun_launcher_gives_the_srun_losses(cluster_jobs, slurm_cluster):
