@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from model_zoo.config import ConfigError
+from configcore import ConfigError
 from model_zoo.zoo import get_model_config, zoo_names
 from parallel.config import ParallelConfig
 from parallel.engine import build_engine

@@ -7,14 +7,13 @@ validated, whichever module a caller imports. (The registry imports model_zoo.hf
 model_zoo.hf is initialising, and model_zoo.hf.io imports the registry once it is complete.)"""
 
 from model_zoo import hf
-from model_zoo.config import ConfigError, InitConfig, ModelConfig, RopeScalingConfig
+from model_zoo.config import InitConfig, ModelConfig, RopeScalingConfig
 from model_zoo.counting import ParameterCount, count_parameters, training_flops_per_token
 from model_zoo.model import Transformer, build_model
 from model_zoo.zoo import get_model_config, zoo_names
 
 __all__ = [
     "hf",
-    "ConfigError",
     "InitConfig",
     "ModelConfig",
     "RopeScalingConfig",

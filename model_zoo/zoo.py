@@ -12,7 +12,8 @@ from __future__ import annotations
 import copy
 from dataclasses import replace
 
-from model_zoo.config import ConfigError, ModelConfig
+from configcore import ConfigError
+from model_zoo.config import ModelConfig
 from model_zoo.families import SPECS
 from model_zoo.families.spec import FamilySpec
 

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from model_zoo.config import ModelConfig, need
+from configcore import need
+from model_zoo.config import ModelConfig
 from parallel.schedules import get_schedule
 
 

@@ -35,7 +35,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor.experimental import context_parallel
 
-from model_zoo.config import ConfigError
+from configcore import ConfigError
 from model_zoo.moe import moe_layers
 
 DEEPSPEED_MISSING = (

@@ -54,7 +54,8 @@ from torch.distributed.pipelining.schedules import (
 from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.distributed.tensor.parallel import loss_parallel
 
-from model_zoo.config import ConfigError, ModelConfig
+from configcore import ConfigError
+from model_zoo.config import ModelConfig
 from model_zoo.layers import upcast
 from model_zoo.model import Transformer, build_model
 from model_zoo.moe import expert_load, moe_layers, set_aux_loss_scale, update_expert_biases

@@ -39,7 +39,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from model_zoo.config import ConfigError, ModelConfig, need
+from configcore import ConfigError, need
+from model_zoo.config import ModelConfig
 from parallel.axes import (
     AXES,
     AXIS,

@@ -22,7 +22,8 @@ from torch.distributed.tensor.parallel import (
     parallelize_module,
 )
 
-from model_zoo.config import ModelConfig, need
+from configcore import need
+from model_zoo.config import ModelConfig
 from model_zoo.moe import GroupedExperts
 from parallel import context_parallel
 from parallel.config import FULL_PRECISIONS, RING_NEEDS_CUDA, param_dtype

@@ -34,7 +34,7 @@ from torch.distributed.pipelining.schedules import (
     ScheduleZBVZeroBubble,
 )
 
-from model_zoo.config import ConfigError
+from configcore import ConfigError
 
 # Stage placement over pp ranks: "loop" puts stages r, r+pp, r+2pp, ... on rank r (Megatron's
 # interleaving); "v" puts r and 2pp-1-r on rank r, so the first and last stage share rank 0.

@@ -33,7 +33,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from model_zoo.config import ConfigError, ModelConfig
+from configcore import ConfigError
+from model_zoo.config import ModelConfig
 from model_zoo.model import Transformer, build_model
 from pretrain.config import RunConfig, load_yaml, model_config_from_dict, to_yaml
 

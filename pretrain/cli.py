@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from tqdm import tqdm
 
-from model_zoo.config import ConfigError
+from configcore import ConfigError
 from model_zoo.hf import architectures as hf_architectures
 from pretrain.quiet import route_known_warnings
 

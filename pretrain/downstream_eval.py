@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model_zoo.config import ConfigError
+from configcore import ConfigError
 from parallel.engine import IGNORE_INDEX
 from pretrain.callbacks import Callback, TrainState
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from model_zoo.config import ConfigError
+from configcore import ConfigError
 from model_zoo.layers import upcast
 from pretrain.data.loader import resolve_eos, resolve_npy_dtype
 from pretrain.data.sources import open_source

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from model_zoo.config import ConfigError
+from configcore import ConfigError
 from parallel.layout import resolve_layout
 from pretrain.config import compose_config
 from pretrain.train import describe_plan

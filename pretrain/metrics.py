@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from model_zoo.config import ConfigError
+from configcore import ConfigError
 from model_zoo.counting import count_parameters, training_flops_per_token
 from pretrain.evaluation import eval_record
 

@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from model_zoo.config import ConfigError
+from configcore import ConfigError
 
 SWEEP_FILE = "sweep.json"
 WEIGHTS_FILE = "weights.csv"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from model_zoo.config import ConfigError
+from configcore import ConfigError
 from model_zoo.counting import count_parameters
 from parallel.planner.hardware import GPUS, get_gpu
 from parallel.planner.search import PlannedLayout, plan

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 
-from model_zoo.config import ConfigError
+from configcore import ConfigError
 
 _TERM_HELP = "terms: pythia, log2:K, every:N, steps:[a,b,...], first, last; join with '+'"
 

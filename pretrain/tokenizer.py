@@ -20,7 +20,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from model_zoo.config import ConfigError, ModelConfig
+from configcore import ConfigError
+from model_zoo.config import ModelConfig
 from model_zoo.hf.io import copy_tokenizer
 from pretrain.config import RunConfig, load_yaml, run_config_from_dict
 from pretrain.data.metadata import TokenizerInfo, common_metadata

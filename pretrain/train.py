@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from model_zoo.config import ConfigError
+from configcore import ConfigError
 from parallel.env import discover_env
 from pretrain.callbacks import Callback
 from pretrain.config import RunConfig, compose_config

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from model_zoo.config import ConfigError
+from configcore import ConfigError
 from model_zoo.counting import count_parameters, training_flops_per_token
 from parallel.engine import build_engine
 from parallel.env import (

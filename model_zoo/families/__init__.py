@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from model_zoo.config import FAMILY_NAMES, ConfigError
+from configcore import ConfigError
+from model_zoo.config import FAMILY_NAMES
 from model_zoo.families import deepseek, gpt_neox, llama, mixtral, olmo2, olmoe, qwen3
 from model_zoo.families.spec import FamilySpec
 from model_zoo.hf.base import HFAdapter

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from model_zoo.config import ConfigError, InitConfig, ModelConfig, RopeScalingConfig
+from configcore import ConfigError
+from model_zoo.config import InitConfig, ModelConfig, RopeScalingConfig
 
 Tensor = torch.Tensor
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from model_zoo.config import ConfigError, ModelConfig
+from configcore import ConfigError
+from model_zoo.config import ModelConfig
 from model_zoo.families import adapter_for_family, adapter_for_hf_config
 
 TOKENIZER_FILES = (

@@ -7,7 +7,8 @@ import re
 
 import torch
 
-from model_zoo.config import ConfigError, ModelConfig
+from configcore import ConfigError
+from model_zoo.config import ModelConfig
 from model_zoo.hf.base import Requirement, Tensor, inverse
 
 _MOE_KEY = re.compile(r"^layers\.(\d+)\.moe\.(.+)$")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
-from model_zoo.config import ConfigError
+from configcore import ConfigError
 
 
 @dataclass(frozen=True)

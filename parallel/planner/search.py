@@ -23,7 +23,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field, replace
 
-from model_zoo.config import ConfigError, ModelConfig
+from configcore import ConfigError
+from model_zoo.config import ModelConfig
 from parallel.config import CP_STYLES, ParallelConfig
 from parallel.layout import Layout, check_layout
 from parallel.planner.cost import StepTime, model_counts, step_time

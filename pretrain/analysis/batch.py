@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model_zoo.config import ConfigError
+from configcore import ConfigError
 from pretrain.analysis.common import load_run, read_order_log
 from pretrain.checkpoint import read_index
 from pretrain.data.loader import batch_sha, build_data_order, data_fingerprint_matches, global_batch

@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from model_zoo.config import ConfigError  # noqa: E402
+from configcore import ConfigError
 from model_zoo.hf import import_hf  # noqa: E402
 from model_zoo.model import Transformer, build_model  # noqa: E402
 from pretrain.checkpoint import CheckpointError, check_checkpoint, load_weights, read_index  # noqa: E402

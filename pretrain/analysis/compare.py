@@ -25,7 +25,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from matplotlib.ticker import NullFormatter
 
-from model_zoo.config import ConfigError
+from configcore import ConfigError
 from model_zoo.counting import training_flops_per_token
 from pretrain.analysis import downstream
 from pretrain.analysis.common import load_run, save_figure, write_table

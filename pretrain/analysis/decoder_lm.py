@@ -31,7 +31,7 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 from lm_eval.models.utils import postprocess_generated_text as cut_at_stop
 from tqdm import tqdm
 
-from model_zoo.config import ConfigError
+from configcore import ConfigError
 
 
 class DecoderLM(TemplateLM):

@@ -40,7 +40,7 @@ import matplotlib.pyplot as plt
 import torch
 import torch.distributed as dist
 
-from model_zoo.config import ConfigError
+from configcore import ConfigError
 from parallel.env import destroy_distributed, discover_env, init_distributed
 from pretrain.analysis.common import (
     Checkpoint,

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from model_zoo.config import ConfigError
+from configcore import ConfigError
 from model_zoo.layers import upcast
 from parallel.env import destroy_distributed, discover_env, init_distributed
 from pretrain.analysis.common import (

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from model_zoo.config import ConfigError
+from configcore import ConfigError
 from pretrain.analysis.common import (
     StepResults,
     find_checkpoints,

@@ -28,7 +28,7 @@ from scipy.optimize import minimize
 from scipy.special import logsumexp
 from threadpoolctl import threadpool_limits
 
-from model_zoo.config import ConfigError
+from configcore import ConfigError
 from model_zoo.counting import count_parameters
 from pretrain.analysis.common import load_run, progress, save_figure
 

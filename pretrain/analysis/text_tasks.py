@@ -30,7 +30,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from model_zoo.config import ConfigError
+from configcore import ConfigError
 
 _WORD = re.compile(r"^[A-Za-z]{3,}$")
 

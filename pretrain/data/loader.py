@@ -30,7 +30,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from model_zoo.config import ConfigError
+from configcore import ConfigError
 from pretrain.data.sources import Source, open_source
 
 _MIX_TAG, _EPOCH_TAG = 0x6D6978, 0x65706F  # keep the two seed streams apart

@@ -25,7 +25,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from model_zoo.config import ConfigError
+from configcore import ConfigError
 
 FORMAT = "pretrain-token-data"
 VERSION = 1

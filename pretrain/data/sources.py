@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model_zoo.config import ConfigError
+from configcore import ConfigError
 
 
 def _expand(path: str, suffix: str) -> list[str]:

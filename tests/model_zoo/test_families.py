@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import pytest
 
+from configcore import ConfigError
 from model_zoo import get_model_config, zoo_names
-from model_zoo.config import ConfigError
 from model_zoo.families import SPECS, adapter_for_family, architectures, families
 from model_zoo.families.llama.hf import LlamaAdapter
 from model_zoo.families.qwen3 import QWEN3

@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from configcore import ConfigError
 from model_zoo import build_model, get_model_config
-from model_zoo.config import ConfigError
 from model_zoo.layers import AttentionMasks, document_attention_mask, resolve_attention_kernel
 from pretrain.parity.harness import FP64_TOL, packed_ids, text_batches
 

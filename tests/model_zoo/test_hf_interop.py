@@ -11,8 +11,9 @@ import pytest
 import torch
 import transformers
 
+from configcore import ConfigError
 from model_zoo import build_model, get_model_config
-from model_zoo.config import ConfigError, RopeScalingConfig
+from model_zoo.config import RopeScalingConfig
 from model_zoo.hf import export_hf, import_hf
 from pretrain.cli import main as cli_main
 from tests.model_zoo.hf_helpers import assert_close as _assert_close

@@ -227,7 +227,7 @@ def test_import_of_transformers_model_gives_same_logits(kind, tmp_path):
 
 
 def test_nonzero_expert_bias_cannot_be_exported_to_mixtral(tmp_path):
-    from model_zoo.config import ConfigError
+    from configcore import ConfigError
 
     cfg = get_model_config("mixtral-tiny")
     model = build_model(cfg)

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from configcore import ConfigError
 from model_zoo import build_model, get_model_config
-from model_zoo.config import ConfigError
 from model_zoo.moe import MoE, TopKRouter, expert_load, moe_layers, update_expert_biases
 from pretrain.parity.harness import FP64_TOL
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 import transformers
 
+from configcore import ConfigError
 from model_zoo import build_model, count_parameters, get_model_config
-from model_zoo.config import ConfigError
 from model_zoo.hf import architectures, export_hf, families, import_hf
 from pretrain.cli import main as cli_main
 from tests.model_zoo.hf_helpers import assert_close, randomise, tokens

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from model_zoo.config import ConfigError
+from configcore import ConfigError
 from model_zoo.zoo import get_model_config
 from parallel.config import ParallelConfig
 from parallel.context_parallel import (

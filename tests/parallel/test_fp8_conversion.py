@@ -8,8 +8,8 @@ import dataclasses
 import pytest
 from torchao.float8.fsdp_utils import WeightWithDynamicFloat8CastTensor
 
+from configcore import ConfigError
 from model_zoo import build_model, get_model_config
-from model_zoo.config import ConfigError
 from parallel.config import ParallelConfig
 from parallel.layout import resolve_layout
 from parallel.parallelize import check_gpu_features, convert_fp8, fp8_counts

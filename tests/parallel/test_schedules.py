@@ -12,7 +12,7 @@ from torch.distributed.pipelining.schedules import (
     get_schedule_class,
 )
 
-from model_zoo.config import ConfigError
+from configcore import ConfigError
 from model_zoo.zoo import get_model_config
 from parallel.config import ParallelConfig
 from parallel.layout import resolve_layout

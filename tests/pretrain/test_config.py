@@ -2,8 +2,8 @@
 
 import pytest
 
+from configcore import ConfigError
 from model_zoo import ModelConfig
-from model_zoo.config import ConfigError
 from pretrain.config import compose_config
 
 

@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
-from model_zoo.config import ConfigError
+from configcore import ConfigError
 from pretrain.config import compose_config
 from pretrain.data.loader import DataLoader, DataOrder, block_quotas, build_data_order
 from pretrain.data.sources import MegatronSource, NpySource

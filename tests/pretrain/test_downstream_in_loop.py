@@ -11,8 +11,8 @@ import os
 
 import pytest
 
+from configcore import ConfigError
 from data_pipeline.cli import main as data_main
-from model_zoo.config import ConfigError
 from pretrain.analysis.text_tasks import write_text_tasks
 from pretrain.cli import main
 from pretrain.config import compose_config

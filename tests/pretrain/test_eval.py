@@ -15,7 +15,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from model_zoo.config import ConfigError
+from configcore import ConfigError
 from model_zoo.zoo import get_model_config
 from pretrain.checkpoint import load_weights
 from pretrain.cli import main

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
+from configcore import ConfigError
 from data_pipeline.cli import main as data_main
 from data_pipeline.tokenize import Tok, train_bpe
-from model_zoo.config import ConfigError
 from pretrain.cli import main
 from pretrain.config import compose_config
 from pretrain.data.metadata import find_metadata, read_metadata

@@ -27,7 +27,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from model_zoo.config import ConfigError
+from configcore import ConfigError
 from pretrain.analysis.common import load_run, read_order_log
 from pretrain.cli import main
 from pretrain.config import compose_config, load_yaml

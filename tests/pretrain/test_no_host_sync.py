@@ -94,7 +94,7 @@ def test_no_host_reads_between_log_steps(tmp_path, data, counted):
 
 
 def test_nan_check_config():
-    from model_zoo.config import ConfigError
+    from configcore import ConfigError
 
     with pytest.raises(ConfigError, match="nan_policy=skip needs trainer.nan_check=step"):
         compose_config(["trainer.nan_check=log", "trainer.nan_policy=skip"])

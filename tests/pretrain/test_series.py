@@ -2,7 +2,7 @@
 
 import pytest
 
-from model_zoo.config import ConfigError
+from configcore import ConfigError
 from pretrain.cli import main
 from pretrain.config import compose_config
 from pretrain.series import retained_full_steps, series_steps

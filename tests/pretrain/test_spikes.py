@@ -24,7 +24,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model_zoo.config import ConfigError
+from configcore import ConfigError
 from pretrain.analysis.batch import batch_of_step
 from pretrain.callbacks import Callback
 from pretrain.checkpoint import load_weights, read_index

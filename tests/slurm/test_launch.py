@@ -200,7 +200,7 @@ def test_dry_run_prints_a_script_for_nodes_x_procs(tmp_path, tokens, capsys):
 def test_layout_is_checked_for_the_allocation_before_submitting(tmp_path, tokens, capsys):
     """tp=3 does not divide 2 x 2 ranks: rejected before submitting, exit 2, with the engine's
     own message (resolve_layout) and a layout that fits."""
-    from model_zoo.config import ConfigError
+    from configcore import ConfigError
     from parallel.layout import resolve_layout
     from pretrain.config import compose_config
 

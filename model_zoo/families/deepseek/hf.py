@@ -6,14 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from model_zoo.config import (
-    ConfigError,
-    InitConfig,
-    MLAConfig,
-    ModelConfig,
-    MoEConfig,
-    RopeScalingConfig,
-)
+from configcore import ConfigError
+from model_zoo.config import InitConfig, MLAConfig, ModelConfig, MoEConfig, RopeScalingConfig
 from model_zoo.hf.base import (
     ATTN_BIAS_SAME,
     NO_MLP_BIAS,

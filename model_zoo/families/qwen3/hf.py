@@ -6,7 +6,7 @@ Qwen3 uses it, and neither do we, so imports with it are refused."""
 
 from __future__ import annotations
 
-from model_zoo.config import ConfigError
+from configcore import ConfigError
 from model_zoo.families.llama.hf import LlamaAdapter
 from model_zoo.hf.base import (
     LLAMA_STYLE,
