@@ -16,7 +16,7 @@ from typing import Any
 
 from configcore import need
 from model_zoo.config import ModelConfig
-from parallel.schedules import get_schedule
+from parallel.pipeline_schedules import get_pipeline_schedule
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ def _ep_splits_experts(req: AxisRequest) -> None:
 
 # ---- pipeline (the split of the layers into stages: parallel/layout.py's _stage_layers) --------
 def _pp_schedule_takes_stages(req: AxisRequest) -> None:
-    schedule = get_schedule(req.pcfg.pp_schedule)
+    schedule = get_pipeline_schedule(req.pcfg.pp_schedule)
     v = req.pcfg.pp_virtual_stages or schedule.default_virtual_stages
     reason = schedule.check_stages(v)
     need(reason is None, reason or "")
@@ -225,7 +225,7 @@ AXES = (
         mesh_position=0,
         params="whole layers per stage (first stage: embeddings; last: norm and output)",
         activations="one stage's activations per micro-batch in flight",
-        module="parallel/engine.py (prune_to_stage, the schedules of parallel/schedules.py)",
+        module="parallel/engine.py (prune_to_stage, the schedules of parallel/pipeline_schedules.py)",
         checks=(_pp_schedule_takes_stages, _pp_embeddings_untied),
     ),
     Axis(

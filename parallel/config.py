@@ -14,7 +14,7 @@ import torch
 
 from configcore import need
 from parallel.axes import REMAINDER_AXIS, SIZED_AXES
-from parallel.schedules import DEFAULT_SCHEDULE, schedule_names
+from parallel.pipeline_schedules import DEFAULT_PIPELINE_SCHEDULE, pipeline_schedule_names
 
 PRECISIONS = ("fp32", "bf16", "fp8_tensorwise", "fp8_rowwise", "fp64")
 # Precisions whose parameters are also the compute dtype (no FSDP2 mixed-precision cast).
@@ -68,9 +68,9 @@ class ParallelConfig:
     # The MoE grouped experts in float8 too (torchao.prototype.moe_training, rowwise scales,
     # torch._scaled_grouped_mm): they carry most of an MoE model's FLOPs. CUDA (Hopper) only.
     fp8_moe_experts: bool = False
-    # Pipeline schedule: a name in parallel/schedules.py's registry (SCHEDULES), which says how
+    # Pipeline schedule: a name in parallel/pipeline_schedules.py's registry (SCHEDULES), which says how
     # many stages each rank holds and how they are placed.
-    pp_schedule: str = DEFAULT_SCHEDULE
+    pp_schedule: str = DEFAULT_PIPELINE_SCHEDULE
     # Micro-batches per optimizer step on each data-parallel rank; 0 means local_batch /
     # micro_batch_size (the same count gradient accumulation uses without a pipeline).
     pp_microbatches: int = 0
@@ -92,7 +92,7 @@ class ParallelConfig:
         against a model and a world size are parallel.layout.resolve_layout's."""
         for key, allowed in (
             ("precision", PRECISIONS),
-            ("pp_schedule", schedule_names()),
+            ("pp_schedule", pipeline_schedule_names()),
             ("activation_checkpointing", AC_MODES),
             ("device", DEVICES),
             ("fp8_filter", FP8_FILTERS),

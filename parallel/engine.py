@@ -505,7 +505,7 @@ class Engine:
             for part, info in zip(self.model_parts, self._stages)
         ]
         # scale_grads=False: our loss is already normalised by the global token count. The
-        # registry (parallel/schedules.py) knows whether the class takes one stage or a list.
+        # registry (parallel/pipeline_schedules.py) knows whether the class takes one stage or a list.
         self._schedule = lay.schedule.build(
             self._pp_stages, lay.n_microbatches, loss_fn=self._loss_fn, scale_grads=False
         )

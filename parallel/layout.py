@@ -54,7 +54,7 @@ from parallel.axes import (
     named_axes,
 )
 from parallel.config import ParallelConfig
-from parallel.schedules import PipelineSchedule, get_schedule
+from parallel.pipeline_schedules import PipelineSchedule, get_pipeline_schedule
 
 
 @dataclass
@@ -93,10 +93,10 @@ class Layout:
 
     @property
     def schedule(self) -> PipelineSchedule:
-        return get_schedule(self.pp_schedule)
+        return get_pipeline_schedule(self.pp_schedule)
 
     def stages_of_rank(self, pp_rank: int) -> list[int]:
-        """Stage ids held by one pp rank, placed as the schedule says (parallel/schedules.py)."""
+        """Stage ids held by one pp rank, placed as the schedule says (parallel/pipeline_schedules.py)."""
         if self.pp == 1:
             return [0]
         return self.schedule.stages_of_rank(pp_rank, self.pp, self.virtual_stages)
@@ -161,7 +161,7 @@ def _check_axes(pcfg: ParallelConfig, model_cfg: ModelConfig, seq_len: int) -> N
 def _virtual_stages(pcfg: ParallelConfig) -> int:
     if pcfg.pp == 1:
         return 1
-    return pcfg.pp_virtual_stages or get_schedule(pcfg.pp_schedule).default_virtual_stages
+    return pcfg.pp_virtual_stages or get_pipeline_schedule(pcfg.pp_schedule).default_virtual_stages
 
 
 def _stage_layers(pcfg: ParallelConfig, model_cfg: ModelConfig, v: int) -> list[list[int]]:
@@ -221,7 +221,7 @@ def _batch_split(pcfg: ParallelConfig, dp: int, gbs: int, mbs: int, seq_len: int
         )
         n_mb = pcfg.pp_microbatches
     if pcfg.pp > 1:
-        reason = get_schedule(pcfg.pp_schedule).check_microbatches(pcfg.pp, v, n_mb)
+        reason = get_pipeline_schedule(pcfg.pp_schedule).check_microbatches(pcfg.pp, v, n_mb)
         need(reason is None, reason or "")
     return local, n_mb
 

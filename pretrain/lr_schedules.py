@@ -8,7 +8,7 @@ for every schedule (linear from 0 to optim.lr over schedule.warmup_steps) and is
 Adding a schedule is one `register_lr_schedule(LRSchedule(...))` call below (see
 docs/contributing.md): the config's list of valid values (`LRScheduleConfig.validate`) and
 `lr_at` read this registry. "Schedule" means two other things in this project, kept apart by name:
-the pipeline schedules of parallel/schedules.py (`PipelineSchedule`, `parallel.pp_schedule`) and
+the pipeline schedules of parallel/pipeline_schedules.py (`PipelineSchedule`, `parallel.pp_schedule`) and
 the checkpoint series of pretrain/series.py (`checkpoint.series`, `pretrain schedule`).
 
 No torch here: the config module reads the names before anything is built.

@@ -55,7 +55,7 @@ from parallel.axes import FLAT_MESHES, FSDP_MESH_DIMS, INNER_FIRST, MESH_AXES
 from parallel.config import FULL_PRECISIONS, ParallelConfig, param_dtype
 from parallel.engine import prune_to_stage
 from parallel.layout import Layout, build_mesh, resolve_layout
-from parallel.schedules import SCHEDULES
+from parallel.pipeline_schedules import SCHEDULES
 
 # the mesh dimensions a parameter is FSDP-sharded or replicated over (any other split is tp/ep)
 FSDP_AXES = FSDP_MESH_DIMS

@@ -27,6 +27,7 @@ from configcore import ConfigError
 from model_zoo.config import ModelConfig
 from parallel.config import CP_STYLES, ParallelConfig
 from parallel.layout import Layout, check_layout
+from parallel.pipeline_schedules import SCHEDULES
 from parallel.planner.cost import StepTime, model_counts, step_time
 from parallel.planner.hardware import GPUSpec
 from parallel.planner.memory import (
@@ -38,7 +39,6 @@ from parallel.planner.memory import (
     pipeline_receive_buffers,
     static_memory,
 )
-from parallel.schedules import SCHEDULES
 
 # What the allocator and the runtime take beyond the tensors counted: CUDA context + NCCL
 # buffers (about 1 GiB measured on H100 with torch 2.x) and caching-allocator fragmentation

@@ -16,7 +16,12 @@ from configcore import ConfigError
 from model_zoo.zoo import get_model_config
 from parallel.config import ParallelConfig
 from parallel.layout import resolve_layout
-from parallel.schedules import SCHEDULES, PipelineSchedule, get_schedule, register_schedule
+from parallel.pipeline_schedules import (
+    SCHEDULES,
+    PipelineSchedule,
+    get_pipeline_schedule,
+    register_pipeline_schedule,
+)
 
 
 def test_names_are_torchs_and_stage_count_comes_from_the_class():
@@ -73,7 +78,7 @@ def test_1f1b_keeps_pp_minus_rank_microbatches_in_flight():
 
 def test_unknown_name_lists_the_registered_ones():
     with pytest.raises(ConfigError, match="is not one of 1F1B, Interleaved1F1B, ZBVZeroBubble"):
-        get_schedule("GPipe")
+        get_pipeline_schedule("GPipe")
 
 
 def test_a_new_schedule_is_one_registry_entry():
@@ -83,7 +88,7 @@ def test_a_new_schedule_is_one_registry_entry():
     with pytest.raises(ConfigError):
         resolve_layout(pcfg, 2, llama, 8, 1, 32)
     gpipe = PipelineSchedule("GPipe", ScheduleGPipe, summary="all forwards, then all backwards")
-    register_schedule(gpipe)
+    register_pipeline_schedule(gpipe)
     try:
         layout = resolve_layout(pcfg, 2, llama, 8, 1, 32)
         assert not gpipe.multi_stage and layout.virtual_stages == 1
@@ -91,7 +96,7 @@ def test_a_new_schedule_is_one_registry_entry():
         with pytest.raises(ConfigError, match="needs pp_schedule=Interleaved1F1B/ZBVZeroBubble"):
             resolve_layout(dataclasses.replace(pcfg, pp_virtual_stages=2), 2, llama, 8, 1, 32)
         with pytest.raises(ValueError, match="already registered"):
-            register_schedule(gpipe)
+            register_pipeline_schedule(gpipe)
     finally:
         del SCHEDULES["GPipe"]
 
@@ -100,7 +105,7 @@ def test_a_new_schedule_is_one_registry_entry():
 def test_order_without_the_comm_lowering_is_torchs_order(pp, m):
     """action_order builds each multi-stage class without its send/recv lowering (the costly
     last constructor step): the compute order must be the one the full class computes."""
-    from parallel.schedules import _PlaceholderStage
+    from parallel.pipeline_schedules import _PlaceholderStage
 
     for sched in SCHEDULES.values():
         if not sched.multi_stage:

@@ -6,7 +6,7 @@ is not written here: it is read from the class (`PipelineScheduleSingle` or
 `PipelineScheduleMulti` in torch.distributed.pipelining.schedules), and so is how the engine
 constructs it (a single stage or the list of the rank's stages).
 
-Adding a schedule is one `register_schedule(PipelineSchedule(...))` call below (see
+Adding a schedule is one `register_pipeline_schedule(PipelineSchedule(...))` call below (see
 docs/contributing.md): the layout checks, the engine, the config's list of valid values and the
 planner (`pretrain plan`) all read this registry.
 
@@ -209,21 +209,21 @@ def _one_f_one_b_order(rank: int, pp: int, m: int) -> list[Action]:
 
 
 SCHEDULES: dict[str, PipelineSchedule] = {}
-DEFAULT_SCHEDULE = "1F1B"  # ParallelConfig.pp_schedule's default
+DEFAULT_PIPELINE_SCHEDULE = "1F1B"  # ParallelConfig.pp_schedule's default
 
 
-def register_schedule(schedule: PipelineSchedule) -> PipelineSchedule:
+def register_pipeline_schedule(schedule: PipelineSchedule) -> PipelineSchedule:
     if schedule.name in SCHEDULES:
         raise ValueError(f"pipeline schedule {schedule.name!r} is already registered")
     SCHEDULES[schedule.name] = schedule
     return schedule
 
 
-def schedule_names() -> tuple[str, ...]:
+def pipeline_schedule_names() -> tuple[str, ...]:
     return tuple(SCHEDULES)
 
 
-def get_schedule(name: str) -> PipelineSchedule:
+def get_pipeline_schedule(name: str) -> PipelineSchedule:
     try:
         return SCHEDULES[name]
     except KeyError:
@@ -232,7 +232,7 @@ def get_schedule(name: str) -> PipelineSchedule:
         ) from None
 
 
-register_schedule(
+register_pipeline_schedule(
     PipelineSchedule(
         "1F1B",
         Schedule1F1B,
@@ -240,7 +240,7 @@ register_schedule(
         single_stage_order=_one_f_one_b_order,
     )
 )
-register_schedule(
+register_pipeline_schedule(
     PipelineSchedule(
         "Interleaved1F1B",
         ScheduleInterleaved1F1B,
@@ -249,7 +249,7 @@ register_schedule(
         summary="pp_virtual_stages per rank (r, r+pp, ...): bubble divided by the stage count",
     )
 )
-register_schedule(
+register_pipeline_schedule(
     PipelineSchedule(
         "ZBVZeroBubble",
         ScheduleZBVZeroBubble,
