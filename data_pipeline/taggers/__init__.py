@@ -19,8 +19,10 @@ from dataclasses import fields
 from fnmatch import fnmatchcase
 
 from ..config import TaggersConfig
+from .badwords import badwords_for
 from .base import TAGGERS, Attrs, DocView, Tagger, paragraph_spans, release_memory, whole
-from .content import ContentTagger, badwords_for, blocked_host, load_blocklist
+from .blocklist import blocked_host, load_blocklist
+from .content import ContentTagger
 from .lang import LangTagger, fasttext_batch, fasttext_scores
 from .quality import QualityTagger
 from .sampling import RandomTagger

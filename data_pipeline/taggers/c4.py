@@ -25,8 +25,8 @@ from ..text.kernels import (
     word_set,
 )
 from ..text.words import sentence_counts
+from .badwords import BADWORDS_DIR  # the bundled LDNOOBW lists
 from .base import Attrs, DocView, Reading, whole
-from .content import RESOURCES  # the bundled LDNOOBW lists
 
 # ---------------------------------------------------------------- datatrove
 
@@ -259,7 +259,7 @@ def _dolma_naughty() -> DolmaNaughty:
 
         words, phrases = frozenset(dc4.NAUGHTY_WORDS), sorted(dc4.NAUGHTY_PHRASES)
     except Exception:  # dolma not installed (or its fastText import fails): the same LDNOOBW list
-        entries = json.loads((RESOURCES / "badwords" / "en.json").read_text(encoding="utf-8"))
+        entries = json.loads((BADWORDS_DIR / "en.json").read_text(encoding="utf-8"))
         words = frozenset(w for w in entries if " " not in w)
         phrases = sorted(w for w in entries if " " in w)
     # every dolma phrase holds a space (c4.py:13): find_phrases anchors on spaces

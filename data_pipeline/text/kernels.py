@@ -652,7 +652,7 @@ def content_scan(cp, is_space, is_tok, is_digit, lower, keys, index, flat, start
     False where a token holds a character without a one-to-one lower case (then the caller
     lowers in Python). PII flags: bit 0 \\d\\d\\d[ .-]\\d\\d\\d\\d occurs, bit 1
     \\d\\.\\d{1,3}\\.\\d{1,3}\\.\\d occurs, bit 2 "+" then a digit occurs (the necessary conditions
-    of the phone and IPv4 patterns in content.py). Phone starts: where a match of content.PHONE
+    of the phone and IPv4 patterns in taggers/pii.py). Phone starts: where a match of pii.PHONE
     can begin, in order: each "+" before a digit (its second branch starts there) and the 11 to
     19 positions before the end of each \\d\\d\\d[ .-]\\d\\d\\d\\d (every match of its first branch
     ends in one and is 11 to 19 characters long)."""

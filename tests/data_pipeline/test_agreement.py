@@ -27,7 +27,7 @@ from data_pipeline.sample_text import load_samples
 from data_pipeline.taggers import DocView, QualityTagger, TaggerSet
 from data_pipeline.taggers import c4 as c4_reading
 from data_pipeline.taggers.base import SPACY_VOCAB
-from data_pipeline.taggers.lang import _fasttext_model
+from data_pipeline.taggers.fasttext_lid import fasttext_model
 from data_pipeline.text import punctuation as our_punctuation
 
 datatrove = pytest.importorskip("datatrove", reason="the test extra installs datatrove")
@@ -110,7 +110,7 @@ class _FastTextAdapter:
     lid.176.ftz, as datatrove's lid.176.bin cannot be downloaded here)."""
 
     def __init__(self):
-        self.f = _fasttext_model("").f
+        self.f = fasttext_model("").f
 
     def predict(self, text, k=-1):
         pairs = self.f.predict(text + "\n", k, 0.0, "strict")

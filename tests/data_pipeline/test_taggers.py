@@ -42,13 +42,13 @@ def test_fasttext_batch_equals_one_predict_per_text():
     """All documents and paragraphs of three languages in one batched call: the same labels and
     the same probabilities as fastText's own one-line `predict` on each text."""
     from data_pipeline.taggers import paragraph_spans
-    from data_pipeline.taggers.lang import _fasttext_model
+    from data_pipeline.taggers.fasttext_lid import fasttext_model
 
     texts = []
     for lang in ("en", "ja", "ru"):
         for d in load_samples(lang)[:40]:
             texts += [d["text"]] + [d["text"][s:e] for s, e in paragraph_spans(d["text"])]
-    f = _fasttext_model("").f
+    f = fasttext_model("").f
     one_by_one = [
         [
             (lab[9:], min(1.0, p))
@@ -78,8 +78,7 @@ def test_language_tagger_skips_only_predictions_it_already_has(monkeypatch):
     predicting the document and every paragraph top-3, on man pages of three languages in one
     run (translations keep English paragraphs) and on texts made for the one-paragraph rule (a
     no-break space is no fastText delimiter: predicted on its own)."""
-    from data_pipeline.taggers import lang as lang_module
-    from data_pipeline.taggers import paragraph_spans
+    from data_pipeline.taggers import fasttext_lid, paragraph_spans
 
     def every_text(text: str) -> dict:
         spans = paragraph_spans(text)
@@ -98,9 +97,9 @@ def test_language_tagger_skips_only_predictions_it_already_has(monkeypatch):
         "Same paragraph twice.\n\nSame paragraph twice.\n\nEin anderer Absatz.",
     ]
     expected = [every_text(t) for t in texts]
-    sent, real = [], lang_module._predict_lines
+    sent, real = [], fasttext_lid.predict_lines
     monkeypatch.setattr(
-        lang_module, "_predict_lines", lambda f, ls, k: sent.extend(ls) or real(f, ls, k)
+        fasttext_lid, "predict_lines", lambda f, ls, k: sent.extend(ls) or real(f, ls, k)
     )
     tagger = LangTagger(LangTaggerConfig())
     assert [tagger({"id": str(i), "text": t}) for i, t in enumerate(texts)] == expected
@@ -116,7 +115,7 @@ def test_language_tagger_skips_only_predictions_it_already_has(monkeypatch):
             return labels, probs
         return [lab[::-1] for lab in labels], [np.array([p[0], p[0]]) for p in probs]
 
-    monkeypatch.setattr(lang_module, "_predict_lines", tied)
+    monkeypatch.setattr(fasttext_lid, "predict_lines", tied)
     assert [LangTagger(LangTaggerConfig())({"text": t}) for t in texts[:20]] == expected[:20]
 
 
@@ -375,7 +374,8 @@ def test_content_scan_equals_the_regex_reading_on_every_sample():
     import json
     import re
 
-    from data_pipeline.taggers.content import MAY_IPV4, MAY_PHONE, MAY_PHONE_INTL, RESOURCES, scan
+    from data_pipeline.taggers.badwords import RESOURCES
+    from data_pipeline.taggers.scan import MAY_IPV4, MAY_PHONE, MAY_PHONE_INTL, scan
 
     folder = str(RESOURCES / "badwords")
     en = badwords_for(folder, "en")
@@ -395,7 +395,7 @@ def test_content_scan_equals_the_regex_reading_on_every_sample():
         own = badwords_for(folder, lang)
         for text in [d["text"] for d in load_samples(lang)] + crafted:
             for bw in {id(b): b for b in (en, own) if b is not None and b.regex is None}.values():
-                n_words, flags, starts, ends, cand, exact, _ = scan(text, bw)
+                n_words, flags, starts, ends, cand, exact, _ = scan(text, bw.table)
                 spans = bw.scanned_spans(text, starts, ends, cand, exact)
                 assert spans == bw.python_spans(text), (lang, text[:80])
                 matched += len(spans)
@@ -438,7 +438,7 @@ def test_unspaced_badwords_prefilter_equals_the_full_regex_scan():
     entries themselves in other cases, run together."""
     import json
 
-    from data_pipeline.taggers.content import RESOURCES
+    from data_pipeline.taggers.badwords import RESOURCES
 
     folder = RESOURCES / "badwords"
     pages = [d["text"] for lang in ("ja", "zh_CN") for d in load_samples(lang)]
@@ -461,7 +461,7 @@ def test_pii_spans_tried_at_their_possible_starts_equal_finditer():
     separators, letters, "+", "(", ")" and "@"."""
     import random
 
-    from data_pipeline.taggers.content import EMAIL, PHONE, pii_spans
+    from data_pipeline.taggers.pii import EMAIL, PHONE, pii_spans
 
     rng = random.Random(0)
     pieces = list("0123456789") * 3 + list(" .-+()@ab_%\n") + ["x.org", "a.b", "555 123 4567"]
@@ -474,3 +474,14 @@ def test_pii_spans_tried_at_their_possible_starts_equal_finditer():
             assert got[kind] == [[m.start(), m.end(), 1.0] for m in rx.finditer(text)], text
             found[kind] += len(got[kind])
     assert min(found.values()) > 100, found
+
+
+def test_every_pii_reading_the_config_accepts_has_its_class():
+    """`taggers.content.pii_reading` is checked against config.PII_READINGS before a run starts;
+    the tagger looks the name up in pii.READINGS: the two lists must name the same readings."""
+    from data_pipeline.config import PII_READINGS
+    from data_pipeline.taggers.pii import READINGS
+
+    assert tuple(READINGS) == PII_READINGS
+    for name, reading in READINGS.items():
+        assert reading.name == name and reading.kinds[0] == "email", name
