@@ -53,8 +53,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 # tests/test_docs.py's commands run in the order the docs give them). Every file that uses the
 # session's Slurm cluster goes to one worker, first: one cluster, started once (two would compete
 # for the same cores), and its jobs, which mostly wait, overlap the other worker's files instead
-# of running alone at the end. Such files live under tests/slurm/ or have "slurm" in their name:
-# the scheduler sees only test ids, and pytest_collection_modifyitems holds files to that rule.
+# of running alone at the end. Such files live under tests/slurm/, whose conftest.py defines the
+# cluster fixture (a copy imported elsewhere would start a second cluster): the scheduler sees
+# only test ids, and pytest_collection_modifyitems holds files to that rule.
 SLURM_GROUP = "slurm-cluster"
 # The parity files (tests/parallel/test_parity*.py: multi-rank launches, minutes) also run as one
 # unit on one worker: measured, two of them at once on 2 cores (8 ranks) took 1327 s for the
@@ -64,7 +65,7 @@ PARITY_GROUP = "parallel-parity"
 
 
 def _uses_slurm_cluster(path: str) -> bool:
-    return "slurm" in path
+    return path.startswith("tests/slurm/")
 
 
 @pytest.hookimpl(optionalhook=True)  # an xdist hook: without xdist, pytest ignores it
@@ -116,7 +117,7 @@ def pytest_collection_modifyitems(config, items):
             item.nodeid.split("::")[0]
         ):
             raise pytest.UsageError(
-                f"{item.nodeid} uses the Slurm cluster: put its file under tests/slurm/ or "
-                "name it *slurm*, so `make test` runs it on the cluster's worker "
-                "(tests/conftest.py)"
+                f"{item.nodeid} uses the Slurm cluster: put its file under tests/slurm/, so "
+                "it shares the session's one cluster and `make test` runs it on the cluster's "
+                "worker (tests/conftest.py)"
             )
