@@ -1,7 +1,8 @@
 """The parallel axes as data: one row per device-mesh axis, read by the layout checks and the
 mesh builder (parallel/layout.py), the config's own checks (parallel/config.py) and the planner
 (parallel/planner/): the axis list, its order on the mesh, the flattened meshes, which axes split
-the batch and which shard dense parameters, and each axis's divisibility rules against a model.
+the batch and which shard dense parameters, each axis's divisibility rules against a model, and
+its planner cost hooks (the bytes its collectives move and the seconds they add to a step).
 
 What each axis does at run time (the tensor-parallel plan, the pipeline split, the all-to-alls of
 expert and context parallelism) stays in the axis's own module; the row says where that is.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from configcore import need
 from model_zoo.config import ModelConfig
@@ -169,6 +170,241 @@ def _pp_embeddings_untied(req: AxisRequest) -> None:
     )
 
 
+# ---- the planner's cost hooks (parallel/planner/comm.py and cost.py call them per row) ---------
+# Each axis's share of a step, in two forms: bytes its collectives move on one rank in one step
+# (`comm_bytes`, what planner/validate.py measures), and the seconds they add to the step time
+# (`step_seconds`). Both return {} when the axis does not communicate in the layout. What they are
+# computed from is passed in (RankVolume, StepCosts below are filled by the planner), so this table
+# imports nothing of the planner. A = one micro-batch's activations on the rank: m x s x d_model x
+# compute bytes for m sequences of s tokens (s / cp per cp rank).
+
+
+class RankVolume(Protocol):
+    """One rank's step, for `comm_bytes` (built by planner/comm.py)."""
+
+    cfg: ModelConfig
+    layout: Any  # a parallel.layout.Layout
+    sizes: dict[str, int]
+    stages: list[int]  # the pipeline stages this rank holds
+    pp_rank: int
+    tokens: int  # this cp rank's tokens of a micro-batch
+    act: int  # A: their activations' bytes [tokens, d_model]
+    cbytes: int  # bytes of the compute dtype
+    full_precision: bool  # fp32/fp64 (otherwise FSDP2 runs even on one rank: mixed precision)
+    fsdp_params: Callable[[], list[tuple[int, int]]]  # (padded all-gather numel, shard count)
+
+
+class StepCosts(Protocol):
+    """One step of rank 0, for `step_seconds` (built by planner/cost.py)."""
+
+    cfg: ModelConfig
+    layout: Any
+    act_bytes: float  # A
+    layers_per_rank: int
+    compute: float  # seconds of compute of the slowest pipeline rank
+    stage_params: float  # parameters of one stage's tp shard
+    cbytes: int
+    bandwidth: Callable[[tuple[str, ...]], float]  # bytes/s per rank of a group over these axes
+
+
+def ring(n: int) -> float:
+    """Share of a buffer each rank sends in a ring collective over n ranks."""
+    return (n - 1) / n if n > 1 else 0.0
+
+
+def recomputed(layout, lid: int) -> bool:
+    """Whether activation checkpointing runs layer `lid`'s forward again in backward."""
+    mode = layout.activation_checkpointing
+    return mode == "full" or (mode == "selective" and lid % layout.ac_every_n == 0)
+
+
+def _rank_layers(layout, stages) -> list[int]:
+    return [lid for s in stages for lid in layout.stage_layers[s]]
+
+
+def _tp_bytes(v: RankVolume) -> dict[str, int]:
+    """Per layer, forward: 2 all-gathers (attention / MLP inputs back to the full sequence) and 2
+    reduce-scatters (their outputs back to sequence shards), backward the same: 8A. Embedding
+    (vocab-parallel, reduce-scatter to the sequence) and output layer (all-gather of its input):
+    2A each. Recomputed layers run the forward's collectives again up to the last tensor backward
+    needs (torch's non-reentrant checkpoint stops early: the final reduce-scatter is skipped):
+    +3A. Replicated KV heads add the all-reduce of the k and v gradients."""
+    cfg, layout, tp, act = v.cfg, v.layout, v.layout.tp, v.act
+    if tp == 1:
+        return {}
+    total = 0
+    for sid in v.stages:
+        per_mb = 0
+        for lid in layout.stage_layers[sid]:
+            per_mb += 8 * act + (3 * act if recomputed(layout, lid) else 0)
+            if not cfg.mla.enabled and cfg.kv_heads % tp:
+                kv = v.tokens * cfg.kv_heads * cfg.dim_per_head
+                per_mb += 2 * kv * v.cbytes
+        if sid == 0:
+            per_mb += 2 * act
+        if sid == layout.n_stages - 1:
+            per_mb += 2 * act
+        total += per_mb * layout.n_microbatches
+    return {"tp": total}
+
+
+def _tp_seconds(c: StepCosts) -> dict[str, float]:
+    """8A per layer and micro-batch (sequence parallel), not overlapped: on the critical path."""
+    layout = c.layout
+    if layout.tp == 1:
+        return {}
+    per = 8 * c.act_bytes * ring(layout.tp) / c.bandwidth(("tp",))
+    return {"tp_comm": per * c.layers_per_rank * layout.n_microbatches}
+
+
+def _pp_bytes(v: RankVolume) -> dict[str, int]:
+    """Per micro-batch, each stage boundary that crosses to another rank: the activation (A / tp)
+    forward and its gradient backward, counted on the sending and receiving rank."""
+    layout = v.layout
+    if layout.pp == 1:
+        return {}
+    owner = {s: r for r in range(layout.pp) for s in layout.stages_of_rank(r)}
+    hops = sum(
+        0 <= nb < layout.n_stages and owner[nb] != v.pp_rank
+        for sid in v.stages
+        for nb in (sid - 1, sid + 1)
+    )
+    return {"pp": hops * 2 * (v.act // layout.tp) * layout.n_microbatches}
+
+
+def _pp_seconds(c: StepCosts) -> dict[str, float]:
+    """One send of the A / tp activation per virtual stage and micro-batch, each way."""
+    layout = c.layout
+    if layout.pp == 1:
+        return {}
+    sends = 2 * layout.virtual_stages * layout.n_microbatches
+    return {"pp_comm": sends * c.act_bytes / layout.tp / c.bandwidth(("pp",))}
+
+
+def _fsdp_bytes(v: RankVolume) -> dict[str, int]:
+    """FSDP over dp_shard x ep x cp, HSDP's replicate over dp_replicate. Per block (each layer,
+    and the stage root: embeddings, final norm, output) the all-gather of its tp-local parameters
+    in the compute dtype, padded by FSDP2 to equal shards, and the reduce-scatter of the gradients
+    in fp32. Without a pipeline blocks are re-sharded after forward, so each micro-batch gathers
+    twice and reduce-scatters once; under a pipeline the schedule gathers once and reduce-scatters
+    once per step (no re-shard, no sync between micro-batches). HSDP all-reduces the fp32
+    gradient shards over dp_replicate as often. Routed experts under ep > 1 are their own FSDP
+    unit over dp_shard."""
+    layout, n_mb = v.layout, v.layout.n_microbatches
+    if not (layout.dp > 1 or layout.cp > 1 or not v.full_precision):
+        return {}
+    gathers, syncs = (2 * n_mb, n_mb) if layout.pp == 1 else (1, 1)
+    fsdp = replicate = 0
+    for full, n in v.fsdp_params():
+        if full == 0 or n == 1:
+            continue  # a one-rank FSDP group moves nothing
+        fsdp += gathers * full * v.cbytes + syncs * full * 4
+        if layout.dp_replicate > 1:  # the padded fp32 shard, all-reduced
+            replicate += syncs * (full // n) * 4
+    return {"fsdp": fsdp, "dp_replicate": replicate}
+
+
+def _fsdp_seconds(c: StepCosts) -> dict[str, float]:
+    """The stage's parameters all-gathered (again in backward without a pipeline) and gradients
+    reduce-scattered in fp32 over dp_shard x ep x cp; HSDP adds an all-reduce of the shards over
+    dp_replicate; overlapped with compute, so only the part longer than compute is exposed."""
+    layout = c.layout
+    if layout.dp * layout.cp == 1:
+        return {}
+    gathers = 1 if layout.pp > 1 else 2
+    n = layout.dp_shard * layout.ep * layout.cp
+    vol = c.stage_params * ring(n) * (gathers * c.cbytes + 4)
+    t = vol / c.bandwidth(("dp_shard", "ep", "cp"))
+    if layout.dp_replicate > 1:
+        rep_bw = c.bandwidth(("dp_replicate",))
+        t += 2 * 4 * c.stage_params / n * ring(layout.dp_replicate) / rep_bw
+    return {"fsdp_exposed": max(0.0, t - c.compute)}
+
+
+def _ep_bytes(v: RankVolume) -> dict[str, int]:
+    """Per MoE layer and micro-batch: the per-expert counts (int64) and the routed tokens
+    (m x s x top_k rows) there and back, forward and backward; balanced routing is assumed for
+    what a rank receives."""
+    cfg, layout = v.cfg, v.layout
+    if layout.ep == 1:
+        return {}
+    routed = v.tokens * cfg.moe.top_k * cfg.d_model * v.cbytes
+    counts = 8 * cfg.moe.n_experts
+    total = 0
+    for sid in v.stages:
+        layers = layout.stage_layers[sid]
+        n_moe = sum(cfg.is_moe_layer(lid) for lid in layers)
+        ckpt_moe = sum(cfg.is_moe_layer(lid) and recomputed(layout, lid) for lid in layers)
+        # forward: counts + tokens out + results back; backward: the two reversed
+        total += n_moe * (counts + 4 * routed) + ckpt_moe * (counts + 2 * routed)
+    return {"ep": layout.n_microbatches * total}
+
+
+def _ep_seconds(c: StepCosts) -> dict[str, float]:
+    """2 all-to-alls forward and 2 backward of the routed tokens (top_k copies) per MoE layer."""
+    cfg, layout = c.cfg, c.layout
+    if layout.ep == 1:
+        return {}
+    moe_layers = sum(
+        cfg.is_moe_layer(lid) for lid in _rank_layers(layout, layout.stages_of_rank(0))
+    )
+    routed = c.act_bytes * cfg.moe.top_k
+    per = 4 * routed * ring(layout.ep) / c.bandwidth(("ep",))
+    return {"ep_comm": per * moe_layers * layout.n_microbatches}
+
+
+def cp_layer_bytes(cfg: ModelConfig, layout, recomputed: bool, cbytes: int) -> int:
+    """Bytes one rank's context-parallel collectives move in one attention layer's forward and
+    backward of a micro-batch (a recomputed layer runs its forward's again).
+
+    alltoall (DeepSpeed-Ulysses): forward, q, k and v (GQA's KV heads repeated to the query
+      heads) go from [seq/cp tokens, heads/tp] to [seq tokens, heads/tp/cp] and the attention
+      output back: four all-to-alls whose input is this rank's [seq/cp, heads/tp] slice of each;
+      backward the same four for the gradients.
+    ring: forward, each rank passes its K and V chunk [seq/cp, kv_heads/tp] on cp-1 times;
+      backward, K and V go round again with their gradients (4 tensors, cp-1 hops)."""
+    cp, tp = layout.cp, layout.tp
+    tokens = layout.micro_batch_size * layout.seq_len // cp
+    if cfg.mla.enabled:
+        qk = cfg.mla.qk_nope_head_dim + cfg.mla.qk_rope_head_dim
+        v, kv_heads = cfg.mla.v_head_dim, cfg.n_heads  # MLA expands K/V per query head
+    else:
+        qk = v = cfg.dim_per_head
+        kv_heads = cfg.kv_heads
+    if layout.cp_style == "alltoall":
+        per_pass = tokens * (cfg.n_heads // tp) * (2 * qk + 2 * v) * cbytes  # q, k, v, output
+        return per_pass * (2 + (1 if recomputed else 0))
+    kv = tokens * max(kv_heads // tp, 1) * (qk + v) * cbytes
+    return (cp - 1) * kv * (1 + 2 + (1 if recomputed else 0))
+
+
+def _cp_bytes(v: RankVolume) -> dict[str, int]:
+    """Per attention layer and micro-batch, `cp_layer_bytes`. Under cp every activation of the
+    other axes is a cp rank's share (seq_len / cp tokens), and FSDP's groups span
+    dp_shard x ep x cp."""
+    layout = v.layout
+    if layout.cp == 1:
+        return {}
+    return {
+        "cp": sum(
+            layout.n_microbatches * cp_layer_bytes(v.cfg, layout, recomputed(layout, lid), v.cbytes)
+            for lid in _rank_layers(layout, v.stages)
+        )
+    }
+
+
+def _cp_seconds(c: StepCosts) -> dict[str, float]:
+    """Not overlapped with attention (both styles wait for their K/V)."""
+    cfg, layout = c.cfg, c.layout
+    if layout.cp == 1:
+        return {}
+    per_mb = sum(
+        cp_layer_bytes(cfg, layout, recomputed(layout, lid), c.cbytes)
+        for lid in _rank_layers(layout, layout.stages_of_rank(0))
+    )
+    return {"cp_comm": per_mb * ring(layout.cp) / c.bandwidth(("cp",)) * layout.n_microbatches}
+
+
 @dataclass(frozen=True)
 class Axis:
     """One device-mesh axis.
@@ -187,6 +423,9 @@ class Axis:
         raises ConfigError with the reason.
     params, activations: how it shards parameters and activations.
     module: where it is applied at run time.
+    comm_bytes, step_seconds: its planner cost hooks (above): the bytes its collectives move on a
+        rank in a step, and the seconds they add to the step time. FSDP's (over dp_shard x ep x
+        cp, with HSDP's replicate all-reduce) sit on dp_shard's row: one group, one exposure.
     """
 
     name: str
@@ -200,6 +439,8 @@ class Axis:
     named_at_one: bool = True
     remainder: bool = False
     checks: tuple[Callable[[AxisRequest], None], ...] = ()
+    comm_bytes: Callable[[RankVolume], dict[str, int]] | None = None
+    step_seconds: Callable[[StepCosts], dict[str, float]] | None = None
 
 
 # In the order refusals and suggestions name the axes (tests match those messages).
@@ -219,6 +460,8 @@ AXES = (
             _tp_splits_vocab,
             _tp_splits_sequence,
         ),
+        comm_bytes=_tp_bytes,
+        step_seconds=_tp_seconds,
     ),
     Axis(
         "pp",
@@ -227,6 +470,8 @@ AXES = (
         activations="one stage's activations per micro-batch in flight",
         module="parallel/engine.py (prune_to_stage, the schedules of parallel/pipeline_schedules.py)",
         checks=(_pp_schedule_takes_stages, _pp_embeddings_untied),
+        comm_bytes=_pp_bytes,
+        step_seconds=_pp_seconds,
     ),
     Axis(
         "dp_replicate",
@@ -248,6 +493,8 @@ AXES = (
         fsdp="shard",
         tokens=True,
         remainder=True,
+        comm_bytes=_fsdp_bytes,
+        step_seconds=_fsdp_seconds,
     ),
     Axis(
         "ep",
@@ -260,6 +507,8 @@ AXES = (
         fsdp="shard",
         tokens=True,
         checks=(_ep_has_experts, _ep_splits_experts),
+        comm_bytes=_ep_bytes,
+        step_seconds=_ep_seconds,
     ),
     Axis(
         "cp",
@@ -275,6 +524,8 @@ AXES = (
             _cp_rank_tokens_split_over_tp,
             _cp_style_fits_attention,
         ),
+        comm_bytes=_cp_bytes,
+        step_seconds=_cp_seconds,
     ),
 )
 AXIS = {a.name: a for a in AXES}

@@ -6,27 +6,22 @@ Compute: the model's training FLOPs per token (`model_zoo.counting.training_flop
 each recomputed layer, over peak x `efficiency`. Under FP8 the linear layers' FLOPs run at the fp8
 peak x efficiency x FP8_EFFICIENCY_RATIO and attention at the bf16 one.
 
-Communication per micro-batch and stage (ring algorithms, (n-1)/n of the buffer per rank):
-  TP + sequence parallel: per layer, forward 2 all-gathers and 2 reduce-scatters of the
-    [mbs, seq, d_model] activation, the same again in backward (not overlapped: on the critical path)
-  EP: per MoE layer, 2 all-to-alls forward and 2 backward of the routed tokens (top_k copies)
-  PP: one send of the [mbs, seq/tp, d_model] activation per stage boundary each way
-  FSDP: per step, the stage's parameters all-gathered (again in backward without a pipeline)
-    and gradients reduce-scattered in fp32; HSDP adds an all-reduce of the shards over
-    dp_replicate; overlapped with compute (only the part longer than compute is exposed).
+Communication: each axis's term comes from its row of the axis table (parallel/axes.py, the
+`step_seconds` hooks: TP + sequence parallel, EP's all-to-alls, PP's sends, context parallel's
+all-to-alls or ring, FSDP/HSDP exposed beyond compute), over the bandwidth of the group's ranks.
 A group is intra-node when all its ranks share a node: its stride x size fits in gpus_per_node
 (parallel/axes.py MESH_AXES: pp, dp_replicate, dp_shard, ep, cp, tp, tp innermost).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from model_zoo.config import ModelConfig
 from model_zoo.counting import count_parameters, training_flops_per_token
-from parallel.axes import INNER_FIRST
+from parallel.axes import AXES, INNER_FIRST
 from parallel.layout import Layout
-from parallel.planner.comm import cp_layer_bytes
 from parallel.planner.hardware import GPUSpec
 from parallel.planner.memory import COMPUTE_BYTES, config_key
 
@@ -49,15 +44,30 @@ def group_bandwidth(layout: Layout, axes: tuple[str, ...], gpu: GPUSpec, gpus_pe
     return (gpu.nvlink_gbps if intra else gpu.net_gbps) * 1e9, intra
 
 
+@dataclass(frozen=True)
+class _StepCosts:
+    """What the axes' step_seconds hooks read (parallel/axes.py StepCosts)."""
+
+    cfg: ModelConfig
+    layout: Layout
+    act_bytes: float
+    layers_per_rank: int
+    compute: float
+    stage_params: float
+    cbytes: int
+    bandwidth: Callable[[tuple[str, ...]], float]
+
+
 @dataclass
 class StepTime:
     compute: float
     bubble: float
-    tp_comm: float
-    ep_comm: float
-    pp_comm: float
-    fsdp_exposed: float
-    cp_comm: float = 0.0  # not overlapped with attention (both styles wait for their K/V)
+    # the axes' terms (parallel/axes.py, each row's step_seconds hook): 0 where an axis is off
+    tp_comm: float = 0.0
+    ep_comm: float = 0.0
+    pp_comm: float = 0.0
+    fsdp_exposed: float = 0.0
+    cp_comm: float = 0.0
 
     @property
     def total(self) -> float:
@@ -77,10 +87,6 @@ class StepTime:
             "cp comm": self.cp_comm,
         }
         return max(terms, key=terms.get)
-
-
-def _ring(n: int) -> float:
-    return (n - 1) / n if n > 1 else 0.0
 
 
 def _simulate(layout: Layout, fwd: dict[int, float], bwd: dict[int, float]) -> float:
@@ -196,50 +202,18 @@ def step_time(
         bubble = max(0.0, makespan - slowest)
     else:
         bubble = 0.0
-    act_bytes = tokens_mb * cfg.d_model * COMPUTE_BYTES[layout.precision]
-    layers_per_rank = sum(len(layout.stage_layers[s]) for s in layout.stages_of_rank(0))
-    tp_bw, _ = group_bandwidth(layout, ("tp",), gpu, gpus_per_node)
-    tp_comm = 8 * act_bytes * _ring(tp) / tp_bw * layers_per_rank * layout.n_microbatches
-    ep_comm = 0.0
-    if layout.ep > 1:
-        moe_layers = sum(
-            cfg.is_moe_layer(lid)
-            for s in layout.stages_of_rank(0)
-            for lid in layout.stage_layers[s]
-        )
-        ep_bw, _ = group_bandwidth(layout, ("ep",), gpu, gpus_per_node)
-        routed = act_bytes * cfg.moe.top_k
-        ep_comm = 4 * routed * _ring(layout.ep) / ep_bw * moe_layers * layout.n_microbatches
-    pp_comm = 0.0
-    if layout.pp > 1:
-        pp_bw, _ = group_bandwidth(layout, ("pp",), gpu, gpus_per_node)
-        sends = 2 * layout.virtual_stages * layout.n_microbatches
-        pp_comm = sends * act_bytes / tp / pp_bw
-    cp_comm = 0.0
-    if layout.cp > 1:
-        cp_bw, _ = group_bandwidth(layout, ("cp",), gpu, gpus_per_node)
-        per_mb = sum(
-            cp_layer_bytes(cfg, layout, recomputed=_recomputed(layout, lid))
-            for s in layout.stages_of_rank(0)
-            for lid in layout.stage_layers[s]
-        )
-        cp_comm = per_mb * _ring(layout.cp) / cp_bw * layout.n_microbatches
-    fsdp_exposed = 0.0
-    if layout.dp * layout.cp > 1:
-        stage_params = count.total / layout.pp / tp
-        dp_bw, _ = group_bandwidth(layout, ("dp_shard", "ep", "cp"), gpu, gpus_per_node)
-        gathers = 1 if layout.pp > 1 else 2
-        cbytes = COMPUTE_BYTES[layout.precision]
-        n = layout.dp_shard * layout.ep * layout.cp
-        vol = stage_params * _ring(n) * (gathers * cbytes + 4)
-        t = vol / dp_bw
-        if layout.dp_replicate > 1:
-            rep_bw, _ = group_bandwidth(layout, ("dp_replicate",), gpu, gpus_per_node)
-            t += 2 * 4 * stage_params / n * _ring(layout.dp_replicate) / rep_bw
-        fsdp_exposed = max(0.0, t - compute)
-    return StepTime(compute, bubble, tp_comm, ep_comm, pp_comm, fsdp_exposed, cp_comm)
-
-
-def _recomputed(layout: Layout, lid: int) -> bool:
-    mode = layout.activation_checkpointing
-    return mode == "full" or (mode == "selective" and lid % layout.ac_every_n == 0)
+    costs = _StepCosts(
+        cfg,
+        layout,
+        act_bytes=tokens_mb * cfg.d_model * COMPUTE_BYTES[layout.precision],
+        layers_per_rank=sum(len(layout.stage_layers[s]) for s in layout.stages_of_rank(0)),
+        compute=compute,
+        stage_params=count.total / layout.pp / tp,
+        cbytes=COMPUTE_BYTES[layout.precision],
+        bandwidth=lambda axes: group_bandwidth(layout, axes, gpu, gpus_per_node)[0],
+    )
+    terms: dict[str, float] = {}
+    for axis in AXES:  # each axis's communication term, from its row's hook
+        if axis.step_seconds is not None:
+            terms.update(axis.step_seconds(costs))
+    return StepTime(compute, bubble, **terms)

@@ -61,3 +61,72 @@ def test_mesh_and_planner_coordinates_follow_the_table(model, pcfg):
             assert len(group) == sizes[flat] == math.prod(getattr(layout, a) for a in axes)
             for position, rank in enumerate(group):
                 assert rank_coords(layout, rank)[flat] == position, (flat, rank)
+
+
+def _one_axis_on(name: str):
+    """(model config, layout) with `name` at size 2 and every other axis at 1 (HSDP for
+    dp_replicate: it replicates over 2 shards of 2), bf16."""
+    cfg = get_model_config("deepseek-v2-lite-tiny" if name == "ep" else "llama3-tiny")
+    sizes = {"dp_shard": 1, name: 2}
+    if name == "dp_replicate":
+        sizes["dp_shard"] = 2
+    world = math.prod(sizes.values())
+    return cfg, resolve_layout(ParallelConfig(precision="bf16", **sizes), world, cfg, 8, 1, 64)
+
+
+# what each axis's hooks report: collective_bytes keys, StepTime fields (FSDP, over dp_shard x ep
+# x cp with HSDP's all-reduce over dp_replicate, is dp_shard's row: one group, one exposure)
+BYTES_KEYS = {"dp_shard": ("fsdp",), "dp_replicate": ("dp_replicate",)}
+SECONDS_FIELD = {"dp_shard": "fsdp_exposed", "dp_replicate": "fsdp_exposed"}
+
+
+@pytest.mark.parametrize("name", [a.name for a in AXES])
+def test_each_axis_cost_comes_from_its_row(name, monkeypatch):
+    """One axis on: its row's hooks report its bytes and seconds and no other axis's term moves;
+    and the planner reads them from the table (a row's hooks replaced, the planner's figures are
+    the replacement's)."""
+    import parallel.planner.comm as comm
+    import parallel.planner.cost as cost
+    from parallel.planner.hardware import GPUS
+
+    cfg, layout = _one_axis_on(name)
+    got = comm.collective_bytes(cfg, layout, 0)
+    own = BYTES_KEYS.get(name, (name,))
+    assert all(got[k] > 0 for k in own), (name, got)
+    moved = {k for k, v in got.items() if v and k not in (*own, "fsdp", "other")}
+    assert not moved, (name, moved)  # fsdp: ep and cp shard dense parameters too
+    t = cost.step_time(cfg, layout, GPUS["H100"], 8, 0.5)
+    field = SECONDS_FIELD.get(name, f"{name}_comm")
+    terms = {f.name: getattr(t, f.name) for f in dataclasses.fields(cost.StepTime)}
+    if field != "fsdp_exposed":  # FSDP's may hide under compute entirely
+        assert terms[field] > 0, (name, terms)
+    moved = {k for k, v in terms.items() if v and k not in (field, "compute", "bubble")}
+    assert moved <= {"fsdp_exposed"}, (name, moved)
+
+    row = "dp_shard" if name == "dp_replicate" else name
+    patched = tuple(
+        dataclasses.replace(
+            a, comm_bytes=lambda v: {"tp": 12345}, step_seconds=lambda c: {"tp_comm": 6.5}
+        )
+        if a.name == row
+        else a
+        for a in AXES
+    )
+    monkeypatch.setattr(comm, "AXES", patched)
+    monkeypatch.setattr(cost, "AXES", patched)
+    assert comm.collective_bytes(cfg, layout, 0)["tp"] == 12345
+    assert cost.step_time(cfg, layout, GPUS["H100"], 8, 0.5).tp_comm == 6.5
+
+
+def test_axis_hooks_are_silent_in_one_process():
+    from parallel.planner.comm import collective_bytes
+    from parallel.planner.cost import step_time
+    from parallel.planner.hardware import GPUS
+
+    cfg = get_model_config("llama3-tiny")
+    layout = resolve_layout(ParallelConfig(precision="bf16"), 1, cfg, 8, 1, 64)
+    assert collective_bytes(cfg, layout, 0) == {
+        "tp": 0, "pp": 0, "fsdp": 0, "dp_replicate": 0, "ep": 0, "cp": 0, "other": 16,
+    }  # fmt: skip
+    t = step_time(cfg, layout, GPUS["H100"], 8, 0.5)
+    assert t.total == t.compute and t.dominant == "compute"
