@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from configcore import need
 from model_zoo.config import ModelConfig
@@ -179,8 +179,9 @@ def _pp_embeddings_untied(req: AxisRequest) -> None:
 # compute bytes for m sequences of s tokens (s / cp per cp rank).
 
 
-class RankVolume(Protocol):
-    """One rank's step, for `comm_bytes` (built by planner/comm.py)."""
+@dataclass(frozen=True)
+class RankVolume:
+    """One rank's step, for `comm_bytes` (filled by planner/comm.py)."""
 
     cfg: ModelConfig
     layout: Any  # a parallel.layout.Layout
@@ -194,8 +195,9 @@ class RankVolume(Protocol):
     fsdp_params: Callable[[], list[tuple[int, int]]]  # (padded all-gather numel, shard count)
 
 
-class StepCosts(Protocol):
-    """One step of rank 0, for `step_seconds` (built by planner/cost.py)."""
+@dataclass(frozen=True)
+class StepCosts:
+    """One step of rank 0, for `step_seconds` (filled by planner/cost.py)."""
 
     cfg: ModelConfig
     layout: Any
@@ -210,12 +212,6 @@ class StepCosts(Protocol):
 def ring(n: int) -> float:
     """Share of a buffer each rank sends in a ring collective over n ranks."""
     return (n - 1) / n if n > 1 else 0.0
-
-
-def recomputed(layout, lid: int) -> bool:
-    """Whether activation checkpointing runs layer `lid`'s forward again in backward."""
-    mode = layout.activation_checkpointing
-    return mode == "full" or (mode == "selective" and lid % layout.ac_every_n == 0)
 
 
 def _rank_layers(layout, stages) -> list[int]:
@@ -236,7 +232,7 @@ def _tp_bytes(v: RankVolume) -> dict[str, int]:
     for sid in v.stages:
         per_mb = 0
         for lid in layout.stage_layers[sid]:
-            per_mb += 8 * act + (3 * act if recomputed(layout, lid) else 0)
+            per_mb += 8 * act + (3 * act if layout.recomputes(lid) else 0)
             if not cfg.mla.enabled and cfg.kv_heads % tp:
                 kv = v.tokens * cfg.kv_heads * cfg.dim_per_head
                 per_mb += 2 * kv * v.cbytes
@@ -334,7 +330,7 @@ def _ep_bytes(v: RankVolume) -> dict[str, int]:
     for sid in v.stages:
         layers = layout.stage_layers[sid]
         n_moe = sum(cfg.is_moe_layer(lid) for lid in layers)
-        ckpt_moe = sum(cfg.is_moe_layer(lid) and recomputed(layout, lid) for lid in layers)
+        ckpt_moe = sum(cfg.is_moe_layer(lid) and layout.recomputes(lid) for lid in layers)
         # forward: counts + tokens out + results back; backward: the two reversed
         total += n_moe * (counts + 4 * routed) + ckpt_moe * (counts + 2 * routed)
     return {"ep": layout.n_microbatches * total}
@@ -387,7 +383,7 @@ def _cp_bytes(v: RankVolume) -> dict[str, int]:
         return {}
     return {
         "cp": sum(
-            layout.n_microbatches * cp_layer_bytes(v.cfg, layout, recomputed(layout, lid), v.cbytes)
+            layout.n_microbatches * cp_layer_bytes(v.cfg, layout, layout.recomputes(lid), v.cbytes)
             for lid in _rank_layers(layout, v.stages)
         )
     }
@@ -399,7 +395,7 @@ def _cp_seconds(c: StepCosts) -> dict[str, float]:
     if layout.cp == 1:
         return {}
     per_mb = sum(
-        cp_layer_bytes(cfg, layout, recomputed(layout, lid), c.cbytes)
+        cp_layer_bytes(cfg, layout, layout.recomputes(lid), c.cbytes)
         for lid in _rank_layers(layout, layout.stages_of_rank(0))
     )
     return {"cp_comm": per_mb * ring(layout.cp) / c.bandwidth(("cp",)) * layout.n_microbatches}

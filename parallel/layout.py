@@ -95,6 +95,12 @@ class Layout:
     def schedule(self) -> PipelineSchedule:
         return get_pipeline_schedule(self.pp_schedule)
 
+    def recomputes(self, lid: int) -> bool:
+        """Whether activation checkpointing runs layer `lid`'s forward again in backward (what
+        parallelize's apply_ac wraps: every layer, or every ac_every_n-th)."""
+        mode = self.activation_checkpointing
+        return mode == "full" or (mode == "selective" and lid % self.ac_every_n == 0)
+
     def stages_of_rank(self, pp_rank: int) -> list[int]:
         """Stage ids held by one pp rank, placed as the schedule says (parallel/pipeline_schedules.py)."""
         if self.pp == 1:

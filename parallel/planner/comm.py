@@ -11,11 +11,9 @@ and loss all-reduces (8 bytes each).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 
 from model_zoo.config import ModelConfig
-from parallel.axes import AXES
+from parallel.axes import AXES, RankVolume
 from parallel.config import FULL_PRECISIONS
 from parallel.layout import Layout
 from parallel.planner.memory import (
@@ -46,22 +44,6 @@ def _padded_unsharded(rule, sizes: dict[str, int]) -> int:
     return math.ceil(dim0 / n) * n * rest
 
 
-@dataclass(frozen=True)
-class _RankVolume:
-    """What the axes' comm_bytes hooks read (parallel/axes.py RankVolume)."""
-
-    cfg: ModelConfig
-    layout: Layout
-    sizes: dict[str, int]
-    stages: list[int]
-    pp_rank: int
-    tokens: int
-    act: int
-    cbytes: int
-    full_precision: bool
-    fsdp_params: Callable[[], list[tuple[int, int]]]
-
-
 def _fsdp_params(cfg: ModelConfig, layout: Layout, sizes: dict[str, int], stages: list[int]):
     """(padded all-gather numel, FSDP shard count) of every parameter of the rank's stages."""
     rules = param_rules(cfg, layout)
@@ -81,7 +63,7 @@ def collective_bytes(cfg: ModelConfig, layout: Layout, rank: int) -> dict[str, i
     cbytes = COMPUTE_BYTES[layout.precision]
     tokens = layout.micro_batch_size * layout.seq_len // layout.cp  # this cp rank's
     sizes, stages = axis_sizes(layout), list(layout.stages_of_rank(coords["pp"]))
-    v = _RankVolume(
+    v = RankVolume(
         cfg, layout, sizes, stages, coords["pp"], tokens, tokens * cfg.d_model * cbytes, cbytes,
         layout.precision in FULL_PRECISIONS, lambda: _fsdp_params(cfg, layout, sizes, stages),
     )  # fmt: skip

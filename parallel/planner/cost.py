@@ -15,12 +15,11 @@ A group is intra-node when all its ranks share a node: its stride x size fits in
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from model_zoo.config import ModelConfig
 from model_zoo.counting import count_parameters, training_flops_per_token
-from parallel.axes import AXES, INNER_FIRST
+from parallel.axes import AXES, INNER_FIRST, StepCosts
 from parallel.layout import Layout
 from parallel.planner.hardware import GPUSpec
 from parallel.planner.memory import COMPUTE_BYTES, config_key
@@ -42,20 +41,6 @@ def group_bandwidth(layout: Layout, axes: tuple[str, ...], gpu: GPUSpec, gpus_pe
         stride *= size
     intra = span <= gpus_per_node
     return (gpu.nvlink_gbps if intra else gpu.net_gbps) * 1e9, intra
-
-
-@dataclass(frozen=True)
-class _StepCosts:
-    """What the axes' step_seconds hooks read (parallel/axes.py StepCosts)."""
-
-    cfg: ModelConfig
-    layout: Layout
-    act_bytes: float
-    layers_per_rank: int
-    compute: float
-    stage_params: float
-    cbytes: int
-    bandwidth: Callable[[tuple[str, ...]], float]
 
 
 @dataclass
@@ -175,9 +160,7 @@ def step_time(
         for lid in layers:
             lf = layer_flops * tokens_mb / tp / 3  # forward is a third of forward + backward
             f += seconds(lf, 1 - attention_share)
-            ckpt = layout.activation_checkpointing == "full" or (
-                layout.activation_checkpointing == "selective" and lid % layout.ac_every_n == 0
-            )
+            ckpt = layout.recomputes(lid)
             if ckpt:
                 recompute += seconds(lf, 1 - attention_share)
         if sid == layout.n_stages - 1:
@@ -202,7 +185,7 @@ def step_time(
         bubble = max(0.0, makespan - slowest)
     else:
         bubble = 0.0
-    costs = _StepCosts(
+    costs = StepCosts(
         cfg,
         layout,
         act_bytes=tokens_mb * cfg.d_model * COMPUTE_BYTES[layout.precision],

@@ -794,9 +794,7 @@ class ActivationModel:
         released = self.released_before_layers(last)
         ckpts = []
         for lid in layout.stage_layers[stage]:
-            ckpt = layout.activation_checkpointing == "full" or (
-                layout.activation_checkpointing == "selective" and lid % layout.ac_every_n == 0
-            )
+            ckpt = layout.recomputes(lid)
             ckpts.append(ckpt)
             k, t = self.layer(self.kinds[lid], ckpt)
             kept += k
