@@ -23,7 +23,8 @@ from .badwords import badwords_for
 from .base import TAGGERS, Attrs, DocView, Tagger, paragraph_spans, release_memory, whole
 from .blocklist import blocked_host, load_blocklist
 from .content import ContentTagger
-from .lang import LangTagger, fasttext_batch, fasttext_scores
+from .fasttext_lid import fasttext_batch, fasttext_scores
+from .lang import LangTagger
 from .quality import QualityTagger
 from .sampling import RandomTagger
 

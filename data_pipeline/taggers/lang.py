@@ -11,9 +11,6 @@ import data_pipeline.taggers.fasttext_lid as ft  # a module, so tests can patch 
 
 from ..config import LangTaggerConfig
 from .base import Attrs, DocView, Tagger, as_view, register, whole
-from .fasttext_lid import fasttext_batch, fasttext_scores
-
-__all__ = ["LangTagger", "fasttext_batch", "fasttext_scores"]
 
 
 @register("lang")
