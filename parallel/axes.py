@@ -11,13 +11,19 @@ Adding an axis: docs/contributing.md, "Adding a parallel axis".
 
 from __future__ import annotations
 
+import importlib
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
 from configcore import need
 from model_zoo.config import ModelConfig
-from parallel.pipeline_schedules import get_pipeline_schedule
+from parallel.pipeline_schedules import (
+    DEFAULT_PIPELINE_SCHEDULE,
+    get_pipeline_schedule,
+    pipeline_schedule_names,
+)
 
 
 @dataclass(frozen=True)
@@ -173,7 +179,8 @@ def _pp_embeddings_untied(req: AxisRequest) -> None:
 # ---- the planner's cost hooks (parallel/planner/comm.py and cost.py call them per row) ---------
 # Each axis's share of a step, in two forms: bytes its collectives move on one rank in one step
 # (`comm_bytes`, what planner/validate.py measures), and the seconds they add to the step time
-# (`step_seconds`). Both return {} when the axis does not communicate in the layout. What they are
+# (`step_seconds`), each keyed by the collective's name ("fsdp" for FSDP's over dp_shard x ep x cp,
+# "dp_replicate" for HSDP's all-reduce), with 0 when the axis does not communicate in the layout. What they are
 # computed from is passed in (RankVolume, StepCosts below are filled by the planner), so this table
 # imports nothing of the planner. A = one micro-batch's activations on the rank: m x s x d_model x
 # compute bytes for m sequences of s tokens (s / cp per cp rank).
@@ -227,7 +234,7 @@ def _tp_bytes(v: RankVolume) -> dict[str, int]:
     +3A. Replicated KV heads add the all-reduce of the k and v gradients."""
     cfg, layout, tp, act = v.cfg, v.layout, v.layout.tp, v.act
     if tp == 1:
-        return {}
+        return {"tp": 0}
     total = 0
     for sid in v.stages:
         per_mb = 0
@@ -248,9 +255,9 @@ def _tp_seconds(c: StepCosts) -> dict[str, float]:
     """8A per layer and micro-batch (sequence parallel), not overlapped: on the critical path."""
     layout = c.layout
     if layout.tp == 1:
-        return {}
+        return {"tp": 0.0}
     per = 8 * c.act_bytes * ring(layout.tp) / c.bandwidth(("tp",))
-    return {"tp_comm": per * c.layers_per_rank * layout.n_microbatches}
+    return {"tp": per * c.layers_per_rank * layout.n_microbatches}
 
 
 def _pp_bytes(v: RankVolume) -> dict[str, int]:
@@ -258,7 +265,7 @@ def _pp_bytes(v: RankVolume) -> dict[str, int]:
     forward and its gradient backward, counted on the sending and receiving rank."""
     layout = v.layout
     if layout.pp == 1:
-        return {}
+        return {"pp": 0}
     owner = {s: r for r in range(layout.pp) for s in layout.stages_of_rank(r)}
     hops = sum(
         0 <= nb < layout.n_stages and owner[nb] != v.pp_rank
@@ -272,9 +279,9 @@ def _pp_seconds(c: StepCosts) -> dict[str, float]:
     """One send of the A / tp activation per virtual stage and micro-batch, each way."""
     layout = c.layout
     if layout.pp == 1:
-        return {}
+        return {"pp": 0.0}
     sends = 2 * layout.virtual_stages * layout.n_microbatches
-    return {"pp_comm": sends * c.act_bytes / layout.tp / c.bandwidth(("pp",))}
+    return {"pp": sends * c.act_bytes / layout.tp / c.bandwidth(("pp",))}
 
 
 def _fsdp_bytes(v: RankVolume) -> dict[str, int]:
@@ -288,7 +295,7 @@ def _fsdp_bytes(v: RankVolume) -> dict[str, int]:
     unit over dp_shard."""
     layout, n_mb = v.layout, v.layout.n_microbatches
     if not (layout.dp > 1 or layout.cp > 1 or not v.full_precision):
-        return {}
+        return {"fsdp": 0, "dp_replicate": 0}
     gathers, syncs = (2 * n_mb, n_mb) if layout.pp == 1 else (1, 1)
     fsdp = replicate = 0
     for full, n in v.fsdp_params():
@@ -306,7 +313,7 @@ def _fsdp_seconds(c: StepCosts) -> dict[str, float]:
     dp_replicate; overlapped with compute, so only the part longer than compute is exposed."""
     layout = c.layout
     if layout.dp * layout.cp == 1:
-        return {}
+        return {"fsdp": 0.0}
     gathers = 1 if layout.pp > 1 else 2
     n = layout.dp_shard * layout.ep * layout.cp
     vol = c.stage_params * ring(n) * (gathers * c.cbytes + 4)
@@ -314,7 +321,7 @@ def _fsdp_seconds(c: StepCosts) -> dict[str, float]:
     if layout.dp_replicate > 1:
         rep_bw = c.bandwidth(("dp_replicate",))
         t += 2 * 4 * c.stage_params / n * ring(layout.dp_replicate) / rep_bw
-    return {"fsdp_exposed": max(0.0, t - c.compute)}
+    return {"fsdp": max(0.0, t - c.compute)}
 
 
 def _ep_bytes(v: RankVolume) -> dict[str, int]:
@@ -323,7 +330,7 @@ def _ep_bytes(v: RankVolume) -> dict[str, int]:
     what a rank receives."""
     cfg, layout = v.cfg, v.layout
     if layout.ep == 1:
-        return {}
+        return {"ep": 0}
     routed = v.tokens * cfg.moe.top_k * cfg.d_model * v.cbytes
     counts = 8 * cfg.moe.n_experts
     total = 0
@@ -340,13 +347,13 @@ def _ep_seconds(c: StepCosts) -> dict[str, float]:
     """2 all-to-alls forward and 2 backward of the routed tokens (top_k copies) per MoE layer."""
     cfg, layout = c.cfg, c.layout
     if layout.ep == 1:
-        return {}
+        return {"ep": 0.0}
     moe_layers = sum(
         cfg.is_moe_layer(lid) for lid in _rank_layers(layout, layout.stages_of_rank(0))
     )
     routed = c.act_bytes * cfg.moe.top_k
     per = 4 * routed * ring(layout.ep) / c.bandwidth(("ep",))
-    return {"ep_comm": per * moe_layers * layout.n_microbatches}
+    return {"ep": per * moe_layers * layout.n_microbatches}
 
 
 def cp_layer_bytes(cfg: ModelConfig, layout, recomputed: bool, cbytes: int) -> int:
@@ -380,7 +387,7 @@ def _cp_bytes(v: RankVolume) -> dict[str, int]:
     dp_shard x ep x cp."""
     layout = v.layout
     if layout.cp == 1:
-        return {}
+        return {"cp": 0}
     return {
         "cp": sum(
             layout.n_microbatches * cp_layer_bytes(v.cfg, layout, layout.recomputes(lid), v.cbytes)
@@ -393,12 +400,115 @@ def _cp_seconds(c: StepCosts) -> dict[str, float]:
     """Not overlapped with attention (both styles wait for their K/V)."""
     cfg, layout = c.cfg, c.layout
     if layout.cp == 1:
-        return {}
+        return {"cp": 0.0}
     per_mb = sum(
         cp_layer_bytes(cfg, layout, layout.recomputes(lid), c.cbytes)
         for lid in _rank_layers(layout, layout.stages_of_rank(0))
     )
-    return {"cp_comm": per_mb * ring(layout.cp) / c.bandwidth(("cp",)) * layout.n_microbatches}
+    return {"cp": per_mb * ring(layout.cp) / c.bandwidth(("cp",)) * layout.n_microbatches}
+
+
+# ---- the planner's sizes (parallel/planner/search.py tries, per axis, what its row's
+# `plan_sizes` returns, picking the axes in PLAN_ORDER, each from what the earlier ones left) ----
+
+
+@dataclass(frozen=True)
+class PlanSpace:
+    """What the planner's size hooks look at: the model, the world, a node, the sequence."""
+
+    cfg: ModelConfig
+    world: int
+    gpus_per_node: int
+    seq_len: int
+
+    def left(self, chosen: dict[str, int]) -> int:
+        """The ranks left to split once the axes in `chosen` have their sizes."""
+        return self.world // math.prod(chosen.values())
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _pow2_divisors(n: int, cap: int) -> list[int]:
+    return [d for d in (1, 2, 4, 8, 16, 32, 64) if d <= cap and n % d == 0]
+
+
+def _tp_plan_sizes(space: PlanSpace, chosen: dict[str, int]) -> list[int]:
+    """Powers of two within a node: tp's collectives are the most frequent."""
+    return _pow2_divisors(space.left(chosen), space.gpus_per_node)
+
+
+# Context parallelism is for long sequences: it is tried from 8192 tokens on, and only as far as
+# each cp rank keeps at least 2048 of them (below that its per-layer all-to-all / ring costs more
+# than the activations it saves; every cp value is a separate set of activation probes).
+CP_MIN_SEQ = 8192
+CP_MIN_TOKENS_PER_RANK = 2048
+
+
+def _cp_plan_sizes(space: PlanSpace, chosen: dict[str, int]) -> list[int]:
+    """Powers of two with tp x cp within a node (cp sits next to tp in the mesh: both move
+    activations every layer), for long sequences only (CP_MIN_SEQ, CP_MIN_TOKENS_PER_RANK)."""
+    seq = space.seq_len
+    return [
+        cp
+        for cp in _pow2_divisors(space.left(chosen), space.gpus_per_node // chosen["tp"])
+        if cp == 1 or (seq >= CP_MIN_SEQ and seq // cp >= CP_MIN_TOKENS_PER_RANK)
+    ]
+
+
+def _pp_plan_sizes(space: PlanSpace, chosen: dict[str, int]) -> list[int]:
+    """Any divisor of what is left, up to one layer per stage."""
+    return [pp for pp in _divisors(space.left(chosen)) if pp <= space.cfg.n_layers]
+
+
+def _ep_plan_sizes(space: PlanSpace, chosen: dict[str, int]) -> list[int]:
+    """Divisors of the routed experts (1 for a dense model)."""
+    n_exp = _n_experts(space.cfg)
+    return [e for e in _divisors(space.left(chosen)) if n_exp and n_exp % e == 0] or [1]
+
+
+def _dp_replicate_plan_sizes(space: PlanSpace, chosen: dict[str, int]) -> list[int]:
+    """HSDP only across nodes: a replica's shard group (the ranks of one pipeline stage of one
+    replica) spans at least a node; within a node replicating only adds an all-reduce."""
+    return [
+        rep
+        for rep in _divisors(space.left(chosen))
+        if rep == 1 or space.world // (chosen["pp"] * rep) >= space.gpus_per_node
+    ]
+
+
+@dataclass(frozen=True)
+class AxisOption:
+    """A setting that belongs to one axis: a ParallelConfig and Layout field (a name among
+    `choices`), shown next to the axis in Layout.describe and tried by the planner, both only
+    where the axis is on (size > 1)."""
+
+    name: str
+    default: str
+    choices: Callable[[], tuple[str, ...]]
+    column: str  # its header in `pretrain plan`'s table
+    doc: str
+
+
+CP_STYLES = ("alltoall", "ring")
+PP_SCHEDULE = AxisOption(
+    "pp_schedule",
+    default=DEFAULT_PIPELINE_SCHEDULE,
+    choices=pipeline_schedule_names,
+    column="schedule",
+    doc="a name in parallel/pipeline_schedules.py's registry, which says how many stages each "
+    "rank holds and how they are placed",
+)
+CP_STYLE = AxisOption(
+    "cp_style",
+    default="alltoall",
+    choices=lambda: CP_STYLES,
+    column="cp style",
+    doc="alltoall: DeepSpeed-Ulysses (all-to-all from sequence- to head-sharded q/k/v around the "
+    "attention kernel; any backend; query heads after TP divisible by cp) | ring: torch's "
+    "context_parallel (ring attention, K/V passed around the cp ranks; CUDA only, plain causal)",
+)
 
 
 @dataclass(frozen=True)
@@ -422,10 +532,19 @@ class Axis:
     comm_bytes, step_seconds: its planner cost hooks (above): the bytes its collectives move on a
         rank in a step, and the seconds they add to the step time. FSDP's (over dp_shard x ep x
         cp, with HSDP's replicate all-reduce) sit on dp_shard's row: one group, one exposure.
+    apply: "module:function" that parallelize_part calls as function(model, cfg, layout, mesh)
+        on every stage, in table order (it does nothing where the axis is off); imported when
+        called, so this table imports no run-time code.
+    apply_last: applied after activation checkpointing and compile, which it wraps (FSDP).
+    plan_sizes: the sizes the planner tries, given the sizes of the axes before it in
+        PLAN_ORDER (the remainder axis takes what is left).
+    options: its own settings (AxisOption).
+    column: its header in `pretrain plan`'s table.
     """
 
     name: str
     mesh_position: int
+    column: str
     params: str
     activations: str
     module: str
@@ -437,6 +556,14 @@ class Axis:
     checks: tuple[Callable[[AxisRequest], None], ...] = ()
     comm_bytes: Callable[[RankVolume], dict[str, int]] | None = None
     step_seconds: Callable[[StepCosts], dict[str, float]] | None = None
+    apply: str | None = None
+    apply_last: bool = False
+    plan_sizes: Callable[[PlanSpace, dict[str, int]], list[int]] | None = None
+    options: tuple[AxisOption, ...] = ()
+
+    def apply_function(self) -> Callable[..., None]:
+        module, function = (self.apply or "").split(":")
+        return getattr(importlib.import_module(module), function)
 
 
 # In the order refusals and suggestions name the axes (tests match those messages).
@@ -444,6 +571,7 @@ AXES = (
     Axis(
         "tp",
         mesh_position=5,
+        column="tp",
         params="attention heads, FFN hidden and vocabulary split (DTensor tensor parallel); "
         "each routed expert split the same way (ETP = TP)",
         activations="sequence parallel outside attention/MLP, heads inside",
@@ -458,30 +586,38 @@ AXES = (
         ),
         comm_bytes=_tp_bytes,
         step_seconds=_tp_seconds,
+        apply="parallel.parallelize:apply_tensor_parallel",
+        plan_sizes=_tp_plan_sizes,
     ),
     Axis(
         "pp",
         mesh_position=0,
+        column="pp",
         params="whole layers per stage (first stage: embeddings; last: norm and output)",
         activations="one stage's activations per micro-batch in flight",
         module="parallel/engine.py (prune_to_stage, the schedules of parallel/pipeline_schedules.py)",
         checks=(_pp_schedule_takes_stages, _pp_embeddings_untied),
         comm_bytes=_pp_bytes,
         step_seconds=_pp_seconds,
+        plan_sizes=_pp_plan_sizes,
+        options=(PP_SCHEDULE,),
     ),
     Axis(
         "dp_replicate",
         mesh_position=1,
+        column="rep",
         params="replicated (HSDP's replicate dimension: gradients all-reduced)",
         activations="a different slice of the batch",
         module="parallel/parallelize.py (_fsdp_mesh)",
         batch=True,
         fsdp="replicate",
         tokens=True,
+        plan_sizes=_dp_replicate_plan_sizes,
     ),
     Axis(
         "dp_shard",
         mesh_position=2,
+        column="shard",
         params="FSDP2 dim-0 shards (dense parameters and routed experts)",
         activations="a different slice of the batch",
         module="parallel/parallelize.py (apply_fsdp)",
@@ -491,10 +627,13 @@ AXES = (
         remainder=True,
         comm_bytes=_fsdp_bytes,
         step_seconds=_fsdp_seconds,
+        apply="parallel.parallelize:apply_data_parallel",
+        apply_last=True,
     ),
     Axis(
         "ep",
         mesh_position=3,
+        column="ep",
         params="routed experts split (n_experts / ep whole experts each); dense parameters "
         "FSDP-sharded over it as over dp_shard",
         activations="a different slice of the batch; routed tokens all-to-all to their experts",
@@ -505,10 +644,13 @@ AXES = (
         checks=(_ep_has_experts, _ep_splits_experts),
         comm_bytes=_ep_bytes,
         step_seconds=_ep_seconds,
+        apply="parallel.expert_parallel:apply_expert_parallel",
+        plan_sizes=_ep_plan_sizes,
     ),
     Axis(
         "cp",
         mesh_position=4,
+        column="cp",
         params="dense parameters FSDP-sharded over it (same weights, different tokens)",
         activations="2 of the 2*cp chunks of every sequence (load-balanced causal split)",
         module="parallel/context_parallel.py",
@@ -522,6 +664,9 @@ AXES = (
         ),
         comm_bytes=_cp_bytes,
         step_seconds=_cp_seconds,
+        apply="parallel.context_parallel:apply_context_parallel",
+        plan_sizes=_cp_plan_sizes,
+        options=(CP_STYLE,),
     ),
 )
 AXIS = {a.name: a for a in AXES}
@@ -555,6 +700,40 @@ FSDP_MESH_DIMS = ("dp_shard_ep_cp", "dp_shard_ep", "dp_shard", "dp_replicate")
 # The order _suggest tries sizes in (nested loops, outermost first): on a tie in distance the
 # first tried wins, so this order decides which layout a refusal suggests.
 SUGGEST_ORDER = ("tp", "pp", "ep", "cp", "dp_replicate")
+
+# The order the planner picks sizes in (each row's plan_sizes, from what the axes before it left;
+# the remainder axis takes the rest): tp first, within a node, then cp beside it.
+PLAN_ORDER = ("tp", "cp", "pp", "ep", "dp_replicate")
+
+OPTIONS = tuple(o for a in AXES for o in a.options)
+OPTION_AXIS = {o.name: a.name for a in AXES for o in a.options}
+
+# The fields every row gives ParallelConfig and Layout (both inherit them): its size (the
+# remainder axis -1: "whatever is left of the world size"), then its options.
+AxisSettings = make_dataclass(
+    "AxisSettings",
+    [
+        field_
+        for a in AXES
+        for field_ in (
+            (a.name, int, field(default=-1 if a.remainder else 1)),
+            *((o.name, str, field(default=o.default)) for o in a.options),
+        )
+    ],
+)
+AxisSettings.__module__ = __name__
+AxisSettings.__doc__ = "The size of every mesh axis and the axes' own options (parallel/axes.py)."
+
+
+def axis_settings(obj) -> dict[str, Any]:
+    """Every axis size and option of a ParallelConfig or a Layout, in table order."""
+    return {name: getattr(obj, name) for name in (*(a.name for a in AXES), *OPTION_AXIS)}
+
+
+def options_in_use(obj) -> dict[str, str]:
+    """The options of the axes that are on (size > 1): what a layout's description and the
+    planner's overrides name."""
+    return {o: getattr(obj, o) for o, axis in OPTION_AXIS.items() if getattr(obj, axis) > 1}
 
 
 def named_axes(sizes: dict[str, int], *also: dict[str, int]) -> list[str]:

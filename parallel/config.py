@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from configcore import need
-from parallel.axes import REMAINDER_AXIS, SIZED_AXES
-from parallel.pipeline_schedules import DEFAULT_PIPELINE_SCHEDULE, pipeline_schedule_names
+from parallel.axes import OPTIONS, REMAINDER_AXIS, SIZED_AXES, AxisSettings
 
 PRECISIONS = ("fp32", "bf16", "fp8_tensorwise", "fp8_rowwise", "fp64")
 # Precisions whose parameters are also the compute dtype (no FSDP2 mixed-precision cast).
@@ -29,29 +28,15 @@ def param_dtype(precision: str) -> torch.dtype:
 AC_MODES = ("none", "full", "selective")
 DEVICES = ("auto", "cpu", "cuda")
 FP8_FILTERS = ("divisible", "auto")
-CP_STYLES = ("alltoall", "ring")
 
 
 @dataclass
-class ParallelConfig:
-    """Sizes of the device-mesh axes (-1 means "whatever is left of the world size") and the
-    switches of the engine. See docs/parallel.md."""
+class ParallelConfig(AxisSettings):
+    """Sizes of the device-mesh axes and the axes' own options, one field each from the axis
+    table (parallel/axes.py: tp, pp, pp_schedule, dp_replicate, dp_shard, ep, cp, cp_style;
+    dp_shard=-1 means "whatever is left of the world size"), and the switches of the engine
+    below. See docs/parallel.md."""
 
-    tp: int = 1
-    pp: int = 1
-    dp_shard: int = -1
-    dp_replicate: int = 1
-    # Expert parallel is its own mesh axis (world = pp * dp_replicate * dp_shard * ep * tp); dense
-    # parameters treat it as more data-parallel sharding, experts are split over it.
-    ep: int = 1
-    # Context parallel: the sequence of every sample split over cp ranks (world = pp *
-    # dp_replicate * dp_shard * ep * cp * tp). CP ranks hold the same weights and see different
-    # tokens of the same batch, so FSDP shards dense parameters over dp_shard x ep x cp.
-    cp: int = 1
-    # alltoall: DeepSpeed-Ulysses (all-to-all from sequence- to head-sharded q/k/v around the
-    # attention kernel; any backend; query heads after TP divisible by cp) | ring: torch's
-    # context_parallel (ring attention, K/V passed around the cp ranks; CUDA only, plain causal).
-    cp_style: str = "alltoall"
     # fp32 | bf16 (bf16 compute, fp32 master weights and gradient reduction) | fp8_tensorwise |
     # fp8_rowwise (torchao float8 linears, everything else as bf16) | fp64 (float64 weights,
     # compute and reductions: rounding ~1e-16, so a layout can be checked against one process at
@@ -68,9 +53,6 @@ class ParallelConfig:
     # The MoE grouped experts in float8 too (torchao.prototype.moe_training, rowwise scales,
     # torch._scaled_grouped_mm): they carry most of an MoE model's FLOPs. CUDA (Hopper) only.
     fp8_moe_experts: bool = False
-    # Pipeline schedule: a name in parallel/pipeline_schedules.py's registry (SCHEDULES), which says how
-    # many stages each rank holds and how they are placed.
-    pp_schedule: str = DEFAULT_PIPELINE_SCHEDULE
     # Micro-batches per optimizer step on each data-parallel rank; 0 means local_batch /
     # micro_batch_size (the same count gradient accumulation uses without a pipeline).
     pp_microbatches: int = 0
@@ -92,11 +74,10 @@ class ParallelConfig:
         against a model and a world size are parallel.layout.resolve_layout's."""
         for key, allowed in (
             ("precision", PRECISIONS),
-            ("pp_schedule", pipeline_schedule_names()),
             ("activation_checkpointing", AC_MODES),
             ("device", DEVICES),
             ("fp8_filter", FP8_FILTERS),
-            ("cp_style", CP_STYLES),
+            *((option.name, option.choices()) for option in OPTIONS),  # the axes' own
         ):
             value = getattr(self, key)
             need(value in allowed, f"parallel.{key}={value!r} is not one of {', '.join(allowed)}")

@@ -161,6 +161,17 @@ class UlyssesAttention(nn.Module):
         return out.transpose(1, 2)
 
 
+def apply_context_parallel(model: nn.Module, cfg, layout, mesh) -> None:
+    """cp's row of the axis table (parallel/axes.py), called by parallelize_part: the routed
+    counts summed over cp (both styles), and Ulysses around the attention kernel (alltoall; ring
+    needs nothing here: the engine runs each step inside torch's context_parallel)."""
+    if layout.cp == 1:
+        return
+    sum_routed_counts_over_cp(model, mesh["cp"])
+    if layout.cp_style == "alltoall":
+        apply_ulysses(model, mesh["cp"])
+
+
 def apply_ulysses(model: nn.Module, cp_mesh) -> None:
     """Wrap the attention kernel of every block of this stage (dense, GQA or MLA attention)."""
     group, cp = cp_mesh.get_group(), cp_mesh.size()

@@ -155,6 +155,13 @@ def apply_expert_tp(model: nn.Module, tp_mesh) -> None:
         experts._tp_group = tp_mesh.get_group()
 
 
+def apply_expert_parallel(model: nn.Module, cfg, layout, mesh) -> None:
+    """ep's row of the axis table (parallel/axes.py), called by parallelize_part: the routed
+    experts split over ep, and inside each over tp when tp > 1."""
+    if layout.ep > 1:
+        apply_ep(model, mesh["ep"], mesh["ep", "tp"] if layout.tp > 1 else None)
+
+
 def apply_ep(model: nn.Module, ep_mesh, ep_tp_mesh=None) -> None:
     """Shard every MoE layer's experts over `ep_mesh` (dim 0) and install the all-to-all forward.
 

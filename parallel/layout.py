@@ -47,32 +47,31 @@ from parallel.axes import (
     FLAT_MESHES,
     INNER_FIRST,
     MESH_AXES,
+    OPTION_AXIS,
     REMAINDER_AXIS,
     SIZED_AXES,
     SUGGEST_ORDER,
     AxisRequest,
+    AxisSettings,
+    axis_settings,
     named_axes,
+    options_in_use,
 )
 from parallel.config import ParallelConfig
 from parallel.pipeline_schedules import PipelineSchedule, get_pipeline_schedule
 
 
-@dataclass
-class Layout:
-    """A validated layout: every size resolved, every stage's layers decided."""
+@dataclass(kw_only=True)
+class Layout(AxisSettings):
+    """A validated layout: every axis size resolved (the fields of the axis table, as in
+    ParallelConfig), every stage's layers decided."""
 
     world_size: int
-    pp: int
-    dp_replicate: int
-    dp_shard: int
-    ep: int
-    tp: int
     global_batch_size: int
     micro_batch_size: int
     seq_len: int
     local_batch_size: int  # sequences per optimizer step on one data-parallel rank
     n_microbatches: int  # forward/backward chunks per step on one data-parallel rank
-    pp_schedule: str
     virtual_stages: int  # pipeline stages held by one pp rank
     stage_layers: list[list[int]] = field(default_factory=list)  # layer ids of each stage
     precision: str = "fp32"
@@ -80,8 +79,6 @@ class Layout:
     ac_every_n: int = 1
     compile: bool = False
     device: str = "auto"
-    cp: int = 1
-    cp_style: str = "alltoall"
 
     @property
     def dp(self) -> int:
@@ -108,10 +105,16 @@ class Layout:
         return self.schedule.stages_of_rank(pp_rank, self.pp, self.virtual_stages)
 
     def describe(self) -> str:
+        """ "pp=2 (1F1B) dp_replicate=1 dp_shard=2 ep=1 cp=1 tp=2 (world 8); ...": the axes
+        outermost first, each with its options where it is on."""
+        on = options_in_use(self)
+        axes = " ".join(
+            f"{name}={getattr(self, name)}"
+            + "".join(f" ({value})" for o, value in on.items() if OPTION_AXIS[o] == name)
+            for name in MESH_AXES
+        )
         return (
-            f"pp={self.pp} dp_replicate={self.dp_replicate} dp_shard={self.dp_shard} "
-            f"ep={self.ep} cp={self.cp}{f' ({self.cp_style})' if self.cp > 1 else ''} "
-            f"tp={self.tp} (world {self.world_size}); "
+            f"{axes} (world {self.world_size}); "
             f"{self.n_microbatches} micro-batches of {self.micro_batch_size} x {self.seq_len} "
             f"per dp rank; precision {self.precision}"
         )
@@ -251,14 +254,13 @@ def _check(
         f"seq_len={seq_len} exceeds {name}'s max_seq_len={model_cfg.max_seq_len}",
     )
     return Layout(
+        **{**axis_settings(pcfg), **sizes},
         world_size=world_size,
-        **sizes,
         global_batch_size=gbs,
         micro_batch_size=mbs,
         seq_len=seq_len,
         local_batch_size=local,
         n_microbatches=n_mb,
-        pp_schedule=pcfg.pp_schedule,
         virtual_stages=v,
         stage_layers=stage_layers,
         precision=pcfg.precision,
@@ -266,7 +268,6 @@ def _check(
         ac_every_n=pcfg.ac_every_n,
         compile=pcfg.compile,
         device=pcfg.device,
-        cp_style=pcfg.cp_style,
     )
 
 

@@ -26,6 +26,7 @@ from configcore import need
 from model_zoo.config import ModelConfig
 from model_zoo.moe import GroupedExperts
 from parallel import context_parallel
+from parallel.axes import AXES
 from parallel.config import FULL_PRECISIONS, RING_NEEDS_CUDA, param_dtype
 from parallel.layout import Layout
 
@@ -507,27 +508,36 @@ def apply_fsdp(model: nn.Module, mesh, layout: Layout) -> None:
         m.set_force_sum_reduction_for_comms(True)
 
 
-def parallelize_part(model: nn.Module, cfg: ModelConfig, layout: Layout, mesh) -> None:
-    if layout.tp > 1:
-        apply_tp(model, cfg, mesh["tp"], layout.precision)
-    if layout.ep > 1:
-        from parallel.expert_parallel import apply_ep
-
-        apply_ep(model, mesh["ep"], mesh["ep", "tp"] if layout.tp > 1 else None)
-    elif layout.tp > 1:
+def apply_tensor_parallel(model: nn.Module, cfg: ModelConfig, layout: Layout, mesh) -> None:
+    """tp's row of the axis table: the dense plan, and each routed expert split the same way
+    (ETP = TP) where ep does not split the experts (under ep, apply_expert_parallel does both)."""
+    if layout.tp == 1:
+        return
+    apply_tp(model, cfg, mesh["tp"], layout.precision)
+    if layout.ep == 1:
         from parallel.expert_parallel import apply_expert_tp
 
         apply_expert_tp(model, mesh["tp"])
-    if layout.cp > 1:
-        context_parallel.sum_routed_counts_over_cp(model, mesh["cp"])
-    if layout.cp > 1 and layout.cp_style == "alltoall":
-        # ring needs nothing here: the engine runs each step inside torch's context_parallel
-        context_parallel.apply_ulysses(model, mesh["cp"])
+
+
+def apply_data_parallel(model: nn.Module, cfg: ModelConfig, layout: Layout, mesh) -> None:
+    """dp_shard's row: FSDP over dp_shard x ep x cp, HSDP over dp_replicate. Also when dp == 1
+    in bf16/fp8, so a single process runs the same mixed precision (fp32 master weights, bf16
+    compute) as the sharded runs it is compared with; and under cp, whose ranks' gradients FSDP's
+    reduce-scatter sums."""
+    if layout.dp > 1 or layout.cp > 1 or layout.precision not in FULL_PRECISIONS:
+        apply_fsdp(model, mesh, layout)
+
+
+def parallelize_part(model: nn.Module, cfg: ModelConfig, layout: Layout, mesh) -> None:
+    """Every axis's `apply` hook (parallel/axes.py) in table order, then activation
+    checkpointing and compile, then the hooks that wrap what those made (FSDP)."""
+    for axis in AXES:
+        if axis.apply and not axis.apply_last:
+            axis.apply_function()(model, cfg, layout, mesh)
     apply_ac(model, layout.activation_checkpointing, layout.ac_every_n)
     if layout.compile:
         apply_compile(model)
-    # FSDP also when dp == 1 in bf16/fp8, so a single process runs the same mixed precision
-    # (fp32 master weights, bf16 compute) as the sharded runs it is compared with; and under
-    # cp, whose ranks' gradients FSDP's reduce-scatter sums.
-    if layout.dp > 1 or layout.cp > 1 or layout.precision not in FULL_PRECISIONS:
-        apply_fsdp(model, mesh, layout)
+    for axis in AXES:
+        if axis.apply and axis.apply_last:
+            axis.apply_function()(model, cfg, layout, mesh)

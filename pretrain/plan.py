@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from configcore import ConfigError
 from model_zoo.counting import count_parameters
+from parallel.axes import AXIS, INNER_FIRST, axis_settings, options_in_use
 from parallel.planner.hardware import GPUS, get_gpu
 from parallel.planner.search import PlannedLayout, plan
 from parallel.planner.validate import TOLERANCE, compare, launch_validation
@@ -65,15 +66,34 @@ def _args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+# The axis columns, innermost axis first, then the axes' own options (parallel/axes.py): each as
+# wide as its header or 3, an option's value shown where its axis is on.
+AXIS_COLUMNS = tuple((AXIS[name], max(3, len(AXIS[name].column))) for name in INNER_FIRST)
+OPTION_COLUMNS = tuple(
+    (o, max(len(o.column), *(len(c) for c in o.choices())))
+    for name in INNER_FIRST
+    for o in AXIS[name].options
+)
+
+
+def _header() -> str:
+    axes = " ".join(f"{a.column:>{w}}" for a, w in AXIS_COLUMNS)
+    options = " ".join(f"{o.column:<{w}}" for o, w in OPTION_COLUMNS)
+    return (
+        f"  # {axes} {options} mbs ac        precision      GiB/GPU fits  tok/s/GPU   MFU "
+        "dominant   (>: a lower bound)"
+    )
+
+
 def _row(i: int, p: PlannedLayout) -> str:
     lay = p.layout
-    sched = lay.pp_schedule if lay.pp > 1 else "-"
-    cp = f"{lay.cp}{'a' if lay.cp_style == 'alltoall' else 'r'}" if lay.cp > 1 else "1"
+    on = options_in_use(lay)
+    axes = " ".join(f"{getattr(lay, a.name):>{w}}" for a, w in AXIS_COLUMNS)
+    options = " ".join(f"{on.get(o.name, '-'):<{w}}" for o, w in OPTION_COLUMNS)
     # memory of a layout whose parameters alone do not fit: a lower bound (activations not probed)
     gib = f"{'>' if not p.activations_measured else ''}{p.total / GIB:.1f}"
     return (
-        f"{i:>3} {lay.tp:>3} {cp:>3} {lay.pp:>3} {lay.dp_shard:>5} {lay.dp_replicate:>4} "
-        f"{lay.ep:>3} {sched:<16} {lay.micro_batch_size:>3} {lay.activation_checkpointing:<9} "
+        f"{i:>3} {axes} {options} {lay.micro_batch_size:>3} {lay.activation_checkpointing:<9} "
         f"{lay.precision:<14} {gib:>8} {'yes' if p.fits else 'no':<4} "
         f"{p.tokens_per_s_per_gpu:>9.0f} {p.mfu * 100:>5.1f} {p.time.dominant}"
     )
@@ -106,10 +126,7 @@ def main(argv: list[str]) -> int:
         f"{run.trainer.seq_len}; {len(ranked)} layouts, "
         f"{sum(p.fits for p in ranked)} fit"
     )
-    print(
-        "  #  tp  cp  pp shard  rep  ep schedule         mbs ac        precision      GiB/GPU "
-        "fits  tok/s/GPU   MFU dominant   (cp: a = alltoall, r = ring; >: a lower bound)"
-    )
+    print(_header())
     for i, p in enumerate(ranked[: args.top], 1):
         print(_row(i, p))
     best = ranked[0]
@@ -191,14 +208,7 @@ def _validation_parallel(p: PlannedLayout) -> dict:
     as bf16 (the same sharding, bytes and collectives; only the linear kernels differ)."""
     lay = p.layout
     out = dict(
-        tp=lay.tp,
-        pp=lay.pp,
-        dp_shard=lay.dp_shard,
-        dp_replicate=lay.dp_replicate,
-        ep=lay.ep,
-        cp=lay.cp,
-        cp_style=lay.cp_style,
-        pp_schedule=lay.pp_schedule,
+        **axis_settings(lay),
         activation_checkpointing=lay.activation_checkpointing,
         precision="bf16" if lay.precision.startswith("fp8") else lay.precision,
     )

@@ -67,8 +67,9 @@ def collective_bytes(cfg: ModelConfig, layout: Layout, rank: int) -> dict[str, i
         cfg, layout, sizes, stages, coords["pp"], tokens, tokens * cfg.d_model * cbytes, cbytes,
         layout.precision in FULL_PRECISIONS, lambda: _fsdp_params(cfg, layout, sizes, stages),
     )  # fmt: skip
-    out = {"tp": 0, "pp": 0, "fsdp": 0, "dp_replicate": 0, "ep": 0, "cp": 0, "other": 16}
+    out: dict[str, int] = {}
     for axis in AXES:
         if axis.comm_bytes is not None:
             out.update(axis.comm_bytes(v))
+    out["other"] = 16  # the engine's token-count and loss all-reduces
     return out

@@ -15,7 +15,7 @@ A group is intra-node when all its ranks share a node: its stride x size fits in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from model_zoo.config import ModelConfig
 from model_zoo.counting import count_parameters, training_flops_per_token
@@ -47,30 +47,19 @@ def group_bandwidth(layout: Layout, axes: tuple[str, ...], gpu: GPUSpec, gpus_pe
 class StepTime:
     compute: float
     bubble: float
-    # the axes' terms (parallel/axes.py, each row's step_seconds hook): 0 where an axis is off
-    tp_comm: float = 0.0
-    ep_comm: float = 0.0
-    pp_comm: float = 0.0
-    fsdp_exposed: float = 0.0
-    cp_comm: float = 0.0
+    # seconds of each axis's collectives on the critical path, keyed by the collective's name
+    # (parallel/axes.py, each row's step_seconds hook): "tp", "pp", "fsdp" (exposed beyond
+    # compute), "ep", "cp"; 0 where an axis is off
+    comm: dict[str, float] = field(default_factory=dict)
 
     @property
     def total(self) -> float:
-        return (self.compute + self.bubble + self.tp_comm + self.ep_comm + self.pp_comm) + (
-            self.fsdp_exposed + self.cp_comm
-        )
+        return self.compute + self.bubble + sum(self.comm.values())
 
     @property
     def dominant(self) -> str:
-        terms = {
-            "compute": self.compute,
-            "bubble": self.bubble,
-            "tp comm": self.tp_comm,
-            "ep comm": self.ep_comm,
-            "pp comm": self.pp_comm,
-            "fsdp comm": self.fsdp_exposed,
-            "cp comm": self.cp_comm,
-        }
+        terms = {"compute": self.compute, "bubble": self.bubble}
+        terms.update((f"{name} comm", t) for name, t in self.comm.items())
         return max(terms, key=terms.get)
 
 
@@ -195,8 +184,8 @@ def step_time(
         cbytes=COMPUTE_BYTES[layout.precision],
         bandwidth=lambda axes: group_bandwidth(layout, axes, gpu, gpus_per_node)[0],
     )
-    terms: dict[str, float] = {}
+    comm: dict[str, float] = {}
     for axis in AXES:  # each axis's communication term, from its row's hook
         if axis.step_seconds is not None:
-            terms.update(axis.step_seconds(costs))
-    return StepTime(compute, bubble, **terms)
+            comm.update(axis.step_seconds(costs))
+    return StepTime(compute, bubble, comm)

@@ -25,9 +25,18 @@ from dataclasses import dataclass, field, replace
 
 from configcore import ConfigError
 from model_zoo.config import ModelConfig
-from parallel.config import CP_STYLES, ParallelConfig
+from parallel.axes import (
+    AXES,
+    AXIS,
+    MESH_AXES,
+    PLAN_ORDER,
+    REMAINDER_AXIS,
+    PlanSpace,
+    axis_settings,
+    options_in_use,
+)
+from parallel.config import ParallelConfig
 from parallel.layout import Layout, check_layout
-from parallel.pipeline_schedules import SCHEDULES
 from parallel.planner.cost import StepTime, model_counts, step_time
 from parallel.planner.hardware import GPUSpec
 from parallel.planner.memory import (
@@ -68,36 +77,24 @@ class PlannedLayout:
 
     def overrides(self) -> list[str]:
         p, lay = self.pcfg, self.layout
-        out = [
-            f"parallel.tp={p.tp}",
-            f"parallel.pp={p.pp}",
-            f"parallel.dp_shard={lay.dp_shard}",
-            f"parallel.dp_replicate={p.dp_replicate}",
-            f"parallel.ep={p.ep}",
-            f"parallel.cp={p.cp}",
+        return [
+            *(f"parallel.{a.name}={getattr(lay, a.name)}" for a in AXES),
             f"parallel.precision={p.precision}",
             f"parallel.activation_checkpointing={p.activation_checkpointing}",
             f"trainer.micro_batch_size={lay.micro_batch_size}",
+            *(f"parallel.{name}={value}" for name, value in options_in_use(lay).items()),
+            *(
+                [f"parallel.ac_every_n={p.ac_every_n}"]
+                * (p.activation_checkpointing == "selective")
+            ),
         ]
-        if p.pp > 1:
-            out.append(f"parallel.pp_schedule={p.pp_schedule}")
-        if p.cp > 1:
-            out.append(f"parallel.cp_style={p.cp_style}")
-        if p.activation_checkpointing == "selective":
-            out.append(f"parallel.ac_every_n={p.ac_every_n}")
-        return out
 
     def as_json(self) -> dict:
         lay = self.layout
+        on = options_in_use(lay)
         return {
-            "tp": lay.tp,
-            "pp": lay.pp,
-            "dp_shard": lay.dp_shard,
-            "dp_replicate": lay.dp_replicate,
-            "ep": lay.ep,
-            "cp": lay.cp,
-            "cp_style": lay.cp_style if lay.cp > 1 else None,
-            "schedule": lay.pp_schedule if lay.pp > 1 else None,
+            **{a.name: getattr(lay, a.name) for a in AXES},
+            **{name: on.get(name) for name in axis_settings(lay) if name not in AXIS},
             "virtual_stages": lay.virtual_stages,
             "micro_batch_size": lay.micro_batch_size,
             "n_microbatches": lay.n_microbatches,
@@ -120,12 +117,22 @@ class PlannedLayout:
         }
 
 
-def _pow2_divisors(n: int, cap: int) -> list[int]:
-    return [d for d in (1, 2, 4, 8, 16, 32, 64) if d <= cap and n % d == 0]
+def _axis_sizes(space: PlanSpace, order: tuple[str, ...] = PLAN_ORDER, chosen=None):
+    """Every {axis: size} the rows' plan_sizes hooks allow, picked in PLAN_ORDER (each from what
+    the axes before it left); the remainder axis takes the rest."""
+    chosen = chosen or {}
+    if not order:
+        yield {**chosen, REMAINDER_AXIS: space.left(chosen)}
+        return
+    for size in AXIS[order[0]].plan_sizes(space, chosen):
+        yield from _axis_sizes(space, order[1:], {**chosen, order[0]: size})
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+def _option_choices(sizes: dict[str, int]) -> dict[str, tuple[str, ...]]:
+    """Each axis option's values to try: all where its axis is on, the default where it is off."""
+    return {
+        o.name: o.choices() if sizes[a.name] > 1 else (o.default,) for a in AXES for o in a.options
+    }
 
 
 def candidates(
@@ -136,58 +143,23 @@ def candidates(
     seq: int,
     precisions: tuple[str, ...],
 ):
-    """Every (ParallelConfig, Layout) the engine accepts, within the pruning above."""
-    n_exp = cfg.moe.n_experts if cfg.moe.enabled else 0
-    for tp, cp in _tp_cp(world, gpus_per_node, seq):
-        for pp in _divisors(world // (tp * cp)):
-            if pp > cfg.n_layers:
+    """Every (ParallelConfig, Layout) the engine accepts, within the pruning above (each axis's
+    sizes from its row's plan_sizes hook, parallel/axes.py)."""
+    for sizes in _axis_sizes(PlanSpace(cfg, world, gpus_per_node, seq)):
+        options = _option_choices(sizes)
+        for *values, mbs, ac, prec in itertools.product(
+            *options.values(), MICRO_BATCHES, AC_CHOICES, precisions
+        ):
+            pcfg = ParallelConfig(
+                **sizes,
+                **dict(zip(options, values)),
+                precision=prec,
+                activation_checkpointing=ac,
+            )
+            try:
+                yield pcfg, check_layout(pcfg, world, cfg, gbs, mbs, seq)
+            except ConfigError:
                 continue
-            free = world // (tp * cp * pp)
-            for ep in [e for e in _divisors(free) if n_exp and n_exp % e == 0] or [1]:
-                rest = free // ep
-                for rep in _divisors(rest):
-                    shard = rest // rep
-                    if rep > 1 and shard * tp * ep * cp < gpus_per_node:
-                        continue  # HSDP within a node: pruned (see module doc)
-                    scheds = list(SCHEDULES) if pp > 1 else [next(iter(SCHEDULES))]
-                    styles = CP_STYLES if cp > 1 else CP_STYLES[:1]
-                    for sched, style, mbs, ac, prec in itertools.product(
-                        scheds, styles, MICRO_BATCHES, AC_CHOICES, precisions
-                    ):
-                        pcfg = ParallelConfig(
-                            tp=tp,
-                            pp=pp,
-                            ep=ep,
-                            cp=cp,
-                            cp_style=style,
-                            dp_replicate=rep,
-                            dp_shard=shard,
-                            pp_schedule=sched,
-                            precision=prec,
-                            activation_checkpointing=ac,
-                        )
-                        try:
-                            yield pcfg, check_layout(pcfg, world, cfg, gbs, mbs, seq)
-                        except ConfigError:
-                            continue
-
-
-# Context parallelism is for long sequences: it is tried from 8192 tokens on, and only as far as
-# each cp rank keeps at least 2048 of them (below that its per-layer all-to-all / ring costs more
-# than the activations it saves; every cp value is a separate set of activation probes).
-CP_MIN_SEQ = 8192
-CP_MIN_TOKENS_PER_RANK = 2048
-
-
-def _tp_cp(world: int, gpus_per_node: int, seq: int) -> list[tuple[int, int]]:
-    """(tp, cp) pairs: powers of two, together within a node (cp sits next to tp in the mesh:
-    both move activations every layer)."""
-    return [
-        (tp, cp)
-        for tp in _pow2_divisors(world, gpus_per_node)
-        for cp in _pow2_divisors(world // tp, gpus_per_node // tp)
-        if cp == 1 or (seq >= CP_MIN_SEQ and seq // cp >= CP_MIN_TOKENS_PER_RANK)
-    ]
 
 
 _STATIC: dict[tuple, object] = {}
@@ -199,13 +171,8 @@ def _static(cfg: ModelConfig, layout: Layout, rank: int):
     key = (
         config_key(cfg),
         layout.world_size,
-        layout.tp,
-        layout.pp,
-        layout.dp_shard,
-        layout.dp_replicate,
-        layout.ep,
-        layout.cp,
-        layout.pp_schedule if layout.pp > 1 else "",
+        *(getattr(layout, name) for name in MESH_AXES),
+        *options_in_use(layout).items(),
         layout.virtual_stages,
         layout.precision == "fp32",
         COMPUTE_BYTES[layout.precision],
@@ -341,14 +308,7 @@ def plan(
             # the two FP8 recipes shard, store and move the same bytes and the cost model gives
             # them the same speed: evaluate one, copy it for the other
             twin_key = (
-                pcfg.tp,
-                pcfg.pp,
-                pcfg.ep,
-                pcfg.dp_replicate,
-                pcfg.dp_shard,
-                pcfg.pp_schedule,
-                pcfg.cp,
-                pcfg.cp_style,
+                *axis_settings(pcfg).values(),
                 layout.micro_batch_size,
                 pcfg.activation_checkpointing,
             )

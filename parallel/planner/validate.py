@@ -34,6 +34,7 @@ from torch.distributed.tensor import DTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from model_zoo.zoo import get_model_config
+from parallel.axes import FLAT_MESHES, MESH_AXES
 from parallel.config import ParallelConfig
 from parallel.engine import build_engine
 from parallel.env import (
@@ -129,8 +130,10 @@ class CollectiveCounter(TorchDispatchMode):
 
 
 def _group_axes(mesh) -> dict[str, str]:
+    """The name of each process group a collective may run on: every mesh axis and flattened
+    mesh of the axis table, and the dimensions of the 2-D meshes parallelize makes."""
     axes = {}
-    for axis in ("tp", "ep", "dp_shard", "dp_replicate", "pp", "dp", "dp_shard_ep"):
+    for axis in (*MESH_AXES, *(flat for flat, _ in FLAT_MESHES)):
         axes[mesh[axis].get_group().group_name] = axis
     for pair in (("dp_replicate", "dp_shard_ep"), ("dp_replicate", "dp_shard"), ("ep", "tp")):
         try:
