@@ -1,12 +1,15 @@
-"""The parallel axes as data: one row per device-mesh axis, read by the layout checks and the
-mesh builder (parallel/layout.py), the config's own checks (parallel/config.py) and the planner
-(parallel/planner/): the axis list, its order on the mesh, the flattened meshes, which axes split
-the batch and which shard dense parameters, each axis's divisibility rules against a model, and
-its planner cost hooks (the bytes its collectives move and the seconds they add to a step).
+"""The parallel axes as data: one row per device-mesh axis, read by everything that knows the
+axes: the config and layout fields (ParallelConfig and Layout inherit AxisSettings, one field per
+size and per option), the layout checks and the mesh builder (parallel/layout.py), the config's
+own checks (parallel/config.py), parallelize_part (each row's `apply`), the engine (which ranks
+report the loss) and the planner (parallel/planner/, pretrain/plan.py): the axis list, its order
+on the mesh, the flattened meshes, which axes split the batch and which shard dense parameters,
+each axis's divisibility rules against a model, its own options, and its planner hooks (the
+sizes the search tries, the bytes its collectives move and the seconds they add to a step).
 
 What each axis does at run time (the tensor-parallel plan, the pipeline split, the all-to-alls of
-expert and context parallelism) stays in the axis's own module; the row says where that is.
-Adding an axis: docs/contributing.md, "Adding a parallel axis".
+expert and context parallelism) stays in the axis's own module; the row names the function.
+Adding an axis is a row here and its module: docs/contributing.md, "Adding a parallel axis".
 """
 
 from __future__ import annotations
@@ -518,11 +521,13 @@ class Axis:
     name: the ParallelConfig and Layout field, the mesh dimension's name.
     mesh_position: 0 is outermost. Inner axes get the most frequent collectives, so that they
         stay inside a node.
+    column: its header in `pretrain plan`'s table.
     batch: its ranks read different slices of the batch (the data-parallel degree dp is the
         product of these axes; the data loader sees only them).
     fsdp: "shard" when dense parameters are FSDP-sharded over it, "replicate" when HSDP
         replicates them over it, None when it splits them otherwise or not at all.
-    tokens: token counts and losses are summed over it.
+    tokens: token counts and losses are summed over it (otherwise its ranks hold the same loss
+        and only coordinate 0 reports it; pp's last stage holds it).
     named_at_one: refusals and suggestions name it even at size 1 (cp only where used).
     remainder: size -1 means "whatever is left of the world size" (dp_shard).
     checks: its divisibility rules against a model, run (in order) when its size is > 1; each
@@ -539,7 +544,6 @@ class Axis:
     plan_sizes: the sizes the planner tries, given the sizes of the axes before it in
         PLAN_ORDER (the remainder axis takes what is left).
     options: its own settings (AxisOption).
-    column: its header in `pretrain plan`'s table.
     """
 
     name: str

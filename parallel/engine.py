@@ -60,6 +60,7 @@ from model_zoo.layers import upcast
 from model_zoo.model import Transformer, build_model
 from model_zoo.moe import expert_load, moe_layers, set_aux_loss_scale, update_expert_biases
 from parallel import context_parallel, parallelize
+from parallel.axes import AXES
 from parallel.config import RING_NEEDS_CUDA, ParallelConfig, param_dtype
 from parallel.layout import Layout
 
@@ -92,7 +93,6 @@ class Engine:
         self.model_parts = model_parts
         self._stages = stages
         self._tp = mesh["tp"].size()
-        self._tp_rank = mesh["tp"].get_local_rank()
         self._pp_rank = mesh["pp"].get_local_rank()
         self._dp_group = mesh["dp"].get_group()
         self._pp_group = mesh["pp"].get_group()
@@ -101,6 +101,12 @@ class Engine:
         # token counts and routing statistics: every rank that holds other tokens of the batch
         self._tokens_group = mesh["dp_cp"].get_group()
         self.holds_last_stage = any(s.is_last for s in stages)
+        # Whether this rank's loss counts in the global sum: the last stage's, once per group of
+        # ranks holding the same value (coordinate 0 of every axis the loss is not summed over,
+        # parallel/axes.py's `tokens`: tp; pp is the stage, decided above)
+        self.reports_loss = self.holds_last_stage and all(
+            mesh[a.name].get_local_rank() == 0 for a in AXES if not a.tokens and a.name != "pp"
+        )
         self.holds_first_stage = any(s.is_first for s in stages)
         self._denominator = 1.0  # label tokens of the global batch, set per step
         self._schedule = None
@@ -300,7 +306,7 @@ class Engine:
                     local_loss += _to_local_scalar(loss.detach())
         self._sum_expert_grads_over_cp()
         # Each (data-parallel rank, last stage) contributes once: tp ranks hold the same value.
-        if not (self.holds_last_stage and self._tp_rank == 0):
+        if not self.reports_loss:
             local_loss.zero_()
         dist.all_reduce(local_loss)
         return float(local_loss.item()) if sync else local_loss
@@ -313,7 +319,7 @@ class Engine:
         every rank. Labels equal to -100 count for nothing (padding rows). Gradients, weights
         and the MoE routing counters are left as they were."""
         local, labels = self._eval_forward(inputs, labels, "eval_loss")
-        if not (self.holds_last_stage and self._tp_rank == 0):
+        if not self.reports_loss:
             local.zero_()
         n_tokens = (self._local_labels(labels) != IGNORE_INDEX).sum().to(torch.float64)
         dist.all_reduce(n_tokens, group=self._tokens_group)
@@ -339,7 +345,7 @@ class Engine:
         n = self.dp_size * lay.local_batch_size
         out = torch.zeros(n, 3, dtype=torch.float64, device=self.device)
         lo = self.dp_rank * lay.local_batch_size
-        if self.holds_last_stage and self._tp_rank == 0:
+        if self.reports_loss:
             out[lo : lo + lay.local_batch_size] = torch.cat(scores)
         dist.all_reduce(out)
         out = out.cpu()

@@ -105,8 +105,8 @@ class Layout(AxisSettings):
         return self.schedule.stages_of_rank(pp_rank, self.pp, self.virtual_stages)
 
     def describe(self) -> str:
-        """ "pp=2 (1F1B) dp_replicate=1 dp_shard=2 ep=1 cp=1 tp=2 (world 8); ...": the axes
-        outermost first, each with its options where it is on."""
+        """The axes outermost first, each with its options where it is on, then the batch:
+        "pp=2 (1F1B) dp_replicate=1 dp_shard=2 ep=1 cp=1 tp=2 (world 8); 4 micro-batches ..."."""
         on = options_in_use(self)
         axes = " ".join(
             f"{name}={getattr(self, name)}"

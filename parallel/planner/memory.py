@@ -51,7 +51,7 @@ from model_zoo.config import ModelConfig
 from model_zoo.model import build_model
 from model_zoo.moe import moe_layers
 from parallel import parallelize
-from parallel.axes import FLAT_MESHES, FSDP_MESH_DIMS, INNER_FIRST, MESH_AXES
+from parallel.axes import AXES, FLAT_MESHES, FSDP_MESH_DIMS, INNER_FIRST, MESH_AXES
 from parallel.config import FULL_PRECISIONS, ParallelConfig, param_dtype
 from parallel.engine import prune_to_stage
 from parallel.layout import Layout, build_mesh, resolve_layout
@@ -131,15 +131,13 @@ class ParamRule:
 
 
 def _canonical(cfg: ModelConfig, layout_key: tuple) -> ParallelConfig:
-    """The smallest layout whose placements name the same axes and dims as the key's."""
-    tp, ep, rep, shard, fsdp, cp = layout_key
+    """The smallest layout whose placements name the same axes and dims as the key's: tp as
+    the layout's, every other axis that is on at 2, FSDP's mixed precision where it runs."""
+    tp, fsdp, on = layout_key
     return ParallelConfig(
+        **{a.name: 2 if a.name in on else 1 for a in AXES if a.name not in ("tp", "pp")},
         tp=tp,
-        ep=2 if ep else 1,
-        dp_replicate=2 if rep else 1,
-        dp_shard=2 if shard else 1,
         precision="bf16" if fsdp else "fp32",
-        cp=2 if cp else 1,
         # the style changes attention's kernel only, not a placement; ring needs no DeepSpeed
         cp_style="alltoall" if cfg.sliding_window else "ring",
     )
@@ -160,9 +158,9 @@ def _param_rules_cached(cfg: ModelConfig, layout_key: tuple) -> dict[str, ParamR
 
 def _extract_rules(cfg: ModelConfig, layout_key: tuple) -> dict[str, ParamRule]:
     pcfg = _canonical(cfg, layout_key)
-    world = pcfg.tp * pcfg.ep * pcfg.dp_replicate * pcfg.dp_shard * pcfg.cp
-    seq = math.lcm(2 * pcfg.cp * pcfg.tp, 8)
-    dp = world // (pcfg.tp * pcfg.cp)
+    world = math.prod(getattr(pcfg, a.name) for a in AXES)
+    seq = math.lcm(2 * pcfg.cp * pcfg.tp, 8)  # cp's balanced chunks, then sequence parallel
+    dp = math.prod(getattr(pcfg, a.name) for a in AXES if a.batch)
     layout = resolve_layout(pcfg, world, cfg, dp, 1, seq)
     with fake_world(world):
         mesh = build_mesh(layout, "cpu")
@@ -189,16 +187,10 @@ def _extract_rules(cfg: ModelConfig, layout_key: tuple) -> dict[str, ParamRule]:
 def param_rules(cfg: ModelConfig, layout: Layout) -> dict[str, ParamRule]:
     """Parameter name (with the representative layer id) -> its sharding rule under `layout`."""
     fsdp = layout.dp > 1 or layout.cp > 1 or layout.precision not in FULL_PRECISIONS
-    key = (
-        layout.tp,
-        layout.ep > 1,  # which axes split which dims; the sizes are applied per layout
-        layout.dp_replicate > 1,
-        layout.dp_shard > 1 or layout.ep > 1,
-        fsdp,
-        layout.cp > 1,
-    )
-    # the replicated-KV-heads rule depends on tp vs n_kv_heads only, which the key's tp fixes
-    return _param_rules_cached(cfg, key)
+    # which axes split which dims (the sizes are applied per layout); tp as it is: the
+    # replicated-KV-heads rule depends on tp vs n_kv_heads
+    on = tuple(a.name for a in AXES if a.name not in ("tp", "pp") and getattr(layout, a.name) > 1)
+    return _param_rules_cached(cfg, (layout.tp, fsdp, on))
 
 
 def axis_sizes(layout: Layout) -> dict[str, int]:

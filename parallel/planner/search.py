@@ -1,11 +1,14 @@
 """Enumerate the layouts the engine accepts for a model and world, estimate each, rank them.
 
-Pruning (so every zoo model answers in seconds), stated in `pretrain plan --help`:
+Pruning (so every zoo model answers in seconds), stated in `pretrain plan --help`. Each axis's
+sizes come from its row's `plan_sizes` hook in the axis table (parallel/axes.py), its options'
+values from the row (all where the axis is on):
   * tp only within a node (tp <= gpus_per_node) and a power of two;
   * cp a power of two with tp x cp within a node, from seq_len 8192 on and with at least 2048
     tokens per cp rank, both styles (alltoall, ring);
   * micro-batch sizes 1, 2, 4, 8 (those dividing the per-rank batch);
-  * pp only up to n_layers stages; Interleaved1F1B with 2 stages per rank;
+  * pp only up to n_layers stages, every schedule; Interleaved1F1B with 2 stages per rank;
+  * ep a divisor of the routed experts;
   * selective checkpointing every 2nd layer (ac_every_n=2);
   * FP8 recipes only on GPUs with FP8 tensor cores;
   * dp_replicate > 1 only across nodes (dp_shard a multiple of gpus_per_node / (tp * ep ...)

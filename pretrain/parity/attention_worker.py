@@ -37,7 +37,7 @@ def forward_sum(engine, inputs, labels, doc, pos) -> float:
         else:
             logits = engine.model_parts[0](inputs, **kwargs)
             total = _to_local_scalar(engine._loss_fn(logits, labels))
-    if not (engine.holds_last_stage and engine._tp_rank == 0):
+    if not engine.reports_loss:
         total.zero_()
     dist.all_reduce(total)
     return float(total)

@@ -4,6 +4,7 @@ build_mesh makes, and the planner's rank coordinates."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 
 import pytest
@@ -129,3 +130,17 @@ def test_axis_hooks_are_silent_in_one_process():
     }  # fmt: skip
     t = step_time(cfg, layout, GPUS["H100"], 8, 0.5)
     assert t.total == t.compute and t.dominant == "compute"
+
+
+def test_every_sized_axis_is_searched_suggested_and_applied_where_its_row_says():
+    from parallel.axes import PLAN_ORDER, REMAINDER_AXIS, SIZED_AXES, SUGGEST_ORDER
+
+    assert sorted(PLAN_ORDER) == sorted(SIZED_AXES) == sorted(SUGGEST_ORDER)
+    assert REMAINDER_AXIS not in PLAN_ORDER
+    for axis in AXES:
+        assert (axis.plan_sizes is None) == axis.remainder, axis.name
+        if axis.apply:
+            fn = axis.apply_function()  # the named function exists and takes the hook's four
+            assert list(inspect.signature(fn).parameters)[:4] == ["model", "cfg", "layout", "mesh"]
+        for option in axis.options:
+            assert option.default in option.choices(), option.name
