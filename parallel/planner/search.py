@@ -32,6 +32,7 @@ from parallel.axes import (
     AXES,
     AXIS,
     MESH_AXES,
+    OPTIONS,
     PLAN_ORDER,
     REMAINDER_AXIS,
     PlanSpace,
@@ -80,24 +81,23 @@ class PlannedLayout:
 
     def overrides(self) -> list[str]:
         p, lay = self.pcfg, self.layout
-        return [
+        out = [
             *(f"parallel.{a.name}={getattr(lay, a.name)}" for a in AXES),
             f"parallel.precision={p.precision}",
             f"parallel.activation_checkpointing={p.activation_checkpointing}",
             f"trainer.micro_batch_size={lay.micro_batch_size}",
             *(f"parallel.{name}={value}" for name, value in options_in_use(lay).items()),
-            *(
-                [f"parallel.ac_every_n={p.ac_every_n}"]
-                * (p.activation_checkpointing == "selective")
-            ),
         ]
+        if p.activation_checkpointing == "selective":
+            out.append(f"parallel.ac_every_n={p.ac_every_n}")
+        return out
 
     def as_json(self) -> dict:
         lay = self.layout
         on = options_in_use(lay)
         return {
             **{a.name: getattr(lay, a.name) for a in AXES},
-            **{name: on.get(name) for name in axis_settings(lay) if name not in AXIS},
+            **{o.name: on.get(o.name) for o in OPTIONS},  # null where the axis is off
             "virtual_stages": lay.virtual_stages,
             "micro_batch_size": lay.micro_batch_size,
             "n_microbatches": lay.n_microbatches,
