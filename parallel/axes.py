@@ -730,7 +730,7 @@ AxisSettings.__doc__ = "The size of every mesh axis and the axes' own options (p
 
 
 def axis_settings(obj) -> dict[str, Any]:
-    """Every axis size and option of a ParallelConfig or a Layout, in table order."""
+    """Every axis size (in table order), then every axis option, of a ParallelConfig or a Layout."""
     return {name: getattr(obj, name) for name in (*(a.name for a in AXES), *OPTION_AXIS)}
 
 
