@@ -305,7 +305,8 @@ class Engine:
                         loss.backward()
                     local_loss += _to_local_scalar(loss.detach())
         self._sum_expert_grads_over_cp()
-        # Each (data-parallel rank, last stage) contributes once: tp ranks hold the same value.
+        # Each (data-parallel rank, last stage) contributes once (reports_loss: tp ranks hold the
+        # same value)
         if not self.reports_loss:
             local_loss.zero_()
         dist.all_reduce(local_loss)
