@@ -11,6 +11,7 @@ the parity tolerance)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -95,7 +96,6 @@ spec = {"model": "llama3-tiny", "model_overrides": {"n_layers": 2}, "global_batc
         "seq_len": seq, "micro_batch": 2, "steps": steps, "seed": 0,
         "runs": [{"name": "mirror2", "parallel": {"mirror": 2}}]}
 result = launch(2, spec, Path(sys.argv[1]))[0]
-import dataclasses
 ref = reference_run(dataclasses.replace(cfg, n_layers=2), steps, gbs, seq, micro_batch=2)
 out["layout"] = result["layout"]
 out["loss"] = max(rel(a, b) for a, b in zip(result["losses"], ref["losses"]))
@@ -134,7 +134,7 @@ def test_a_new_axis_is_its_row_and_its_module(tmp_path):
     assert changed == ["parallel/axes.py", "parallel/mirror.py"]
 
     # the copy's packages come first: run from its root, as the parity workers are
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PRETRAIN_CONFIG_DIR": str(tree / "configs")}
+    env = {**os.environ, "PRETRAIN_CONFIG_DIR": str(tree / "configs")}  # threads: the suite's
     done = subprocess.run(
         [sys.executable, "-c", CHECK, str(tmp_path / "run")],
         cwd=tree,
@@ -145,8 +145,6 @@ def test_a_new_axis_is_its_row_and_its_module(tmp_path):
     )
     lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
     assert done.returncode == 0 and lines, done.stdout[-3000:] + done.stderr[-5000:]
-    import json
-
     got = json.loads(lines[0][len("RESULT ") :])
     assert got["hydra"] == 2
     assert "cp=1 tp=1 mirror=2 (world 4)" in got["describe"]
