@@ -51,7 +51,7 @@ def apply_mirror(model, cfg, layout, mesh) -> None:
 '''
 
 CHECK = """
-import contextlib, io, json, sys
+import contextlib, dataclasses, io, json, sys
 from pathlib import Path
 
 from configcore import ConfigError
