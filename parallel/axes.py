@@ -429,8 +429,20 @@ class PlanSpace:
         return self.world // math.prod(chosen.values())
 
 
-def _divisors(n: int) -> list[int]:
+def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def size_grid(order: tuple[str, ...], sizes_of, chosen: dict[str, int] | None = None):
+    """Every {axis: size} of the axes in `order`, as nested loops (the first outermost), each
+    axis's sizes `sizes_of(axis, chosen)` given the sizes chosen for the axes before it: the
+    planner's search and the nearest valid layout a refusal suggests."""
+    chosen = chosen or {}
+    if not order:
+        yield dict(chosen)
+        return
+    for size in sizes_of(order[0], chosen):
+        yield from size_grid(order[1:], sizes_of, {**chosen, order[0]: size})
 
 
 def _pow2_divisors(n: int, cap: int) -> list[int]:
@@ -462,13 +474,13 @@ def _cp_plan_sizes(space: PlanSpace, chosen: dict[str, int]) -> list[int]:
 
 def _pp_plan_sizes(space: PlanSpace, chosen: dict[str, int]) -> list[int]:
     """Any divisor of what is left, up to one layer per stage."""
-    return [pp for pp in _divisors(space.left(chosen)) if pp <= space.cfg.n_layers]
+    return [pp for pp in divisors(space.left(chosen)) if pp <= space.cfg.n_layers]
 
 
 def _ep_plan_sizes(space: PlanSpace, chosen: dict[str, int]) -> list[int]:
     """Divisors of the routed experts (1 for a dense model)."""
     n_exp = _n_experts(space.cfg)
-    return [e for e in _divisors(space.left(chosen)) if n_exp and n_exp % e == 0] or [1]
+    return [e for e in divisors(space.left(chosen)) if n_exp and n_exp % e == 0] or [1]
 
 
 def _dp_replicate_plan_sizes(space: PlanSpace, chosen: dict[str, int]) -> list[int]:
@@ -476,7 +488,7 @@ def _dp_replicate_plan_sizes(space: PlanSpace, chosen: dict[str, int]) -> list[i
     replica) spans at least a node; within a node replicating only adds an all-reduce."""
     return [
         rep
-        for rep in _divisors(space.left(chosen))
+        for rep in divisors(space.left(chosen))
         if rep == 1 or space.world // (chosen["pp"] * rep) >= space.gpus_per_node
     ]
 
@@ -566,7 +578,7 @@ class Axis:
     options: tuple[AxisOption, ...] = ()
 
     def apply_function(self) -> Callable[..., None]:
-        module, function = (self.apply or "").split(":")
+        module, function = self.apply.split(":")  # only called for rows that have one
         return getattr(importlib.import_module(module), function)
 
 

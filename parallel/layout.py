@@ -54,8 +54,10 @@ from parallel.axes import (
     AxisRequest,
     AxisSettings,
     axis_settings,
+    divisors,
     named_axes,
     options_in_use,
+    size_grid,
 )
 from parallel.config import ParallelConfig
 from parallel.pipeline_schedules import PipelineSchedule, get_pipeline_schedule
@@ -118,10 +120,6 @@ class Layout(AxisSettings):
             f"{self.n_microbatches} micro-batches of {self.micro_batch_size} x {self.seq_len} "
             f"per dp rank; precision {self.precision}"
         )
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
 
 
 def _balanced_split(n_layers: int, n_stages: int) -> list[int]:
@@ -283,7 +281,10 @@ def _suggest(pcfg: ParallelConfig, world_size: int, model_cfg, gbs, mbs, seq_len
     """The valid layout closest (in log2 distance of the axis sizes) to the requested one."""
     want = {k: max(1, getattr(pcfg, k)) for k in SIZED_AXES}
     best = None
-    for tried in _axis_sizes(world_size):
+    # every {axis: size} of the sized axes whose product divides world_size (the remainder axis
+    # takes the rest), as nested loops over SUGGEST_ORDER, sizes ascending
+    left = lambda axis, chosen: divisors(world_size // math.prod(chosen.values()))  # noqa: E731
+    for tried in size_grid(SUGGEST_ORDER, left):
         shard = world_size // math.prod(tried.values())
         cand = replace(
             pcfg,
@@ -310,17 +311,6 @@ def _suggest(pcfg: ParallelConfig, world_size: int, model_cfg, gbs, mbs, seq_len
     asked = {a.name: getattr(pcfg, a.name) for a in AXES}
     overrides = " ".join(f"parallel.{n}={chosen[n]}" for n in named_axes(chosen, asked))
     return f"a valid layout for world_size={world_size}: {overrides}"
-
-
-def _axis_sizes(world_size: int, axes: tuple[str, ...] = SUGGEST_ORDER, used: int = 1):
-    """Every {axis: size} of the sized axes whose product divides world_size (the remainder
-    axis takes the rest), as nested loops over SUGGEST_ORDER, sizes ascending."""
-    if not axes:
-        yield {}
-        return
-    for size in _divisors(world_size // used):
-        for inner in _axis_sizes(world_size, axes[1:], used * size):
-            yield {axes[0]: size, **inner}
 
 
 def resolve_layout(

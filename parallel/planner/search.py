@@ -38,6 +38,7 @@ from parallel.axes import (
     PlanSpace,
     axis_settings,
     options_in_use,
+    size_grid,
 )
 from parallel.config import ParallelConfig
 from parallel.layout import Layout, check_layout
@@ -120,17 +121,6 @@ class PlannedLayout:
         }
 
 
-def _axis_sizes(space: PlanSpace, order: tuple[str, ...] = PLAN_ORDER, chosen=None):
-    """Every {axis: size} the rows' plan_sizes hooks allow, picked in PLAN_ORDER (each from what
-    the axes before it left); the remainder axis takes the rest."""
-    chosen = chosen or {}
-    if not order:
-        yield {**chosen, REMAINDER_AXIS: space.left(chosen)}
-        return
-    for size in AXIS[order[0]].plan_sizes(space, chosen):
-        yield from _axis_sizes(space, order[1:], {**chosen, order[0]: size})
-
-
 def _option_choices(sizes: dict[str, int]) -> dict[str, tuple[str, ...]]:
     """Each axis option's values to try: all where its axis is on, the default where it is off."""
     return {
@@ -148,7 +138,9 @@ def candidates(
 ):
     """Every (ParallelConfig, Layout) the engine accepts, within the pruning above (each axis's
     sizes from its row's plan_sizes hook, parallel/axes.py)."""
-    for sizes in _axis_sizes(PlanSpace(cfg, world, gpus_per_node, seq)):
+    space = PlanSpace(cfg, world, gpus_per_node, seq)
+    for sizes in size_grid(PLAN_ORDER, lambda axis, chosen: AXIS[axis].plan_sizes(space, chosen)):
+        sizes[REMAINDER_AXIS] = space.left(sizes)  # the rest of the world
         options = _option_choices(sizes)
         for *values, mbs, ac, prec in itertools.product(
             *options.values(), MICRO_BATCHES, AC_CHOICES, precisions
@@ -169,14 +161,15 @@ _STATIC: dict[tuple, object] = {}
 
 
 def _static(cfg: ModelConfig, layout: Layout, rank: int):
-    """static_memory, shared by layouts that differ only in micro-batch size and checkpointing
-    (which change activations, not shards)."""
+    """static_memory, shared by layouts that differ only in what changes activations, not
+    shards: micro-batch size, checkpointing, an axis option like cp_style."""
     key = (
         config_key(cfg),
         layout.world_size,
         *(getattr(layout, name) for name in MESH_AXES),
-        *options_in_use(layout).items(),
         layout.virtual_stages,
+        # the stages the rank holds: all a schedule changes of its shards (not the axes' options)
+        tuple(layout.stages_of_rank(rank // (layout.world_size // layout.pp))),
         layout.precision == "fp32",
         COMPUTE_BYTES[layout.precision],
         rank,
